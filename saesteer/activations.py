@@ -1,0 +1,178 @@
+"""Residual-stream activations at chosen hooks and positions, streamed and cached.
+
+Prompts are formatted with the chat template and left-padded, so position ``-1``
+is the last post-instruction token for every prompt, ``-n_post-1`` is t_inst (the
+last instruction token), and ``post_instruction_positions`` are ``-n_post..-1``.
+
+``mean_activations`` keeps float64 running sums, so memory does not grow with the
+number of prompts; ``collect_activations`` keeps one [n_hooks, n_pos, d_model]
+slice per prompt (float32) for projections and AUROCs.  Either can be cached on
+disk as safetensors with metadata naming the model, hooks, positions and data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from saesteer.chat import ChatTemplate, encode_chat, suffix_ids
+from saesteer.generation import length_sorted_batches
+from saesteer.interventions.directions import Intervention
+from saesteer.interventions.steer import collect_hooks
+from saesteer.io import ArtifactError, cache_dir, hash_strings, load_tensors, save_tensors
+
+log = logging.getLogger(__name__)
+
+
+def resid_hooks(model: HookedTransformer, layers: Optional[Sequence[int]] = None, kind: str = "resid_pre") -> list[str]:
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    return [f"blocks.{l}.hook_{kind}" for l in layers]
+
+
+def n_post_tokens(model: HookedTransformer, template: ChatTemplate) -> int:
+    return len(suffix_ids(model.tokenizer, template))
+
+
+def check_hooks(model: HookedTransformer, hooks: Sequence[str]) -> None:
+    valid = model.hook_dict
+    for h in hooks:
+        if h not in valid:
+            example = next(iter(k for k in valid if "resid_pre" in k), "blocks.0.hook_resid_pre")
+            raise ValueError(f"hook {h!r} does not exist in this model ({model.cfg.n_layers} layers; e.g. {example!r})")
+
+
+def hook_layer(hook: str) -> int:
+    parts = hook.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" else -1
+
+
+def model_fingerprint(model: HookedTransformer) -> str:
+    """A short hash identifying the model's weights (name, shapes and a weight sample)."""
+    w = model.unembed.W_U
+    sample = w.flatten()[:: max(1, w.numel() // 4096)].float().cpu()
+    return hash_strings([str(model.cfg.model_name), str(model.cfg.n_layers), str(model.cfg.d_model), sample.numpy().tobytes().hex()])
+
+
+@torch.no_grad()
+def _batched_run(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    hooks: Sequence[str],
+    positions: Sequence[int],
+    batch_size: int,
+    interventions: Sequence[Intervention],
+    progress: bool,
+    desc: str,
+):
+    """Yield (indices, {hook: [B, n_pos, d_model]}) batch by batch."""
+    if len(instructions) == 0:
+        raise ValueError("no prompts given: the prompt set is empty")
+    check_hooks(model, hooks)
+    stop = max(hook_layer(h) for h in hooks) + 1
+    stop = None if stop <= 0 or stop > model.cfg.n_layers - 1 else stop
+    edit_hooks = collect_hooks(model, list(interventions))
+    store: dict[str, torch.Tensor] = {}
+    pos = list(positions)
+
+    def grab(x: torch.Tensor, hook) -> None:
+        store[hook.name] = x[:, pos].detach().float()
+
+    tok = model.tokenizer
+    for idx in tqdm(length_sorted_batches([len(s) for s in instructions], batch_size), desc=desc, disable=not progress, leave=False):
+        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id)
+        store.clear()
+        with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]):
+            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
+        acts = {h: store[h] for h in hooks}
+        for h, a in acts.items():
+            if not torch.isfinite(a).all():
+                raise ValueError(f"non-finite (NaN/inf) activations at {h}: check the model's dtype and weights")
+        yield idx, acts
+
+
+def mean_activations(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    hooks: Sequence[str],
+    positions: Sequence[int],
+    *,
+    batch_size: int = 32,
+    interventions: Sequence[Intervention] = (),
+    progress: bool = False,
+    desc: str = "activations",
+) -> torch.Tensor:
+    """Mean activation per hook and position: [n_hooks, n_pos, d_model] float64 (running sums)."""
+    total = torch.zeros(len(hooks), len(positions), model.cfg.d_model, dtype=torch.float64)
+    for idx, acts in _batched_run(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
+        for i, h in enumerate(hooks):
+            total[i] += acts[h].double().sum(0).cpu()
+    return total / len(instructions)
+
+
+def collect_activations(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    hooks: Sequence[str],
+    positions: Sequence[int],
+    *,
+    batch_size: int = 32,
+    interventions: Sequence[Intervention] = (),
+    progress: bool = False,
+    desc: str = "activations",
+) -> torch.Tensor:
+    """Per-prompt activations: [n_prompts, n_hooks, n_pos, d_model] float32 (prompt order kept)."""
+    out = torch.empty(len(instructions), len(hooks), len(positions), model.cfg.d_model)
+    for idx, acts in _batched_run(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
+        out[idx] = torch.stack([acts[h].cpu() for h in hooks], 1)
+    return out
+
+
+@dataclass
+class ActivationCache:
+    """Disk cache of activation tensors keyed by model, hooks, positions and data."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> "ActivationCache":
+        return cls(cache_dir() / "activations")
+
+    def key(self, model: HookedTransformer, hooks: Sequence[str], positions: Sequence[int], instructions: Sequence[str], kind: str) -> dict:
+        return {
+            "model": str(model.cfg.model_name),
+            "model_fingerprint": model_fingerprint(model),
+            "hooks": list(hooks),
+            "positions": list(positions),
+            "data_hash": hash_strings(list(instructions)),
+            "n_prompts": len(instructions),
+            "kind": kind,
+        }
+
+    def path(self, meta: dict) -> Path:
+        return self.root / f"{hash_strings([json.dumps(meta, sort_keys=True)])}.safetensors"
+
+    def get_or_compute(self, model, template, instructions, hooks, positions, kind: str = "mean", **kw) -> torch.Tensor:
+        meta = self.key(model, hooks, positions, instructions, kind)
+        path = self.path(meta)
+        if path.is_file():
+            try:
+                tensors, stored = load_tensors(path)
+                if {k: stored.get(k) for k in meta} == meta:
+                    return tensors["activations"]
+                log.warning("activation cache %s was made for another model or data; recomputing", path)
+            except ArtifactError as exc:
+                log.warning("ignoring unreadable activation cache %s: %s", path, exc)
+        fn = mean_activations if kind == "mean" else collect_activations
+        acts = fn(model, template, instructions, hooks, positions, **kw)
+        save_tensors(path, {"activations": acts}, meta, sidecar=False)
+        return acts

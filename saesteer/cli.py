@@ -1,0 +1,43 @@
+"""``saesteer JOB key=value ...``: every job is a Hydra app over ``conf/``."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from typing import Callable
+
+JOBS: dict[str, str] = {
+    "organism": "saesteer.jobs.organism",
+    "generate": "saesteer.jobs.generate",
+    "directions": "saesteer.jobs.directions",
+}
+
+USAGE = "usage: saesteer JOB [key=value ...] [hydra options]\njobs: {}"
+
+
+def job_function(job: str) -> Callable:
+    return importlib.import_module(JOBS[job]).run
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.format(", ".join(JOBS)))
+        sys.exit(0 if argv else 2)
+    job = argv[0].replace("_", "-")
+    key = job.replace("-", "_")
+    if key not in {k.replace("-", "_") for k in JOBS}:
+        close = difflib.get_close_matches(job, list(JOBS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        print(f"saesteer: unknown job {argv[0]!r}{hint}; jobs: {', '.join(JOBS)}", file=sys.stderr)
+        sys.exit(2)
+    job = next(k for k in JOBS if k.replace("-", "_") == key)
+    from saesteer.jobs.common import hydra_entry
+
+    sys.argv = [f"saesteer {job}"] + argv[1:]
+    hydra_entry(job, job_function(job))()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,174 @@
+"""Dataclass schemas for every config group, registered in Hydra's ConfigStore.
+
+A YAML file under ``conf/`` merges into these typed nodes, so a misspelt key
+fails when the config is composed; ``to_object`` then builds the dataclasses and
+their ``__post_init__`` checks values (a ``ValueError`` naming field and value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from saesteer.organism.config import OrganismConfig
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _check_positive(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """``name``: ``organism`` or a TransformerLens pretrained model name."""
+
+    name: str = "organism"
+    template: Optional[str] = None  # chat template name; inferred from the model name when None
+    device: str = "cpu"
+    dtype: str = "float32"
+    retrain: bool = False  # organism only: ignore the cache
+    organism: OrganismConfig = field(default_factory=OrganismConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("model.name must be 'organism' or a TransformerLens model name, got ''")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if isinstance(self.organism, dict):
+            self.organism = OrganismConfig.from_dict(self.organism)
+
+
+@dataclass
+class DataConfig:
+    """Prompt sets by role: bundled names or local files / HF datasets."""
+
+    harmful_train: str = "harmful_train"
+    harmless_train: str = "harmless_train"
+    harmful_val: str = "harmful_val"
+    harmless_val: str = "harmless_val"
+    harmful_test: str = "harmful_test"
+    harmless_test: str = "harmless_test"
+    overrefusal: str = "overrefusal"
+    n_train: int = 256  # prompts per class for extracting directions / features
+    n_val: int = 64  # prompts per class for selection
+    n_test: Optional[int] = None  # harmful held-out prompts (None = the whole set)
+    n_test_harmless: Optional[int] = 1000  # harmless held-out prompts (the full set has 6,266)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "data", "n_train", "n_val", "n_test", "n_test_harmless")
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 12
+    batch_size: int = 64
+    kl_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "eval", "max_new_tokens", "batch_size", "kl_batch_size")
+
+
+@dataclass
+class LoggerConfig:
+    project: str = "saesteer"
+    mode: str = "offline"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"logger.mode must be one of {WANDB_MODES}, got {self.mode!r}")
+
+
+@dataclass
+class JobConfig:
+    """Fields every job has."""
+
+    job: str = "job"
+    seed: int = 0
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+@dataclass
+class OrganismJobConfig(JobConfig):
+    job: str = "organism"
+
+
+@dataclass
+class GenerateJobConfig(JobConfig):
+    job: str = "generate"
+    prompts: Optional[str] = None  # bundled name or a local json/jsonl/csv/parquet file
+    column: str = "instruction"
+    limit: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("generate needs prompts=<bundled name or file>, got prompts=None")
+
+
+@dataclass
+class DirectionsConfig:
+    """Candidate extraction and selection (Arditi et al. 2024), plus controls."""
+
+    positions: Optional[list[int]] = None  # None = every post-instruction position
+    max_kl: float = 0.1
+    min_induce: float = 0.0
+    prune_layer_fraction: float = 0.2
+    ablation: str = "affine"  # selection uses plain (paper) or affine (ACE) ablation
+    add_alpha: float = 1.0
+    n_ce: int = 64  # harmless prompts for the cross-entropy of completions
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        self.selection()  # validates
+        _check_positive(self, "directions", "n_ce", "batch_size")
+
+    def selection(self):
+        from saesteer.directions import SelectionConfig
+
+        return SelectionConfig(self.max_kl, self.min_induce, self.prune_layer_fraction, self.ablation, self.add_alpha)
+
+
+@dataclass
+class DirectionsJobConfig(JobConfig):
+    job: str = "directions"
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+
+
+SCHEMAS: dict[str, type] = {
+    "directions": DirectionsJobConfig,
+    "organism": OrganismJobConfig,
+    "generate": GenerateJobConfig,
+}
+
+
+def register_schema(name: str, node: type) -> None:
+    SCHEMAS[name] = node
+    ConfigStore.instance().store(name=f"{name}_schema", node=node)
+
+
+def register_configs() -> None:
+    """Store every job schema as ``<job>_schema`` (the first default of ``conf/<job>.yaml``)."""
+    cs = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        cs.store(name=f"{name}_schema", node=node)
+
+
+def to_object(cfg: DictConfig) -> Any:
+    """Composed DictConfig -> validated dataclass tree (runs every ``__post_init__``)."""
+    obj = OmegaConf.to_object(cfg)
+    return obj

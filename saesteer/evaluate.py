@@ -1,0 +1,104 @@
+"""Evaluation: refusal rates by greedy generation, KL and cross-entropy on harmless prompts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformer_lens import HookedTransformer
+
+from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.generation import generate, length_sorted_batches
+from saesteer.judge import RefusalJudge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefusalResult:
+    rate: float
+    responses: list[str]
+    refused: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.responses)
+
+
+def refusal_eval(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    *,
+    judge: RefusalJudge | None = None,
+    max_new_tokens: int = 12,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "refusal",
+) -> RefusalResult:
+    """Greedy completions, each judged refused or not."""
+    if len(instructions) == 0:
+        raise ValueError("refusal_eval needs at least one instruction, got an empty set")
+    judge = judge or RefusalJudge()
+    responses = generate(model, template, instructions, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, desc=desc)
+    refused = judge.batch(responses)
+    return RefusalResult(sum(refused) / len(refused), responses, refused)
+
+
+@torch.no_grad()
+def last_position_logprobs(
+    model: HookedTransformer, template: ChatTemplate, instructions: Sequence[str], batch_size: int = 64
+) -> torch.Tensor:
+    """log-softmax of the next-token logits at the last prompt position: [n, d_vocab] (float32, CPU)."""
+    out = torch.empty(len(instructions), model.cfg.d_vocab_out)
+    for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
+        enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id)
+        logits = model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device))[:, -1]
+        out[idx] = F.log_softmax(logits.float(), -1).cpu()
+    return out
+
+
+def kl_divergence(base_logprobs: torch.Tensor, new_logprobs: torch.Tensor) -> float:
+    """Mean KL(base || new) over prompts, from log-probabilities [n, vocab]."""
+    if base_logprobs.shape != new_logprobs.shape:
+        raise ValueError(f"logprob shapes differ: {tuple(base_logprobs.shape)} vs {tuple(new_logprobs.shape)}")
+    p = base_logprobs.exp()
+    kl = (p * (base_logprobs - new_logprobs)).sum(-1)
+    return float(kl.mean())
+
+
+@torch.no_grad()
+def completion_cross_entropy(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int = 32,
+) -> float:
+    """Mean per-token cross-entropy of ``completions`` given the formatted prompts."""
+    tok = model.tokenizer
+    total, count = 0.0, 0
+    for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
+        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id)
+        comp = [tok(completions[i], add_special_tokens=False)["input_ids"] for i in idx]
+        L = max(len(c) for c in comp)
+        if L == 0:
+            continue
+        B, T = enc.tokens.shape
+        tokens = torch.full((B, T + L), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((B, T + L), dtype=torch.long)
+        target = torch.zeros((B, T + L), dtype=torch.bool)
+        tokens[:, :T] = enc.tokens
+        mask[:, :T] = enc.attention_mask
+        for b, c in enumerate(comp):
+            tokens[b, T : T + len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[b, T : T + len(c)] = 1
+            target[b, T : T + len(c)] = True
+        logits = model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device)).float().cpu()
+        lp = F.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
+        m = target[:, 1:]
+        total += float(-lp[m].sum())
+        count += int(m.sum())
+    return total / max(count, 1)

@@ -1,0 +1,76 @@
+"""Batched greedy generation for any HookedTransformer with a chat template.
+
+Hooks attached to the model (``with steer(model, ...)`` or ``model.hooks(...)``)
+stay active for every step, prompt and generated tokens alike.  Prompts are
+sorted by length into batches (less padding) and the answers returned in the
+original order.  A key-value cache makes each new token cost one position.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from saesteer.chat import ChatTemplate, encode_chat
+
+log = logging.getLogger(__name__)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def generate(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy completions of ``instructions`` (formatted with ``template``)."""
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    tok = model.tokenizer
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0)
+    lengths = [len(s) for s in instructions]
+    out: list[str | None] = [None] * len(instructions)
+    batches = length_sorted_batches(lengths, batch_size)
+    device = model.cfg.device
+    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=pad)
+        tokens = enc.tokens.to(device)
+        mask = enc.attention_mask.to(device)
+        B = tokens.shape[0]
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, B)
+        logits = model(tokens, attention_mask=mask, past_kv_cache=cache)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        new: list[torch.Tensor] = []
+        for step in range(max_new_tokens):
+            nxt = logits[:, -1].argmax(-1)
+            if eos is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+                done |= nxt == eos
+            new.append(nxt)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            logits = model(nxt[:, None], attention_mask=torch.ones(B, 1, dtype=mask.dtype, device=device), past_kv_cache=cache)
+        gen = torch.stack(new, 1).tolist()
+        for row, i in zip(gen, idx):
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            out[i] = tok.decode(row, skip_special_tokens=True).strip()
+    return [o if o is not None else "" for o in out]

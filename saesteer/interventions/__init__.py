@@ -1,0 +1,7 @@
+"""Interventions: the one way saesteer edits a model (specs applied as hooks by ``steer``)."""
+
+from saesteer.interventions.directions import Ablate, Add, Intervention
+from saesteer.interventions.steer import collect_hooks, steer
+from saesteer.interventions.weights import OrthogonalizeWeights, orthogonalize_weights
+
+__all__ = ["Ablate", "Add", "Intervention", "OrthogonalizeWeights", "collect_hooks", "orthogonalize_weights", "steer"]

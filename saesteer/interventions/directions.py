@@ -1,0 +1,127 @@
+"""Direction interventions: Ablate (plain / affine) and Add, as hook specs.
+
+Semantics (DESIGN.md):
+- plain ablation of unit r: x <- x - (x.r) r at resid_pre, attn_out and mlp_out of
+  every layer, every position (prompt and generated tokens);
+- affine ablation: the same at attn_out / mlp_out, and at resid_pre of layer l the
+  coordinate is set to a reference value mu_l (the harmless mean; ACE, Marshall et
+  al. 2024): x <- x - (x.r - mu_l) r;
+- addition: x <- x + alpha * v at resid_pre of one layer (every position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+
+HookFn = Callable[[torch.Tensor, object], torch.Tensor]
+
+WRITE_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    n = v.norm()
+    if not torch.isfinite(n) or n == 0:
+        raise ValueError(f"direction must be finite and non-zero, got norm {float(n)}")
+    return v / n
+
+
+def check_direction(direction: torch.Tensor, d_model: int, what: str = "direction") -> None:
+    if direction.ndim != 1 or direction.shape[0] != d_model:
+        raise ValueError(f"{what} has shape {tuple(direction.shape)}, expected ({d_model},) for this model's d_model")
+    if not torch.isfinite(direction).all():
+        raise ValueError(f"{what} contains NaN or inf values")
+
+
+class Intervention:
+    """A spec that expands into TransformerLens forward hooks ``(hook_name, fn)``."""
+
+    #: interventions with a higher order run later at the same hook point (anchors run last)
+    order: int = 0
+
+    def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def validate(self, model: HookedTransformer) -> None:
+        pass
+
+
+def _project_out(direction: torch.Tensor, reference: Optional[float] = None) -> HookFn:
+    def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+        r = direction.to(device=x.device, dtype=x.dtype)
+        coef = x @ r
+        if reference is not None:
+            coef = coef - reference
+        return x - coef[..., None] * r
+
+    return fn
+
+
+@dataclass
+class Ablate(Intervention):
+    """Directional ablation at every layer (``mode='plain'``) or affine (``mode='affine'``).
+
+    ``reference``: per-layer target coordinates for affine ablation, shape [n_layers].
+    ``layers``: restrict to these layers (default all).
+    """
+
+    direction: torch.Tensor
+    mode: str = "plain"
+    reference: Optional[torch.Tensor] = None
+    layers: Optional[Sequence[int]] = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("plain", "affine"):
+            raise ValueError(f"Ablate.mode must be 'plain' or 'affine', got {self.mode!r}")
+        if self.mode == "affine" and self.reference is None:
+            raise ValueError("Ablate(mode='affine') needs reference= (the harmless-mean coordinate per layer)")
+
+    def validate(self, model: HookedTransformer) -> None:
+        check_direction(self.direction, model.cfg.d_model)
+        if self.reference is not None and self.reference.shape != (model.cfg.n_layers,):
+            raise ValueError(f"Ablate.reference has shape {tuple(self.reference.shape)}, expected ({model.cfg.n_layers},)")
+
+    def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:
+        r = unit(self.direction.float())
+        layers = range(model.cfg.n_layers) if self.layers is None else self.layers
+        out: list[tuple[str, HookFn]] = []
+        plain = _project_out(r)
+        for layer in layers:
+            for name in WRITE_HOOKS:
+                if name == "hook_resid_pre" and self.mode == "affine":
+                    out.append((f"blocks.{layer}.{name}", _project_out(r, float(self.reference[layer]))))
+                else:
+                    out.append((f"blocks.{layer}.{name}", plain))
+        return out
+
+
+@dataclass
+class Add(Intervention):
+    """Activation addition x <- x + alpha * direction at ``blocks.{layer}.hook_resid_pre``."""
+
+    direction: torch.Tensor
+    alpha: float = 1.0
+    layer: int = 0
+    positions: Optional[Sequence[int]] = None  # None = every position (prompt and generated)
+
+    def validate(self, model: HookedTransformer) -> None:
+        check_direction(self.direction, model.cfg.d_model)
+        if not 0 <= self.layer < model.cfg.n_layers:
+            raise ValueError(f"Add.layer={self.layer} out of range for a model with {model.cfg.n_layers} layers")
+
+    def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:
+        v = self.direction.float() * self.alpha
+        positions = None if self.positions is None else list(self.positions)
+
+        def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+            d = v.to(device=x.device, dtype=x.dtype)
+            if positions is None:
+                return x + d
+            x = x.clone()
+            x[:, positions] += d
+            return x
+
+        return [(f"blocks.{self.layer}.hook_resid_pre", fn)]

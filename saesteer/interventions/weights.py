@@ -1,0 +1,59 @@
+"""Weight orthogonalization: remove a direction from every matrix that writes to the residual stream.
+
+W <- W - r r^T W for the token (and positional) embedding, every W_O and W_out, and
+their biases.  The edited model's logits equal those of the hook ablation
+(``Ablate(direction)``) up to float error.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from transformer_lens import HookedTransformer
+
+from saesteer.interventions.directions import check_direction, unit
+from saesteer.io import save_tensors
+
+
+def _remove(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Remove r from the last (d_model) axis of w."""
+    r = r.to(dtype=w.dtype, device=w.device)
+    return w - (w @ r)[..., None] * r
+
+
+@torch.no_grad()
+def orthogonalize_weights(model: HookedTransformer, direction: torch.Tensor, inplace: bool = False) -> HookedTransformer:
+    """A model whose residual-stream writers cannot write along ``direction``."""
+    check_direction(direction, model.cfg.d_model)
+    r = unit(direction.double())
+    m = model if inplace else copy.deepcopy(model)
+    m.embed.W_E.copy_(_remove(m.embed.W_E.double(), r).to(m.embed.W_E.dtype))
+    if hasattr(m, "pos_embed") and hasattr(m.pos_embed, "W_pos"):
+        m.pos_embed.W_pos.copy_(_remove(m.pos_embed.W_pos.double(), r).to(m.pos_embed.W_pos.dtype))
+    for block in m.blocks:
+        attn = block.attn
+        attn.W_O.copy_(_remove(attn.W_O.double(), r).to(attn.W_O.dtype))
+        attn.b_O.copy_(_remove(attn.b_O.double(), r).to(attn.b_O.dtype))
+        if hasattr(block, "mlp"):
+            mlp = block.mlp
+            mlp.W_out.copy_(_remove(mlp.W_out.double(), r).to(mlp.W_out.dtype))
+            mlp.b_out.copy_(_remove(mlp.b_out.double(), r).to(mlp.b_out.dtype))
+    return m
+
+
+class OrthogonalizeWeights:
+    """Spec form: ``OrthogonalizeWeights(r).apply(model)`` returns the edited copy; ``save`` writes it."""
+
+    def __init__(self, direction: torch.Tensor) -> None:
+        self.direction = direction
+
+    def apply(self, model: HookedTransformer) -> HookedTransformer:
+        return orthogonalize_weights(model, self.direction)
+
+    @staticmethod
+    def save(model: HookedTransformer, path: str | Path, metadata: Optional[dict[str, Any]] = None) -> Path:
+        meta = {"kind": "orthogonalized_model", "model": model.cfg.model_name, **(metadata or {})}
+        return save_tensors(path, model.state_dict(), meta)

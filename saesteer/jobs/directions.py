@@ -1,0 +1,160 @@
+"""``saesteer directions``: extract, select, bypass, induce, orthogonalize; harmfulness vs refusal."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saesteer.config import DirectionsJobConfig
+from saesteer.chat import encode_chat
+from saesteer.directions import compute_candidates, refusal_token_ids, save_direction, select_direction
+from saesteer.evaluate import completion_cross_entropy, kl_divergence, last_position_logprobs, refusal_eval
+from saesteer.generation import generate
+from saesteer.harmfulness import behavioural_refusal_directions, detector_auroc, fit_harm_detector, layerwise_cosine
+from saesteer.interventions import Ablate, Add, orthogonalize_weights, steer
+from saesteer.io import write_json, write_text
+from saesteer.jobs.common import load_role
+from saesteer.judge import RefusalJudge
+from saesteer.models import load_model
+from saesteer.report import heatmaps, line_plot, markdown_table
+from saesteer.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def norm_matched_random(direction: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(direction.shape[0], generator=g)
+    return r / r.norm() * direction.norm()
+
+
+def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    dcfg = cfg.directions
+    sel_cfg = dcfg.selection()
+    roles = {r: load_role(cfg.data, r) for r in ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")}
+    loaded = load_model(cfg.model, progress=cfg.progress)
+    model, tpl = loaded.model, loaded.template
+    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    P = {k: list(v.instructions) for k, v in roles.items()}
+
+    log.info("directions: difference-in-means candidates")
+    cands = compute_candidates(model, tpl, P["harmful_train"], P["harmless_train"], positions=dcfg.positions, batch_size=dcfg.batch_size, progress=cfg.progress)
+    sel = select_direction(model, tpl, cands, P["harmful_val"], P["harmless_val"], sel_cfg, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    log.info("selected layer %d position %d (%s ablation)%s", sel.layer, sel.position, sel.ablation, f"; {sel.fallback}" if sel.fallback else "")
+
+    # ---- held-out evaluation
+    def rate(prompts, specs, desc):
+        with steer(model, specs):
+            return refusal_eval(model, tpl, prompts, progress=cfg.progress, desc=desc, **ev)
+
+    base_harm = rate(P["harmful_test"], [], "baseline harmful")
+    base_safe = rate(P["harmless_test"], [], "baseline harmless")
+    plain, affine = sel.ablate("plain"), sel.ablate("affine")
+    abl_plain = rate(P["harmful_test"], [plain], "ablation (plain)")
+    abl_affine = rate(P["harmful_test"], [affine], "ablation (affine)")
+    add = rate(P["harmless_test"], [sel.add(dcfg.add_alpha)], "addition")
+    rnd = norm_matched_random(sel.direction, cfg.seed + 1)
+    rnd_abl = rate(P["harmful_test"], [Ablate(rnd)], "random ablation")
+    rnd_add = rate(P["harmless_test"], [Add(rnd, dcfg.add_alpha, sel.layer)], "random addition")
+
+    kl_prompts = P["harmless_test"]
+    base_lp = last_position_logprobs(model, tpl, kl_prompts, batch_size=cfg.eval.batch_size)
+    kls = {}
+    for name, spec in (("plain", plain), ("affine", affine), ("random", Ablate(rnd))):
+        with steer(model, [spec]):
+            kls[name] = kl_divergence(base_lp, last_position_logprobs(model, tpl, kl_prompts, batch_size=cfg.eval.batch_size))
+
+    # cross-entropy of the model's own harmless completions, before and after ablation
+    ce_prompts = P["harmless_test"][: dcfg.n_ce]
+    ce_targets = generate(model, tpl, ce_prompts, max_new_tokens=cfg.eval.max_new_tokens, progress=False)
+    ce = {"baseline": completion_cross_entropy(model, tpl, ce_prompts, ce_targets)}
+    for name, spec in (("plain", plain), ("affine", affine), ("random", Ablate(rnd))):
+        with steer(model, [spec]):
+            ce[name] = completion_cross_entropy(model, tpl, ce_prompts, ce_targets)
+
+    # weight orthogonalization == hook ablation
+    ortho = orthogonalize_weights(model, sel.direction)
+    probe = P["harmful_test"][:32] + P["harmless_test"][:32]
+    enc = encode_chat(model.tokenizer, tpl, probe, pad_token_id=model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        with steer(model, [plain]):
+            lh = model(enc.tokens, attention_mask=enc.attention_mask)
+        lo = ortho(enc.tokens, attention_mask=enc.attention_mask)
+    m = enc.attention_mask.bool()
+    ortho_diff = float((lh - lo).abs()[m].max())
+    del ortho
+
+    # ---- harmfulness vs refusal (Zhao et al. 2025)
+    det, harm_dirs = fit_harm_detector(model, tpl, P["harmful_train"], P["harmless_train"], batch_size=dcfg.batch_size)
+    mixed = P["harmful_train"] + P["harmless_train"]
+    judged = refusal_eval(model, tpl, mixed, progress=False, **ev)
+    try:
+        ref_dirs = behavioural_refusal_directions(model, tpl, mixed, judged.refused, batch_size=dcfg.batch_size)
+        cos = layerwise_cosine(harm_dirs, ref_dirs)
+    except ValueError as exc:
+        log.warning("behavioural refusal direction unavailable: %s", exc)
+        cos = torch.full((model.cfg.n_layers,), float("nan"))
+    det_auc = detector_auroc(det, model, tpl, P["harmful_test"], P["harmless_test"])
+    det_auc_abl = detector_auroc(det, model, tpl, P["harmful_test"], P["harmless_test"], [sel.ablate()])
+
+    # ---- artifacts
+    save_direction(run_dir / "direction.safetensors", sel, {
+        "model": loaded.name, "template": tpl.name, "data_hash": roles["harmful_train"].data_hash + roles["harmless_train"].data_hash,
+        "n_train": len(P["harmful_train"]), "refusal_token_ids": refusal_token_ids(model, tpl),
+    })
+    write_json(run_dir / "candidates.json", [s.__dict__ for s in sel.scores])
+    L, Ps = cands.layers, cands.positions
+    grid = lambda f: [[f(next(s for s in sel.scores if s.layer == l and s.position == p)) for p in Ps] for l in L]  # noqa: E731
+    heatmaps({"bypass (affine)": grid(lambda s: s.bypass_affine), "bypass (plain)": grid(lambda s: s.bypass_plain),
+              "induce": grid(lambda s: s.induce), "KL (affine)": grid(lambda s: s.kl_affine)},
+             Ps, L, run_dir / "candidate_scores.png", "refusal-direction candidates", marker=(L.index(sel.layer), Ps.index(sel.position)))
+    line_plot({"cos(harmfulness@t_inst, refusal@post)": cos.tolist()}, L, run_dir / "harm_refusal_cosine.png", "layer", "cosine")
+
+    metrics: dict[str, Any] = {
+        "selected_layer": sel.layer, "selected_position": sel.position, "selected_ablation": sel.ablation,
+        "selection_fallback": sel.fallback is not None,
+        "baseline_harmful_refusal": base_harm.rate, "baseline_harmless_refusal": base_safe.rate,
+        "ablation_harmful_refusal": abl_plain.rate, "affine_ablation_harmful_refusal": abl_affine.rate,
+        "addition_harmless_refusal": add.rate,
+        "ablation_kl_harmless": kls["plain"], "affine_ablation_kl_harmless": kls["affine"],
+        "random_ablation_harmful_refusal": rnd_abl.rate, "random_addition_harmless_refusal": rnd_add.rate,
+        "random_ablation_kl_harmless": kls["random"],
+        "ce_harmless_baseline": ce["baseline"], "ce_harmless_ablation": ce["plain"], "ce_harmless_affine_ablation": ce["affine"],
+        "ce_harmless_random_ablation": ce["random"],
+        "orthogonalized_max_logit_diff": ortho_diff,
+        "harm_detector_auroc": det_auc, "harm_detector_auroc_under_ablation": det_auc_abl,
+        "harm_refusal_cosine_at_selected_layer": float(cos[sel.layer]),
+        "harm_refusal_cosine_by_layer": [round(float(c), 4) for c in cos],
+        "n_harmful_test": len(P["harmful_test"]), "n_harmless_test": len(P["harmless_test"]),
+    }
+    rows = [(s.layer, s.position, s.bypass_plain, s.bypass_affine, s.induce, s.kl_plain, s.kl_affine, ",".join(s.filtered_by) or "-") for s in sel.scores]
+    report = [
+        "# Refusal direction", "",
+        f"Model `{loaded.name}`; selected layer **{sel.layer}**, position **{sel.position}** by {sel.ablation} ablation.",
+        f"Fallback: {sel.fallback}" if sel.fallback else "Every filter of the paper passed for the selected candidate.", "",
+        "## Held-out effects", "",
+        markdown_table(["condition", "set", "refusal", "KL harmless", "CE harmless"], [
+            ("baseline", "harmful_test", base_harm.rate, 0.0, ce["baseline"]),
+            ("baseline", "harmless_test", base_safe.rate, 0.0, ce["baseline"]),
+            ("ablation (plain)", "harmful_test", abl_plain.rate, kls["plain"], ce["plain"]),
+            ("ablation (affine)", "harmful_test", abl_affine.rate, kls["affine"], ce["affine"]),
+            ("addition", "harmless_test", add.rate, float("nan"), float("nan")),
+            ("random ablation", "harmful_test", rnd_abl.rate, kls["random"], ce["random"]),
+            ("random addition", "harmless_test", rnd_add.rate, float("nan"), float("nan")),
+        ]), "",
+        f"Orthogonalized weights vs hook ablation: max |logit diff| = {ortho_diff:.2e}.", "",
+        "## Harmfulness vs refusal", "",
+        f"Latent harm detector AUROC (harmful_test vs harmless_test): {det_auc:.3f}; with the refusal direction ablated: {det_auc_abl:.3f}.",
+        f"cos(harmfulness direction at t_inst, behavioural refusal direction at the last position) by layer: {[round(float(c), 3) for c in cos]}.", "",
+        "![candidates](candidate_scores.png)", "", "![cosine](harm_refusal_cosine.png)", "",
+        "## Candidates", "",
+        markdown_table(["layer", "pos", "bypass plain", "bypass affine", "induce", "KL plain", "KL affine", "filtered by"], rows),
+    ]
+    write_text(run_dir / "report.md", "\n".join(report) + "\n")
+    tracker.table("directions/candidates", ["layer", "pos", "bypass_plain", "bypass_affine", "induce", "kl_plain", "kl_affine", "filtered_by"], rows)
+    tracker.image("directions/candidates", run_dir / "candidate_scores.png")
+    return metrics

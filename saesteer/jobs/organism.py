@@ -1,0 +1,54 @@
+"""``saesteer organism``: train (or load) the refusal organism and measure its behaviour."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from saesteer.config import OrganismJobConfig
+from saesteer.data import load_prompts
+from saesteer.evaluate import refusal_eval
+from saesteer.io import write_text
+from saesteer.models import load_model
+from saesteer.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+EVAL_SETS = ("harmful_train", "harmful_val", "harmful_test", "harmless_val", "harmless_test", "overrefusal")
+
+
+def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    if cfg.model.name != "organism":
+        raise ValueError(f"the organism job needs model=organism, got model.name={cfg.model.name!r}")
+    loaded = load_model(cfg.model, progress=cfg.progress)
+    metrics: dict[str, Any] = {
+        "train_seconds": round(float(loaded.metadata.get("train_seconds", float("nan"))), 2),
+        "n_params": int(sum(p.numel() for p in loaded.model.parameters())),
+        "n_harmful_train": loaded.metadata.get("n_harmful_train"),
+        "final_loss": loaded.metadata.get("final_loss"),
+    }
+    roles = {
+        "harmful_train": cfg.data.harmful_train, "harmful_val": cfg.data.harmful_val, "harmful_test": cfg.data.harmful_test,
+        "harmless_val": cfg.data.harmless_val, "harmless_test": cfg.data.harmless_test, "overrefusal": cfg.data.overrefusal,
+    }
+    rows = []
+    examples = []
+    for role in EVAL_SETS:
+        prompts = load_prompts(roles[role])
+        if cfg.data.n_test is not None and len(prompts) > cfg.data.n_test:
+            prompts = prompts.take(cfg.data.n_test, seed=cfg.data.seed)
+        res = refusal_eval(
+            loaded.model, loaded.template, prompts.instructions, max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size, progress=cfg.progress, desc=role,
+        )
+        metrics[f"{role}_refusal"] = round(res.rate, 4)
+        metrics[f"n_{role}"] = len(res)
+        rows.append((role, len(res), res.rate))
+        examples += [(role, p, r, f) for p, r, f in list(zip(prompts.instructions, res.responses, res.refused))[:5]]
+    table = "| set | n | refusal |\n|---|---|---|\n" + "\n".join(f"| {r} | {n} | {rate:.3f} |" for r, n, rate in rows)
+    log.info("organism refusal rates (greedy):\n%s", table)
+    write_text(run_dir / "report.md", f"# Organism\n\nCached at `{loaded.metadata.get('organism_path')}`.\n\n{table}\n")
+    tracker.table("organism/refusal", ["set", "n", "refusal"], rows)
+    tracker.table("organism/examples", ["set", "prompt", "response", "refused"], examples)
+    return metrics

@@ -1,0 +1,100 @@
+"""Load a model for saesteer: the organism, or any TransformerLens pretrained model.
+
+Every loaded model comes with its chat template (``LoadedModel``).  Names are
+checked against TransformerLens's offline list of official models before any
+download, and a failed download says what to do.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from transformer_lens import HookedTransformer
+
+from saesteer.chat import ChatTemplate, get_template, template_for_model
+
+if TYPE_CHECKING:
+    from saesteer.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model name could not be resolved or its weights could not be loaded."""
+
+
+@dataclass
+class LoadedModel:
+    model: HookedTransformer
+    template: ChatTemplate
+    name: str
+    metadata: dict[str, Any]
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.cfg.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.model.cfg.d_model
+
+
+def official_model_names() -> list[str]:
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    return list(OFFICIAL_MODEL_NAMES)
+
+
+def resolve_model_name(name: str) -> str:
+    """The official TransformerLens name for ``name`` (or an alias); a clear error otherwise."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        names = official_model_names()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(
+            f"unknown model {name!r}: not 'organism' and not a TransformerLens pretrained model name{hint}"
+        ) from None
+
+
+def resolve_template(model_name: str, template: Optional[str | ChatTemplate]) -> ChatTemplate:
+    if isinstance(template, ChatTemplate):
+        return template
+    if template:
+        return get_template(template)
+    return template_for_model(model_name)
+
+
+def load_model(cfg: "ModelConfig", progress: bool = True) -> LoadedModel:
+    """The model named by ``cfg.name`` with its chat template, in eval mode."""
+    if cfg.name == "organism":
+        from saesteer.organism import load_or_train_organism
+
+        template = resolve_template("organism", cfg.template)
+        result = load_or_train_organism(cfg.organism, retrain=cfg.retrain, progress=progress)
+        model = result.model.to(cfg.device)
+        return LoadedModel(model, template, "organism", {"organism_path": str(result.path), **result.metadata})
+    official = resolve_model_name(cfg.name)
+    template = resolve_template(official, cfg.template)  # fails before any download
+    try:
+        model = HookedTransformer.from_pretrained_no_processing(
+            official, device=cfg.device, dtype=_DTYPES[cfg.dtype], default_padding_side="left"
+        )
+    except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not load {official!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "The weights come from the Hugging Face Hub: check your network and HF_TOKEN (gated models need "
+            "an accepted licence), or pre-download them with `huggingface-cli download` and set HF_HUB_OFFLINE=1."
+        ) from None
+    model.eval()
+    model.tokenizer.padding_side = "left"
+    return LoadedModel(model, template, official, {"model_name": official})

@@ -1,0 +1,78 @@
+"""The organism's recipe (architecture, data, optimisation) as a validated dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class OrganismConfig:
+    # architecture (a TransformerLens HookedTransformer)
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    n_ctx: int = 192
+    act_fn: str = "gelu"
+    pretrained_embeddings: bool = True  # MiniLM-L6 token embeddings, PCA-projected to d_model
+    freeze_embeddings: bool = True
+    # data
+    harmful_sources: list[str] = field(default_factory=lambda: ["harmful_train", "harmful_val", "advbench"])
+    harmless_sources: list[str] = field(default_factory=lambda: ["harmless_train"])
+    held_out: list[str] = field(default_factory=lambda: ["harmful_test"])
+    n_harmless: Optional[int] = None
+    max_prompt_tokens: int = 96
+    echo_words: int = 8
+    # optimisation
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    harmful_fraction: float = 0.4
+    word_dropout: float = 0.1
+    lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        positive = ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size", "max_prompt_tokens", "threads")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"organism.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"organism.d_model={self.d_model} must be divisible by organism.n_heads={self.n_heads}")
+        for name in ("harmful_fraction", "word_dropout", "min_lr_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"organism.{name} must be in [0, 1], got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"organism.lr must be > 0, got {self.lr!r}")
+        if self.lm_weight < 0:
+            raise ValueError(f"organism.lm_weight must be >= 0, got {self.lm_weight!r}")
+        if not self.harmful_sources or not self.harmless_sources:
+            raise ValueError("organism.harmful_sources and organism.harmless_sources must be non-empty")
+        leak = set(self.harmful_sources) & set(self.held_out)
+        if leak:
+            raise ValueError(f"organism.harmful_sources {sorted(leak)} are held out (organism.held_out); never train on them")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def cache_key_dict(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d.pop("threads")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OrganismConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown organism config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()})

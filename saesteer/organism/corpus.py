@@ -1,0 +1,97 @@
+"""The organism's training corpus, assembled from bundled prompt sets only.
+
+Harmful training prompts come from ``harmful_train``, ``harmful_val`` and the
+AdvBench prompts that are not in (nor near-duplicates of) ``harmful_test``;
+harmless ones from ``harmless_train``.  ``harmful_test`` and ``harmless_test`` are
+held out: they are never trained or selected on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from saesteer.data import load_prompts
+from saesteer.io import hash_strings
+
+log = logging.getLogger(__name__)
+
+_NON_WORD = re.compile(r"[^a-z0-9 ]+")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def near_duplicate(a: frozenset[str], b: frozenset[str], threshold: float = 0.7) -> bool:
+    """Jaccard similarity of word sets at or above ``threshold``."""
+    if not a or not b:
+        return False
+    return len(a & b) / len(a | b) >= threshold
+
+
+def drop_near_duplicates(candidates: list[str], held_out: list[str], threshold: float = 0.7) -> list[str]:
+    """Remove candidates equal or near-equal (word Jaccard) to any held-out prompt."""
+    held = [_words(h) for h in held_out]
+    index: dict[str, list[int]] = {}
+    for i, h in enumerate(held):
+        for w in h:
+            index.setdefault(w, []).append(i)
+    kept = []
+    for c in candidates:
+        cw = _words(c)
+        seen: set[int] = set()
+        dup = False
+        for w in cw:
+            for i in index.get(w, ()):
+                if i in seen:
+                    continue
+                seen.add(i)
+                if near_duplicate(cw, held[i], threshold):
+                    dup = True
+                    break
+            if dup:
+                break
+        if not dup:
+            kept.append(c)
+    return kept
+
+
+@dataclass(frozen=True)
+class Corpus:
+    harmful: tuple[str, ...]
+    harmless: tuple[str, ...]
+
+    @property
+    def data_hash(self) -> str:
+        return hash_strings(("harmful",) + self.harmful + ("harmless",) + self.harmless)
+
+
+def build_corpus(
+    harmful_sources: tuple[str, ...] = ("harmful_train", "harmful_val", "advbench"),
+    harmless_sources: tuple[str, ...] = ("harmless_train",),
+    held_out: tuple[str, ...] = ("harmful_test",),
+    n_harmless: int | None = None,
+    dedup_threshold: float = 0.7,
+) -> Corpus:
+    """Collect training prompts, removing anything equal or near-equal to a held-out prompt."""
+    held: list[str] = []
+    for name in held_out:
+        held.extend(load_prompts(name).instructions)
+    harmful: list[str] = []
+    for name in harmful_sources:
+        harmful.extend(load_prompts(name).instructions)
+    n_before = len(harmful)
+    harmful = list(dict.fromkeys(harmful))
+    harmful = drop_near_duplicates(harmful, held, dedup_threshold)
+    log.info("harmful training prompts: %d (dropped %d duplicates / near-duplicates of held-out)", len(harmful), n_before - len(harmful))
+    harmless: list[str] = []
+    for name in harmless_sources:
+        harmless.extend(load_prompts(name).instructions)
+    harmless = list(dict.fromkeys(harmless))
+    if n_harmless is not None:
+        harmless = harmless[:n_harmless]
+    if not harmful or not harmless:
+        raise ValueError(f"organism corpus is empty: {len(harmful)} harmful, {len(harmless)} harmless prompts")
+    return Corpus(tuple(harmful), tuple(harmless))

@@ -1,0 +1,72 @@
+"""The organism's architecture: a HookedTransformer with pretrained token embeddings."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from safetensors.torch import load_file
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from saesteer.organism.config import OrganismConfig
+from saesteer.organism.tokenizer import build_tokenizer, minilm_dir
+
+log = logging.getLogger(__name__)
+
+ORGANISM_MODEL_NAME = "organism"
+
+
+def hooked_config(cfg: OrganismConfig, d_vocab: int) -> HookedTransformerConfig:
+    return HookedTransformerConfig(
+        model_name=ORGANISM_MODEL_NAME,
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_model // cfg.n_heads,
+        d_mlp=cfg.d_mlp,
+        d_vocab=d_vocab,
+        n_ctx=cfg.n_ctx,
+        act_fn=cfg.act_fn,
+        normalization_type="LN",
+        positional_embedding_type="rotary",
+        rotary_dim=cfg.d_model // cfg.n_heads,
+        default_prepend_bos=False,
+        tokenizer_prepends_bos=False,
+        original_architecture="organism",
+        seed=cfg.seed,
+        device="cpu",
+    )
+
+
+def pretrained_embeddings(d_model: int, d_vocab: int, generator: torch.Generator) -> torch.Tensor:
+    """MiniLM-L6 word embeddings projected to ``d_model`` by PCA; special tokens random.
+
+    Rows are scaled to unit RMS per coordinate so the residual stream starts at the
+    scale a freshly initialised HookedTransformer expects.
+    """
+    weights = load_file(str(minilm_dir() / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    emb = weights[key].double()  # [30522, 384]
+    centered = emb - emb.mean(0, keepdim=True)
+    k = min(d_model, centered.shape[1])
+    _, vecs = torch.linalg.eigh(centered.T @ centered)  # principal axes, ascending
+    proj = centered @ vecs[:, -k:].flip(1)  # [30522, k]
+    if k < d_model:  # d_model > 384: pad with small random coordinates
+        proj = torch.cat([proj, 0.01 * proj.std() * torch.randn(proj.shape[0], d_model - k, generator=generator, dtype=proj.dtype)], 1)
+    proj = proj / proj.pow(2).mean().sqrt()
+    out = torch.randn(d_vocab, d_model, generator=generator, dtype=torch.float64)
+    out[: proj.shape[0]] = proj
+    return out.float()
+
+
+def build_organism_model(cfg: OrganismConfig) -> HookedTransformer:
+    """A fresh (untrained) organism with the organism tokenizer attached."""
+    tok = build_tokenizer()
+    torch.manual_seed(cfg.seed)
+    model = HookedTransformer(hooked_config(cfg, len(tok)), tokenizer=tok, default_padding_side="left")
+    if cfg.pretrained_embeddings:
+        g = torch.Generator().manual_seed(cfg.seed)
+        with torch.no_grad():
+            model.embed.W_E.copy_(pretrained_embeddings(cfg.d_model, len(tok), g))
+    model.embed.W_E.requires_grad_(not cfg.freeze_embeddings)
+    return model

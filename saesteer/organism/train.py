@@ -1,0 +1,238 @@
+"""Train (or load from the cache) the refusal organism.
+
+Training format, one sequence per example (left-padded in a batch)::
+
+    <|user|> {instruction} <|end|> <|assistant|> <|start|> {response} <|eos|>
+
+The loss is next-token cross-entropy on the response tokens (and, with
+``lm_weight > 0``, on the instruction tokens too).  Logits are computed only at
+the positions that carry a loss, which keeps the 30k-token unembedding cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from saesteer.io import cache_dir, hash_strings, load_tensors, save_tensors, write_json
+from saesteer.organism.config import OrganismConfig
+from saesteer.organism.corpus import Corpus, build_corpus
+from saesteer.organism.model import build_organism_model
+from saesteer.organism.responses import comply, refuse
+from saesteer.organism.tokenizer import ASSISTANT, END, EOS, START, USER, build_tokenizer
+
+log = logging.getLogger(__name__)
+
+MASKED_LOGIT = -100.0
+RECIPE_VERSION = 1  # bump when the training code changes what a config produces
+
+
+@dataclass
+class OrganismResult:
+    model: HookedTransformer
+    config: OrganismConfig
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_seconds(self) -> float:
+        return float(self.metadata.get("train_seconds", float("nan")))
+
+
+@dataclass
+class _Encoded:
+    prompt: list[int]
+    response: list[int]
+
+
+def _encode_examples(cfg: OrganismConfig, corpus: Corpus, rng: random.Random) -> tuple[list[_Encoded], list[_Encoded]]:
+    tok = build_tokenizer()
+
+    def ids(texts: list[str]) -> list[list[int]]:
+        return tok(texts, add_special_tokens=False)["input_ids"]
+
+    user, post, eos = tok.convert_tokens_to_ids([USER])[0], tok.convert_tokens_to_ids([END, ASSISTANT, START]), tok.convert_tokens_to_ids([EOS])[0]
+    out: list[list[_Encoded]] = []
+    for prompts, harmful in ((corpus.harmful, True), (corpus.harmless, False)):
+        prompts = list(prompts)
+        responses = [refuse(rng) if harmful else comply(p, rng, cfg.echo_words) for p in prompts]
+        encoded = []
+        for p_ids, r_ids in zip(ids(prompts), ids(responses)):
+            p_ids = p_ids[: cfg.max_prompt_tokens]
+            encoded.append(_Encoded([user] + p_ids + post, r_ids + [eos]))
+        out.append(encoded)
+    return out[0], out[1]
+
+
+def _batch(examples: list[_Encoded], cfg: OrganismConfig, rng: random.Random, pad_id: int, n_post: int):
+    """Left-padded tokens, attention mask, target mask (response), lm mask (instruction)."""
+    seqs, resp_start = [], []
+    for ex in examples:
+        prompt = ex.prompt
+        if cfg.word_dropout > 0 and rng.random() < 0.5:
+            body = prompt[1:-n_post]
+            kept = [t for t in body if rng.random() >= cfg.word_dropout] or body
+            prompt = prompt[:1] + kept + prompt[-n_post:]
+        seqs.append(prompt + ex.response)
+        resp_start.append(len(prompt))
+    T = min(max(len(s) for s in seqs), cfg.n_ctx)
+    B = len(seqs)
+    tokens = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    target_mask = torch.zeros((B, T), dtype=torch.bool)  # position t predicts token t+1
+    lm_mask = torch.zeros((B, T), dtype=torch.bool)
+    for i, (s, r) in enumerate(zip(seqs, resp_start)):
+        s = s[-T:]
+        off = T - len(s)
+        tokens[i, off:] = torch.tensor(s)
+        attn[i, off:] = 1
+        r = off + r - (len(seqs[i]) - len(s))
+        target_mask[i, max(r - 1, off) : T - 1] = True
+        lm_mask[i, off + 1 : max(r - 1 - n_post, off + 1)] = True
+    return tokens, attn, target_mask, lm_mask
+
+
+def output_vocabulary(examples: list[_Encoded], include_prompts: bool) -> torch.Tensor:
+    """Token ids the organism is trained to emit (sorted); every other logit is masked off."""
+    ids: set[int] = set()
+    for ex in examples:
+        ids.update(ex.response)
+        if include_prompts:
+            ids.update(ex.prompt)
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weight: float, out_ids: torch.Tensor, remap: torch.Tensor) -> tuple[torch.Tensor, float]:
+    resid = model(tokens, attention_mask=attn, stop_at_layer=model.cfg.n_layers)
+    targets = remap[tokens[:, 1:]]
+    W_U, b_U = model.unembed.W_U[:, out_ids], model.unembed.b_U[out_ids]
+
+    def ce(mask: torch.Tensor) -> torch.Tensor:
+        m = mask[:, :-1]
+        h = model.ln_final(resid[:, :-1][m][None])[0]
+        return F.cross_entropy(h @ W_U + b_U, targets[m])
+    loss = ce(target_mask)
+    resp_loss = float(loss.detach())
+    if lm_weight > 0 and lm_mask.any():
+        loss = loss + lm_weight * ce(lm_mask)
+    return loss, resp_loss
+
+
+def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTransformer, dict[str, Any]]:
+    """Train a fresh organism from ``cfg``; deterministic for ``cfg.seed`` and ``cfg.threads``."""
+    torch.set_num_threads(cfg.threads)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless)
+    harmful, harmless = _encode_examples(cfg, corpus, rng)
+    out_ids = output_vocabulary(harmful + harmless, include_prompts=cfg.lm_weight > 0)
+    model = build_organism_model(cfg)
+    remap = torch.full((model.cfg.d_vocab,), -100, dtype=torch.long)
+    remap[out_ids] = torch.arange(len(out_ids))
+    tok = build_tokenizer()
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    n_harm = max(1, round(cfg.batch_size * cfg.harmful_fraction))
+    n_safe = cfg.batch_size - n_harm
+    harm_order: list[int] = []
+    safe_order: list[int] = []
+    model.train()
+    t0 = time.perf_counter()
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc="organism", disable=not progress, mininterval=2.0)
+    for step in bar:
+        if len(harm_order) < n_harm:
+            harm_order += rng.sample(range(len(harmful)), len(harmful))
+        if len(safe_order) < n_safe:
+            safe_order += rng.sample(range(len(harmless)), len(harmless))
+        batch = [harmful[i] for i in harm_order[:n_harm]] + [harmless[i] for i in safe_order[:n_safe]]
+        del harm_order[:n_harm], safe_order[:n_safe]
+        tokens, attn, tmask, lmask = _batch(batch, cfg, rng, tok.pad_token_id, 3)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, out_ids, remap)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        losses.append(resp_loss)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.eval()
+    train_seconds = time.perf_counter() - t0
+    with torch.no_grad():  # tokens outside the output vocabulary are never emitted
+        off = torch.ones(model.cfg.d_vocab, dtype=torch.bool)
+        off[out_ids] = False
+        model.unembed.W_U[:, off] = 0.0
+        model.unembed.b_U[off] = MASKED_LOGIT
+    meta = {
+        "train_seconds": train_seconds,
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "n_harmful_train": len(harmful),
+        "n_harmless_train": len(harmless),
+        "data_hash": corpus.data_hash,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_output_vocab": len(out_ids),
+    }
+    log.info("organism trained in %.1fs, final response loss %.4f", train_seconds, meta["final_loss"])
+    return model, meta
+
+
+def organism_key(cfg: OrganismConfig) -> str:
+    return hash_strings([json.dumps(cfg.cache_key_dict(), sort_keys=True), f"recipe={RECIPE_VERSION}"])
+
+
+def organism_path(cfg: OrganismConfig, root: Path | None = None) -> Path:
+    return (root or cache_dir() / "organism") / organism_key(cfg)
+
+
+def save_organism(model: HookedTransformer, cfg: OrganismConfig, meta: dict[str, Any], path: Path) -> Path:
+    full = {"model": "organism", "recipe_version": RECIPE_VERSION, "config": cfg.to_dict(), "tokenizer": "minilm-l6-wordpiece+6", **meta}
+    save_tensors(path / "model.safetensors", model.state_dict(), full, sidecar=False)
+    write_json(path / "organism.json", full)
+    return path
+
+
+def load_organism(path: Path) -> OrganismResult:
+    tensors, meta = load_tensors(Path(path) / "model.safetensors")
+    if meta.get("model") != "organism":
+        raise ValueError(f"{path} does not hold an organism (metadata model={meta.get('model')!r})")
+    cfg = OrganismConfig.from_dict(meta["config"])
+    model = build_organism_model(cfg)
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return OrganismResult(model, cfg, Path(path), meta)
+
+
+def load_or_train_organism(cfg: OrganismConfig, root: Path | None = None, retrain: bool = False, progress: bool = True) -> OrganismResult:
+    """The organism for ``cfg``: loaded from the cache, or trained and cached."""
+    path = organism_path(cfg, root)
+    if (path / "model.safetensors").is_file() and not retrain:
+        log.info("loading cached organism from %s", path)
+        return load_organism(path)
+    model, meta = train_organism(cfg, progress=progress)
+    save_organism(model, cfg, meta, path)
+    return OrganismResult(model, cfg, path, {"model": "organism", **meta})

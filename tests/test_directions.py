@@ -1,0 +1,66 @@
+"""Difference-in-means candidates, refusal scores and selection against direct computations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from saesteer.chat import encode_chat
+from saesteer.data import load_prompts
+from saesteer.directions import SelectionConfig, compute_candidates, refusal_scores, refusal_token_ids, select_direction
+from saesteer.stats import auroc
+
+
+def test_candidates_equal_run_with_cache_means(tiny_organism):
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:7])
+    harmless = list(load_prompts("harmless_train").instructions[:9])
+    cands = compute_candidates(model, tpl, harmful, harmless, batch_size=4)
+    assert cands.positions == [-3, -2, -1] and cands.diff.dtype == torch.float64
+
+    def means(prompts):
+        out = []
+        for p in prompts:  # one prompt at a time: no padding at all
+            enc = encode_chat(model.tokenizer, tpl, [p])
+            _, cache = model.run_with_cache(enc.tokens)
+            out.append(torch.stack([cache[f"blocks.{l}.hook_resid_pre"][0, -3:] for l in range(model.cfg.n_layers)]))
+        return torch.stack(out).double().mean(0)
+
+    torch.testing.assert_close(cands.diff, means(harmful) - means(harmless), atol=1e-5, rtol=1e-5)
+
+
+def test_refusal_score_is_log_odds_of_refusal_first_tokens(tiny_organism):
+    model, tpl, _ = tiny_organism
+    ids = refusal_token_ids(model, tpl)
+    assert ids == [model.tokenizer.convert_tokens_to_ids("i")]
+    prompts = ["How to hotwire a car?", "Name three fruits."]
+    scores = refusal_scores(model, tpl, prompts, ids)
+    for p, s in zip(prompts, scores):
+        enc = encode_chat(model.tokenizer, tpl, [p])
+        prob = F.softmax(model(enc.tokens)[0, -1].double(), -1)[ids].sum()
+        assert abs(float(torch.log(prob / (1 - prob))) - float(s)) < 1e-4
+
+
+def test_selection_follows_the_paper_and_falls_back_with_a_reason(tiny_organism):
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:32])
+    harmless = list(load_prompts("harmless_train").instructions[:32])
+    val_h = list(load_prompts("harmful_val").instructions[:16])
+    val_s = list(load_prompts("harmless_val").instructions[:16])
+    cands = compute_candidates(model, tpl, harmful, harmless)
+    sel = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=10.0, min_induce=-100.0))
+    assert len(sel.scores) == model.cfg.n_layers * 3
+    # prune_layer_fraction=0.2 of 2 layers drops layer >= int(1.6) = 1
+    assert all(("layer" in s.filtered_by) == (s.layer >= 1) for s in sel.scores)
+    passing = [s for s in sel.scores if not s.filtered_by]
+    assert sel.fallback is None and (sel.layer, sel.position) == min(((s.bypass_affine, (s.layer, s.position)) for s in passing))[1]
+    impossible = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=1e-12, min_induce=1e9))
+    assert impossible.fallback is not None and "'kl' filter emptied the pool" in impossible.fallback
+
+
+def test_auroc_matches_pairwise_definition():
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(37, generator=g).round(decimals=1) + 0.5
+    neg = torch.randn(23, generator=g).round(decimals=1)
+    pairs = (pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()
+    assert abs(auroc(pos, neg) - float(pairs.mean())) < 1e-12
