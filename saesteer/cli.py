@@ -11,6 +11,7 @@ JOBS: dict[str, str] = {
     "organism": "saesteer.jobs.organism",
     "generate": "saesteer.jobs.generate",
     "directions": "saesteer.jobs.directions",
+    "train-sae": "saesteer.jobs.train_sae",
 }
 
 USAGE = "usage: saesteer JOB [key=value ...] [hydra options]\njobs: {}"

@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from saesteer.organism.config import OrganismConfig
+from saesteer.sae.config import SaeConfig
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -149,10 +150,23 @@ class DirectionsJobConfig(JobConfig):
     directions: DirectionsConfig = field(default_factory=DirectionsConfig)
 
 
+@dataclass
+class TrainSaeJobConfig(JobConfig):
+    """``saesteer train-sae``: fit (or load) an SAE on a residual stream and measure it."""
+
+    job: str = "train-sae"
+    sae: SaeConfig = field(default_factory=SaeConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sae, dict):
+            self.sae = SaeConfig.from_dict(self.sae)
+
+
 SCHEMAS: dict[str, type] = {
     "directions": DirectionsJobConfig,
     "organism": OrganismJobConfig,
     "generate": GenerateJobConfig,
+    "train-sae": TrainSaeJobConfig,
 }
 
 

@@ -8,8 +8,10 @@ original order.  A key-value cache makes each new token cost one position.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Sequence
+from contextvars import ContextVar
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -19,6 +21,20 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from saesteer.chat import ChatTemplate, encode_chat
 
 log = logging.getLogger(__name__)
+
+#: "prompt" while the model reads the prompt (every ordinary forward pass), "generated"
+#: while ``generate`` decodes new tokens; interventions that act only on prompt or
+#: generated tokens read it.
+PHASE: ContextVar[str] = ContextVar("saesteer_phase", default="prompt")
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    token = PHASE.set(name)
+    try:
+        yield
+    finally:
+        PHASE.reset(token)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -67,7 +83,8 @@ def generate(
             new.append(nxt)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = model(nxt[:, None], attention_mask=torch.ones(B, 1, dtype=mask.dtype, device=device), past_kv_cache=cache)
+            with phase("generated"):
+                logits = model(nxt[:, None], attention_mask=torch.ones(B, 1, dtype=mask.dtype, device=device), past_kv_cache=cache)
         gen = torch.stack(new, 1).tolist()
         for row, i in zip(gen, idx):
             if eos is not None and eos in row:

@@ -48,10 +48,14 @@ def test_selection_follows_the_paper_and_falls_back_with_a_reason(tiny_organism)
     val_h = list(load_prompts("harmful_val").instructions[:16])
     val_s = list(load_prompts("harmless_val").instructions[:16])
     cands = compute_candidates(model, tpl, harmful, harmless)
-    sel = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=10.0, min_induce=-100.0))
-    assert len(sel.scores) == model.cfg.n_layers * 3
-    # prune_layer_fraction=0.2 of 2 layers drops layer >= int(1.6) = 1
-    assert all(("layer" in s.filtered_by) == (s.layer >= 1) for s in sel.scores)
+    # layer 0's resid_pre at the special post-instruction tokens is their (fixed) embedding:
+    # no difference in means there, so no candidate
+    assert float(cands.diff[0].abs().max()) == 0.0
+    loose = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=10.0, min_induce=-100.0))
+    assert len(loose.scores) == (model.cfg.n_layers - 1) * 3
+    # prune_layer_fraction=0.2 of 2 layers drops layer >= int(1.6) = 1: nothing is left
+    assert all(s.filtered_by == ["layer"] for s in loose.scores) and "'layer' filter emptied" in loose.fallback
+    sel = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=10.0, min_induce=-100.0, prune_layer_fraction=0.0))
     passing = [s for s in sel.scores if not s.filtered_by]
     assert sel.fallback is None and (sel.layer, sel.position) == min(((s.bypass_affine, (s.layer, s.position)) for s in passing))[1]
     impossible = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=1e-12, min_induce=1e9))

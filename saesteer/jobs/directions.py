@@ -11,7 +11,6 @@ import torch
 
 from saesteer.config import DirectionsJobConfig
 from saesteer.chat import encode_chat
-from saesteer.directions import compute_candidates, refusal_token_ids, save_direction, select_direction
 from saesteer.evaluate import completion_cross_entropy, kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.generation import generate
 from saesteer.harmfulness import behavioural_refusal_directions, detector_auroc, fit_harm_detector, layerwise_cosine
@@ -21,6 +20,7 @@ from saesteer.jobs.common import load_role
 from saesteer.judge import RefusalJudge
 from saesteer.models import load_model
 from saesteer.report import heatmaps, line_plot, markdown_table
+from saesteer.stages import direction_stage
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,16 @@ def norm_matched_random(direction: torch.Tensor, seed: int) -> torch.Tensor:
 
 def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     dcfg = cfg.directions
-    sel_cfg = dcfg.selection()
     roles = {r: load_role(cfg.data, r) for r in ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")}
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
     ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
     P = {k: list(v.instructions) for k, v in roles.items()}
 
-    log.info("directions: difference-in-means candidates")
-    cands = compute_candidates(model, tpl, P["harmful_train"], P["harmless_train"], positions=dcfg.positions, batch_size=dcfg.batch_size, progress=cfg.progress)
-    sel = select_direction(model, tpl, cands, P["harmful_val"], P["harmless_val"], sel_cfg, batch_size=cfg.eval.batch_size, progress=cfg.progress)
-    log.info("selected layer %d position %d (%s ablation)%s", sel.layer, sel.position, sel.ablation, f"; {sel.fallback}" if sel.fallback else "")
+    log.info("directions: difference-in-means candidates and selection")
+    sel = direction_stage(loaded, cfg.data, dcfg, progress=cfg.progress)
+    fallback = sel.metadata.get("fallback")
+    log.info("selected layer %d position %d (%s ablation)%s", sel.layer, sel.position, sel.ablation, f"; {fallback}" if fallback else "")
 
     # ---- held-out evaluation
     def rate(prompts, specs, desc):
@@ -102,13 +101,16 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     det_auc_abl = detector_auroc(det, model, tpl, P["harmful_test"], P["harmless_test"], [sel.ablate()])
 
     # ---- artifacts
-    save_direction(run_dir / "direction.safetensors", sel, {
-        "model": loaded.name, "template": tpl.name, "data_hash": roles["harmful_train"].data_hash + roles["harmless_train"].data_hash,
-        "n_train": len(P["harmful_train"]), "refusal_token_ids": refusal_token_ids(model, tpl),
-    })
+    import shutil
+
+    shutil.copyfile(sel.path, run_dir / "direction.safetensors")
+    shutil.copyfile(sel.path.with_suffix(".json"), run_dir / "direction.json")
     write_json(run_dir / "candidates.json", [s.__dict__ for s in sel.scores])
-    L, Ps = cands.layers, cands.positions
-    grid = lambda f: [[f(next(s for s in sel.scores if s.layer == l and s.position == p)) for p in Ps] for l in L]  # noqa: E731
+    L = sorted({s.layer for s in sel.scores})
+    Ps = sorted({s.position for s in sel.scores})
+    by_cell = {(s.layer, s.position): s for s in sel.scores}
+    nan = float("nan")
+    grid = lambda f: [[f(by_cell[(l, p)]) if (l, p) in by_cell else nan for p in Ps] for l in L]  # noqa: E731
     heatmaps({"bypass (affine)": grid(lambda s: s.bypass_affine), "bypass (plain)": grid(lambda s: s.bypass_plain),
               "induce": grid(lambda s: s.induce), "KL (affine)": grid(lambda s: s.kl_affine)},
              Ps, L, run_dir / "candidate_scores.png", "refusal-direction candidates", marker=(L.index(sel.layer), Ps.index(sel.position)))
@@ -116,7 +118,7 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
 
     metrics: dict[str, Any] = {
         "selected_layer": sel.layer, "selected_position": sel.position, "selected_ablation": sel.ablation,
-        "selection_fallback": sel.fallback is not None,
+        "selection_fallback": fallback is not None,
         "baseline_harmful_refusal": base_harm.rate, "baseline_harmless_refusal": base_safe.rate,
         "ablation_harmful_refusal": abl_plain.rate, "affine_ablation_harmful_refusal": abl_affine.rate,
         "addition_harmless_refusal": add.rate,
@@ -135,7 +137,7 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     report = [
         "# Refusal direction", "",
         f"Model `{loaded.name}`; selected layer **{sel.layer}**, position **{sel.position}** by {sel.ablation} ablation.",
-        f"Fallback: {sel.fallback}" if sel.fallback else "Every filter of the paper passed for the selected candidate.", "",
+        f"Fallback: {fallback}" if fallback else "Every filter of the paper passed for the selected candidate.", "",
         "## Held-out effects", "",
         markdown_table(["condition", "set", "refusal", "KL harmless", "CE harmless"], [
             ("baseline", "harmful_test", base_harm.rate, 0.0, ce["baseline"]),

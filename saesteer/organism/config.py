@@ -26,7 +26,7 @@ class OrganismConfig:
     max_prompt_tokens: int = 96
     echo_words: int = 8
     # optimisation
-    steps: int = 1200
+    steps: int = 600
     batch_size: int = 64
     lr: float = 2e-3
     min_lr_ratio: float = 0.05

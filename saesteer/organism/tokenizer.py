@@ -49,9 +49,15 @@ class OrganismTokenizer(PreTrainedTokenizerFast):
 
 
 @functools.lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    return (minilm_dir() / "tokenizer.json").read_text()
+
+
 def build_tokenizer() -> OrganismTokenizer:
-    """The organism tokenizer: uncased WordPiece (30,522 tokens) plus six chat special tokens."""
-    raw = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+    """The organism tokenizer: uncased WordPiece (30,522 tokens) plus six chat special tokens.
+
+    A new instance per call: TransformerLens edits the tokenizer it is given."""
+    raw = Tokenizer.from_str(_tokenizer_json())
     raw.no_padding()
     raw.no_truncation()
     raw.post_processor = None
@@ -67,4 +73,5 @@ def build_tokenizer() -> OrganismTokenizer:
     tok.add_special_tokens({"additional_special_tokens": [USER, END, ASSISTANT, START]})
     tok.padding_side = "left"
     tok.model_max_length = 512
+    tok.init_kwargs["name_or_path"] = "saesteer/organism-minilm-wordpiece"
     return tok

@@ -1,0 +1,195 @@
+"""SAE feature edits with the error term kept (O'Brien et al. 2024 style clamping).
+
+With a = encode(x), an edit that changes features F to new values a'_F gives
+``x' = x + gate * sum_{f in F} (a'_f - a_f) W_dec[f]`` (DESIGN.md).  This is exactly
+sae_lens's splice with ``use_error_term=True`` plus a clamp hook, at the cost of
+|F| encoder columns for ReLU / JumpReLU SAEs (a full encode for TopK).  The
+arithmetic runs in ``saesteer.kernels``: Triton on CUDA tensors, torch elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+
+from saesteer.generation import PHASE
+from saesteer.interventions.directions import Intervention
+from saesteer.interventions.gates import Gate, hook_order
+from saesteer.kernels import MODES, sparse_feature_edit, topk_feature_edit
+
+APPLY_TO = ("prompt", "generated", "both")
+
+
+@dataclass
+class SaeWeights:
+    """The tensors and semantics of an sae_lens SAE that feature edits need."""
+
+    architecture: str  # standard | jumprelu | topk
+    W_enc: torch.Tensor  # [d_in, d_sae]
+    b_enc: torch.Tensor  # [d_sae]
+    W_dec: torch.Tensor  # [d_sae, d_in]
+    b_dec: torch.Tensor  # [d_in]
+    apply_b_dec_to_input: bool
+    threshold: Optional[torch.Tensor] = None  # jumprelu [d_sae]
+    k: Optional[int] = None  # topk
+    hook_name: Optional[str] = None
+
+    @property
+    def d_in(self) -> int:
+        return self.W_enc.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_enc.shape[1]
+
+    @classmethod
+    def from_sae(cls, sae: Any) -> "SaeWeights":
+        cached = getattr(sae, "_saesteer_weights", None)
+        if cached is not None:
+            return cached
+        cfg = sae.cfg
+        arch = cfg.architecture() if callable(getattr(cfg, "architecture", None)) else str(getattr(cfg, "architecture", "standard"))
+        norm = getattr(cfg, "normalize_activations", "none")
+        if norm not in (None, "none"):
+            raise ValueError(f"SAE uses normalize_activations={norm!r}; fold the normalization first (sae.fold_activation_norm_scaling_factor)")
+        if arch == "topk" and getattr(cfg, "rescale_acts_by_decoder_norm", False):
+            raise ValueError("TopK SAE with rescale_acts_by_decoder_norm=True: call sae.fold_W_dec_norm() first")
+        if arch not in ("standard", "jumprelu", "topk"):
+            raise ValueError(f"feature edits support standard, jumprelu and topk SAEs, got architecture {arch!r}")
+        hook = getattr(getattr(cfg, "metadata", None), "hook_name", None) or getattr(cfg, "hook_name", None)
+        w = cls(
+            arch, sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach(),
+            bool(getattr(cfg, "apply_b_dec_to_input", True)),
+            sae.threshold.detach() if arch == "jumprelu" else None,
+            int(cfg.k) if arch == "topk" else None, hook,
+        )
+        try:
+            sae._saesteer_weights = w
+        except AttributeError:  # pragma: no cover
+            pass
+        return w
+
+    def encode_columns(self, x: torch.Tensor, features: Sequence[int]) -> torch.Tensor:
+        """Activations of ``features`` only (ReLU / JumpReLU): [..., |F|]."""
+        if self.architecture == "topk":
+            raise ValueError("a TopK SAE needs the full encode to know membership; use encode()")
+        idx = torch.as_tensor(list(features), device=self.W_enc.device)
+        xin = x - self.b_dec.to(x) if self.apply_b_dec_to_input else x
+        h = xin @ self.W_enc[:, idx].to(x) + self.b_enc[idx].to(x)
+        a = h.relu()
+        if self.threshold is not None:
+            a = a * (h > self.threshold[idx].to(x))
+        return a
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Full encode [..., d_sae] (reference semantics of sae_lens)."""
+        xin = x - self.b_dec.to(x) if self.apply_b_dec_to_input else x
+        h = xin @ self.W_enc.to(x) + self.b_enc.to(x)
+        if self.architecture == "topk":
+            vals, idx = h.topk(self.k, dim=-1)
+            return torch.zeros_like(h).scatter(-1, idx, vals.relu())
+        a = h.relu()
+        if self.threshold is not None:
+            a = a * (h > self.threshold.to(x))
+        return a
+
+
+def check_features(features: Sequence[int], d_sae: int) -> list[int]:
+    feats = [int(f) for f in features]
+    if not feats:
+        raise ValueError("EditFeatures needs at least one feature index, got []")
+    bad = [f for f in feats if not 0 <= f < d_sae]
+    if bad:
+        raise ValueError(f"feature indices {bad[:5]} out of range for an SAE with d_sae={d_sae}")
+    return feats
+
+
+@dataclass
+class EditFeatures(Intervention):
+    """Edit SAE features at the SAE's hook: modes set / scale / add / floor / ceiling.
+
+    ``values``: one number for every feature or one per feature.  ``apply_to``: prompt
+    tokens, generated tokens or both (clamping generated tokens too can make text
+    degenerate).  ``gate``: act only on sequences the gate selects.
+    """
+
+    sae: Any
+    features: Sequence[int]
+    mode: str = "set"
+    values: float | Sequence[float] = 0.0
+    only_when_active: bool = False
+    apply_to: str = "both"
+    gate: Optional[Gate] = None
+    hook: Optional[str] = None  # defaults to the SAE's own hook name
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"EditFeatures.mode must be one of {MODES}, got {self.mode!r}")
+        if self.apply_to not in APPLY_TO:
+            raise ValueError(f"EditFeatures.apply_to must be one of {APPLY_TO}, got {self.apply_to!r}")
+        self._w = SaeWeights.from_sae(self.sae)
+        self.features = check_features(self.features, self._w.d_sae)
+        n = len(self.features)
+        vals = [float(self.values)] * n if isinstance(self.values, (int, float)) else [float(v) for v in self.values]
+        if len(vals) != n:
+            raise ValueError(f"EditFeatures got {len(vals)} values for {n} features")
+        self._values = torch.tensor(vals)
+        idx = torch.tensor(self.features)
+        w = self._w
+        self._cols = (w.W_enc[:, idx].contiguous(), w.b_enc[idx].contiguous(), w.W_dec[idx].contiguous(),
+                      None if w.threshold is None else w.threshold[idx].contiguous())
+        self._idx = idx
+
+    @property
+    def hook_name(self) -> str:
+        name = self.hook or self._w.hook_name
+        if not name:
+            raise ValueError("EditFeatures needs hook= (the SAE's metadata names no hook)")
+        return name
+
+    def validate(self, model: HookedTransformer) -> None:
+        if self._w.d_in != model.cfg.d_model:
+            raise ValueError(f"SAE d_in={self._w.d_in} does not match the model's d_model={model.cfg.d_model}")
+        if self.hook_name not in model.hook_dict:
+            raise ValueError(f"SAE hook {self.hook_name!r} does not exist in this model")
+        if self.gate is not None and hook_order(self.gate.hook) > hook_order(self.hook_name):
+            raise ValueError(f"gate reads {self.gate.hook}, after the edit at {self.hook_name}; a gate must read no later than what it gates")
+
+    def delta_fn(self):
+        """The edit as a function x -> x' (no phase or gate logic): for kernels and tests."""
+        w = self._w
+        W_enc_F, b_enc_F, W_dec_F, thr_F = self._cols
+        b_dec = w.b_dec if w.apply_b_dec_to_input else None
+
+        def fn(x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+            dev = x.device
+            kw = dict(mode=self.mode, values=self._values.to(dev), only_when_active=self.only_when_active, gate=gate)
+            bd = None if b_dec is None else b_dec.to(dev)
+            if w.architecture == "topk":
+                return topk_feature_edit(x, w.W_enc.to(dev), w.b_enc.to(dev), w.W_dec.to(dev), k=w.k, features=self._idx.to(dev), b_dec=bd, **kw)
+            return sparse_feature_edit(x, W_enc_F.to(dev), b_enc_F.to(dev), W_dec_F.to(dev), b_dec=bd,
+                                       threshold_F=None if thr_F is None else thr_F.to(dev), **kw)
+
+        return fn
+
+    def hooks(self, model: HookedTransformer):
+        edit = self.delta_fn()
+        gate = self.gate
+        apply_to = self.apply_to
+
+        def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
+            if apply_to != "both" and PHASE.get() != apply_to:
+                return x
+            g = None
+            if gate is not None:
+                g = gate.value(x.shape[0], x.device, x.dtype)[:, None].expand(x.shape[0], x.shape[1]).reshape(-1)
+            return edit(x, g)
+
+        out = []
+        if gate is not None:
+            out.append((gate.hook, gate.read))
+        out.append((self.hook_name, fn))
+        return out

@@ -1,0 +1,144 @@
+"""Load an SAE: a local directory in sae_lens format, or a release of sae_lens's registry.
+
+Registry names are checked against the ``pretrained_saes.yaml`` that ships with
+sae_lens, offline, so a typo fails at once with the closest names; only then is
+anything downloaded, and a failed download says what to do.  With a model in
+hand, the SAE's width and hook are checked against it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from transformer_lens import HookedTransformer
+
+from saesteer.sae.config import SaeConfig
+
+log = logging.getLogger(__name__)
+
+
+class SaeLoadError(ValueError):
+    """An SAE could not be found, downloaded or matched to the model."""
+
+
+def _close(name: str, names: list[str], n: int = 5) -> str:
+    close = difflib.get_close_matches(name, names, n=n, cutoff=0.5)
+    if not close:  # long ids like 'layer_12/width_16k/average_l0_71' differ in many places
+        low = name.lower()
+        close = [x for x in names if low and (low in x.lower() or x.lower() in low)][:n]
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def validate_release(release: str, sae_id: str) -> Any:
+    """sae_lens's registry entry for ``release``; a ValueError with close matches if it or ``sae_id`` is unknown."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise SaeLoadError(
+            f"unknown SAE release {release!r}: not in sae_lens's registry of {len(directory)} releases"
+            f"{_close(release, list(directory))} (list them with "
+            "sae_lens.loading.pretrained_saes_directory.get_pretrained_saes_directory())"
+        )
+    lookup = directory[release]
+    if sae_id not in lookup.saes_map:
+        ids = list(lookup.saes_map)
+        example = f"; e.g. {ids[0]!r}" if ids else ""
+        raise SaeLoadError(
+            f"unknown SAE id {sae_id!r} in release {release!r} ({len(ids)} ids){_close(sae_id, ids) or example}"
+        )
+    return lookup
+
+
+def sae_hook(sae: Any, default: Optional[str] = None) -> str:
+    """The TransformerLens hook an SAE reads (from its metadata), else ``default``."""
+    hook = getattr(getattr(sae.cfg, "metadata", None), "hook_name", None) or default
+    if not hook:
+        raise SaeLoadError("the SAE names no hook in its metadata; pass hook=<TransformerLens hook name>")
+    return str(hook)
+
+
+def check_sae_fits(sae: Any, model: HookedTransformer, hook: Optional[str] = None) -> str:
+    """The SAE's hook, after checking that it exists in ``model`` and that the widths agree."""
+    hook = sae_hook(sae, hook)
+    if hook not in model.hook_dict:
+        example = next((k for k in model.hook_dict if k.endswith("hook_resid_pre")), "blocks.0.hook_resid_pre")
+        raise SaeLoadError(
+            f"the SAE reads hook {hook!r}, which does not exist in this model ({model.cfg.n_layers} layers; e.g. {example!r})"
+        )
+    d_in = int(sae.cfg.d_in)
+    if d_in != model.cfg.d_model:
+        raise SaeLoadError(
+            f"the SAE has d_in={d_in} but the model's residual stream has d_model={model.cfg.d_model}; "
+            "it was made for another model"
+        )
+    return hook
+
+
+def _load_disk(path: Path, device: str) -> Any:
+    from sae_lens import SAE
+    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+    if not path.exists():
+        raise FileNotFoundError(f"no SAE at {path}: the directory does not exist")
+    if not path.is_dir():
+        raise SaeLoadError(f"{path} is a file; expected a directory in sae_lens format ({SAE_CFG_FILENAME} + {SAE_WEIGHTS_FILENAME})")
+    missing = [f for f in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME) if not (path / f).is_file()]
+    if missing:
+        raise SaeLoadError(f"{path} is not an SAE in sae_lens format: missing {', '.join(missing)}")
+    try:
+        return SAE.load_from_disk(str(path), device=device)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise SaeLoadError(f"could not load the SAE in {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+
+
+def _load_registry(release: str, sae_id: str, device: str) -> Any:
+    from sae_lens import SAE
+
+    lookup = validate_release(release, sae_id)
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
+        folder = lookup.saes_map[sae_id]
+        raise SaeLoadError(
+            f"could not download SAE {release!r}/{sae_id!r} from the Hugging Face repo {lookup.repo_id!r} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}). Check your network and HF_TOKEN, "
+            f"or pre-download it (huggingface-cli download {lookup.repo_id} --include '{folder}/*') and set HF_HUB_OFFLINE=1, "
+            "or point sae.path at a local copy in sae_lens format"
+        ) from None
+
+
+def load_sae(
+    source: SaeConfig | str | os.PathLike,
+    model: Optional[HookedTransformer] = None,
+    *,
+    hook: Optional[str] = None,
+    device: str = "cpu",
+) -> Any:
+    """An SAE in eval mode: from ``sae.path`` / a directory, or ``sae.pretrained_release`` + ``pretrained_id``.
+
+    With ``model``, its hook must exist in the model and ``d_in`` must equal
+    ``d_model`` (``hook`` names the hook when the SAE's metadata does not).
+    """
+    if isinstance(source, SaeConfig):
+        if source.path is not None:
+            sae = _load_disk(Path(source.path).expanduser(), device)
+        elif source.pretrained_release is not None:
+            sae = _load_registry(source.pretrained_release, str(source.pretrained_id), device)
+        else:
+            raise SaeLoadError("nothing to load: set sae.path=<directory> or sae.pretrained_release=<release> sae.pretrained_id=<id>")
+        hook = hook or source.hook
+    elif isinstance(source, (str, os.PathLike)):
+        sae = _load_disk(Path(source).expanduser(), device)
+    else:
+        raise SaeLoadError(f"load_sae needs an SaeConfig or a directory path, got {type(source).__name__}")
+    if model is not None:
+        meta_hook = getattr(sae.cfg.metadata, "hook_name", None)
+        if hook is not None and meta_hook is not None and hook != meta_hook:
+            raise SaeLoadError(f"sae.hook={hook!r} but the SAE was trained on {meta_hook!r}")
+        check_sae_fits(sae, model, hook)
+    return sae.eval()

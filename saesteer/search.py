@@ -1,0 +1,237 @@
+"""Refusal-feature search: rank every SAE feature by three signals in one streamed pass.
+
+For each feature f of an SAE at hook h:
+
+- ``cosine``: cos(W_dec[f], r) with the refusal direction r;
+- activation contrast at the chosen positions, harmful vs harmless: mean difference,
+  standardized effect size (Cohen's d) and AUROC (per prompt: the mean activation over
+  the positions);
+- ``attribution``: activation x gradient of the refusal score (attribution patching):
+  mean over harmful prompts of sum_pos a_f * (W_dec[f] . d score / d x), i.e. the
+  first-order drop of the refusal score when f is zeroed;
+
+combined into one ranking (z-scores, configurable weights) after an activity filter
+(cosine alone ranks near-dead features first).  Memory is O(d_sae): running sums,
+sums of squares, activity counts and a fixed-bin histogram per feature and class for
+the AUROC (exact up to ties within a bin; bins are log-spaced, see ``HIST_EDGES``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.generation import length_sorted_batches
+from saesteer.interventions.features import SaeWeights
+from saesteer.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: histogram bin edges for positive activations (bin 0 holds exact zeros)
+HIST_EDGES = torch.logspace(-4, 3, 127, dtype=torch.float64)
+
+
+@dataclass
+class SearchConfig:
+    positions: Optional[list[int]] = None  # None = post-instruction positions
+    weights: dict[str, float] = field(default_factory=lambda: {"cosine": 1.0, "effect_size": 1.0, "attribution": 1.0})
+    min_active_fraction: float = 0.02  # of harmful prompts on which the feature fires
+    top_n: int = 20
+    n_top_prompts: int = 5
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        unknown = set(self.weights) - set(SIGNALS)
+        if unknown:
+            raise ValueError(f"search.weights has unknown signals {sorted(unknown)}; expected some of {SIGNALS}")
+        if not 0 <= self.min_active_fraction < 1:
+            raise ValueError(f"search.min_active_fraction must be in [0, 1), got {self.min_active_fraction}")
+        if self.top_n <= 0:
+            raise ValueError(f"search.top_n must be positive, got {self.top_n}")
+
+
+SIGNALS = ("cosine", "mean_diff", "effect_size", "auroc", "attribution")
+
+
+class _ClassStats:
+    def __init__(self, d_sae: int) -> None:
+        self.n = 0
+        self.sum = torch.zeros(d_sae, dtype=torch.float64)
+        self.sumsq = torch.zeros(d_sae, dtype=torch.float64)
+        self.active = torch.zeros(d_sae, dtype=torch.float64)
+        self.hist = torch.zeros(d_sae, len(HIST_EDGES) + 1, dtype=torch.float64)
+
+    def update(self, per_prompt: torch.Tensor) -> None:  # [B, d_sae]
+        a = per_prompt.double().cpu()
+        self.n += a.shape[0]
+        self.sum += a.sum(0)
+        self.sumsq += (a * a).sum(0)
+        self.active += (a > 0).double().sum(0)
+        bins = torch.where(a > 0, torch.bucketize(a, HIST_EDGES) + 1, torch.zeros_like(a, dtype=torch.long)).clamp(max=len(HIST_EDGES))
+        self.hist.scatter_add_(1, bins.T.contiguous(), torch.ones_like(bins.T, dtype=torch.float64))
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.n, 1)
+
+    @property
+    def var(self) -> torch.Tensor:
+        return (self.sumsq / max(self.n, 1) - self.mean**2).clamp_min(0) * self.n / max(self.n - 1, 1)
+
+
+def histogram_auroc(pos_hist: torch.Tensor, neg_hist: torch.Tensor) -> torch.Tensor:
+    """P(X_pos > X_neg) + P(same bin) / 2 from per-feature histograms [d_sae, n_bins]."""
+    n_pos = pos_hist.sum(1).clamp_min(1)
+    n_neg = neg_hist.sum(1).clamp_min(1)
+    neg_below = torch.cumsum(neg_hist, 1) - neg_hist
+    wins = (pos_hist * neg_below).sum(1) + 0.5 * (pos_hist * neg_hist).sum(1)
+    return wins / (n_pos * n_neg)
+
+
+@dataclass
+class FeatureScores:
+    hook: str
+    positions: list[int]
+    cosine: torch.Tensor
+    harmful_mean: torch.Tensor
+    harmless_mean: torch.Tensor
+    mean_diff: torch.Tensor
+    effect_size: torch.Tensor
+    auroc: torch.Tensor
+    attribution: torch.Tensor
+    active_fraction: torch.Tensor  # on harmful prompts
+    combined: torch.Tensor
+    eligible: torch.Tensor  # bool: passes the activity filter
+    ranking: list[int]  # eligible features, best first
+    top_prompts: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
+
+    def top(self, k: int) -> list[int]:
+        if k > len(self.ranking):
+            raise ValueError(f"asked for the top {k} features but only {len(self.ranking)} pass the activity filter")
+        return self.ranking[:k]
+
+    def write_csv(self, path: Path) -> Path:
+        rank_of = {f: i for i, f in enumerate(self.ranking)}
+        cols = ["feature", "rank", "combined", "cosine", "mean_diff", "effect_size", "auroc", "attribution", "harmful_mean", "harmless_mean", "active_fraction", "eligible"]
+        order = self.ranking + [f for f in range(len(self.cosine)) if f not in rank_of]
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(cols)
+                for f in order:
+                    w.writerow([f, rank_of.get(f, ""), *(f"{float(getattr(self, c)[f]):.6g}" for c in cols[2:-1]), bool(self.eligible[f])])
+        return path
+
+
+def _zscore(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    v = x[mask]
+    if v.numel() < 2 or float(v.std()) == 0:
+        return torch.zeros_like(x)
+    return (x - v.mean()) / v.std()
+
+
+def search_features(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    sae: Any,
+    direction: torch.Tensor,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    cfg: SearchConfig = SearchConfig(),
+    *,
+    refusal_ids: Optional[Sequence[int]] = None,
+    hook: Optional[str] = None,
+    progress: bool = False,
+) -> FeatureScores:
+    """Score every feature of ``sae`` (at ``hook``) against the refusal mechanism."""
+    from saesteer.activations import check_hooks, n_post_tokens
+    from saesteer.directions import refusal_token_ids
+
+    w = SaeWeights.from_sae(sae)
+    hook = hook or w.hook_name
+    check_hooks(model, [hook])
+    if w.d_in != model.cfg.d_model:
+        raise ValueError(f"SAE d_in={w.d_in} does not match the model's d_model={model.cfg.d_model}")
+    if direction.shape != (model.cfg.d_model,):
+        raise ValueError(f"direction has shape {tuple(direction.shape)}, expected ({model.cfg.d_model},)")
+    if not harmful or not harmless:
+        raise ValueError(f"feature search needs harmful and harmless prompts, got {len(harmful)} and {len(harmless)}")
+    positions = list(cfg.positions) if cfg.positions is not None else list(range(-n_post_tokens(model, template), 0))
+    ids = torch.tensor(list(refusal_ids) if refusal_ids is not None else refusal_token_ids(model, template))
+    d_sae = w.d_sae
+    stats = {"harmful": _ClassStats(d_sae), "harmless": _ClassStats(d_sae)}
+    attribution = torch.zeros(d_sae, dtype=torch.float64)
+    W_dec = w.W_dec.float()
+    tok = model.tokenizer
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(x: torch.Tensor, hook=None) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        captured["x"] = x
+        return x
+
+    for label, prompts in (("harmful", harmful), ("harmless", harmless)):
+        want_grad = label == "harmful" and cfg.weights.get("attribution", 0) != 0
+        for idx in tqdm(length_sorted_batches([len(p) for p in prompts], cfg.batch_size), desc=f"search {label}", disable=not progress, leave=False):
+            enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
+            with torch.set_grad_enabled(want_grad), model.hooks(fwd_hooks=[(hook, grab)]):
+                logits = model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device))
+            x = captured["x"][:, positions].float()  # [B, P, d]
+            acts = w.encode(x.detach())  # [B, P, d_sae]
+            stats[label].update(acts.mean(1))
+            if want_grad:
+                lp = F.log_softmax(logits[:, -1].float(), -1)
+                p = lp[:, ids.to(lp.device)].exp().sum(-1).clamp(1e-6, 1 - 1e-6)
+                score = (torch.log(p) - torch.log1p(-p)).sum()
+                (grad,) = torch.autograd.grad(score, captured["x"])
+                g = grad[:, positions].float()  # [B, P, d]
+                attribution += (acts * (g @ W_dec.T.to(g))).sum((0, 1)).double().cpu()
+            captured.clear()
+    hs, ls = stats["harmful"], stats["harmless"]
+    r = direction.double() / direction.double().norm()
+    cosine = F.cosine_similarity(W_dec.double(), r[None].to(W_dec.device), dim=-1).cpu()
+    mean_diff = hs.mean - ls.mean
+    pooled = ((hs.n - 1) * hs.var + (ls.n - 1) * ls.var) / max(hs.n + ls.n - 2, 1)
+    effect = mean_diff / (pooled.sqrt() + 1e-8)
+    au = histogram_auroc(hs.hist, ls.hist)
+    attribution = attribution / max(hs.n, 1)
+    active_fraction = hs.active / max(hs.n, 1)
+    eligible = active_fraction >= cfg.min_active_fraction
+    signals = {"cosine": cosine, "mean_diff": mean_diff, "effect_size": effect, "auroc": au, "attribution": attribution}
+    combined = torch.zeros(d_sae, dtype=torch.float64)
+    for name, weight in cfg.weights.items():
+        combined += weight * _zscore(signals[name], eligible)
+    combined = torch.where(eligible, combined, torch.full_like(combined, -math.inf))
+    ranking = [int(f) for f in torch.argsort(combined, descending=True) if eligible[f]]
+    scores = FeatureScores(hook, positions, cosine, hs.mean, ls.mean, mean_diff, effect, au, attribution, active_fraction, combined, eligible, ranking)
+    if ranking and cfg.n_top_prompts > 0:
+        scores.top_prompts = top_activating_prompts(model, template, w, hook, positions, list(harmful) + list(harmless), ranking[: cfg.top_n], cfg.n_top_prompts, cfg.batch_size)
+    return scores
+
+
+@torch.no_grad()
+def top_activating_prompts(model, template, w: SaeWeights, hook: str, positions: list[int], prompts: Sequence[str], features: list[int], n: int, batch_size: int) -> dict[int, list[tuple[str, float]]]:
+    """For each feature, the ``n`` prompts with the highest mean activation at ``positions``."""
+    tok = model.tokenizer
+    best = {f: [] for f in features}
+    full = w.architecture == "topk"
+    for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
+        enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
+        store = {}
+        with model.hooks(fwd_hooks=[(hook, lambda x, hook=None: store.__setitem__("x", x[:, positions].float()))]):
+            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=int(hook.split(".")[1]) + 1 if hook.startswith("blocks.") else None)
+        a = (w.encode(store["x"])[..., features] if full else w.encode_columns(store["x"], features)).mean(1).cpu()
+        for j, f in enumerate(features):
+            best[f] += [(prompts[i], float(a[b, j])) for b, i in enumerate(idx)]
+            best[f] = sorted(best[f], key=lambda t: -t[1])[:n]
+    return best
