@@ -11,7 +11,9 @@ JOBS: dict[str, str] = {
     "organism": "saesteer.jobs.organism",
     "generate": "saesteer.jobs.generate",
     "directions": "saesteer.jobs.directions",
+    "search": "saesteer.jobs.search",
     "train-sae": "saesteer.jobs.train_sae",
+    "pipeline": "saesteer.jobs.pipeline",
 }
 
 USAGE = "usage: saesteer JOB [key=value ...] [hydra options]\njobs: {}"

@@ -162,7 +162,64 @@ class TrainSaeJobConfig(JobConfig):
             self.sae = SaeConfig.from_dict(self.sae)
 
 
+@dataclass
+class SearchJobSettings:
+    """Feature search + causal check of the top features (saesteer search)."""
+
+    positions: Optional[list[int]] = None
+    weight_cosine: float = 1.0
+    weight_effect_size: float = 1.0
+    weight_attribution: float = 1.0
+    min_active_fraction: float = 0.02
+    k: int = 8
+    induce_scale: float = 3.0  # clamp value on harmless prompts = induce_scale x the feature's mean on harmful ones
+    apply_to: str = "both"
+    top_n: int = 20
+    n_top_prompts: int = 5
+    batch_size: int = 32
+    direction: Optional[str] = None  # a direction.safetensors; None = the directions stage (cached)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "search", "k", "top_n", "batch_size")
+        if self.apply_to not in ("prompt", "generated", "both"):
+            raise ValueError(f"search.apply_to must be prompt, generated or both, got {self.apply_to!r}")
+        self.search_config()
+
+    def search_config(self):
+        from saesteer.search import SearchConfig
+
+        return SearchConfig(self.positions, {"cosine": self.weight_cosine, "effect_size": self.weight_effect_size,
+                                             "attribution": self.weight_attribution},
+                            self.min_active_fraction, self.top_n, self.n_top_prompts, self.batch_size)
+
+
+@dataclass
+class SearchJobConfig(TrainSaeJobConfig):
+    job: str = "search"
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    search: SearchJobSettings = field(default_factory=SearchJobSettings)
+
+
+@dataclass
+class PipelineJobConfig(SearchJobConfig):
+    """``saesteer pipeline``: organism -> directions -> SAE -> search, one report."""
+
+    job: str = "pipeline"
+    stages: list[str] = field(default_factory=lambda: ["organism", "directions", "train-sae", "search"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [s for s in self.stages if s not in PIPELINE_STAGES]
+        if unknown:
+            raise ValueError(f"pipeline.stages has unknown stages {unknown}; expected some of {PIPELINE_STAGES}")
+
+
+PIPELINE_STAGES = ("organism", "directions", "train-sae", "search")
+
+
 SCHEMAS: dict[str, type] = {
+    "pipeline": PipelineJobConfig,
+    "search": SearchJobConfig,
     "directions": DirectionsJobConfig,
     "organism": OrganismJobConfig,
     "generate": GenerateJobConfig,

@@ -36,8 +36,9 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     examples = []
     for role in EVAL_SETS:
         prompts = load_prompts(roles[role])
-        if cfg.data.n_test is not None and len(prompts) > cfg.data.n_test:
-            prompts = prompts.take(cfg.data.n_test, seed=cfg.data.seed)
+        limit = cfg.data.n_test_harmless if role.startswith("harmless") else cfg.data.n_test
+        if limit is not None and len(prompts) > limit:
+            prompts = prompts.take(limit, seed=cfg.data.seed)
         res = refusal_eval(
             loaded.model, loaded.template, prompts.instructions, max_new_tokens=cfg.eval.max_new_tokens,
             batch_size=cfg.eval.batch_size, progress=cfg.progress, desc=role,
