@@ -66,8 +66,9 @@ def generate(
     out: list[str | None] = [None] * len(instructions)
     batches = length_sorted_batches(lengths, batch_size)
     device = model.cfg.device
+    max_prompt = model.cfg.n_ctx - max_new_tokens
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=pad)
+        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=pad, max_length=max_prompt)
         tokens = enc.tokens.to(device)
         mask = enc.attention_mask.to(device)
         B = tokens.shape[0]

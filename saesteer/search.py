@@ -13,7 +13,9 @@ For each feature f of an SAE at hook h:
 combined into one ranking (z-scores, configurable weights) after an activity filter
 (cosine alone ranks near-dead features first).  Memory is O(d_sae): running sums,
 sums of squares, activity counts and a fixed-bin histogram per feature and class for
-the AUROC (exact up to ties within a bin; bins are log-spaced, see ``HIST_EDGES``).
+a screening AUROC (exact up to pairs within one log-spaced bin, see ``HIST_EDGES``);
+a second pass over the ``top_n`` ranked features keeps their per-prompt activations
+and replaces their AUROC by the exact one.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions.features import SaeWeights
 from saesteer.io import atomic_path
+from saesteer.stats import auroc
 
 log = logging.getLogger(__name__)
 
 #: histogram bin edges for positive activations (bin 0 holds exact zeros)
-HIST_EDGES = torch.logspace(-4, 3, 127, dtype=torch.float64)
+HIST_EDGES = torch.logspace(-3, 3, 255, dtype=torch.float64)
 
 
 @dataclass
@@ -214,24 +217,32 @@ def search_features(
     combined = torch.where(eligible, combined, torch.full_like(combined, -math.inf))
     ranking = [int(f) for f in torch.argsort(combined, descending=True) if eligible[f]]
     scores = FeatureScores(hook, positions, cosine, hs.mean, ls.mean, mean_diff, effect, au, attribution, active_fraction, combined, eligible, ranking)
-    if ranking and cfg.n_top_prompts > 0:
-        scores.top_prompts = top_activating_prompts(model, template, w, hook, positions, list(harmful) + list(harmless), ranking[: cfg.top_n], cfg.n_top_prompts, cfg.batch_size)
+    if ranking:
+        top = ranking[: cfg.top_n]
+        per_prompt = prompt_activations(model, template, w, hook, positions, list(harmful) + list(harmless), top, cfg.batch_size)
+        nh = len(harmful)
+        for j, f in enumerate(top):
+            scores.auroc[f] = auroc(per_prompt[:nh, j], per_prompt[nh:, j])
+        if cfg.n_top_prompts > 0:
+            prompts = list(harmful) + list(harmless)
+            for j, f in enumerate(top):
+                order = torch.argsort(per_prompt[:, j], descending=True, stable=True)[: cfg.n_top_prompts]
+                scores.top_prompts[f] = [(prompts[i], float(per_prompt[i, j])) for i in order.tolist()]
     return scores
 
 
 @torch.no_grad()
-def top_activating_prompts(model, template, w: SaeWeights, hook: str, positions: list[int], prompts: Sequence[str], features: list[int], n: int, batch_size: int) -> dict[int, list[tuple[str, float]]]:
-    """For each feature, the ``n`` prompts with the highest mean activation at ``positions``."""
+def prompt_activations(model, template, w: SaeWeights, hook: str, positions: list[int], prompts: Sequence[str], features: list[int], batch_size: int) -> torch.Tensor:
+    """Mean activation over ``positions`` of ``features`` for every prompt: [n_prompts, |features|] float64."""
     tok = model.tokenizer
-    best = {f: [] for f in features}
+    out = torch.empty(len(prompts), len(features), dtype=torch.float64)
     full = w.architecture == "topk"
+    stop = int(hook.split(".")[1]) + 1 if hook.startswith("blocks.") else None
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
         store = {}
         with model.hooks(fwd_hooks=[(hook, lambda x, hook=None: store.__setitem__("x", x[:, positions].float()))]):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=int(hook.split(".")[1]) + 1 if hook.startswith("blocks.") else None)
-        a = (w.encode(store["x"])[..., features] if full else w.encode_columns(store["x"], features)).mean(1).cpu()
-        for j, f in enumerate(features):
-            best[f] += [(prompts[i], float(a[b, j])) for b, i in enumerate(idx)]
-            best[f] = sorted(best[f], key=lambda t: -t[1])[:n]
-    return best
+            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
+        a = w.encode(store["x"])[..., features] if full else w.encode_columns(store["x"], features)
+        out[idx] = a.mean(1).double().cpu()
+    return out

@@ -14,7 +14,7 @@ class OrganismConfig:
     d_model: int = 128
     n_heads: int = 4
     d_mlp: int = 512
-    n_ctx: int = 192
+    n_ctx: int = 320
     act_fn: str = "gelu"
     pretrained_embeddings: bool = True  # MiniLM-L6 token embeddings, PCA-projected to d_model
     freeze_embeddings: bool = True
