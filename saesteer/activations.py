@@ -56,7 +56,7 @@ def hook_layer(hook: str) -> int:
 def model_fingerprint(model: HookedTransformer) -> str:
     """A short hash identifying the model's weights (name, shapes and a weight sample)."""
     w = model.unembed.W_U
-    sample = w.flatten()[:: max(1, w.numel() // 4096)].float().cpu()
+    sample = w.detach().flatten()[:: max(1, w.numel() // 4096)].float().cpu()
     return hash_strings([str(model.cfg.model_name), str(model.cfg.n_layers), str(model.cfg.d_model), sample.numpy().tobytes().hex()])
 
 

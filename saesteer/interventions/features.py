@@ -55,13 +55,17 @@ class SaeWeights:
         norm = getattr(cfg, "normalize_activations", "none")
         if norm not in (None, "none"):
             raise ValueError(f"SAE uses normalize_activations={norm!r}; fold the normalization first (sae.fold_activation_norm_scaling_factor)")
-        if arch == "topk" and getattr(cfg, "rescale_acts_by_decoder_norm", False):
-            raise ValueError("TopK SAE with rescale_acts_by_decoder_norm=True: call sae.fold_W_dec_norm() first")
         if arch not in ("standard", "jumprelu", "topk"):
             raise ValueError(f"feature edits support standard, jumprelu and topk SAEs, got architecture {arch!r}")
         hook = getattr(getattr(cfg, "metadata", None), "hook_name", None) or getattr(cfg, "hook_name", None)
+        W_enc, b_enc, W_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach()
+        if arch == "topk" and getattr(cfg, "rescale_acts_by_decoder_norm", False):
+            # sae_lens: acts = topk(h * |W_dec[f]|), decode (acts / |W_dec[f]|) @ W_dec; folding the
+            # norms into copies gives the same activations and reconstruction with plain TopK.
+            n = W_dec.norm(dim=-1)
+            W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
         w = cls(
-            arch, sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), sae.b_dec.detach(),
+            arch, W_enc, b_enc, W_dec, sae.b_dec.detach(),
             bool(getattr(cfg, "apply_b_dec_to_input", True)),
             sae.threshold.detach() if arch == "jumprelu" else None,
             int(cfg.k) if arch == "topk" else None, hook,

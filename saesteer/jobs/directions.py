@@ -114,7 +114,7 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     heatmaps({"bypass (affine)": grid(lambda s: s.bypass_affine), "bypass (plain)": grid(lambda s: s.bypass_plain),
               "induce": grid(lambda s: s.induce), "KL (affine)": grid(lambda s: s.kl_affine)},
              Ps, L, run_dir / "candidate_scores.png", "refusal-direction candidates", marker=(L.index(sel.layer), Ps.index(sel.position)))
-    line_plot({"cos(harmfulness@t_inst, refusal@post)": cos.tolist()}, L, run_dir / "harm_refusal_cosine.png", "layer", "cosine")
+    line_plot({"cos(harmfulness@t_inst, refusal@post)": cos.tolist()}, list(range(model.cfg.n_layers)), run_dir / "harm_refusal_cosine.png", "layer", "cosine")
 
     metrics: dict[str, Any] = {
         "selected_layer": sel.layer, "selected_position": sel.position, "selected_ablation": sel.ablation,

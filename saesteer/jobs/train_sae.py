@@ -94,7 +94,7 @@ def fit_key(cfg: TrainSaeJobConfig, loaded: LoadedModel, hook: str, harmful: Seq
 def _train_or_reuse(cfg: TrainSaeJobConfig, loaded: LoadedModel, tracker: Tracker) -> tuple[Any, dict[str, Any]]:
     from sae_lens import SAE
 
-    from saesteer.sae.fit import SAE_DIR, build_token_dataset, fit_sae, read_fit_metadata
+    from saesteer.sae.fit import SAE_DIR, FitInterrupted, build_token_dataset, fit_sae, read_fit_metadata
 
     sae_cfg = cfg.sae
     hook = resolve_hook(sae_cfg, loaded)
@@ -109,11 +109,14 @@ def _train_or_reuse(cfg: TrainSaeJobConfig, loaded: LoadedModel, tracker: Tracke
     log.info("train-sae: %d harmful + %d harmless train prompts, responses=%s", len(harmful), len(harmless), sae_cfg.responses)
     responses = _responses(cfg, loaded, harmful, harmless, "responses (train)")
     dataset = build_token_dataset(loaded.model, loaded.template, list(harmful) + list(harmless), sae_cfg.context_size, responses, seed=sae_cfg.seed)
-    result = fit_sae(
-        loaded.model, sae_cfg, dataset, hook, fit_dir, tracker=tracker, progress=cfg.progress,
-        extra_metadata={"template": loaded.template.name, "responses": sae_cfg.responses,
-                        "harmful_source": cfg.data.harmful_train, "harmless_source": cfg.data.harmless_train},
-    )
+    try:
+        result = fit_sae(
+            loaded.model, sae_cfg, dataset, hook, fit_dir, tracker=tracker, progress=cfg.progress,
+            extra_metadata={"template": loaded.template.name, "responses": sae_cfg.responses,
+                            "harmful_source": cfg.data.harmful_train, "harmless_source": cfg.data.harmless_train},
+        )
+    except FitInterrupted as exc:
+        raise SystemExit(f"saesteer train-sae: {exc}; run the same command again to resume") from None
     return result.sae, {**result.metadata, "sae_path": str(result.path), "source": "fit"}
 
 

@@ -41,7 +41,7 @@ class SaeConfig:
     # (a direction.safetensors from `saesteer directions`) when given, else the middle layer
     hook: Optional[str] = None
     direction: Optional[str] = None
-    expansion_factor: Optional[int] = 8  # d_sae = expansion_factor * d_model, unless d_sae is set
+    expansion_factor: Optional[int] = 4  # d_sae = expansion_factor * d_model, unless d_sae is set
     d_sae: Optional[int] = None
     # sparsity, per architecture (names as in sae_lens)
     k: int = 16  # topk: active latents per token; batchtopk: on average over the batch
@@ -51,15 +51,16 @@ class SaeConfig:
     l0_warm_up_steps: int = 0
     jumprelu_init_threshold: float = 0.01
     jumprelu_bandwidth: float = 0.05
+    jumprelu_ste_to_input: bool = False  # True: the L0 loss also trains the encoder (Anthropic), not only the threshold
     aux_loss_coefficient: float = 1.0  # topk / batchtopk: dead-latent auxiliary loss
     normalize_activations: str = "none"
     # optimisation
-    lr: float = 3e-4
+    lr: float = 2e-3
     lr_scheduler: str = "constant"
     lr_warm_up_steps: int = 0
     lr_decay_steps: int = 0
-    dead_feature_window: int = 200  # steps without firing before a latent counts as dead (topk aux loss)
-    training_tokens: int = 1_000_000
+    dead_feature_window: int = 25  # steps without firing before a latent counts as dead (topk aux loss)
+    training_tokens: int = 500_000
     train_batch_size_tokens: int = 1024
     context_size: int = 64
     n_batches_in_buffer: int = 32

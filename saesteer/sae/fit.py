@@ -29,6 +29,7 @@ import os
 import random
 import shutil
 import signal
+import threading
 import time
 import uuid
 import warnings
@@ -173,14 +174,14 @@ def build_token_dataset(
 
 def dataset_hash(dataset) -> str:
     """A short hash of a token dataset's ``input_ids`` (row order included)."""
-    ids = dataset["input_ids"]
+    ids = dataset.with_format(None)["input_ids"]
     return hash_strings([",".join(map(str, r)) for r in ids])
 
 
 # ----------------------------------------------------------------------------- sae_lens configs
 
 
-def training_sae_config(cfg: SaeConfig, d_in: int):
+def training_sae_config(cfg: SaeConfig, d_in: int, device: str = "cpu"):
     """The architecture-specific sae_lens ``*TrainingSAEConfig`` for ``cfg``."""
     from sae_lens import (
         BatchTopKTrainingSAEConfig,
@@ -189,7 +190,7 @@ def training_sae_config(cfg: SaeConfig, d_in: int):
         TopKTrainingSAEConfig,
     )
 
-    common = dict(d_in=d_in, d_sae=cfg.width(d_in), dtype="float32", device="cpu", normalize_activations=cfg.normalize_activations)
+    common = dict(d_in=d_in, d_sae=cfg.width(d_in), dtype="float32", device=device, normalize_activations=cfg.normalize_activations)
     if cfg.architecture == "standard":
         return StandardTrainingSAEConfig(**common, l1_coefficient=cfg.l1_coefficient, l1_warm_up_steps=cfg.l1_warm_up_steps)
     if cfg.architecture == "topk":
@@ -200,6 +201,7 @@ def training_sae_config(cfg: SaeConfig, d_in: int):
         return JumpReLUTrainingSAEConfig(
             **common, l0_coefficient=cfg.l0_coefficient, l0_warm_up_steps=cfg.l0_warm_up_steps,
             jumprelu_init_threshold=cfg.jumprelu_init_threshold, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+            jumprelu_ste_to_input=cfg.jumprelu_ste_to_input,
         )
     raise ValueError(f"sae.architecture must be one of standard, topk, batchtopk, jumprelu; got {cfg.architecture!r}")
 
@@ -208,11 +210,12 @@ def runner_config(
     cfg: SaeConfig, model: HookedTransformer, hook: str, out_dir: Path, *, output_path: Optional[Path], log_to_wandb: bool,
     pad_id: Optional[int], resume_from: Optional[Path] = None,
 ):
-    """sae_lens's ``LanguageModelSAERunnerConfig`` for fitting ``cfg`` at ``hook`` of ``model`` on CPU."""
+    """sae_lens's ``LanguageModelSAERunnerConfig`` for fitting ``cfg`` at ``hook`` of ``model`` (on the model's device)."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
+    device = str(model.cfg.device)
     runner = LanguageModelSAERunnerConfig(
-        sae=training_sae_config(cfg, model.cfg.d_model),
+        sae=training_sae_config(cfg, model.cfg.d_model, device),
         model_name=str(model.cfg.model_name),
         hook_name=hook,
         dataset_path="saesteer-chat",
@@ -232,7 +235,7 @@ def runner_config(
         dead_feature_window=cfg.dead_feature_window,
         feature_sampling_window=max(cfg.dead_feature_window, 100),
         n_batches_for_norm_estimate=20,
-        device="cpu",
+        device=device,
         seed=cfg.seed,
         dtype="float32",
         n_checkpoints=cfg.checkpoints,
@@ -326,10 +329,11 @@ def _runner_class():
             self.trainer = trainer
             if self.max_steps is not None:
                 trainer.data_provider = _StopAfter(trainer.data_provider, trainer, trainer.n_training_steps + self.max_steps)
-            old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                from sae_lens.training._interruption import interrupt_callback
+            from sae_lens.training._interruption import interrupt_callback
 
+            main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+            old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+            try:
                 for s in old:
                     signal.signal(s, interrupt_callback)
                 return trainer.fit()
@@ -406,7 +410,7 @@ def fit_sae(
     meta = read_fit_metadata(final)
     if meta is not None and cfg.reuse and {k: meta.get(k) for k in fit_id} == fit_id:
         log.info("reusing the SAE fitted in %s", final)
-        return FitResult(SAE.load_from_disk(str(final), device="cpu").eval(), final, meta)
+        return FitResult(SAE.load_from_disk(str(final), device=str(model.cfg.device)).eval(), final, meta)
 
     previous: dict[str, Any] = {}
     if (out_dir / FIT_FILE).is_file():
@@ -424,6 +428,8 @@ def fit_sae(
     if resume is not None:
         log.info("resuming the SAE fit from checkpoint %s", resume)
 
+    for stale in out_dir.glob(f".{SAE_DIR}.*.tmp"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir / f".{SAE_DIR}.{uuid.uuid4().hex[:8]}.tmp"
     run = getattr(tracker, "run", None)
     tok = model.tokenizer
@@ -455,7 +461,8 @@ def fit_sae(
         level = sae_lens_logger.level
         sae_lens_logger.setLevel(logging.ERROR)  # "you passed in a model/dataset" warnings are expected here
         try:
-            runner = _runner_class()(rcfg, override_dataset=dataset, override_model=model)
+            # sae_lens sets the dataset's format in place: hand it a view, not the caller's object
+            runner = _runner_class()(rcfg, override_dataset=dataset.with_format(None), override_model=model)
             sae_lens_logger.setLevel(level)
             runner.max_steps = max_steps
             trained = runner.run()
@@ -493,7 +500,7 @@ def fit_sae(
     os.replace(tmp, final)
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
     log.info("SAE (%s, d_sae=%d) fitted at %s in %.1fs: %s", cfg.architecture, meta["d_sae"], hook, train_seconds, final)
-    sae = SAE.load_from_disk(str(final), device="cpu").eval()
+    sae = SAE.load_from_disk(str(final), device=str(model.cfg.device)).eval()
     return FitResult(sae, final, meta)
 
 

@@ -101,8 +101,8 @@ def sae_quality(
     for col in ("input_ids", "attention_mask", "loss_mask"):
         if col not in dataset.column_names:
             raise ValueError(f"the eval dataset needs a {col!r} column (see build_token_dataset), got {dataset.column_names}")
-    dataset = limit_tokens(dataset, eval_tokens)
-    was_training = model.training
+    dataset = limit_tokens(dataset.with_format(None), eval_tokens)
+    was_training, sae_was_training = model.training, sae.training
     model.eval()
     sae.eval()
     device = model.cfg.device
@@ -152,6 +152,7 @@ def sae_quality(
             n_tok += int(x.shape[0])
     finally:
         model.train(was_training)
+        sae.train(sae_was_training)
     if n_tok == 0:
         raise ValueError("the eval dataset holds no real tokens")
     total_var = sum_x2 - float(sum_x.pow(2).sum()) / n_tok

@@ -60,6 +60,21 @@ def test_edit_equals_sae_lens_on_organism_logits(tiny_organism, arch, mode, valu
         assert (ours - base)[m].abs().max() > 1e-3  # the edit did something
 
 
+def test_topk_with_decoder_norm_rescaling_matches_sae_lens(tiny_organism):
+    model, tpl, _ = tiny_organism
+    sae = random_sae("topk", model.cfg.d_model, 97, HOOK, seed=7)
+    sae.cfg.rescale_acts_by_decoder_norm = True
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.5, 2.0, 97)[:, None])  # uneven decoder norms change the top-k
+    enc = encode_chat(model.tokenizer, tpl, ["How do I steal a car?", "Tell me a joke about penguins, please."])
+    with torch.no_grad():
+        with model.hooks(fwd_hooks=[(HOOK, _sae_lens_splice(sae, [3, 8], "set", 2.0))]):
+            ref = model(enc.tokens, attention_mask=enc.attention_mask)
+        with steer(model, [EditFeatures(sae, [3, 8], mode="set", values=2.0)]):
+            ours = model(enc.tokens, attention_mask=enc.attention_mask)
+    assert (ours - ref)[enc.attention_mask.bool()].abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_only_when_active_matches_reference(arch):
     sae = random_sae(arch, 24, 61, HOOK, seed=2)

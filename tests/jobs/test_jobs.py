@@ -1,0 +1,65 @@
+"""Jobs end to end on the tiny organism: metrics.json holds every figure the issues name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from saesteer.cli import job_function
+from saesteer.jobs.common import compose, run_job
+
+from tests.conftest import tiny_organism_overrides
+
+SMALL_DATA = ["data.n_train=24", "data.n_val=12", "data.n_test=24", "data.n_test_harmless=24", "eval.max_new_tokens=8",
+              "directions.n_ce=8", "logger.mode=disabled", "progress=false"]
+SMALL_SAE = ["sae=topk", "sae.d_sae=96", "sae.k=8", "sae.n_harmful=32", "sae.n_harmless=96", "sae.responses=organism",
+             "sae.training_tokens=4096", "sae.train_batch_size_tokens=256", "sae.context_size=48", "sae.n_batches_in_buffer=16",
+             "sae.store_batch_size_prompts=8", "sae.eval_tokens=1500", "sae.threads=1"]
+
+
+def _run(job, overrides, run_dir):
+    return run_job(job, compose(job, tiny_organism_overrides() + SMALL_DATA + overrides), job_function(job), run_dir)
+
+
+DIRECTION_KEYS = [
+    "selected_layer", "selected_position", "baseline_harmful_refusal", "ablation_harmful_refusal", "addition_harmless_refusal",
+    "baseline_harmless_refusal", "ablation_kl_harmless", "random_ablation_harmful_refusal", "random_addition_harmless_refusal",
+    "orthogonalized_max_logit_diff", "harm_detector_auroc", "harm_detector_auroc_under_ablation",
+    "harm_refusal_cosine_at_selected_layer", "affine_ablation_harmful_refusal", "affine_ablation_kl_harmless",
+]
+
+
+@pytest.fixture(scope="module")
+def directions_run(tiny_organism, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("directions")
+    return run_dir, _run("directions", ["directions.prune_layer_fraction=0.0"], run_dir)
+
+
+def test_directions_job_writes_every_figure(directions_run):
+    run_dir, metrics = directions_run
+    assert set(DIRECTION_KEYS) <= set(metrics)
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+    assert metrics["orthogonalized_max_logit_diff"] <= 1e-4
+    assert 0.0 <= metrics["harm_detector_auroc"] <= 1.0
+    for f in ("direction.safetensors", "candidates.json", "candidate_scores.png", "report.md"):
+        assert (run_dir / f).is_file(), f
+    from saesteer.directions import load_direction
+
+    d, meta = load_direction(run_dir / "direction.safetensors", d_model=48)
+    assert meta["layer"] == metrics["selected_layer"] and d.shape == (48,)
+    with pytest.raises(ValueError, match=r"shape \(48,\), expected \(64,\)"):
+        load_direction(run_dir / "direction.safetensors", d_model=64)
+
+
+def test_search_job_ranks_and_checks_causally(directions_run, tmp_path):
+    direction_file = directions_run[0] / "direction.safetensors"
+    metrics = _run("search", SMALL_SAE + [f"search.direction={direction_file}", "search.k=4", "search.min_active_fraction=0.0"], tmp_path)
+    for key in ("top1_cosine", "top1_auroc", "topk_ablation_harmful_refusal", "topk_clamp_harmless_refusal",
+                "random_k_ablation_harmful_refusal", "direction_ablation_harmful_refusal", "topk_ablation_kl_harmless", "k"):
+        assert key in metrics, key
+    assert metrics["k"] == 4 and len(metrics["top_features"]) == 4
+    rows = (tmp_path / "ranking.csv").read_text().splitlines()
+    assert len(rows) == 1 + metrics["d_sae"]
+    assert (tmp_path / "cosine_vs_contrast.png").is_file()
