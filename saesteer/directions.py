@@ -179,10 +179,13 @@ class Selection:
         return Add(self.direction, alpha=alpha, layer=self.layer)
 
 
-def affine_reference(cands: Candidates, direction: torch.Tensor) -> torch.Tensor:
-    """Harmless-mean coordinate along unit ``direction`` at each layer (mean over positions)."""
+def affine_reference(cands: Candidates, direction: torch.Tensor, position: Optional[int] = None) -> torch.Tensor:
+    """Harmless-mean coordinate along unit ``direction`` at each layer, at ``position``
+    (the candidate's own post-instruction position, where the model reads its decision;
+    None = the mean over positions)."""
     r = (direction / direction.norm()).double()
-    return (cands.harmless_mean.mean(1) @ r).float()
+    means = cands.harmless_mean.mean(1) if position is None else cands.harmless_mean[:, cands.positions.index(position)]
+    return (means @ r).float()
 
 
 def score_candidates(
@@ -205,7 +208,7 @@ def score_candidates(
         d = cands.direction(layer, pos)
         if not torch.isfinite(d).all() or d.norm() == 0:
             continue
-        ref = affine_reference(cands, d)
+        ref = affine_reference(cands, d, pos)
         row: dict[str, Any] = {}
         for mode in ("plain", "affine"):
             abl = Ablate(d, mode=mode, reference=ref if mode == "affine" else None)
@@ -269,7 +272,7 @@ def select_direction(
         )
         log.warning(fallback)
     d = cands.direction(best.layer, best.position)
-    return Selection(best.layer, best.position, d, affine_reference(cands, d), scores, cfg.ablation, fallback, base_bypass, base_induce)
+    return Selection(best.layer, best.position, d, affine_reference(cands, d, best.position), scores, cfg.ablation, fallback, base_bypass, base_induce)
 
 
 def save_direction(path: str | Path, sel: Selection, metadata: dict[str, Any]) -> Path:

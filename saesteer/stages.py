@@ -22,6 +22,9 @@ from saesteer.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
+#: bump when a stage's code changes what the same inputs produce (invalidates caches)
+STAGE_VERSION = {"directions": 2}
+
 
 @dataclass
 class DirectionArtifact:
@@ -66,7 +69,7 @@ def direction_stage(loaded: LoadedModel, data_cfg: Any, dir_cfg: Any, *, path: O
         scores = [CandidateScore(**s) for s in json.loads(scores_file.read_text())] if scores_file.is_file() else []
         return DirectionArtifact(d, int(meta["layer"]), int(meta["position"]), ref, meta.get("ablation", "plain"), Path(path), meta, scores)
     roles = {r: load_role(data_cfg, r) for r in ("harmful_train", "harmless_train", "harmful_val", "harmless_val")}
-    key = stage_key(loaded, {r: p.data_hash for r, p in roles.items()}, dataclasses.asdict(dir_cfg))
+    key = stage_key(loaded, {r: p.data_hash for r, p in roles.items()}, dataclasses.asdict(dir_cfg), STAGE_VERSION["directions"])
     file = cache_dir() / "directions" / key / "direction.safetensors"
     if file.is_file():
         log.info("refusal direction from cache %s", file)

@@ -25,7 +25,8 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     metrics: dict[str, Any] = {
         "train_seconds": round(float(loaded.metadata.get("train_seconds", float("nan"))), 2),
         "n_params": int(sum(p.numel() for p in loaded.model.parameters())),
-        "n_harmful_train": loaded.metadata.get("n_harmful_train"),
+        "n_harmful_corpus": loaded.metadata.get("n_harmful_train"),
+        "n_harmless_corpus": loaded.metadata.get("n_harmless_train"),
         "final_loss": loaded.metadata.get("final_loss"),
     }
     roles = {

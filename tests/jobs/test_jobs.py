@@ -63,3 +63,16 @@ def test_search_job_ranks_and_checks_causally(directions_run, tmp_path):
     rows = (tmp_path / "ranking.csv").read_text().splitlines()
     assert len(rows) == 1 + metrics["d_sae"]
     assert (tmp_path / "cosine_vs_contrast.png").is_file()
+
+
+def test_pipeline_runs_every_stage_into_one_report(tiny_organism, tmp_path):
+    overrides = SMALL_SAE + ["directions.prune_layer_fraction=0.0", "search.k=4", "search.min_active_fraction=0.0"]
+    metrics = _run("pipeline", overrides, tmp_path)
+    for stage in ("organism", "directions", "train-sae", "search"):
+        assert (tmp_path / stage / "metrics.json").is_file(), stage
+    assert "organism/harmful_test_refusal" in metrics and "directions/selected_layer" in metrics
+    assert "train_sae/explained_variance" in metrics and "search/topk_ablation_harmful_refusal" in metrics
+    # the SAE is fitted at the layer the directions stage selected
+    assert metrics["train_sae/hook"] == f"blocks.{metrics['directions/selected_layer']}.hook_resid_pre"
+    report = (tmp_path / "report.md").read_text()
+    assert "# Organism" not in report and "## Organism" in report and "(directions/candidate_scores.png)" in report
