@@ -62,7 +62,10 @@ def _prompts(source: str, n: Optional[int], seed: int) -> list[str]:
     return list(prompts.instructions)
 
 
-def _responses(cfg: TrainSaeJobConfig, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], desc: str) -> Optional[list[str]]:
+def _responses(
+    cfg: TrainSaeJobConfig, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], desc: str
+) -> Optional[list[str]]:
+    """The answers paired with the prompts (``sae.responses``): greedy, the organism's training texts, or none."""
     mode = cfg.sae.responses
     if mode == "none":
         return None
@@ -108,7 +111,9 @@ def _train_or_reuse(cfg: TrainSaeJobConfig, loaded: LoadedModel, tracker: Tracke
         return sae, {**meta, "sae_path": str(fit_dir / SAE_DIR), "source": "cache"}
     log.info("train-sae: %d harmful + %d harmless train prompts, responses=%s", len(harmful), len(harmless), sae_cfg.responses)
     responses = _responses(cfg, loaded, harmful, harmless, "responses (train)")
-    dataset = build_token_dataset(loaded.model, loaded.template, list(harmful) + list(harmless), sae_cfg.context_size, responses, seed=sae_cfg.seed)
+    dataset = build_token_dataset(
+        loaded.model, loaded.template, list(harmful) + list(harmless), sae_cfg.context_size, responses, seed=sae_cfg.seed
+    )
     try:
         result = fit_sae(
             loaded.model, sae_cfg, dataset, hook, fit_dir, tracker=tracker, progress=cfg.progress,
@@ -163,7 +168,9 @@ def _run(cfg: TrainSaeJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, A
     harmful_eval = _prompts(cfg.data.harmful_val, None, cfg.data.seed)
     harmless_eval = _prompts(cfg.data.harmless_val, n_harmless_eval, cfg.data.seed)
     responses = _responses(cfg, loaded, harmful_eval, harmless_eval, "responses (val)")
-    eval_set = build_token_dataset(model, loaded.template, harmful_eval + harmless_eval, sae_cfg.context_size, responses, seed=cfg.data.seed)
+    eval_set = build_token_dataset(
+        model, loaded.template, harmful_eval + harmless_eval, sae_cfg.context_size, responses, seed=cfg.data.seed
+    )
     quality = sae_quality(model, sae, dataset=eval_set, hook=hook, eval_tokens=sae_cfg.eval_tokens,
                           batch_size=sae_cfg.eval_batch_size, progress=cfg.progress)
     log.info(

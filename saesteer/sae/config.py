@@ -160,7 +160,8 @@ class SaeConfig:
     def fit_key_dict(self) -> dict[str, Any]:
         """The fields that change what a fit produces (cache key; loading and eval fields excluded)."""
         d = self.to_dict()
-        for name in ("path", "pretrained_release", "pretrained_id", "reuse", "eval_tokens", "eval_batch_size", "checkpoints", "direction", "threads"):
+        for name in ("path", "pretrained_release", "pretrained_id", "reuse", "eval_tokens", "eval_batch_size",
+                     "checkpoints", "direction", "threads"):
             d.pop(name)
         return d
 

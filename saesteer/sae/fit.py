@@ -256,7 +256,8 @@ def runner_config(
 def _complete(ckpt: Path) -> bool:
     from sae_lens.constants import ACTIVATIONS_STORE_STATE_FILENAME, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, TRAINER_STATE_FILENAME
 
-    return all((ckpt / f).is_file() for f in (SAE_WEIGHTS_FILENAME, SAE_CFG_FILENAME, TRAINER_STATE_FILENAME, ACTIVATIONS_STORE_STATE_FILENAME))
+    needed = (SAE_WEIGHTS_FILENAME, SAE_CFG_FILENAME, TRAINER_STATE_FILENAME, ACTIVATIONS_STORE_STATE_FILENAME)
+    return all((ckpt / f).is_file() for f in needed)
 
 
 def latest_checkpoint(out_dir: Path) -> Optional[Path]:
@@ -389,7 +390,10 @@ def fit_sae(
     from sae_lens import SAE
 
     if cfg.loads:
-        raise ValueError(f"fit_sae fits an SAE, but sae.path={cfg.path!r} / sae.pretrained_release={cfg.pretrained_release!r} ask to load one; use load_sae")
+        raise ValueError(
+            f"fit_sae fits an SAE, but sae.path={cfg.path!r} / sae.pretrained_release={cfg.pretrained_release!r} "
+            "ask to load one; use load_sae"
+        )
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps <= 0):
         raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
     check_hooks(model, [hook])
@@ -397,7 +401,9 @@ def fit_sae(
         raise ValueError(f"the dataset needs an 'input_ids' column (see build_token_dataset), got columns {dataset.column_names}")
     width = len(dataset[0]["input_ids"])
     if width != cfg.context_size:
-        raise ValueError(f"dataset rows have {width} tokens but sae.context_size={cfg.context_size}; rebuild the dataset with that context_size")
+        raise ValueError(
+            f"dataset rows have {width} tokens but sae.context_size={cfg.context_size}; rebuild the dataset with that context_size"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():  # model_fingerprint reads weights that may require grad

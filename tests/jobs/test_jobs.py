@@ -75,4 +75,4 @@ def test_pipeline_runs_every_stage_into_one_report(tiny_organism, tmp_path):
     # the SAE is fitted at the layer the directions stage selected
     assert metrics["train_sae/hook"] == f"blocks.{metrics['directions/selected_layer']}.hook_resid_pre"
     report = (tmp_path / "report.md").read_text()
-    assert "# Organism" not in report and "## Organism" in report and "(directions/candidate_scores.png)" in report
+    assert "\n# Organism" not in report and "\n## Organism" in report and "(directions/candidate_scores.png)" in report
