@@ -26,14 +26,14 @@ def job_function(job: str) -> Callable:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE.format(", ".join(JOBS)))
+        sys.stdout.write(USAGE.format(", ".join(JOBS)) + "\n")
         sys.exit(0 if argv else 2)
     job = argv[0].replace("_", "-")
     key = job.replace("-", "_")
     if key not in {k.replace("-", "_") for k in JOBS}:
         close = difflib.get_close_matches(job, list(JOBS), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        print(f"saesteer: unknown job {argv[0]!r}{hint}; jobs: {', '.join(JOBS)}", file=sys.stderr)
+        sys.stderr.write(f"saesteer: unknown job {argv[0]!r}{hint}; jobs: {', '.join(JOBS)}\n")
         sys.exit(2)
     job = next(k for k in JOBS if k.replace("-", "_") == key)
     from saesteer.jobs.common import hydra_entry

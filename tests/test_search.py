@@ -93,7 +93,7 @@ def test_ranking_respects_activity_filter_and_order(setup):
     assert set(strict.ranking) == {f for f in range(40) if strict.active_fraction[f] >= 0.5}
     combined = [float(strict.combined[f]) for f in strict.ranking]
     assert combined == sorted(combined, reverse=True)
-    with pytest.raises(ValueError, match="d_model"):
+    with pytest.raises(ValueError, match=r"direction has shape \(5,\), expected \(48,\)"):
         search_features(model, tpl, sae, torch.randn(5), harmful, harmless)
     with pytest.raises(ValueError, match="unknown signals"):
         SearchConfig(weights={"cosine": 1.0, "vibes": 2.0})
