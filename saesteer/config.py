@@ -104,6 +104,36 @@ class JobConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+STEER_KINDS = ("none", "ablate", "add")
+
+
+@dataclass
+class SteerConfig:
+    """An intervention built from config: ablate or add the refusal direction (or any direction file)."""
+
+    kind: str = "none"
+    mode: str = "affine"  # ablate: plain (the paper) or affine (ACE)
+    alpha: float = 1.0  # add: x <- x + alpha * direction
+    layer: Optional[int] = None  # add: None = the direction's own layer
+    direction: Optional[str] = None  # a direction.safetensors; None = the directions stage (cached)
+
+    def __post_init__(self) -> None:
+        if self.kind not in STEER_KINDS:
+            raise ValueError(f"steer.kind must be one of {STEER_KINDS}, got {self.kind!r}")
+        if self.mode not in ("plain", "affine"):
+            raise ValueError(f"steer.mode must be 'plain' or 'affine', got {self.mode!r}")
+
+    def build(self, artifact) -> list:
+        """Intervention specs for a DirectionArtifact (see saesteer.stages)."""
+        from saesteer.interventions import Add
+
+        if self.kind == "none":
+            return []
+        if self.kind == "ablate":
+            return [artifact.ablate(self.mode)]
+        return [Add(artifact.direction, alpha=self.alpha, layer=artifact.layer if self.layer is None else self.layer)]
+
+
 @dataclass
 class OrganismJobConfig(JobConfig):
     job: str = "organism"
@@ -115,6 +145,8 @@ class GenerateJobConfig(JobConfig):
     prompts: Optional[str] = None  # bundled name or a local json/jsonl/csv/parquet file
     column: str = "instruction"
     limit: Optional[int] = None
+    steer: SteerConfig = field(default_factory=SteerConfig)
+    directions: "DirectionsConfig" = field(default_factory=lambda: DirectionsConfig())
 
     def __post_init__(self) -> None:
         if not self.prompts:

@@ -62,3 +62,30 @@ def test_user_errors_are_one_line(tmp_path, cache_root):
     assert "Traceback" not in res.stderr
     res = _saesteer(["nonsense"], cache_root, tmp_path)
     assert res.returncode == 2 and "unknown job 'nonsense'" in res.stderr
+
+
+def test_generate_with_a_steer_group_equals_the_library(tiny_organism, tmp_path):
+    import torch
+
+    from saesteer.cli import job_function
+    from saesteer.evaluate import refusal_eval
+    from saesteer.interventions import Add, steer
+    from saesteer.io import save_tensors
+    from saesteer.jobs.common import run_job
+
+    model, tpl, _ = tiny_organism
+    d = torch.randn(48, generator=torch.Generator().manual_seed(3)) * 20
+    path = save_tensors(tmp_path / "direction.safetensors", {"direction": d, "affine_reference": torch.zeros(2)},
+                        {"kind": "refusal_direction", "layer": 1, "position": -1, "ablation": "affine"})
+    cfg = compose("generate", tiny_organism_overrides() + ["prompts=harmless_val", "limit=2", "steer=add", "steer.alpha=2.0",
+                                                            f"steer.direction={path}", "logger.mode=disabled", "progress=false"])
+    metrics = run_job("generate", cfg, job_function("generate"), tmp_path / "run")
+    from saesteer.data import load_prompts
+
+    prompts = list(load_prompts("harmless_val", limit=2).instructions)
+    with steer(model, [Add(d, alpha=2.0, layer=1)]):
+        expected = refusal_eval(model, tpl, prompts, max_new_tokens=12)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in rows] == expected.responses and metrics["steer"] == "add"
+    with pytest.raises(ValueError, match="steer.kind must be one of"):
+        to_object(compose("generate", ["prompts=harmless_val", "steer.kind=amplify"]))
