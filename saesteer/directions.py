@@ -30,6 +30,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import hook_layer, mean_activations, n_post_tokens, resid_hooks
 from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.evaluate import kl_divergence
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions import Ablate, Add, Intervention, steer
 from saesteer.io import ArtifactError, load_tensors, save_tensors
@@ -75,11 +76,6 @@ def refusal_scores(
             if logprobs is not None:
                 logprobs[idx] = lp.float()
     return (scores, logprobs) if return_logprobs else scores
-
-
-def kl_from_logprobs(base: torch.Tensor, new: torch.Tensor) -> float:
-    """Mean over prompts of KL(base || new)."""
-    return float((base.exp() * (base - new)).sum(-1).mean())
 
 
 @dataclass
@@ -214,7 +210,7 @@ def score_candidates(
             abl = Ablate(d, mode=mode, reference=ref if mode == "affine" else None)
             row[f"bypass_{mode}"] = float(refusal_scores(model, template, harmful_val, ids, interventions=[abl], batch_size=batch_size).mean())
             _, lp = refusal_scores(model, template, harmless_val, ids, interventions=[abl], batch_size=batch_size, return_logprobs=True)
-            row[f"kl_{mode}"] = kl_from_logprobs(base_lp, lp)
+            row[f"kl_{mode}"] = kl_divergence(base_lp, lp)
         induce = float(refusal_scores(model, template, harmless_val, ids, interventions=[Add(d, cfg.add_alpha, layer)], batch_size=batch_size).mean())
         sign_ok = bool(float(d.double() @ (cands.harmful_mean - cands.harmless_mean)[cands.layers.index(layer), cands.positions.index(pos)]) > 0)
         scores.append(CandidateScore(layer, pos, induce=induce, sign_ok=sign_ok, **row))
