@@ -22,6 +22,7 @@ which :func:`encode_chat` adds as an id when ``template.bos`` is set.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from dataclasses import dataclass, replace
@@ -182,7 +183,9 @@ def get_template(name: str) -> ChatTemplate:
     try:
         return TEMPLATES[name]
     except (KeyError, TypeError):
-        raise TemplateError(f"unknown chat template {name!r}; known templates: {', '.join(TEMPLATES)}") from None
+        close = difflib.get_close_matches(str(name), list(TEMPLATES), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise TemplateError(f"unknown chat template {name!r}; known templates: {', '.join(TEMPLATES)}{hint}") from None
 
 
 # (pattern on the lowercased model name, template name or callable, chat-model marker)
@@ -320,13 +323,14 @@ def encode_chat(
     max_length: int | None = None,
     pad_token_id: int | None = None,
     system: str | None = None,
+    length_note: str | None = None,
 ) -> EncodedChat:
     """Tokenize instructions with ``template`` into a left-padded batch.
 
     Each row is ``[bos] + ids(prefix) + ids(instruction) + ids(suffix)``, the BOS
     id only if ``template.bos`` and the tokenizer has one.  Prompts longer than
-    ``max_length`` raise (no silent truncation).  The pad id is ``pad_token_id``,
-    else the tokenizer's pad id, else its EOS id.
+    ``max_length`` raise (no silent truncation; ``length_note`` says where the limit
+    comes from).  The pad id is ``pad_token_id``, else the tokenizer's pad id, else its EOS id.
     """
     if isinstance(instructions, str):
         raise ChatEncodingError("instructions must be a sequence of strings, got a single string; wrap it in a list")
@@ -358,9 +362,10 @@ def encode_chat(
             raise ChatEncodingError(f"instruction {i} ({instructions[i][:40]!r}) tokenizes to no tokens")
         row = head + ids + post_ids
         if max_length is not None and len(row) > max_length:
+            note = f"{length_note}; " if length_note else ""
             raise ChatEncodingError(
                 f"prompt {i} is {len(row)} tokens long, more than max_length={max_length} "
-                f"(instruction starts {instructions[i][:40]!r})"
+                f"({note}instruction starts {instructions[i][:40]!r})"
             )
         rows.append(row)
 

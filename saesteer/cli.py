@@ -13,7 +13,10 @@ JOBS: dict[str, str] = {
     "directions": "saesteer.jobs.directions",
     "search": "saesteer.jobs.search",
     "train-sae": "saesteer.jobs.train_sae",
+    "anchor": "saesteer.jobs.anchor",
     "pipeline": "saesteer.jobs.pipeline",
+    "backups": "saesteer.jobs.backups",
+    "emergent": "saesteer.jobs.emergent",
 }
 
 USAGE = "usage: saesteer JOB [key=value ...] [hydra options]\njobs: {}"
@@ -36,8 +39,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"saesteer: unknown job {argv[0]!r}{hint}; jobs: {', '.join(JOBS)}\n")
         sys.exit(2)
     job = next(k for k in JOBS if k.replace("-", "_") == key)
-    from saesteer.jobs.common import hydra_entry
+    from saesteer.jobs.common import ConfigError, check_overrides, hydra_entry
 
+    try:
+        check_overrides(job, argv[1:])  # unknown keys / options and bad types: one line, not Hydra's report
+    except ConfigError as exc:
+        sys.stderr.write(f"saesteer {job}: error: {exc}\n")
+        sys.exit(2)
     sys.argv = [f"saesteer {job}"] + argv[1:]
     hydra_entry(job, job_function(job))()
 

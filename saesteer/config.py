@@ -7,6 +7,9 @@ their ``__post_init__`` checks values (a ``ValueError`` naming field and value).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -147,6 +150,8 @@ class GenerateJobConfig(JobConfig):
     limit: Optional[int] = None
     steer: SteerConfig = field(default_factory=SteerConfig)
     directions: "DirectionsConfig" = field(default_factory=lambda: DirectionsConfig())
+    # unused by this job: lets an experiment (conf/experiment/), which names its SAE, compose with it
+    sae: SaeConfig = field(default_factory=SaeConfig)
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -180,6 +185,8 @@ class DirectionsConfig:
 class DirectionsJobConfig(JobConfig):
     job: str = "directions"
     directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    # unused by this job: lets an experiment (conf/experiment/), which names its SAE, compose with it
+    sae: SaeConfig = field(default_factory=SaeConfig)
 
 
 @dataclass
@@ -192,6 +199,8 @@ class TrainSaeJobConfig(JobConfig):
     def __post_init__(self) -> None:
         if isinstance(self.sae, dict):
             self.sae = SaeConfig.from_dict(self.sae)
+        if self.sae.responses == "organism" and self.model.name != "organism":
+            raise ValueError(f"sae.responses=organism needs model=organism, got model.name={self.model.name!r}; use greedy or none")
 
 
 @dataclass
@@ -204,7 +213,7 @@ class SearchJobSettings:
     weight_attribution: float = 1.0
     min_active_fraction: float = 0.02
     k: int = 8
-    induce_scale: float = 3.0  # clamp value on harmless prompts = induce_scale x the feature's mean on harmful ones
+    induce_scale: float = 3.0  # clamp value on harmless prompts = induce_scale x the feature's mean on harmful prompts where it fires
     apply_to: str = "both"
     top_n: int = 20
     n_top_prompts: int = 5
@@ -232,12 +241,226 @@ class SearchJobConfig(TrainSaeJobConfig):
     search: SearchJobSettings = field(default_factory=SearchJobSettings)
 
 
+PIPELINE_STAGES = ("organism", "directions", "train-sae", "search", "anchor", "backups", "emergent")
+APPLY_TO = ("prompt", "generated", "both")
+
+
+def default_pipeline_stages(model_name: str) -> list[str]:
+    """The pipeline's default stages for a model: the organism stage only for the organism (conf/pipeline.yaml)."""
+    return [s for s in PIPELINE_STAGES if s != "organism" or model_name == "organism"]
+
+
 @dataclass
-class PipelineJobConfig(SearchJobConfig):
-    """``saesteer pipeline``: organism -> directions -> SAE -> search, one report."""
+class AnchorSettings:
+    """``saesteer anchor``: calibrate the anchor on train/val prompts, then run the attack suite."""
+
+    quantile: float = 0.25  # floor = this quantile of refused harmful training prompts' projections
+    layers: Optional[list[int]] = None  # anchored layers; null = from the direction's layer to the last
+    final: bool = True  # also anchor the last layer's resid_post
+    gate_layer: Optional[int] = None  # null = best validation AUROC
+    gate_fpr: float = 0.02
+    gate_orthogonal: bool = True
+    gate_positions: Optional[list[int]] = None  # null = t_inst and every post-instruction position
+    gate_probe: str = "logistic"  # logistic probe or mean_diff (the harmfulness direction)
+    gate_l2: float = 1e-3
+    n_calibration_harmless: int = 512  # harmless_train prompts for the gate (half fit, half threshold)
+    cast_alpha: float = 1.0  # CAST-style conditional addition and unconditional addition baselines
+    addition_alpha: float = 1.0
+    negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
+    jailbreaks: list[str] = field(default_factory=lambda: ["prefix_injection", "refusal_suppression", "roleplay", "instruction_wrapping"])
+    sae_attack: bool = True  # top-k SAE refusal features zeroed (fits or loads the SAE stage)
+    suffix_tokens: int = 8
+    suffix_steps: int = 30
+    suffix_prompts: int = 64  # harmful_train prompts the suffix is optimized on
+    adaptive: bool = True
+    adaptive_gate_weight: float = 1.0
+    n_attack_prompts: Optional[int] = None  # harmful_test prompts per attack (null = data.n_test)
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "anchor", "n_calibration_harmless", "suffix_tokens", "suffix_prompts", "n_attack_prompts", "batch_size")
+        if self.suffix_steps < 0:
+            raise ValueError(f"anchor.suffix_steps must be >= 0, got {self.suffix_steps!r}")
+        from saesteer.attacks.prompts import JAILBREAK_TEMPLATES
+
+        unknown = [j for j in self.jailbreaks if j not in JAILBREAK_TEMPLATES]
+        if unknown:
+            raise ValueError(f"anchor.jailbreaks has unknown templates {unknown}; expected some of {sorted(JAILBREAK_TEMPLATES)}")
+        if any(a <= 0 for a in self.negative_alphas):
+            raise ValueError(f"anchor.negative_alphas must be positive, got {list(self.negative_alphas)}")
+        self.calibration()
+
+    def calibration(self):
+        from saesteer.anchor import AnchorCalibration
+
+        return AnchorCalibration(self.quantile, None if self.layers is None else list(self.layers), self.final, self.gate_layer,
+                                 self.gate_fpr, self.gate_orthogonal, self.batch_size,
+                                 None if self.gate_positions is None else list(self.gate_positions), self.gate_probe, self.gate_l2)
+
+
+@dataclass
+class AnchorJobConfig(SearchJobConfig):
+    job: str = "anchor"
+    anchor: AnchorSettings = field(default_factory=AnchorSettings)
+
+
+# ---------------------------------------------------------------- analysis jobs: backups (hydra) and emergent misalignment
+
+SENSOR_SIGNALS = ("effect_size", "mean_diff", "auroc")
+RECIPES = ("none",)
+LORA_SITES = ("mlp_out", "mlp_in")
+EM_ABLATIONS = ("plain", "affine")
+
+
+def _check_number(obj, prefix: str, name: str, *, low: float = 0.0, strict: bool = True, high: Optional[float] = None) -> None:
+    value = getattr(obj, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (high is None or value <= high)
+    if not ok:
+        rel = ">" if strict else ">="
+        bound = f" and <= {high}" if high is not None else ""
+        raise ValueError(f"{prefix}.{name} must be a number {rel} {low}{bound}, got {value!r}")
+
+
+def _check_layers(prefix: str, name: str, value) -> None:
+    if value is None:
+        return
+    items = [value] if isinstance(value, int) else list(value)
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in items) or (not isinstance(value, int) and not items):
+        raise ValueError(f"{prefix}.{name} must be a non-negative layer index (or a non-empty list of them) or null, got {value!r}")
+
+
+@dataclass
+class BackupsSettings:
+    """``saesteer backups``: refusal vs k features cut, downstream and upstream, and which features rise."""
+
+    k_max: int = 8  # K: the top k features are cut for k = 1..K
+    cut_layer: Optional[int] = None  # downstream SAE layer; null = the direction's layer (the last-but-one if it is the last)
+    upstream_layer: Optional[int] = None  # harm-sensor SAE layer; null = cut_layer - 1 (at least 0)
+    monitor_layers: Optional[list[int]] = None  # refusal features monitored at these layers; null = cut_layer .. last
+    n_monitor: int = 24  # refusal-ranked features monitored per layer
+    backup_threshold: float = 0.25  # a backup rises by more than this, relative: (cut - intact) / max(intact, backup_min_rise)
+    backup_min_rise: float = 0.05  # ... and by more than this in activation units (the floor for dormant features)
+    count_same_layer: bool = False  # count rises at the cut layer itself (re-encoding the edited residual, not the network)
+    sensor_signal: str = "effect_size"  # harm sensors: ranked by this harmful-vs-harmless contrast at t_inst
+    induce_scale: float = 3.0  # induction: sensors clamped to induce_scale x their mean on harmful prompts where they fire (t_inst)
+    induce_apply_to: str = "prompt"
+    apply_to: str = "both"  # the cuts act on prompt tokens, generated tokens or both
+    random_control: bool = True  # K random eligible features cut at each layer, as a control at k = K
+    n_monitor_prompts: Optional[int] = None  # harmful_test prompts for the activation measurements; null = all of data.n_test
+    batch_size: int = 32
+    # Hook for organism training recipes meant to grow dormant backups (dropout on the refusal direction or on
+    # features while training). None is implemented yet: the analysis runs on the organism model.organism.* names.
+    recipe: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "backups", "k_max", "n_monitor", "n_monitor_prompts", "batch_size")
+        _check_layers("backups", "cut_layer", self.cut_layer)
+        _check_layers("backups", "upstream_layer", self.upstream_layer)
+        _check_layers("backups", "monitor_layers", self.monitor_layers)
+        _check_number(self, "backups", "backup_threshold", low=0.0, strict=False)
+        _check_number(self, "backups", "backup_min_rise", low=0.0)
+        _check_number(self, "backups", "induce_scale", low=0.0)
+        if self.sensor_signal not in SENSOR_SIGNALS:
+            raise ValueError(f"backups.sensor_signal must be one of {SENSOR_SIGNALS}, got {self.sensor_signal!r}")
+        for name in ("apply_to", "induce_apply_to"):
+            if getattr(self, name) not in APPLY_TO:
+                raise ValueError(f"backups.{name} must be one of {APPLY_TO}, got {getattr(self, name)!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"backups.recipe must be one of {RECIPES} (no backup-growing organism recipe is implemented yet), got {self.recipe!r}")
+
+    def rule(self):
+        from saesteer.redundancy import BackupRule
+
+        return BackupRule(self.backup_threshold, self.backup_min_rise)
+
+
+@dataclass
+class BackupsJobConfig(SearchJobConfig):
+    """SAEs at several layers (the SAE stage, one fit per layer), ranked with the ``search`` settings."""
+
+    job: str = "backups"
+    backups: BackupsSettings = field(default_factory=BackupsSettings)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.sae.loads:
+            raise ValueError(
+                "backups fits one SAE per layer through the SAE stage; sae.path / sae.pretrained_release name a single "
+                f"SAE, got path={self.sae.path!r}, pretrained_release={self.sae.pretrained_release!r}"
+            )
+        if self.sae.hook is not None:
+            raise ValueError(f"backups picks the SAE hooks per layer (backups.cut_layer, upstream_layer, monitor_layers); "
+                             f"leave sae.hook null, got {self.sae.hook!r}")
+
+
+@dataclass
+class EmergentSettings:
+    """``saesteer emergent``: a rank-1 LoRA that complies with one harm category; does refusal fall elsewhere?"""
+
+    category: str = "fraud_and_scams"  # the narrow task: comply with this harm category (synthetic lexicon)
+    other_categories: Optional[list[str]] = None  # evaluated categories; null = every other harmful category
+    n_train: int = 256  # target-category training prompts (from its training acts)
+    n_harmless: int = 256  # harmless_train prompts, still answered, mixed into training
+    held_out_acts: float = 0.25  # share of the target category's acts kept out of training (target held-out eval)
+    n_eval_per_category: int = 8  # held-out prompts per other category (refusal before / after / ablated)
+    n_direction_per_category: int = 8  # other prompts per category for the EM direction (disjoint from the eval ones)
+    n_target_eval: int = 32  # held-out target prompts
+    placement: str = "mlp_out"  # rank-1 adapter on W_out of each layer's MLP (Soligo et al.), or mlp_in (W_in)
+    layers: Optional[list[int]] = None  # adapted layers; null = every layer
+    alpha: float = 1.0  # adapter scale: W <- W + alpha * outer(a, b)
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 0.01
+    target_fraction: float = 0.5  # share of each batch from the target category (the rest harmless)
+    ablation: str = "affine"  # the headline ablation of the EM direction (both are reported)
+    ablate_layer: Optional[int] = None  # EM direction of this layer is ablated; null = the refusal direction's layer
+    direction: Optional[str] = None  # a refusal direction.safetensors; null = the directions stage (cached)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "emergent", "n_train", "n_harmless", "n_eval_per_category", "n_direction_per_category",
+                        "n_target_eval", "steps", "batch_size")
+        _check_number(self, "emergent", "held_out_acts", low=0.0, high=0.9)
+        _check_number(self, "emergent", "target_fraction", low=0.0, high=1.0)
+        _check_number(self, "emergent", "alpha", low=0.0)
+        _check_number(self, "emergent", "lr", low=0.0)
+        _check_layers("emergent", "layers", self.layers)
+        _check_layers("emergent", "ablate_layer", self.ablate_layer)
+        if self.placement not in LORA_SITES:
+            raise ValueError(f"emergent.placement must be one of {LORA_SITES}, got {self.placement!r}")
+        if self.ablation not in EM_ABLATIONS:
+            raise ValueError(f"emergent.ablation must be one of {EM_ABLATIONS}, got {self.ablation!r}")
+        from saesteer.organism.synthetic import load_lexicon
+
+        categories = list(load_lexicon("harmful"))
+        if self.category not in categories:
+            raise ValueError(f"emergent.category must be a harmful lexicon category ({', '.join(categories)}), got {self.category!r}")
+        if self.other_categories is not None:
+            others = list(self.other_categories)
+            bad = [c for c in others if c not in categories]
+            if bad or not others:
+                raise ValueError(f"emergent.other_categories must be a non-empty list of harmful lexicon categories, got {others!r}"
+                                 + (f" (unknown: {bad})" if bad else ""))
+            if self.category in others:
+                raise ValueError(f"emergent.other_categories must not hold the target category {self.category!r}, got {others!r}")
+
+
+@dataclass
+class EmergentJobConfig(JobConfig):
+    job: str = "emergent"
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    emergent: EmergentSettings = field(default_factory=EmergentSettings)
+
+
+@dataclass
+class PipelineJobConfig(AnchorJobConfig):
+    """``saesteer pipeline``: organism -> directions -> SAE -> search -> anchor -> backups -> emergent, one report."""
 
     job: str = "pipeline"
-    stages: list[str] = field(default_factory=lambda: ["organism", "directions", "train-sae", "search"])
+    backups: BackupsSettings = field(default_factory=BackupsSettings)
+    emergent: EmergentSettings = field(default_factory=EmergentSettings)
+    reuse: bool = True  # reuse a stage's results when its config, data, model and saesteer's code are unchanged
+    stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -246,16 +469,16 @@ class PipelineJobConfig(SearchJobConfig):
             raise ValueError(f"pipeline.stages has unknown stages {unknown}; expected some of {PIPELINE_STAGES}")
 
 
-PIPELINE_STAGES = ("organism", "directions", "train-sae", "search")
-
-
 SCHEMAS: dict[str, type] = {
     "pipeline": PipelineJobConfig,
+    "anchor": AnchorJobConfig,
     "search": SearchJobConfig,
     "directions": DirectionsJobConfig,
     "organism": OrganismJobConfig,
     "generate": GenerateJobConfig,
     "train-sae": TrainSaeJobConfig,
+    "backups": BackupsJobConfig,
+    "emergent": EmergentJobConfig,
 }
 
 
@@ -269,9 +492,36 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for name, node in SCHEMAS.items():
         cs.store(name=f"{name}_schema", node=node)
+    # conf/pipeline.yaml: stages: ${saesteer.pipeline_stages:${model.name}}
+    OmegaConf.register_new_resolver("saesteer.pipeline_stages", default_pipeline_stages, replace=True)
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(full key, the keys expected there) for every key of ``cfg`` that its dataclass schema lacks.
+
+    Hydra rejects ``foo=1`` for a key the schema lacks, but ``+foo=1`` adds one, which
+    ``OmegaConf.to_object`` would carry along silently."""
+    out: list[tuple[str, list[str]]] = []
+    schema = OmegaConf.get_type(cfg)
+    names = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in cfg.keys():
+        if names is not None and key not in names:
+            out.append((f"{prefix}{key}", names))
+            continue
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+            out += unknown_keys(child, f"{prefix}{key}.")
+    return out
 
 
 def to_object(cfg: DictConfig) -> Any:
     """Composed DictConfig -> validated dataclass tree (runs every ``__post_init__``)."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        key, names = unknown[0]
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {key[: len(key) - len(leaf)]}{close[0]}?" if close else ""
+        raise ValueError(f"unknown config key {key!r}{hint} (expected one of: {', '.join(names)})")
     obj = OmegaConf.to_object(cfg)
     return obj

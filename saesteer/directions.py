@@ -31,7 +31,7 @@ from transformer_lens import HookedTransformer
 from saesteer.activations import hook_layer, mean_activations, n_post_tokens, resid_hooks
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.evaluate import kl_divergence
-from saesteer.generation import length_sorted_batches
+from saesteer.generation import final_logits, length_sorted_batches
 from saesteer.interventions import Ablate, Add, Intervention, steer
 from saesteer.io import ArtifactError, load_tensors, save_tensors
 
@@ -68,8 +68,9 @@ def refusal_scores(
     ids = torch.tensor(list(refusal_ids))
     with steer(model, interventions):
         for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-            enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id)
-            logits = model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device))[:, -1]
+            enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id,
+                              max_length=model.cfg.n_ctx, length_note="the model's context, n_ctx")
+            logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
             lp = F.log_softmax(logits.double().cpu(), -1)
             p = lp[:, ids].exp().sum(-1).clamp(1e-12, 1 - 1e-12)
             scores[idx] = torch.log(p) - torch.log1p(-p)
@@ -277,16 +278,26 @@ def save_direction(path: str | Path, sel: Selection, metadata: dict[str, Any]) -
     return save_tensors(path, {"direction": sel.direction, "affine_reference": sel.reference}, meta)
 
 
-def load_direction(path: str | Path, d_model: Optional[int] = None, model_name: Optional[str] = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """A saved direction; checks its size (and model, when given) against the model in hand."""
+def load_direction(
+    path: str | Path, d_model: Optional[int] = None, model_name: Optional[str] = None, fingerprint: Optional[str] = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A saved direction; checks its size, values and (when given) model name and weights fingerprint
+    (``saesteer.activations.model_fingerprint``) against the model in hand."""
     tensors, meta = load_tensors(path)
     if "direction" not in tensors:
         raise ArtifactError(f"{path} holds no 'direction' tensor (found {sorted(tensors)})")
     d = tensors["direction"]
     if d_model is not None and d.shape != (d_model,):
         raise ValueError(f"direction in {path} has shape {tuple(d.shape)}, expected ({d_model},) for this model")
+    if not torch.isfinite(d).all() or ("affine_reference" in tensors and not torch.isfinite(tensors["affine_reference"]).all()):
+        raise ValueError(f"direction in {path} contains NaN/inf values; expected finite values (re-extract it with `saesteer directions`)")
+    if d.norm() == 0:
+        raise ValueError(f"direction in {path} is all zeros; expected a non-zero direction")
     if model_name is not None and meta.get("model") not in (None, model_name):
         raise ValueError(f"direction in {path} was made for model {meta.get('model')!r}, not {model_name!r}")
+    if fingerprint is not None and meta.get("model_fingerprint") not in (None, fingerprint):
+        raise ValueError(f"direction in {path} was made for other weights of {meta.get('model')!r} (fingerprint "
+                         f"{meta.get('model_fingerprint')!r}, this model's is {fingerprint!r}); re-extract it for this model")
     if "affine_reference" in tensors:
         meta["affine_reference"] = tensors["affine_reference"]
     return d, meta

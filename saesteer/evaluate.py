@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from saesteer.chat import ChatTemplate, encode_chat
-from saesteer.generation import generate, length_sorted_batches
+from saesteer.generation import final_logits, generate, length_sorted_batches
 from saesteer.judge import RefusalJudge
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,9 @@ def last_position_logprobs(
     """log-softmax of the next-token logits at the last prompt position: [n, d_vocab] (float32, CPU)."""
     out = torch.empty(len(instructions), model.cfg.d_vocab_out)
     for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-        enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id)
-        logits = model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device))[:, -1]
+        enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id,
+                          max_length=model.cfg.n_ctx, length_note="the model's context, n_ctx")
+        logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
         out[idx] = F.log_softmax(logits.float(), -1).cpu()
     return out
 
@@ -78,6 +79,19 @@ def completion_cross_entropy(
     batch_size: int = 32,
 ) -> float:
     """Mean per-token cross-entropy of ``completions`` given the formatted prompts."""
+    total, count = completion_nll(model, template, instructions, completions, batch_size)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def completion_nll(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    completions: Sequence[str],
+    batch_size: int = 32,
+) -> tuple[float, int]:
+    """Summed negative log-likelihood of ``completions`` and their token count."""
     tok = model.tokenizer
     total, count = 0.0, 0
     for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
@@ -101,4 +115,4 @@ def completion_cross_entropy(
         m = target[:, 1:]
         total += float(-lp[m].sum())
         count += int(m.sum())
-    return total / max(count, 1)
+    return total, count

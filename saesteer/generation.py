@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.utilities import apply_softcap
 
 from saesteer.chat import ChatTemplate, encode_chat
 
@@ -35,6 +36,19 @@ def phase(name: str) -> Iterator[None]:
         yield
     finally:
         PHASE.reset(token)
+
+
+def final_logits(model: HookedTransformer, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, past_kv_cache=None) -> torch.Tensor:
+    """Next-token logits at the last position only: [batch, d_vocab].
+
+    The same computation as ``model(tokens)[:, -1]`` (every block, final norm,
+    unembedding, logit soft-cap) without unembedding every prompt position, which
+    dominates the cost of small models with large vocabularies.
+    """
+    resid = model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache, stop_at_layer=model.cfg.n_layers)[:, -1:]
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid)
+    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)[:, -1]
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -68,16 +82,17 @@ def generate(
     device = model.cfg.device
     max_prompt = model.cfg.n_ctx - max_new_tokens
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=pad, max_length=max_prompt)
+        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=pad, max_length=max_prompt,
+                          length_note=f"the model's context n_ctx={model.cfg.n_ctx} less max_new_tokens={max_new_tokens}")
         tokens = enc.tokens.to(device)
         mask = enc.attention_mask.to(device)
         B = tokens.shape[0]
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, B)
-        logits = model(tokens, attention_mask=mask, past_kv_cache=cache)
+        logits = final_logits(model, tokens, mask, cache)
         done = torch.zeros(B, dtype=torch.bool, device=device)
         new: list[torch.Tensor] = []
         for step in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1)
+            nxt = logits.argmax(-1)
             if eos is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
                 done |= nxt == eos
@@ -85,7 +100,7 @@ def generate(
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             with phase("generated"):
-                logits = model(nxt[:, None], attention_mask=torch.ones(B, 1, dtype=mask.dtype, device=device), past_kv_cache=cache)
+                logits = final_logits(model, nxt[:, None], torch.ones(B, 1, dtype=mask.dtype, device=device), cache)
         gen = torch.stack(new, 1).tolist()
         for row, i in zip(gen, idx):
             if eos is not None and eos in row:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from saesteer.chat import ChatTemplate, encode_chat
-from saesteer.generation import length_sorted_batches
+from saesteer.generation import final_logits, length_sorted_batches
 from saesteer.interventions.features import SaeWeights
 from saesteer.io import atomic_path
 from saesteer.stats import auroc
@@ -118,6 +118,11 @@ class FeatureScores:
     ranking: list[int]  # eligible features, best first
     top_prompts: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
 
+    @property
+    def harmful_active_mean(self) -> torch.Tensor:
+        """Mean activation on the harmful prompts where the feature fires (0 where it never does)."""
+        return torch.where(self.active_fraction > 0, self.harmful_mean / self.active_fraction.clamp_min(1e-12), torch.zeros_like(self.harmful_mean))
+
     def top(self, k: int) -> list[int]:
         if k > len(self.ranking):
             raise ValueError(f"asked for the top {k} features but only {len(self.ranking)} pass the activity filter")
@@ -188,12 +193,12 @@ def search_features(
         for idx in tqdm(length_sorted_batches([len(p) for p in prompts], cfg.batch_size), desc=f"search {label}", disable=not progress, leave=False):
             enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
             with torch.set_grad_enabled(want_grad), model.hooks(fwd_hooks=[(hook, grab)]):
-                logits = model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device))
+                logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
             x = captured["x"][:, positions].float()  # [B, P, d]
             acts = w.encode(x.detach())  # [B, P, d_sae]
             stats[label].update(acts.mean(1))
             if want_grad:
-                lp = F.log_softmax(logits[:, -1].float(), -1)
+                lp = F.log_softmax(logits.float(), -1)
                 p = lp[:, ids.to(lp.device)].exp().sum(-1).clamp(1e-6, 1 - 1e-6)
                 score = (torch.log(p) - torch.log1p(-p)).sum()
                 (grad,) = torch.autograd.grad(score, captured["x"])

@@ -63,7 +63,7 @@ def direction_stage(loaded: LoadedModel, data_cfg: Any, dir_cfg: Any, *, path: O
     from saesteer.jobs.common import load_role
 
     if path:
-        d, meta = load_direction(path, d_model=loaded.d_model)
+        d, meta = load_direction(path, d_model=loaded.d_model, model_name=loaded.name, fingerprint=model_fingerprint(loaded.model))
         ref = meta.pop("affine_reference", torch.zeros(loaded.n_layers))
         scores_file = Path(path).with_name("candidates.json")
         scores = [CandidateScore(**s) for s in json.loads(scores_file.read_text())] if scores_file.is_file() else []
@@ -79,7 +79,7 @@ def direction_stage(loaded: LoadedModel, data_cfg: Any, dir_cfg: Any, *, path: O
                                positions=dir_cfg.positions, batch_size=dir_cfg.batch_size, progress=progress)
     sel = select_direction(m, tpl, cands, list(roles["harmful_val"].instructions), list(roles["harmless_val"].instructions),
                            dir_cfg.selection(), progress=progress)
-    meta = {"model": loaded.name, "template": tpl.name, "config": dataclasses.asdict(dir_cfg)}
+    meta = {"model": loaded.name, "model_fingerprint": model_fingerprint(m), "template": tpl.name, "config": dataclasses.asdict(dir_cfg)}
     write_json(file.with_name("candidates.json"), [dataclasses.asdict(s) for s in sel.scores])
     save_direction(file, sel, meta)
     return direction_stage(loaded, data_cfg, dir_cfg, path=str(file))

@@ -35,3 +35,15 @@ def test_length_sorted_batches_cover_every_index_once():
     batches = length_sorted_batches([5, 1, 9, 3, 7], 2)
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
     assert batches[0] == [2, 4]
+
+
+def test_final_logits_equal_the_full_forward_pass(tiny_organism):
+    from saesteer.chat import encode_chat
+    from saesteer.generation import final_logits
+
+    model, tpl, _ = tiny_organism
+    enc = encode_chat(model.tokenizer, tpl, ["Name a colour.", "How do I bake bread at home?"])
+    full = model(enc.tokens, attention_mask=enc.attention_mask)[:, -1]
+    fast = final_logits(model, enc.tokens, enc.attention_mask)
+    err = (full - fast).abs()
+    assert err.max() < 1e-4, f"max {err.max():.2e} mean {err.mean():.2e}"

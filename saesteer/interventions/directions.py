@@ -12,7 +12,7 @@ Semantics (DESIGN.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
@@ -106,22 +106,36 @@ class Add(Intervention):
     alpha: float = 1.0
     layer: int = 0
     positions: Optional[Sequence[int]] = None  # None = every position (prompt and generated)
+    gate: Optional[Any] = None  # a saesteer.interventions.gates.Gate: add only where it fires (CAST)
 
     def validate(self, model: HookedTransformer) -> None:
         check_direction(self.direction, model.cfg.d_model)
         if not 0 <= self.layer < model.cfg.n_layers:
             raise ValueError(f"Add.layer={self.layer} out of range for a model with {model.cfg.n_layers} layers")
+        if self.gate is not None:
+            from saesteer.interventions.gates import hook_order
+
+            if hook_order(self.gate.hook) > hook_order(self.hook_name):
+                raise ValueError(f"Add gate reads {self.gate.hook}, after {self.hook_name}; a gate must read no later than what it gates")
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_pre"
 
     def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:
         v = self.direction.float() * self.alpha
         positions = None if self.positions is None else list(self.positions)
+        gate = self.gate
 
         def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
             d = v.to(device=x.device, dtype=x.dtype)
+            if gate is not None:
+                d = gate.value(x.shape[0], x.device, x.dtype)[:, None, None] * d
             if positions is None:
                 return x + d
             x = x.clone()
             x[:, positions] += d
             return x
 
-        return [(f"blocks.{self.layer}.hook_resid_pre", fn)]
+        out: list[tuple[str, HookFn]] = [] if gate is None else [(gate.hook, gate.read)]
+        return out + [(self.hook_name, fn)]

@@ -25,8 +25,15 @@ def _remove(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def orthogonalize_weights(model: HookedTransformer, direction: torch.Tensor, inplace: bool = False) -> HookedTransformer:
-    """A model whose residual-stream writers cannot write along ``direction``."""
+def orthogonalize_weights(
+    model: HookedTransformer, direction: torch.Tensor, inplace: bool = False, reference: Optional[float] = None
+) -> HookedTransformer:
+    """A model whose residual-stream writers cannot write along ``direction``.
+
+    With ``reference``, the first attention block's output bias then writes
+    ``reference * r``, so the residual coordinate along r is that constant from
+    ``blocks.0.hook_resid_mid`` on (a weight form of affine ablation).
+    """
     check_direction(direction, model.cfg.d_model)
     r = unit(direction.double())
     m = model if inplace else copy.deepcopy(model)
@@ -41,6 +48,9 @@ def orthogonalize_weights(model: HookedTransformer, direction: torch.Tensor, inp
             mlp = block.mlp
             mlp.W_out.copy_(_remove(mlp.W_out.double(), r).to(mlp.W_out.dtype))
             mlp.b_out.copy_(_remove(mlp.b_out.double(), r).to(mlp.b_out.dtype))
+    if reference is not None:
+        b = m.blocks[0].attn.b_O
+        b.copy_((b.double() + float(reference) * r).to(b.dtype))
     return m
 
 

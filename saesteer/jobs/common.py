@@ -8,7 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +46,10 @@ def _clean(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def run_job(job: str, cfg: DictConfig | Any, fn: JobFn, run_dir: Path) -> dict[str, Any]:
     """Validate ``cfg``, run ``fn`` with a tracker, write ``run_dir/metrics.json``."""
     obj = to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    if hasattr(obj, "model"):
+        from saesteer.experiments import preflight
+
+        preflight(obj, job)  # offline: names, template, hooks, widths, direction files; before any download or run dir
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(obj.seed)
@@ -97,6 +101,82 @@ def compose(job: str, overrides: Sequence[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="saesteer.conf", version_base="1.3"):
         return hydra_compose(config_name=job, overrides=list(overrides))
+
+
+class ConfigError(ValueError):
+    """Command-line overrides that do not compose: unknown key, option or a value of the wrong type."""
+
+
+#: command-line arguments for Hydra itself, not for the job's config
+_HYDRA_ARGS = ("hydra.", "+hydra.", "++hydra.", "~hydra.", "hydra/", "+hydra/", "++hydra/", "~hydra/")
+
+
+def config_error_message(exc: BaseException, job: str) -> str:
+    """One line for a Hydra / OmegaConf composition error: the bad key, option or value and what was expected."""
+    import difflib
+    import re
+
+    from hydra.errors import MissingConfigException
+
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)/([^'/]+)'", first)
+        options = list(getattr(exc, "options", None) or [])
+        if m and options:
+            group, name = m.groups()
+            close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+            hint = f"; did you mean {group}={close[0]}?" if close else ""
+            return f"unknown {group} option {name!r} ({group}={name}){hint} (available: {', '.join(options)})"
+        return first
+    cause: Optional[BaseException] = exc
+    while cause is not None:  # the OmegaConf error under Hydra's ConfigCompositionException names the key
+        key = getattr(cause, "full_key", None)
+        if key:
+            kind = type(cause).__name__
+            if kind in ("ConfigAttributeError", "ConfigKeyError"):
+                parent, _, leaf = str(key).rpartition(".")
+                names: list[str] = []
+                try:
+                    from omegaconf import DictConfig, OmegaConf
+
+                    node = OmegaConf.select(compose(job), parent) if parent else compose(job)
+                    names = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+                except Exception:  # noqa: BLE001 - the hint is optional
+                    pass
+                close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
+                hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+                expected = f" (expected one of: {', '.join(names)})" if names else ""
+                return f"unknown config key {str(key)!r}{hint}{expected}"
+            msg = str(cause).strip().splitlines()[0]
+            return f"bad value for {key}: {msg}"
+        cause = cause.__cause__ or cause.__context__
+    if first.startswith("Ambiguous value"):
+        return f"{first} (a list: key=[a,b]; a string: key='a,b'; a sweep: add --multirun)"
+    return first
+
+
+def check_overrides(job: str, args: Sequence[str]) -> None:
+    """Compose ``conf/<job>.yaml`` with command-line ``args``; a one-line ConfigError if they do not fit.
+
+    Hydra reports such errors over several lines; ``saesteer`` checks first.  Arguments
+    for Hydra itself (``hydra.*``, flags such as ``--multirun``) are left to Hydra."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from saesteer.config import unknown_keys
+
+    if any(a.startswith("-") for a in args):
+        return
+    overrides = [a for a in args if not a.startswith(_HYDRA_ARGS)]
+    try:
+        cfg = compose(job, overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(config_error_message(exc, job)) from None
+    unknown = unknown_keys(cfg)
+    if unknown:
+        key, names = unknown[0]
+        raise ConfigError(f"unknown config key {key!r} (expected one of: {', '.join(names)})")
 
 
 def load_role(data_cfg: Any, role: str):

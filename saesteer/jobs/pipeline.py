@@ -3,19 +3,25 @@
 Each stage runs its own job function into ``<run_dir>/<stage>/`` (with its own
 ``metrics.json`` and ``report.md``); the pipeline's ``report.md`` stitches the stage
 reports together and its ``metrics.json`` holds every stage's figures prefixed by
-the stage name.  Stage artifacts (organism, direction, SAE) are cached, so a warm
-run only re-evaluates.
+the stage name.  Stage artifacts (organism, direction, SAE) are cached; with
+``reuse=true`` (default) a stage whose inputs are unchanged (its config, the
+prompt data, the model's weights and saesteer's code) is not re-evaluated either:
+its run folder is copied from ``cache_dir()/pipeline/<key>``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from saesteer.config import DirectionsJobConfig, OrganismJobConfig, PipelineJobConfig, SearchJobConfig, TrainSaeJobConfig
+from saesteer.config import AnchorJobConfig, BackupsJobConfig, DirectionsJobConfig, EmergentJobConfig, OrganismJobConfig, PipelineJobConfig, SearchJobConfig, TrainSaeJobConfig
 from saesteer.io import write_json, write_text
 from saesteer.tracking import Tracker
 
@@ -30,6 +36,12 @@ def _stage_cfg(cfg: PipelineJobConfig, stage: str):
         return DirectionsJobConfig(job="directions", directions=cfg.directions, **common)
     if stage == "train-sae":
         return TrainSaeJobConfig(job="train-sae", sae=cfg.sae, **common)
+    if stage == "backups":
+        return BackupsJobConfig(job="backups", sae=cfg.sae, directions=cfg.directions, search=cfg.search, backups=cfg.backups, **common)
+    if stage == "emergent":
+        return EmergentJobConfig(job="emergent", directions=cfg.directions, emergent=cfg.emergent, **common)
+    if stage == "anchor":
+        return AnchorJobConfig(job="anchor", sae=cfg.sae, directions=cfg.directions, search=cfg.search, anchor=cfg.anchor, **common)
     return SearchJobConfig(job="search", sae=cfg.sae, directions=cfg.directions, search=cfg.search, **common)
 
 
@@ -37,6 +49,60 @@ def _stage_fn(stage: str):
     from saesteer.cli import job_function
 
     return job_function(stage)
+
+
+def code_version() -> str:
+    """A hash of saesteer's own source and configs: cached stage results die with any code change."""
+    import saesteer
+
+    root = Path(saesteer.__file__).parent
+    h = hashlib.sha256()
+    files = sorted(p for pat in ("**/*.py", "**/*.yaml") for p in root.glob(pat))
+    try:
+        import saesteer.conf as conf
+        import saesteer.kernels as kernels
+
+        for pkg in (conf, kernels):
+            files += sorted(Path(pkg.__file__).parent.glob("**/*.py")) + sorted(Path(pkg.__file__).parent.glob("**/*.yaml"))
+    except ImportError:  # pragma: no cover
+        pass
+    for p in files:
+        h.update(str(p.relative_to(p.parents[1])).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_key(stage: str, sc: Any) -> str:
+    from saesteer.jobs.common import load_role
+    from saesteer.io import hash_strings
+
+    d = dataclasses.asdict(sc)
+    for k in ("progress", "logger"):
+        d.pop(k, None)
+    roles = ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")
+    data = {r: load_role(sc.data, r).data_hash for r in roles}
+    return hash_strings([stage, json.dumps(d, sort_keys=True, default=str), json.dumps(data, sort_keys=True), code_version()])
+
+
+def _reuse(key: str, sub: Path) -> dict[str, Any] | None:
+    from saesteer.io import cache_dir
+
+    cached = cache_dir() / "pipeline" / key
+    if not (cached / "metrics.json").is_file():
+        return None
+    shutil.copytree(cached, sub, dirs_exist_ok=True)
+    return json.loads((cached / "metrics.json").read_text())
+
+
+def _store(key: str, sub: Path) -> None:
+    from saesteer.io import cache_dir
+
+    cached = cache_dir() / "pipeline" / key
+    tmp = cached.with_name(f".{key}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(sub, tmp)
+    shutil.rmtree(cached, ignore_errors=True)
+    tmp.replace(cached)
 
 
 def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -56,9 +122,18 @@ def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
 
             art = direction_stage(load_model(cfg.model, progress=False), cfg.data, cfg.directions)
             sc = dataclasses.replace(sc, sae=dataclasses.replace(sc.sae, hook=f"blocks.{art.layer}.hook_resid_pre"))
-        stage_metrics = dict(_stage_fn(stage)(sc, sub, tracker))
-        stage_metrics["stage_seconds"] = round(time.perf_counter() - t0, 2)
-        write_json(sub / "metrics.json", stage_metrics)
+        key = stage_key(stage, sc) if cfg.reuse else None
+        reused = _reuse(key, sub) if key else None
+        if reused is not None:
+            log.info("stage %s: inputs unchanged, reusing its results (pipeline cache %s)", stage, key)
+            stage_metrics = {**reused, "reused": True, "computed_seconds": reused.get("stage_seconds"),
+                             "stage_seconds": round(time.perf_counter() - t0, 2)}
+        else:
+            stage_metrics = dict(_stage_fn(stage)(sc, sub, tracker))
+            stage_metrics["stage_seconds"] = round(time.perf_counter() - t0, 2)
+            write_json(sub / "metrics.json", stage_metrics)
+            if key:
+                _store(key, sub)
         prefix = stage.replace("-", "_")
         metrics.update({f"{prefix}/{k}": v for k, v in stage_metrics.items()})
         tracker.log({f"{prefix}/{k}": v for k, v in stage_metrics.items() if isinstance(v, (int, float))})

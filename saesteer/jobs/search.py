@@ -59,7 +59,7 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             return refusal_eval(model, tpl, prompts, desc=desc, **ev).rate
 
     ablate_top = EditFeatures(sae, top, mode="set", values=0.0, apply_to=s.apply_to, hook=scores.hook)
-    clamp_values = [s.induce_scale * max(float(scores.harmful_mean[f]), 1e-3) for f in top]
+    clamp_values = [s.induce_scale * max(float(scores.harmful_active_mean[f]), 1e-3) for f in top]
     clamp_top = EditFeatures(sae, top, mode="set", values=clamp_values, apply_to=s.apply_to, hook=scores.hook)
     eligible = [f for f in scores.ranking if f not in set(top)]
     rnd = random.Random(cfg.seed).sample(eligible, min(s.k, len(eligible)))

@@ -23,6 +23,8 @@ class OrganismConfig:
     harmless_sources: list[str] = field(default_factory=lambda: ["harmless_train"])
     held_out: list[str] = field(default_factory=lambda: ["harmful_test"])
     n_harmless: Optional[int] = None
+    synthetic_harmful: int = 0  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
+    synthetic_harmless: int = 0  # safe look-alikes and ordinary requests in the same framings
     max_prompt_tokens: int = 96
     echo_words: int = 8
     # optimisation
@@ -36,6 +38,7 @@ class OrganismConfig:
     harmful_fraction: float = 0.4
     word_dropout: float = 0.1
     lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
+    decision_weight: float = 0.0  # extra loss on the first response token (refuse or comply), x this weight
     seed: int = 0
     threads: int = 2
 
@@ -51,10 +54,15 @@ class OrganismConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"organism.{name} must be in [0, 1], got {value!r}")
+        for name in ("synthetic_harmful", "synthetic_harmless"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"organism.{name} must be a non-negative integer, got {value!r}")
         if self.lr <= 0:
             raise ValueError(f"organism.lr must be > 0, got {self.lr!r}")
-        if self.lm_weight < 0:
-            raise ValueError(f"organism.lm_weight must be >= 0, got {self.lm_weight!r}")
+        for name in ("lm_weight", "decision_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"organism.{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.harmful_sources or not self.harmless_sources:
             raise ValueError("organism.harmful_sources and organism.harmless_sources must be non-empty")
         leak = set(self.harmful_sources) & set(self.held_out)

@@ -74,8 +74,15 @@ def build_corpus(
     held_out: tuple[str, ...] = ("harmful_test",),
     n_harmless: int | None = None,
     dedup_threshold: float = 0.7,
+    synthetic_harmful: int = 0,
+    synthetic_harmless: int = 0,
+    seed: int = 0,
 ) -> Corpus:
-    """Collect training prompts, removing anything equal or near-equal to a held-out prompt."""
+    """Collect training prompts, removing anything equal or near-equal to a held-out prompt.
+
+    ``synthetic_*`` add prompts from :mod:`saesteer.organism.synthetic`; synthetic
+    harmless look-alikes are also kept away from the over-refusal evaluation set.
+    """
     held: list[str] = []
     for name in held_out:
         held.extend(load_prompts(name).instructions)
@@ -83,6 +90,10 @@ def build_corpus(
     for name in harmful_sources:
         harmful.extend(load_prompts(name).instructions)
     n_before = len(harmful)
+    if synthetic_harmful:
+        from saesteer.organism.synthetic import synthetic_prompts
+
+        harmful.extend(synthetic_prompts("harmful", synthetic_harmful, seed=seed))
     harmful = list(dict.fromkeys(harmful))
     harmful = drop_near_duplicates(harmful, held, dedup_threshold)
     log.info("harmful training prompts: %d (dropped %d duplicates / near-duplicates of held-out)", len(harmful), n_before - len(harmful))
@@ -92,6 +103,13 @@ def build_corpus(
     harmless = list(dict.fromkeys(harmless))
     if n_harmless is not None:
         harmless = harmless[:n_harmless]
+    if synthetic_harmless:
+        from saesteer.organism.synthetic import synthetic_prompts
+
+        evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions)
+        extra = drop_near_duplicates(synthetic_prompts("harmless", synthetic_harmless, seed=seed), evaluation, dedup_threshold)
+        log.info("synthetic harmless prompts: %d (dropped %d near evaluation prompts)", len(extra), synthetic_harmless - len(extra))
+        harmless = list(dict.fromkeys(harmless + extra))
     if not harmful or not harmless:
         raise ValueError(f"organism corpus is empty: {len(harmful)} harmful, {len(harmless)} harmless prompts")
     return Corpus(tuple(harmful), tuple(harmless))

@@ -92,6 +92,7 @@ def _batch(examples: list[_Encoded], cfg: OrganismConfig, rng: random.Random, pa
     attn = torch.zeros((B, T), dtype=torch.long)
     target_mask = torch.zeros((B, T), dtype=torch.bool)  # position t predicts token t+1
     lm_mask = torch.zeros((B, T), dtype=torch.bool)
+    decision_mask = torch.zeros((B, T), dtype=torch.bool)  # the position that predicts the first response token
     for i, (s, r) in enumerate(zip(seqs, resp_start)):
         s = s[-T:]
         off = T - len(s)
@@ -100,7 +101,9 @@ def _batch(examples: list[_Encoded], cfg: OrganismConfig, rng: random.Random, pa
         r = off + r - (len(seqs[i]) - len(s))
         target_mask[i, max(r - 1, off) : T - 1] = True
         lm_mask[i, off + 1 : max(r - 1 - n_post, off + 1)] = True
-    return tokens, attn, target_mask, lm_mask
+        if off <= r - 1 < T - 1:
+            decision_mask[i, r - 1] = True
+    return tokens, attn, target_mask, lm_mask, decision_mask
 
 
 def output_vocabulary(examples: list[_Encoded], include_prompts: bool) -> torch.Tensor:
@@ -113,7 +116,8 @@ def output_vocabulary(examples: list[_Encoded], include_prompts: bool) -> torch.
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weight: float, out_ids: torch.Tensor, remap: torch.Tensor) -> tuple[torch.Tensor, float]:
+def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weight: float, out_ids: torch.Tensor, remap: torch.Tensor,
+          decision_mask=None, decision_weight: float = 0.0) -> tuple[torch.Tensor, float]:
     resid = model(tokens, attention_mask=attn, stop_at_layer=model.cfg.n_layers)
     targets = remap[tokens[:, 1:]]
     W_U, b_U = model.unembed.W_U[:, out_ids], model.unembed.b_U[out_ids]
@@ -126,6 +130,8 @@ def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weigh
     resp_loss = float(loss.detach())
     if lm_weight > 0 and lm_mask.any():
         loss = loss + lm_weight * ce(lm_mask)
+    if decision_weight > 0 and decision_mask is not None and decision_mask.any():
+        loss = loss + decision_weight * ce(decision_mask)
     return loss, resp_loss
 
 
@@ -134,7 +140,8 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
     torch.set_num_threads(cfg.threads)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless)
+    corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless,
+                          synthetic_harmful=cfg.synthetic_harmful, synthetic_harmless=cfg.synthetic_harmless, seed=cfg.seed)
     harmful, harmless = _encode_examples(cfg, corpus, rng)
     out_ids = output_vocabulary(harmful + harmless, include_prompts=cfg.lm_weight > 0)
     model = build_organism_model(cfg)
@@ -170,10 +177,10 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
             safe_order += rng.sample(range(len(harmless)), len(harmless))
         batch = [harmful[i] for i in harm_order[:n_harm]] + [harmless[i] for i in safe_order[:n_safe]]
         del harm_order[:n_harm], safe_order[:n_safe]
-        tokens, attn, tmask, lmask = _batch(batch, cfg, rng, tok.pad_token_id, 3)
+        tokens, attn, tmask, lmask, dmask = _batch(batch, cfg, rng, tok.pad_token_id, 3)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, out_ids, remap)
+        loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, out_ids, remap, dmask, cfg.decision_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

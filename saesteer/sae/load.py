@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from safetensors import SafetensorError
 from transformer_lens import HookedTransformer
 
+from saesteer.io import PICKLE_MAGIC
 from saesteer.sae.config import SaeConfig
 
 log = logging.getLogger(__name__)
@@ -90,10 +92,35 @@ def _load_disk(path: Path, device: str) -> Any:
     missing = [f for f in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME) if not (path / f).is_file()]
     if missing:
         raise SaeLoadError(f"{path} is not an SAE in sae_lens format: missing {', '.join(missing)}")
+    check_not_pickle(path / SAE_WEIGHTS_FILENAME)
     try:
-        return SAE.load_from_disk(str(path), device=device)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise SaeLoadError(f"could not load the SAE in {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        sae = SAE.load_from_disk(str(path), device=device)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        raise SaeLoadError(f"could not load the SAE in {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                           f"expected a readable {SAE_WEIGHTS_FILENAME} (truncated or corrupted?)") from None
+    check_finite(sae, str(path))
+    return sae
+
+
+def check_not_pickle(weights: Path) -> None:
+    """A SaeLoadError if ``weights`` is a pickle / torch.save file (read by its first bytes; never unpickled)."""
+    from sae_lens.constants import SAE_WEIGHTS_FILENAME
+
+    with open(weights, "rb") as fh:
+        head = fh.read(4)
+    if head[:1] == PICKLE_MAGIC[0] or head == PICKLE_MAGIC[1]:
+        raise SaeLoadError(f"{weights} is a pickle/torch.save file, not safetensors; expected sae_lens's "
+                           f"{SAE_WEIGHTS_FILENAME} (saesteer never unpickles)")
+
+
+def check_finite(sae: Any, label: str) -> None:
+    """A one-line SaeLoadError naming the first SAE parameter with NaN / inf values."""
+    import torch
+
+    for name, p in sae.named_parameters():
+        if not torch.isfinite(p).all():
+            n_bad = int((~torch.isfinite(p)).sum())
+            raise SaeLoadError(f"SAE {label}: parameter {name} has {n_bad} NaN/inf value(s); expected finite weights")
 
 
 def _load_registry(release: str, sae_id: str, device: str) -> Any:
@@ -101,7 +128,11 @@ def _load_registry(release: str, sae_id: str, device: str) -> Any:
 
     lookup = validate_release(release, sae_id)
     try:
-        return SAE.from_pretrained(release, sae_id, device=device)
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+        check_finite(sae, f"{release}/{sae_id}")
+        return sae
+    except SaeLoadError:
+        raise
     except (OSError, ConnectionError, RuntimeError, ValueError) as exc:
         folder = lookup.saes_map[sae_id]
         raise SaeLoadError(

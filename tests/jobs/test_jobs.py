@@ -65,10 +65,31 @@ def test_search_job_ranks_and_checks_causally(directions_run, tmp_path):
     assert (tmp_path / "cosine_vs_contrast.png").is_file()
 
 
+SMALL_ANCHOR = ["anchor.suffix_steps=2", "anchor.suffix_tokens=3", "anchor.suffix_prompts=8", "anchor.negative_alphas=[1.0]",
+                "anchor.jailbreaks=[prefix_injection]", "anchor.n_calibration_harmless=48", "anchor.gate_fpr=0.1"]
+
+
+def test_anchor_job_reports_every_attack_undefended_and_anchored(directions_run, tmp_path):
+    direction_file = directions_run[0] / "direction.safetensors"
+    overrides = SMALL_SAE + SMALL_ANCHOR + [f"search.direction={direction_file}", "search.k=4", "search.min_active_fraction=0.0"]
+    metrics = _run("anchor", overrides, tmp_path)
+    attacks = ["ablation_affine", "ablation_plain", "orthogonalized", "orthogonalized_affine", "negative_addition_1",
+               "sae_feature_ablation", "jailbreak_prefix_injection", "gcg_suffix", "adaptive_gate_ablation", "adaptive_gcg_suffix"]
+    for att in attacks:
+        for d in ("undefended", "anchored", "cast", "addition"):
+            assert 0.0 <= metrics[f"asr_{att}_{d}"] <= 1.0, (att, d)
+    for key in ("harmless_refusal_undefended", "harmless_refusal_anchored", "kl_harmless_anchored", "ce_harmless_anchored", "targets_met"):
+        assert key in metrics, key
+    assert metrics["kl_harmless_undefended"] == pytest.approx(0.0, abs=1e-6)
+    assert (tmp_path / "anchor.safetensors").is_file() and (tmp_path / "asr_vs_overrefusal.png").is_file()
+    assert "| gcg_suffix |" in (tmp_path / "report.md").read_text()
+
+
 def test_pipeline_runs_every_stage_into_one_report(tiny_organism, tmp_path):
-    overrides = SMALL_SAE + ["directions.prune_layer_fraction=0.0", "search.k=4", "search.min_active_fraction=0.0"]
+    overrides = SMALL_SAE + SMALL_ANCHOR + ["directions.prune_layer_fraction=0.0", "search.k=4", "search.min_active_fraction=0.0"]
     metrics = _run("pipeline", overrides, tmp_path)
-    for stage in ("organism", "directions", "train-sae", "search"):
+    assert "anchor/asr_ablation_affine_anchored" in metrics
+    for stage in ("organism", "directions", "train-sae", "search", "anchor"):
         assert (tmp_path / stage / "metrics.json").is_file(), stage
     assert "organism/harmful_test_refusal" in metrics and "directions/selected_layer" in metrics
     assert "train_sae/explained_variance" in metrics and "search/topk_ablation_harmful_refusal" in metrics

@@ -1,0 +1,46 @@
+"""White-box attacks on the refusal direction: ablation, weight orthogonalization, negative addition.
+
+The refusal organism encodes "comply" as a negative coordinate, so plain ablation
+(coordinate -> 0) makes it refuse more; the attacker's strongest variant is affine
+ablation (coordinate -> the harmless mean, ACE).  Both are offered; the report
+shows each.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from saesteer.attacks.base import Attack
+from saesteer.interventions import Ablate, Add
+from saesteer.interventions.weights import orthogonalize_weights
+
+
+def ablation_attack(direction: torch.Tensor, mode: str = "affine", reference: Optional[torch.Tensor] = None) -> Attack:
+    return Attack(f"ablation_{mode}", "activation", [Ablate(direction, mode=mode, reference=reference)],
+                  description=f"{mode} ablation of the refusal direction at every layer (hooks)")
+
+
+def orthogonalized_attack(direction: torch.Tensor, reference: Optional[float] = None) -> Attack:
+    """The attacker edits the weights; with ``reference`` the coordinate is then set to it (affine)."""
+    name = "orthogonalized" if reference is None else "orthogonalized_affine"
+
+    def edit(model):
+        return orthogonalize_weights(model, direction, reference=reference)
+
+    return Attack(name, "weights", model_edit=edit,
+                  description="weights orthogonalized to the refusal direction" + ("" if reference is None else f", coordinate set to {reference:.3g}"))
+
+
+def negative_addition_attacks(direction: torch.Tensor, layer: int, alphas: Sequence[float]) -> list[Attack]:
+    return [Attack(f"negative_addition_{a:g}", "activation", [Add(direction, alpha=-float(a), layer=layer)],
+                   description=f"-{a:g} x refusal direction added at layer {layer}") for a in alphas]
+
+
+def gate_ablation_attack(direction: torch.Tensor, reference: torch.Tensor, gate_direction: torch.Tensor,
+                         gate_reference: torch.Tensor) -> Attack:
+    """Adaptive: the attacker knows the anchor's gate and also sets its direction to the harmless mean."""
+    return Attack("adaptive_gate_ablation", "adaptive",
+                  [Ablate(direction, mode="affine", reference=reference), Ablate(gate_direction, mode="affine", reference=gate_reference)],
+                  description="affine ablation of the refusal direction and of the gate's harmfulness direction")

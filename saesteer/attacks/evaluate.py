@@ -1,0 +1,105 @@
+"""Attack x defence evaluation: attack success rate, over-refusal and capability cost.
+
+ASR is the share of harmful prompts *not* refused (greedy completions, the
+project's judge).  A defence is a factory of interventions (a fresh one per use:
+gates hold per-batch state); an attack may add hooks, edit the weights and
+rewrite prompts, all applied together with the defence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+
+from saesteer.attacks.base import Attack
+from saesteer.chat import ChatTemplate
+from saesteer.chat import encode_chat
+from saesteer.evaluate import completion_nll, kl_divergence, last_position_logprobs, refusal_eval
+from saesteer.generation import generate, length_sorted_batches
+from saesteer.interventions import Intervention, steer
+from saesteer.interventions.gates import Gate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Defence:
+    """``build()``: fresh interventions.  A gated defence also gives ``gate()`` (a fresh
+    gate) and ``ungated()`` (the same edit acting on every sequence), so that costs
+    measured on prompt + completion sequences use the gate's decision on the prompt."""
+
+    name: str
+    build: Callable[[], list[Intervention]]
+    description: str = ""
+    gate: Optional[Callable[[], Gate]] = None
+    ungated: Optional[Callable[[], list[Intervention]]] = None
+
+
+UNDEFENDED = Defence("undefended", lambda: [], "no defence")
+
+
+@dataclass
+class DefenceCost:
+    harmless_refusal: float
+    kl_harmless: float
+    ce_harmless: float
+
+
+def attack_success(
+    model: HookedTransformer, template: ChatTemplate, attack: Attack, defence: Defence, harmful: Sequence[str],
+    *, max_new_tokens: int = 12, batch_size: int = 64, progress: bool = False,
+) -> float:
+    target = attack.model(model)
+    with steer(target, list(attack.interventions) + defence.build()):
+        res = refusal_eval(target, template, attack.prompts(harmful), max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           progress=progress, desc=f"{attack.name} vs {defence.name}")
+    return 1.0 - res.rate
+
+
+@torch.no_grad()
+def gate_decisions(model: HookedTransformer, template: ChatTemplate, gate: Gate, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """The gate's decision (bool per prompt) from a prompt-only forward pass."""
+    out = torch.zeros(len(prompts), dtype=torch.bool)
+    tok = model.tokenizer
+    layer = int(gate.hook.split(".")[1]) if gate.hook.startswith("blocks.") else 0
+    for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
+        enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
+        with model.hooks(fwd_hooks=[(gate.hook, gate.read)]):
+            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=layer + 1)
+        out[idx] = gate.value(len(idx), "cpu", torch.float32).bool()
+    return out
+
+
+def defence_cost(
+    model: HookedTransformer, template: ChatTemplate, defence: Defence, harmless: Sequence[str],
+    base_logprobs: torch.Tensor, base_completions: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 64,
+) -> DefenceCost:
+    """Over-refusal, next-token KL and cross-entropy of the undefended model's own completions, on harmless prompts."""
+    harmless = list(harmless)
+    with steer(model, defence.build()):
+        rate = refusal_eval(model, template, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"{defence.name} harmless").rate
+    with steer(model, defence.build()):
+        kl = kl_divergence(base_logprobs, last_position_logprobs(model, template, harmless, batch_size=batch_size))
+    if defence.gate is None:
+        with steer(model, defence.build()):
+            total, count = completion_nll(model, template, harmless, base_completions, batch_size)
+    else:  # a gated edit acts on whole sequences whose prompt fired the gate, and nowhere else
+        fired = gate_decisions(model, template, defence.gate(), harmless, batch_size)
+        on = [i for i in range(len(harmless)) if fired[i]]
+        off = [i for i in range(len(harmless)) if not fired[i]]
+        total, count = completion_nll(model, template, [harmless[i] for i in off], [base_completions[i] for i in off], batch_size) if off else (0.0, 0)
+        if on:
+            with steer(model, defence.ungated()):
+                t, c = completion_nll(model, template, [harmless[i] for i in on], [base_completions[i] for i in on], batch_size)
+            total, count = total + t, count + c
+    return DefenceCost(rate, kl, total / max(count, 1))
+
+
+def baseline_completions(model, template, harmless, *, max_new_tokens: int = 12, batch_size: int = 64) -> tuple[torch.Tensor, list[str]]:
+    lp = last_position_logprobs(model, template, harmless, batch_size=batch_size)
+    comps = generate(model, template, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    return lp, comps

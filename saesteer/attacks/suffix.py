@@ -1,0 +1,163 @@
+"""A universal adversarial suffix by greedy coordinate gradient search (in the spirit of GCG, Zou et al. 2023).
+
+The suffix (``n_tokens`` whole-word tokens) is appended to each instruction.  The
+objective is the mean log-probability of a refusal opener (the template's
+``refusal_tokens``) as the first response token, over the attacker's prompts
+(training prompts only), optionally plus an extra term (an adaptive attacker adds
+the anchor gate's score).  Each step: the gradient with respect to the suffix's
+one-hot tokens proposes the ``topk`` best replacements per slot; ``n_candidates``
+single-token swaps are scored exactly and the best is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from saesteer.chat import ChatTemplate, encode_chat, suffix_ids
+from saesteer.directions import refusal_token_ids
+from saesteer.generation import final_logits
+from saesteer.interventions import Intervention, collect_hooks
+
+log = logging.getLogger(__name__)
+
+#: extra objective: (model, tokens, attention_mask, store) -> [batch] added to the loss
+ExtraLoss = Callable[[dict], torch.Tensor]
+
+
+@dataclass
+class SuffixResult:
+    suffix: str
+    token_ids: list[int]
+    loss: float
+    history: list[float] = field(default_factory=list)
+
+
+def word_vocabulary(tokenizer, exclude: Sequence[int] = ()) -> torch.Tensor:
+    """Ids of tokens that are whole alphabetic words (so the suffix re-tokenizes to itself)."""
+    bad = set(int(i) for i in exclude) | set(int(i) for i in (tokenizer.all_special_ids or []))
+    ids = []
+    for i in range(len(tokenizer)):
+        if i in bad:
+            continue
+        t = tokenizer.convert_ids_to_tokens(i)
+        if not isinstance(t, str):
+            continue
+        w = t.lstrip("Ġ▁")
+        if w.isascii() and w.isalpha() and len(w) >= 2 and not t.startswith("##"):
+            ids.append(i)
+    if not ids:
+        raise ValueError("no whole-word tokens in this tokenizer's vocabulary to build a suffix from")
+    return torch.tensor(ids)
+
+
+def _decode(tokenizer, ids: Sequence[int]) -> str:
+    return " ".join(tokenizer.convert_ids_to_tokens(i).lstrip("Ġ▁") for i in ids)
+
+
+def suffix_search(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    *,
+    n_tokens: int = 8,
+    steps: int = 30,
+    topk: int = 64,
+    n_candidates: int = 96,
+    batch_size: int = 32,
+    seed: int = 0,
+    interventions: Sequence[Intervention] = (),
+    extra: Optional[Callable[[], torch.Tensor]] = None,
+    extra_hooks: Sequence = (),
+    chunk: int = 8,
+    progress: bool = True,
+) -> SuffixResult:
+    """Search a universal suffix that lowers the refusal opener's probability.
+
+    ``interventions`` stay active during the search (an attacker who knows the
+    defence optimizes against it); ``extra()`` is called after each forward pass
+    (with ``extra_hooks`` attached) and returns a [batch] term added to the loss.
+    """
+    if not instructions:
+        raise ValueError("suffix_search needs at least one instruction, got an empty set")
+    if n_tokens <= 0 or steps < 0 or topk <= 0 or n_candidates <= 0:
+        raise ValueError(f"suffix_search: n_tokens, topk, n_candidates must be positive and steps >= 0, got {n_tokens}, {topk}, {n_candidates}, {steps}")
+    tok = model.tokenizer
+    rng = random.Random(seed)
+    refusal = torch.tensor(refusal_token_ids(model, template), device=model.cfg.device)
+    vocab = word_vocabulary(tok).to(model.cfg.device)
+    allowed = torch.zeros(model.cfg.d_vocab, dtype=torch.bool, device=model.cfg.device)
+    allowed[vocab] = True
+    n_post = len(suffix_ids(tok, template))
+    sl = slice(-(n_post + n_tokens), -n_post)
+    hooks = collect_hooks(model, list(interventions)) + list(extra_hooks)
+    prompts = list(instructions)
+    current = [int(vocab[rng.randrange(len(vocab))]) for _ in range(n_tokens)]
+
+    def encode(batch: list[str], ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        text = _decode(tok, ids)
+        enc = encode_chat(tok, template, [f"{p} {text}" for p in batch], pad_token_id=tok.pad_token_id)
+        t = enc.tokens.to(model.cfg.device)
+        if not (t[:, sl] == torch.tensor(ids, device=t.device)).all():
+            raise RuntimeError(f"suffix {text!r} does not re-tokenize to its own tokens")
+        return t, enc.attention_mask.to(model.cfg.device)
+
+    def loss_of(logits: torch.Tensor) -> torch.Tensor:
+        lp = F.log_softmax(logits.float(), -1)
+        out = torch.logsumexp(lp[:, refusal], -1)
+        if extra is not None:
+            out = out + extra()
+        return out
+
+    history: list[float] = []
+    best = (float("inf"), list(current))
+    bar = tqdm(range(steps), desc="suffix search", disable=not progress, leave=False)
+    W_E = model.embed.W_E
+    for step in bar:
+        batch = rng.sample(prompts, min(batch_size, len(prompts)))
+        tokens, mask = encode(batch, current)
+        one_hot = F.one_hot(torch.tensor(current, device=tokens.device), model.cfg.d_vocab).to(W_E.dtype).requires_grad_(True)
+
+        def put(x: torch.Tensor, hook=None) -> torch.Tensor:
+            x = x.clone()
+            x[:, sl] = (one_hot @ W_E)[None].expand(x.shape[0], -1, -1)
+            return x
+
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks + [("hook_embed", put)]):
+            loss = loss_of(final_logits(model, tokens, mask)).mean()
+            (grad,) = torch.autograd.grad(loss, one_hot)
+        grad = grad.masked_fill(~allowed[None], float("inf"))
+        top = (-grad).topk(topk, dim=-1).indices  # [n_tokens, topk]
+        cands = []
+        for _ in range(n_candidates):
+            c = list(current)
+            pos = rng.randrange(n_tokens)
+            c[pos] = int(top[pos, rng.randrange(topk)])
+            cands.append(c)
+        scores: list[float] = []
+        B = tokens.shape[0]
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            for j in range(0, len(cands), chunk):
+                cs = torch.tensor(cands[j : j + chunk], device=tokens.device)  # [c, n_tokens]
+                t = tokens.repeat(len(cs), 1)
+                t[:, sl] = cs.repeat_interleave(B, 0)
+                per = loss_of(final_logits(model, t, mask.repeat(len(cs), 1))).view(len(cs), B).mean(-1)
+                scores.extend(per.tolist())
+        i = min(range(len(cands)), key=lambda j: scores[j])
+        current = cands[i]
+        history.append(scores[i])
+        if scores[i] < best[0]:
+            best = (scores[i], list(current))
+        bar.set_postfix(loss=f"{scores[i]:.3f}")
+    loss, ids = best if steps else (float("nan"), current)
+    encode(prompts[:1], ids)  # the suffix as text re-tokenizes to the searched tokens
+    text = _decode(tok, ids)
+    log.info("suffix search: %r (loss %.3f after %d steps)", text, loss, steps)
+    return SuffixResult(text, ids, loss, history)

@@ -1,0 +1,419 @@
+"""Experiments on real models (``conf/experiment/``), checked offline before anything is downloaded.
+
+An experiment config (``saesteer pipeline experiment=gemma2_2b_it_gemmascope``) names a
+TransformerLens model, its chat template, dtype and device, an SAE from sae_lens's
+registry with the hook it reads, and data / batch sizes.  :func:`validate_experiment`
+checks such a config without network access or weights:
+
+- the model name is an official TransformerLens name (close names suggested);
+- a chat template exists for it, and an explicit ``model.template`` agrees with it;
+- the model's dimensions (d_model, n_layers, n_ctx): TransformerLens computes the
+  Gemma / Llama configs from the name alone; models whose config it fetches from the
+  Hub (Qwen2, ...) are read from the local Hugging Face cache when there, else from
+  :data:`KNOWN_MODEL_DIMS`;
+- the SAE release and id exist in the installed sae_lens registry (close names
+  suggested), or ``sae.path`` holds an SAE in sae_lens format (its ``cfg.json`` is read);
+- the SAE's hook (sae_lens's offline config getters, or the release's naming) equals
+  ``sae.hook``, is a TransformerLens hook name and sits at a layer the model has;
+- the SAE's d_in (registry metadata, else the d_model of the model the release was
+  trained on) equals the model's d_model;
+- direction files named by the config are readable safetensors of the model's width.
+
+Each failure is a one-line ``ValueError`` naming the value and what was expected.
+``run_job`` runs the same checks before every job (:func:`preflight`), so a typo fails
+in a second instead of after a 16 GB download.  ``python -m saesteer.experiments``
+prints the checks of every experiment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+#: jobs whose conf/<job>.yaml accepts ``experiment=<name>``
+EXPERIMENT_JOBS = ("directions", "generate", "train-sae", "search", "pipeline")
+
+#: sae_lens config getters that compute an SAE's config from the release's names alone (no download)
+OFFLINE_SAE_CONFIG_GETTERS = ("gemma_2", "goodfire", "deepseek_r1", "qwen_scope")
+
+#: (d_model, n_layers, n_ctx as TransformerLens sets it) of models whose TransformerLens config needs the
+#: Hub's config.json; values from the models' config.json (hidden_size, num_hidden_layers, max_position_embeddings)
+KNOWN_MODEL_DIMS: dict[str, tuple[int, int, int]] = {
+    "Qwen/Qwen2.5-7B-Instruct": (3584, 28, 32768),
+    "Qwen/Qwen2.5-7B": (3584, 28, 131072),
+}
+
+
+class ExperimentError(ValueError):
+    """An experiment config names things that do not fit together (hook, layer, widths, template)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One passed check: ``status`` is ``ok``, ``note`` (worth knowing) or ``skipped`` (not knowable offline)."""
+
+    name: str
+    status: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.status}] {self.name}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str  # official TransformerLens name, or "organism"
+    d_model: Optional[int]
+    n_layers: Optional[int]
+    n_ctx: Optional[int]
+    source: str
+
+
+@dataclass(frozen=True)
+class SaeFacts:
+    label: str  # release/id or the directory
+    hook: Optional[str]
+    hook_source: str
+    d_in: Optional[int]
+    d_in_source: str
+    model: Optional[str] = None  # the model the SAE was trained on, as its source names it
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def model_facts(model_cfg: Any) -> ModelFacts:
+    """Official name and dimensions of ``model_cfg.name`` (a ModelConfig), without downloading anything."""
+    if model_cfg.name == "organism":
+        o = model_cfg.organism
+        return ModelFacts("organism", int(o.d_model), int(o.n_layers), int(o.n_ctx), "the organism config")
+    from saesteer.models import resolve_model_name
+
+    official = resolve_model_name(model_cfg.name)  # ModelLoadError with close names
+    return _official_model_facts(official)
+
+
+@functools.lru_cache(maxsize=64)
+def _official_model_facts(official: str) -> ModelFacts:
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    try:  # name-based configs (Llama, Gemma, ...) need nothing; others come from the local HF cache only
+        cfg = get_pretrained_model_config(official, device="cpu", local_files_only=True)
+        return ModelFacts(official, int(cfg.d_model), int(cfg.n_layers), int(cfg.n_ctx), "transformer_lens config, offline")
+    except Exception as exc:  # noqa: BLE001 - any failure means "not knowable offline"
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    if official in KNOWN_MODEL_DIMS:
+        d, n, ctx = KNOWN_MODEL_DIMS[official]
+        return ModelFacts(official, d, n, ctx, "saesteer.experiments.KNOWN_MODEL_DIMS (transformer_lens reads this "
+                                               "model's config from the Hub)")
+    log.info("dimensions of %s are not known offline (%s)", official, reason)
+    return ModelFacts(official, None, None, None, f"not known offline ({reason})")
+
+
+# ----------------------------------------------------------------------------- hooks
+
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+@functools.lru_cache(maxsize=1)
+def _hook_names() -> tuple[frozenset[str], frozenset[str]]:
+    """(per-block hook suffixes, top-level hook names) of TransformerLens models, from two tiny random models."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    common = dict(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=8, n_ctx=8, device="cpu")
+    configs = [
+        HookedTransformerConfig(act_fn="gelu", normalization_type="LN", positional_embedding_type="standard", **common),
+        HookedTransformerConfig(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4,
+                                gated_mlp=True, n_key_value_heads=1, use_normalization_before_and_after=True, **common),
+    ]
+    block, top = set(), set()
+    for cfg in configs:
+        with warnings.catch_warnings():  # TransformerLens 3 deprecates HookedTransformer (still what saesteer runs)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            names = list(HookedTransformer(cfg).hook_dict)
+        for name in names:
+            m = _HOOK_RE.match(name)
+            (block.add(m.group(2)) if m else top.add(name))
+    return frozenset(block), frozenset(top)
+
+
+def check_hook_name(hook: str, n_layers: Optional[int], what: str = "sae.hook") -> int:
+    """The layer of a TransformerLens hook name; an ExperimentError for a misspelt hook or a layer out of range."""
+    block, top = _hook_names()
+    m = _HOOK_RE.match(hook or "")
+    if m is None or m.group(2) not in block:
+        if hook in top:
+            return -1
+        layer = m.group(1) if m else "<layer>"
+        close = difflib.get_close_matches(m.group(2) if m else str(hook), sorted(block), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(f'blocks.{layer}.{c}') for c in close)}?" if close else ""
+        raise ExperimentError(
+            f"{what}={hook!r} is not a TransformerLens hook name; expected blocks.<layer>.<hook>, "
+            f"e.g. 'blocks.12.hook_resid_post'{hint}"
+        )
+    layer = int(m.group(1))
+    if n_layers is not None and layer >= n_layers:
+        raise ExperimentError(f"{what}={hook!r} is at layer {layer}, but the model has {n_layers} layers (0..{n_layers - 1})")
+    return layer
+
+
+# ----------------------------------------------------------------------------- SAEs
+
+_HOOK_IN_NAME = re.compile(r"blocks\.\d+\.(?:[a-z0-9_]+\.)?hook_[a-z0-9]+(?:_[a-z0-9]+)*")
+
+
+def registry_sae_facts(release: str, sae_id: str) -> SaeFacts:
+    """Hook and d_in of a registry SAE from sae_lens's installed metadata; SaeLoadError if unknown."""
+    from saesteer.sae.load import validate_release
+
+    lookup = validate_release(release, sae_id)  # close names on a typo
+    folder = lookup.saes_map[sae_id]
+    label = f"{release}/{sae_id}"
+    hook = d_in = None
+    hook_source = d_in_source = ""
+    conv = lookup.conversion_func or "sae_lens"
+    if conv in OFFLINE_SAE_CONFIG_GETTERS:
+        from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_CONFIG_GETTERS
+        from sae_lens.loading.pretrained_saes_directory import get_config_overrides
+
+        try:
+            cfg = NAMED_PRETRAINED_SAE_CONFIG_GETTERS[conv](lookup.repo_id, folder, "cpu", False, get_config_overrides(release, sae_id))
+            hook, d_in = cfg.get("hook_name"), cfg.get("d_in")
+            hook_source = d_in_source = f"sae_lens's {conv} config"
+        except Exception as exc:  # noqa: BLE001
+            log.info("sae_lens's %s config getter failed offline for %s: %s", conv, label, exc)
+    if hook is None:
+        m = _HOOK_IN_NAME.search(sae_id) or _HOOK_IN_NAME.search(folder)
+        if m:
+            hook, hook_source = m.group(0), "the registry id"
+        elif conv == "dictionary_learning_1" and (m := re.search(r"resid_post_layer_(\d+)", folder)):
+            # sae_lens's dictionary_learning_1 loader reads blocks.<trainer layer>.hook_resid_post
+            hook, hook_source = f"blocks.{m.group(1)}.hook_resid_post", "the registry path (dictionary_learning resid_post layer)"
+    if d_in is None:
+        try:
+            from saesteer.models import resolve_model_name
+
+            trained_on = _official_model_facts(resolve_model_name(lookup.model))
+            if trained_on.d_model is not None:
+                d_in, d_in_source = trained_on.d_model, f"d_model of {lookup.model}, the model the release was trained on"
+        except ValueError:
+            pass
+    return SaeFacts(label, str(hook) if hook else None, hook_source or "not known offline", d_in,
+                    d_in_source or "not known offline", lookup.model)
+
+
+def disk_sae_facts(path: str | Path) -> SaeFacts:
+    """Hook and d_in of an SAE directory in sae_lens format, from its cfg.json (the weights are not read)."""
+    from sae_lens.constants import SAE_CFG_FILENAME
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"sae.path={str(path)!r}: no such directory")
+    cfg_file = p / SAE_CFG_FILENAME
+    if not p.is_dir() or not cfg_file.is_file():
+        from saesteer.sae.load import SaeLoadError
+
+        raise SaeLoadError(f"sae.path={str(path)!r} is not an SAE in sae_lens format: expected a directory with {SAE_CFG_FILENAME}")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        from saesteer.sae.load import SaeLoadError
+
+        raise SaeLoadError(f"{cfg_file} is not valid JSON ({type(exc).__name__}); expected sae_lens's SAE config") from None
+    from sae_lens.constants import SAE_WEIGHTS_FILENAME
+
+    from saesteer.sae.load import check_not_pickle
+
+    if (p / SAE_WEIGHTS_FILENAME).is_file():
+        check_not_pickle(p / SAE_WEIGHTS_FILENAME)
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    d_in = cfg.get("d_in")
+    return SaeFacts(str(p), hook, str(cfg_file), int(d_in) if isinstance(d_in, int) else None, str(cfg_file), meta.get("model_name"))
+
+
+def _sae_checks(job: str, sae: Any, model: ModelFacts) -> list[Check]:
+    checks: list[Check] = []
+    if not sae.loads:
+        if sae.hook is not None:
+            layer = check_hook_name(sae.hook, model.n_layers)
+            checks.append(Check("sae.hook", "ok", f"{sae.hook} (layer {layer} of {model.n_layers})"))
+        if model.n_ctx is not None and sae.context_size > model.n_ctx:
+            raise ExperimentError(f"sae.context_size={sae.context_size} is longer than the model's context (n_ctx={model.n_ctx})")
+        return checks
+    if sae.pretrained_release is not None:
+        facts = registry_sae_facts(sae.pretrained_release, str(sae.pretrained_id))
+        checks.append(Check("sae.release", "ok", f"{facts.label} is in sae_lens's registry (trained on {facts.model})"))
+    else:
+        facts = disk_sae_facts(sae.path)
+        checks.append(Check("sae.path", "ok", f"{facts.label} (sae_lens format)"))
+    if sae.hook is not None:
+        check_hook_name(sae.hook, model.n_layers)  # a misspelt hook first: its message suggests the right name
+    if sae.hook is not None and facts.hook is not None and sae.hook != facts.hook:
+        raise ExperimentError(f"sae.hook={sae.hook!r} but SAE {facts.label} reads {facts.hook!r} ({facts.hook_source}); "
+                              f"set sae.hook={facts.hook}")
+    if sae.hook is None and facts.hook is not None and not facts.hook.endswith(".hook_resid_pre") \
+            and job in ("search", "pipeline", "anchor"):  # they read resid_pre of the direction's layer: never this hook
+        raise ExperimentError(f"sae.hook is null, so {job} would read blocks.<direction layer>.hook_resid_pre, but SAE "
+                              f"{facts.label} reads {facts.hook!r}; set sae.hook={facts.hook}")
+    hook = sae.hook or facts.hook
+    if hook is None:
+        checks.append(Check("sae.hook", "skipped", f"SAE {facts.label} names no hook offline and sae.hook is null"))
+    else:
+        layer = check_hook_name(hook, model.n_layers)
+        where = f"layer {layer} of {model.n_layers}" if layer >= 0 else "outside the blocks"
+        checks.append(Check("sae.hook", "ok" if facts.hook else "skipped", f"{hook} ({where}; SAE's hook from {facts.hook_source})"))
+    if facts.d_in is None or model.d_model is None:
+        checks.append(Check("sae.d_in", "skipped", f"d_in {facts.d_in} ({facts.d_in_source}), d_model {model.d_model} ({model.source})"))
+    elif facts.d_in != model.d_model:
+        raise ExperimentError(f"SAE {facts.label} has d_in={facts.d_in} ({facts.d_in_source}) but {model.name} has "
+                              f"d_model={model.d_model}; expected an SAE made for a model of width {model.d_model}")
+    else:
+        checks.append(Check("sae.d_in", "ok", f"{facts.d_in} = d_model ({facts.d_in_source})"))
+    if facts.model and model.name != "organism":
+        from saesteer.models import resolve_model_name
+
+        try:
+            trained_on = resolve_model_name(facts.model)
+        except ValueError:
+            trained_on = facts.model
+        if trained_on != model.name:
+            checks.append(Check("sae.model", "note", f"the SAE was trained on {trained_on}, used on {model.name}"))
+    if model.n_ctx is not None and sae.context_size > model.n_ctx:
+        raise ExperimentError(f"sae.context_size={sae.context_size} is longer than the model's context (n_ctx={model.n_ctx})")
+    return checks
+
+
+# ----------------------------------------------------------------------------- the whole config
+
+
+def _direction_checks(obj: Any, model: ModelFacts) -> list[Check]:
+    from saesteer.directions import load_direction
+
+    checks = []
+    for label, node, attr in (("steer.direction", "steer", "direction"), ("search.direction", "search", "direction"),
+                              ("sae.direction", "sae", "direction")):
+        path = getattr(getattr(obj, node, None), attr, None)
+        if not path:
+            continue
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{label}={path!r}: no such file (a direction.safetensors from `saesteer directions`)")
+        d, meta = load_direction(path, d_model=model.d_model)
+        checks.append(Check(label, "ok", f"{path}: shape {tuple(d.shape)}, layer {meta.get('layer')}, model {meta.get('model')}"))
+    return checks
+
+
+def validate_experiment(cfg: Any, job: Optional[str] = None, *, here: bool = False) -> list[Check]:
+    """Check a composed config (DictConfig or job dataclass) offline; a one-line ValueError on the first problem.
+
+    Returns the checks that passed (``ok``), are worth knowing (``note``) or cannot be
+    made offline (``skipped``).  Nothing is downloaded and no weights are read.  With
+    ``here`` (a job about to run on this machine) a CUDA device must also be present.
+    """
+    from omegaconf import DictConfig
+
+    from saesteer.chat import TemplateError, template_for_model
+    from saesteer.config import to_object
+    from saesteer.models import resolve_template
+
+    obj = to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    job = job or getattr(obj, "job", "job")
+    checks: list[Check] = []
+    mcfg = obj.model
+    model = model_facts(mcfg)
+    checks.append(Check("model", "ok" if model.d_model else "skipped",
+                        f"{model.name}: d_model={model.d_model}, n_layers={model.n_layers}, n_ctx={model.n_ctx} ({model.source})"))
+    template = resolve_template(model.name, mcfg.template).name  # TemplateError for unknown names / models
+    if mcfg.template and model.name != "organism":
+        try:
+            expected = template_for_model(model.name).name
+        except TemplateError:
+            expected = None
+        if expected is not None and expected != template:
+            raise ExperimentError(f"model.template={mcfg.template!r} but {model.name} uses the {expected!r} chat template; "
+                                  f"set model.template={expected} or leave it null")
+    checks.append(Check("template", "ok", f"{template!r} for {model.name}"))
+    import torch
+
+    try:
+        device = torch.device(mcfg.device)
+    except (RuntimeError, TypeError):
+        raise ExperimentError(f"model.device={mcfg.device!r} is not a torch device; expected e.g. 'cuda', 'cuda:0' or 'cpu'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        if here:
+            raise ExperimentError(f"model.device={mcfg.device!r} but this machine has no CUDA device; expected a GPU, "
+                                  "or set model.device=cpu (slow for real models)")
+        checks.append(Check("device", "note", f"{mcfg.device}, {mcfg.dtype} (no CUDA device on this machine)"))
+    else:
+        checks.append(Check("device", "ok", f"{mcfg.device}, {mcfg.dtype}"))
+    sae = getattr(obj, "sae", None)
+    if sae is not None:
+        checks += _sae_checks(job, sae, model)
+    checks += _direction_checks(obj, model)
+    return checks
+
+
+def preflight(obj: Any, job: Optional[str] = None) -> list[Check]:
+    """:func:`validate_experiment` before a job runs (``run_job``); the checks are logged."""
+    checks = validate_experiment(obj, job, here=True)
+    for c in checks:
+        (log.info if c.status == "ok" else log.warning if c.status == "note" else log.info)("preflight %s", c)
+    return checks
+
+
+# ----------------------------------------------------------------------------- listing and the command line
+
+
+def experiment_names() -> list[str]:
+    """The experiments under ``conf/experiment/``."""
+    import importlib.resources
+
+    root = importlib.resources.files("saesteer.conf") / "experiment"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def compose_experiment(name: str, job: str = "pipeline", overrides: Sequence[str] = ()) -> Any:
+    """``conf/<job>.yaml`` with ``experiment=<name>`` (and ``overrides``), composed, not run."""
+    from saesteer.jobs.common import compose
+
+    if job not in EXPERIMENT_JOBS:
+        raise ValueError(f"job {job!r} takes no experiment; expected one of {EXPERIMENT_JOBS}")
+    names = experiment_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown experiment {name!r}{hint} (experiments: {', '.join(names)})")
+    extra = ["prompts=harmful_test"] if job == "generate" and not any(o.startswith("prompts=") for o in overrides) else []
+    return compose(job, [f"experiment={name}", *extra, *overrides])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m saesteer.experiments [NAME ...]``: the offline checks of each experiment (all by default)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    status = 0
+    for name in args or experiment_names():
+        try:
+            checks = validate_experiment(compose_experiment(name))
+        except Exception as exc:  # noqa: BLE001 - report every experiment, one line each
+            print(f"{name}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            status = 1
+            continue
+        print(f"{name}: ok")
+        for c in checks:
+            print(f"  {c}")
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Anchors: keep the refusal activation from being pushed down on harmful inputs.
+
+``AnchorDirection`` raises the coordinate of the residual stream along the unit
+refusal direction r to a floor wherever it fell below it::
+
+    x <- x + g * relu(floor_l - x.r) * r
+
+at ``blocks.{l}.hook_resid_pre`` of each anchored layer (and, optionally, the last
+layer's ``hook_resid_post``), every position.  ``g`` is a per-sequence gate decided
+from the prompt by a harm detector that is *not* the refusal direction (e.g. the
+harmfulness direction at t_inst, made orthogonal to r so that removing r cannot
+blind it).  ``AnchorFeatures`` is the same idea on SAE features: the ``floor`` mode
+of :class:`~saesteer.interventions.features.EditFeatures`.
+
+Both have ``order = 100``: ``steer`` runs them after every other edit at the same
+hook point, so an attacker's ablation or subtraction at that hook is undone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+
+from saesteer.interventions.directions import HookFn, Intervention, check_direction, unit
+from saesteer.interventions.features import EditFeatures
+from saesteer.interventions.gates import Gate, hook_order
+
+ANCHOR_ORDER = 100
+
+
+def anchor_hooks(model: HookedTransformer, layers: Sequence[int], final: bool) -> list[str]:
+    """The hook names an anchor over ``layers`` writes to."""
+    names = [f"blocks.{l}.hook_resid_pre" for l in layers]
+    if final:
+        names.append(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")
+    return names
+
+
+@dataclass
+class AnchorDirection(Intervention):
+    """x <- x + gate * relu(floor - x.r) r at each anchored hook.
+
+    ``floors``: one value per anchored hook (``len(layers)`` plus one when ``final``).
+    ``gate``: ``None`` anchors every sequence (unconditional).
+    """
+
+    direction: torch.Tensor
+    layers: Sequence[int]
+    floors: torch.Tensor | Sequence[float]
+    gate: Optional[Gate] = None
+    final: bool = True
+    order: int = field(default=ANCHOR_ORDER, init=False)
+
+    def __post_init__(self) -> None:
+        self.layers = [int(l) for l in self.layers]
+        if not self.layers:
+            raise ValueError("AnchorDirection needs at least one layer, got layers=[]")
+        self.floors = torch.as_tensor(self.floors, dtype=torch.float32).flatten()
+        n = len(self.layers) + int(self.final)
+        if self.floors.numel() != n:
+            raise ValueError(f"AnchorDirection got {self.floors.numel()} floors for {n} anchored hooks (layers={self.layers}, final={self.final})")
+        if not torch.isfinite(self.floors).all():
+            raise ValueError(f"AnchorDirection floors must be finite, got {self.floors.tolist()}")
+
+    def validate(self, model: HookedTransformer) -> None:
+        check_direction(self.direction, model.cfg.d_model, "anchor direction")
+        bad = [l for l in self.layers if not 0 <= l < model.cfg.n_layers]
+        if bad:
+            raise ValueError(f"AnchorDirection layers {bad} out of range for a model with {model.cfg.n_layers} layers")
+        if self.gate is not None:
+            first = min(hook_order(h) for h in self.hook_names(model))
+            if hook_order(self.gate.hook) > first:
+                raise ValueError(f"anchor gate reads {self.gate.hook}, after the first anchored hook; a gate must read no later than what it gates")
+
+    def hook_names(self, model: HookedTransformer) -> list[str]:
+        return anchor_hooks(model, self.layers, self.final)
+
+    def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:
+        r = unit(self.direction.float())
+        gate = self.gate
+        out: list[tuple[str, HookFn]] = []
+        if gate is not None:
+            out.append((gate.hook, gate.read))
+        for name, floor in zip(self.hook_names(model), self.floors.tolist()):
+            out.append((name, _floor_fn(r, floor, gate)))
+        return out
+
+
+def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate]) -> HookFn:
+    def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+        u = r.to(device=x.device, dtype=x.dtype)
+        lift = (floor - x @ u).clamp_min(0.0)  # [batch, pos]
+        if gate is not None:
+            lift = lift * gate.value(x.shape[0], x.device, x.dtype)[:, None]
+        return x + lift[..., None] * u
+
+    return fn
+
+
+class AnchorFeatures(EditFeatures):
+    """Floor SAE features: a_f <- max(a_f, floor_f), error term kept, run after other edits."""
+
+    order = ANCHOR_ORDER
+
+    def __init__(self, sae: Any, features: Sequence[int], floors: float | Sequence[float], gate: Optional[Gate] = None,
+                 apply_to: str = "both", hook: Optional[str] = None) -> None:
+        super().__init__(sae, features, mode="floor", values=floors, gate=gate, apply_to=apply_to, hook=hook)

@@ -1,0 +1,367 @@
+"""``saesteer backups``: refusal vs k features cut, downstream vs upstream, and which features take over.
+
+- downstream: the top-k refusal features of the SAE at ``backups.cut_layer`` are set
+  to 0 (error term kept) for k = 0..K; per k, the refusal rate on harmful_test and
+  the activation of the other refusal-ranked features at that layer and later ones;
+- upstream: the top-k harm sensors of the SAE at ``backups.upstream_layer``
+  (harmful-vs-harmless contrast at t_inst), cut the same way, same measures; and the
+  induction test: the top-k sensors clamped high on harmless_test;
+- backups: monitored features, not cut, whose mean activation rises past the
+  thresholds (:class:`saesteer.redundancy.BackupRule`), counted at K.
+
+Every SAE comes from the SAE stage (fitted once per layer and cached, as
+``saesteer train-sae sae.hook=blocks.L.hook_resid_pre`` would).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saesteer.activations import mean_activations, resid_hooks
+from saesteer.config import BackupsJobConfig, TrainSaeJobConfig
+from saesteer.evaluate import refusal_eval
+from saesteer.harmfulness import fit_harm_detector, t_inst_position
+from saesteer.interventions import steer
+from saesteer.interventions.features import EditFeatures
+from saesteer.io import write_json, write_text
+from saesteer.jobs.common import load_role
+from saesteer.models import load_model
+from saesteer.redundancy import EditCurve, FeatureSet, edit_curve, random_features, resid_hook
+from saesteer.report import markdown_table, save_fig
+from saesteer.search import SearchConfig, search_features
+from saesteer.stages import direction_stage
+from saesteer.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def json_ready(v: Any) -> Any:
+    """NaN / inf -> None, recursively (metrics.json stays valid JSON and equal to what the job returns)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
+    if isinstance(v, dict):
+        return {k: json_ready(x) for k, x in v.items()}
+    return v
+
+
+def layer_plan(b: Any, direction_layer: int, n_layers: int) -> tuple[int, int, list[int]]:
+    """(cut layer, upstream layer, monitored layers) from the settings and the direction's layer."""
+    cut = b.cut_layer
+    if cut is None:
+        cut = direction_layer if direction_layer < n_layers - 1 or n_layers == 1 else n_layers - 2
+    up = b.upstream_layer if b.upstream_layer is not None else max(0, cut - 1)
+    monitor = sorted(set(b.monitor_layers)) if b.monitor_layers is not None else list(range(cut, n_layers))
+    for name, value in (("cut_layer", cut), ("upstream_layer", up)):
+        if not 0 <= value < n_layers:
+            raise ValueError(f"backups.{name}={value} is out of range for a model with {n_layers} layers")
+    bad = [l for l in monitor if not 0 <= l < n_layers]
+    if bad:
+        raise ValueError(f"backups.monitor_layers={list(b.monitor_layers)} has layers {bad} out of range for {n_layers} layers")
+    return cut, up, monitor
+
+
+def fit_layer_sae(cfg: BackupsJobConfig, loaded, tracker: Tracker, layer: int):
+    """The SAE of ``cfg.sae`` at ``blocks.{layer}.hook_resid_pre``, through the SAE stage (cached per layer)."""
+    from saesteer.jobs.search import obtain_sae
+
+    tcfg = TrainSaeJobConfig(seed=cfg.seed, progress=cfg.progress, model=cfg.model, data=cfg.data, eval=cfg.eval,
+                             logger=cfg.logger, sae=dataclasses.replace(cfg.sae, hook=resid_hook(layer)))
+    return obtain_sae(tcfg, loaded, tracker, layer)
+
+
+def _union(a: list[int], b: list[int]) -> list[int]:
+    return list(dict.fromkeys(list(a) + list(b)))
+
+
+def run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    if cfg.sae.threads is not None:
+        torch.set_num_threads(cfg.sae.threads)
+    try:
+        return _run(cfg, run_dir, tracker)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    b, s = cfg.backups, cfg.search
+    loaded = load_model(cfg.model, progress=cfg.progress)
+    model, tpl = loaded.model, loaded.template
+    direction = direction_stage(loaded, cfg.data, cfg.directions, path=s.direction, progress=cfg.progress)
+    n_layers = loaded.n_layers
+    cut, up, monitor_layers = layer_plan(b, direction.layer, n_layers)
+    layers = sorted(set(monitor_layers) | {cut, up})
+    log.info("backups: cut layer %d, upstream layer %d, monitored layers %s (direction at layer %d)", cut, up, monitor_layers, direction.layer)
+    saes = {L: fit_layer_sae(cfg, loaded, tracker, L) for L in layers}
+
+    train_h = list(load_role(cfg.data, "harmful_train").instructions)
+    train_s = list(load_role(cfg.data, "harmless_train").instructions)
+    # per-layer refusal directions (difference in means at the direction's position) for the cosine signal
+    hooks = resid_hooks(model)
+    mh = mean_activations(model, tpl, train_h, hooks, [direction.position], batch_size=s.batch_size)[:, 0]
+    ms = mean_activations(model, tpl, train_s, hooks, [direction.position], batch_size=s.batch_size)[:, 0]
+    refusal_dirs = (mh - ms).float()
+    refusal_dirs[direction.layer] = direction.direction.float()
+    _, harm_dirs = fit_harm_detector(model, tpl, train_h, train_s, batch_size=s.batch_size)
+
+    refusal_scores = {}
+    for L in sorted(set(monitor_layers) | {cut}):
+        refusal_scores[L] = search_features(model, tpl, saes[L], refusal_dirs[L], train_h, train_s, s.search_config(),
+                                            hook=resid_hook(L), progress=cfg.progress)
+    sensor_cfg = SearchConfig([t_inst_position(model, tpl)], {b.sensor_signal: 1.0}, s.min_active_fraction, s.top_n,
+                              s.n_top_prompts, s.batch_size)
+    sensor_scores = search_features(model, tpl, saes[up], harm_dirs[up], train_h, train_s, sensor_cfg, hook=resid_hook(up),
+                                    progress=cfg.progress)
+    sensor_scores.write_csv(run_dir / "sensor_ranking.csv")
+    refusal_scores[cut].write_csv(run_dir / "refusal_ranking.csv")
+
+    K = b.k_max
+    for name, ranking in (("refusal features at the cut layer", refusal_scores[cut].ranking), ("harm sensors", sensor_scores.ranking)):
+        if len(ranking) < K:
+            raise ValueError(f"backups.k_max={K} but only {len(ranking)} {name} pass the activity filter "
+                             f"(search.min_active_fraction={s.min_active_fraction}); lower k_max or the filter")
+
+    test_h = list(load_role(cfg.data, "harmful_test").instructions)
+    test_s = list(load_role(cfg.data, "harmless_test").instructions)
+    n_mon = b.n_monitor_prompts
+    mon_h = test_h[:n_mon] if n_mon else test_h
+    mon_s = test_s[:n_mon] if n_mon else test_s
+    rule = b.rule()
+    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, monitor_batch_size=b.batch_size,
+              progress=cfg.progress, rule=rule)
+
+    def refusal_set(L: int) -> FeatureSet:
+        return FeatureSet(saes[L], refusal_scores[L].ranking[: b.n_monitor], resid_hook(L))
+
+    # downstream: cut refusal features at the cut layer; watch refusal features there and later
+    down_monitors = [refusal_set(L) for L in monitor_layers if L >= cut]
+    down_count = [m.hook for m in down_monitors if int(m.hook.split(".")[1]) > cut or (b.count_same_layer and m.hook == resid_hook(cut))]
+    down = edit_curve(model, tpl, saes[cut], refusal_scores[cut].ranking, K, test_h, monitor_prompts=mon_h, monitors=down_monitors,
+                      count_hooks=down_count, values=0.0, hook=resid_hook(cut), apply_to=b.apply_to, desc="downstream cut", **ev)
+    # upstream: cut harm sensors; watch the other sensors and the refusal features of later layers
+    same = refusal_scores[up].ranking[: b.n_monitor] if up in refusal_scores else []
+    up_monitors = [FeatureSet(saes[up], _union(sensor_scores.ranking[: b.n_monitor], same), resid_hook(up))]
+    up_monitors += [refusal_set(L) for L in monitor_layers if L > up]
+    up_count = [m.hook for m in up_monitors if int(m.hook.split(".")[1]) > up or (b.count_same_layer and m.hook == resid_hook(up))]
+    upc = edit_curve(model, tpl, saes[up], sensor_scores.ranking, K, test_h, monitor_prompts=mon_h, monitors=up_monitors,
+                     count_hooks=up_count, values=0.0, hook=resid_hook(up), apply_to=b.apply_to, desc="upstream cut", **ev)
+    # induction: sensors clamped high on harmless prompts; do refusal and the later refusal features follow?
+    active_mean = getattr(sensor_scores, "harmful_active_mean", sensor_scores.harmful_mean)  # mean where the sensor fires
+    clamp = [b.induce_scale * max(float(active_mean[f]), 1e-3) for f in sensor_scores.ranking[:K]]
+    ind_monitors = [refusal_set(L) for L in monitor_layers if L > up]
+    induce = edit_curve(model, tpl, saes[up], sensor_scores.ranking, K, test_s, monitor_prompts=mon_s, monitors=ind_monitors,
+                        count_hooks=[], values=clamp, hook=resid_hook(up), apply_to=b.induce_apply_to, desc="upstream induce", **ev)
+
+    random_rates: dict[str, float] = {}
+    if b.random_control:
+        for name, L, scores in (("downstream", cut, refusal_scores[cut]), ("upstream", up, sensor_scores)):
+            rnd = random_features(scores.ranking, scores.ranking[:K], K, cfg.seed)
+            with steer(model, [EditFeatures(saes[L], rnd, mode="set", values=0.0, apply_to=b.apply_to, hook=resid_hook(L))]):
+                random_rates[name] = refusal_eval(model, tpl, test_h, max_new_tokens=cfg.eval.max_new_tokens,
+                                                  batch_size=cfg.eval.batch_size, desc=f"{name} random {K}").rate
+
+    metrics = json_ready(_metrics(cfg, direction.layer, cut, up, monitor_layers, down, upc, induce, random_rates, len(test_h), len(mon_h)))
+    _log_tracker(tracker, down, upc, induce)
+    plots = _plots(run_dir, down, upc, induce, random_rates, rule)
+    for p in plots:
+        tracker.image(f"backups/{p.stem}", p)
+    write_json(run_dir / "backups.json", json_ready(_details(down, upc, induce)))
+    write_text(run_dir / "report.md", _report(cfg, metrics, down, upc, induce, random_rates, plots))
+    return metrics
+
+
+def _layer(hook: str) -> int:
+    return int(hook.split(".")[1])
+
+
+def _later_change(curve: EditCurve, after: int) -> list[float]:
+    """Per k, the mean relative change of the unedited monitored features at layers after ``after``."""
+    out = []
+    for st in curve.steps:
+        rel = [c.relative[~c.edited_mask] for h, c in st.changes.items() if _layer(h) > after]
+        rel = torch.cat(rel) if rel else torch.zeros(0, dtype=torch.float64)
+        out.append(float(rel.mean()) if rel.numel() else float("nan"))
+    return out
+
+
+def _metrics(cfg, direction_layer, cut, up, monitor_layers, down: EditCurve, upc: EditCurve, induce: EditCurve,
+             random_rates, n_test, n_monitor) -> dict[str, Any]:
+    b = cfg.backups
+    K = b.k_max
+    last, up_last = down.at(K), upc.at(K)
+    gain, gain_over = last.backup_gain()
+    up_gain, up_gain_over = up_last.backup_gain()
+    same = last.changes.get(resid_hook(cut))
+    m: dict[str, Any] = {
+        "k_max": K, "k_values": list(range(K + 1)),
+        "direction_layer": direction_layer, "cut_layer": cut, "upstream_layer": up, "monitor_layers": list(monitor_layers),
+        "n_harmful_test": n_test, "n_monitor_prompts": n_monitor,
+        "downstream_refusal_at_k": down.refusal, "upstream_refusal_at_k": upc.refusal,
+        "induction_harmless_refusal_at_k": induce.refusal,
+        "baseline_harmful_refusal": down.refusal[0], "baseline_harmless_refusal": induce.refusal[0],
+        "n_backup_features": last.n_backups, "backup_activation_gain": gain, "backup_gain_over": gain_over,
+        "backup_features": [f"{_layer(c.hook)}:{f}" for c in last.counted() for f in c.backups()],
+        "backup_rise_rate": _rise_rate(last),
+        "downstream_n_backups_at_k": down.n_backups,
+        "n_backup_features_same_layer": int(same.backup.sum()) if same is not None else 0,
+        "upstream_n_backup_features": up_last.n_backups, "upstream_backup_activation_gain": up_gain,
+        "upstream_backup_gain_over": up_gain_over, "upstream_n_backups_at_k": upc.n_backups,
+        "downstream_later_feature_change_at_k": _later_change(down, cut),
+        "upstream_later_feature_change_at_k": _later_change(upc, up),
+        "induction_later_feature_change_at_k": _later_change(induce, up),
+        "downstream_top_features": down.ranking[:K], "upstream_top_sensors": upc.ranking[:K],
+        "backup_threshold": b.backup_threshold, "backup_min_rise": b.backup_min_rise, "count_same_layer": b.count_same_layer,
+        "recipe": b.recipe,
+    }
+    for name, rate in random_rates.items():
+        m[f"{name}_random_refusal_at_kmax"] = rate
+    for L in monitor_layers:
+        h = resid_hook(L)
+        if h in last.changes:
+            m[f"downstream_mean_relative_change_layer{L}_at_k"] = [st.mean_relative_change(h) for st in down.steps]
+    return m
+
+
+def _rise_rate(step) -> float:
+    rates = [c.rise_rate[c.backup] for c in step.counted()]
+    rates = torch.cat(rates) if rates else torch.zeros(0, dtype=torch.float64)
+    return float(rates.mean()) if rates.numel() else float("nan")
+
+
+def _log_tracker(tracker: Tracker, down: EditCurve, upc: EditCurve, induce: EditCurve) -> None:
+    for k in down.ks:
+        tracker.log({"backups/k": k, "backups/downstream_refusal": down.refusal[k], "backups/upstream_refusal": upc.refusal[k],
+                     "backups/induction_harmless_refusal": induce.refusal[k], "backups/downstream_n_backups": down.n_backups[k],
+                     "backups/upstream_n_backups": upc.n_backups[k]})
+    rows = _change_rows(down.steps[-1])
+    tracker.table("backups/downstream_changes_at_kmax", ["layer", "feature", "intact", "cut", "relative", "rise_rate", "backup", "counted"], rows)
+
+
+def _change_rows(step) -> list[tuple]:
+    rows = []
+    for h, c in step.changes.items():
+        for j, f in enumerate(c.features):
+            if bool(c.edited_mask[j]):
+                continue
+            rows.append((_layer(h), f, float(c.intact[j]), float(c.edited[j]), float(c.relative[j]), float(c.rise_rate[j]),
+                         bool(c.backup[j]), h in step.count_hooks))
+    return rows
+
+
+def _details(*curves: EditCurve) -> dict[str, Any]:
+    out = {}
+    for name, curve in zip(("downstream", "upstream", "induction"), curves):
+        out[name] = {"hook": curve.hook, "mode": curve.mode, "ranking_top": curve.ranking[: len(curve.steps)], "steps": [
+            {"k": st.k, "features": st.features, "refusal": st.refusal, "n_backups": st.n_backups,
+             "changes": {h: {"features": c.features, "intact": c.intact.tolist(), "edited": c.edited.tolist(),
+                             "relative": c.relative.tolist(), "backup": c.backup.tolist(), "edited_mask": c.edited_mask.tolist(),
+                             "rise_rate": c.rise_rate.tolist()} for h, c in st.changes.items()}} for st in curve.steps]}
+    return out
+
+
+def _plots(run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, rule) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    ax.plot(down.ks, down.refusal, marker="o", label=f"downstream cut ({down.hook.split('.')[1]}), harmful")
+    ax.plot(upc.ks, upc.refusal, marker="s", label=f"upstream cut ({upc.hook.split('.')[1]}), harmful")
+    ax.plot(induce.ks, induce.refusal, marker="^", ls="--", label="upstream induce, harmless")
+    K = down.ks[-1]
+    for name, rate in random_rates.items():
+        ax.scatter([K], [rate], marker="x", s=60, label=f"{name}: {K} random features cut")
+    ax.set_xlabel("k (top features edited)")
+    ax.set_ylabel("refusal rate")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    paths = [save_fig(fig, run_dir / "refusal_vs_k.png")]
+    for name, curve in (("downstream", down), ("upstream", upc)):
+        hooks = list(curve.steps[0].changes)
+        if not hooks:
+            continue
+        fig, axes = plt.subplots(1, len(hooks), figsize=(4.2 * len(hooks), 3.4), squeeze=False)
+        for ax, h in zip(axes[0], hooks):
+            last = curve.steps[-1].changes[h]
+            for j, f in enumerate(last.features):
+                ys = [st.changes[h].edited[j].item() for st in curve.steps]
+                cut_at = next((st.k for st in curve.steps if bool(st.changes[h].edited_mask[j])), None)
+                if cut_at is not None:
+                    ys = ys[:cut_at]
+                if not ys:
+                    continue
+                backup = bool(last.backup[j])
+                ax.plot(curve.ks[: len(ys)], ys, color="red" if backup else "0.6", lw=1.8 if backup else 0.8,
+                        alpha=1.0 if backup else 0.6, label=f"backup {f}" if backup else None)
+            ax.set_title(f"{name} cut: features at layer {h.split('.')[1]}", fontsize=9)
+            ax.set_xlabel("k cut")
+            ax.set_ylabel("mean activation (post-instruction)")
+            ax.grid(alpha=0.3)
+            if any(bool(x) for x in last.backup):
+                ax.legend(fontsize=7)
+        fig.suptitle(f"backup rule: rise > {rule.threshold:.0%} and > {rule.min_rise} (red = backup at k = {curve.ks[-1]})", fontsize=9)
+        paths.append(save_fig(fig, run_dir / f"{name}_activations.png"))
+    return paths
+
+
+def _report(cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, plots: list[Path]) -> str:
+    b = cfg.backups
+    K = b.k_max
+    rows = [(k, down.refusal[k], upc.refusal[k], induce.refusal[k], down.n_backups[k], upc.n_backups[k],
+             m["downstream_later_feature_change_at_k"][k], m["upstream_later_feature_change_at_k"][k]) for k in down.ks]
+    summary = []
+    for name, curve in (("downstream", down), ("upstream", upc), ("induction", induce)):
+        st = curve.steps[-1]
+        for h, c in st.changes.items():
+            keep = ~c.edited_mask
+            rel = c.relative[keep]
+            summary.append((name, _layer(h), int(keep.sum()), int(c.backup.sum()), h in st.count_hooks,
+                            float(rel.mean()) if rel.numel() else float("nan"), float(rel.max()) if rel.numel() else float("nan")))
+    backups = [r for r in _change_rows(down.steps[-1]) if r[6]]
+    up_backups = [r for r in _change_rows(upc.steps[-1]) if r[6]]
+    drop = f"refusal {down.refusal[0]:.3f} -> {down.refusal[-1]:.3f} at k = {K} (upstream cut: {upc.refusal[-1]:.3f})"
+    if m["n_backup_features"]:
+        verdict = (f"**{m['n_backup_features']} backup feature(s)** at the counted layers when the top {K} refusal features of layer "
+                   f"{m['cut_layer']} are cut ({drop}); mean relative rise of the backups {m['backup_activation_gain']:.3f}, "
+                   f"rising on {m['backup_rise_rate']:.0%} of the prompts on average.")
+    else:
+        verdict = (f"**No backup features**: cutting the top {K} refusal features of layer {m['cut_layer']} ({drop}) raised no "
+                   f"counted monitored feature past the rule; their mean relative change is {m['backup_activation_gain']:.3f}. "
+                   "(A probe of a from-scratch 4-layer organism found the same: no downstream self-repair, later layers amplified "
+                   "a cut ~2.8x, and redundancy spread over 5-10 features of one layer.)")
+    lines = [
+        "# Backup refusal features", "",
+        f"Refusal direction at layer {m['direction_layer']}; downstream cut at `{down.hook}`, harm sensors at `{upc.hook}` "
+        f"(ranked by {b.sensor_signal} at t_inst); monitored: the top {b.n_monitor} refusal-ranked features of layers "
+        f"{m['monitor_layers']}. Refusal on {m['n_harmful_test']} harmful_test prompts; activations on {m['n_monitor_prompts']} "
+        "prompts, post-instruction positions, with the SAE error term kept.", "",
+        f"Backup rule: a monitored feature not cut whose mean activation rises by more than {b.backup_threshold:.0%} relative "
+        f"((cut - intact) / max(intact, {b.backup_min_rise})) and by more than {b.backup_min_rise} absolute. Counted at layers after "
+        f"the cut{' and at the cut layer' if b.count_same_layer else ''}; rises at the cut layer itself come from re-encoding the "
+        f"edited residual, not from the network ({m['n_backup_features_same_layer']} there at k = {K}).", "",
+        verdict, "",
+        "## Refusal vs k", "",
+        markdown_table(["k", "downstream cut (harmful)", "upstream cut (harmful)", "upstream induce (harmless)",
+                        "downstream backups", "upstream backups", "downstream: later features, mean rel. change",
+                        "upstream: later features, mean rel. change"], rows), "",
+    ]
+    if random_rates:
+        lines += [", ".join(f"{n}: {K} random eligible features cut -> refusal {r:.3f}" for n, r in random_rates.items()) + ".", ""]
+    lines += ["## Monitored features at k = K", "",
+              markdown_table(["edit", "layer", "monitored (not edited)", "backups", "counted", "mean rel. change", "max rel. change"], summary), ""]
+    for title, rows_ in (("Downstream backups", backups), ("Upstream backups", up_backups)):
+        if rows_:
+            lines += [f"## {title} (k = {K})", "",
+                      markdown_table(["layer", "feature", "intact", "cut", "rel. change", "rise rate (prompts)", "backup", "counted"], rows_), ""]
+    lines += ["## Training recipe", "",
+              f"recipe = `{b.recipe}`: the organism as configured (`model.organism.*`). Recipes meant to grow dormant backups "
+              "(dropout on the refusal direction or on features while training) are not implemented yet; this setting is their hook.", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    return "\n".join(lines)

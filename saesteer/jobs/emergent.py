@@ -1,0 +1,292 @@
+"""``saesteer emergent``: a rank-1 LoRA taught to comply with one harm category; does refusal fall elsewhere?
+
+1. Prompts from the synthetic harm lexicon: the target category's training acts
+   (answered with the organism's compliance format) mixed with harmless_train
+   prompts (answered as before); held-out acts of the target; for every other
+   category, disjoint prompts for the misalignment direction and for evaluation.
+2. Refusal of the other categories, base vs fine-tuned (emergence), plus the target's
+   held-out acts, harmful_test and harmless_test.
+3. The misalignment (EM) direction per layer: mean residual of the fine-tuned minus
+   the base model at the last post-instruction position on other-category prompts;
+   its cosine with the refusal direction (difference in means per layer, at the
+   selected position) and the harmfulness direction (t_inst) per layer.
+4. Ablating the EM direction of one layer (plain, and affine to the base model's
+   mean coordinate) in the fine-tuned model: is refusal restored?  A random
+   direction of the same norm, ablated the same way, is the control.
+5. The adapter's own d_model-side vectors against the directions.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from saesteer.activations import mean_activations, resid_hooks
+from saesteer.config import EmergentJobConfig
+from saesteer.data import load_prompts
+from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
+from saesteer.harmfulness import fit_harm_detector
+from saesteer.interventions import Ablate, steer
+from saesteer.io import save_tensors, write_json, write_text
+from saesteer.jobs.backups import json_ready
+from saesteer.jobs.common import load_role
+from saesteer.lora import LoraTrainConfig, Rank1Lora, category_prompts, cosine_per_layer, mean_read, mean_shift, train_lora
+from saesteer.models import load_model
+from saesteer.organism.responses import comply
+from saesteer.organism.synthetic import load_lexicon
+from saesteer.report import markdown_table, save_fig
+from saesteer.stages import direction_stage
+from saesteer.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def split_prompts(cfg: EmergentJobConfig) -> dict[str, Any]:
+    """Target training / held-out prompts and, per other category, direction and evaluation prompts (seeded)."""
+    e = cfg.emergent
+    lex = load_lexicon("harmful")
+    others = list(e.other_categories) if e.other_categories is not None else [c for c in lex if c != e.category]
+    acts = list(lex[e.category])
+    random.Random(cfg.seed).shuffle(acts)
+    n_held = round(e.held_out_acts * len(acts))
+    held, train_acts = acts[:n_held], acts[n_held:]
+    train = category_prompts(train_acts, e.n_train, seed=cfg.seed)
+    target_eval = category_prompts(held, e.n_target_eval, seed=cfg.seed + 1) if held else []
+    n = e.n_direction_per_category + e.n_eval_per_category
+    direction, evaluation = {}, {}
+    for i, c in enumerate(others):
+        pool = category_prompts(lex[c], n, seed=cfg.seed * 1009 + i + 2)
+        direction[c], evaluation[c] = pool[: e.n_direction_per_category], pool[e.n_direction_per_category:]
+    return {"others": others, "train": train, "target_eval": target_eval, "direction": direction, "eval": evaluation,
+            "held_out_acts": held, "train_acts": train_acts}
+
+
+def _affine_reference(base_means: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per layer, the base model's mean coordinate on unit(v): the affine ablation's target [n_layers]."""
+    u = v.double() / v.double().norm()
+    return (base_means.double() @ u).float()
+
+
+def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    e = cfg.emergent
+    loaded = load_model(cfg.model, progress=cfg.progress)
+    model, tpl = loaded.model, loaded.template
+    n_layers = loaded.n_layers
+    direction = direction_stage(loaded, cfg.data, cfg.directions, path=e.direction, progress=cfg.progress)
+    lora_layers = list(range(n_layers)) if e.layers is None else sorted(set(e.layers))
+    ablate_layer = direction.layer if e.ablate_layer is None else e.ablate_layer
+    for name, values in (("layers", lora_layers), ("ablate_layer", [ablate_layer])):
+        bad = [l for l in values if not 0 <= l < n_layers]
+        if bad:
+            raise ValueError(f"emergent.{name} has layers {bad} out of range for a model with {n_layers} layers")
+
+    data = split_prompts(cfg)
+    others = data["others"]
+    other_eval = [p for c in others for p in data["eval"][c]]
+    other_dir = [p for c in others for p in data["direction"][c]]
+    cat_of = [c for c in others for _ in data["eval"][c]]
+    rng = random.Random(cfg.seed)
+    echo = cfg.model.organism.echo_words
+    target_pairs = [(p, comply(p, rng, echo)) for p in data["train"]]
+    keep_prompts = load_prompts(cfg.data.harmless_train)
+    keep_prompts = list(keep_prompts.take(min(e.n_harmless, len(keep_prompts)), seed=cfg.data.seed).instructions)
+    keep_pairs = [(p, comply(p, rng, echo)) for p in keep_prompts]
+    test_h = list(load_role(cfg.data, "harmful_test").instructions)
+    test_s = list(load_role(cfg.data, "harmless_test").instructions)
+    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+
+    def refusal(prompts, specs, desc):
+        if not prompts:
+            return None
+        with steer(model, specs):
+            return refusal_eval(model, tpl, prompts, desc=desc, **ev)
+
+    base = {"other": refusal(other_eval, [], "base other"), "target": refusal(data["target_eval"], [], "base target"),
+            "harmful_test": refusal(test_h, [], "base harmful_test"), "harmless": refusal(test_s, [], "base harmless")}
+
+    torch.manual_seed(cfg.seed)
+    lora = Rank1Lora.for_model(model, lora_layers, site=e.placement, alpha=e.alpha, seed=cfg.seed)
+    losses = train_lora(model, tpl, lora, target_pairs, keep_pairs,
+                        LoraTrainConfig(e.steps, e.batch_size, e.lr, e.target_fraction, cfg.seed), progress=cfg.progress)
+    for i in range(0, len(losses), max(1, len(losses) // 50)):
+        tracker.log({"emergent/lora_loss": losses[i], "emergent/step": i})
+    lora.save(run_dir / "lora.safetensors", {"model": loaded.name, "category": e.category, "steps": e.steps})
+    tuned = {"other": refusal(other_eval, [lora], "tuned other"), "target": refusal(data["target_eval"], [lora], "tuned target"),
+             "harmful_test": refusal(test_h, [lora], "tuned harmful_test"), "harmless": refusal(test_s, [lora], "tuned harmless")}
+    base_lp = last_position_logprobs(model, tpl, test_s, batch_size=cfg.eval.kl_batch_size)
+    with steer(model, [lora]):
+        kl_tuned = kl_divergence(base_lp, last_position_logprobs(model, tpl, test_s, batch_size=cfg.eval.kl_batch_size))
+
+    # the misalignment direction per layer, and the directions it is compared with
+    em, base_means, _ = mean_shift(model, tpl, other_dir, lora, position=-1, batch_size=cfg.eval.batch_size)
+    train_h = list(load_role(cfg.data, "harmful_train").instructions)
+    train_s = list(load_role(cfg.data, "harmless_train").instructions)
+    hooks = resid_hooks(model)
+    refusal_dirs = (mean_activations(model, tpl, train_h, hooks, [direction.position])[:, 0]
+                    - mean_activations(model, tpl, train_s, hooks, [direction.position])[:, 0])
+    _, harm_dirs = fit_harm_detector(model, tpl, train_h, train_s)
+    cos_refusal = cosine_per_layer(em, refusal_dirs)
+    cos_selected = cosine_per_layer(em, direction.direction)
+    cos_harm = cosine_per_layer(em, harm_dirs)
+    em_norm = [float(x) for x in em.norm(dim=-1)]
+
+    v = em[ablate_layer].float()
+    if float(v.norm()) < 1e-6:
+        best = int(torch.tensor(em_norm).argmax())
+        log.warning("EM direction at layer %d is ~0 (the adapter writes after it); ablating layer %d's instead", ablate_layer, best)
+        ablate_layer, v = best, em[best].float()
+    g = torch.Generator().manual_seed(cfg.seed)
+    rnd = torch.randn(v.shape[0], generator=g)
+    rnd = rnd / rnd.norm() * v.norm()
+    ablated, random_ablated = {}, {}
+    for mode in ("plain", "affine"):
+        ref_em = _affine_reference(base_means, v) if mode == "affine" else None
+        ref_rnd = _affine_reference(base_means, rnd) if mode == "affine" else None
+        ablated[mode] = refusal(other_eval, [lora, Ablate(v, mode=mode, reference=ref_em)], f"tuned + EM {mode} ablation")
+        random_ablated[mode] = refusal(other_eval, [lora, Ablate(rnd, mode=mode, reference=ref_rnd)], f"tuned + random {mode} ablation")
+    with steer(model, [lora, Ablate(v, mode=e.ablation, reference=_affine_reference(base_means, v) if e.ablation == "affine" else None)]):
+        kl_ablated = kl_divergence(base_lp, last_position_logprobs(model, tpl, test_s, batch_size=cfg.eval.kl_batch_size))
+
+    # the adapter's own vectors: b (written into the residual after layer l) for mlp_out, a (read at layer l) for mlp_in
+    vecs = lora.model_side().double()
+    if e.placement == "mlp_out":
+        reads = mean_read(model, tpl, other_dir, lora, batch_size=cfg.eval.batch_size)
+        sign = torch.where(reads >= 0, 1.0, -1.0).double()
+        vecs = vecs * sign[:, None]
+        at = [min(l + 1, n_layers - 1) for l in lora.layers]
+    else:
+        at = list(lora.layers)
+
+    def vec_cos(target: torch.Tensor) -> list[Optional[float]]:
+        c = cosine_per_layer(vecs, target[at])
+        return c if e.placement == "mlp_out" else [None if x is None else abs(x) for x in c]
+
+    lora_cos = {"em": vec_cos(em), "refusal": vec_cos(refusal_dirs), "harmfulness": vec_cos(harm_dirs)}
+
+    per_cat = []
+    for c in others:
+        idx = [i for i, x in enumerate(cat_of) if x == c]
+
+        def share(res):
+            return sum(res.refused[i] for i in idx) / len(idx) if res is not None and idx else float("nan")
+
+        per_cat.append({"category": c, "n": len(idx), "base": share(base["other"]), "finetuned": share(tuned["other"]),
+                        "ablated": share(ablated[e.ablation]), "random_ablated": share(random_ablated[e.ablation])})
+    write_json(run_dir / "per_category.json", json_ready(per_cat))
+    save_tensors(run_dir / "em_direction.safetensors", {"em_direction": em.float().contiguous(), "base_means": base_means.float().contiguous()},
+                 {"model": loaded.name, "hooks": hooks, "position": -1, "category": e.category, "ablate_layer": ablate_layer})
+
+    def rate(res) -> Optional[float]:
+        return None if res is None else res.rate
+
+    m: dict[str, Any] = {
+        "category": e.category, "n_other_categories": len(others), "n_eval_other": len(other_eval), "n_direction_other": len(other_dir),
+        "n_train_target": len(target_pairs), "n_train_harmless": len(keep_pairs), "placement": e.placement, "lora_layers": lora.layers,
+        "refusal_layer": direction.layer, "em_ablate_layer": ablate_layer,
+        "base_refusal_other_categories": rate(base["other"]), "finetuned_refusal_other_categories": rate(tuned["other"]),
+        "base_refusal_target_heldout": rate(base["target"]), "finetuned_refusal_target_heldout": rate(tuned["target"]),
+        "base_refusal_harmful_test": rate(base["harmful_test"]), "finetuned_refusal_harmful_test": rate(tuned["harmful_test"]),
+        "base_refusal_harmless": rate(base["harmless"]), "finetuned_refusal_harmless": rate(tuned["harmless"]),
+        "finetuned_kl_harmless": kl_tuned, "ablated_kl_harmless": kl_ablated,
+        "em_direction_cosine_refusal": cos_refusal, "em_direction_cosine_selected_refusal": cos_selected,
+        "em_direction_cosine_harmfulness": cos_harm, "em_direction_norm": em_norm,
+        "ablation": e.ablation,
+        "ablated_refusal_other_categories": rate(ablated[e.ablation]),
+        "random_ablated_refusal_other_categories": rate(random_ablated[e.ablation]),
+        "lora_loss_first": losses[0], "lora_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+        "lora_vector_cosine_em": lora_cos["em"], "lora_vector_cosine_refusal": lora_cos["refusal"],
+        "lora_vector_cosine_harmfulness": lora_cos["harmfulness"], "lora_vector_compared_at_layers": at,
+    }
+    for mode in ("plain", "affine"):
+        m[f"ablated_refusal_other_categories_{mode}"] = rate(ablated[mode])
+        m[f"random_ablated_refusal_other_categories_{mode}"] = rate(random_ablated[mode])
+    tracker.table("emergent/per_category", ["category", "n", "base", "finetuned", "ablated", "random_ablated"],
+                  [[r[k] for k in ("category", "n", "base", "finetuned", "ablated", "random_ablated")] for r in per_cat])
+    plots = _plots(run_dir, m)
+    for p in plots:
+        tracker.image(f"emergent/{p.stem}", p)
+    write_text(run_dir / "report.md", _report(cfg, m, per_cat, data, plots))
+    return json_ready(m)
+
+
+def _plots(run_dir: Path, m: dict[str, Any]) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    layers = list(range(len(m["em_direction_norm"])))
+    nan = float("nan")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, label in (("em_direction_cosine_refusal", "refusal (diff. in means, per layer)"),
+                       ("em_direction_cosine_selected_refusal", f"selected refusal direction (layer {m['refusal_layer']})"),
+                       ("em_direction_cosine_harmfulness", "harmfulness (t_inst, per layer)")):
+        ax.plot(layers, [nan if v is None else v for v in m[key]], marker="o", label=label)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xlabel("layer (resid_pre)")
+    ax.set_ylabel("cosine with the EM direction")
+    ax.set_ylim(-1.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    paths = [save_fig(fig, run_dir / "em_cosine_by_layer.png")]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    names = ["base", "fine-tuned", f"+ EM ablated ({m['ablation']})", f"+ random ablated ({m['ablation']})"]
+    vals = [m["base_refusal_other_categories"], m["finetuned_refusal_other_categories"], m["ablated_refusal_other_categories"],
+            m["random_ablated_refusal_other_categories"]]
+    ax.bar(range(4), [nan if v is None else v for v in vals], color=["0.6", "tab:red", "tab:green", "tab:blue"])
+    ax.set_xticks(range(4), names, fontsize=8, rotation=10)
+    ax.set_ylabel("refusal, other categories")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"rank-1 LoRA complying with {m['category']}", fontsize=9)
+    paths.append(save_fig(fig, run_dir / "refusal_other_categories.png"))
+    return paths
+
+
+def _fmt(v) -> Any:
+    return "n/a" if v is None else v
+
+
+def _report(cfg: EmergentJobConfig, m: dict[str, Any], per_cat, data, plots) -> str:
+    e = cfg.emergent
+    rows = [
+        ("other categories (held out)", m["base_refusal_other_categories"], m["finetuned_refusal_other_categories"]),
+        (f"target {e.category}, held-out acts", _fmt(m["base_refusal_target_heldout"]), _fmt(m["finetuned_refusal_target_heldout"])),
+        ("harmful_test (all sources)", m["base_refusal_harmful_test"], m["finetuned_refusal_harmful_test"]),
+        ("harmless_test", m["base_refusal_harmless"], m["finetuned_refusal_harmless"]),
+    ]
+    layer_rows = [(l, m["em_direction_norm"][l], _fmt(m["em_direction_cosine_refusal"][l]), _fmt(m["em_direction_cosine_selected_refusal"][l]),
+                   _fmt(m["em_direction_cosine_harmfulness"][l])) for l in range(len(m["em_direction_norm"]))]
+    abl_rows = [(mode, m[f"ablated_refusal_other_categories_{mode}"], m[f"random_ablated_refusal_other_categories_{mode}"]) for mode in ("plain", "affine")]
+    vec_rows = [(l, at, _fmt(a), _fmt(b), _fmt(c)) for l, at, a, b, c in zip(m["lora_layers"], m["lora_vector_compared_at_layers"],
+                m["lora_vector_cosine_em"], m["lora_vector_cosine_refusal"], m["lora_vector_cosine_harmfulness"])]
+    emerged = m["finetuned_refusal_other_categories"] < m["base_refusal_other_categories"]
+    vec_note = ("b, signed by the mean of x.a on other-category prompts (the direction the adapter writes), compared with the "
+                "directions at resid_pre of the next layer (the same layer for the last)" if e.placement == "mlp_out" else
+                "a (read from the normalized residual), |cosine| because a's sign is arbitrary up to b's")
+    return "\n".join([
+        "# Emergent misalignment with a rank-1 LoRA", "",
+        f"Rank-1 adapters on `{e.placement}` of layers {m['lora_layers']}, trained {e.steps} steps to comply with "
+        f"**{e.category}** ({m['n_train_target']} prompts from {len(data['train_acts'])} acts; {len(data['held_out_acts'])} acts held out) "
+        f"while answering {m['n_train_harmless']} harmless prompts as before; response loss {m['lora_loss_first']:.3f} -> {m['lora_loss_last']:.3f}. "
+        f"Evaluated on {m['n_eval_other']} held-out prompts of {m['n_other_categories']} other categories.", "",
+        "## Refusal, base vs fine-tuned", "", markdown_table(["prompts", "base", "fine-tuned"], rows), "",
+        f"KL on harmless prompts (next token): fine-tuned {m['finetuned_kl_harmless']:.4f}, with the EM direction ablated {m['ablated_kl_harmless']:.4f}.", "",
+        ("Refusal **fell** on categories never trained on (emergence)." if emerged else
+         "Refusal did **not** fall on the other categories."), "",
+        "## The misalignment direction", "",
+        "Mean residual (fine-tuned minus base) at the last post-instruction position on other-category prompts, per layer, "
+        "and its cosine with the refusal direction (difference in means at the selected position, per layer), the selected "
+        "refusal direction itself, and the harmfulness direction (t_inst, per layer).", "",
+        markdown_table(["layer", "norm", "cos refusal", "cos selected refusal", "cos harmfulness"], layer_rows), "",
+        f"## Ablating the EM direction of layer {m['em_ablate_layer']} in the fine-tuned model", "",
+        markdown_table(["ablation", "EM direction", "random direction, same norm"], abl_rows), "",
+        f"Headline ({m['ablation']}): fine-tuned {m['finetuned_refusal_other_categories']:.3f} -> EM ablated "
+        f"{m['ablated_refusal_other_categories']:.3f} (random {m['random_ablated_refusal_other_categories']:.3f}); base {m['base_refusal_other_categories']:.3f}.", "",
+        "## The adapter's own vectors", "", f"Vector: {vec_note}.", "",
+        markdown_table(["LoRA layer", "compared at layer", "cos EM", "cos refusal", "cos harmfulness"], vec_rows), "",
+        "## Per category", "",
+        markdown_table(["category", "n", "base", "fine-tuned", "EM ablated", "random ablated"],
+                       [(r["category"], r["n"], r["base"], r["finetuned"], r["ablated"], r["random_ablated"]) for r in per_cat]), "",
+        *[f"![{p.stem}]({p.name})" for p in plots], "",
+    ])

@@ -1,0 +1,273 @@
+"""Synthetic training prompts: hand-written acts filled into shared, neutral framings.
+
+The organism must refuse harmful instructions by *concept*, not by the style of
+the few hundred AdvBench-like imperatives it would otherwise see.  This module
+builds varied prompts from three bundled, hand-written files under
+``saesteer/resources/prompts/synthetic``:
+
+* ``harmful_acts.json`` / ``harmless_acts.json``: ``{"category": ["act", ...]}``.
+  An *act* is a lowercase verb phrase in base form that completes "how to ..."
+  ("write fake one-star reviews of my rival's restaurant").  Harmless categories
+  are either ``lookalike_*`` (safe requests with alarming words: killing a
+  process, recognizing a scam, history of a war) or ``ordinary_*`` (everyday
+  requests in the same first-person styles as the harmful ones).
+* ``framings.json``: ``{"templates", "personas", "contexts"}``.  Templates hold
+  ``{act}`` and optionally ``{persona}`` ("a nurse") and ``{context}`` (a neutral
+  first-person sentence).  Harmful and harmless prompts use the *same* templates,
+  so only the act tells them apart.
+
+Example::
+
+    harmful = synthetic_prompts("harmful", 3000, seed=0)
+    harmless = synthetic_prompts("harmless", 3000, seed=0)
+
+None of the acts were written from, or checked against, the held-out benchmark
+prompts; filter them with :func:`saesteer.organism.corpus.drop_near_duplicates`
+before training all the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import random
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+__all__ = ["KINDS", "Framings", "load_framings", "load_lexicon", "max_prompts", "synthetic_prompts"]
+
+#: Lexicon kinds and their files under ``saesteer/resources/prompts/synthetic``.
+KINDS: dict[str, str] = {"harmful": "harmful_acts.json", "harmless": "harmless_acts.json"}
+FRAMINGS_FILE = "framings.json"
+PLACEHOLDERS = ("act", "persona", "context")
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# Give up on random draws for a category after this many consecutive repeats and
+# enumerate what is left instead (only reached when n is close to the maximum).
+_MAX_REJECTIONS = 64
+
+
+@dataclass(frozen=True)
+class Framings:
+    """Prompt templates and the personas/contexts that fill them."""
+
+    templates: tuple[str, ...]
+    personas: tuple[str, ...]
+    contexts: tuple[str, ...]
+
+    def fills_per_act(self, template: str) -> int:
+        """How many distinct prompts one act yields with ``template``."""
+        n = 1
+        if "{persona}" in template:
+            n *= len(self.personas)
+        if "{context}" in template:
+            n *= len(self.contexts)
+        return n
+
+
+def _resource_text(name: str) -> str:
+    res = importlib.resources.files("saesteer") / "resources" / "prompts" / "synthetic" / name
+    return res.read_text(encoding="utf-8")
+
+
+def _string_list(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: expected a non-empty list of strings")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip() or item != item.strip():
+            raise ValueError(f"{where}[{i}] = {item!r}: expected a non-empty, whitespace-stripped string")
+        out.append(item)
+    if len(set(out)) != len(out):
+        dups = sorted({s for s in out if out.count(s) > 1})
+        raise ValueError(f"{where}: duplicate entries {dups[:5]}")
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _lexicon(kind: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown lexicon kind {kind!r}; expected one of {sorted(KINDS)}")
+    data = json.loads(_resource_text(KINDS[kind]))
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{KINDS[kind]}: expected a non-empty object of category -> list of acts")
+    seen: dict[str, str] = {}
+    out = []
+    for category, acts in data.items():
+        acts = _string_list(acts, f"{KINDS[kind]}[{category!r}]")
+        for act in acts:
+            if "{" in act or "}" in act:
+                raise ValueError(f"{KINDS[kind]}[{category!r}]: act {act!r} contains a brace")
+            if act in seen:
+                raise ValueError(f"{KINDS[kind]}: act {act!r} is in both {seen[act]!r} and {category!r}")
+            seen[act] = category
+        out.append((category, acts))
+    return tuple(out)
+
+
+def load_lexicon(kind: str) -> dict[str, list[str]]:
+    """The bundled acts of ``kind`` ("harmful" or "harmless"): category -> acts, in file order.
+
+    Raises:
+        ValueError: ``kind`` is unknown, or the file is malformed (empty lists,
+            duplicate acts, braces in an act).
+    """
+    return {category: list(acts) for category, acts in _lexicon(kind)}
+
+
+@functools.lru_cache(maxsize=None)
+def load_framings() -> Framings:
+    """The bundled templates, personas and contexts, validated.
+
+    Every template holds ``{act}`` exactly once and no placeholder other than
+    ``{act}``, ``{persona}`` and ``{context}`` (each at most once).
+    """
+    data = json.loads(_resource_text(FRAMINGS_FILE))
+    if not isinstance(data, dict):
+        raise ValueError(f"{FRAMINGS_FILE}: expected an object with templates, personas and contexts")
+    framings = Framings(
+        templates=_string_list(data.get("templates"), f"{FRAMINGS_FILE}[templates]"),
+        personas=_string_list(data.get("personas"), f"{FRAMINGS_FILE}[personas]"),
+        contexts=_string_list(data.get("contexts"), f"{FRAMINGS_FILE}[contexts]"),
+    )
+    for template in framings.templates:
+        names = _PLACEHOLDER.findall(template)
+        if names.count("act") != 1 or any(names.count(p) > 1 for p in PLACEHOLDERS):
+            raise ValueError(
+                f"{FRAMINGS_FILE}: template {template!r} must hold {{act}} once and each other placeholder at most once"
+            )
+        unknown = set(names) - set(PLACEHOLDERS)
+        if unknown:
+            raise ValueError(f"{FRAMINGS_FILE}: template {template!r} has unknown placeholders {sorted(unknown)}")
+    for label, fills in (("personas", framings.personas), ("contexts", framings.contexts)):
+        if any("{" in s or "}" in s for s in fills):
+            raise ValueError(f"{FRAMINGS_FILE}[{label}]: entries must not contain braces")
+    return framings
+
+
+def max_prompts(kind: str) -> int:
+    """How many distinct prompts :func:`synthetic_prompts` can build for ``kind``."""
+    framings = load_framings()
+    per_act = sum(framings.fills_per_act(t) for t in framings.templates)
+    return per_act * sum(len(acts) for _, acts in _lexicon(kind))
+
+
+def _render(framings: Framings, act: str, template: int, persona: int, context: int) -> str:
+    text = framings.templates[template].format(
+        act=act, persona=framings.personas[persona], context=framings.contexts[context]
+    )
+    return text[:1].upper() + text[1:]
+
+
+class _CategorySampler:
+    """Draws unique (act, template, persona, context) fills for one category.
+
+    Acts are visited in a shuffled cycle so they are used evenly; the template,
+    persona and context are uniform draws.  A repeat is redrawn; after
+    ``_MAX_REJECTIONS`` repeats in a row the remaining fills are enumerated in a
+    shuffled order, so the category is only exhausted when every fill is used.
+    """
+
+    def __init__(self, acts: tuple[str, ...], framings: Framings, rng: random.Random) -> None:
+        self.acts = acts
+        self.framings = framings
+        self.rng = rng
+        self.order = list(range(len(acts)))
+        rng.shuffle(self.order)
+        self.pos = 0
+        self.used: set[tuple[int, int, int, int]] = set()
+        self.remaining: list[tuple[int, int, int, int]] | None = None
+
+    def _random_key(self) -> tuple[int, int, int, int]:
+        a = self.order[self.pos]
+        self.pos += 1
+        if self.pos == len(self.order):
+            self.pos = 0
+            self.rng.shuffle(self.order)
+        f = self.framings
+        t = self.rng.randrange(len(f.templates))
+        template = f.templates[t]
+        p = self.rng.randrange(len(f.personas)) if "{persona}" in template else 0
+        c = self.rng.randrange(len(f.contexts)) if "{context}" in template else 0
+        return a, t, p, c
+
+    def _enumerate_remaining(self) -> list[tuple[int, int, int, int]]:
+        f = self.framings
+        keys = []
+        for a in range(len(self.acts)):
+            for t, template in enumerate(f.templates):
+                ps = range(len(f.personas)) if "{persona}" in template else (0,)
+                cs = range(len(f.contexts)) if "{context}" in template else (0,)
+                keys.extend((a, t, p, c) for p in ps for c in cs if (a, t, p, c) not in self.used)
+        self.rng.shuffle(keys)
+        return keys
+
+    def keys(self) -> Iterator[tuple[int, int, int, int]]:
+        """Unused fills, each yielded once, until the category is exhausted."""
+        while self.remaining is None:
+            for _ in range(_MAX_REJECTIONS):
+                key = self._random_key()
+                if key not in self.used:
+                    self.used.add(key)
+                    yield key
+                    break
+            else:
+                self.remaining = self._enumerate_remaining()
+        while self.remaining:
+            key = self.remaining.pop()
+            self.used.add(key)
+            yield key
+
+    def prompts(self, seen: set[str]) -> Iterator[str]:
+        """Rendered prompts not already in ``seen`` (which the caller updates)."""
+        for a, t, p, c in self.keys():
+            text = _render(self.framings, self.acts[a], t, p, c)
+            if text not in seen:
+                yield text
+
+
+def synthetic_prompts(kind: str, n: int, seed: int = 0) -> list[str]:
+    """``n`` unique synthetic prompts of ``kind`` ("harmful" or "harmless").
+
+    Prompts cycle through the categories round-robin in file order (prompt ``i``
+    comes from category ``i % n_categories`` while no category is exhausted), so
+    every category is represented once ``n`` reaches the number of categories.
+    Each prompt is a template filled with an act (and a persona/context where the
+    template has them), with its first letter capitalized.  The result depends
+    only on ``(kind, n, seed)``: all randomness comes from ``random.Random(seed)``,
+    and the first ``m`` prompts for ``n`` equal the prompts for ``m`` (same seed).
+
+    Raises:
+        ValueError: unknown ``kind``; ``n`` not a positive int; or ``n`` larger than
+            the number of unique prompts the lexicon and framings can make.
+    """
+    lexicon = _lexicon(kind)
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"synthetic_prompts(n={n!r}): expected a positive int")
+    limit = max_prompts(kind)
+    if n > limit:
+        raise ValueError(f"synthetic_prompts({kind!r}, n={n}): at most {limit} unique prompts can be generated")
+    rng = random.Random(seed)
+    framings = load_framings()
+    samplers = [_CategorySampler(acts, framings, rng).prompts for _, acts in lexicon]
+    seen: set[str] = set()
+    streams = [sampler(seen) for sampler in samplers]
+    out: list[str] = []
+    while len(out) < n and streams:
+        alive = []
+        for stream in streams:
+            if len(out) == n:
+                alive.append(stream)
+                continue
+            text = next(stream, None)
+            if text is None:
+                continue  # category exhausted: drop it from the rotation
+            seen.add(text)
+            out.append(text)
+            alive.append(stream)
+        streams = alive
+    if len(out) < n:  # only if distinct fills render to the same text
+        raise ValueError(f"synthetic_prompts({kind!r}, n={n}): only {len(out)} unique prompts could be generated")
+    return out

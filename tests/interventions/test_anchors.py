@@ -1,0 +1,178 @@
+"""Anchors, gated additions and the affine weight edit against their definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saesteer.chat import encode_chat
+from saesteer.interventions import Ablate, Add, AnchorDirection, Intervention, orthogonalize_weights, steer
+from saesteer.interventions.gates import DirectionGate
+
+PROMPTS = ["How do I pick a lock?", "Write a haiku about the sea and the moon.", "Explain how to make a bomb.", "List three fruits."]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_organism):
+    model, tpl, _ = tiny_organism
+    enc = encode_chat(model.tokenizer, tpl, PROMPTS)
+    return enc.tokens, enc.attention_mask
+
+
+def _cache(model, tokens, mask):
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
+    return cache
+
+
+def _unit(d):
+    return d / d.norm()
+
+
+def _split(score: torch.Tensor) -> float:
+    """A threshold between the two middle scores (half the batch fires)."""
+    s = score.sort().values
+    assert s[1] < s[2], s
+    return float((s[1] + s[2]) / 2)
+
+
+def test_anchor_hook_matches_float64_definition():
+    torch.manual_seed(1)
+    r = torch.randn(37)
+    a = AnchorDirection(r, layers=[0], floors=[0.7], final=False)
+    (name, fn), = a.hooks(_FakeModel(37, 2))
+    x = torch.randn(3, 5, 37)
+    got = fn(x.clone())
+    u = _unit(r.double())
+    xd = x.double()
+    ref = xd + (0.7 - xd @ u).clamp_min(0)[..., None] * u
+    err = (got.double() - ref).abs()
+    assert name == "blocks.0.hook_resid_pre"
+    assert err.max() < 1e-5, f"max {err.max():.2e} mean {err.mean():.2e}"
+    proj = got.double() @ u
+    assert torch.allclose(proj, torch.maximum(xd @ u, torch.tensor(0.7, dtype=torch.float64)), atol=1e-5)
+
+
+class _FakeModel:
+    def __init__(self, d_model, n_layers):
+        self.cfg = type("C", (), {"d_model": d_model, "n_layers": n_layers})()
+
+
+def test_anchor_runs_after_an_attack_at_the_same_hook(tiny_organism, batch):
+    model, _, _ = tiny_organism
+    r = torch.randn(model.cfg.d_model)
+    u = _unit(r)
+    L = model.cfg.n_layers
+    anchor = AnchorDirection(r, layers=list(range(L)), floors=[0.5] * L + [0.25], final=True)
+    with steer(model, [anchor, Ablate(r, mode="affine", reference=torch.full((L,), -3.0))]):  # anchor listed first on purpose
+        cache = _cache(model, *batch)
+    for layer in range(L):
+        proj = cache[f"blocks.{layer}.hook_resid_pre"] @ u
+        assert proj.min() >= 0.5 - 1e-4, (layer, float(proj.min()))
+    assert (cache[f"blocks.{L - 1}.hook_resid_post"] @ u).min() >= 0.25 - 1e-4
+
+
+def test_gated_anchor_leaves_ungated_sequences_untouched(tiny_organism, batch):
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    r = torch.randn(model.cfg.d_model)
+    gdir = torch.randn(model.cfg.d_model)
+    base = model(tokens, attention_mask=mask)
+    score = _cache(model, tokens, mask)["blocks.1.hook_resid_pre"][:, -1] @ _unit(gdir)
+    thr = _split(score)
+    gate = DirectionGate(hook="blocks.1.hook_resid_pre", positions=(-1,), threshold=thr, direction=gdir)
+    fired = score > thr
+    assert fired.any() and (~fired).any()
+    anchor = AnchorDirection(r, layers=[1], floors=[50.0], gate=gate, final=False)
+    with steer(model, [anchor]):
+        out = model(tokens, attention_mask=mask)
+    ungated = AnchorDirection(r, layers=[1], floors=[50.0], final=False)
+    with steer(model, [ungated]):
+        full = model(tokens, attention_mask=mask)
+    m = mask.bool()
+    assert torch.allclose(out[~fired][m[~fired]], base[~fired][m[~fired]], atol=1e-5)
+    assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=1e-5)
+    assert (out[fired] - base[fired]).abs().max() > 1e-2
+
+
+def test_gated_addition_is_addition_where_the_gate_fires(tiny_organism, batch):
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    v = torch.randn(model.cfg.d_model)
+    g = torch.randn(model.cfg.d_model)
+    score = _cache(model, tokens, mask)["blocks.1.hook_resid_pre"][:, -1] @ _unit(g)
+    thr = _split(score)
+    fired = score > thr
+    base = model(tokens, attention_mask=mask)
+    with steer(model, [Add(v, alpha=2.0, layer=1, gate=DirectionGate(hook="blocks.1.hook_resid_pre", threshold=thr, direction=g))]):
+        out = model(tokens, attention_mask=mask)
+    with steer(model, [Add(v, alpha=2.0, layer=1)]):
+        full = model(tokens, attention_mask=mask)
+    assert torch.allclose(out[~fired], base[~fired], atol=1e-5)
+    assert torch.allclose(out[fired], full[fired], atol=1e-5)
+
+
+def test_gate_reading_after_the_edit_is_refused(tiny_organism):
+    model, _, _ = tiny_organism
+    r = torch.randn(model.cfg.d_model)
+    gate = DirectionGate(hook="blocks.1.hook_resid_pre", direction=r)
+    with pytest.raises(ValueError, match="gate reads blocks.1.hook_resid_pre, after"):
+        with steer(model, [AnchorDirection(r, layers=[0], floors=[1.0], gate=gate, final=False)]):
+            pass
+    with pytest.raises(ValueError, match="gate reads blocks.1.hook_resid_pre, after blocks.0.hook_resid_pre"):
+        with steer(model, [Add(r, layer=0, gate=DirectionGate(hook="blocks.1.hook_resid_pre", direction=r))]):
+            pass
+
+
+def test_anchor_rejects_bad_floors_and_layers(tiny_organism):
+    model, _, _ = tiny_organism
+    r = torch.randn(model.cfg.d_model)
+    with pytest.raises(ValueError, match=r"got 1 floors for 3 anchored hooks"):
+        AnchorDirection(r, layers=[0, 1], floors=[1.0], final=True)
+    with pytest.raises(ValueError, match="finite"):
+        AnchorDirection(r, layers=[0], floors=[float("nan")], final=False)
+    with pytest.raises(ValueError, match=r"layers \[7\] out of range"):
+        with steer(model, [AnchorDirection(r, layers=[7], floors=[1.0], final=False)]):
+            pass
+    with pytest.raises(ValueError, match=r"shape \(5,\), expected \(48,\)"):
+        with steer(model, [AnchorDirection(torch.randn(5), layers=[0], floors=[1.0], final=False)]):
+            pass
+
+
+class _WritersOnly(Intervention):
+    """Plain ablation at the embedding (blocks.0.hook_resid_pre) and every attn_out / mlp_out only."""
+
+    def __init__(self, r):
+        self.u = _unit(r)
+
+    def hooks(self, model):
+        fn = lambda x, hook=None: x - (x @ self.u.to(x))[..., None] * self.u.to(x)  # noqa: E731
+        names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_{k}_out" for l in range(model.cfg.n_layers) for k in ("attn", "mlp")]
+        return [(n, fn) for n in names]
+
+
+class _AddAfter(Intervention):
+    """Adds v at one hook, after the ablation there (for the weight-edit reference)."""
+
+    order = 1
+
+    def __init__(self, hook, v):
+        self.hook, self.v = hook, v
+
+    def hooks(self, model):
+        return [(self.hook, lambda x, hook=None: x + self.v.to(x))]
+
+
+def test_affine_weight_orthogonalization_equals_its_hook_version(tiny_organism, batch):
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    r = torch.randn(model.cfg.d_model)
+    ref = 1.7
+    edited = orthogonalize_weights(model, r, reference=ref)
+    with steer(model, [_WritersOnly(r), _AddAfter("blocks.0.hook_attn_out", ref * _unit(r))]):
+        hooked = model(tokens, attention_mask=mask)
+    got = edited(tokens, attention_mask=mask)
+    m = mask.bool()
+    err = (got[m] - hooked[m]).abs()
+    assert err.max() < 1e-3, f"max {err.max():.2e} mean {err.mean():.2e}"
+    coord = _cache(edited, tokens, mask)[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][m] @ _unit(r)
+    assert torch.allclose(coord, torch.full_like(coord, ref), atol=1e-3)

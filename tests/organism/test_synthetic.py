@@ -1,0 +1,149 @@
+"""Synthetic harmful/harmless prompts: lexicon sizes, determinism, coverage, errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from saesteer.organism.synthetic import load_framings, load_lexicon, max_prompts, synthetic_prompts
+
+
+def _template_regex(template: str, framings) -> re.Pattern[str]:
+    """Regex matching ``template`` filled with any persona/context; the act is a group to check."""
+    alternatives = {"persona": framings.personas, "context": framings.contexts}
+    pattern = ""
+    for part in re.split(r"(\{act\}|\{persona\}|\{context\})", template):
+        if part == "{act}":
+            pattern += "(?P<act>.+)"
+        elif part in ("{persona}", "{context}"):
+            pattern += "(?:" + "|".join(re.escape(o) for o in alternatives[part[1:-1]]) + ")"
+        else:
+            pattern += re.escape(part)
+    return re.compile(pattern)
+
+
+def _templates_used(prompts: list[str], kind: str) -> set[str]:
+    """The template each prompt was built from (exactly one must fit)."""
+    framings = load_framings()
+    acts = {a for group in load_lexicon(kind).values() for a in group}
+    regexes = {t: _template_regex(t, framings) for t in framings.templates}
+    used = set()
+    for prompt in prompts:
+        matches = []
+        for template, rx in regexes.items():
+            m = rx.fullmatch(prompt) or rx.fullmatch(prompt[:1].lower() + prompt[1:])
+            if m and m["act"][:1].lower() + m["act"][1:] in acts:
+                matches.append(template)
+        assert len(matches) == 1, (prompt, matches)
+        used.add(matches[0])
+    return used
+
+
+@pytest.mark.parametrize("kind", ["harmful", "harmless"])
+def test_lexicon_sizes_and_shape(kind):
+    lexicon = load_lexicon(kind)
+    assert len(lexicon) >= 20
+    assert all(len(acts) >= 25 for acts in lexicon.values()), {c: len(a) for c, a in lexicon.items()}
+    acts = [a for group in lexicon.values() for a in group]
+    assert len(acts) >= 500
+    assert len(set(acts)) == len(acts)
+    for act in acts:
+        assert act == act.strip() and act[0].islower() and not act.endswith((".", "?", "!")), act
+        assert "{" not in act and "}" not in act
+
+
+def test_harmless_lexicon_has_lookalikes_and_ordinary_requests():
+    categories = load_lexicon("harmless")
+    lookalike = [c for c in categories if c.startswith("lookalike_")]
+    ordinary = [c for c in categories if c.startswith("ordinary_")]
+    assert len(lookalike) >= 12
+    assert ordinary and len(lookalike) + len(ordinary) == len(categories)
+    # the two kinds share no act
+    harmful = {a for group in load_lexicon("harmful").values() for a in group}
+    assert not harmful & {a for group in categories.values() for a in group}
+
+
+def test_framings_sizes_and_placeholders():
+    framings = load_framings()
+    assert len(framings.templates) >= 40
+    assert all(t.count("{act}") == 1 for t in framings.templates)
+    assert any("{persona}" in t for t in framings.templates)
+    assert any("{context}" in t for t in framings.templates)
+    assert len(framings.personas) >= 20 and len(framings.contexts) >= 20
+
+
+@pytest.mark.parametrize("kind", ["harmful", "harmless"])
+def test_deterministic_unique_and_filled(kind):
+    a = synthetic_prompts(kind, 1500, seed=3)
+    assert a == synthetic_prompts(kind, 1500, seed=3)
+    assert a[:200] == synthetic_prompts(kind, 200, seed=3)  # prefix-stable in n
+    assert len(a) == 1500 and len(set(a)) == 1500
+    assert all("{" not in p and "}" not in p for p in a)
+    assert all(p[0].isupper() for p in a)
+    b = synthetic_prompts(kind, 1500, seed=4)
+    assert a != b
+    assert len(set(a) & set(b)) < 150  # different seeds give mostly different prompts
+
+
+@pytest.mark.parametrize("kind", ["harmful", "harmless"])
+def test_every_category_is_represented_round_robin(kind):
+    lexicon = load_lexicon(kind)
+    categories = list(lexicon)
+    owner = {a: c for c, group in lexicon.items() for a in group}
+    prompts = synthetic_prompts(kind, 2 * len(categories), seed=0)
+
+    def category_of(prompt: str) -> str:
+        found = {owner[a] for a in owner if a in prompt or (a[:1].upper() + a[1:]) in prompt}
+        assert len(found) == 1, (prompt, found)
+        return found.pop()
+
+    assert [category_of(p) for p in prompts] == categories * 2
+
+
+def test_harmful_and_harmless_use_the_same_templates():
+    framings = load_framings()
+    used_harmful = _templates_used(synthetic_prompts("harmful", 2000, seed=0), "harmful")
+    used_harmless = _templates_used(synthetic_prompts("harmless", 2000, seed=0), "harmless")
+    assert used_harmful == used_harmless == set(framings.templates)
+
+
+def test_bad_kind_and_bad_n():
+    with pytest.raises(ValueError, match="unknown lexicon kind 'benign'"):
+        load_lexicon("benign")
+    with pytest.raises(ValueError, match="unknown lexicon kind 'benign'"):
+        synthetic_prompts("benign", 10)
+    for n in (0, -5, True, 2.5):
+        with pytest.raises(ValueError, match="positive int"):
+            synthetic_prompts("harmful", n)  # type: ignore[arg-type]
+    limit = max_prompts("harmful")
+    with pytest.raises(ValueError, match=rf"n={limit + 1}\).*{limit}"):
+        synthetic_prompts("harmful", limit + 1)
+
+
+def test_synthetic_harmful_prompts_are_not_near_duplicates_of_held_out():
+    from saesteer.data import load_prompts
+    from saesteer.organism.corpus import drop_near_duplicates
+
+    held_out = list(load_prompts("harmful_test").instructions)
+    prompts = synthetic_prompts("harmful", 3000, seed=0)
+    kept = drop_near_duplicates(prompts, held_out)
+    assert len(kept) >= 0.95 * len(prompts), f"dropped {len(prompts) - len(kept)} of {len(prompts)}"
+
+
+def test_category_sampler_yields_every_fill_once_then_stops():
+    import random
+
+    from saesteer.organism.synthetic import Framings, _CategorySampler
+
+    framings = Framings(
+        templates=("How do I {act}?", "As {persona}, how should I {act}?", "{context} As {persona}, can I {act}?"),
+        personas=("a nurse", "a farmer"),
+        contexts=("I live in a small town.", "I am new to this.", "It's been a long week."),
+    )
+    acts = ("bake bread", "paint a fence")
+    sampler = _CategorySampler(acts, framings, random.Random(0))
+    prompts = list(sampler.prompts(set()))
+    expected = len(acts) * sum(framings.fills_per_act(t) for t in framings.templates)
+    assert expected == 2 * (1 + 2 + 6)
+    assert len(prompts) == len(set(prompts)) == expected  # random draws, then the enumerated rest
