@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the virtualenv, install saesteer, run the main job on the organism:
-# organism -> directions -> SAE -> feature search, one report.md (its path is the last line).
+# organism -> directions -> SAE -> feature search -> anchoring vs attacks -> backups -> emergent misalignment,
+# one report.md (its path is the last line). Stages whose inputs are unchanged are reused from the cache.
 # Usage: scripts/run.sh [hydra overrides], e.g. scripts/run.sh logger.mode=online
 source "$(dirname "$0")/_env.sh"
 run_dir="${SAESTEER_RUN_DIR:-runs/pipeline/$(date +%Y-%m-%d_%H-%M-%S)}"
@@ -8,9 +9,19 @@ saesteer pipeline "hydra.run.dir=$run_dir" "$@"
 python - "$run_dir" <<'PY'
 import json, sys
 m = json.load(open(f"{sys.argv[1]}/metrics.json"))
-rows = [(k.split("/", 1)[1], v) for k, v in m.items() if k.startswith("organism/") and k.endswith("_refusal")]
 print("\nOrganism refusal (greedy):")
-for name, v in rows:
-    print(f"  {name:<28} {v:.3f}")
+for k, v in m.items():
+    if k.startswith("organism/") and k.endswith("_refusal"):
+        print(f"  {k.split('/', 1)[1]:<28} {v:.3f}")
+keys = ["directions/selected_layer", "directions/affine_ablation_harmful_refusal", "directions/addition_harmless_refusal",
+        "train_sae/explained_variance", "search/topk_ablation_harmful_refusal", "search/topk_clamp_harmless_refusal",
+        "anchor/asr_ablation_affine_undefended", "anchor/asr_ablation_affine_anchored", "anchor/harmless_refusal_anchored",
+        "backups/n_backup_features", "emergent/finetuned_refusal_other_categories"]
+print("\nHeadline figures:")
+for k in keys:
+    if k in m:
+        v = m[k]
+        print(f"  {k:<46} {v:.3f}" if isinstance(v, float) else f"  {k:<46} {v}")
+print(f"\nstage seconds: " + ", ".join(f"{k.split('/')[0]} {v}" for k, v in m.items() if k.endswith("/stage_seconds")))
 PY
 echo "$run_dir/report.md"

@@ -81,6 +81,10 @@ def _union(a: list[int], b: list[int]) -> list[int]:
     return list(dict.fromkeys(list(a) + list(b)))
 
 
+def _fmt(x: Any) -> str:
+    return "n/a (no monitored feature at a counted layer)" if x is None else f"{x:.3f}"
+
+
 def run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     threads = torch.get_num_threads()
     if cfg.sae.threads is not None:
@@ -329,11 +333,11 @@ def _report(cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_r
     drop = f"refusal {down.refusal[0]:.3f} -> {down.refusal[-1]:.3f} at k = {K} (upstream cut: {upc.refusal[-1]:.3f})"
     if m["n_backup_features"]:
         verdict = (f"**{m['n_backup_features']} backup feature(s)** at the counted layers when the top {K} refusal features of layer "
-                   f"{m['cut_layer']} are cut ({drop}); mean relative rise of the backups {m['backup_activation_gain']:.3f}, "
+                   f"{m['cut_layer']} are cut ({drop}); mean relative rise of the backups {_fmt(m['backup_activation_gain'])}, "
                    f"rising on {m['backup_rise_rate']:.0%} of the prompts on average.")
     else:
         verdict = (f"**No backup features**: cutting the top {K} refusal features of layer {m['cut_layer']} ({drop}) raised no "
-                   f"counted monitored feature past the rule; their mean relative change is {m['backup_activation_gain']:.3f}. "
+                   f"counted monitored feature past the rule; their mean relative change is {_fmt(m['backup_activation_gain'])}. "
                    "(A probe of a from-scratch 4-layer organism found the same: no downstream self-repair, later layers amplified "
                    "a cut ~2.8x, and redundancy spread over 5-10 features of one layer.)")
     lines = [

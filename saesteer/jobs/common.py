@@ -79,7 +79,14 @@ def hydra_entry(job: str, fn: JobFn) -> Callable[[], Any]:
 
     @hydra.main(config_path="pkg://saesteer.conf", config_name=job, version_base="1.3")
     def _main(cfg: DictConfig) -> Any:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        run_dir = Path(hc.runtime.output_dir)
+        if hc.mode == RunMode.MULTIRUN and cfg.logger.group is None:  # a sweep's runs share one W&B group
+            from saesteer.sweeps import sweep_group
+
+            cfg.logger.group = sweep_group(job, hc.sweep.dir)
         try:
             return run_job(job, cfg, fn, run_dir)
         except USER_ERRORS as exc:

@@ -23,22 +23,22 @@ class OrganismConfig:
     harmless_sources: list[str] = field(default_factory=lambda: ["harmless_train"])
     held_out: list[str] = field(default_factory=lambda: ["harmful_test"])
     n_harmless: Optional[int] = None
-    synthetic_harmful: int = 0  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
-    synthetic_harmless: int = 0  # safe look-alikes and ordinary requests in the same framings
+    synthetic_harmful: int = 3000  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
+    synthetic_harmless: int = 12000  # safe look-alikes and ordinary requests in the same framings
     max_prompt_tokens: int = 96
     echo_words: int = 8
     # optimisation
-    steps: int = 600
+    steps: int = 800
     batch_size: int = 64
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    harmful_fraction: float = 0.4
+    harmful_fraction: float = 0.35
     word_dropout: float = 0.1
     lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
-    decision_weight: float = 0.0  # extra loss on the first response token (refuse or comply), x this weight
+    decision_weight: float = 2.0  # extra loss on the first response token (refuse or comply), x this weight
     seed: int = 0
     threads: int = 2
 

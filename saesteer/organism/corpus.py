@@ -9,6 +9,7 @@ held out: they are never trained or selected on.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 
@@ -32,25 +33,38 @@ def near_duplicate(a: frozenset[str], b: frozenset[str], threshold: float = 0.7)
 
 
 def drop_near_duplicates(candidates: list[str], held_out: list[str], threshold: float = 0.7) -> list[str]:
-    """Remove candidates equal or near-equal (word Jaccard) to any held-out prompt."""
+    """Remove candidates equal or near-equal (word Jaccard) to any held-out prompt.
+
+    An exact set-similarity join with prefix filtering: with words ordered by
+    rarity, two sets with Jaccard >= t share a word among the first
+    ``|x| - ceil(t |x|) + 1`` words of either, so only those are indexed and probed.
+    """
     held = [_words(h) for h in held_out]
+    cands = [_words(c) for c in candidates]
+    freq: dict[str, int] = {}
+    for ws in held + cands:
+        for w in ws:
+            freq[w] = freq.get(w, 0) + 1
+
+    def prefix(ws: frozenset[str]) -> list[str]:
+        order = sorted(ws, key=lambda w: (freq[w], w))
+        return order[: len(order) - math.ceil(threshold * len(order) - 1e-9) + 1]
+
     index: dict[str, list[int]] = {}
     for i, h in enumerate(held):
-        for w in h:
+        for w in prefix(h):
             index.setdefault(w, []).append(i)
     kept = []
-    for c in candidates:
-        cw = _words(c)
+    for c, cw in zip(candidates, cands):
         seen: set[int] = set()
         dup = False
-        for w in cw:
+        for w in prefix(cw):
             for i in index.get(w, ()):
-                if i in seen:
-                    continue
-                seen.add(i)
-                if near_duplicate(cw, held[i], threshold):
-                    dup = True
-                    break
+                if i not in seen:
+                    seen.add(i)
+                    if near_duplicate(cw, held[i], threshold):
+                        dup = True
+                        break
             if dup:
                 break
         if not dup:
@@ -94,6 +108,7 @@ def build_corpus(
         from saesteer.organism.synthetic import synthetic_prompts
 
         harmful.extend(synthetic_prompts("harmful", synthetic_harmful, seed=seed))
+        n_before = len(harmful)
     harmful = list(dict.fromkeys(harmful))
     harmful = drop_near_duplicates(harmful, held, dedup_threshold)
     log.info("harmful training prompts: %d (dropped %d duplicates / near-duplicates of held-out)", len(harmful), n_before - len(harmful))

@@ -85,11 +85,26 @@ def test_anchor_job_reports_every_attack_undefended_and_anchored(directions_run,
     assert "| gcg_suffix |" in (tmp_path / "report.md").read_text()
 
 
+SMALL_BACKUPS = ["backups.k_max=2", "backups.cut_layer=1", "backups.upstream_layer=0", "backups.n_monitor=6", "backups.n_monitor_prompts=12"]
+SMALL_EMERGENT = ["emergent.steps=10", "emergent.n_train=32", "emergent.n_harmless=32", "emergent.n_eval_per_category=4",
+                  "emergent.n_direction_per_category=4", "emergent.n_target_eval=4",
+                  "emergent.other_categories=[violence_and_weapons,malware_and_cybercrime]"]
+
+
 def test_pipeline_runs_every_stage_into_one_report(tiny_organism, tmp_path):
-    overrides = SMALL_SAE + SMALL_ANCHOR + ["directions.prune_layer_fraction=0.0", "search.k=4", "search.min_active_fraction=0.0"]
-    metrics = _run("pipeline", overrides, tmp_path)
+    overrides = SMALL_SAE + SMALL_ANCHOR + SMALL_BACKUPS + SMALL_EMERGENT + [
+        "directions.prune_layer_fraction=0.0", "search.k=4", "search.min_active_fraction=0.0"]
+    metrics = _run("pipeline", overrides, tmp_path / "cold")
     assert "anchor/asr_ablation_affine_anchored" in metrics
-    for stage in ("organism", "directions", "train-sae", "search", "anchor"):
+    assert "backups/downstream_refusal_at_k" in metrics and "emergent/finetuned_refusal_other_categories" in metrics
+    # a second run with nothing changed reuses every stage's results
+    warm = _run("pipeline", overrides, tmp_path / "warm")
+    for stage in ("organism", "directions", "train_sae", "search", "anchor", "backups", "emergent"):
+        assert warm[f"{stage}/reused"] is True, stage
+    assert warm["anchor/asr_ablation_affine_anchored"] == metrics["anchor/asr_ablation_affine_anchored"]
+    assert (tmp_path / "warm" / "anchor" / "asr_vs_overrefusal.png").is_file()
+    tmp_path = tmp_path / "cold"
+    for stage in ("organism", "directions", "train-sae", "search", "anchor", "backups", "emergent"):
         assert (tmp_path / stage / "metrics.json").is_file(), stage
     assert "organism/harmful_test_refusal" in metrics and "directions/selected_layer" in metrics
     assert "train_sae/explained_variance" in metrics and "search/topk_ablation_harmful_refusal" in metrics

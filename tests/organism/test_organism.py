@@ -84,3 +84,17 @@ def test_tiny_organism_refuses_harmful_and_complies_with_harmless(tiny_organism)
     harmless = refusal_eval(model, tpl, load_prompts("harmless_val").instructions[:64])
     assert harmful.rate >= 0.7, harmful.responses[:3]
     assert harmless.rate <= 0.2, harmless.responses[:3]
+
+
+def test_prefix_filtered_dedup_equals_brute_force():
+    import random
+
+    from saesteer.organism.corpus import _words, near_duplicate
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(30)]
+    held = [" ".join(rng.sample(vocab, rng.randint(1, 8))) for _ in range(200)]
+    cands = [" ".join(rng.sample(vocab, rng.randint(1, 8))) for _ in range(300)] + held[:20]
+    brute = [c for c in cands if not any(near_duplicate(_words(c), _words(h), 0.7) for h in held)]
+    assert drop_near_duplicates(cands, held, 0.7) == brute
+    assert len(brute) < len(cands) - 20  # the sample has near-duplicates to find, beyond the 20 copies
