@@ -36,6 +36,7 @@ from saesteer.redundancy import EditCurve, FeatureSet, edit_curve, random_featur
 from saesteer.report import markdown_table, save_fig
 from saesteer.search import SearchConfig, search_features
 from saesteer.stages import direction_stage
+from saesteer.jobs.threads import torch_threads
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -86,13 +87,8 @@ def _fmt(x: Any) -> str:
 
 
 def run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-    threads = torch.get_num_threads()
-    if cfg.sae.threads is not None:
-        torch.set_num_threads(cfg.sae.threads)
-    try:
+    with torch_threads(cfg.sae.threads):
         return _run(cfg, run_dir, tracker)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:

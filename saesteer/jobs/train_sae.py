@@ -27,6 +27,7 @@ from saesteer.data import load_prompts
 from saesteer.io import cache_dir, hash_strings
 from saesteer.models import LoadedModel, load_model
 from saesteer.sae.config import SaeConfig
+from saesteer.jobs.threads import torch_threads
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,8 @@ def _train_or_reuse(cfg: TrainSaeJobConfig, loaded: LoadedModel, tracker: Tracke
 
 
 def run(cfg: TrainSaeJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-    threads = torch.get_num_threads()
-    if cfg.sae.threads is not None:
-        torch.set_num_threads(cfg.sae.threads)
-    try:
+    with torch_threads(cfg.sae.threads):
         return _run(cfg, run_dir, tracker)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: TrainSaeJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
