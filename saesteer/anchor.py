@@ -1,8 +1,10 @@
 """Calibrating an anchor of the refusal activation (fits on train / val prompts only).
 
-- floors: at every anchored hook, the ``quantile`` of the projection on the unit
-  refusal direction over *refused* harmful training prompts, at the last
-  post-instruction position;
+- floors: at every anchored hook (from the layer before the direction's to the
+  last), the ``quantile`` of the projection on the unit refusal direction over
+  *refused* harmful training prompts: at the last post-instruction position for
+  prompt tokens, and over the generated tokens of their own greedy refusals for
+  decoding (one floor for both made the anchored text degenerate, "i'i'i'");
 - gate: a harm detector read from the prompt (Zhao et al. 2025: harmfulness is
   encoded apart from refusal): an L2-regularized logistic probe (or the
   difference-in-means harmfulness direction) on the residual at t_inst and the
@@ -41,15 +43,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class AnchorCalibration:
     quantile: float = 0.25  # floor = this quantile of refused harmful prompts' projections
-    layers: Optional[list[int]] = None  # None = from the direction's layer to the last
+    layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layer: Optional[int] = None  # None = best validation AUROC among eligible layers
-    gate_fpr: float = 0.02  # share of harmless calibration prompts the gate may fire on
+    gate_fpr: float = 0.05  # share of harmless calibration prompts the gate may fire on
     gate_orthogonal: bool = True  # remove the refusal direction from the gate's direction
     batch_size: int = 32
     gate_positions: Optional[list[int]] = None  # None = t_inst and every post-instruction position (score: their mean)
     gate_probe: str = "logistic"  # logistic (L2-regularized probe) or mean_diff (the harmfulness direction)
     gate_l2: float = 1e-3  # L2 penalty of the logistic probe (on standardized features)
+    max_new_tokens: int = 12  # greedy refusals whose generated tokens calibrate the decoding floors
 
     def __post_init__(self) -> None:
         if self.gate_probe not in ("logistic", "mean_diff"):
@@ -70,7 +73,8 @@ class AnchorArtifact:
     layer: int  # the direction's own layer (for additions)
     layers: list[int]
     final: bool
-    floors: torch.Tensor  # [n_anchored_hooks]
+    floors: torch.Tensor  # [n_anchored_hooks] prompt tokens
+    generated_floors: torch.Tensor  # [n_anchored_hooks] generated tokens
     gate_direction: torch.Tensor  # [d_model] unit
     gate_layer: int
     gate_positions: list[int]  # negative offsets (t_inst = -n_post - 1)
@@ -86,7 +90,8 @@ class AnchorArtifact:
         return DirectionGate(hook=self.gate_hook, positions=tuple(self.gate_positions), threshold=self.gate_threshold, direction=self.gate_direction)
 
     def anchor(self, gated: bool = True) -> AnchorDirection:
-        return AnchorDirection(self.direction, self.layers, self.floors, gate=self.gate() if gated else None, final=self.final)
+        return AnchorDirection(self.direction, self.layers, self.floors, gate=self.gate() if gated else None, final=self.final,
+                               generated_floors=self.generated_floors)
 
     def cast(self, alpha: float = 1.0) -> Add:
         """Conditional activation steering (CAST-style): add alpha * r where the gate fires."""
@@ -101,7 +106,8 @@ class AnchorArtifact:
             "gate_layer": self.gate_layer, "gate_positions": self.gate_positions, "gate_threshold": self.gate_threshold,
             **self.metadata,
         }
-        return save_tensors(path, {"direction": self.direction, "floors": self.floors, "gate_direction": self.gate_direction}, meta)
+        tensors = {"direction": self.direction, "floors": self.floors, "generated_floors": self.generated_floors, "gate_direction": self.gate_direction}
+        return save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path, d_model: Optional[int] = None) -> "AnchorArtifact":
@@ -112,7 +118,7 @@ class AnchorArtifact:
             raise ValueError(f"anchor {path} has d_model={tensors['direction'].shape[-1]}, the model has {d_model}")
         keys = ("kind", "layer", "layers", "final", "gate_layer", "gate_positions", "gate_threshold")
         return cls(tensors["direction"], int(meta["layer"]), [int(l) for l in meta["layers"]], bool(meta["final"]), tensors["floors"],
-                   tensors["gate_direction"], int(meta["gate_layer"]), [int(p) for p in meta["gate_positions"]], float(meta["gate_threshold"]),
+                   tensors["generated_floors"], tensors["gate_direction"], int(meta["gate_layer"]), [int(p) for p in meta["gate_positions"]], float(meta["gate_threshold"]),
                    {k: v for k, v in meta.items() if k not in keys})
 
 
@@ -147,6 +153,41 @@ def logistic_probe(pos: torch.Tensor, neg: torch.Tensor, l2: float, exclude: Opt
     return (w.detach() / sd)
 
 
+@torch.no_grad()
+def generated_projections(model, template, prompts: Sequence[str], hooks: Sequence[str], r: torch.Tensor,
+                          max_new_tokens: int, batch_size: int) -> torch.Tensor:
+    """Projections on ``r`` at ``hooks`` over the generated tokens of the prompts' greedy completions: [n_tokens, n_hooks]."""
+    from saesteer.chat import encode_chat
+    from saesteer.generation import generate, length_sorted_batches
+
+    tok = model.tokenizer
+    comps = generate(model, template, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    out = []
+    for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
+        enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
+        ids = [tok(comps[i], add_special_tokens=False)["input_ids"] for i in idx]
+        n = max(len(c) for c in ids)
+        if n == 0:
+            continue
+        B, T = enc.tokens.shape
+        tokens = torch.full((B, T + n), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((B, T + n), dtype=torch.long)
+        sel = torch.zeros((B, T + n), dtype=torch.bool)
+        tokens[:, :T], mask[:, :T] = enc.tokens, enc.attention_mask
+        for b, c in enumerate(ids):
+            tokens[b, T : T + len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[b, T : T + len(c)] = 1
+            sel[b, T : T + len(c)] = True
+        store: dict[str, torch.Tensor] = {}
+        grab = [(h, lambda x, hook: store.__setitem__(hook.name, x.detach())) for h in hooks]
+        with model.hooks(fwd_hooks=grab):
+            model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device))
+        out.append(torch.stack([store[h].float().cpu()[sel] @ r for h in hooks], 1))
+    if not out:
+        raise ValueError("the refused prompts' greedy completions are empty: no generated tokens to calibrate the anchor on")
+    return torch.cat(out)
+
+
 def calibrate_anchor(
     model: HookedTransformer,
     template: ChatTemplate,
@@ -158,13 +199,19 @@ def calibrate_anchor(
     harmless_val: Sequence[str],
     cfg: AnchorCalibration = AnchorCalibration(),
     progress: bool = False,
+    robust_to: Sequence = (),
 ) -> AnchorArtifact:
-    """Fit floors on refused harmful training prompts and the gate on train/val prompts."""
+    """Fit floors on refused harmful training prompts and the gate on train/val prompts.
+
+    ``robust_to``: interventions (e.g. the affine ablation of the refusal direction)
+    under which the gate's probe is also fitted, so that the attack it anticipates
+    does not blind it; the threshold is still set on clean harmless prompts.
+    """
     for name, prompts in (("harmful_refused", harmful_refused), ("harmful_val", harmful_val), ("harmless_train", harmless_train), ("harmless_val", harmless_val)):
         if len(prompts) == 0:
             raise ValueError(f"calibrate_anchor: the {name} prompt set is empty")
     n_layers = model.cfg.n_layers
-    layers = list(range(layer, n_layers)) if cfg.layers is None else [int(l) for l in cfg.layers]
+    layers = list(range(max(layer - 1, 0), n_layers)) if cfg.layers is None else [int(l) for l in cfg.layers]
     bad = [l for l in layers if not 0 <= l < n_layers]
     if bad:
         raise ValueError(f"anchor.layers {bad} out of range for a model with {n_layers} layers")
@@ -173,6 +220,8 @@ def calibrate_anchor(
     acts = collect_activations(model, template, list(harmful_refused), hooks, [-1], batch_size=cfg.batch_size, progress=progress, desc="anchor floors")
     proj = acts[:, :, 0] @ r  # [n, n_hooks]
     floors = torch.quantile(proj.double(), cfg.quantile, dim=0).float()
+    gen = generated_projections(model, template, list(harmful_refused), hooks, r, cfg.max_new_tokens, cfg.batch_size)
+    generated_floors = torch.quantile(gen.double(), cfg.quantile, dim=0).float()
 
     # the gate: harmfulness, orthogonal to r, at the best eligible layer
     n_post = n_post_tokens(model, template)
@@ -182,10 +231,14 @@ def calibrate_anchor(
     half = len(harmless_train) // 2
     fit_harmless, thr_harmless = list(harmless_train[:half]) or list(harmless_train), list(harmless_train[half:]) or list(harmless_train)
 
-    def read(prompts: Sequence[str], desc: str) -> torch.Tensor:  # [n, n_gate_layers, n_pos, d_model]
-        return collect_activations(model, template, list(prompts), gh, positions, batch_size=cfg.batch_size, progress=progress, desc=desc)
+    def read(prompts: Sequence[str], desc: str, edits: Sequence = ()) -> torch.Tensor:  # [n, n_gate_layers, n_pos, d_model]
+        return collect_activations(model, template, list(prompts), gh, positions, batch_size=cfg.batch_size, progress=progress, desc=desc,
+                                   interventions=list(edits))
 
     h_fit, s_fit = read(harmful_refused, "gate fit (harmful)"), read(fit_harmless, "gate fit (harmless)")
+    for edit in robust_to:  # the same prompts under the anticipated attack
+        h_fit = torch.cat([h_fit, read(harmful_refused, "gate fit (harmful, attacked)", [edit])])
+        s_fit = torch.cat([s_fit, read(fit_harmless, "gate fit (harmless, attacked)", [edit])])
     h_val, s_val = read(harmful_val, "gate val (harmful)"), read(harmless_val, "gate val (harmless)")
     s_thr = read(thr_harmless, "gate threshold")
     rd = r.double()
@@ -216,4 +269,4 @@ def calibrate_anchor(
     }
     log.info("anchor: layers %s floors %s; gate layer %d positions %s (val AUROC %.3f, TPR %.3f, FPR %.3f)", layers,
              [round(f, 3) for f in floors.tolist()], gate_layers[gi], positions, aurocs[gi], tpr_val, fpr_val)
-    return AnchorArtifact(direction.float(), layer, layers, cfg.final, floors, u, gate_layers[gi], positions, threshold, meta)
+    return AnchorArtifact(direction.float(), layer, layers, cfg.final, floors, generated_floors, u, gate_layers[gi], positions, threshold, meta)

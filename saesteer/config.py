@@ -169,11 +169,15 @@ class DirectionsConfig:
     ablation: str = "affine"  # selection uses plain (paper) or affine (ACE) ablation
     add_alpha: float = 1.0
     n_ce: int = 64  # harmless prompts for the cross-entropy of completions
+    dose_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0])  # addition dose-response
+    n_dose: int = 200  # harmless_test prompts per dose
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         self.selection()  # validates
-        _check_positive(self, "directions", "n_ce", "batch_size")
+        _check_positive(self, "directions", "n_ce", "batch_size", "n_dose")
+        if not self.dose_alphas or any(a <= 0 for a in self.dose_alphas):
+            raise ValueError(f"directions.dose_alphas must be a non-empty list of positive numbers, got {list(self.dose_alphas)}")
 
     def selection(self):
         from saesteer.directions import SelectionConfig
@@ -213,7 +217,8 @@ class SearchJobSettings:
     weight_attribution: float = 1.0
     min_active_fraction: float = 0.02
     k: int = 8
-    induce_scale: float = 3.0  # clamp value on harmless prompts = induce_scale x the feature's mean on harmful prompts where it fires
+    induce_scale: float = 10.0  # clamp value on harmless prompts = induce_scale x the feature's mean on harmful prompts where it fires
+    induce_apply_to: str = "prompt"  # the clamp acts on prompt tokens only (clamping generated tokens makes text degenerate)
     apply_to: str = "both"
     top_n: int = 20
     n_top_prompts: int = 5
@@ -222,8 +227,9 @@ class SearchJobSettings:
 
     def __post_init__(self) -> None:
         _check_positive(self, "search", "k", "top_n", "batch_size")
-        if self.apply_to not in ("prompt", "generated", "both"):
-            raise ValueError(f"search.apply_to must be prompt, generated or both, got {self.apply_to!r}")
+        for name in ("apply_to", "induce_apply_to"):
+            if getattr(self, name) not in ("prompt", "generated", "both"):
+                raise ValueError(f"search.{name} must be prompt, generated or both, got {getattr(self, name)!r}")
         self.search_config()
 
     def search_config(self):
@@ -255,14 +261,15 @@ class AnchorSettings:
     """``saesteer anchor``: calibrate the anchor on train/val prompts, then run the attack suite."""
 
     quantile: float = 0.25  # floor = this quantile of refused harmful training prompts' projections
-    layers: Optional[list[int]] = None  # anchored layers; null = from the direction's layer to the last
+    layers: Optional[list[int]] = None  # anchored layers; null = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layer: Optional[int] = None  # null = best validation AUROC
-    gate_fpr: float = 0.02
+    gate_fpr: float = 0.05  # harmless calibration prompts the gate may fire on (held-out FPR came out ~3%)
     gate_orthogonal: bool = True
     gate_positions: Optional[list[int]] = None  # null = t_inst and every post-instruction position
     gate_probe: str = "logistic"  # logistic probe or mean_diff (the harmfulness direction)
     gate_l2: float = 1e-3
+    gate_robust: bool = False  # also fit the gate's probe under the refusal direction's affine ablation
     n_calibration_harmless: int = 512  # harmless_train prompts for the gate (half fit, half threshold)
     cast_alpha: float = 1.0  # CAST-style conditional addition and unconditional addition baselines
     addition_alpha: float = 1.0

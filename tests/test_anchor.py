@@ -64,3 +64,41 @@ def test_calibration_rejects_bad_input(tiny_organism):
         calibrate_anchor(model, tpl, r, 1, ["a"], ["a"], ["b"], ["c"], AnchorCalibration(layers=[5]))
     with pytest.raises(ValueError, match="anchor.quantile must be in"):
         AnchorCalibration(quantile=1.5)
+
+
+def test_generated_floors_are_the_quantile_over_generated_tokens(calibrated):
+    """Brute force: one prompt at a time, prompt + its greedy completion, projections at the completion's tokens."""
+    from saesteer.chat import encode_chat
+    from saesteer.generation import generate
+
+    model, tpl, art, r, harmful, _ = calibrated
+    u = r / r.norm()
+    tok = model.tokenizer
+    hooks = ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    projs = []
+    for p in harmful:
+        comp = generate(model, tpl, [p], max_new_tokens=12, progress=False)[0]
+        ids = tok(comp, add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        enc = encode_chat(tok, tpl, [p])
+        tokens = torch.cat([enc.tokens, torch.tensor([ids])], 1)
+        _, cache = model.run_with_cache(tokens)
+        projs.append(torch.stack([cache[h][0, -len(ids):] @ u for h in hooks], 1))
+    expect = torch.quantile(torch.cat(projs).double(), 0.3, dim=0)
+    assert torch.allclose(art.generated_floors.double(), expect, atol=1e-3), (art.generated_floors, expect)
+
+
+def test_anchor_uses_generated_floors_while_decoding(tiny_organism):
+    from saesteer.generation import phase
+    from saesteer.interventions import AnchorDirection
+
+    model, _, _ = tiny_organism
+    r = torch.randn(model.cfg.d_model)
+    u = r / r.norm()
+    a = AnchorDirection(r, layers=[0], floors=[2.0], generated_floors=[-1.0], final=False)
+    (_, fn), = a.hooks(model)
+    x = torch.randn(2, 3, model.cfg.d_model) - 5 * u
+    assert torch.allclose(fn(x) @ u, torch.full((2, 3), 2.0), atol=1e-4)
+    with phase("generated"):
+        assert torch.allclose(fn(x) @ u, torch.full((2, 3), -1.0), atol=1e-4)

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
+from saesteer.generation import PHASE
 from saesteer.interventions.directions import HookFn, Intervention, check_direction, unit
 from saesteer.interventions.features import EditFeatures
 from saesteer.interventions.gates import Gate, hook_order
@@ -52,6 +53,8 @@ class AnchorDirection(Intervention):
     floors: torch.Tensor | Sequence[float]
     gate: Optional[Gate] = None
     final: bool = True
+    apply_to: str = "both"  # prompt tokens, generated tokens or both
+    generated_floors: Optional[torch.Tensor | Sequence[float]] = None  # floors while decoding (default: ``floors``)
     order: int = field(default=ANCHOR_ORDER, init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +67,12 @@ class AnchorDirection(Intervention):
             raise ValueError(f"AnchorDirection got {self.floors.numel()} floors for {n} anchored hooks (layers={self.layers}, final={self.final})")
         if not torch.isfinite(self.floors).all():
             raise ValueError(f"AnchorDirection floors must be finite, got {self.floors.tolist()}")
+        if self.generated_floors is not None:
+            self.generated_floors = torch.as_tensor(self.generated_floors, dtype=torch.float32).flatten()
+            if self.generated_floors.shape != self.floors.shape or not torch.isfinite(self.generated_floors).all():
+                raise ValueError(f"AnchorDirection.generated_floors must be {self.floors.numel()} finite values, got {self.generated_floors.tolist()}")
+        if self.apply_to not in ("prompt", "generated", "both"):
+            raise ValueError(f"AnchorDirection.apply_to must be prompt, generated or both, got {self.apply_to!r}")
 
     def validate(self, model: HookedTransformer) -> None:
         check_direction(self.direction, model.cfg.d_model, "anchor direction")
@@ -84,15 +93,22 @@ class AnchorDirection(Intervention):
         out: list[tuple[str, HookFn]] = []
         if gate is not None:
             out.append((gate.hook, gate.read))
-        for name, floor in zip(self.hook_names(model), self.floors.tolist()):
-            out.append((name, _floor_fn(r, floor, gate)))
+        gen = self.floors if self.generated_floors is None else self.generated_floors
+        for name, floor, gen_floor in zip(self.hook_names(model), self.floors.tolist(), gen.tolist()):
+            out.append((name, _floor_fn(r, floor, gate, self.apply_to, gen_floor)))
         return out
 
 
-def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate]) -> HookFn:
+def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate], apply_to: str = "both", generated_floor: Optional[float] = None) -> HookFn:
+    generated_floor = floor if generated_floor is None else generated_floor
+
     def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+        phase = PHASE.get()
+        if apply_to != "both" and phase != apply_to:
+            return x
+        floor_now = generated_floor if phase == "generated" else floor
         u = r.to(device=x.device, dtype=x.dtype)
-        lift = (floor - x @ u).clamp_min(0.0)  # [batch, pos]
+        lift = (floor_now - x @ u).clamp_min(0.0)  # [batch, pos]
         if gate is not None:
             lift = lift * gate.value(x.shape[0], x.device, x.dtype)[:, None]
         return x + lift[..., None] * u

@@ -17,6 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
+from saesteer.generation import PHASE
+
 HookFn = Callable[[torch.Tensor, object], torch.Tensor]
 
 WRITE_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
@@ -107,6 +109,11 @@ class Add(Intervention):
     layer: int = 0
     positions: Optional[Sequence[int]] = None  # None = every position (prompt and generated)
     gate: Optional[Any] = None  # a saesteer.interventions.gates.Gate: add only where it fires (CAST)
+    apply_to: str = "both"  # prompt tokens, generated tokens or both
+
+    def __post_init__(self) -> None:
+        if self.apply_to not in ("prompt", "generated", "both"):
+            raise ValueError(f"Add.apply_to must be prompt, generated or both, got {self.apply_to!r}")
 
     def validate(self, model: HookedTransformer) -> None:
         check_direction(self.direction, model.cfg.d_model)
@@ -127,7 +134,11 @@ class Add(Intervention):
         positions = None if self.positions is None else list(self.positions)
         gate = self.gate
 
+        apply_to = self.apply_to
+
         def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+            if apply_to != "both" and PHASE.get() != apply_to:
+                return x
             d = v.to(device=x.device, dtype=x.dtype)
             if gate is not None:
                 d = gate.value(x.shape[0], x.device, x.dtype)[:, None, None] * d

@@ -137,8 +137,9 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     refused = [p for p, r in zip(P["harmful_train"], train_ref.refused) if r]
     if not refused:
         raise ValueError("the model refuses none of the harmful_train prompts: there is no refusal activation to anchor")
+    robust = [direction.ablate("affine")] if a.gate_robust else []
     art = calibrate_anchor(model, tpl, direction.direction, direction.layer, refused, P["harmful_val"], harmless_cal, P["harmless_val"],
-                           a.calibration(), progress=cfg.progress)
+                           a.calibration(), progress=cfg.progress, robust_to=robust)
     art.metadata["model"] = loaded.name
     art.save(run_dir / "anchor.safetensors")
 
@@ -157,7 +158,8 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     no_attack = {d.name: attack_success(model, tpl, Attack("none", "none"), d, harmful, **ev) for d in defs}
 
     metrics: dict[str, Any] = {
-        "anchor_layers": art.layers, "anchor_floors": art.floors.tolist(), "gate_layer": art.gate_layer,
+        "anchor_layers": art.layers, "anchor_floors": art.floors.tolist(), "anchor_generated_floors": art.generated_floors.tolist(),
+        "gate_layer": art.gate_layer,
         "gate_threshold": art.gate_threshold, "gate_tpr_val": art.metadata["gate_tpr_val"], "gate_fpr_val": art.metadata["gate_fpr_val"],
         "gate_refusal_cosine": art.metadata["gate_refusal_cosine"], "n_attack_prompts": len(harmful), "n_harmless": len(harmless),
         "n_floor_prompts": len(refused),

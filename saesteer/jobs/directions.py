@@ -116,12 +116,24 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
              Ps, L, run_dir / "candidate_scores.png", "refusal-direction candidates", marker=(L.index(sel.layer), Ps.index(sel.position)))
     line_plot({"cos(harmfulness@t_inst, refusal@post)": cos.tolist()}, list(range(model.cfg.n_layers)), run_dir / "harm_refusal_cosine.png", "layer", "cosine")
 
+    # steering dose-response: addition of alpha x the direction, on every token or on the prompt only
+    dose_prompts = P["harmless_test"][: dcfg.n_dose]
+    dose = {apply: [rate(dose_prompts, [Add(sel.direction, a, sel.layer, apply_to=apply)], f"addition {a:g} ({apply})").rate
+                    for a in dcfg.dose_alphas] for apply in ("both", "prompt")}
+    line_plot({"every token": dose["both"], "prompt tokens only": dose["prompt"]}, dcfg.dose_alphas, run_dir / "addition_dose_response.png",
+              "alpha (x difference in means)", "harmless_test refusal", "steering dose-response")
+    best_prompt = max(range(len(dcfg.dose_alphas)), key=lambda i: (dose["prompt"][i], -dcfg.dose_alphas[i]))
+
     metrics: dict[str, Any] = {
         "selected_layer": sel.layer, "selected_position": sel.position, "selected_ablation": sel.ablation,
         "selection_fallback": fallback is not None,
         "baseline_harmful_refusal": base_harm.rate, "baseline_harmless_refusal": base_safe.rate,
         "ablation_harmful_refusal": abl_plain.rate, "affine_ablation_harmful_refusal": abl_affine.rate,
         "addition_harmless_refusal": add.rate,
+        "addition_dose_alphas": list(dcfg.dose_alphas), "addition_dose_harmless_refusal": dose["both"],
+        "addition_dose_prompt_only_harmless_refusal": dose["prompt"],
+        "addition_prompt_only_best_alpha": dcfg.dose_alphas[best_prompt],
+        "addition_prompt_only_harmless_refusal": dose["prompt"][best_prompt], "n_dose": len(dose_prompts),
         "ablation_kl_harmless": kls["plain"], "affine_ablation_kl_harmless": kls["affine"],
         "random_ablation_harmful_refusal": rnd_abl.rate, "random_addition_harmless_refusal": rnd_add.rate,
         "random_ablation_kl_harmless": kls["random"],
@@ -149,6 +161,12 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
             ("random addition", "harmless_test", rnd_add.rate, float("nan"), float("nan")),
         ]), "",
         f"Orthogonalized weights vs hook ablation: max |logit diff| = {ortho_diff:.2e}.", "",
+        "## Steering dose-response", "",
+        f"Addition of alpha x the direction at layer {sel.layer} on {len(dose_prompts)} harmless_test prompts: on every token (prompt and "
+        "generated, as the paper) or on the prompt tokens only (generated tokens untouched: strong additions on every token make the "
+        "text degenerate, which the judge does not count as a refusal).", "",
+        markdown_table(["alpha", "every token", "prompt only"], [(a, x, y) for a, x, y in zip(dcfg.dose_alphas, dose["both"], dose["prompt"])]), "",
+        "![dose-response](addition_dose_response.png)", "",
         "## Harmfulness vs refusal", "",
         f"Latent harm detector AUROC (harmful_test vs harmless_test): {det_auc:.3f}; with the refusal direction ablated: {det_auc_abl:.3f}.",
         f"cos(harmfulness direction at t_inst, behavioural refusal direction at the last position) by layer: {[round(float(c), 3) for c in cos]}.", "",

@@ -60,7 +60,7 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
 
     ablate_top = EditFeatures(sae, top, mode="set", values=0.0, apply_to=s.apply_to, hook=scores.hook)
     clamp_values = [s.induce_scale * max(float(scores.harmful_active_mean[f]), 1e-3) for f in top]
-    clamp_top = EditFeatures(sae, top, mode="set", values=clamp_values, apply_to=s.apply_to, hook=scores.hook)
+    clamp_top = EditFeatures(sae, top, mode="set", values=clamp_values, apply_to=s.induce_apply_to, hook=scores.hook)
     eligible = [f for f in scores.ranking if f not in set(top)]
     rnd = random.Random(cfg.seed).sample(eligible, min(s.k, len(eligible)))
     ablate_rnd = EditFeatures(sae, rnd, mode="set", values=0.0, apply_to=s.apply_to, hook=scores.hook)
@@ -90,7 +90,7 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     causal = [
         ("baseline", "harmful_test", base_h, 0.0), ("baseline", "harmless_test", base_s, 0.0),
         (f"top-{s.k} features set to 0", "harmful_test", top_abl, kl["topk"]),
-        (f"top-{s.k} features clamped to {s.induce_scale}x", "harmless_test", top_clamp, float("nan")),
+        (f"top-{s.k} features clamped to {s.induce_scale:g}x their active mean ({s.induce_apply_to} tokens)", "harmless_test", top_clamp, float("nan")),
         (f"random {s.k} features set to 0", "harmful_test", rnd_abl, kl["random"]),
         ("refusal direction ablated (all layers)", "harmful_test", dir_abl, kl["direction"]),
         ("refusal direction added", "harmless_test", dir_add, float("nan")),
