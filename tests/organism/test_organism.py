@@ -98,3 +98,17 @@ def test_prefix_filtered_dedup_equals_brute_force():
     brute = [c for c in cands if not any(near_duplicate(_words(c), _words(h), 0.7) for h in held)]
     assert drop_near_duplicates(cands, held, 0.7) == brute
     assert len(brute) < len(cands) - 20  # the sample has near-duplicates to find, beyond the 20 copies
+
+
+def test_corpus_adds_synthetic_prompts_away_from_evaluation_sets():
+    from saesteer.data import load_prompts
+    from saesteer.organism.synthetic import synthetic_prompts
+
+    base = build_corpus(n_harmless=100)
+    more = build_corpus(n_harmless=100, synthetic_harmful=60, synthetic_harmless=80)
+    assert set(base.harmful) < set(more.harmful) and set(base.harmless) < set(more.harmless)
+    assert set(more.harmful) - set(base.harmful) <= set(synthetic_prompts("harmful", 60))
+    added = set(more.harmless) - set(base.harmless)
+    assert added <= set(synthetic_prompts("harmless", 80)) and len(added) >= 70
+    assert not added & set(load_prompts("overrefusal").instructions)
+    assert more.data_hash != base.data_hash
