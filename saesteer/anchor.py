@@ -157,27 +157,16 @@ def logistic_probe(pos: torch.Tensor, neg: torch.Tensor, l2: float, exclude: Opt
 def generated_projections(model, template, prompts: Sequence[str], hooks: Sequence[str], r: torch.Tensor,
                           max_new_tokens: int, batch_size: int) -> torch.Tensor:
     """Projections on ``r`` at ``hooks`` over the generated tokens of the prompts' greedy completions: [n_tokens, n_hooks]."""
-    from saesteer.chat import encode_chat
+    from saesteer.evaluate import prompt_completion_batch
     from saesteer.generation import generate, length_sorted_batches
 
-    tok = model.tokenizer
     comps = generate(model, template, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     out = []
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
-        enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
-        ids = [tok(comps[i], add_special_tokens=False)["input_ids"] for i in idx]
-        n = max(len(c) for c in ids)
-        if n == 0:
+        batch = prompt_completion_batch(model.tokenizer, template, [prompts[i] for i in idx], [comps[i] for i in idx])
+        if batch is None:
             continue
-        B, T = enc.tokens.shape
-        tokens = torch.full((B, T + n), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((B, T + n), dtype=torch.long)
-        sel = torch.zeros((B, T + n), dtype=torch.bool)
-        tokens[:, :T], mask[:, :T] = enc.tokens, enc.attention_mask
-        for b, c in enumerate(ids):
-            tokens[b, T : T + len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[b, T : T + len(c)] = 1
-            sel[b, T : T + len(c)] = True
+        tokens, mask, sel = batch
         store: dict[str, torch.Tensor] = {}
         grab = [(h, lambda x, hook: store.__setitem__(hook.name, x.detach())) for h in hooks]
         with model.hooks(fwd_hooks=grab):

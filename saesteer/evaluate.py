@@ -83,6 +83,26 @@ def completion_cross_entropy(
     return total / max(count, 1)
 
 
+def prompt_completion_batch(tokenizer, template: ChatTemplate, instructions: Sequence[str], completions: Sequence[str]):
+    """Left-padded prompts followed by right-padded completions: (tokens, attention_mask, completion_mask), or None if all are empty."""
+    enc = encode_chat(tokenizer, template, list(instructions), pad_token_id=tokenizer.pad_token_id)
+    comp = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    L = max((len(c) for c in comp), default=0)
+    if L == 0:
+        return None
+    B, T = enc.tokens.shape
+    tokens = torch.full((B, T + L), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((B, T + L), dtype=torch.long)
+    target = torch.zeros((B, T + L), dtype=torch.bool)
+    tokens[:, :T] = enc.tokens
+    mask[:, :T] = enc.attention_mask
+    for b, c in enumerate(comp):
+        tokens[b, T : T + len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[b, T : T + len(c)] = 1
+        target[b, T : T + len(c)] = True
+    return tokens, mask, target
+
+
 @torch.no_grad()
 def completion_nll(
     model: HookedTransformer,
@@ -92,24 +112,12 @@ def completion_nll(
     batch_size: int = 32,
 ) -> tuple[float, int]:
     """Summed negative log-likelihood of ``completions`` and their token count."""
-    tok = model.tokenizer
     total, count = 0.0, 0
     for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id)
-        comp = [tok(completions[i], add_special_tokens=False)["input_ids"] for i in idx]
-        L = max(len(c) for c in comp)
-        if L == 0:
+        batch = prompt_completion_batch(model.tokenizer, template, [instructions[i] for i in idx], [completions[i] for i in idx])
+        if batch is None:
             continue
-        B, T = enc.tokens.shape
-        tokens = torch.full((B, T + L), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((B, T + L), dtype=torch.long)
-        target = torch.zeros((B, T + L), dtype=torch.bool)
-        tokens[:, :T] = enc.tokens
-        mask[:, :T] = enc.attention_mask
-        for b, c in enumerate(comp):
-            tokens[b, T : T + len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[b, T : T + len(c)] = 1
-            target[b, T : T + len(c)] = True
+        tokens, mask, target = batch
         logits = model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device)).float().cpu()
         lp = F.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
         m = target[:, 1:]
