@@ -396,24 +396,18 @@ def compose_experiment(name: str, job: str = "pipeline", overrides: Sequence[str
     return compose(job, [f"experiment={name}", *extra, *overrides])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m saesteer.experiments [NAME ...]``: the offline checks of each experiment (all by default)."""
-    import sys
+def check_experiments(names: Sequence[str] = ()) -> tuple[int, list[str]]:
+    """The offline checks of each experiment (all by default): (exit status, report lines).
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    status = 0
-    for name in args or experiment_names():
+    ``python scripts/check_experiments.py [NAME ...]`` prints them."""
+    status, lines = 0, []
+    for name in names or experiment_names():
         try:
             checks = validate_experiment(compose_experiment(name))
         except Exception as exc:  # noqa: BLE001 - report every experiment, one line each
-            print(f"{name}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            lines.append(f"{name}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             status = 1
             continue
-        print(f"{name}: ok")
-        for c in checks:
-            print(f"  {c}")
-    return status
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+        lines.append(f"{name}: ok")
+        lines += [f"  {c}" for c in checks]
+    return status, lines

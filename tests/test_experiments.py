@@ -158,14 +158,15 @@ def test_model_and_template_typos(no_download):
         _validate("qwen25_7b_instruct", "model.device=cdua")
 
 
-def test_command_line_lists_every_experiment(capsys, no_download):
-    from saesteer.experiments import main
+def test_check_experiments_lists_every_experiment(no_download):
+    from saesteer.experiments import check_experiments
 
-    assert main([]) == 0
-    out = capsys.readouterr().out
+    status, lines = check_experiments([])
+    assert status == 0
     for name in EXPECTED:
-        assert f"{name}: ok" in out
-    assert main(["nope"]) == 1 and "nope: error: unknown experiment 'nope'" in capsys.readouterr().out
+        assert f"{name}: ok" in lines
+    status, lines = check_experiments(["nope"])
+    assert status == 1 and lines[0].startswith("nope: error: unknown experiment 'nope'")
 
 
 # ----------------------------------------------------------------------------- tiny models of each family
