@@ -10,7 +10,6 @@ unconditional addition of the refusal direction.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,7 @@ from saesteer.attacks.suffix import suffix_search
 from saesteer.activations import collect_activations, resid_hooks
 from saesteer.config import AnchorJobConfig
 from saesteer.evaluate import refusal_eval
-from saesteer.interventions import steer
-from saesteer.io import write_json, write_text
+from saesteer.io import write_text
 from saesteer.jobs.common import load_role
 from saesteer.models import load_model
 from saesteer.report import markdown_table, save_fig
@@ -124,7 +122,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     a = cfg.anchor
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
-    P = {r: list(load_role(cfg.data, r).instructions) for r in ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")}
+    P = {r: list(load_role(cfg.data, r).instructions) for r in ("harmful_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")}
     from saesteer.data import load_prompts
 
     pool = load_prompts(cfg.data.harmless_train)  # the gate threshold wants more harmless prompts than n_train
