@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -135,16 +135,38 @@ def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weigh
     return loss, resp_loss
 
 
-def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTransformer, dict[str, Any]]:
-    """Train a fresh organism from ``cfg``; deterministic for ``cfg.seed`` and ``cfg.threads``."""
-    torch.set_num_threads(cfg.threads)
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
+@dataclass
+class TrainingSet:
+    """The organism's encoded training examples and the token ids it may emit."""
+
+    harmful: list[_Encoded]
+    harmless: list[_Encoded]
+    out_ids: torch.Tensor
+    data_hash: str
+
+
+def training_set(cfg: OrganismConfig, rng: random.Random) -> TrainingSet:
+    """The corpus of ``cfg`` encoded as training examples (responses drawn from ``rng``)."""
     corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless,
                           synthetic_harmful=cfg.synthetic_harmful, synthetic_harmless=cfg.synthetic_harmless, seed=cfg.seed)
     harmful, harmless = _encode_examples(cfg, corpus, rng)
     out_ids = output_vocabulary(harmful + harmless, include_prompts=cfg.lm_weight > 0)
-    model = build_organism_model(cfg)
+    return TrainingSet(harmful, harmless, out_ids, corpus.data_hash)
+
+
+#: ``step_hooks(step)``: forward hooks (TransformerLens ``(name, fn)``) active for that optimisation step
+StepHooks = Callable[[int], list[tuple[str, Callable]]]
+
+
+def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, rng: random.Random, *,
+             step_hooks: Optional[StepHooks] = None, progress: bool = True, desc: str = "organism") -> list[float]:
+    """``cfg.steps`` AdamW steps of the organism's loss on ``data`` (batches drawn from ``rng``); per-step response losses.
+
+    Optimiser, schedule, batch mix and loss are ``cfg``'s (the recipe of :func:`train_organism`);
+    ``step_hooks`` adds forward hooks to chosen steps (e.g. a cut the model must learn to route around).
+    Leaves the model in eval mode with every logit outside ``data.out_ids`` masked off."""
+    out_ids = data.out_ids
+    harmful, harmless = data.harmful, data.harmless
     remap = torch.full((model.cfg.d_vocab,), -100, dtype=torch.long)
     remap[out_ids] = torch.arange(len(out_ids))
     tok = build_tokenizer()
@@ -167,9 +189,8 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
     harm_order: list[int] = []
     safe_order: list[int] = []
     model.train()
-    t0 = time.perf_counter()
     losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc="organism", disable=not progress, mininterval=2.0)
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0)
     for step in bar:
         if len(harm_order) < n_harm:
             harm_order += rng.sample(range(len(harmful)), len(harmful))
@@ -180,7 +201,8 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
         tokens, attn, tmask, lmask, dmask = _batch(batch, cfg, rng, tok.pad_token_id, 3)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, out_ids, remap, dmask, cfg.decision_weight)
+        with model.hooks(fwd_hooks=step_hooks(step) if step_hooks is not None else []):
+            loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, out_ids, remap, dmask, cfg.decision_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -189,20 +211,32 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
-    train_seconds = time.perf_counter() - t0
     with torch.no_grad():  # tokens outside the output vocabulary are never emitted
         off = torch.ones(model.cfg.d_vocab, dtype=torch.bool)
         off[out_ids] = False
         model.unembed.W_U[:, off] = 0.0
         model.unembed.b_U[off] = MASKED_LOGIT
+    return losses
+
+
+def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTransformer, dict[str, Any]]:
+    """Train a fresh organism from ``cfg``; deterministic for ``cfg.seed`` and ``cfg.threads``."""
+    torch.set_num_threads(cfg.threads)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = training_set(cfg, rng)
+    model = build_organism_model(cfg)
+    t0 = time.perf_counter()
+    losses = optimize(model, cfg, data, rng, progress=progress)
+    train_seconds = time.perf_counter() - t0
     meta = {
         "train_seconds": train_seconds,
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-        "n_harmful_train": len(harmful),
-        "n_harmless_train": len(harmless),
-        "data_hash": corpus.data_hash,
+        "n_harmful_train": len(data.harmful),
+        "n_harmless_train": len(data.harmless),
+        "data_hash": data.data_hash,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "n_output_vocab": len(out_ids),
+        "n_output_vocab": len(data.out_ids),
     }
     log.info("organism trained in %.1fs, final response loss %.4f", train_seconds, meta["final_loss"])
     return model, meta
