@@ -11,7 +11,12 @@ For each feature f of an SAE at hook h:
   first-order drop of the refusal score when f is zeroed;
 
 combined into one ranking (z-scores, configurable weights) after an activity filter
-(cosine alone ranks near-dead features first).  Memory is O(d_sae): running sums,
+(cosine alone ranks near-dead features first).  ``ranking`` lists refusal features
+(combined score descending); ``signed_ranking`` lists features of either sign by
+|combined|, so it also holds "comply" features (negative cosine / contrast: more active
+on harmless prompts), each kept by the activity filter on the class it points to.  The
+pass also keeps the harmless and harmful mean of the direction's coordinate x.r at the
+same positions: the reference of a one-hook affine ablation, the feature means' analogue.  Memory is O(d_sae): running sums,
 sums of squares, activity counts and a fixed-bin histogram per feature and class for
 a screening AUROC (exact up to pairs within one log-spaced bin, see ``HIST_EDGES``);
 a second pass over the ``top_n`` ranked features keeps their per-prompt activations
@@ -64,6 +69,8 @@ class SearchConfig:
 
 
 SIGNALS = ("cosine", "mean_diff", "effect_size", "auroc", "attribution")
+#: what a bypass sets the selected features to (FeatureScores.bypass_values)
+ABLATIONS = ("zero", "harmless_mean")
 
 
 class _ClassStats:
@@ -117,27 +124,48 @@ class FeatureScores:
     eligible: torch.Tensor  # bool: passes the activity filter
     ranking: list[int]  # eligible features, best first
     top_prompts: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
+    harmless_active_fraction: Optional[torch.Tensor] = None
+    signed_score: Optional[torch.Tensor] = None  # the combined score of every feature (no filter): < 0 = comply
+    signed_eligible: Optional[torch.Tensor] = None  # fires on >= min_active_fraction of the class its sign points to
+    signed_ranking: list[int] = field(default_factory=list)  # signed-eligible features by |signed_score|, best first
+    harmful_coordinate: float = float("nan")  # mean of x.r (unit r) at the positions, harmful prompts
+    harmless_coordinate: float = float("nan")  # the same on harmless prompts
 
     @property
     def harmful_active_mean(self) -> torch.Tensor:
         """Mean activation on the harmful prompts where the feature fires (0 where it never does)."""
         return torch.where(self.active_fraction > 0, self.harmful_mean / self.active_fraction.clamp_min(1e-12), torch.zeros_like(self.harmful_mean))
 
-    def top(self, k: int) -> list[int]:
-        if k > len(self.ranking):
-            raise ValueError(f"asked for the top {k} features but only {len(self.ranking)} pass the activity filter")
-        return self.ranking[:k]
+    def top(self, k: int, signed: bool = False) -> list[int]:
+        """The top ``k`` refusal features, or with ``signed`` the top ``k`` of either sign (refusal or comply)."""
+        ranking = self.signed_ranking if signed else self.ranking
+        if k > len(ranking):
+            raise ValueError(f"asked for the top {k} features but only {len(ranking)} pass the activity filter")
+        return ranking[:k]
+
+    def bypass_values(self, features: Sequence[int], ablation: str = "harmless_mean") -> list[float]:
+        """Values a bypass sets ``features`` to: 0 (``zero``) or their mean on harmless prompts at the
+        searched positions (``harmless_mean``: the feature-level analogue of affine ablation, which turns
+        refusal features down and comply features up)."""
+        if ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+        return [0.0 if ablation == "zero" else float(self.harmless_mean[f]) for f in features]
 
     def write_csv(self, path: Path) -> Path:
         rank_of = {f: i for i, f in enumerate(self.ranking)}
+        signed_rank_of = {f: i for i, f in enumerate(self.signed_ranking)}
         cols = ["feature", "rank", "combined", "cosine", "mean_diff", "effect_size", "auroc", "attribution", "harmful_mean", "harmless_mean", "active_fraction", "eligible"]
+        extra = ["signed_rank", "signed_score", "harmless_active_fraction"] if self.signed_score is not None else []
         order = self.ranking + [f for f in range(len(self.cosine)) if f not in rank_of]
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="") as fh:
                 w = csv.writer(fh)
-                w.writerow(cols)
+                w.writerow(cols + extra)
                 for f in order:
-                    w.writerow([f, rank_of.get(f, ""), *(f"{float(getattr(self, c)[f]):.6g}" for c in cols[2:-1]), bool(self.eligible[f])])
+                    row = [f, rank_of.get(f, ""), *(f"{float(getattr(self, c)[f]):.6g}" for c in cols[2:-1]), bool(self.eligible[f])]
+                    if extra:
+                        row += [signed_rank_of.get(f, ""), f"{float(self.signed_score[f]):.6g}", f"{float(self.harmless_active_fraction[f]):.6g}"]
+                    w.writerow(row)
         return path
 
 
@@ -179,6 +207,8 @@ def search_features(
     d_sae = w.d_sae
     stats = {"harmful": _ClassStats(d_sae), "harmless": _ClassStats(d_sae)}
     attribution = torch.zeros(d_sae, dtype=torch.float64)
+    coordinate = {"harmful": 0.0, "harmless": 0.0}  # sum over prompts of the mean of x.r over positions
+    r_unit = (direction.float() / direction.float().norm()).to(model.cfg.device)
     W_dec = w.W_dec.float()
     tok = model.tokenizer
     captured: dict[str, torch.Tensor] = {}
@@ -197,6 +227,7 @@ def search_features(
             x = captured["x"][:, positions].float()  # [B, P, d]
             acts = w.encode(x.detach())  # [B, P, d_sae]
             stats[label].update(acts.mean(1))
+            coordinate[label] += float((x.detach() @ r_unit.to(x)).mean(1).double().sum())
             if want_grad:
                 lp = F.log_softmax(logits.float(), -1)
                 p = lp[:, ids.to(lp.device)].exp().sum(-1).clamp(1e-6, 1 - 1e-6)
@@ -219,11 +250,18 @@ def search_features(
     combined = torch.zeros(d_sae, dtype=torch.float64)
     for name, weight in cfg.weights.items():
         combined += weight * _zscore(signals[name], eligible)
+    signed_score = combined
+    harmless_active = ls.active / max(ls.n, 1)
+    signed_eligible = torch.where(signed_score >= 0, eligible, harmless_active >= cfg.min_active_fraction)
     combined = torch.where(eligible, combined, torch.full_like(combined, -math.inf))
-    ranking = [int(f) for f in torch.argsort(combined, descending=True) if eligible[f]]
-    scores = FeatureScores(hook, positions, cosine, hs.mean, ls.mean, mean_diff, effect, au, attribution, active_fraction, combined, eligible, ranking)
-    if ranking:
-        top = ranking[: cfg.top_n]
+    ranking = [int(f) for f in torch.argsort(combined, descending=True, stable=True) if eligible[f]]
+    signed_ranking = [int(f) for f in torch.argsort(signed_score.abs(), descending=True, stable=True) if signed_eligible[f]]
+    scores = FeatureScores(hook, positions, cosine, hs.mean, ls.mean, mean_diff, effect, au, attribution, active_fraction, combined, eligible, ranking,
+                           harmless_active_fraction=harmless_active, signed_score=signed_score, signed_eligible=signed_eligible,
+                           signed_ranking=signed_ranking, harmful_coordinate=coordinate["harmful"] / max(hs.n, 1),
+                           harmless_coordinate=coordinate["harmless"] / max(ls.n, 1))
+    if ranking or signed_ranking:
+        top = list(dict.fromkeys(ranking[: cfg.top_n] + signed_ranking[: cfg.top_n]))
         per_prompt = prompt_activations(model, template, w, hook, positions, list(harmful) + list(harmless), top, cfg.batch_size)
         nh = len(harmful)
         for j, f in enumerate(top):

@@ -105,3 +105,48 @@ def test_ranking_csv_lists_every_feature(setup, tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("feature,rank,combined,cosine") and len(lines) == 41
     assert int(lines[1].split(",")[0]) == scores.ranking[0]
+
+
+def _coordinate(model, tpl, prompts, positions, direction):
+    u = direction.double() / direction.double().norm()
+    vals = []
+    for p in prompts:
+        enc = encode_chat(model.tokenizer, tpl, [p])
+        _, cache = model.run_with_cache(enc.tokens)
+        vals.append((cache[HOOK][0, positions].double() @ u).mean())
+    return float(torch.stack(vals).mean())
+
+
+def test_direction_coordinates_and_bypass_values_match_reference(setup):
+    model, tpl, sae, harmful, harmless, direction, scores = setup
+    assert scores.harmful_coordinate == pytest.approx(_coordinate(model, tpl, harmful, scores.positions, direction), abs=1e-4)
+    assert scores.harmless_coordinate == pytest.approx(_coordinate(model, tpl, harmless, scores.positions, direction), abs=1e-4)
+    al = _per_prompt(model, tpl, sae, harmless, scores.positions)
+    feats = [3, 0, 17]
+    assert scores.bypass_values(feats, "zero") == [0.0, 0.0, 0.0]
+    torch.testing.assert_close(torch.tensor(scores.bypass_values(feats, "harmless_mean"), dtype=torch.float64), al.mean(0)[feats], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="ablation must be one of"):
+        scores.bypass_values(feats, "mean")
+
+
+def test_signed_ranking_orders_by_magnitude_and_filters_by_the_class_it_points_to(setup):
+    model, tpl, sae, harmful, harmless, direction, _ = setup
+    strict = search_features(model, tpl, sae, direction, harmful, harmless, SearchConfig(min_active_fraction=0.5, n_top_prompts=0))
+    ah = _per_prompt(model, tpl, sae, harmful, strict.positions)
+    al = _per_prompt(model, tpl, sae, harmless, strict.positions)
+    act_h, act_l = (ah > 0).double().mean(0), (al > 0).double().mean(0)
+    torch.testing.assert_close(strict.harmless_active_fraction, act_l)
+    score = strict.signed_score
+    # the signed score is the combined score, unmasked
+    for f in strict.ranking:
+        assert float(score[f]) == float(strict.combined[f])
+    expected = {f for f in range(40) if (act_h[f] >= 0.5 if score[f] >= 0 else act_l[f] >= 0.5)}
+    assert set(strict.signed_ranking) == expected
+    mags = [abs(float(score[f])) for f in strict.signed_ranking]
+    assert mags == sorted(mags, reverse=True)
+    refusal, comply = [f for f in expected if score[f] >= 0], [f for f in expected if score[f] < 0]
+    assert refusal and comply  # both signs are present on this fixture
+    assert strict.top(len(expected), signed=True) == strict.signed_ranking
+    assert strict.top(2) == strict.ranking[:2]
+    with pytest.raises(ValueError, match="pass the activity filter"):
+        strict.top(41, signed=True)
