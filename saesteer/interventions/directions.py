@@ -11,7 +11,7 @@ Semantics (DESIGN.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -98,6 +98,26 @@ class Ablate(Intervention):
                 else:
                     out.append((f"blocks.{layer}.{name}", plain))
         return out
+
+
+@dataclass
+class AblateAt(Intervention):
+    """Directional ablation at one hook point only, every position: x <- x - (x.r - mu) r with
+    ``reference`` mu (affine; None = 0, plain).  The one-layer ceiling of what an edit of an
+    SAE at that hook can do along r (the search job reports it beside ``Ablate`` at every layer)."""
+
+    direction: torch.Tensor
+    hook: str
+    reference: Optional[float] = None
+
+    def validate(self, model: HookedTransformer) -> None:
+        check_direction(self.direction, model.cfg.d_model)
+        if self.hook not in model.hook_dict:
+            raise ValueError(f"AblateAt hook {self.hook!r} does not exist in this model")
+
+    def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:
+        ref = None if self.reference is None else float(self.reference)
+        return [(self.hook, _project_out(unit(self.direction.float()), ref))]
 
 
 @dataclass

@@ -103,3 +103,26 @@ def test_bad_directions_are_rejected_before_running(tiny_organism):
             pass
     with pytest.raises(ValueError, match="affine"):
         Ablate(torch.randn(48), mode="affine")
+
+
+def test_ablate_at_edits_one_hook_only(tiny_organism, batch):
+    from saesteer.interventions import AblateAt
+
+    model, _, _ = tiny_organism
+    r = torch.randn(model.cfg.d_model)
+    u = r / r.norm()
+    base = _cache(model, *batch)
+    hook = "blocks.1.hook_resid_pre"
+    for ref in (None, -1.5):
+        with steer(model, [AblateAt(r, hook, reference=ref)]):
+            cache = _cache(model, *batch)
+        torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], base["blocks.0.hook_resid_pre"])
+        torch.testing.assert_close(cache["blocks.0.hook_mlp_out"], base["blocks.0.hook_mlp_out"])
+        x = base[hook]
+        expected = x - ((x @ u) - (ref or 0.0))[..., None] * u
+        torch.testing.assert_close(cache[hook], expected, atol=1e-5, rtol=1e-5)
+        # the next layers read the edited stream: no longer pinned
+        assert (cache["blocks.1.hook_attn_out"] - base["blocks.1.hook_attn_out"]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="does not exist"):
+        with steer(model, [AblateAt(r, "blocks.9.hook_resid_pre")]):
+            pass
