@@ -224,9 +224,13 @@ class SearchJobSettings:
     n_top_prompts: int = 5
     batch_size: int = 32
     direction: Optional[str] = None  # a direction.safetensors; None = the directions stage (cached)
+    ablation: str = "harmless_mean"  # bypass sets the top k to: harmless_mean (their mean on harmless prompts) or zero
+    signed: bool = True  # the top k by |combined score|: refusal and comply features (False: refusal features only)
 
     def __post_init__(self) -> None:
         _check_positive(self, "search", "k", "top_n", "batch_size")
+        if self.ablation not in ("zero", "harmless_mean"):
+            raise ValueError(f"search.ablation must be zero or harmless_mean, got {self.ablation!r}")
         for name in ("apply_to", "induce_apply_to"):
             if getattr(self, name) not in ("prompt", "generated", "both"):
                 raise ValueError(f"search.{name} must be prompt, generated or both, got {getattr(self, name)!r}")

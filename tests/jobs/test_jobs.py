@@ -60,9 +60,30 @@ def test_search_job_ranks_and_checks_causally(directions_run, tmp_path):
                 "random_k_ablation_harmful_refusal", "direction_ablation_harmful_refusal", "topk_ablation_kl_harmless", "k"):
         assert key in metrics, key
     assert metrics["k"] == 4 and len(metrics["top_features"]) == 4
+    for key in ("topk_zero_ablation_harmful_refusal", "random_k_zero_ablation_harmful_refusal", "direction_ablation_sae_hook_harmful_refusal",
+                "direction_plain_ablation_sae_hook_harmful_refusal", "topk_zero_ablation_kl_harmless", "direction_ablation_sae_hook_kl_harmless"):
+        assert 0.0 <= metrics[key] <= (1.0 if key.endswith("refusal") else float("inf")), key
+    assert metrics["ablation"] == "harmless_mean" and metrics["signed"] is True
+    assert metrics["top_refusal_features"] == metrics["top_features"] or metrics["n_comply_features"] > 0
+    from saesteer.directions import load_direction
+
+    ref = load_direction(direction_file, d_model=48)[1]["affine_reference"]
+    assert metrics["sae_hook_affine_reference"] == pytest.approx(float(ref[int(metrics["hook"].split(".")[1])]))
     rows = (tmp_path / "ranking.csv").read_text().splitlines()
     assert len(rows) == 1 + metrics["d_sae"]
     assert (tmp_path / "cosine_vs_contrast.png").is_file()
+
+
+def test_stage_reference_maps_resid_hooks_to_the_directions_stage_layers():
+    from types import SimpleNamespace
+
+    from saesteer.jobs.search import stage_reference
+
+    d = SimpleNamespace(reference=torch.tensor([0.5, -1.0, -2.0]))
+    assert stage_reference(d, "blocks.1.hook_resid_pre", 3) == -1.0
+    assert stage_reference(d, "blocks.1.hook_resid_post", 3) == -2.0  # resid_post of 1 is resid_pre of 2
+    assert stage_reference(d, "blocks.2.hook_resid_post", 3) is None
+    assert stage_reference(d, "blocks.1.hook_mlp_out", 3) is None
 
 
 SMALL_ANCHOR = ["anchor.suffix_steps=2", "anchor.suffix_tokens=3", "anchor.suffix_prompts=8", "anchor.negative_alphas=[1.0]",
