@@ -318,7 +318,7 @@ class AnchorJobConfig(SearchJobConfig):
 # ---------------------------------------------------------------- analysis jobs: backups (hydra) and emergent misalignment
 
 SENSOR_SIGNALS = ("effect_size", "mean_diff", "auroc")
-RECIPES = ("none",)
+RECIPES = ("none", "direction_dropout", "direction_dropout_all")  # saesteer.organism.recipes.RECIPES
 LORA_SITES = ("mlp_out", "mlp_in")
 EM_ABLATIONS = ("plain", "affine")
 
@@ -360,9 +360,15 @@ class BackupsSettings:
     random_control: bool = True  # K random eligible features cut at each layer, as a control at k = K
     n_monitor_prompts: Optional[int] = None  # harmful_test prompts for the activation measurements; null = all of data.n_test
     batch_size: int = 32
-    # Hook for organism training recipes meant to grow dormant backups (dropout on the refusal direction or on
-    # features while training). None is implemented yet: the analysis runs on the organism model.organism.* names.
+    # A fine-tuned organism analysed side by side with the base (saesteer.organism.recipes): none, direction_dropout
+    # (the refusal direction affinely ablated at its layer on a share recipe_p of the fine-tune steps) or
+    # direction_dropout_all (ablated at every layer, as the ACE bypass).
     recipe: str = "none"
+    recipe_p: float = 0.5  # share of fine-tune steps with the cut
+    recipe_steps: int = 160
+    recipe_lr: float = 1e-3
+    recipe_warmup_steps: int = 16
+    recipe_batch_size: int = 32
 
     def __post_init__(self) -> None:
         _check_positive(self, "backups", "k_max", "n_monitor", "n_monitor_prompts", "batch_size")
@@ -378,7 +384,21 @@ class BackupsSettings:
             if getattr(self, name) not in APPLY_TO:
                 raise ValueError(f"backups.{name} must be one of {APPLY_TO}, got {getattr(self, name)!r}")
         if self.recipe not in RECIPES:
-            raise ValueError(f"backups.recipe must be one of {RECIPES} (no backup-growing organism recipe is implemented yet), got {self.recipe!r}")
+            raise ValueError(f"backups.recipe must be one of {RECIPES}, got {self.recipe!r}")
+        _check_positive(self, "backups", "recipe_steps", "recipe_batch_size")
+        _check_number(self, "backups", "recipe_p", low=0.0, strict=False, high=1.0)
+        _check_number(self, "backups", "recipe_lr", low=0.0)
+        if not isinstance(self.recipe_warmup_steps, int) or self.recipe_warmup_steps < 0:
+            raise ValueError(f"backups.recipe_warmup_steps must be a non-negative integer, got {self.recipe_warmup_steps!r}")
+
+    def dropout_recipe(self, seed: int):
+        """The fine-tune of ``recipe`` (None for ``none``)."""
+        if self.recipe == "none":
+            return None
+        from saesteer.organism.recipes import DropoutRecipe
+
+        return DropoutRecipe(self.recipe, self.recipe_p, self.recipe_steps, self.recipe_lr, self.recipe_warmup_steps,
+                             self.recipe_batch_size, seed)
 
     def rule(self):
         from saesteer.redundancy import BackupRule

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from saesteer.interventions.features import EditFeatures
 from saesteer.io import write_json, write_text
 from saesteer.jobs.common import load_role
 from saesteer.models import load_model
-from saesteer.redundancy import EditCurve, FeatureSet, edit_curve, random_features, resid_hook
+from saesteer.redundancy import EditCurve, FeatureSet, edit_curve, find_backups, monitored_activations, random_features, resid_hook
 from saesteer.report import markdown_table, save_fig
 from saesteer.search import SearchConfig, search_features
 from saesteer.stages import direction_stage
@@ -91,11 +92,53 @@ def run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any
         return _run(cfg, run_dir, tracker)
 
 
+@dataclass
+class Analysis:
+    """One model's backup analysis: metrics, curves, and what the direction-cut check needs."""
+
+    metrics: dict[str, Any]
+    down: EditCurve
+    upc: EditCurve
+    induce: EditCurve
+    random_rates: dict[str, float]
+    plots: list[Path]
+    saes: dict[int, Any]
+    refusal_scores: dict[int, Any]
+
+
 def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-    b, s = cfg.backups, cfg.search
+    b = cfg.backups
     loaded = load_model(cfg.model, progress=cfg.progress)
+    direction = direction_stage(loaded, cfg.data, cfg.directions, path=cfg.search.direction, progress=cfg.progress)
+    base = _analyse(cfg, loaded, direction, run_dir, tracker)
+    metrics = base.metrics
+    recipe = b.dropout_recipe(cfg.seed)
+    rec = None
+    if recipe is not None:
+        if cfg.model.name != "organism":
+            raise ValueError(f"backups.recipe={b.recipe} fine-tunes the organism; got model.name={cfg.model.name!r}")
+        from saesteer.organism import load_or_train_organism
+        from saesteer.organism.recipes import DirectionCut, load_or_finetune
+        from saesteer.models import LoadedModel
+
+        cut = DirectionCut.from_artifact(direction, every_layer=b.recipe == "direction_dropout_all")
+        tuned = load_or_finetune(load_or_train_organism(cfg.model.organism, progress=cfg.progress), cut, recipe, progress=cfg.progress)
+        rec_loaded = LoadedModel(tuned.model.to(cfg.model.device), loaded.template, loaded.name,
+                                 {"organism_path": str(tuned.path), **tuned.metadata})
+        rec_direction = direction_stage(rec_loaded, cfg.data, cfg.directions, progress=cfg.progress)
+        rec = _analyse(cfg, rec_loaded, rec_direction, run_dir, tracker, prefix="recipe_")
+        checks = {name: _cut_check(cfg, lm, cut, a) for name, lm, a in (("base", loaded, base), ("recipe", rec_loaded, rec))}
+        metrics.update(_recipe_metrics(rec.metrics, checks, tuned.metadata, recipe, str(tuned.path)))
+        base.plots.append(_cut_plot(run_dir, checks, cut))
+        tracker.image("backups/direction_cut_activations", base.plots[-1])
+    metrics = json_ready(metrics)
+    write_text(run_dir / "report.md", _report(cfg, metrics, base.down, base.upc, base.induce, base.random_rates, base.plots, rec))
+    return metrics
+
+
+def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: Tracker, prefix: str = "") -> Analysis:
+    b, s = cfg.backups, cfg.search
     model, tpl = loaded.model, loaded.template
-    direction = direction_stage(loaded, cfg.data, cfg.directions, path=s.direction, progress=cfg.progress)
     n_layers = loaded.n_layers
     cut, up, monitor_layers = layer_plan(b, direction.layer, n_layers)
     layers = sorted(set(monitor_layers) | {cut, up})
@@ -120,8 +163,8 @@ def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
                               s.n_top_prompts, s.batch_size)
     sensor_scores = search_features(model, tpl, saes[up], harm_dirs[up], train_h, train_s, sensor_cfg, hook=resid_hook(up),
                                     progress=cfg.progress)
-    sensor_scores.write_csv(run_dir / "sensor_ranking.csv")
-    refusal_scores[cut].write_csv(run_dir / "refusal_ranking.csv")
+    sensor_scores.write_csv(run_dir / f"{prefix}sensor_ranking.csv")
+    refusal_scores[cut].write_csv(run_dir / f"{prefix}refusal_ranking.csv")
 
     K = b.k_max
     for name, ranking in (("refusal features at the cut layer", refusal_scores[cut].ranking), ("harm sensors", sensor_scores.ranking)):
@@ -169,13 +212,96 @@ def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
                                                   batch_size=cfg.eval.batch_size, desc=f"{name} random {K}").rate
 
     metrics = json_ready(_metrics(cfg, direction.layer, cut, up, monitor_layers, down, upc, induce, random_rates, len(test_h), len(mon_h)))
-    _log_tracker(tracker, down, upc, induce)
-    plots = _plots(run_dir, down, upc, induce, random_rates, rule)
+    metrics["harmless_test_refusal"] = induce.refusal[0]  # k = 0: no edit, all of harmless_test
+    _log_tracker(tracker, down, upc, induce, prefix)
+    plots = _plots(run_dir, down, upc, induce, random_rates, rule, prefix)
     for p in plots:
         tracker.image(f"backups/{p.stem}", p)
-    write_json(run_dir / "backups.json", json_ready(_details(down, upc, induce)))
-    write_text(run_dir / "report.md", _report(cfg, metrics, down, upc, induce, random_rates, plots))
-    return metrics
+    write_json(run_dir / f"{prefix}backups.json", json_ready(_details(down, upc, induce)))
+    return Analysis(metrics, down, upc, induce, random_rates, plots, saes, refusal_scores)
+
+
+def _cut_check(cfg: BackupsJobConfig, loaded, cut, a: Analysis) -> dict[str, Any]:
+    """The training-time cut applied to a model: harmful_test refusal, and which later refusal features rise (backups)."""
+    b = cfg.backups
+    model, tpl = loaded.model, loaded.template
+    test_h = list(load_role(cfg.data, "harmful_test").instructions)
+    mon_h = test_h[: b.n_monitor_prompts] if b.n_monitor_prompts else test_h
+    rule = b.rule()
+    with steer(model, [cut]):
+        rate = refusal_eval(model, tpl, test_h, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
+                            desc="direction cut").rate
+    layers = [L for L in sorted(a.refusal_scores) if L > cut.layer]
+    sets = [FeatureSet(a.saes[L], a.refusal_scores[L].ranking[: b.n_monitor], resid_hook(L)) for L in layers]
+    out: dict[str, Any] = {"refusal": rate, "layers": layers, "features": {}, "n_backups": 0, "gain": None}
+    if not sets:
+        return out
+    intact = monitored_activations(model, tpl, mon_h, sets, batch_size=b.batch_size, desc="cut monitors intact")
+    edited = monitored_activations(model, tpl, mon_h, sets, interventions=[cut], batch_size=b.batch_size, desc="cut monitors")
+    rels, rises = [], []
+    for fs in sets:
+        i, e = intact[fs.hook].mean(0), edited[fs.hook].mean(0)
+        mask, rel = find_backups(i, e, rule)
+        out["features"][_layer(fs.hook)] = {"features": fs.features, "intact": i.tolist(), "cut": e.tolist(),
+                                            "relative": rel.tolist(), "backup": mask.tolist()}
+        rels.append(rel[mask])
+        rises.append(rel)
+    rel_b = torch.cat(rels)
+    out["n_backups"] = int(rel_b.numel())
+    out["gain"] = float(rel_b.mean()) if rel_b.numel() else None
+    out["mean_relative_change"] = float(torch.cat(rises).mean())
+    return out
+
+
+def _recipe_metrics(rm: dict[str, Any], checks: dict[str, dict], meta: dict[str, Any], recipe, path: str) -> dict[str, Any]:
+    m = {f"recipe_{k}": rm[k] for k in (
+        "downstream_refusal_at_k", "upstream_refusal_at_k", "induction_harmless_refusal_at_k", "n_backup_features",
+        "backup_activation_gain", "backup_gain_over", "backup_features", "backup_rise_rate", "downstream_n_backups_at_k",
+        "upstream_n_backup_features", "upstream_backup_activation_gain", "direction_layer", "cut_layer", "upstream_layer",
+        "downstream_top_features", "downstream_later_feature_change_at_k", "harmless_test_refusal") if k in rm}
+    for k in rm:
+        if k.endswith("_random_refusal_at_kmax"):
+            m[f"recipe_{k}"] = rm[k]
+    m["recipe_harmful_test_refusal"] = rm["baseline_harmful_refusal"]
+    m["recipe_settings"] = dataclasses.asdict(recipe)
+    m["recipe_organism_path"] = path
+    m["recipe_finetune_seconds"] = meta.get("finetune_seconds")
+    m["recipe_final_cut_loss"], m["recipe_final_free_loss"] = meta.get("final_cut_loss"), meta.get("final_free_loss")
+    for name, c in checks.items():
+        p = "" if name == "base" else "recipe_"
+        m[f"{p}direction_cut_refusal"] = c["refusal"]
+        m[f"{p}direction_cut_n_backup_features"] = c["n_backups"]
+        m[f"{p}direction_cut_backup_activation_gain"] = c["gain"]
+        m[f"{p}direction_cut_mean_relative_change"] = c.get("mean_relative_change")
+        m[f"{p}direction_cut_backup_features"] = [f"{L}:{f}" for L, d in c["features"].items()
+                                                  for f, bk in zip(d["features"], d["backup"]) if bk]
+    return m
+
+
+def _cut_plot(run_dir: Path, checks: dict[str, dict], cut) -> Path:
+    """Per model, each later-layer refusal feature's mean activation intact vs with the direction cut (red: backups)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(checks), figsize=(4.4 * len(checks), 3.8), squeeze=False)
+    for ax, (name, c) in zip(axes[0], checks.items()):
+        top = 0.0
+        for L, d in c["features"].items():
+            i, e, bk = d["intact"], d["cut"], d["backup"]
+            top = max([top] + i + e)
+            ax.scatter([x for x, k in zip(i, bk) if not k], [y for y, k in zip(e, bk) if not k], s=14, color="0.5",
+                       label=f"layer {L} refusal features")
+            if any(bk):
+                ax.scatter([x for x, k in zip(i, bk) if k], [y for y, k in zip(e, bk) if k], s=22, color="red",
+                           label=f"layer {L} backups ({sum(bk)})")
+        ax.plot([0, top or 1], [0, top or 1], ls="--", lw=0.8, color="k")
+        ax.set_title(f"{name}: refusal {c['refusal']:.3f} with the direction cut", fontsize=9)
+        ax.set_xlabel("mean activation, intact")
+        ax.set_ylabel(f"mean activation, direction cut at layer {cut.layer}")
+        ax.grid(alpha=0.3)
+        if c["features"]:
+            ax.legend(fontsize=7)
+    fig.suptitle("later-layer refusal features when the training-time cut is applied (above the diagonal: rises)", fontsize=9)
+    return save_fig(fig, run_dir / "direction_cut_activations.png")
 
 
 def _layer(hook: str) -> int:
@@ -236,13 +362,14 @@ def _rise_rate(step) -> float:
     return float(rates.mean()) if rates.numel() else float("nan")
 
 
-def _log_tracker(tracker: Tracker, down: EditCurve, upc: EditCurve, induce: EditCurve) -> None:
+def _log_tracker(tracker: Tracker, down: EditCurve, upc: EditCurve, induce: EditCurve, prefix: str = "") -> None:
+    g = f"backups/{prefix}"
     for k in down.ks:
-        tracker.log({"backups/k": k, "backups/downstream_refusal": down.refusal[k], "backups/upstream_refusal": upc.refusal[k],
-                     "backups/induction_harmless_refusal": induce.refusal[k], "backups/downstream_n_backups": down.n_backups[k],
-                     "backups/upstream_n_backups": upc.n_backups[k]})
+        tracker.log({"backups/k": k, f"{g}downstream_refusal": down.refusal[k], f"{g}upstream_refusal": upc.refusal[k],
+                     f"{g}induction_harmless_refusal": induce.refusal[k], f"{g}downstream_n_backups": down.n_backups[k],
+                     f"{g}upstream_n_backups": upc.n_backups[k]})
     rows = _change_rows(down.steps[-1])
-    tracker.table("backups/downstream_changes_at_kmax", ["layer", "feature", "intact", "cut", "relative", "rise_rate", "backup", "counted"], rows)
+    tracker.table(f"{g}downstream_changes_at_kmax", ["layer", "feature", "intact", "cut", "relative", "rise_rate", "backup", "counted"], rows)
 
 
 def _change_rows(step) -> list[tuple]:
@@ -267,7 +394,7 @@ def _details(*curves: EditCurve) -> dict[str, Any]:
     return out
 
 
-def _plots(run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, rule) -> list[Path]:
+def _plots(run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, rule, prefix: str = "") -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
@@ -282,7 +409,9 @@ def _plots(run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, ra
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    paths = [save_fig(fig, run_dir / "refusal_vs_k.png")]
+    if prefix:
+        ax.set_title(prefix.rstrip("_") + " organism", fontsize=9)
+    paths = [save_fig(fig, run_dir / f"{prefix}refusal_vs_k.png")]
     for name, curve in (("downstream", down), ("upstream", upc)):
         hooks = list(curve.steps[0].changes)
         if not hooks:
@@ -307,11 +436,11 @@ def _plots(run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, ra
             if any(bool(x) for x in last.backup):
                 ax.legend(fontsize=7)
         fig.suptitle(f"backup rule: rise > {rule.threshold:.0%} and > {rule.min_rise} (red = backup at k = {curve.ks[-1]})", fontsize=9)
-        paths.append(save_fig(fig, run_dir / f"{name}_activations.png"))
+        paths.append(save_fig(fig, run_dir / f"{prefix}{name}_activations.png"))
     return paths
 
 
-def _report(cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, plots: list[Path]) -> str:
+def _report(cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, plots: list[Path], rec=None) -> str:
     b = cfg.backups
     K = b.k_max
     rows = [(k, down.refusal[k], upc.refusal[k], induce.refusal[k], down.n_backups[k], upc.n_backups[k],
@@ -360,8 +489,61 @@ def _report(cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_r
         if rows_:
             lines += [f"## {title} (k = {K})", "",
                       markdown_table(["layer", "feature", "intact", "cut", "rel. change", "rise rate (prompts)", "backup", "counted"], rows_), ""]
-    lines += ["## Training recipe", "",
-              f"recipe = `{b.recipe}`: the organism as configured (`model.organism.*`). Recipes meant to grow dormant backups "
-              "(dropout on the refusal direction or on features while training) are not implemented yet; this setting is their hook.", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots if p.stem != "direction_cut_activations"] + [""]
+    lines += ["## Training recipe", ""]
+    if rec is None:
+        lines += [f"recipe = `{b.recipe}`: the organism as configured (`model.organism.*`); `backups.recipe=direction_dropout` "
+                  "fine-tunes it with the refusal direction cut on a share of the steps and analyses both side by side.", ""]
+    else:
+        lines += _recipe_section(cfg, m, rec, plots)
     return "\n".join(lines)
+
+
+def _recipe_section(cfg, m, rec: Analysis, plots: list[Path]) -> list[str]:
+    b = cfg.backups
+    K = b.k_max
+    rm = rec.metrics
+    where = "at every layer (resid_pre to each layer's harmless mean, attention and MLP outputs projected out)" \
+        if b.recipe == "direction_dropout_all" else f"at `blocks.{m['direction_layer']}.hook_resid_pre` only"
+    rows = [
+        ("harmful_test refusal", m["baseline_harmful_refusal"], rm["baseline_harmful_refusal"]),
+        ("harmless_test refusal", m["harmless_test_refusal"], rm["harmless_test_refusal"]),
+        ("harmful_test refusal, training cut applied", m["direction_cut_refusal"], m["recipe_direction_cut_refusal"]),
+        ("later refusal features rising under the cut (backups)", m["direction_cut_n_backup_features"],
+         m["recipe_direction_cut_n_backup_features"]),
+        ("their mean relative rise", m["direction_cut_backup_activation_gain"], m["recipe_direction_cut_backup_activation_gain"]),
+        ("all later refusal features, mean relative change under the cut", m["direction_cut_mean_relative_change"],
+         m["recipe_direction_cut_mean_relative_change"]),
+        ("refusal direction layer (own direction)", m["direction_layer"], rm["direction_layer"]),
+        (f"downstream: top {K} features of the cut layer cut, refusal", m["downstream_refusal_at_k"][-1], rm["downstream_refusal_at_k"][-1]),
+        (f"upstream: top {K} harm sensors cut, refusal", m["upstream_refusal_at_k"][-1], rm["upstream_refusal_at_k"][-1]),
+        (f"downstream backup features at k = {K}", m["n_backup_features"], rm["n_backup_features"]),
+        ("backup_activation_gain", m["backup_activation_gain"], rm["backup_activation_gain"]),
+    ]
+    for name in ("downstream", "upstream"):
+        key = f"{name}_random_refusal_at_kmax"
+        if key in m and key in rm:
+            rows.append((f"{name}: {K} random features cut, refusal", m[key], rm[key]))
+    rows = [(r[0],) + tuple("n/a" if v is None else v for v in r[1:]) for r in rows]
+    curve = [(k, m["downstream_refusal_at_k"][k], rm["downstream_refusal_at_k"][k], m["downstream_n_backups_at_k"][k],
+              rm["downstream_n_backups_at_k"][k], m["upstream_refusal_at_k"][k], rm["upstream_refusal_at_k"][k]) for k in range(K + 1)]
+    st = m["recipe_settings"]
+    out = [
+        f"recipe = `{b.recipe}`: the organism fine-tuned for {st['steps']} steps (AdamW, peak lr {st['lr']}, batch {st['batch_size']}, "
+        f"the organism's own corpus and loss) with its refusal direction affinely ablated to the harmless mean {where} on a "
+        f"share {st['p']} of the steps (seed {st['seed']}); final response loss on cut steps {_fmt(m.get('recipe_final_cut_loss'))}, "
+        f"on intact steps {_fmt(m.get('recipe_final_free_loss'))}. Cached at `{m['recipe_organism_path']}`. The fine-tuned organism "
+        "gets its own refusal direction and its own SAEs (the same stages, keyed by its weights); the training cut is the base "
+        "organism's direction.", "",
+        markdown_table(["", "base organism", "recipe organism"], rows), "",
+        "## Refusal vs k, base vs recipe", "",
+        markdown_table(["k", "downstream, base", "downstream, recipe", "backups, base", "backups, recipe", "upstream, base",
+                        "upstream, recipe"], curve), "",
+    ]
+    backups = [r for r in _change_rows(rec.down.steps[-1]) if r[6]]
+    if backups:
+        out += [f"Recipe organism, downstream backups (k = {K}):", "",
+                markdown_table(["layer", "feature", "intact", "cut", "rel. change", "rise rate (prompts)", "backup", "counted"], backups), ""]
+    out += [f"![{p.stem}]({p.name})" for p in plots if p.stem == "direction_cut_activations"]
+    out += [f"![{p.stem}]({p.name})" for p in rec.plots] + [""]
+    return out

@@ -75,3 +75,24 @@ def test_emergent_job_reports_emergence_direction_and_controls(tiny_organism, tm
 
     lora = Rank1Lora.load(tmp_path / "lora.safetensors")
     assert lora.layers == [0, 1] and lora.site == "mlp_out"
+
+
+def test_backups_job_with_a_direction_dropout_recipe_reports_base_and_recipe(tiny_organism, tmp_path):
+    """backups.recipe=direction_dropout: a fine-tuned organism analysed beside the base, the training cut checked on both."""
+    overrides = SMALL_SAE + ["backups.k_max=2", "backups.cut_layer=1", "backups.upstream_layer=0", "backups.n_monitor=8",
+                             "backups.n_monitor_prompts=16", "search.min_active_fraction=0.0", "backups.random_control=false",
+                             "backups.recipe=direction_dropout", "backups.recipe_steps=6", "backups.recipe_warmup_steps=1",
+                             "backups.recipe_batch_size=8"]
+    m = _run("backups", overrides, tmp_path)
+    assert m["recipe"] == "direction_dropout" and m["recipe_settings"]["steps"] == 6
+    for key in ("recipe_downstream_refusal_at_k", "recipe_upstream_refusal_at_k"):
+        assert len(m[key]) == 3 and all(_rate(x) for x in m[key])
+    for key in ("recipe_harmful_test_refusal", "recipe_harmless_test_refusal", "harmless_test_refusal", "direction_cut_refusal",
+                "recipe_direction_cut_refusal"):
+        assert _rate(m[key]), key
+    assert m["recipe_harmful_test_refusal"] == m["recipe_downstream_refusal_at_k"][0]
+    assert isinstance(m["recipe_n_backup_features"], int) and isinstance(m["recipe_direction_cut_n_backup_features"], int)
+    for f in ("recipe_refusal_vs_k.png", "recipe_downstream_activations.png", "direction_cut_activations.png", "recipe_backups.json"):
+        assert (tmp_path / f).is_file(), f
+    report = (tmp_path / "report.md").read_text()
+    assert "base organism" in report and "recipe organism" in report and "direction_cut_activations.png" in report
