@@ -14,7 +14,8 @@ for k, v in m.items():
     if k.startswith("organism/") and k.endswith("_refusal"):
         print(f"  {k.split('/', 1)[1]:<28} {v:.3f}")
 keys = ["directions/selected_layer", "directions/affine_ablation_harmful_refusal", "directions/addition_harmless_refusal",
-        "train_sae/explained_variance", "search/topk_ablation_harmful_refusal", "search/topk_clamp_harmless_refusal",
+        "train_sae/explained_variance", "search/topk_ablation_harmful_refusal", "search/topk_zero_ablation_harmful_refusal",
+        "search/random_k_ablation_harmful_refusal", "search/topk_clamp_harmless_refusal",
         "anchor/asr_ablation_affine_undefended", "anchor/asr_ablation_affine_anchored", "anchor/harmless_refusal_anchored",
         "backups/n_backup_features", "emergent/finetuned_refusal_other_categories"]
 print("\nHeadline figures:")

@@ -27,8 +27,8 @@ def test_readme_library_example_runs(tiny_organism, tmp_path):
 
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {"OrganismConfig": OrganismConfig, "__name__": "readme"})
-    names = ("baseline", "direction ablated", "features zeroed", "ablated + anchored")
+    names = ("baseline", "direction ablated", "features to harmless means", "ablated + anchored")
     lines = [l for l in out.getvalue().splitlines() if l.startswith(names)]  # TransformerLens prints too
-    assert [l.rsplit(" ", 1)[0] for l in lines] == ["baseline", "direction ablated", "features zeroed", "ablated + anchored"]
+    assert [l.rsplit(" ", 1)[0] for l in lines] == ["baseline", "direction ablated", "features to harmless means", "ablated + anchored"]
     rates = [float(l.rsplit(" ", 1)[1]) for l in lines]
     assert all(0.0 <= x <= 1.0 for x in rates)
