@@ -183,7 +183,7 @@ def recipe_path(cfg: Any, cut: DirectionCut, recipe: DropoutRecipe, root: Option
 
 def _named(result: OrganismResult, recipe: DropoutRecipe) -> OrganismResult:
     # a distinct model name: stage caches (directions, SAEs) never mistake it for the base organism
-    result.model.cfg.model_name = f"{result.model.cfg.model_name}+{recipe.name}"
+    result.model.cfg.model_name = f"{result.model.cfg.model_name}-{recipe.name}"  # W&B artifact names: [A-Za-z0-9._-]
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 
 import pytest
 import torch
@@ -120,7 +121,7 @@ def test_load_or_finetune_caches_and_renames(tiny_organism, tiny_recipe, tmp_pat
     assert again.metadata["backup_recipe"]["steps"] == 4 and again.metadata["n_cut_steps"] == first.metadata["n_cut_steps"]
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
-    assert again.model.cfg.model_name.endswith("+direction_dropout")
+    assert again.model.cfg.model_name.endswith("-direction_dropout") and re.fullmatch(r"[A-Za-z0-9._-]+", again.model.cfg.model_name)
     assert model_fingerprint(again.model) != model_fingerprint(model)  # stage caches keep the two apart
     assert recipe_key(result.config, cut, dataclasses.replace(tiny_recipe, p=0.25)) != first.path.name
     assert recipe_key(result.config, _cut(model.cfg.d_model, layer=0), tiny_recipe) != first.path.name
