@@ -1,18 +1,22 @@
 """Calibrating an anchor of the refusal activation (fits on train / val prompts only).
 
-- floors: at every anchored hook (from the layer before the direction's to the
-  last), the ``quantile`` of the projection on the unit refusal direction over
-  *refused* harmful training prompts: at the last post-instruction position for
-  prompt tokens, and over the generated tokens of their own greedy refusals for
-  decoding (one floor for both made the anchored text degenerate, "i'i'i'");
+- floors: at every anchored hook (from the refusal direction's layer to the last),
+  the ``quantile`` of the projection on the unit refusal direction over *refused*
+  harmful training prompts: at the last post-instruction position for prompt
+  tokens, and over the generated tokens of their own greedy refusals for decoding
+  (one floor for both made the anchored text degenerate, "i'i'i'");
 - gate: a harm detector read from the prompt (Zhao et al. 2025: harmfulness is
-  encoded apart from refusal): an L2-regularized logistic probe (or the
-  difference-in-means harmfulness direction) on the residual at t_inst and the
-  post-instruction tokens, fitted on features with the refusal direction
-  projected out (so ablating r cannot blind it), at the layer that separates
-  harmful_val from harmless_val best among the layers no later than the first
-  anchor; its threshold is the ``1 - gate_fpr`` quantile of harmless calibration
-  scores.
+  encoded apart from refusal): an L2-regularized logistic probe on the residual at
+  t_inst and the post-instruction tokens of the layer before the direction's and of
+  the direction's own layer (one weight vector per layer and position), with the
+  refusal direction projected out of every feature, so that removing r cannot blind
+  it directly.  It is fitted on refused harmful training prompts plus synthetic
+  harmful requests against harmless training prompts plus synthetic safe look-alikes,
+  optionally also under anticipated attacks (``gate_robust``: e.g. the weight-
+  orthogonalized model, whose edited embeddings otherwise blind a clean-fitted
+  probe), and its threshold is set so that it fires on at most ``gate_fpr`` of the
+  harmless calibration prompts the model does not already refuse: the rise in
+  over-refusal it may cause.
 
 The result, :class:`AnchorArtifact`, builds the defences the attack suite compares:
 the anchor itself, CAST-style conditional addition (same gate) and unconditional
@@ -33,30 +37,38 @@ from saesteer.activations import collect_activations, n_post_tokens
 from saesteer.chat import ChatTemplate
 from saesteer.interventions import Add, AnchorDirection
 from saesteer.interventions.anchors import anchor_hooks
-from saesteer.interventions.gates import DirectionGate
+from saesteer.interventions.gates import ProbeGate
 from saesteer.io import load_tensors, save_tensors
 from saesteer.stats import auroc
 
 log = logging.getLogger(__name__)
 
 
+GATE_ROBUST = ("ablation_affine", "orthogonalized_affine")
+
+
 @dataclass
 class AnchorCalibration:
     quantile: float = 0.25  # floor = this quantile of refused harmful prompts' projections
-    layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
+    layers: Optional[list[int]] = None  # None = from the direction's layer to the last
     final: bool = True  # also anchor the last layer's resid_post
-    gate_layer: Optional[int] = None  # None = best validation AUROC among eligible layers
-    gate_fpr: float = 0.05  # share of harmless calibration prompts the gate may fire on
-    gate_orthogonal: bool = True  # remove the refusal direction from the gate's direction
+    gate_layers: Optional[list[int]] = None  # None = the layer before the direction's and the direction's own
+    gate_fpr: float = 0.01  # share of harmless calibration prompts (not already refused) the gate may fire on
+    gate_orthogonal: bool = True  # remove the refusal direction from the gate's features
     batch_size: int = 32
-    gate_positions: Optional[list[int]] = None  # None = t_inst and every post-instruction position (score: their mean)
+    gate_positions: Optional[list[int]] = None  # None = t_inst and every post-instruction position
     gate_probe: str = "logistic"  # logistic (L2-regularized probe) or mean_diff (the harmfulness direction)
     gate_l2: float = 1e-3  # L2 penalty of the logistic probe (on standardized features)
     max_new_tokens: int = 12  # greedy refusals whose generated tokens calibrate the decoding floors
+    gate_pooling: str = "concat"  # concat: a weight vector per layer and position; mean: one per layer on the positions' mean
+    gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (saesteer.organism.synthetic)
+    gate_robust: tuple = ("orthogonalized_affine",)  # anticipated attacks the gate is also fitted under
 
     def __post_init__(self) -> None:
         if self.gate_probe not in ("logistic", "mean_diff"):
             raise ValueError(f"anchor.gate_probe must be 'logistic' or 'mean_diff', got {self.gate_probe!r}")
+        if self.gate_pooling not in ("concat", "mean"):
+            raise ValueError(f"anchor.gate_pooling must be 'concat' or 'mean', got {self.gate_pooling!r}")
         if not self.gate_l2 >= 0:
             raise ValueError(f"anchor.gate_l2 must be >= 0, got {self.gate_l2!r}")
         if not 0.0 <= self.quantile <= 1.0:
@@ -65,6 +77,14 @@ class AnchorCalibration:
             raise ValueError(f"anchor.gate_fpr must be in (0, 1), got {self.gate_fpr!r}")
         if self.layers is not None and not self.layers:
             raise ValueError("anchor.layers must be null (automatic) or a non-empty list, got []")
+        if self.gate_layers is not None and not self.gate_layers:
+            raise ValueError("anchor.gate_layers must be null (automatic) or a non-empty list, got []")
+        if self.gate_synthetic < 0:
+            raise ValueError(f"anchor.gate_synthetic must be >= 0, got {self.gate_synthetic!r}")
+        self.gate_robust = tuple(self.gate_robust)
+        bad = [g for g in self.gate_robust if g not in GATE_ROBUST]
+        if bad:
+            raise ValueError(f"anchor.gate_robust has unknown attacks {bad}; expected some of {list(GATE_ROBUST)}")
 
 
 @dataclass
@@ -75,19 +95,21 @@ class AnchorArtifact:
     final: bool
     floors: torch.Tensor  # [n_anchored_hooks] prompt tokens
     generated_floors: torch.Tensor  # [n_anchored_hooks] generated tokens
-    gate_direction: torch.Tensor  # [d_model] unit
-    gate_layer: int
+    gate_weights: torch.Tensor  # [n_gate_layers, n_positions, d_model]
+    gate_layers: list[int]
     gate_positions: list[int]  # negative offsets (t_inst = -n_post - 1)
     gate_threshold: float
+    gate_bias: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def gate_hook(self) -> str:
-        return f"blocks.{self.gate_layer}.hook_resid_pre"
+    def gate_hooks(self) -> list[str]:
+        return [f"blocks.{l}.hook_resid_pre" for l in self.gate_layers]
 
-    def gate(self) -> DirectionGate:
+    def gate(self) -> ProbeGate:
         """A fresh gate (gates hold per-batch state: one per intervention)."""
-        return DirectionGate(hook=self.gate_hook, positions=tuple(self.gate_positions), threshold=self.gate_threshold, direction=self.gate_direction)
+        return ProbeGate(hook=self.gate_hooks[-1], positions=tuple(self.gate_positions), threshold=self.gate_threshold,
+                         hooks=self.gate_hooks, weights=self.gate_weights, bias=self.gate_bias)
 
     def anchor(self, gated: bool = True) -> AnchorDirection:
         return AnchorDirection(self.direction, self.layers, self.floors, gate=self.gate() if gated else None, final=self.final,
@@ -103,10 +125,10 @@ class AnchorArtifact:
     def save(self, path: str | Path) -> Path:
         meta = {
             "kind": "anchor", "layer": self.layer, "layers": self.layers, "final": self.final,
-            "gate_layer": self.gate_layer, "gate_positions": self.gate_positions, "gate_threshold": self.gate_threshold,
-            **self.metadata,
+            "gate_layers": self.gate_layers, "gate_positions": self.gate_positions, "gate_threshold": self.gate_threshold,
+            "gate_bias": self.gate_bias, **self.metadata,
         }
-        tensors = {"direction": self.direction, "floors": self.floors, "generated_floors": self.generated_floors, "gate_direction": self.gate_direction}
+        tensors = {"direction": self.direction, "floors": self.floors, "generated_floors": self.generated_floors, "gate_weights": self.gate_weights}
         return save_tensors(path, tensors, meta)
 
     @classmethod
@@ -116,9 +138,12 @@ class AnchorArtifact:
             raise ValueError(f"{path} is not an anchor artifact (metadata kind={meta.get('kind')!r})")
         if d_model is not None and tensors["direction"].shape[-1] != d_model:
             raise ValueError(f"anchor {path} has d_model={tensors['direction'].shape[-1]}, the model has {d_model}")
-        keys = ("kind", "layer", "layers", "final", "gate_layer", "gate_positions", "gate_threshold")
+        if "gate_weights" not in tensors:
+            raise ValueError(f"anchor {path} has no gate_weights (written by an older saesteer): recalibrate it with `saesteer anchor`")
+        keys = ("kind", "layer", "layers", "final", "gate_layers", "gate_positions", "gate_threshold", "gate_bias")
         return cls(tensors["direction"], int(meta["layer"]), [int(l) for l in meta["layers"]], bool(meta["final"]), tensors["floors"],
-                   tensors["generated_floors"], tensors["gate_direction"], int(meta["gate_layer"]), [int(p) for p in meta["gate_positions"]], float(meta["gate_threshold"]),
+                   tensors["generated_floors"], tensors["gate_weights"], [int(l) for l in meta["gate_layers"]],
+                   [int(p) for p in meta["gate_positions"]], float(meta["gate_threshold"]), float(meta["gate_bias"]),
                    {k: v for k, v in meta.items() if k not in keys})
 
 
@@ -189,21 +214,33 @@ def calibrate_anchor(
     cfg: AnchorCalibration = AnchorCalibration(),
     progress: bool = False,
     robust_to: Sequence = (),
+    harmful_extra: Sequence[str] = (),
+    harmless_extra: Sequence[str] = (),
 ) -> AnchorArtifact:
     """Fit floors on refused harmful training prompts and the gate on train/val prompts.
 
-    ``robust_to``: interventions (e.g. the affine ablation of the refusal direction)
-    under which the gate's probe is also fitted, so that the attack it anticipates
-    does not blind it; the threshold is still set on clean harmless prompts.
+    The gate's probe is fitted on ``harmful_refused + harmful_extra`` against the first
+    half of ``harmless_train`` plus ``harmless_extra``; its threshold is the ``1 - gate_fpr``
+    quantile of the scores of the second half's prompts that the model does not refuse.
+    ``robust_to``: attacks (:class:`saesteer.attacks.base.Attack`: a weight edit and/or
+    hooks) under which the probe is also fitted, on the same prompts, so that the
+    attack it anticipates does not blind it; the threshold is still set on the clean model.
     """
+    from saesteer.evaluate import refusal_eval
+
     for name, prompts in (("harmful_refused", harmful_refused), ("harmful_val", harmful_val), ("harmless_train", harmless_train), ("harmless_val", harmless_val)):
         if len(prompts) == 0:
             raise ValueError(f"calibrate_anchor: the {name} prompt set is empty")
     n_layers = model.cfg.n_layers
-    layers = list(range(max(layer - 1, 0), n_layers)) if cfg.layers is None else [int(l) for l in cfg.layers]
-    bad = [l for l in layers if not 0 <= l < n_layers]
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"calibrate_anchor: direction layer {layer} out of range for a model with {n_layers} layers")
+    layers = list(range(layer, n_layers)) if cfg.layers is None else [int(l) for l in cfg.layers]
+    gate_layers = sorted({max(layer - 1, 0), layer}) if cfg.gate_layers is None else sorted({int(l) for l in cfg.gate_layers})
+    bad = [l for l in layers + gate_layers if not 0 <= l < n_layers]
     if bad:
-        raise ValueError(f"anchor.layers {bad} out of range for a model with {n_layers} layers")
+        raise ValueError(f"anchor.layers / anchor.gate_layers {bad} out of range for a model with {n_layers} layers")
+    if max(gate_layers) > min(layers):
+        raise ValueError(f"anchor.gate_layers {gate_layers} must be <= the first anchored layer {min(layers)} (the gate decides before the anchor acts)")
     r = _unit(direction.float())
     hooks = anchor_hooks(model, layers, cfg.final)
     acts = collect_activations(model, template, list(harmful_refused), hooks, [-1], batch_size=cfg.batch_size, progress=progress, desc="anchor floors")
@@ -212,50 +249,56 @@ def calibrate_anchor(
     gen = generated_projections(model, template, list(harmful_refused), hooks, r, cfg.max_new_tokens, cfg.batch_size)
     generated_floors = torch.quantile(gen.double(), cfg.quantile, dim=0).float()
 
-    # the gate: harmfulness, orthogonal to r, at the best eligible layer
+    # the gate: harmfulness with r projected out, at the gate layers and positions
     n_post = n_post_tokens(model, template)
     positions = list(cfg.gate_positions) if cfg.gate_positions is not None else list(range(-n_post - 1, 0))
-    gate_layers = list(range(min(layers) + 1))
     gh = [f"blocks.{l}.hook_resid_pre" for l in gate_layers]
     half = len(harmless_train) // 2
-    fit_harmless, thr_harmless = list(harmless_train[:half]) or list(harmless_train), list(harmless_train[half:]) or list(harmless_train)
-
-    def read(prompts: Sequence[str], desc: str, edits: Sequence = ()) -> torch.Tensor:  # [n, n_gate_layers, n_pos, d_model]
-        return collect_activations(model, template, list(prompts), gh, positions, batch_size=cfg.batch_size, progress=progress, desc=desc,
-                                   interventions=list(edits))
-
-    h_fit, s_fit = read(harmful_refused, "gate fit (harmful)"), read(fit_harmless, "gate fit (harmless)")
-    for edit in robust_to:  # the same prompts under the anticipated attack
-        h_fit = torch.cat([h_fit, read(harmful_refused, "gate fit (harmful, attacked)", [edit])])
-        s_fit = torch.cat([s_fit, read(fit_harmless, "gate fit (harmless, attacked)", [edit])])
-    h_val, s_val = read(harmful_val, "gate val (harmful)"), read(harmless_val, "gate val (harmless)")
-    s_thr = read(thr_harmless, "gate threshold")
+    fit_harmless = (list(harmless_train[:half]) or list(harmless_train)) + list(harmless_extra)
+    thr_harmless = list(harmless_train[half:]) or list(harmless_train)
+    fit_harmful = list(harmful_refused) + list(harmful_extra)
     rd = r.double()
+
+    def read(prompts: Sequence[str], desc: str, attack=None) -> torch.Tensor:  # [n, n_gate_layers, n_pos, d_model], r projected out
+        target = model if attack is None else attack.model(model)
+        edits = [] if attack is None else list(attack.interventions)
+        x = collect_activations(target, template, list(prompts), gh, positions, batch_size=cfg.batch_size, progress=progress, desc=desc,
+                                interventions=edits).double()
+        return x - (x @ rd)[..., None] * rd if cfg.gate_orthogonal else x
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(2).flatten(1) if cfg.gate_pooling == "mean" else x.flatten(1)
+
+    h_fit, s_fit = read(fit_harmful, "gate fit (harmful)"), read(fit_harmless, "gate fit (harmless)")
+    for attack in robust_to:  # the same prompts under the anticipated attack
+        h_fit = torch.cat([h_fit, read(fit_harmful, f"gate fit (harmful, {attack.name})", attack)])
+        s_fit = torch.cat([s_fit, read(fit_harmless, f"gate fit (harmless, {attack.name})", attack)])
     if cfg.gate_probe == "mean_diff":
-        dirs = h_fit.double().mean((0, 2)) - s_fit.double().mean((0, 2))  # [n_gate_layers, d_model]
+        w = flat(h_fit).mean(0) - flat(s_fit).mean(0)
     else:
-        dirs = torch.stack([logistic_probe(h_fit[:, i].double().mean(1), s_fit[:, i].double().mean(1), cfg.gate_l2,
-                                           rd if cfg.gate_orthogonal else None) for i in range(len(gate_layers))])
+        w = logistic_probe(flat(h_fit), flat(s_fit), cfg.gate_l2)
+    n_pos = len(positions)
+    w = w.view(len(gate_layers), 1 if cfg.gate_pooling == "mean" else n_pos, -1)
+    w = (w / n_pos).expand(-1, n_pos, -1) if cfg.gate_pooling == "mean" else w
     if cfg.gate_orthogonal:
-        dirs = dirs - (dirs @ rd)[:, None] * rd
-    units = dirs / dirs.norm(dim=-1, keepdim=True)
+        w = w - (w @ rd)[..., None] * rd
+    weights = (w / w.norm()).float().contiguous()
+    probe = ProbeGate(hook=gh[-1], positions=tuple(positions), hooks=gh, weights=weights)
 
-    def score(acts: torch.Tensor, i: int, u: torch.Tensor) -> torch.Tensor:
-        return (acts[:, i].double() @ u.double()).mean(-1)
-
-    aurocs = [auroc(score(h_val, i, units[i]), score(s_val, i, units[i])) for i in range(len(gate_layers))]
-    if cfg.gate_layer is not None and cfg.gate_layer not in gate_layers:
-        raise ValueError(f"anchor.gate_layer={cfg.gate_layer} must be <= the first anchored layer {min(layers)}")
-    gi = gate_layers.index(cfg.gate_layer) if cfg.gate_layer is not None else max(range(len(gate_layers)), key=lambda i: aurocs[i])
-    u = units[gi].float()
-    threshold = float(torch.quantile(score(s_thr, gi, u), 1.0 - cfg.gate_fpr))
-    tpr_val = float((score(h_val, gi, u) > threshold).float().mean())
-    fpr_val = float((score(s_val, gi, u) > threshold).float().mean())
+    thr_refused = torch.tensor(refusal_eval(model, template, thr_harmless, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                            desc="gate threshold (refusals)").refused, dtype=torch.bool)
+    s_thr = probe.scores(read(thr_harmless, "gate threshold"))
+    free = s_thr[~thr_refused] if (~thr_refused).any() else s_thr
+    threshold = float(torch.quantile(free.double(), 1.0 - cfg.gate_fpr, interpolation="higher"))  # fires on <= gate_fpr of them
+    h_val, s_val = probe.scores(read(harmful_val, "gate val (harmful)")), probe.scores(read(harmless_val, "gate val (harmless)"))
+    tpr_val, fpr_val = float((h_val > threshold).float().mean()), float((s_val > threshold).float().mean())
     meta = {
-        "quantile": cfg.quantile, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal,
-        "gate_auroc_val_by_layer": aurocs, "gate_tpr_val": tpr_val, "gate_fpr_val": fpr_val,
-        "n_floor_prompts": len(harmful_refused), "gate_refusal_cosine": float(torch.dot(u, r)),
+        "quantile": cfg.quantile, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal, "gate_pooling": cfg.gate_pooling,
+        "gate_auroc_val": auroc(h_val, s_val), "gate_tpr_val": tpr_val, "gate_fpr_val": fpr_val,
+        "gate_fpr_calibration": float((s_thr > threshold).float().mean()), "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
+        "n_floor_prompts": len(harmful_refused), "n_gate_fit": [len(fit_harmful), len(fit_harmless)],
+        "gate_refusal_cosine": float((weights.double() @ rd).abs().max()),
     }
-    log.info("anchor: layers %s floors %s; gate layer %d positions %s (val AUROC %.3f, TPR %.3f, FPR %.3f)", layers,
-             [round(f, 3) for f in floors.tolist()], gate_layers[gi], positions, aurocs[gi], tpr_val, fpr_val)
-    return AnchorArtifact(direction.float(), layer, layers, cfg.final, floors, generated_floors, u, gate_layers[gi], positions, threshold, meta)
+    log.info("anchor: layers %s floors %s; gate layers %s positions %s (val AUROC %.3f, TPR %.3f, FPR %.3f)", layers,
+             [round(f, 3) for f in floors.tolist()], gate_layers, positions, meta["gate_auroc_val"], tpr_val, fpr_val)
+    return AnchorArtifact(direction.float(), layer, layers, cfg.final, floors, generated_floors, weights, gate_layers, positions, threshold, 0.0, meta)

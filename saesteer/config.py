@@ -267,19 +267,21 @@ class AnchorSettings:
     quantile: float = 0.25  # floor = this quantile of refused harmful training prompts' projections
     layers: Optional[list[int]] = None  # anchored layers; null = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
-    gate_layer: Optional[int] = None  # null = best validation AUROC
-    gate_fpr: float = 0.05  # harmless calibration prompts the gate may fire on (held-out FPR came out ~3%)
+    gate_layers: Optional[list[int]] = None  # null = the layer before the direction's and the direction's own
+    gate_fpr: float = 0.01  # harmless calibration prompts (not already refused) the gate may fire on: the over-refusal it may add
     gate_orthogonal: bool = True
     gate_positions: Optional[list[int]] = None  # null = t_inst and every post-instruction position
     gate_probe: str = "logistic"  # logistic probe or mean_diff (the harmfulness direction)
+    gate_pooling: str = "concat"  # concat: one weight vector per layer and position; mean: one per layer on the positions' mean
     gate_l2: float = 1e-3
-    gate_robust: bool = False  # also fit the gate's probe under the refusal direction's affine ablation
-    n_calibration_harmless: int = 512  # harmless_train prompts for the gate (half fit, half threshold)
+    gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (0: train prompts only)
+    gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine"])  # attacks the gate is also fitted under
+    n_calibration_harmless: int = 2000  # harmless_train prompts for the gate (half fit, half threshold)
     cast_alpha: float = 1.0  # CAST-style conditional addition and unconditional addition baselines
     addition_alpha: float = 1.0
     negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
     jailbreaks: list[str] = field(default_factory=lambda: ["prefix_injection", "refusal_suppression", "roleplay", "instruction_wrapping"])
-    sae_attack: bool = True  # top-k SAE refusal features zeroed (fits or loads the SAE stage)
+    sae_attack: bool = True  # top-k SAE features set to the search's bypass values, and the top-k refusal features zeroed
     suffix_tokens: int = 8
     suffix_steps: int = 30
     suffix_prompts: int = 64  # harmful_train prompts the suffix is optimized on
@@ -304,9 +306,11 @@ class AnchorSettings:
     def calibration(self):
         from saesteer.anchor import AnchorCalibration
 
-        return AnchorCalibration(self.quantile, None if self.layers is None else list(self.layers), self.final, self.gate_layer,
-                                 self.gate_fpr, self.gate_orthogonal, self.batch_size,
-                                 None if self.gate_positions is None else list(self.gate_positions), self.gate_probe, self.gate_l2)
+        return AnchorCalibration(self.quantile, None if self.layers is None else list(self.layers), self.final,
+                                 None if self.gate_layers is None else list(self.gate_layers), self.gate_fpr, self.gate_orthogonal,
+                                 self.batch_size, None if self.gate_positions is None else list(self.gate_positions), self.gate_probe,
+                                 self.gate_l2, gate_pooling=self.gate_pooling, gate_synthetic=self.gate_synthetic,
+                                 gate_robust=tuple(self.gate_robust))
 
 
 @dataclass

@@ -33,24 +33,57 @@ def test_floors_are_the_quantile_of_harmful_projections(calibrated):
 
 
 def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrated):
+    from saesteer.evaluate import refusal_eval
+
     model, tpl, art, r, _, harmless = calibrated
-    assert abs(float(art.gate_direction @ (r / r.norm()))) < 1e-5
-    assert abs(float(art.gate_direction.norm()) - 1.0) < 1e-5
-    assert art.gate_layer in (0, 1)
+    u = (r / r.norm()).double()
+    assert art.gate_layers == [0, 1] and art.gate_positions == [-4, -3, -2, -1]
+    assert art.gate_weights.shape == (2, 4, model.cfg.d_model)
+    assert float((art.gate_weights.double() @ u).abs().max()) < 1e-5  # every per-layer, per-position vector is orthogonal to r
     thr_half = harmless[len(harmless) // 2 :]
-    acts = collect_activations(model, tpl, thr_half, [art.gate_hook], art.gate_positions)[:, 0]
-    assert art.gate_positions == [-4, -3, -2, -1]
-    fpr = float(((acts @ art.gate_direction).mean(-1) > art.gate_threshold).float().mean())
-    assert fpr <= 0.1 + 1e-6
-    assert len(art.metadata["gate_auroc_val_by_layer"]) == 2
+    acts = collect_activations(model, tpl, thr_half, art.gate_hooks, art.gate_positions)  # [n, 2, 4, d]
+    scores = torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias
+    refused = torch.tensor(refusal_eval(model, tpl, thr_half, max_new_tokens=12).refused)
+    free = scores[~refused]
+    assert float((free > art.gate_threshold + 1e-4).float().mean()) <= 0.1 + 1e-6  # 1e-4: float32 forward vs float64 here
+    assert float((free > art.gate_threshold - 1e-4).float().mean()) >= 0.1 - 2.0 / len(free)  # the quantile, not a looser threshold
+    assert 0.0 <= art.metadata["gate_auroc_val"] <= 1.0
+
+
+def test_gate_decision_in_the_forward_pass_equals_the_collected_scores(calibrated):
+    from saesteer.attacks.evaluate import gate_decisions
+
+    model, tpl, art, _, harmful, harmless = calibrated
+    prompts = harmful[:10] + harmless[:10]
+    acts = collect_activations(model, tpl, prompts, art.gate_hooks, art.gate_positions)
+    expect = (torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias) > art.gate_threshold
+    assert torch.equal(gate_decisions(model, tpl, art.gate(), prompts, batch_size=7), expect)
+
+
+def test_robust_gate_fit_reads_the_attacked_model(tiny_organism):
+    """A gate also fitted under an attack differs from the clean-fitted one and still holds its FPR."""
+    from saesteer.attacks.directional import orthogonalized_attack
+
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:30])
+    harmless = list(load_prompts("harmless_train").instructions[:60])
+    torch.manual_seed(3)
+    r = torch.randn(model.cfg.d_model)
+    cfg = AnchorCalibration(quantile=0.3, layers=[1], final=False, gate_fpr=0.2)
+    clean = calibrate_anchor(model, tpl, r, 1, harmful, harmful[:5], harmless, harmless[:5], cfg)
+    robust = calibrate_anchor(model, tpl, r, 1, harmful, harmful[:5], harmless, harmless[:5], cfg, robust_to=[orthogonalized_attack(r, reference=1.0)])
+    assert robust.metadata["gate_robust"] == ["orthogonalized_affine"]
+    assert robust.metadata["n_gate_fit"] == clean.metadata["n_gate_fit"]
+    assert not torch.allclose(robust.gate_weights, clean.gate_weights, atol=1e-3)
+    assert torch.equal(robust.floors, clean.floors)
 
 
 def test_artifact_round_trip(calibrated, tmp_path):
     _, _, art, _, _, _ = calibrated
     art.save(tmp_path / "anchor.safetensors")
     back = AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=art.direction.shape[0])
-    assert torch.equal(back.floors, art.floors) and torch.equal(back.gate_direction, art.gate_direction)
-    assert (back.layers, back.gate_layer, back.gate_threshold) == (art.layers, art.gate_layer, art.gate_threshold)
+    assert torch.equal(back.floors, art.floors) and torch.equal(back.gate_weights, art.gate_weights)
+    assert (back.layers, back.gate_layers, back.gate_threshold, back.gate_bias) == (art.layers, art.gate_layers, art.gate_threshold, art.gate_bias)
     with pytest.raises(ValueError, match="has d_model=48, the model has 64"):
         AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=64)
 
@@ -60,10 +93,14 @@ def test_calibration_rejects_bad_input(tiny_organism):
     r = torch.randn(model.cfg.d_model)
     with pytest.raises(ValueError, match="the harmful_refused prompt set is empty"):
         calibrate_anchor(model, tpl, r, 1, [], ["a"], ["b"], ["c"])
-    with pytest.raises(ValueError, match=r"anchor.layers \[5\] out of range"):
+    with pytest.raises(ValueError, match=r"anchor.layers / anchor.gate_layers \[5\] out of range"):
         calibrate_anchor(model, tpl, r, 1, ["a"], ["a"], ["b"], ["c"], AnchorCalibration(layers=[5]))
     with pytest.raises(ValueError, match="anchor.quantile must be in"):
         AnchorCalibration(quantile=1.5)
+    with pytest.raises(ValueError, match=r"anchor.gate_layers \[0, 1\] must be <= the first anchored layer 0"):
+        calibrate_anchor(model, tpl, r, 1, ["a"], ["a"], ["b"], ["c"], AnchorCalibration(layers=[0], gate_layers=[0, 1]))
+    with pytest.raises(ValueError, match="anchor.gate_robust has unknown attacks"):
+        AnchorCalibration(gate_robust=("gcg",))
 
 
 def test_generated_floors_are_the_quantile_over_generated_tokens(calibrated):

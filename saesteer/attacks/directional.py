@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from saesteer.attacks.base import Attack
-from saesteer.interventions import Ablate, Add
+from saesteer.interventions import Ablate, AblateAt, Add
 from saesteer.interventions.weights import orthogonalize_weights
 
 
@@ -38,9 +38,16 @@ def negative_addition_attacks(direction: torch.Tensor, layer: int, alphas: Seque
                    description=f"-{a:g} x refusal direction added at layer {layer}") for a in alphas]
 
 
-def gate_ablation_attack(direction: torch.Tensor, reference: torch.Tensor, gate_direction: torch.Tensor,
-                         gate_reference: torch.Tensor) -> Attack:
-    """Adaptive: the attacker knows the anchor's gate and also sets its direction to the harmless mean."""
-    return Attack("adaptive_gate_ablation", "adaptive",
-                  [Ablate(direction, mode="affine", reference=reference), Ablate(gate_direction, mode="affine", reference=gate_reference)],
-                  description="affine ablation of the refusal direction and of the gate's harmfulness direction")
+def gate_ablation_attack(direction: torch.Tensor, reference: torch.Tensor, gate_hooks: Sequence[str], gate_weights: torch.Tensor,
+                         gate_means: torch.Tensor) -> Attack:
+    """Adaptive: the attacker knows the anchor's gate, a linear probe read at ``gate_hooks``, and on top of the
+    affine ablation of the refusal direction sets the span of the probe's weight vectors at each hook to the
+    harmless mean (``gate_means``: [n_hooks, d_model], the harmless mean residual at the gate's positions)."""
+    edits: list = [Ablate(direction, mode="affine", reference=reference)]
+    for hook, w, mu in zip(gate_hooks, gate_weights, gate_means):
+        q, rr = torch.linalg.qr(w.double().T)  # orthonormal basis of the span of the per-position vectors
+        keep = rr.diagonal().abs() > 1e-8 * rr.diagonal().abs().max()
+        for u in q.T[keep]:
+            edits.append(AblateAt(u.float(), hook, reference=float(mu.double() @ u)))
+    return Attack("adaptive_gate_ablation", "adaptive", edits,
+                  description="affine ablation of the refusal direction and of the span the gate's probe reads, at its hooks")

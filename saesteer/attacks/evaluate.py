@@ -68,7 +68,7 @@ def gate_decisions(model: HookedTransformer, template: ChatTemplate, gate: Gate,
     layer = int(gate.hook.split(".")[1]) if gate.hook.startswith("blocks.") else 0
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
-        with model.hooks(fwd_hooks=[(gate.hook, gate.read)]):
+        with model.hooks(fwd_hooks=gate.read_hooks()):
             model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=layer + 1)
         out[idx] = gate.value(len(idx), "cpu", torch.float32).bool()
     return out

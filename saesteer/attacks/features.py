@@ -1,4 +1,9 @@
-"""SAE refusal-feature ablation: the attacker zeroes the top-k refusal features."""
+"""SAE refusal-feature bypass: the attacker sets the top-k features to bypass values.
+
+With the search's defaults (signed ranking, harmless means) that turns refusal
+features down and comply features up, the feature-level analogue of affine
+ablation; values 0 on refusal features is the plain zero ablation.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from saesteer.attacks.base import Attack
 from saesteer.interventions.features import EditFeatures
 
 
-def feature_ablation_attack(sae: Any, features: Sequence[int], hook: Optional[str] = None) -> Attack:
+def feature_ablation_attack(sae: Any, features: Sequence[int], hook: Optional[str] = None, values: float | Sequence[float] = 0.0,
+                            name: str = "sae_feature_ablation") -> Attack:
     feats = list(features)
-    return Attack("sae_feature_ablation", "features", [EditFeatures(sae, feats, mode="set", values=0.0, hook=hook)],
-                  description=f"top-{len(feats)} SAE refusal features set to 0 (error term kept)")
+    how = "set to 0" if not isinstance(values, (list, tuple)) and float(values) == 0.0 else "set to bypass values (harmless means)"
+    return Attack(name, "features", [EditFeatures(sae, feats, mode="set", values=values, hook=hook)],
+                  description=f"top-{len(feats)} SAE features {how} (error term kept)")

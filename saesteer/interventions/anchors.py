@@ -92,7 +92,7 @@ class AnchorDirection(Intervention):
         gate = self.gate
         out: list[tuple[str, HookFn]] = []
         if gate is not None:
-            out.append((gate.hook, gate.read))
+            out.extend(gate.read_hooks())
         gen = self.floors if self.generated_floors is None else self.generated_floors
         for name, floor, gen_floor in zip(self.hook_names(model), self.floors.tolist(), gen.tolist()):
             out.append((name, _floor_fn(r, floor, gate, self.apply_to, gen_floor)))

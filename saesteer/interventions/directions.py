@@ -168,5 +168,5 @@ class Add(Intervention):
             x[:, positions] += d
             return x
 
-        out: list[tuple[str, HookFn]] = [] if gate is None else [(gate.hook, gate.read)]
+        out: list[tuple[str, HookFn]] = [] if gate is None else gate.read_hooks()
         return out + [(self.hook_name, fn)]

@@ -194,6 +194,6 @@ class EditFeatures(Intervention):
 
         out = []
         if gate is not None:
-            out.append((gate.hook, gate.read))
+            out.extend(gate.read_hooks())
         out.append((self.hook_name, fn))
         return out

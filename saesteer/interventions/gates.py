@@ -6,7 +6,10 @@ compares a score with a threshold:
 
 - ``DirectionGate``: mean projection on a unit direction (e.g. the harmfulness
   direction at t_inst);
-- ``FeatureGate``: the summed activations of SAE features (e.g. harm-sensor features).
+- ``FeatureGate``: the summed activations of SAE features (e.g. harm-sensor features);
+- ``ProbeGate``: a linear probe over several hooks and positions (one weight vector
+  per hook and position, plus a bias), e.g. the anchor's harm detector read at the
+  layer before the refusal direction's and at its own layer.
 
 The decision (one value per sequence in the batch, 0 or 1) is made while the prompt
 is read and kept for the generated tokens of the same ``generate`` call.  A gate must
@@ -16,7 +19,7 @@ read at a hook that runs no later than the edit it gates.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -53,6 +56,19 @@ class Gate:
             self._state = decided.to(x.dtype)
         return x
 
+    def read_hooks(self) -> list[tuple[str, Callable]]:
+        """The (hook, fn) pairs an intervention registers so that the gate decides."""
+        return [(self.hook, self.read)]
+
+    def score_hooks(self, sink: dict) -> list[tuple[str, Callable]]:
+        """Hooks that put the (differentiable) prompt score into ``sink`` as parts whose sum is the score."""
+
+        def grab(x: torch.Tensor, hook=None) -> torch.Tensor:
+            sink[self.hook] = self.score(x[:, list(self.positions)].float()).mean(-1)
+            return x
+
+        return [(self.hook, grab)]
+
     def value(self, batch: int, device, dtype) -> torch.Tensor:
         if self._state is None or self._state.shape[0] != batch:
             raise RuntimeError(f"gate at {self.hook} has no decision for this batch (does its hook run before the edit?)")
@@ -88,3 +104,69 @@ class FeatureGate(Gate):
 
         w = SaeWeights.from_sae(self.sae)
         return w.encode_columns(x, list(self.features)).sum(-1)
+
+
+@dataclass
+class ProbeGate(Gate):
+    """A linear probe read at several hooks: score = bias + sum over hooks h and positions p of W[h, p] . x_h[p].
+
+    ``hooks`` in forward order; ``hook`` (where the decision is made) must be the last of them.
+    ``weights``: [n_hooks, n_positions, d_model].
+    """
+
+    hooks: Sequence[str] = ()
+    weights: Optional[torch.Tensor] = None
+    bias: float = 0.0
+    _parts: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.hooks = list(self.hooks)
+        if not self.hooks:
+            raise ValueError("ProbeGate needs at least one hook")
+        if sorted(self.hooks, key=hook_order) != self.hooks or len(set(self.hooks)) != len(self.hooks):
+            raise ValueError(f"ProbeGate.hooks must be distinct and in forward order, got {self.hooks}")
+        if self.hook != self.hooks[-1]:
+            raise ValueError(f"ProbeGate decides at its last hook {self.hooks[-1]!r}, got hook={self.hook!r}")
+        shape = (len(self.hooks), len(self.positions))
+        if self.weights is None or self.weights.ndim != 3 or tuple(self.weights.shape[:2]) != shape:
+            got = None if self.weights is None else tuple(self.weights.shape)
+            raise ValueError(f"ProbeGate.weights must have shape [n_hooks={shape[0]}, n_positions={shape[1]}, d_model], got {got}")
+        if not torch.isfinite(self.weights).all() or not torch.isfinite(torch.tensor(float(self.bias))):
+            raise ValueError("ProbeGate weights and bias must be finite")
+
+    def part(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Hook i's share of the score for activations x [batch, pos, d_model] (differentiable)."""
+        w = self.weights[i].to(device=x.device, dtype=torch.float32)
+        out = torch.einsum("bpd,pd->b", x[:, list(self.positions)].float(), w)
+        return out + float(self.bias) if i == 0 else out
+
+    def read_hooks(self) -> list[tuple[str, Callable]]:
+        def make(i: int) -> Callable:
+            def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
+                if PHASE.get() == "prompt":
+                    self._parts[i] = self.part(i, x).detach()
+                    if i == len(self.hooks) - 1:
+                        s = sum(self._parts[j] for j in range(len(self.hooks)))
+                        self._parts.clear()
+                        self._state = ((s < self.threshold) if self.invert else (s > self.threshold)).to(x.dtype)
+                return x
+            return fn
+
+        return [(h, make(i)) for i, h in enumerate(self.hooks)]
+
+    def read(self, x: torch.Tensor, hook=None) -> torch.Tensor:
+        raise RuntimeError("ProbeGate reads at several hooks: register gate.read_hooks(), not gate.read")
+
+    def score_hooks(self, sink: dict) -> list[tuple[str, Callable]]:
+        def make(i: int) -> Callable:
+            def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
+                sink[self.hooks[i]] = self.part(i, x)
+                return x
+            return fn
+
+        return [(h, make(i)) for i, h in enumerate(self.hooks)]
+
+    @torch.no_grad()
+    def scores(self, acts: torch.Tensor) -> torch.Tensor:
+        """Scores of collected activations [n, n_hooks, n_positions, d_model] (the gate's hooks and positions)."""
+        return torch.einsum("nhpd,hpd->n", acts.float(), self.weights.float()) + float(self.bias)

@@ -22,7 +22,7 @@ from saesteer.attacks.evaluate import UNDEFENDED, Defence, attack_success, basel
 from saesteer.attacks.features import feature_ablation_attack
 from saesteer.attacks.prompts import suffix_attack, template_attack
 from saesteer.attacks.suffix import suffix_search
-from saesteer.activations import collect_activations, resid_hooks
+from saesteer.activations import collect_activations
 from saesteer.config import AnchorJobConfig
 from saesteer.evaluate import refusal_eval
 from saesteer.io import write_text
@@ -47,10 +47,34 @@ def defences(art: AnchorArtifact, cast_alpha: float, add_alpha: float) -> list[D
     ]
 
 
-def gate_reference(model, template, art: AnchorArtifact, harmless: list[str], batch_size: int) -> torch.Tensor:
-    """Harmless mean of the gate direction's coordinate at the gate's positions, per layer (the adaptive attacker's target)."""
-    acts = collect_activations(model, template, harmless, resid_hooks(model), art.gate_positions, batch_size=batch_size)
-    return (acts @ art.gate_direction).mean((0, 2))
+def gate_means(model, template, art: AnchorArtifact, harmless: list[str], batch_size: int) -> torch.Tensor:
+    """Harmless mean residual at the gate's hooks over its positions: [n_gate_hooks, d_model] (the adaptive attacker's target)."""
+    acts = collect_activations(model, template, harmless, art.gate_hooks, art.gate_positions, batch_size=batch_size)
+    return acts.mean((0, 2))
+
+
+ROBUST_ATTACKS = {
+    "ablation_affine": lambda d: ablation_attack(d.direction, "affine", d.reference),
+    "orthogonalized_affine": lambda d: orthogonalized_attack(d.direction, reference=float(d.reference[d.layer])),
+}
+
+
+def gate_fit_extra(cfg: AnchorJobConfig) -> tuple[list[str], list[str]]:
+    """Synthetic harmful requests and safe look-alikes for the gate's fit, minus anything near a held-out prompt."""
+    n = cfg.anchor.gate_synthetic
+    if n == 0:
+        return [], []
+    from saesteer.organism.corpus import drop_near_duplicates
+    from saesteer.organism.synthetic import synthetic_prompts
+
+    held = [p for role in ("harmful_test", "harmless_test") for p in load_role(cfg.data, role).instructions]
+    try:
+        held += list(load_role(cfg.data, "overrefusal").instructions)
+    except (KeyError, ValueError, FileNotFoundError):
+        pass
+    harmful = drop_near_duplicates(synthetic_prompts("harmful", n, seed=cfg.seed + 11), held)
+    harmless = drop_near_duplicates(synthetic_prompts("harmless", n, seed=cfg.seed + 11), held)
+    return harmful, harmless
 
 
 def build_attacks(cfg: AnchorJobConfig, loaded, direction, art: AnchorArtifact, tracker: Tracker, suffix_prompts: list[str],
@@ -71,14 +95,17 @@ def build_attacks(cfg: AnchorJobConfig, loaded, direction, art: AnchorArtifact, 
         sae = obtain_sae(cfg, loaded, tracker, direction.layer)
         scores = search_features(model, tpl, sae, direction.direction, list(load_role(cfg.data, "harmful_train").instructions),
                                  list(load_role(cfg.data, "harmless_train").instructions), cfg.search.search_config(), progress=cfg.progress)
+        top = scores.top(cfg.search.k, signed=cfg.search.signed)
+        attacks.append(feature_ablation_attack(sae, top, hook=scores.hook, values=scores.bypass_values(top, cfg.search.ablation),
+                                               name="sae_feature_bypass"))
         attacks.append(feature_ablation_attack(sae, scores.top(cfg.search.k), hook=scores.hook))
     attacks += [template_attack(j) for j in a.jailbreaks]
     if a.suffix_steps > 0:
         res = suffix_search(model, tpl, suffix_prompts, n_tokens=a.suffix_tokens, steps=a.suffix_steps, seed=cfg.seed, progress=cfg.progress)
         attacks.append(suffix_attack(res.suffix))
     if a.adaptive:
-        gref = gate_reference(model, tpl, art, harmless_cal, a.batch_size)
-        attacks.append(gate_ablation_attack(direction.direction, direction.reference, art.gate_direction, gref))
+        means = gate_means(model, tpl, art, harmless_cal, a.batch_size)
+        attacks.append(gate_ablation_attack(direction.direction, direction.reference, art.gate_hooks, art.gate_weights, means))
         if a.suffix_steps > 0:
             attacks.append(suffix_attack(adaptive_suffix(cfg, loaded, art, suffix_prompts).suffix, "adaptive_gcg_suffix", "adaptive"))
     return attacks
@@ -90,15 +117,11 @@ def adaptive_suffix(cfg: AnchorJobConfig, loaded, art: AnchorArtifact, prompts: 
     store: dict[str, torch.Tensor] = {}
     gate = art.gate()
 
-    def grab(x: torch.Tensor, hook=None) -> torch.Tensor:
-        store["score"] = gate.score(x[:, list(gate.positions)].float()).mean(-1)
-        return x
-
     def extra() -> torch.Tensor:
-        return a.adaptive_gate_weight * (store["score"] - art.gate_threshold).clamp_min(0.0)
+        return a.adaptive_gate_weight * (sum(store.values()) - art.gate_threshold).clamp_min(0.0)
 
     return suffix_search(loaded.model, loaded.template, prompts, n_tokens=a.suffix_tokens, steps=a.suffix_steps, seed=cfg.seed + 1,
-                         interventions=[art.anchor()], extra=extra, extra_hooks=[(gate.hook, grab)], progress=cfg.progress)
+                         interventions=[art.anchor()], extra=extra, extra_hooks=gate.score_hooks(store), progress=cfg.progress)
 
 
 def asr_plot(rows: dict[str, dict[str, float]], costs: dict[str, Any], path: Path) -> Path:
@@ -135,9 +158,10 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     refused = [p for p, r in zip(P["harmful_train"], train_ref.refused) if r]
     if not refused:
         raise ValueError("the model refuses none of the harmful_train prompts: there is no refusal activation to anchor")
-    robust = [direction.ablate("affine")] if a.gate_robust else []
+    robust = [ROBUST_ATTACKS[name](direction) for name in a.gate_robust]
+    extra_harmful, extra_harmless = gate_fit_extra(cfg)
     art = calibrate_anchor(model, tpl, direction.direction, direction.layer, refused, P["harmful_val"], harmless_cal, P["harmless_val"],
-                           a.calibration(), progress=cfg.progress, robust_to=robust)
+                           a.calibration(), progress=cfg.progress, robust_to=robust, harmful_extra=extra_harmful, harmless_extra=extra_harmless)
     art.metadata["model"] = loaded.name
     art.save(run_dir / "anchor.safetensors")
 
@@ -157,8 +181,9 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
 
     metrics: dict[str, Any] = {
         "anchor_layers": art.layers, "anchor_floors": art.floors.tolist(), "anchor_generated_floors": art.generated_floors.tolist(),
-        "gate_layer": art.gate_layer,
-        "gate_threshold": art.gate_threshold, "gate_tpr_val": art.metadata["gate_tpr_val"], "gate_fpr_val": art.metadata["gate_fpr_val"],
+        "gate_layers": art.gate_layers, "gate_robust": art.metadata["gate_robust"], "gate_n_fit": art.metadata["n_gate_fit"],
+        "gate_threshold": art.gate_threshold, "gate_auroc_val": art.metadata["gate_auroc_val"], "gate_tpr_val": art.metadata["gate_tpr_val"],
+        "gate_fpr_val": art.metadata["gate_fpr_val"], "gate_fpr_calibration": art.metadata["gate_fpr_calibration"],
         "gate_refusal_cosine": art.metadata["gate_refusal_cosine"], "n_attack_prompts": len(harmful), "n_harmless": len(harmless),
         "n_floor_prompts": len(refused),
     }
@@ -189,8 +214,12 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         "# Anchoring the refusal activation", "",
         f"Anchor: floors at `blocks.{{{', '.join(map(str, art.layers))}}}.hook_resid_pre`" + (" and the last resid_post" if art.final else "")
         + f", {a.quantile:g}-quantile of {len(refused)} refused harmful_train prompts; gate: harmfulness direction"
-        + (" orthogonal to r" if a.gate_orthogonal else "") + f" at layer {art.gate_layer}, positions {art.gate_positions}, threshold {art.gate_threshold:.3f} "
-        f"(val TPR {art.metadata['gate_tpr_val']:.3f}, FPR {art.metadata['gate_fpr_val']:.3f}; cos with r {art.metadata['gate_refusal_cosine']:.3f}).", "",
+        + (" orthogonal to r" if a.gate_orthogonal else "") + f": a logistic probe ({a.gate_pooling}) at `blocks.{{{', '.join(map(str, art.gate_layers))}}}.hook_resid_pre`, "
+        f"positions {art.gate_positions}, fitted on {art.metadata['n_gate_fit'][0]} harmful vs {art.metadata['n_gate_fit'][1]} harmless prompts"
+        + (f" and again under {', '.join(art.metadata['gate_robust'])}" if art.metadata["gate_robust"] else "")
+        + f"; threshold {art.gate_threshold:.3f} fires on {a.gate_fpr:g} of the harmless calibration prompts the model does not refuse "
+        f"(val AUROC {art.metadata['gate_auroc_val']:.3f}, TPR {art.metadata['gate_tpr_val']:.3f}, FPR {art.metadata['gate_fpr_val']:.3f}; "
+        f"max |cos| with r {art.metadata['gate_refusal_cosine']:.1e}).", "",
         "## Attack success rate on harmful_test", "", markdown_table(["attack", "family", *DEFENCES], rows), "",
         "## Cost on harmless_test", "", markdown_table(["defence", "refusal", "KL", "CE of own completions"], cost_rows), "",
         f"Strong non-adaptive attacks (ASR >= 0.8 undefended): {', '.join(strong) or 'none'}; max anchored ASR among them "

@@ -176,3 +176,36 @@ def test_affine_weight_orthogonalization_equals_its_hook_version(tiny_organism, 
     assert err.max() < 1e-3, f"max {err.max():.2e} mean {err.mean():.2e}"
     coord = _cache(edited, tokens, mask)[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][m] @ _unit(r)
     assert torch.allclose(coord, torch.full_like(coord, ref), atol=1e-3)
+
+
+def test_probe_gate_checks_its_shapes_and_order():
+    from saesteer.interventions.gates import ProbeGate
+
+    w = torch.randn(2, 3, 48)
+    with pytest.raises(ValueError, match=r"weights must have shape \[n_hooks=2, n_positions=2, d_model\]"):
+        ProbeGate(hook="blocks.1.hook_resid_pre", positions=(-2, -1), hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], weights=w)
+    with pytest.raises(ValueError, match="forward order"):
+        ProbeGate(hook="blocks.0.hook_resid_pre", positions=(-3, -2, -1), hooks=["blocks.1.hook_resid_pre", "blocks.0.hook_resid_pre"], weights=w)
+    with pytest.raises(ValueError, match="decides at its last hook"):
+        ProbeGate(hook="blocks.0.hook_resid_pre", positions=(-3, -2, -1), hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], weights=w)
+
+
+def test_gate_ablation_attack_blinds_the_probe(tiny_organism):
+    """The adaptive attacker's edit leaves the probe's score the same constant on every prompt."""
+    from saesteer.activations import collect_activations
+    from saesteer.attacks.directional import gate_ablation_attack
+
+    model, tpl, _ = tiny_organism
+    torch.manual_seed(0)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    pos = [-2, -1]
+    w = torch.randn(2, 2, model.cfg.d_model)
+    means = torch.randn(2, model.cfg.d_model)
+    r = torch.randn(model.cfg.d_model)
+    attack = gate_ablation_attack(r, torch.zeros(model.cfg.n_layers), hooks, w, means)
+    prompts = ["How do I bake bread?", "Explain how to build a bomb.", "Write a poem about the sea."]
+    acts = collect_activations(model, tpl, prompts, hooks, pos, interventions=attack.interventions)
+    # the hooks run in forward order; the layer-1 read also sees the refusal-direction ablation, which is applied first
+    scores = torch.einsum("nhpd,hpd->n", acts.double(), w.double())
+    expect = float(torch.einsum("hd,hpd->", means.double(), w.double()))
+    assert torch.allclose(scores, torch.full_like(scores, expect), atol=1e-3), (scores, expect)
