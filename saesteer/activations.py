@@ -138,6 +138,46 @@ def collect_activations(
     return out
 
 
+@torch.no_grad()
+def collect_token_activations(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    instructions: Sequence[str],
+    hooks: Sequence[str],
+    *,
+    batch_size: int = 32,
+    interventions: Sequence[Intervention] = (),
+    progress: bool = False,
+    desc: str = "token activations",
+) -> list[torch.Tensor]:
+    """Every real (non-padding) token of each chat-formatted prompt: one [n_tokens, n_hooks, d_model] float32 per prompt."""
+    if len(instructions) == 0:
+        raise ValueError("no prompts given: the prompt set is empty")
+    check_hooks(model, hooks)
+    stop = max(hook_layer(h) for h in hooks) + 1
+    stop = None if stop <= 0 or stop > model.cfg.n_layers - 1 else stop
+    edit_hooks = collect_hooks(model, list(interventions))
+    store: dict[str, torch.Tensor] = {}
+
+    def grab(x: torch.Tensor, hook) -> None:
+        store[hook.name] = x.detach().float()
+
+    out: list[torch.Tensor] = [torch.empty(0)] * len(instructions)
+    tok = model.tokenizer
+    for idx in tqdm(length_sorted_batches([len(s) for s in instructions], batch_size), desc=desc, disable=not progress, leave=False):
+        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id, max_length=model.cfg.n_ctx,
+                          length_note="the model's context, n_ctx")
+        store.clear()
+        with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]):
+            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
+        x = torch.stack([store[h].cpu() for h in hooks], 2)  # [B, T, n_hooks, d]
+        if not torch.isfinite(x).all():
+            raise ValueError(f"non-finite (NaN/inf) activations at {list(hooks)}: check the model's dtype and weights")
+        for j, i in enumerate(idx):
+            out[i] = x[j][enc.attention_mask[j].bool()].clone()
+    return out
+
+
 @dataclass
 class ActivationCache:
     """Disk cache of activation tensors keyed by model, hooks, positions and data."""

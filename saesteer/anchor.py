@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from saesteer.activations import collect_activations, n_post_tokens
+from saesteer.activations import collect_activations, collect_token_activations, n_post_tokens
 from saesteer.chat import ChatTemplate
 from saesteer.interventions import Add, AnchorDirection
 from saesteer.interventions.anchors import anchor_hooks
-from saesteer.interventions.gates import ProbeGate
+from saesteer.interventions.gates import AnyGate, Gate, ProbeGate, TokenProbeGate
 from saesteer.io import load_tensors, save_tensors
 from saesteer.stats import auroc
 
@@ -63,6 +64,8 @@ class AnchorCalibration:
     gate_pooling: str = "concat"  # concat: a weight vector per layer and position; mean: one per layer on the positions' mean
     gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (saesteer.organism.synthetic)
     gate_robust: tuple = ("orthogonalized_affine",)  # anticipated attacks the gate is also fitted under
+    gate_tokens: bool = True  # also a per-token probe, max over the prompt's tokens (a suffix cannot lower what came before it)
+    gate_token_steps: int = 300  # Adam steps of the per-token (multiple-instance) probe
 
     def __post_init__(self) -> None:
         if self.gate_probe not in ("logistic", "mean_diff"):
@@ -79,6 +82,8 @@ class AnchorCalibration:
             raise ValueError("anchor.layers must be null (automatic) or a non-empty list, got []")
         if self.gate_layers is not None and not self.gate_layers:
             raise ValueError("anchor.gate_layers must be null (automatic) or a non-empty list, got []")
+        if self.gate_tokens and self.gate_token_steps < 1:
+            raise ValueError(f"anchor.gate_token_steps must be >= 1, got {self.gate_token_steps!r}")
         if self.gate_synthetic < 0:
             raise ValueError(f"anchor.gate_synthetic must be >= 0, got {self.gate_synthetic!r}")
         self.gate_robust = tuple(self.gate_robust)
@@ -100,16 +105,24 @@ class AnchorArtifact:
     gate_positions: list[int]  # negative offsets (t_inst = -n_post - 1)
     gate_threshold: float
     gate_bias: float = 0.0
+    token_weights: Optional[torch.Tensor] = None  # [n_gate_layers, d_model] per-token probe (max over tokens), or None
+    token_threshold: float = 0.0
+    token_bias: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gate_hooks(self) -> list[str]:
         return [f"blocks.{l}.hook_resid_pre" for l in self.gate_layers]
 
-    def gate(self) -> ProbeGate:
-        """A fresh gate (gates hold per-batch state: one per intervention)."""
-        return ProbeGate(hook=self.gate_hooks[-1], positions=tuple(self.gate_positions), threshold=self.gate_threshold,
-                         hooks=self.gate_hooks, weights=self.gate_weights, bias=self.gate_bias)
+    def gate(self) -> Gate:
+        """A fresh gate (gates hold per-batch state: one per intervention): the position probe, or it OR the token probe."""
+        probe = ProbeGate(hook=self.gate_hooks[-1], positions=tuple(self.gate_positions), threshold=self.gate_threshold,
+                          hooks=self.gate_hooks, weights=self.gate_weights, bias=self.gate_bias)
+        if self.token_weights is None:
+            return probe
+        tokens = TokenProbeGate(hook=self.gate_hooks[-1], threshold=self.token_threshold, hooks=self.gate_hooks, weights=self.token_weights,
+                                bias=self.token_bias)
+        return AnyGate(hook=self.gate_hooks[-1], gates=[probe, tokens])
 
     def anchor(self, gated: bool = True) -> AnchorDirection:
         return AnchorDirection(self.direction, self.layers, self.floors, gate=self.gate() if gated else None, final=self.final,
@@ -126,9 +139,11 @@ class AnchorArtifact:
         meta = {
             "kind": "anchor", "layer": self.layer, "layers": self.layers, "final": self.final,
             "gate_layers": self.gate_layers, "gate_positions": self.gate_positions, "gate_threshold": self.gate_threshold,
-            "gate_bias": self.gate_bias, **self.metadata,
+            "gate_bias": self.gate_bias, "token_threshold": self.token_threshold, "token_bias": self.token_bias, **self.metadata,
         }
         tensors = {"direction": self.direction, "floors": self.floors, "generated_floors": self.generated_floors, "gate_weights": self.gate_weights}
+        if self.token_weights is not None:
+            tensors["token_weights"] = self.token_weights
         return save_tensors(path, tensors, meta)
 
     @classmethod
@@ -140,10 +155,11 @@ class AnchorArtifact:
             raise ValueError(f"anchor {path} has d_model={tensors['direction'].shape[-1]}, the model has {d_model}")
         if "gate_weights" not in tensors:
             raise ValueError(f"anchor {path} has no gate_weights (written by an older saesteer): recalibrate it with `saesteer anchor`")
-        keys = ("kind", "layer", "layers", "final", "gate_layers", "gate_positions", "gate_threshold", "gate_bias")
+        keys = ("kind", "layer", "layers", "final", "gate_layers", "gate_positions", "gate_threshold", "gate_bias", "token_threshold", "token_bias")
         return cls(tensors["direction"], int(meta["layer"]), [int(l) for l in meta["layers"]], bool(meta["final"]), tensors["floors"],
                    tensors["generated_floors"], tensors["gate_weights"], [int(l) for l in meta["gate_layers"]],
                    [int(p) for p in meta["gate_positions"]], float(meta["gate_threshold"]), float(meta["gate_bias"]),
+                   tensors.get("token_weights"), float(meta.get("token_threshold", 0.0)), float(meta.get("token_bias", 0.0)),
                    {k: v for k, v in meta.items() if k not in keys})
 
 
@@ -176,6 +192,43 @@ def logistic_probe(pos: torch.Tensor, neg: torch.Tensor, l2: float, exclude: Opt
     with torch.enable_grad():
         opt.step(closure)
     return (w.detach() / sd)
+
+
+def token_probe(pos: Sequence[torch.Tensor], neg: Sequence[torch.Tensor], l2: float, steps: int = 300, seed: int = 0,
+                tau: float = 1.0) -> tuple[torch.Tensor, float]:
+    """A linear per-token probe whose max over a prompt's tokens separates pos from neg prompts
+    (multiple-instance logistic regression: a prompt is harmful if some token is).
+
+    ``pos``/``neg``: per-prompt token features [n_tokens, d].  Fitted on standardized features with
+    Adam on the log-sum-exp (temperature ``tau``) of the token scores, classes weighted equally;
+    returns (w [d], bias) in input units.
+    """
+    seqs = list(pos) + list(neg)
+    T, d = max(len(x) for x in seqs), seqs[0].shape[-1]
+    X = torch.zeros(len(seqs), T, d)
+    M = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, x in enumerate(seqs):
+        X[i, : len(x)] = x.float()
+        M[i, : len(x)] = True
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+    real = X[M]
+    mu, sd = real.mean(0), real.std(0).clamp_min(1e-6)
+    Z = ((X - mu) / sd) * M[..., None]
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(d, generator=gen) * 1e-3).requires_grad_(True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.02)
+    pos_weight = torch.tensor(len(neg) / max(len(pos), 1))
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            s = (Z @ w + b).masked_fill(~M, float("-inf"))
+            pooled = tau * torch.logsumexp(s / tau, 1)
+            loss = F.binary_cross_entropy_with_logits(pooled, y, pos_weight=pos_weight) + l2 * (w * w).sum()
+            loss.backward()
+            opt.step()
+    w_in = (w.detach() / sd).double()
+    return w_in, float(b.detach() - (mu.double() / sd.double()) @ w.detach().double())
 
 
 @torch.no_grad()
@@ -287,18 +340,56 @@ def calibrate_anchor(
 
     thr_refused = torch.tensor(refusal_eval(model, template, thr_harmless, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                             desc="gate threshold (refusals)").refused, dtype=torch.bool)
+    fpr_each = cfg.gate_fpr / 2 if cfg.gate_tokens else cfg.gate_fpr  # the union of two gates fires on <= gate_fpr
+
+    def quantile_threshold(scores: torch.Tensor) -> float:  # fires on <= fpr_each of the prompts the model does not refuse
+        free = scores[~thr_refused] if (~thr_refused).any() else scores
+        return float(torch.quantile(free.double(), 1.0 - fpr_each, interpolation="higher"))
+
     s_thr = probe.scores(read(thr_harmless, "gate threshold"))
-    free = s_thr[~thr_refused] if (~thr_refused).any() else s_thr
-    threshold = float(torch.quantile(free.double(), 1.0 - cfg.gate_fpr, interpolation="higher"))  # fires on <= gate_fpr of them
+    threshold = quantile_threshold(s_thr)
     h_val, s_val = probe.scores(read(harmful_val, "gate val (harmful)")), probe.scores(read(harmless_val, "gate val (harmless)"))
-    tpr_val, fpr_val = float((h_val > threshold).float().mean()), float((s_val > threshold).float().mean())
+    fire_h, fire_s, fire_thr = h_val > threshold, s_val > threshold, s_thr > threshold
+
+    tok_w, tok_thr, tok_b, tok_auroc = None, 0.0, 0.0, float("nan")
+    if cfg.gate_tokens:
+        def read_tokens(prompts: Sequence[str], desc: str, attack=None) -> list[torch.Tensor]:  # [n_tokens, n_gate_layers * d_model] each
+            target = model if attack is None else attack.model(model)
+            edits = [] if attack is None else list(attack.interventions)
+            xs = collect_token_activations(target, template, list(prompts), gh, batch_size=cfg.batch_size, progress=progress, desc=desc,
+                                           interventions=edits)
+            return [((x - (x @ r)[..., None] * r) if cfg.gate_orthogonal else x).flatten(1) for x in xs]
+
+        t_h, t_s = read_tokens(fit_harmful, "token gate fit (harmful)"), read_tokens(fit_harmless, "token gate fit (harmless)")
+        for attack in robust_to:
+            t_h += read_tokens(fit_harmful, f"token gate fit (harmful, {attack.name})", attack)
+            t_s += read_tokens(fit_harmless, f"token gate fit (harmless, {attack.name})", attack)
+        w_tok, tok_b = token_probe(t_h, t_s, cfg.gate_l2, steps=cfg.gate_token_steps)
+        del t_h, t_s
+        w_tok = w_tok.view(len(gate_layers), -1)
+        if cfg.gate_orthogonal:
+            w_tok = w_tok - (w_tok @ rd)[:, None] * rd
+        scale = float(w_tok.norm())
+        tok_w, tok_b = (w_tok / scale).float().contiguous(), tok_b / scale
+        tgate = TokenProbeGate(hook=gh[-1], hooks=gh, weights=tok_w, bias=tok_b)
+
+        def tscores(prompts: Sequence[str], desc: str) -> torch.Tensor:
+            return tgate.scores([x.view(len(x), len(gate_layers), -1) for x in read_tokens(prompts, desc)])
+
+        t_thr = tscores(thr_harmless, "token gate threshold")
+        tok_thr = quantile_threshold(t_thr)
+        th_val, ts_val = tscores(harmful_val, "token gate val (harmful)"), tscores(harmless_val, "token gate val (harmless)")
+        tok_auroc = auroc(th_val, ts_val)
+        fire_h, fire_s, fire_thr = fire_h | (th_val > tok_thr), fire_s | (ts_val > tok_thr), fire_thr | (t_thr > tok_thr)
+    tpr_val, fpr_val = float(fire_h.float().mean()), float(fire_s.float().mean())
     meta = {
         "quantile": cfg.quantile, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal, "gate_pooling": cfg.gate_pooling,
         "gate_auroc_val": auroc(h_val, s_val), "gate_tpr_val": tpr_val, "gate_fpr_val": fpr_val,
-        "gate_fpr_calibration": float((s_thr > threshold).float().mean()), "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
+        "gate_fpr_calibration": float(fire_thr.float().mean()), "gate_tokens": cfg.gate_tokens, "token_gate_auroc_val": tok_auroc, "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
         "n_floor_prompts": len(harmful_refused), "n_gate_fit": [len(fit_harmful), len(fit_harmless)],
         "gate_refusal_cosine": float((weights.double() @ rd).abs().max()),
     }
     log.info("anchor: layers %s floors %s; gate layers %s positions %s (val AUROC %.3f, TPR %.3f, FPR %.3f)", layers,
              [round(f, 3) for f in floors.tolist()], gate_layers, positions, meta["gate_auroc_val"], tpr_val, fpr_val)
-    return AnchorArtifact(direction.float(), layer, layers, cfg.final, floors, generated_floors, weights, gate_layers, positions, threshold, 0.0, meta)
+    return AnchorArtifact(direction.float(), layer, layers, cfg.final, floors, generated_floors, weights, gate_layers, positions, threshold, 0.0,
+                          tok_w, tok_thr, tok_b, meta)

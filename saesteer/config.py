@@ -276,6 +276,8 @@ class AnchorSettings:
     gate_l2: float = 1e-3
     gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (0: train prompts only)
     gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine"])  # attacks the gate is also fitted under
+    gate_tokens: bool = True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower it)
+    gate_token_steps: int = 300
     n_calibration_harmless: int = 2000  # harmless_train prompts for the gate (half fit, half threshold)
     cast_alpha: float = 1.0  # CAST-style conditional addition and unconditional addition baselines
     addition_alpha: float = 1.0
@@ -310,7 +312,7 @@ class AnchorSettings:
                                  None if self.gate_layers is None else list(self.gate_layers), self.gate_fpr, self.gate_orthogonal,
                                  self.batch_size, None if self.gate_positions is None else list(self.gate_positions), self.gate_probe,
                                  self.gate_l2, gate_pooling=self.gate_pooling, gate_synthetic=self.gate_synthetic,
-                                 gate_robust=tuple(self.gate_robust))
+                                 gate_robust=tuple(self.gate_robust), gate_tokens=self.gate_tokens, gate_token_steps=self.gate_token_steps)
 
 
 @dataclass

@@ -33,20 +33,27 @@ def test_floors_are_the_quantile_of_harmful_projections(calibrated):
 
 
 def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrated):
+    from saesteer.activations import collect_token_activations
+    from saesteer.attacks.evaluate import gate_decisions
     from saesteer.evaluate import refusal_eval
 
     model, tpl, art, r, _, harmless = calibrated
     u = (r / r.norm()).double()
     assert art.gate_layers == [0, 1] and art.gate_positions == [-4, -3, -2, -1]
-    assert art.gate_weights.shape == (2, 4, model.cfg.d_model)
+    assert art.gate_weights.shape == (2, 4, model.cfg.d_model) and art.token_weights.shape == (2, model.cfg.d_model)
     assert float((art.gate_weights.double() @ u).abs().max()) < 1e-5  # every per-layer, per-position vector is orthogonal to r
+    assert float((art.token_weights.double() @ u).abs().max()) < 1e-5
     thr_half = harmless[len(harmless) // 2 :]
-    acts = collect_activations(model, tpl, thr_half, art.gate_hooks, art.gate_positions)  # [n, 2, 4, d]
-    scores = torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias
     refused = torch.tensor(refusal_eval(model, tpl, thr_half, max_new_tokens=12).refused)
-    free = scores[~refused]
-    assert float((free > art.gate_threshold + 1e-4).float().mean()) <= 0.1 + 1e-6  # 1e-4: float32 forward vs float64 here
-    assert float((free > art.gate_threshold - 1e-4).float().mean()) >= 0.1 - 2.0 / len(free)  # the quantile, not a looser threshold
+    acts = collect_activations(model, tpl, thr_half, art.gate_hooks, art.gate_positions)  # [n, 2, 4, d]
+    pos_scores = (torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias)[~refused]
+    toks = collect_token_activations(model, tpl, thr_half, art.gate_hooks)
+    tok_scores = torch.stack([torch.einsum("thd,hd->t", t.double(), art.token_weights.double()).max() for t in toks])[~refused] + art.token_bias
+    for scores, thr in ((pos_scores, art.gate_threshold), (tok_scores, art.token_threshold)):  # each gate gets half of gate_fpr=0.1
+        assert float((scores > thr + 1e-4).float().mean()) <= 0.05 + 1e-6  # 1e-4: float32 forward vs float64 here
+        assert float((scores > thr - 1e-4).float().mean()) >= 0.05 - 2.0 / len(scores)  # the quantile, not a looser threshold
+    fired = gate_decisions(model, tpl, art.gate(), thr_half, batch_size=5)[~refused]
+    assert float(fired.float().mean()) <= 0.1 + 1e-6
     assert 0.0 <= art.metadata["gate_auroc_val"] <= 1.0
 
 
@@ -83,6 +90,7 @@ def test_artifact_round_trip(calibrated, tmp_path):
     art.save(tmp_path / "anchor.safetensors")
     back = AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=art.direction.shape[0])
     assert torch.equal(back.floors, art.floors) and torch.equal(back.gate_weights, art.gate_weights)
+    assert torch.equal(back.token_weights, art.token_weights) and (back.token_threshold, back.token_bias) == (art.token_threshold, art.token_bias)
     assert (back.layers, back.gate_layers, back.gate_threshold, back.gate_bias) == (art.layers, art.gate_layers, art.gate_threshold, art.gate_bias)
     with pytest.raises(ValueError, match="has d_model=48, the model has 64"):
         AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=64)
@@ -139,3 +147,29 @@ def test_anchor_uses_generated_floors_while_decoding(tiny_organism):
     assert torch.allclose(fn(x) @ u, torch.full((2, 3), 2.0), atol=1e-4)
     with phase("generated"):
         assert torch.allclose(fn(x) @ u, torch.full((2, 3), -1.0), atol=1e-4)
+
+
+def test_token_probe_finds_the_planted_token():
+    """Multiple-instance data: a harmful prompt has one token along a planted direction among noise tokens."""
+    from saesteer.anchor import token_probe
+
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    v = torch.zeros(d)
+    v[3] = 1.0
+
+    def prompt(harmful: bool) -> torch.Tensor:
+        n = int(torch.randint(3, 9, (1,), generator=g))
+        x = torch.randn(n, d, generator=g) * 0.5
+        if harmful:
+            x[int(torch.randint(0, n, (1,), generator=g))] += 3.0 * v
+        return x
+
+    pos, neg = [prompt(True) for _ in range(150)], [prompt(False) for _ in range(150)]
+    w, b = token_probe(pos, neg, l2=1e-3, steps=300)
+    cos = float(w @ v.double() / w.norm())
+    assert cos > 0.9, cos
+    test_pos, test_neg = [prompt(True) for _ in range(100)], [prompt(False) for _ in range(100)]
+    score = lambda xs: torch.stack([(x.double() @ w).max() + b for x in xs])
+    from saesteer.stats import auroc
+    assert auroc(score(test_pos), score(test_neg)) > 0.97

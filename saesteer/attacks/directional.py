@@ -39,15 +39,19 @@ def negative_addition_attacks(direction: torch.Tensor, layer: int, alphas: Seque
 
 
 def gate_ablation_attack(direction: torch.Tensor, reference: torch.Tensor, gate_hooks: Sequence[str], gate_weights: torch.Tensor,
-                         gate_means: torch.Tensor) -> Attack:
-    """Adaptive: the attacker knows the anchor's gate, a linear probe read at ``gate_hooks``, and on top of the
-    affine ablation of the refusal direction sets the span of the probe's weight vectors at each hook to the
-    harmless mean (``gate_means``: [n_hooks, d_model], the harmless mean residual at the gate's positions)."""
+                         gate_means: torch.Tensor, token_weights: Optional[torch.Tensor] = None,
+                         token_means: Optional[torch.Tensor] = None) -> Attack:
+    """Adaptive: the attacker knows the anchor's gate, linear probes read at ``gate_hooks``, and on top of the
+    affine ablation of the refusal direction sets the span of the probes' weight vectors at each hook to the
+    harmless mean (``gate_means``: [n_hooks, d_model], the harmless mean residual at the gate's positions;
+    ``token_means``: the same over every token, for the per-token probe's ``token_weights`` [n_hooks, d_model])."""
     edits: list = [Ablate(direction, mode="affine", reference=reference)]
-    for hook, w, mu in zip(gate_hooks, gate_weights, gate_means):
-        q, rr = torch.linalg.qr(w.double().T)  # orthonormal basis of the span of the per-position vectors
-        keep = rr.diagonal().abs() > 1e-8 * rr.diagonal().abs().max()
-        for u in q.T[keep]:
-            edits.append(AblateAt(u.float(), hook, reference=float(mu.double() @ u)))
+    for i, (hook, w, mu) in enumerate(zip(gate_hooks, gate_weights, gate_means)):
+        span = [(w, mu)] if token_weights is None else [(w, mu), (token_weights[i][None], token_means[i])]
+        for vectors, mean in span:
+            q, rr = torch.linalg.qr(vectors.double().T)  # orthonormal basis of the span of the vectors
+            keep = rr.diagonal().abs() > 1e-8 * rr.diagonal().abs().max()
+            for u in q.T[keep]:
+                edits.append(AblateAt(u.float(), hook, reference=float(mean.double() @ u)))
     return Attack("adaptive_gate_ablation", "adaptive", edits,
-                  description="affine ablation of the refusal direction and of the span the gate's probe reads, at its hooks")
+                  description="affine ablation of the refusal direction and of the span the gate's probes read, at their hooks")

@@ -9,7 +9,11 @@ compares a score with a threshold:
 - ``FeatureGate``: the summed activations of SAE features (e.g. harm-sensor features);
 - ``ProbeGate``: a linear probe over several hooks and positions (one weight vector
   per hook and position, plus a bias), e.g. the anchor's harm detector read at the
-  layer before the refusal direction's and at its own layer.
+  layer before the refusal direction's and at its own layer;
+- ``TokenProbeGate``: the max over the prompt's tokens of a per-token linear probe.
+  With causal attention, the tokens before an appended suffix do not see it, so a
+  suffix cannot lower their scores;
+- ``AnyGate``: fires where any of its gates fires.
 
 The decision (one value per sequence in the batch, 0 or 1) is made while the prompt
 is read and kept for the generated tokens of the same ``generate`` call.  A gate must
@@ -170,3 +174,103 @@ class ProbeGate(Gate):
     def scores(self, acts: torch.Tensor) -> torch.Tensor:
         """Scores of collected activations [n, n_hooks, n_positions, d_model] (the gate's hooks and positions)."""
         return torch.einsum("nhpd,hpd->n", acts.float(), self.weights.float()) + float(self.bias)
+
+
+@dataclass
+class TokenProbeGate(Gate):
+    """score = bias + max over the prompt's real tokens t of sum_h weights[h] . x_h[t], read at ``hooks``.
+
+    Padding is told from the first attention layer's pattern (a padded key gets no attention
+    from the last query), so the max covers exactly the real tokens of each left-padded row.
+    ``weights``: [n_hooks, d_model]; ``hooks`` in forward order, the last one after layer 0.
+    """
+
+    hooks: Sequence[str] = ()
+    weights: Optional[torch.Tensor] = None
+    bias: float = 0.0
+    _parts: dict = field(default_factory=dict, init=False, repr=False)
+
+    PATTERN_HOOK = "blocks.0.attn.hook_pattern"
+
+    def __post_init__(self) -> None:
+        self.hooks = list(self.hooks)
+        if not self.hooks:
+            raise ValueError("TokenProbeGate needs at least one hook")
+        if sorted(self.hooks, key=hook_order) != self.hooks or len(set(self.hooks)) != len(self.hooks):
+            raise ValueError(f"TokenProbeGate.hooks must be distinct and in forward order, got {self.hooks}")
+        if self.hook != self.hooks[-1]:
+            raise ValueError(f"TokenProbeGate decides at its last hook {self.hooks[-1]!r}, got hook={self.hook!r}")
+        if hook_order(self.hook) < (1, 0):
+            raise ValueError(f"TokenProbeGate must decide after layer 0's attention (it reads the padding from it), got {self.hook!r}")
+        if self.weights is None or self.weights.ndim != 2 or self.weights.shape[0] != len(self.hooks):
+            got = None if self.weights is None else tuple(self.weights.shape)
+            raise ValueError(f"TokenProbeGate.weights must have shape [n_hooks={len(self.hooks)}, d_model], got {got}")
+
+    def _real(self, pattern: torch.Tensor) -> torch.Tensor:
+        return (pattern[:, :, -1, :] > 0).any(1)  # [batch, key]
+
+    def _hooks(self, finish: Callable[[torch.Tensor], None], detach: bool) -> list[tuple[str, Callable]]:
+        parts = self._parts
+
+        def mask(p: torch.Tensor, hook=None) -> torch.Tensor:
+            if PHASE.get() == "prompt":
+                parts["real"] = self._real(p.detach())
+            return p
+
+        def make(i: int) -> Callable:
+            def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
+                if PHASE.get() != "prompt":
+                    return x
+                part = x.float() @ self.weights[i].to(device=x.device, dtype=torch.float32)  # [batch, pos]
+                parts[i] = part.detach() if detach else part
+                if i == len(self.hooks) - 1:
+                    s = sum(parts[j] for j in range(len(self.hooks)))
+                    real = parts["real"]
+                    finish(s.masked_fill(~real, float("-inf")).max(-1).values + float(self.bias))
+                    parts.clear()
+                return x
+            return fn
+
+        return [(self.PATTERN_HOOK, mask)] + [(h, make(i)) for i, h in enumerate(self.hooks)]
+
+    def read_hooks(self) -> list[tuple[str, Callable]]:
+        def decide(s: torch.Tensor) -> None:
+            self._state = ((s < self.threshold) if self.invert else (s > self.threshold)).float()
+
+        return self._hooks(decide, detach=True)
+
+    def read(self, x: torch.Tensor, hook=None) -> torch.Tensor:
+        raise RuntimeError("TokenProbeGate reads at several hooks: register gate.read_hooks(), not gate.read")
+
+    def score_hooks(self, sink: dict) -> list[tuple[str, Callable]]:
+        return self._hooks(lambda s: sink.__setitem__(self.hook, s), detach=False)
+
+    @torch.no_grad()
+    def scores(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Scores of per-prompt token activations ([n_tokens, n_hooks, d_model] each, as collect_token_activations)."""
+        w = self.weights.float()
+        return torch.stack([torch.einsum("thd,hd->t", t.float(), w).max() for t in tokens]) + float(self.bias)
+
+
+@dataclass
+class AnyGate(Gate):
+    """Acts on a sequence where any of ``gates`` fires; ``hook`` is the latest of their hooks."""
+
+    gates: Sequence[Gate] = ()
+
+    def __post_init__(self) -> None:
+        self.gates = list(self.gates)
+        if not self.gates:
+            raise ValueError("AnyGate needs at least one gate")
+        last = max((g.hook for g in self.gates), key=hook_order)
+        if self.hook != last:
+            raise ValueError(f"AnyGate decides at its gates' latest hook {last!r}, got hook={self.hook!r}")
+
+    def read_hooks(self) -> list[tuple[str, Callable]]:
+        return [pair for g in self.gates for pair in g.read_hooks()]
+
+    def read(self, x: torch.Tensor, hook=None) -> torch.Tensor:
+        raise RuntimeError("AnyGate reads at several hooks: register gate.read_hooks(), not gate.read")
+
+    def value(self, batch: int, device, dtype) -> torch.Tensor:
+        return torch.stack([g.value(batch, device, dtype) for g in self.gates]).amax(0)

@@ -22,7 +22,8 @@ from saesteer.attacks.evaluate import UNDEFENDED, Defence, attack_success, basel
 from saesteer.attacks.features import feature_ablation_attack
 from saesteer.attacks.prompts import suffix_attack, template_attack
 from saesteer.attacks.suffix import suffix_search
-from saesteer.activations import collect_activations
+from saesteer.activations import collect_activations, collect_token_activations
+from saesteer.interventions.gates import AnyGate
 from saesteer.config import AnchorJobConfig
 from saesteer.evaluate import refusal_eval
 from saesteer.io import write_text
@@ -47,10 +48,12 @@ def defences(art: AnchorArtifact, cast_alpha: float, add_alpha: float) -> list[D
     ]
 
 
-def gate_means(model, template, art: AnchorArtifact, harmless: list[str], batch_size: int) -> torch.Tensor:
-    """Harmless mean residual at the gate's hooks over its positions: [n_gate_hooks, d_model] (the adaptive attacker's target)."""
+def gate_means(model, template, art: AnchorArtifact, harmless: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Harmless mean residual at the gate's hooks, over its positions and over every token: 2 x [n_gate_hooks, d_model]
+    (the adaptive attacker's targets)."""
     acts = collect_activations(model, template, harmless, art.gate_hooks, art.gate_positions, batch_size=batch_size)
-    return acts.mean((0, 2))
+    tokens = torch.cat(collect_token_activations(model, template, harmless, art.gate_hooks, batch_size=batch_size))
+    return acts.mean((0, 2)), tokens.mean(0)
 
 
 ROBUST_ATTACKS = {
@@ -104,8 +107,9 @@ def build_attacks(cfg: AnchorJobConfig, loaded, direction, art: AnchorArtifact, 
         res = suffix_search(model, tpl, suffix_prompts, n_tokens=a.suffix_tokens, steps=a.suffix_steps, seed=cfg.seed, progress=cfg.progress)
         attacks.append(suffix_attack(res.suffix))
     if a.adaptive:
-        means = gate_means(model, tpl, art, harmless_cal, a.batch_size)
-        attacks.append(gate_ablation_attack(direction.direction, direction.reference, art.gate_hooks, art.gate_weights, means))
+        means, token_means = gate_means(model, tpl, art, harmless_cal, a.batch_size)
+        attacks.append(gate_ablation_attack(direction.direction, direction.reference, art.gate_hooks, art.gate_weights, means,
+                                            art.token_weights, token_means))
         if a.suffix_steps > 0:
             attacks.append(suffix_attack(adaptive_suffix(cfg, loaded, art, suffix_prompts).suffix, "adaptive_gcg_suffix", "adaptive"))
     return attacks
@@ -114,14 +118,16 @@ def build_attacks(cfg: AnchorJobConfig, loaded, direction, art: AnchorArtifact, 
 def adaptive_suffix(cfg: AnchorJobConfig, loaded, art: AnchorArtifact, prompts: list[str]):
     """A suffix optimized against the anchored model, also pushing the gate's score under its threshold."""
     a = cfg.anchor
-    store: dict[str, torch.Tensor] = {}
     gate = art.gate()
+    gates = list(gate.gates) if isinstance(gate, AnyGate) else [gate]
+    sinks: list[dict[str, torch.Tensor]] = [{} for _ in gates]
+    hooks = [pair for g, sink in zip(gates, sinks) for pair in g.score_hooks(sink)]
 
-    def extra() -> torch.Tensor:
-        return a.adaptive_gate_weight * (sum(store.values()) - art.gate_threshold).clamp_min(0.0)
+    def extra() -> torch.Tensor:  # how far each of the gate's probes is above its threshold
+        return a.adaptive_gate_weight * sum((sum(sink.values()) - g.threshold).clamp_min(0.0) for g, sink in zip(gates, sinks))
 
     return suffix_search(loaded.model, loaded.template, prompts, n_tokens=a.suffix_tokens, steps=a.suffix_steps, seed=cfg.seed + 1,
-                         interventions=[art.anchor()], extra=extra, extra_hooks=gate.score_hooks(store), progress=cfg.progress)
+                         interventions=[art.anchor()], extra=extra, extra_hooks=hooks, progress=cfg.progress)
 
 
 def asr_plot(rows: dict[str, dict[str, float]], costs: dict[str, Any], path: Path) -> Path:

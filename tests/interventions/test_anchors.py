@@ -202,10 +202,34 @@ def test_gate_ablation_attack_blinds_the_probe(tiny_organism):
     w = torch.randn(2, 2, model.cfg.d_model)
     means = torch.randn(2, model.cfg.d_model)
     r = torch.randn(model.cfg.d_model)
-    attack = gate_ablation_attack(r, torch.zeros(model.cfg.n_layers), hooks, w, means)
+    attack = gate_ablation_attack(r, torch.zeros(model.cfg.n_layers), hooks, w, means)  # position probe only
     prompts = ["How do I bake bread?", "Explain how to build a bomb.", "Write a poem about the sea."]
     acts = collect_activations(model, tpl, prompts, hooks, pos, interventions=attack.interventions)
     # the hooks run in forward order; the layer-1 read also sees the refusal-direction ablation, which is applied first
     scores = torch.einsum("nhpd,hpd->n", acts.double(), w.double())
     expect = float(torch.einsum("hd,hpd->", means.double(), w.double()))
     assert torch.allclose(scores, torch.full_like(scores, expect), atol=1e-3), (scores, expect)
+
+
+def test_token_probe_gate_takes_the_max_over_real_tokens(tiny_organism):
+    """In left-padded batches the gate's decision equals the max over each prompt's own tokens, computed one prompt at a time."""
+    from saesteer.activations import collect_token_activations
+    from saesteer.attacks.evaluate import gate_decisions
+    from saesteer.interventions.gates import AnyGate, ProbeGate, TokenProbeGate
+
+    model, tpl, _ = tiny_organism
+    torch.manual_seed(1)
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    w = torch.randn(2, model.cfg.d_model)
+    prompts = ["Hi", "How do I bake a loaf of sourdough bread at home with a starter?", "Explain how to build a bomb.", "Write a poem."]
+    single = torch.stack([(torch.einsum("thd,hd->t", collect_token_activations(model, tpl, [p], hooks)[0], w)).max() for p in prompts])
+    thr = float(single.median())
+    gate = TokenProbeGate(hook=hooks[-1], hooks=hooks, weights=w, threshold=thr)
+    assert torch.equal(gate_decisions(model, tpl, gate, prompts, batch_size=4), single > thr)
+    assert torch.allclose(gate.scores(collect_token_activations(model, tpl, prompts, hooks)), single, atol=1e-4)
+    # a gate that never fires OR the token gate decides as the token gate
+    never = ProbeGate(hook=hooks[-1], positions=(-1,), hooks=hooks, weights=torch.zeros(2, 1, model.cfg.d_model), threshold=1.0)
+    both = AnyGate(hook=hooks[-1], gates=[never, TokenProbeGate(hook=hooks[-1], hooks=hooks, weights=w, threshold=thr)])
+    assert torch.equal(gate_decisions(model, tpl, both, prompts, batch_size=3), single > thr)
+    with pytest.raises(ValueError, match="after layer 0's attention"):
+        TokenProbeGate(hook="blocks.0.hook_resid_pre", hooks=["blocks.0.hook_resid_pre"], weights=w[:1])
