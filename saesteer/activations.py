@@ -61,18 +61,18 @@ def model_fingerprint(model: HookedTransformer) -> str:
 
 
 @torch.no_grad()
-def _batched_run(
+def _forward_batches(
     model: HookedTransformer,
     template: ChatTemplate,
     instructions: Sequence[str],
     hooks: Sequence[str],
-    positions: Sequence[int],
+    positions: Optional[Sequence[int]],
     batch_size: int,
     interventions: Sequence[Intervention],
     progress: bool,
     desc: str,
 ):
-    """Yield (indices, {hook: [B, n_pos, d_model]}) batch by batch."""
+    """Yield (indices, encoded batch, {hook: [B, n_pos or T, d_model] float32}) batch by batch (positions None: every position)."""
     if len(instructions) == 0:
         raise ValueError("no prompts given: the prompt set is empty")
     check_hooks(model, hooks)
@@ -80,15 +80,15 @@ def _batched_run(
     stop = None if stop <= 0 or stop > model.cfg.n_layers - 1 else stop
     edit_hooks = collect_hooks(model, list(interventions))
     store: dict[str, torch.Tensor] = {}
-    pos = list(positions)
+    pos = None if positions is None else list(positions)
 
     def grab(x: torch.Tensor, hook) -> None:
-        store[hook.name] = x[:, pos].detach().float()
+        store[hook.name] = (x if pos is None else x[:, pos]).detach().float()
 
     tok = model.tokenizer
     for idx in tqdm(length_sorted_batches([len(s) for s in instructions], batch_size), desc=desc, disable=not progress, leave=False):
         enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id, max_length=model.cfg.n_ctx,
-                           length_note="the model's context, n_ctx")
+                          length_note="the model's context, n_ctx")
         store.clear()
         with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]):
             model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
@@ -96,6 +96,12 @@ def _batched_run(
         for h, a in acts.items():
             if not torch.isfinite(a).all():
                 raise ValueError(f"non-finite (NaN/inf) activations at {h}: check the model's dtype and weights")
+        yield idx, enc, acts
+
+
+def _batched_run(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
+    """Yield (indices, {hook: [B, n_pos, d_model]}) batch by batch."""
+    for idx, _, acts in _forward_batches(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
         yield idx, acts
 
 
@@ -138,7 +144,6 @@ def collect_activations(
     return out
 
 
-@torch.no_grad()
 def collect_token_activations(
     model: HookedTransformer,
     template: ChatTemplate,
@@ -151,28 +156,9 @@ def collect_token_activations(
     desc: str = "token activations",
 ) -> list[torch.Tensor]:
     """Every real (non-padding) token of each chat-formatted prompt: one [n_tokens, n_hooks, d_model] float32 per prompt."""
-    if len(instructions) == 0:
-        raise ValueError("no prompts given: the prompt set is empty")
-    check_hooks(model, hooks)
-    stop = max(hook_layer(h) for h in hooks) + 1
-    stop = None if stop <= 0 or stop > model.cfg.n_layers - 1 else stop
-    edit_hooks = collect_hooks(model, list(interventions))
-    store: dict[str, torch.Tensor] = {}
-
-    def grab(x: torch.Tensor, hook) -> None:
-        store[hook.name] = x.detach().float()
-
     out: list[torch.Tensor] = [torch.empty(0)] * len(instructions)
-    tok = model.tokenizer
-    for idx in tqdm(length_sorted_batches([len(s) for s in instructions], batch_size), desc=desc, disable=not progress, leave=False):
-        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id, max_length=model.cfg.n_ctx,
-                          length_note="the model's context, n_ctx")
-        store.clear()
-        with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
-        x = torch.stack([store[h].cpu() for h in hooks], 2)  # [B, T, n_hooks, d]
-        if not torch.isfinite(x).all():
-            raise ValueError(f"non-finite (NaN/inf) activations at {list(hooks)}: check the model's dtype and weights")
+    for idx, enc, acts in _forward_batches(model, template, instructions, hooks, None, batch_size, interventions, progress, desc):
+        x = torch.stack([acts[h].cpu() for h in hooks], 2)  # [B, T, n_hooks, d]
         for j, i in enumerate(idx):
             out[i] = x[j][enc.attention_mask[j].bool()].clone()
     return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from saesteer.activations import hook_layer, mean_activations, n_post_tokens, resid_hooks
+from saesteer.activations import mean_activations, n_post_tokens, resid_hooks
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.evaluate import kl_divergence
 from saesteer.generation import final_logits, length_sorted_batches

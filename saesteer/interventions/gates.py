@@ -110,6 +110,18 @@ class FeatureGate(Gate):
         return w.encode_columns(x, list(self.features)).sum(-1)
 
 
+def _check_hooks(kind: str, hooks: Sequence[str], hook: str) -> list[str]:
+    """A multi-hook gate's hooks: distinct, in forward order, deciding at the last."""
+    hooks = list(hooks)
+    if not hooks:
+        raise ValueError(f"{kind} needs at least one hook")
+    if sorted(hooks, key=hook_order) != hooks or len(set(hooks)) != len(hooks):
+        raise ValueError(f"{kind}.hooks must be distinct and in forward order, got {hooks}")
+    if hook != hooks[-1]:
+        raise ValueError(f"{kind} decides at its last hook {hooks[-1]!r}, got hook={hook!r}")
+    return hooks
+
+
 @dataclass
 class ProbeGate(Gate):
     """A linear probe read at several hooks: score = bias + sum over hooks h and positions p of W[h, p] . x_h[p].
@@ -124,13 +136,7 @@ class ProbeGate(Gate):
     _parts: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.hooks = list(self.hooks)
-        if not self.hooks:
-            raise ValueError("ProbeGate needs at least one hook")
-        if sorted(self.hooks, key=hook_order) != self.hooks or len(set(self.hooks)) != len(self.hooks):
-            raise ValueError(f"ProbeGate.hooks must be distinct and in forward order, got {self.hooks}")
-        if self.hook != self.hooks[-1]:
-            raise ValueError(f"ProbeGate decides at its last hook {self.hooks[-1]!r}, got hook={self.hook!r}")
+        self.hooks = _check_hooks("ProbeGate", self.hooks, self.hook)
         shape = (len(self.hooks), len(self.positions))
         if self.weights is None or self.weights.ndim != 3 or tuple(self.weights.shape[:2]) != shape:
             got = None if self.weights is None else tuple(self.weights.shape)
@@ -193,13 +199,7 @@ class TokenProbeGate(Gate):
     PATTERN_HOOK = "blocks.0.attn.hook_pattern"
 
     def __post_init__(self) -> None:
-        self.hooks = list(self.hooks)
-        if not self.hooks:
-            raise ValueError("TokenProbeGate needs at least one hook")
-        if sorted(self.hooks, key=hook_order) != self.hooks or len(set(self.hooks)) != len(self.hooks):
-            raise ValueError(f"TokenProbeGate.hooks must be distinct and in forward order, got {self.hooks}")
-        if self.hook != self.hooks[-1]:
-            raise ValueError(f"TokenProbeGate decides at its last hook {self.hooks[-1]!r}, got hook={self.hook!r}")
+        self.hooks = _check_hooks("TokenProbeGate", self.hooks, self.hook)
         if hook_order(self.hook) < (1, 0):
             raise ValueError(f"TokenProbeGate must decide after layer 0's attention (it reads the padding from it), got {self.hook!r}")
         if self.weights is None or self.weights.ndim != 2 or self.weights.shape[0] != len(self.hooks):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from saesteer.harmfulness import behavioural_refusal_directions, detector_auroc,
 from saesteer.interventions import Ablate, Add, orthogonalize_weights, steer
 from saesteer.io import write_json, write_text
 from saesteer.jobs.common import load_role
-from saesteer.judge import RefusalJudge
 from saesteer.models import load_model
 from saesteer.report import heatmaps, line_plot, markdown_table
 from saesteer.stages import direction_stage

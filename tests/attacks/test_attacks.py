@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saesteer.attacks import Attack, Defence, UNDEFENDED, attack_success, defence_cost, suffix_search, template_attack
+from saesteer.attacks import Defence, UNDEFENDED, attack_success, defence_cost, suffix_search, template_attack
 from saesteer.attacks.evaluate import baseline_completions
 from saesteer.attacks.suffix import word_vocabulary
 from saesteer.chat import encode_chat
