@@ -97,8 +97,10 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:1] == PICKLE_MAGIC[0] or head == PICKLE_MAGIC[1]:
+        head = fh.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header ("{"); its first byte can be 0x80 too
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not looks_safetensors and (head[:1] == PICKLE_MAGIC[0] or head[:4] == PICKLE_MAGIC[1]):
         raise ArtifactError(
             f"{path} looks like a pickle/torch.save file; saesteer only reads safetensors "
             "(convert it with safetensors.torch.save_file if you created it)"
