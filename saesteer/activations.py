@@ -25,7 +25,7 @@ from transformer_lens import HookedTransformer
 from saesteer.chat import ChatTemplate, encode_chat, suffix_ids
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions.directions import Intervention
-from saesteer.interventions.steer import collect_hooks
+from saesteer.interventions.steer import collect_hooks, gate_prepass
 from saesteer.io import ArtifactError, cache_dir, hash_strings, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _forward_batches(
         enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id, max_length=model.cfg.n_ctx,
                           length_note="the model's context, n_ctx")
         store.clear()
-        with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]):
+        with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]), gate_prepass(model, list(interventions)):
             model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
         acts = {h: store[h] for h in hooks}
         for h, a in acts.items():

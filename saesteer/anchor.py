@@ -1,6 +1,6 @@
 """Calibrating an anchor of the refusal activation (fits on train / val prompts only).
 
-- floors: at every anchored hook (from the refusal direction's layer to the last),
+- floors: at every anchored hook (from the layer before the refusal direction's to the last),
   the ``quantile`` of the projection on the unit refusal direction over *refused*
   harmful training prompts: at the last post-instruction position for prompt
   tokens, and over the generated tokens of their own greedy refusals for decoding
@@ -8,7 +8,9 @@
 - gate: a harm detector read from the prompt (Zhao et al. 2025: harmfulness is
   encoded apart from refusal): an L2-regularized logistic probe on the residual at
   t_inst and the post-instruction tokens of the layer before the direction's and of
-  the direction's own layer (one weight vector per layer and position), with the
+  the direction's own layer (one weight vector per layer and position; when that is
+  later than the first anchored layer, ``steer`` runs a pre-pass over the prompt in
+  which the gate decides, and the anchor then acts from its first layer), with the
   refusal direction projected out of every feature, so that removing r cannot blind
   it directly.  It is fitted on refused harmful training prompts plus synthetic
   harmful requests against harmless training prompts plus synthetic safe look-alikes,
@@ -45,13 +47,15 @@ from saesteer.stats import auroc
 log = logging.getLogger(__name__)
 
 
-GATE_ROBUST = ("ablation_affine", "orthogonalized_affine")
+#: attacks of the suite (saesteer anchor) the gate can also be fitted under
+GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogonalized_affine", "sae_feature_bypass", "sae_feature_ablation",
+               "negative_addition_1", "negative_addition_2", "negative_addition_4")
 
 
 @dataclass
 class AnchorCalibration:
     quantile: float = 0.25  # floor = this quantile of refused harmful prompts' projections
-    layers: Optional[list[int]] = None  # None = from the direction's layer to the last
+    layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layers: Optional[list[int]] = None  # None = the layer before the direction's and the direction's own
     gate_fpr: float = 0.01  # share of harmless calibration prompts (not already refused) the gate may fire on
@@ -63,7 +67,7 @@ class AnchorCalibration:
     max_new_tokens: int = 12  # greedy refusals whose generated tokens calibrate the decoding floors
     gate_pooling: str = "concat"  # concat: a weight vector per layer and position; mean: one per layer on the positions' mean
     gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (saesteer.organism.synthetic)
-    gate_robust: tuple = ("orthogonalized_affine",)  # anticipated attacks the gate is also fitted under
+    gate_robust: tuple = ("orthogonalized_affine", "sae_feature_bypass")  # anticipated attacks the gate is also fitted under
     gate_tokens: bool = True  # also a per-token probe, max over the prompt's tokens (a suffix cannot lower what came before it)
     gate_token_steps: int = 300  # Adam steps of the per-token (multiple-instance) probe
 
@@ -213,7 +217,8 @@ def token_probe(pos: Sequence[torch.Tensor], neg: Sequence[torch.Tensor], l2: fl
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
     real = X[M]
     mu, sd = real.mean(0), real.std(0).clamp_min(1e-6)
-    Z = ((X - mu) / sd) * M[..., None]
+    del real
+    Z = X.sub_(mu).div_(sd).mul_(M[..., None])  # standardized in place (the padded batch is the big tensor)
     gen = torch.Generator().manual_seed(seed)
     w = (torch.randn(d, generator=gen) * 1e-3).requires_grad_(True)
     b = torch.zeros((), requires_grad=True)
@@ -287,13 +292,11 @@ def calibrate_anchor(
     n_layers = model.cfg.n_layers
     if not 0 <= layer < n_layers:
         raise ValueError(f"calibrate_anchor: direction layer {layer} out of range for a model with {n_layers} layers")
-    layers = list(range(layer, n_layers)) if cfg.layers is None else [int(l) for l in cfg.layers]
+    layers = list(range(max(layer - 1, 0), n_layers)) if cfg.layers is None else [int(l) for l in cfg.layers]
     gate_layers = sorted({max(layer - 1, 0), layer}) if cfg.gate_layers is None else sorted({int(l) for l in cfg.gate_layers})
     bad = [l for l in layers + gate_layers if not 0 <= l < n_layers]
     if bad:
         raise ValueError(f"anchor.layers / anchor.gate_layers {bad} out of range for a model with {n_layers} layers")
-    if max(gate_layers) > min(layers):
-        raise ValueError(f"anchor.gate_layers {gate_layers} must be <= the first anchored layer {min(layers)} (the gate decides before the anchor acts)")
     r = _unit(direction.float())
     hooks = anchor_hooks(model, layers, cfg.final)
     acts = collect_activations(model, template, list(harmful_refused), hooks, [-1], batch_size=cfg.batch_size, progress=progress, desc="anchor floors")

@@ -275,7 +275,7 @@ class AnchorSettings:
     gate_pooling: str = "concat"  # concat: one weight vector per layer and position; mean: one per layer on the positions' mean
     gate_l2: float = 1e-3
     gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (0: train prompts only)
-    gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine"])  # attacks the gate is also fitted under
+    gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass"])  # attacks the gate is also fitted under
     gate_tokens: bool = True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower it)
     gate_token_steps: int = 300
     n_calibration_harmless: int = 2000  # harmless_train prompts for the gate (half fit, half threshold)

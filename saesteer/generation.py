@@ -25,8 +25,14 @@ log = logging.getLogger(__name__)
 
 #: "prompt" while the model reads the prompt (every ordinary forward pass), "generated"
 #: while ``generate`` decodes new tokens; interventions that act only on prompt or
-#: generated tokens read it.
+#: generated tokens read it.  "gate": a pre-pass over the prompt in which gates that read
+#: later than the edits they gate decide (``steer`` runs it; defences do not act in it).
 PHASE: ContextVar[str] = ContextVar("saesteer_phase", default="prompt")
+
+
+def token_phase() -> str:
+    """"prompt" or "generated": the kind of token being read (the gate pre-pass reads the prompt)."""
+    return "generated" if PHASE.get() == "generated" else "prompt"
 
 
 @contextlib.contextmanager

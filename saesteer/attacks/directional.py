@@ -22,15 +22,16 @@ def ablation_attack(direction: torch.Tensor, mode: str = "affine", reference: Op
                   description=f"{mode} ablation of the refusal direction at every layer (hooks)")
 
 
-def orthogonalized_attack(direction: torch.Tensor, reference: Optional[float] = None) -> Attack:
-    """The attacker edits the weights; with ``reference`` the coordinate is then set to it (affine)."""
+def orthogonalized_attack(direction: torch.Tensor, reference: Optional[torch.Tensor] = None) -> Attack:
+    """The attacker edits the weights; with ``reference`` (per-layer harmless means) the coordinate along r is
+    then set to them layer by layer through the biases: the weight form of affine ablation."""
     name = "orthogonalized" if reference is None else "orthogonalized_affine"
 
     def edit(model):
         return orthogonalize_weights(model, direction, reference=reference)
 
     return Attack(name, "weights", model_edit=edit,
-                  description="weights orthogonalized to the refusal direction" + ("" if reference is None else f", coordinate set to {reference:.3g}"))
+                  description="weights orthogonalized to the refusal direction" + ("" if reference is None else ", coordinate set to the harmless mean of each layer"))
 
 
 def negative_addition_attacks(direction: torch.Tensor, layer: int, alphas: Sequence[float]) -> list[Attack]:

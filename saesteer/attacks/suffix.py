@@ -25,6 +25,7 @@ from saesteer.chat import ChatTemplate, encode_chat, suffix_ids
 from saesteer.directions import refusal_token_ids
 from saesteer.generation import final_logits
 from saesteer.interventions import Intervention, collect_hooks
+from saesteer.interventions.steer import gate_prepass
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def suffix_search(
             x[:, sl] = (one_hot @ W_E)[None].expand(x.shape[0], -1, -1)
             return x
 
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks + [("hook_embed", put)]):
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks + [("hook_embed", put)]), gate_prepass(model, list(interventions)):
             loss = loss_of(final_logits(model, tokens, mask)).mean()
             (grad,) = torch.autograd.grad(loss, one_hot)
         grad = grad.masked_fill(~allowed[None], float("inf"))
@@ -143,7 +144,7 @@ def suffix_search(
             cands.append(c)
         scores: list[float] = []
         B = tokens.shape[0]
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks), gate_prepass(model, list(interventions)):
             for j in range(0, len(cands), chunk):
                 cs = torch.tensor(cands[j : j + chunk], device=tokens.device)  # [c, n_tokens]
                 t = tokens.repeat(len(cs), 1)

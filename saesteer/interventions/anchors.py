@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from saesteer.generation import PHASE
+from saesteer.generation import PHASE, token_phase
 from saesteer.interventions.directions import HookFn, Intervention, check_direction, unit
 from saesteer.interventions.features import EditFeatures
 from saesteer.interventions.gates import Gate, hook_order
@@ -79,10 +79,13 @@ class AnchorDirection(Intervention):
         bad = [l for l in self.layers if not 0 <= l < model.cfg.n_layers]
         if bad:
             raise ValueError(f"AnchorDirection layers {bad} out of range for a model with {model.cfg.n_layers} layers")
-        if self.gate is not None:
-            first = min(hook_order(h) for h in self.hook_names(model))
-            if hook_order(self.gate.hook) > first:
-                raise ValueError(f"anchor gate reads {self.gate.hook}, after the first anchored hook; a gate must read no later than what it gates")
+
+    def prepass_gates(self, model: HookedTransformer) -> list[Gate]:
+        """The gate, when it decides later than the first anchored hook: ``steer`` then runs a pre-pass over the prompt."""
+        if self.gate is None:
+            return []
+        first = min(hook_order(h) for h in self.hook_names(model))
+        return [self.gate] if hook_order(self.gate.hook) > first else []
 
     def hook_names(self, model: HookedTransformer) -> list[str]:
         return anchor_hooks(model, self.layers, self.final)
@@ -103,7 +106,9 @@ def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate], apply_to: str
     generated_floor = floor if generated_floor is None else generated_floor
 
     def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
-        phase = PHASE.get()
+        if PHASE.get() == "gate":  # the gates' pre-pass reads the prompt as the attacker left it
+            return x
+        phase = token_phase()
         if apply_to != "both" and phase != apply_to:
             return x
         floor_now = generated_floor if phase == "generated" else floor

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from saesteer.generation import PHASE
+from saesteer.generation import PHASE, token_phase
 
 HookFn = Callable[[torch.Tensor, object], torch.Tensor]
 
@@ -46,6 +46,10 @@ class Intervention:
 
     def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def prepass_gates(self, model: HookedTransformer) -> list:
+        """Gates that decide later than this edit acts (``steer`` runs a pre-pass over the prompt for them)."""
+        return []
 
     def validate(self, model: HookedTransformer) -> None:
         pass
@@ -157,7 +161,7 @@ class Add(Intervention):
         apply_to = self.apply_to
 
         def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
-            if apply_to != "both" and PHASE.get() != apply_to:
+            if (gate is not None and PHASE.get() == "gate") or (apply_to != "both" and token_phase() != apply_to):
                 return x
             d = v.to(device=x.device, dtype=x.dtype)
             if gate is not None:

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from saesteer.generation import PHASE
+from saesteer.generation import PHASE, token_phase
 from saesteer.interventions.directions import Intervention
 from saesteer.interventions.gates import Gate, hook_order
 from saesteer.kernels import MODES, sparse_feature_edit, topk_feature_edit
@@ -185,7 +185,7 @@ class EditFeatures(Intervention):
         apply_to = self.apply_to
 
         def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
-            if apply_to != "both" and PHASE.get() != apply_to:
+            if (gate is not None and PHASE.get() == "gate") or (apply_to != "both" and token_phase() != apply_to):
                 return x
             g = None
             if gate is not None:

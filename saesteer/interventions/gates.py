@@ -48,13 +48,19 @@ class Gate:
     threshold: float = 0.0
     invert: bool = False  # act when the score is BELOW the threshold
     _state: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
+    prepass: bool = field(default=False, init=False, repr=False)  # set by ``steer``: decide in the pre-pass only
+
+    def deciding(self) -> bool:
+        """Whether this forward pass decides: the pre-pass when there is one, else every prompt pass."""
+        phase = PHASE.get()
+        return phase == "gate" if self.prepass else phase == "prompt"
 
     def score(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def read(self, x: torch.Tensor, hook=None) -> torch.Tensor:
         """Forward hook at ``self.hook``: decide on the prompt pass, keep for decoding."""
-        if PHASE.get() == "prompt":
+        if self.deciding():
             s = self.score(x[:, list(self.positions)].float()).mean(-1)
             decided = (s < self.threshold) if self.invert else (s > self.threshold)
             self._state = decided.to(x.dtype)
@@ -68,7 +74,8 @@ class Gate:
         """Hooks that put the (differentiable) prompt score into ``sink`` as parts whose sum is the score."""
 
         def grab(x: torch.Tensor, hook=None) -> torch.Tensor:
-            sink[self.hook] = self.score(x[:, list(self.positions)].float()).mean(-1)
+            if self.deciding():
+                sink[self.hook] = self.score(x[:, list(self.positions)].float()).mean(-1)
             return x
 
         return [(self.hook, grab)]
@@ -153,7 +160,7 @@ class ProbeGate(Gate):
     def read_hooks(self) -> list[tuple[str, Callable]]:
         def make(i: int) -> Callable:
             def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
-                if PHASE.get() == "prompt":
+                if self.deciding():
                     self._parts[i] = self.part(i, x).detach()
                     if i == len(self.hooks) - 1:
                         s = sum(self._parts[j] for j in range(len(self.hooks)))
@@ -170,7 +177,8 @@ class ProbeGate(Gate):
     def score_hooks(self, sink: dict) -> list[tuple[str, Callable]]:
         def make(i: int) -> Callable:
             def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
-                sink[self.hooks[i]] = self.part(i, x)
+                if self.deciding():
+                    sink[self.hooks[i]] = self.part(i, x)
                 return x
             return fn
 
@@ -213,13 +221,13 @@ class TokenProbeGate(Gate):
         parts = self._parts
 
         def mask(p: torch.Tensor, hook=None) -> torch.Tensor:
-            if PHASE.get() == "prompt":
+            if self.deciding():
                 parts["real"] = self._real(p.detach())
             return p
 
         def make(i: int) -> Callable:
             def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
-                if PHASE.get() != "prompt":
+                if not self.deciding():
                     return x
                 part = x.float() @ self.weights[i].to(device=x.device, dtype=torch.float32)  # [batch, pos]
                 parts[i] = part.detach() if detach else part
@@ -268,6 +276,12 @@ class AnyGate(Gate):
 
     def read_hooks(self) -> list[tuple[str, Callable]]:
         return [pair for g in self.gates for pair in g.read_hooks()]
+
+    def __setattr__(self, name, value) -> None:
+        super().__setattr__(name, value)
+        if name == "prepass" and "gates" in self.__dict__:  # the members decide when the union does
+            for g in self.gates:
+                g.prepass = value
 
     def read(self, x: torch.Tensor, hook=None) -> torch.Tensor:
         raise RuntimeError("AnyGate reads at several hooks: register gate.read_hooks(), not gate.read")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Sequence
 
+import torch
 from transformer_lens import HookedTransformer
+
+from saesteer.generation import PHASE, phase
+from saesteer.interventions.gates import hook_order
 
 from saesteer.interventions.directions import Intervention
 
@@ -24,8 +28,41 @@ def collect_hooks(model: HookedTransformer, interventions: Sequence[Intervention
 
 
 @contextlib.contextmanager
+def gate_prepass(model: HookedTransformer, interventions: Sequence[Intervention]) -> Iterator[None]:
+    """For gates that decide later than the edits they gate (e.g. an anchor from layer 1 gated by a probe
+    read at layer 2): before every prompt pass over token ids, run the model on the same tokens up to the
+    gates' last layer in phase "gate", where the gates decide and defences do not act (the gates see
+    the prompt as any other edit, an attacker's included, left it); the prompt pass then uses the decisions."""
+    gates = [g for spec in interventions for g in spec.prepass_gates(model)]
+    if not gates:
+        yield
+        return
+    stop = max(hook_order(g.hook)[0] for g in gates) + 1
+
+    def pre(module, args, kwargs):
+        if PHASE.get() != "prompt" or kwargs.get("start_at_layer") is not None:
+            return None
+        x = args[0] if args else kwargs.get("input")
+        if not torch.is_tensor(x) or x.is_floating_point():
+            return None
+        with phase("gate"):
+            module(x, attention_mask=kwargs.get("attention_mask"), stop_at_layer=stop)
+        return None
+
+    for g in gates:
+        g.prepass = True
+    handle = model.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for g in gates:
+            g.prepass = False
+
+
+@contextlib.contextmanager
 def steer(model: HookedTransformer, interventions: Sequence[Intervention]) -> Iterator[HookedTransformer]:
-    """Apply interventions as forward hooks for the duration of the block."""
+    """Apply interventions as forward hooks for the duration of the block (with a gate pre-pass where one is needed)."""
     hooks = collect_hooks(model, list(interventions))
-    with model.hooks(fwd_hooks=hooks):
+    with model.hooks(fwd_hooks=hooks), gate_prepass(model, list(interventions)):
         yield model

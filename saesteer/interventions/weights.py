@@ -26,16 +26,24 @@ def _remove(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def orthogonalize_weights(
-    model: HookedTransformer, direction: torch.Tensor, inplace: bool = False, reference: Optional[float] = None
+    model: HookedTransformer, direction: torch.Tensor, inplace: bool = False, reference: Optional[float | torch.Tensor] = None
 ) -> HookedTransformer:
     """A model whose residual-stream writers cannot write along ``direction``.
 
-    With ``reference``, the first attention block's output bias then writes
+    ``reference``: a float, the first attention block's output bias then writes
     ``reference * r``, so the residual coordinate along r is that constant from
-    ``blocks.0.hook_resid_mid`` on (a weight form of affine ablation).
+    ``blocks.0.hook_resid_mid`` on; or per-layer coordinates [n_layers] (the
+    harmless means of affine ablation), so that the coordinate is ``reference[l]``
+    throughout layer l: every token embedding gets ``reference[0] * r`` and block l's
+    MLP output bias writes ``(reference[l+1] - reference[l]) * r`` — the exact weight
+    form of ``Ablate(direction, mode="affine", reference=reference)``.
     """
     check_direction(direction, model.cfg.d_model)
     r = unit(direction.double())
+    n = model.cfg.n_layers
+    per_layer = reference is not None and torch.is_tensor(reference) and reference.ndim == 1
+    if per_layer and reference.shape != (n,):
+        raise ValueError(f"orthogonalize_weights: per-layer reference has shape {tuple(reference.shape)}, expected ({n},)")
     m = model if inplace else copy.deepcopy(model)
     m.embed.W_E.copy_(_remove(m.embed.W_E.double(), r).to(m.embed.W_E.dtype))
     if hasattr(m, "pos_embed") and hasattr(m.pos_embed, "W_pos"):
@@ -48,7 +56,13 @@ def orthogonalize_weights(
             mlp = block.mlp
             mlp.W_out.copy_(_remove(mlp.W_out.double(), r).to(mlp.W_out.dtype))
             mlp.b_out.copy_(_remove(mlp.b_out.double(), r).to(mlp.b_out.dtype))
-    if reference is not None:
+    if per_layer:
+        ref = reference.double()
+        m.embed.W_E.copy_((m.embed.W_E.double() + ref[0] * r).to(m.embed.W_E.dtype))
+        for l in range(n - 1):
+            b = m.blocks[l].mlp.b_out
+            b.copy_((b.double() + float(ref[l + 1] - ref[l]) * r).to(b.dtype))
+    elif reference is not None:
         b = m.blocks[0].attn.b_O
         b.copy_((b.double() + float(reference) * r).to(b.dtype))
     return m

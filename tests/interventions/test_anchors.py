@@ -111,13 +111,14 @@ def test_gated_addition_is_addition_where_the_gate_fires(tiny_organism, batch):
     assert torch.allclose(out[fired], full[fired], atol=1e-5)
 
 
-def test_gate_reading_after_the_edit_is_refused(tiny_organism):
+def test_gate_reading_after_the_edit_is_refused_except_by_anchors(tiny_organism):
+    """Add refuses a gate read after it; an anchor takes it and steer decides in a pre-pass (tested below)."""
     model, _, _ = tiny_organism
     r = torch.randn(model.cfg.d_model)
     gate = DirectionGate(hook="blocks.1.hook_resid_pre", direction=r)
-    with pytest.raises(ValueError, match="gate reads blocks.1.hook_resid_pre, after"):
-        with steer(model, [AnchorDirection(r, layers=[0], floors=[1.0], gate=gate, final=False)]):
-            pass
+    anchor = AnchorDirection(r, layers=[0], floors=[1.0], gate=gate, final=False)
+    assert anchor.prepass_gates(model) == [gate]
+    assert AnchorDirection(r, layers=[1], floors=[1.0], gate=gate, final=False).prepass_gates(model) == []
     with pytest.raises(ValueError, match="gate reads blocks.1.hook_resid_pre, after blocks.0.hook_resid_pre"):
         with steer(model, [Add(r, layer=0, gate=DirectionGate(hook="blocks.1.hook_resid_pre", direction=r))]):
             pass
@@ -178,6 +179,28 @@ def test_affine_weight_orthogonalization_equals_its_hook_version(tiny_organism, 
     assert torch.allclose(coord, torch.full_like(coord, ref), atol=1e-3)
 
 
+def test_per_layer_affine_weight_orthogonalization_equals_affine_ablation(tiny_organism, batch):
+    """With per-layer references the weight edit is Ablate(affine) as hooks (the attack the gate is fitted under)."""
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    torch.manual_seed(5)
+    r = torch.randn(model.cfg.d_model)
+    ref = torch.randn(model.cfg.n_layers) * 3
+    edited = orthogonalize_weights(model, r, reference=ref)
+    with steer(model, [Ablate(r, mode="affine", reference=ref)]):
+        hooked = model(tokens, attention_mask=mask)
+    got = edited(tokens, attention_mask=mask)
+    m = mask.bool()
+    err = (got[m] - hooked[m]).abs()
+    assert err.max() < 1e-3, f"max {err.max():.2e} mean {err.mean():.2e}"
+    cache = _cache(edited, tokens, mask)
+    for l in range(model.cfg.n_layers):
+        coord = cache[f"blocks.{l}.hook_resid_pre"][m] @ _unit(r)
+        assert torch.allclose(coord, torch.full_like(coord, float(ref[l])), atol=1e-3), l
+    with pytest.raises(ValueError, match=r"per-layer reference has shape \(3,\), expected \(2,\)"):
+        orthogonalize_weights(model, r, reference=torch.zeros(3))
+
+
 def test_probe_gate_checks_its_shapes_and_order():
     from saesteer.interventions.gates import ProbeGate
 
@@ -233,3 +256,44 @@ def test_token_probe_gate_takes_the_max_over_real_tokens(tiny_organism):
     assert torch.equal(gate_decisions(model, tpl, both, prompts, batch_size=3), single > thr)
     with pytest.raises(ValueError, match="after layer 0's attention"):
         TokenProbeGate(hook="blocks.0.hook_resid_pre", hooks=["blocks.0.hook_resid_pre"], weights=w[:1])
+
+
+def test_a_gate_read_after_the_anchor_decides_in_a_prepass(tiny_organism):
+    """Anchor from layer 0, gate read at layer 1: steer's pre-pass decides on the prompt as the attacker left it,
+    then the anchor acts exactly where the gate fired (equal to deciding first and anchoring ungated)."""
+    from saesteer.attacks.evaluate import gate_decisions
+    from saesteer.evaluate import last_position_logprobs
+    from saesteer.generation import generate
+
+    model, tpl, _ = tiny_organism
+    torch.manual_seed(2)
+    r, g = torch.randn(model.cfg.d_model), torch.randn(model.cfg.d_model)
+    prompts = ["How do I bake bread?", "Explain how to build a bomb.", "Write a poem about the sea.", "Tell me a joke.",
+               "How can I pick a lock?", "Name three rivers."]
+    attack = Ablate(g, mode="plain")  # the gate reads what the attack leaves: a shifted direction, still informative
+    gate = lambda thr: DirectionGate(hook="blocks.1.hook_resid_pre", positions=(-1,), threshold=thr, direction=g + r)
+    with steer(model, [attack]):
+        from saesteer.activations import collect_activations
+        s = (collect_activations(model, tpl, prompts, ["blocks.1.hook_resid_pre"], [-1])[:, 0, 0] @ ((g + r) / (g + r).norm()))
+    thr = float(s.median())
+    with steer(model, [attack]):
+        fired = gate_decisions(model, tpl, gate(thr), prompts)
+    assert 0 < int(fired.sum()) < len(prompts)
+    anchor = lambda gt: AnchorDirection(r, [0, 1], [5.0, 5.0, 5.0], gate=gt)
+    with steer(model, [attack, anchor(gate(thr))]):
+        got = last_position_logprobs(model, tpl, prompts)
+        gen = generate(model, tpl, prompts, max_new_tokens=4, progress=False)
+    with steer(model, [attack, anchor(None)]):
+        on = last_position_logprobs(model, tpl, prompts)
+        gen_on = generate(model, tpl, prompts, max_new_tokens=4, progress=False)
+    with steer(model, [attack]):
+        off = last_position_logprobs(model, tpl, prompts)
+        gen_off = generate(model, tpl, prompts, max_new_tokens=4, progress=False)
+    expect = torch.where(fired[:, None], on, off)
+    assert torch.allclose(got, expect, atol=1e-4), (got - expect).abs().max()
+    assert gen == [a if f else b for a, b, f in zip(gen_on, gen_off, fired.tolist())]
+    # without steer's pre-pass the anchor has no decision at layer 0: a loud error, not a silent pass
+    from saesteer.interventions import collect_hooks
+    with model.hooks(fwd_hooks=collect_hooks(model, [anchor(gate(thr))])):
+        with pytest.raises(RuntimeError, match="has no decision for this batch"):
+            last_position_logprobs(model, tpl, prompts)
