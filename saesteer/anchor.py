@@ -315,24 +315,30 @@ def calibrate_anchor(
     fit_harmful = list(harmful_refused) + list(harmful_extra)
     rd = r.double()
 
-    def read(prompts: Sequence[str], desc: str, attack=None) -> torch.Tensor:  # [n, n_gate_layers, n_pos, d_model], r projected out
+    def read(prompts: Sequence[str], desc: str, attack=None) -> list[torch.Tensor]:  # per prompt [n_tokens, n_gate_layers, d_model], r projected out
         target = model if attack is None else attack.model(model)
         edits = [] if attack is None else list(attack.interventions)
-        x = collect_activations(target, template, list(prompts), gh, positions, batch_size=cfg.batch_size, progress=progress, desc=desc,
-                                interventions=edits).double()
-        return x - (x @ rd)[..., None] * rd if cfg.gate_orthogonal else x
+        xs = collect_token_activations(target, template, list(prompts), gh, batch_size=cfg.batch_size, progress=progress, desc=desc,
+                                       interventions=edits)
+        return [x - (x @ r)[..., None] * r for x in xs] if cfg.gate_orthogonal else xs
+
+    def at_positions(xs: Sequence[torch.Tensor]) -> torch.Tensor:  # [n, n_gate_layers, n_pos, d_model] float64
+        return torch.stack([x[positions].transpose(0, 1) for x in xs]).double()
 
     def flat(x: torch.Tensor) -> torch.Tensor:
         return x.mean(2).flatten(1) if cfg.gate_pooling == "mean" else x.flatten(1)
 
-    h_fit, s_fit = read(fit_harmful, "gate fit (harmful)"), read(fit_harmless, "gate fit (harmless)")
+    # one forward pass per prompt set: the position probe reads the last positions of the token activations
+    t_h, t_s = read(fit_harmful, "gate fit (harmful)"), read(fit_harmless, "gate fit (harmless)")
     for attack in robust_to:  # the same prompts under the anticipated attack
-        h_fit = torch.cat([h_fit, read(fit_harmful, f"gate fit (harmful, {attack.name})", attack)])
-        s_fit = torch.cat([s_fit, read(fit_harmless, f"gate fit (harmless, {attack.name})", attack)])
+        t_h += read(fit_harmful, f"gate fit (harmful, {attack.name})", attack)
+        t_s += read(fit_harmless, f"gate fit (harmless, {attack.name})", attack)
+    h_fit, s_fit = at_positions(t_h), at_positions(t_s)
     if cfg.gate_probe == "mean_diff":
         w = flat(h_fit).mean(0) - flat(s_fit).mean(0)
     else:
         w = logistic_probe(flat(h_fit), flat(s_fit), cfg.gate_l2)
+    del h_fit, s_fit
     n_pos = len(positions)
     w = w.view(len(gate_layers), 1 if cfg.gate_pooling == "mean" else n_pos, -1)
     w = (w / n_pos).expand(-1, n_pos, -1) if cfg.gate_pooling == "mean" else w
@@ -349,41 +355,26 @@ def calibrate_anchor(
         free = scores[~thr_refused] if (~thr_refused).any() else scores
         return float(torch.quantile(free.double(), 1.0 - fpr_each, interpolation="higher"))
 
-    s_thr = probe.scores(read(thr_harmless, "gate threshold"))
+    t_thr, t_hval, t_sval = read(thr_harmless, "gate threshold"), read(harmful_val, "gate val (harmful)"), read(harmless_val, "gate val (harmless)")
+    s_thr = probe.scores(at_positions(t_thr))
     threshold = quantile_threshold(s_thr)
-    h_val, s_val = probe.scores(read(harmful_val, "gate val (harmful)")), probe.scores(read(harmless_val, "gate val (harmless)"))
+    h_val, s_val = probe.scores(at_positions(t_hval)), probe.scores(at_positions(t_sval))
     fire_h, fire_s, fire_thr = h_val > threshold, s_val > threshold, s_thr > threshold
 
     tok_w, tok_thr, tok_b, tok_auroc = None, 0.0, 0.0, float("nan")
     if cfg.gate_tokens:
-        def read_tokens(prompts: Sequence[str], desc: str, attack=None) -> list[torch.Tensor]:  # [n_tokens, n_gate_layers * d_model] each
-            target = model if attack is None else attack.model(model)
-            edits = [] if attack is None else list(attack.interventions)
-            xs = collect_token_activations(target, template, list(prompts), gh, batch_size=cfg.batch_size, progress=progress, desc=desc,
-                                           interventions=edits)
-            return [((x - (x @ r)[..., None] * r) if cfg.gate_orthogonal else x).flatten(1) for x in xs]
-
-        t_h, t_s = read_tokens(fit_harmful, "token gate fit (harmful)"), read_tokens(fit_harmless, "token gate fit (harmless)")
-        for attack in robust_to:
-            t_h += read_tokens(fit_harmful, f"token gate fit (harmful, {attack.name})", attack)
-            t_s += read_tokens(fit_harmless, f"token gate fit (harmless, {attack.name})", attack)
-        w_tok, tok_b = token_probe(t_h, t_s, cfg.gate_l2, steps=cfg.gate_token_steps)
-        del t_h, t_s
+        w_tok, tok_b = token_probe([x.flatten(1) for x in t_h], [x.flatten(1) for x in t_s], cfg.gate_l2, steps=cfg.gate_token_steps)
         w_tok = w_tok.view(len(gate_layers), -1)
         if cfg.gate_orthogonal:
             w_tok = w_tok - (w_tok @ rd)[:, None] * rd
         scale = float(w_tok.norm())
         tok_w, tok_b = (w_tok / scale).float().contiguous(), tok_b / scale
         tgate = TokenProbeGate(hook=gh[-1], hooks=gh, weights=tok_w, bias=tok_b)
-
-        def tscores(prompts: Sequence[str], desc: str) -> torch.Tensor:
-            return tgate.scores([x.view(len(x), len(gate_layers), -1) for x in read_tokens(prompts, desc)])
-
-        t_thr = tscores(thr_harmless, "token gate threshold")
-        tok_thr = quantile_threshold(t_thr)
-        th_val, ts_val = tscores(harmful_val, "token gate val (harmful)"), tscores(harmless_val, "token gate val (harmless)")
+        tt_thr, th_val, ts_val = tgate.scores(t_thr), tgate.scores(t_hval), tgate.scores(t_sval)
+        tok_thr = quantile_threshold(tt_thr)
         tok_auroc = auroc(th_val, ts_val)
-        fire_h, fire_s, fire_thr = fire_h | (th_val > tok_thr), fire_s | (ts_val > tok_thr), fire_thr | (t_thr > tok_thr)
+        fire_h, fire_s, fire_thr = fire_h | (th_val > tok_thr), fire_s | (ts_val > tok_thr), fire_thr | (tt_thr > tok_thr)
+    del t_h, t_s
     tpr_val, fpr_val = float(fire_h.float().mean()), float(fire_s.float().mean())
     meta = {
         "quantile": cfg.quantile, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal, "gate_pooling": cfg.gate_pooling,

@@ -17,7 +17,8 @@ compares a score with a threshold:
 
 The decision (one value per sequence in the batch, 0 or 1) is made while the prompt
 is read and kept for the generated tokens of the same ``generate`` call.  A gate must
-read at a hook that runs no later than the edit it gates.
+read at a hook that runs no later than the edit it gates, except an anchor's: there
+``steer`` decides the gate in a pre-pass over the prompt (``Gate.prepass``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class Gate:
     _state: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
     prepass: bool = field(default=False, init=False, repr=False)  # set by ``steer``: decide in the pre-pass only
 
+    def decide(self, score: torch.Tensor) -> None:
+        """Keep the per-sequence decision for a [batch] score."""
+        self._state = ((score < self.threshold) if self.invert else (score > self.threshold)).float()
+
     def deciding(self) -> bool:
         """Whether this forward pass decides: the pre-pass when there is one, else every prompt pass."""
         phase = PHASE.get()
@@ -61,9 +66,7 @@ class Gate:
     def read(self, x: torch.Tensor, hook=None) -> torch.Tensor:
         """Forward hook at ``self.hook``: decide on the prompt pass, keep for decoding."""
         if self.deciding():
-            s = self.score(x[:, list(self.positions)].float()).mean(-1)
-            decided = (s < self.threshold) if self.invert else (s > self.threshold)
-            self._state = decided.to(x.dtype)
+            self.decide(self.score(x[:, list(self.positions)].float()).mean(-1))
         return x
 
     def read_hooks(self) -> list[tuple[str, Callable]]:
@@ -165,7 +168,7 @@ class ProbeGate(Gate):
                     if i == len(self.hooks) - 1:
                         s = sum(self._parts[j] for j in range(len(self.hooks)))
                         self._parts.clear()
-                        self._state = ((s < self.threshold) if self.invert else (s > self.threshold)).to(x.dtype)
+                        self.decide(s)
                 return x
             return fn
 
@@ -242,10 +245,7 @@ class TokenProbeGate(Gate):
         return [(self.PATTERN_HOOK, mask)] + [(h, make(i)) for i, h in enumerate(self.hooks)]
 
     def read_hooks(self) -> list[tuple[str, Callable]]:
-        def decide(s: torch.Tensor) -> None:
-            self._state = ((s < self.threshold) if self.invert else (s > self.threshold)).float()
-
-        return self._hooks(decide, detach=True)
+        return self._hooks(self.decide, detach=True)
 
     def read(self, x: torch.Tensor, hook=None) -> torch.Tensor:
         raise RuntimeError("TokenProbeGate reads at several hooks: register gate.read_hooks(), not gate.read")

@@ -9,9 +9,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saesteer.generation import PHASE, phase
-from saesteer.interventions.gates import hook_order
-
 from saesteer.interventions.directions import Intervention
+from saesteer.interventions.gates import hook_order
 
 
 def collect_hooks(model: HookedTransformer, interventions: Sequence[Intervention]) -> list:

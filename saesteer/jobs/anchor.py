@@ -22,7 +22,7 @@ from saesteer.attacks.evaluate import UNDEFENDED, Defence, attack_success, basel
 from saesteer.attacks.features import feature_ablation_attack
 from saesteer.attacks.prompts import suffix_attack, template_attack
 from saesteer.attacks.suffix import suffix_search
-from saesteer.activations import collect_activations, collect_token_activations
+from saesteer.activations import collect_token_activations
 from saesteer.interventions.gates import AnyGate
 from saesteer.config import AnchorJobConfig
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
@@ -51,10 +51,10 @@ def defences(art: AnchorArtifact, cast_alpha: float, add_alpha: float) -> list[D
 
 def gate_means(model, template, art: AnchorArtifact, harmless: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Harmless mean residual at the gate's hooks, over its positions and over every token: 2 x [n_gate_hooks, d_model]
-    (the adaptive attacker's targets)."""
-    acts = collect_activations(model, template, harmless, art.gate_hooks, art.gate_positions, batch_size=batch_size)
-    tokens = torch.cat(collect_token_activations(model, template, harmless, art.gate_hooks, batch_size=batch_size))
-    return acts.mean((0, 2)), tokens.mean(0)
+    (the adaptive attacker's targets), from one forward pass."""
+    tokens = collect_token_activations(model, template, harmless, art.gate_hooks, batch_size=batch_size)
+    at_positions = torch.stack([x[art.gate_positions] for x in tokens])  # [n, n_pos, n_hooks, d_model]
+    return at_positions.mean((0, 1)), torch.cat(tokens).mean(0)
 
 
 def gate_fit_extra(cfg: AnchorJobConfig) -> tuple[list[str], list[str]]:
