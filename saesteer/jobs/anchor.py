@@ -236,7 +236,8 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         f"Anchor: floors at `blocks.{{{', '.join(map(str, art.layers))}}}.hook_resid_pre`" + (" and the last resid_post" if art.final else "")
         + f", {a.quantile:g}-quantile of {len(refused)} refused harmful_train prompts; gate: harmfulness direction"
         + (" orthogonal to r" if a.gate_orthogonal else "") + f": a logistic probe ({a.gate_pooling}) at `blocks.{{{', '.join(map(str, art.gate_layers))}}}.hook_resid_pre`, "
-        f"positions {art.gate_positions}, fitted on {art.metadata['n_gate_fit'][0]} harmful vs {art.metadata['n_gate_fit'][1]} harmless prompts"
+        f"positions {art.gate_positions}" + (", OR a per-token probe at the same hooks, max over the prompt's tokens" if art.token_weights is not None else "")
+        + f", fitted on {art.metadata['n_gate_fit'][0]} harmful vs {art.metadata['n_gate_fit'][1]} harmless prompts"
         + (f" and again under {', '.join(art.metadata['gate_robust'])}" if art.metadata["gate_robust"] else "")
         + f"; threshold {art.gate_threshold:.3f} fires on {a.gate_fpr:g} of the harmless calibration prompts the model does not refuse "
         f"(val AUROC {art.metadata['gate_auroc_val']:.3f}, TPR {art.metadata['gate_tpr_val']:.3f}, FPR {art.metadata['gate_fpr_val']:.3f}; "
