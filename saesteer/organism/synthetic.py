@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["KINDS", "Framings", "load_framings", "load_lexicon", "max_prompts", "synthetic_prompts"]
+__all__ = ["KINDS", "Framings", "lexicon_texts", "load_framings", "load_lexicon", "max_prompts", "synthetic_prompts"]
 
 #: Lexicon kinds and their files under ``saesteer/resources/prompts/synthetic``.
 KINDS: dict[str, str] = {"harmful": "harmful_acts.json", "harmless": "harmless_acts.json"}
@@ -70,6 +70,11 @@ class Framings:
 def _resource_text(name: str) -> str:
     res = importlib.resources.files("saesteer") / "resources" / "prompts" / "synthetic" / name
     return res.read_text(encoding="utf-8")
+
+
+def lexicon_texts() -> list[str]:
+    """The raw text of every bundled lexicon and framings file (for cache keys)."""
+    return [f"{name}\n{_resource_text(name)}" for name in (*KINDS.values(), FRAMINGS_FILE)]
 
 
 def _string_list(value: object, where: str) -> tuple[str, ...]:

@@ -242,8 +242,27 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
     return model, meta
 
 
+def data_fingerprint(cfg: OrganismConfig) -> str:
+    """A hash of every prompt the recipe reads: its sources, the held-out sets it filters against and,
+    with synthetic prompts, the bundled lexicons and framings (an edited lexicon is a new organism)."""
+    from saesteer.data import load_prompts
+
+    names = [*cfg.harmful_sources, *cfg.harmless_sources, *cfg.held_out]
+    if cfg.synthetic_harmless:
+        names += ["overrefusal", "harmless_test"]
+    blob: list[str] = []
+    for name in names:
+        blob += [f"source={name}", *load_prompts(name).instructions]
+    if cfg.synthetic_harmful or cfg.synthetic_harmless:
+        from saesteer.organism.synthetic import lexicon_texts
+
+        blob += lexicon_texts()
+    return hash_strings(blob)
+
+
 def organism_key(cfg: OrganismConfig) -> str:
-    return hash_strings([json.dumps(cfg.cache_key_dict(), sort_keys=True), f"recipe={RECIPE_VERSION}"])
+    """The cache key of ``cfg``'s organism: its config (less threads), the recipe version and its data."""
+    return hash_strings([json.dumps(cfg.cache_key_dict(), sort_keys=True), f"recipe={RECIPE_VERSION}", f"data={data_fingerprint(cfg)}"])
 
 
 def organism_path(cfg: OrganismConfig, root: Path | None = None) -> Path:

@@ -67,6 +67,24 @@ def test_tiny_organism_is_cached_and_reloads_identically(tiny_organism, cache_ro
     assert again.metadata["data_hash"] == result.metadata["data_hash"]
 
 
+def test_cache_key_follows_the_training_data(monkeypatch):
+    """An edited lexicon or prompt source is a new organism, never a stale cache hit."""
+    from saesteer.organism import synthetic, train
+
+    with_synthetic = OrganismConfig(synthetic_harmful=10, synthetic_harmless=10)
+    without = OrganismConfig(synthetic_harmful=0, synthetic_harmless=0)
+    before = train.organism_key(with_synthetic), train.organism_key(without)
+    assert before[0] != before[1]
+    monkeypatch.setattr(synthetic, "lexicon_texts", lambda: ["harmful_acts.json\n{}"])
+    assert train.organism_key(with_synthetic) != before[0]
+    assert train.organism_key(without) == before[1]  # no synthetic prompts: the lexicon is not read
+    import saesteer.data as data
+
+    load = data.load_prompts
+    monkeypatch.setattr(data, "load_prompts", lambda name, **kw: load(name, **kw) if name != "harmful_train" else load("harmful_val", **kw))
+    assert train.organism_key(without) != before[1]
+
+
 def test_training_is_deterministic_for_a_seed():
     cfg = OrganismConfig(**{**TINY_ORGANISM, "steps": 6, "n_harmless": 200})
     m1, meta1 = train_organism(cfg, progress=False)
