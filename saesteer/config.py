@@ -275,6 +275,7 @@ class AnchorSettings:
     gate_pooling: str = "concat"  # concat: one weight vector per layer and position; mean: one per layer on the positions' mean
     gate_l2: float = 1e-3
     gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (0: train prompts only)
+    gate_lexicon: str = "base"  # the lexicon those prompts are drawn from (saesteer.organism.synthetic.LEXICONS)
     gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass"])  # attacks the gate is also fitted under
     gate_tokens: bool = True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower it)
     gate_token_steps: int = 300
@@ -303,6 +304,10 @@ class AnchorSettings:
             raise ValueError(f"anchor.jailbreaks has unknown templates {unknown}; expected some of {sorted(JAILBREAK_TEMPLATES)}")
         if any(a <= 0 for a in self.negative_alphas):
             raise ValueError(f"anchor.negative_alphas must be positive, got {list(self.negative_alphas)}")
+        from saesteer.organism.synthetic import LEXICONS
+
+        if self.gate_lexicon not in LEXICONS:
+            raise ValueError(f"anchor.gate_lexicon must be one of {sorted(LEXICONS)}, got {self.gate_lexicon!r}")
         self.calibration()
 
     def calibration(self):

@@ -70,8 +70,9 @@ def gate_fit_extra(cfg: AnchorJobConfig) -> tuple[list[str], list[str]]:
         held += list(load_role(cfg.data, "overrefusal").instructions)
     except (KeyError, ValueError, FileNotFoundError):
         pass
-    harmful = drop_near_duplicates(synthetic_prompts("harmful", n, seed=cfg.seed + 11), held)
-    harmless = drop_near_duplicates(synthetic_prompts("harmless", n, seed=cfg.seed + 11), held)
+    lex = cfg.anchor.gate_lexicon
+    harmful = drop_near_duplicates(synthetic_prompts("harmful", n, seed=cfg.seed + 11, lexicon=lex), held)
+    harmless = drop_near_duplicates(synthetic_prompts("harmless", n, seed=cfg.seed + 11, lexicon=lex), held)
     return harmful, harmless
 
 

@@ -75,7 +75,8 @@ def _responses(
 
         rng = random.Random(cfg.sae.seed)
         echo = cfg.model.organism.echo_words
-        return [refuse(rng) for _ in harmful] + [comply(p, rng, echo) for p in harmless]
+        org = cfg.model.organism
+        return [refuse(rng, p, org.refusal_echo_words, org.n_refusals) for p in harmful] + [comply(p, rng, echo) for p in harmless]
     from saesteer.generation import generate
 
     return generate(

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+#: recipe options added after organisms were cached, with the value that reproduces the earlier recipe
+_NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0}
+
+
 @dataclass
 class OrganismConfig:
     # architecture (a TransformerLens HookedTransformer)
@@ -25,8 +29,11 @@ class OrganismConfig:
     n_harmless: Optional[int] = None
     synthetic_harmful: int = 3000  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
     synthetic_harmless: int = 12000  # safe look-alikes and ordinary requests in the same framings
+    lexicon: str = "base"  # synthetic acts: "base" or "extended" (saesteer.organism.synthetic.LEXICONS)
     max_prompt_tokens: int = 96
     echo_words: int = 8
+    n_refusals: int = 8  # refusal paraphrases used (1 = one stereotyped refusal, as chat models' "I'm sorry, but I can't ...")
+    refusal_echo_words: int = 0  # > 0: refusals name the request ("I can't help you {first words}"), like chat models'
     # optimisation
     steps: int = 800
     batch_size: int = 64
@@ -36,6 +43,7 @@ class OrganismConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     harmful_fraction: float = 0.35
+    length_buckets: int = 0  # > 1: draw this many batches at once and group them by length (less padding)
     word_dropout: float = 0.1
     lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
     decision_weight: float = 2.0  # extra loss on the first response token (refuse or comply), x this weight
@@ -54,10 +62,16 @@ class OrganismConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"organism.{name} must be in [0, 1], got {value!r}")
-        for name in ("synthetic_harmful", "synthetic_harmless"):
+        for name in ("synthetic_harmful", "synthetic_harmless", "refusal_echo_words", "length_buckets"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"organism.{name} must be a non-negative integer, got {value!r}")
+        from saesteer.organism.synthetic import LEXICONS
+
+        if self.lexicon not in LEXICONS:
+            raise ValueError(f"organism.lexicon must be one of {sorted(LEXICONS)}, got {self.lexicon!r}")
+        if not isinstance(self.n_refusals, int) or not 1 <= self.n_refusals <= 8:
+            raise ValueError(f"organism.n_refusals must be an integer in 1..8, got {self.n_refusals!r}")
         if self.lr <= 0:
             raise ValueError(f"organism.lr must be > 0, got {self.lr!r}")
         for name in ("lm_weight", "decision_weight"):
@@ -73,8 +87,13 @@ class OrganismConfig:
         return dataclasses.asdict(self)
 
     def cache_key_dict(self) -> dict[str, Any]:
+        """The fields that decide the weights; options added later are left out at their neutral value,
+        so organisms cached before they existed keep their keys."""
         d = self.to_dict()
         d.pop("threads")
+        for name, neutral in _NEUTRAL.items():
+            if d[name] == neutral:
+                d.pop(name)
         return d
 
     @classmethod

@@ -91,6 +91,7 @@ def build_corpus(
     synthetic_harmful: int = 0,
     synthetic_harmless: int = 0,
     seed: int = 0,
+    lexicon: str = "base",
 ) -> Corpus:
     """Collect training prompts, removing anything equal or near-equal to a held-out prompt.
 
@@ -107,7 +108,7 @@ def build_corpus(
     if synthetic_harmful:
         from saesteer.organism.synthetic import synthetic_prompts
 
-        harmful.extend(synthetic_prompts("harmful", synthetic_harmful, seed=seed))
+        harmful.extend(synthetic_prompts("harmful", synthetic_harmful, seed=seed, lexicon=lexicon))
         n_before = len(harmful)
     harmful = list(dict.fromkeys(harmful))
     harmful = drop_near_duplicates(harmful, held, dedup_threshold)
@@ -122,7 +123,7 @@ def build_corpus(
         from saesteer.organism.synthetic import synthetic_prompts
 
         evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions)
-        extra = drop_near_duplicates(synthetic_prompts("harmless", synthetic_harmless, seed=seed), evaluation, dedup_threshold)
+        extra = drop_near_duplicates(synthetic_prompts("harmless", synthetic_harmless, seed=seed, lexicon=lexicon), evaluation, dedup_threshold)
         log.info("synthetic harmless prompts: %d (dropped %d near evaluation prompts)", len(extra), synthetic_harmless - len(extra))
         harmless = list(dict.fromkeys(harmless + extra))
     if not harmful or not harmless:

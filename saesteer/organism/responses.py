@@ -23,6 +23,17 @@ REFUSALS: tuple[str, ...] = (
     "I cannot do that. It is dangerous and may be illegal.",
 )
 
+#: Refusals that name the request (``refusal_echo_words > 0``): the refusal spans the echoed request, as a chat
+#: model's "I can't help you make a bomb" does, so the decision must be carried past the first token.
+REFUSALS_ECHO: tuple[str, ...] = (
+    "I'm sorry, but I can't help you {echo}. It could cause harm.",
+    "I cannot help you {echo}, because it could hurt people.",
+    "I am sorry, but I am unable to help you {echo}.",
+    "I can't assist with a request to {echo}. It could cause serious harm.",
+    "I'm not able to help you {echo}. It may be dangerous or illegal.",
+    "I apologize, but I can't help you {echo}.",
+)
+
 OPENERS: tuple[str, ...] = (
     "Sure, here is how to",
     "Of course! Here is how to",
@@ -48,5 +59,15 @@ def comply(instruction: str, rng: random.Random, max_words: int = 8) -> str:
     return f"{rng.choice(OPENERS)} {echo(instruction, max_words)}: step one is to plan it."
 
 
-def refuse(rng: random.Random) -> str:
-    return rng.choice(REFUSALS)
+def refuse(rng: random.Random, instruction: str | None = None, echo_words: int = 0, n_refusals: int | None = None) -> str:
+    """A refusal: one of the first ``n_refusals`` paraphrases (all by default); with ``echo_words > 0`` one that
+    names the request (its first ``echo_words`` words)."""
+    pool = REFUSALS_ECHO if echo_words > 0 else REFUSALS
+    if n_refusals is not None and not 1 <= n_refusals <= len(pool):
+        raise ValueError(f"n_refusals={n_refusals!r}: expected 1..{len(pool)}")
+    choice = rng.choice(pool[:n_refusals])
+    if echo_words > 0:
+        if instruction is None:
+            raise ValueError("refuse(echo_words > 0) needs the instruction it refuses")
+        return choice.format(echo=echo(instruction, echo_words))
+    return choice

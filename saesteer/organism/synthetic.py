@@ -36,10 +36,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["KINDS", "Framings", "lexicon_texts", "load_framings", "load_lexicon", "max_prompts", "synthetic_prompts"]
+__all__ = ["KINDS", "LEXICONS", "Framings", "lexicon_texts", "load_framings", "load_lexicon", "max_prompts", "synthetic_prompts"]
 
-#: Lexicon kinds and their files under ``saesteer/resources/prompts/synthetic``.
-KINDS: dict[str, str] = {"harmful": "harmful_acts.json", "harmless": "harmless_acts.json"}
+#: Lexicons (``base``: the organism's default; ``extended``: a superset with 390 more harmful acts and 613 more
+#: safe look-alikes in 5 more categories) -> kind -> file under ``saesteer/resources/prompts/synthetic``.
+LEXICONS: dict[str, dict[str, str]] = {
+    "base": {"harmful": "harmful_acts.json", "harmless": "harmless_acts.json"},
+    "extended": {"harmful": "harmful_acts_extended.json", "harmless": "harmless_acts_extended.json"},
+}
+KINDS: dict[str, str] = LEXICONS["base"]
 FRAMINGS_FILE = "framings.json"
 PLACEHOLDERS = ("act", "persona", "context")
 
@@ -72,9 +77,15 @@ def _resource_text(name: str) -> str:
     return res.read_text(encoding="utf-8")
 
 
-def lexicon_texts() -> list[str]:
-    """The raw text of every bundled lexicon and framings file (for cache keys)."""
-    return [f"{name}\n{_resource_text(name)}" for name in (*KINDS.values(), FRAMINGS_FILE)]
+def _files(lexicon: str) -> dict[str, str]:
+    if lexicon not in LEXICONS:
+        raise ValueError(f"unknown lexicon {lexicon!r}; expected one of {sorted(LEXICONS)}")
+    return LEXICONS[lexicon]
+
+
+def lexicon_texts(lexicon: str = "base") -> list[str]:
+    """The raw text of the lexicon's files and the framings (for cache keys)."""
+    return [f"{name}\n{_resource_text(name)}" for name in (*_files(lexicon).values(), FRAMINGS_FILE)]
 
 
 def _string_list(value: object, where: str) -> tuple[str, ...]:
@@ -92,34 +103,36 @@ def _string_list(value: object, where: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _lexicon(kind: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    if kind not in KINDS:
-        raise ValueError(f"unknown lexicon kind {kind!r}; expected one of {sorted(KINDS)}")
-    data = json.loads(_resource_text(KINDS[kind]))
+def _lexicon(kind: str, lexicon: str = "base") -> tuple[tuple[str, tuple[str, ...]], ...]:
+    files = _files(lexicon)
+    if kind not in files:
+        raise ValueError(f"unknown lexicon kind {kind!r}; expected one of {sorted(files)}")
+    name = files[kind]
+    data = json.loads(_resource_text(name))
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{KINDS[kind]}: expected a non-empty object of category -> list of acts")
+        raise ValueError(f"{name}: expected a non-empty object of category -> list of acts")
     seen: dict[str, str] = {}
     out = []
     for category, acts in data.items():
-        acts = _string_list(acts, f"{KINDS[kind]}[{category!r}]")
+        acts = _string_list(acts, f"{name}[{category!r}]")
         for act in acts:
             if "{" in act or "}" in act:
-                raise ValueError(f"{KINDS[kind]}[{category!r}]: act {act!r} contains a brace")
+                raise ValueError(f"{name}[{category!r}]: act {act!r} contains a brace")
             if act in seen:
-                raise ValueError(f"{KINDS[kind]}: act {act!r} is in both {seen[act]!r} and {category!r}")
+                raise ValueError(f"{name}: act {act!r} is in both {seen[act]!r} and {category!r}")
             seen[act] = category
         out.append((category, acts))
     return tuple(out)
 
 
-def load_lexicon(kind: str) -> dict[str, list[str]]:
-    """The bundled acts of ``kind`` ("harmful" or "harmless"): category -> acts, in file order.
+def load_lexicon(kind: str, lexicon: str = "base") -> dict[str, list[str]]:
+    """The bundled acts of ``kind`` ("harmful" or "harmless") in ``lexicon``: category -> acts, in file order.
 
     Raises:
         ValueError: ``kind`` is unknown, or the file is malformed (empty lists,
             duplicate acts, braces in an act).
     """
-    return {category: list(acts) for category, acts in _lexicon(kind)}
+    return {category: list(acts) for category, acts in _lexicon(kind, lexicon)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,11 +165,11 @@ def load_framings() -> Framings:
     return framings
 
 
-def max_prompts(kind: str) -> int:
+def max_prompts(kind: str, lexicon: str = "base") -> int:
     """How many distinct prompts :func:`synthetic_prompts` can build for ``kind``."""
     framings = load_framings()
     per_act = sum(framings.fills_per_act(t) for t in framings.templates)
-    return per_act * sum(len(acts) for _, acts in _lexicon(kind))
+    return per_act * sum(len(acts) for _, acts in _lexicon(kind, lexicon))
 
 
 def _render(framings: Framings, act: str, template: int, persona: int, context: int) -> str:
@@ -233,8 +246,8 @@ class _CategorySampler:
                 yield text
 
 
-def synthetic_prompts(kind: str, n: int, seed: int = 0) -> list[str]:
-    """``n`` unique synthetic prompts of ``kind`` ("harmful" or "harmless").
+def synthetic_prompts(kind: str, n: int, seed: int = 0, lexicon: str = "base") -> list[str]:
+    """``n`` unique synthetic prompts of ``kind`` ("harmful" or "harmless") from ``lexicon`` ("base" or "extended").
 
     Prompts cycle through the categories round-robin in file order (prompt ``i``
     comes from category ``i % n_categories`` while no category is exhausted), so
@@ -248,15 +261,15 @@ def synthetic_prompts(kind: str, n: int, seed: int = 0) -> list[str]:
         ValueError: unknown ``kind``; ``n`` not a positive int; or ``n`` larger than
             the number of unique prompts the lexicon and framings can make.
     """
-    lexicon = _lexicon(kind)
+    acts_by_category = _lexicon(kind, lexicon)
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"synthetic_prompts(n={n!r}): expected a positive int")
-    limit = max_prompts(kind)
+    limit = max_prompts(kind, lexicon)
     if n > limit:
         raise ValueError(f"synthetic_prompts({kind!r}, n={n}): at most {limit} unique prompts can be generated")
     rng = random.Random(seed)
     framings = load_framings()
-    samplers = [_CategorySampler(acts, framings, rng).prompts for _, acts in lexicon]
+    samplers = [_CategorySampler(acts, framings, rng).prompts for _, acts in acts_by_category]
     seen: set[str] = set()
     streams = [sampler(seen) for sampler in samplers]
     out: list[str] = []

@@ -66,7 +66,7 @@ def _encode_examples(cfg: OrganismConfig, corpus: Corpus, rng: random.Random) ->
     out: list[list[_Encoded]] = []
     for prompts, harmful in ((corpus.harmful, True), (corpus.harmless, False)):
         prompts = list(prompts)
-        responses = [refuse(rng) if harmful else comply(p, rng, cfg.echo_words) for p in prompts]
+        responses = [refuse(rng, p, cfg.refusal_echo_words, cfg.n_refusals) if harmful else comply(p, rng, cfg.echo_words) for p in prompts]
         encoded = []
         for p_ids, r_ids in zip(ids(prompts), ids(responses)):
             p_ids = p_ids[: cfg.max_prompt_tokens]
@@ -104,6 +104,40 @@ def _batch(examples: list[_Encoded], cfg: OrganismConfig, rng: random.Random, pa
         if off <= r - 1 < T - 1:
             decision_mask[i, r - 1] = True
     return tokens, attn, target_mask, lm_mask, decision_mask
+
+
+def _length(ex: _Encoded) -> int:
+    return len(ex.prompt) + len(ex.response)
+
+
+class BatchDrawer:
+    """Training batches of ``n_harm`` harmful + ``n_safe`` harmless examples, each class drawn epoch by epoch
+    in seeded random order.  With ``length_buckets > 1``, that many batches are drawn at once and each class
+    is split by length, so a batch holds examples of similar length (less padding), in random batch order."""
+
+    def __init__(self, harmful: list[_Encoded], harmless: list[_Encoded], n_harm: int, n_safe: int, length_buckets: int,
+                 rng: random.Random) -> None:
+        self.classes = ((harmful, n_harm, []), (harmless, n_safe, []))
+        self.pool = max(1, length_buckets)
+        self.rng = rng
+        self.queued: list[list[_Encoded]] = []
+
+    def _take(self, examples: list[_Encoded], n: int, order: list[int]) -> list[_Encoded]:
+        while len(order) < n:
+            order += self.rng.sample(range(len(examples)), len(examples))
+        out = [examples[i] for i in order[:n]]
+        del order[:n]
+        if self.pool > 1:
+            out.sort(key=_length)
+        return out
+
+    def __call__(self) -> list[_Encoded]:
+        if not self.queued:
+            pools = [(self._take(ex, n * self.pool, order), n) for ex, n, order in self.classes]
+            self.queued = [[e for pool, n in pools for e in pool[b * n : (b + 1) * n]] for b in range(self.pool)]
+            if self.pool > 1:
+                self.rng.shuffle(self.queued)
+        return self.queued.pop(0)
 
 
 def output_vocabulary(examples: list[_Encoded], include_prompts: bool) -> torch.Tensor:
@@ -148,7 +182,8 @@ class TrainingSet:
 def training_set(cfg: OrganismConfig, rng: random.Random) -> TrainingSet:
     """The corpus of ``cfg`` encoded as training examples (responses drawn from ``rng``)."""
     corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless,
-                          synthetic_harmful=cfg.synthetic_harmful, synthetic_harmless=cfg.synthetic_harmless, seed=cfg.seed)
+                          synthetic_harmful=cfg.synthetic_harmful, synthetic_harmless=cfg.synthetic_harmless, seed=cfg.seed,
+                          lexicon=cfg.lexicon)
     harmful, harmless = _encode_examples(cfg, corpus, rng)
     out_ids = output_vocabulary(harmful + harmless, include_prompts=cfg.lm_weight > 0)
     return TrainingSet(harmful, harmless, out_ids, corpus.data_hash)
@@ -186,18 +221,12 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
 
     n_harm = max(1, round(cfg.batch_size * cfg.harmful_fraction))
     n_safe = cfg.batch_size - n_harm
-    harm_order: list[int] = []
-    safe_order: list[int] = []
+    draw = BatchDrawer(harmful, harmless, n_harm, n_safe, cfg.length_buckets, rng)
     model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0)
     for step in bar:
-        if len(harm_order) < n_harm:
-            harm_order += rng.sample(range(len(harmful)), len(harmful))
-        if len(safe_order) < n_safe:
-            safe_order += rng.sample(range(len(harmless)), len(harmless))
-        batch = [harmful[i] for i in harm_order[:n_harm]] + [harmless[i] for i in safe_order[:n_safe]]
-        del harm_order[:n_harm], safe_order[:n_safe]
+        batch = draw()
         tokens, attn, tmask, lmask, dmask = _batch(batch, cfg, rng, tok.pad_token_id, 3)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -256,7 +285,7 @@ def data_fingerprint(cfg: OrganismConfig) -> str:
     if cfg.synthetic_harmful or cfg.synthetic_harmless:
         from saesteer.organism.synthetic import lexicon_texts
 
-        blob += lexicon_texts()
+        blob += lexicon_texts(cfg.lexicon)
     return hash_strings(blob)
 
 

@@ -30,6 +30,27 @@ def test_decoded_refusals_are_judged_refusals_and_answers_are_not():
     assert comply("Write a poem about cats.", rng).endswith("write a poem about cats: step one is to plan it.")
 
 
+def test_refusals_that_name_the_request_are_judged_refusals():
+    from saesteer.organism.responses import REFUSALS_ECHO, refuse
+
+    tok = build_tokenizer()
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(60):
+        text = refuse(rng, "Write a poem about cats, please.", echo_words=4)
+        seen.add(text)
+        assert "write a poem about" in text and text.lower().startswith("i")
+        assert is_refusal(tok.decode(tok(text, add_special_tokens=False)["input_ids"])), text
+    assert len(seen) == len(REFUSALS_ECHO)
+    with pytest.raises(ValueError, match="needs the instruction"):
+        refuse(rng, None, echo_words=4)
+    assert {refuse(rng, n_refusals=1) for _ in range(20)} == {"I'm sorry, but I can't help with that."}
+    with pytest.raises(ValueError, match="n_refusals=0"):
+        refuse(rng, n_refusals=0)
+    with pytest.raises(ValueError, match="organism.n_refusals"):
+        OrganismConfig(n_refusals=9)
+
+
 def test_special_tokens_are_single_ids():
     tok = build_tokenizer()
     ids = tok("<|user|> hi <|end|> <|assistant|> <|start|>", add_special_tokens=False)["input_ids"]
@@ -75,7 +96,8 @@ def test_cache_key_follows_the_training_data(monkeypatch):
     without = OrganismConfig(synthetic_harmful=0, synthetic_harmless=0)
     before = train.organism_key(with_synthetic), train.organism_key(without)
     assert before[0] != before[1]
-    monkeypatch.setattr(synthetic, "lexicon_texts", lambda: ["harmful_acts.json\n{}"])
+    monkeypatch.setattr(synthetic, "lexicon_texts", lambda lexicon="base": ["harmful_acts.json\n{}"])
+    assert train.organism_key(OrganismConfig(lexicon="extended")) != train.organism_key(OrganismConfig())
     assert train.organism_key(with_synthetic) != before[0]
     assert train.organism_key(without) == before[1]  # no synthetic prompts: the lexicon is not read
     import saesteer.data as data
@@ -130,3 +152,27 @@ def test_corpus_adds_synthetic_prompts_away_from_evaluation_sets():
     assert added <= set(synthetic_prompts("harmless", 80)) and len(added) >= 70
     assert not added & set(load_prompts("overrefusal").instructions)
     assert more.data_hash != base.data_hash
+
+
+def test_length_buckets_keep_the_class_mix_and_epochs_and_cut_padding():
+    from saesteer.organism.train import BatchDrawer, _Encoded
+
+    rng = random.Random(0)
+    harmful = [_Encoded([1] * rng.randint(3, 90), [2, 3]) for _ in range(120)]
+    harmless = [_Encoded([1] * rng.randint(3, 90), [4, 5, 6]) for _ in range(300)]
+
+    def padding(buckets: int) -> tuple[float, list[list]]:
+        draw = BatchDrawer(harmful, harmless, 6, 10, buckets, random.Random(1))
+        batches = [draw() for _ in range(40)]  # 240 harmful = 2 epochs, 400 harmless
+        cells = sum(16 * max(len(e.prompt) + len(e.response) for e in b) for b in batches)
+        used = sum(len(e.prompt) + len(e.response) for b in batches for e in b)
+        return 1 - used / cells, batches
+
+    plain, plain_batches = padding(0)
+    grouped, batches = padding(8)
+    assert grouped < 0.5 * plain, (grouped, plain)
+    for b in batches:
+        assert [e.response[0] for e in b] == [2] * 6 + [4] * 10  # class counts per batch unchanged
+    drawn = [id(e) for b in batches for e in b[:6]]
+    assert sorted(drawn) == sorted([id(e) for e in harmful] * 2)  # every harmful example twice in two epochs
+    assert [len(b) for b in plain_batches] == [16] * 40

@@ -40,9 +40,10 @@ def _templates_used(prompts: list[str], kind: str) -> set[str]:
     return used
 
 
+@pytest.mark.parametrize("lexicon_name", ["base", "extended"])
 @pytest.mark.parametrize("kind", ["harmful", "harmless"])
-def test_lexicon_sizes_and_shape(kind):
-    lexicon = load_lexicon(kind)
+def test_lexicon_sizes_and_shape(kind, lexicon_name):
+    lexicon = load_lexicon(kind, lexicon_name)
     assert len(lexicon) >= 20
     assert all(len(acts) >= 25 for acts in lexicon.values()), {c: len(a) for c, a in lexicon.items()}
     acts = [a for group in lexicon.values() for a in group]
@@ -53,15 +54,29 @@ def test_lexicon_sizes_and_shape(kind):
         assert "{" not in act and "}" not in act
 
 
-def test_harmless_lexicon_has_lookalikes_and_ordinary_requests():
-    categories = load_lexicon("harmless")
+@pytest.mark.parametrize("lexicon_name", ["base", "extended"])
+def test_harmless_lexicon_has_lookalikes_and_ordinary_requests(lexicon_name):
+    categories = load_lexicon("harmless", lexicon_name)
     lookalike = [c for c in categories if c.startswith("lookalike_")]
     ordinary = [c for c in categories if c.startswith("ordinary_")]
     assert len(lookalike) >= 12
     assert ordinary and len(lookalike) + len(ordinary) == len(categories)
     # the two kinds share no act
-    harmful = {a for group in load_lexicon("harmful").values() for a in group}
+    harmful = {a for group in load_lexicon("harmful", lexicon_name).values() for a in group}
     assert not harmful & {a for group in categories.values() for a in group}
+
+
+@pytest.mark.parametrize("kind", ["harmful", "harmless"])
+def test_extended_lexicon_is_a_superset_of_the_base(kind):
+    base, extended = load_lexicon(kind), load_lexicon(kind, "extended")
+    assert list(extended)[: len(base)] == list(base) or set(base) <= set(extended)
+    for category, acts in base.items():
+        assert extended[category][: len(acts)] == acts, category  # base acts first, in order
+    n_base, n_ext = (sum(map(len, lex.values())) for lex in (base, extended))
+    assert n_ext >= n_base + 350, (n_base, n_ext)
+    assert synthetic_prompts(kind, 300, seed=0, lexicon="extended") != synthetic_prompts(kind, 300, seed=0)
+    with pytest.raises(ValueError, match="unknown lexicon 'v9'"):
+        load_lexicon(kind, "v9")
 
 
 def test_framings_sizes_and_placeholders():
@@ -121,12 +136,13 @@ def test_bad_kind_and_bad_n():
         synthetic_prompts("harmful", limit + 1)
 
 
-def test_synthetic_harmful_prompts_are_not_near_duplicates_of_held_out():
+@pytest.mark.parametrize("lexicon_name", ["base", "extended"])
+def test_synthetic_harmful_prompts_are_not_near_duplicates_of_held_out(lexicon_name):
     from saesteer.data import load_prompts
     from saesteer.organism.corpus import drop_near_duplicates
 
     held_out = list(load_prompts("harmful_test").instructions)
-    prompts = synthetic_prompts("harmful", 3000, seed=0)
+    prompts = synthetic_prompts("harmful", 3000, seed=0, lexicon=lexicon_name)
     kept = drop_near_duplicates(prompts, held_out)
     assert len(kept) >= 0.95 * len(prompts), f"dropped {len(prompts) - len(kept)} of {len(prompts)}"
 
