@@ -1,12 +1,18 @@
 """Train organism recipes and compare them on held-out refusal (issue 4's recipe log).
 
-    python scripts/organism_recipes.py NAME key=value ... [--log runs/organism_recipes.jsonl]
+    python scripts/organism_recipes.py NAME key=value ... [--log runs/organism_recipes.jsonl] [--bias 0,1,2] [--addition]
 
 Each recipe is the default ``OrganismConfig`` with the given overrides.  The model
 is trained (or loaded from the organism cache) and scored by *first-token*
 refusal (the greedy first token is a refusal opener), which agrees with the
 judge on greedy completions for this organism and costs one forward pass;
 ``saesteer organism`` gives the judged figures for the recipe that is kept.
+
+``--bias``: the same first-token refusal with a bias added to the refusal token's logit (the
+organism's ROC curve: harmful_test / harmless_test / over-refusal per bias).  ``--addition``: the
+layer-2 difference in means at the last post-instruction token (harmful_train vs the first 1000
+harmless_train prompts) added with alpha 1 on every token and on prompt tokens only, judged refusal of
+200 harmless_test prompts (12 greedy tokens), as ``saesteer directions`` adds its selected direction.
 """
 
 from __future__ import annotations
@@ -28,10 +34,35 @@ from saesteer.organism.train import load_or_train_organism
 SETS = ("harmful_val", "harmful_test", "harmless_test", "overrefusal")
 
 
-def first_token_refusal(model, template, instructions) -> torch.Tensor:
+def refusal_margin(model, template, instructions) -> torch.Tensor:
+    """Best refusal-token log-prob minus the best other token's: > 0 where the greedy first token refuses."""
     lp = last_position_logprobs(model, template, instructions)
-    ids = [model.tokenizer.convert_tokens_to_ids(t) for t in template.refusal_tokens]
-    return torch.isin(lp.argmax(-1), torch.tensor(ids))
+    ids = torch.tensor([model.tokenizer.convert_tokens_to_ids(t) for t in template.refusal_tokens])
+    other = lp.clone()
+    other[:, ids] = float("-inf")
+    return lp[:, ids].max(-1).values - other.max(-1).values
+
+
+def first_token_refusal(model, template, instructions) -> torch.Tensor:
+    return refusal_margin(model, template, instructions) > 0
+
+
+def addition_check(model, template, layer: int = 2) -> dict[str, float]:
+    from saesteer.directions import compute_candidates
+    from saesteer.generation import generate
+    from saesteer.interventions import Add, steer
+    from saesteer.judge import refusal_rate
+
+    harmful = list(load_prompts("harmful_train").instructions)
+    harmless = list(load_prompts("harmless_train").instructions)[:1000]
+    cands = compute_candidates(model, template, harmful, harmless, positions=[-1], batch_size=64)
+    r = (cands.harmful_mean - cands.harmless_mean)[layer, 0].float()
+    test = list(load_prompts("harmless_test").instructions)[:200]
+    out = {}
+    for apply_to in ("both", "prompt"):
+        with steer(model, [Add(r, alpha=1.0, layer=layer, apply_to=apply_to)]):
+            out[f"addition_L{layer}_{apply_to}"] = round(refusal_rate(generate(model, template, test, max_new_tokens=12, progress=False)), 3)
+    return out
 
 
 def main() -> None:
@@ -39,6 +70,8 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--log", default="runs/organism_recipes.jsonl")
+    ap.add_argument("--bias", default="", help="comma-separated refusal-logit biases to sweep, e.g. 0,1,2")
+    ap.add_argument("--addition", action="store_true", help="also measure addition of the layer-2 direction")
     args = ap.parse_args()
     base = yaml.safe_load((Path(__file__).parents[1] / "conf/model/organism.yaml").read_text())["organism"]
     for o in args.overrides:
@@ -58,7 +91,6 @@ def main() -> None:
         r = first_token_refusal(model, template, instr)
         row[s] = round(float(r.float().mean()), 3)
         if s == "harmful_test":
-            cats = list(ps.categories)
             by = {"jbb": slice(0, 100), "harmbench": slice(100, 252), "strongreject": slice(252, None)}
             row["by_source"] = {k: round(float(r[v].float().mean()), 3) for k, v in by.items()}
         if s == "overrefusal":
@@ -66,6 +98,13 @@ def main() -> None:
             for c, x in zip(ps.categories, r.tolist()):
                 by.setdefault(c, []).append(x)
             row["overrefusal_by"] = {k: round(sum(v) / len(v), 2) for k, v in by.items()}
+    if args.bias:
+        margins = {s: refusal_margin(model, template, list(load_prompts(s).instructions)[:1000])
+                   for s in ("harmful_test", "harmless_test", "overrefusal")}
+        row["bias_sweep"] = {b: [round(float((m + float(b) > 0).float().mean()), 3) for m in margins.values()]
+                             for b in args.bias.split(",")}
+    if args.addition:
+        row.update(addition_check(model, template))
     print(json.dumps(row))
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "a") as f:
