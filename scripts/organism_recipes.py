@@ -43,10 +43,6 @@ def refusal_margin(model, template, instructions) -> torch.Tensor:
     return lp[:, ids].max(-1).values - other.max(-1).values
 
 
-def first_token_refusal(model, template, instructions) -> torch.Tensor:
-    return refusal_margin(model, template, instructions) > 0
-
-
 def addition_check(model, template, layer: int = 2) -> dict[str, float]:
     from saesteer.directions import compute_candidates
     from saesteer.generation import generate
@@ -83,12 +79,14 @@ def main() -> None:
     model = res.model
     template = get_template("organism")
     row = {"name": args.name, "overrides": args.overrides, "train_seconds": round(res.train_seconds, 1), "wall": round(time.perf_counter() - t0, 1)}
+    margins: dict[str, torch.Tensor] = {}
     for s in SETS:
         ps = load_prompts(s)
         instr = list(ps.instructions)
         if s == "harmless_test":
             instr = instr[:1000]
-        r = first_token_refusal(model, template, instr)
+        margins[s] = refusal_margin(model, template, instr)
+        r = margins[s] > 0
         row[s] = round(float(r.float().mean()), 3)
         if s == "harmful_test":
             by = {"jbb": slice(0, 100), "harmbench": slice(100, 252), "strongreject": slice(252, None)}
@@ -99,9 +97,7 @@ def main() -> None:
                 by.setdefault(c, []).append(x)
             row["overrefusal_by"] = {k: round(sum(v) / len(v), 2) for k, v in by.items()}
     if args.bias:
-        margins = {s: refusal_margin(model, template, list(load_prompts(s).instructions)[:1000])
-                   for s in ("harmful_test", "harmless_test", "overrefusal")}
-        row["bias_sweep"] = {b: [round(float((m + float(b) > 0).float().mean()), 3) for m in margins.values()]
+        row["bias_sweep"] = {b: [round(float((margins[s] + float(b) > 0).float().mean()), 3) for s in ("harmful_test", "harmless_test", "overrefusal")]
                              for b in args.bias.split(",")}
     if args.addition:
         row.update(addition_check(model, template))

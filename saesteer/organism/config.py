@@ -70,8 +70,10 @@ class OrganismConfig:
 
         if self.lexicon not in LEXICONS:
             raise ValueError(f"organism.lexicon must be one of {sorted(LEXICONS)}, got {self.lexicon!r}")
-        if not isinstance(self.n_refusals, int) or not 1 <= self.n_refusals <= 8:
-            raise ValueError(f"organism.n_refusals must be an integer in 1..8, got {self.n_refusals!r}")
+        from saesteer.organism.responses import REFUSALS
+
+        if not isinstance(self.n_refusals, int) or not 1 <= self.n_refusals <= len(REFUSALS):
+            raise ValueError(f"organism.n_refusals must be an integer in 1..{len(REFUSALS)}, got {self.n_refusals!r}")
         if self.lr <= 0:
             raise ValueError(f"organism.lr must be > 0, got {self.lr!r}")
         for name in ("lm_weight", "decision_weight"):

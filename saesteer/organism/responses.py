@@ -32,7 +32,10 @@ REFUSALS_ECHO: tuple[str, ...] = (
     "I can't assist with a request to {echo}. It could cause serious harm.",
     "I'm not able to help you {echo}. It may be dangerous or illegal.",
     "I apologize, but I can't help you {echo}.",
+    "I cannot do that: asking me to {echo} could hurt people.",
+    "I'm sorry, I won't help you {echo}. It is dangerous.",
 )
+assert len(REFUSALS_ECHO) == len(REFUSALS)  # n_refusals means the same with and without the echo
 
 OPENERS: tuple[str, ...] = (
     "Sure, here is how to",

@@ -45,6 +45,7 @@ def test_refusals_that_name_the_request_are_judged_refusals():
     with pytest.raises(ValueError, match="needs the instruction"):
         refuse(rng, None, echo_words=4)
     assert {refuse(rng, n_refusals=1) for _ in range(20)} == {"I'm sorry, but I can't help with that."}
+    assert len({refuse(rng, "Bake bread.", echo_words=2, n_refusals=8) for _ in range(200)}) == 8  # the default n with the echo
     with pytest.raises(ValueError, match="n_refusals=0"):
         refuse(rng, n_refusals=0)
     with pytest.raises(ValueError, match="organism.n_refusals"):

@@ -69,7 +69,7 @@ def test_harmless_lexicon_has_lookalikes_and_ordinary_requests(lexicon_name):
 @pytest.mark.parametrize("kind", ["harmful", "harmless"])
 def test_extended_lexicon_is_a_superset_of_the_base(kind):
     base, extended = load_lexicon(kind), load_lexicon(kind, "extended")
-    assert list(extended)[: len(base)] == list(base) or set(base) <= set(extended)
+    assert set(base) <= set(extended)
     for category, acts in base.items():
         assert extended[category][: len(acts)] == acts, category  # base acts first, in order
     n_base, n_ext = (sum(map(len, lex.values())) for lex in (base, extended))
