@@ -77,11 +77,19 @@ class _Heavy:
         return self
 
     def generation(self):
-        import saesteer.evaluate
+        import importlib
+        import pkgutil
+
+        import saesteer
         import saesteer.generation
 
-        self._forbid(saesteer.evaluate, "generate", "generation")
-        self._forbid(saesteer.generation, "generate", "generation")
+        # import every module first: one imported while ``generate`` is patched would keep the patch after the test
+        for info in pkgutil.walk_packages(saesteer.__path__, "saesteer."):
+            importlib.import_module(info.name)
+        real = saesteer.generation.generate
+        for name, module in list(sys.modules.items()):
+            if name.startswith("saesteer") and getattr(module, "generate", None) is real:
+                self._forbid(module, "generate", "generation")
         return self
 
     def sae_metrics(self):
