@@ -20,6 +20,13 @@
   harmless calibration prompts the model does not already refuse: the rise in
   over-refusal it may cause.
 
+- feature bounds (optional, ``calibrate_feature_anchor``): at the SAE's hook, floors on the
+  coordinates along the decoder directions of the top refusal features and ceilings on
+  those of the top comply features (the search's signed ranking), the ``feature_quantile``
+  of refused harmful training prompts toward refusal (prompt: post-instruction tokens;
+  decoding: their own refusals' tokens).  The direction's floor alone leaves a feature-space
+  bypass at ASR 0.98 on the organism: that attacker moves eight decoder directions, not r.
+
 The result, :class:`AnchorArtifact`, builds the defences the attack suite compares:
 the anchor itself, CAST-style conditional addition (same gate) and unconditional
 addition.
@@ -38,7 +45,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import collect_activations, collect_token_activations, n_post_tokens
 from saesteer.chat import ChatTemplate
-from saesteer.interventions import Add, AnchorDirection
+from saesteer.interventions import Add, AnchorDirection, AnchorProjections, Intervention
 from saesteer.interventions.anchors import anchor_hooks
 from saesteer.interventions.gates import AnyGate, Gate, ProbeGate, TokenProbeGate
 from saesteer.io import load_tensors, save_tensors
@@ -70,8 +77,14 @@ class AnchorCalibration:
     gate_robust: tuple = ("orthogonalized_affine", "sae_feature_bypass")  # anticipated attacks the gate is also fitted under
     gate_tokens: bool = True  # also a per-token probe, max over the prompt's tokens (a suffix cannot lower what came before it)
     gate_token_steps: int = 300  # Adam steps of the per-token (multiple-instance) probe
+    sae_features: int = 16  # top signed SAE features whose decoder coordinates are also bounded (0: the direction only)
+    feature_quantile: float = 0.75  # floors at this quantile of refused prompts' coordinates, ceilings at 1 - it
 
     def __post_init__(self) -> None:
+        if self.sae_features < 0:
+            raise ValueError(f"anchor.sae_features must be >= 0, got {self.sae_features!r}")
+        if not 0.0 <= self.feature_quantile <= 1.0:
+            raise ValueError(f"anchor.feature_quantile must be in [0, 1], got {self.feature_quantile!r}")
         if self.gate_probe not in ("logistic", "mean_diff"):
             raise ValueError(f"anchor.gate_probe must be 'logistic' or 'mean_diff', got {self.gate_probe!r}")
         if self.gate_pooling not in ("concat", "mean"):
@@ -97,6 +110,22 @@ class AnchorCalibration:
 
 
 @dataclass
+class FeatureAnchor:
+    """Bounds on the residual's coordinates along SAE decoder directions at the SAE's hook (:class:`AnchorProjections`)."""
+
+    hook: str
+    features: list[int]
+    signs: list[int]  # +1 refusal feature (floor), -1 comply feature (ceiling)
+    directions: torch.Tensor  # [m, d_model] unit decoder directions
+    bounds: torch.Tensor  # [m] prompt tokens
+    generated_bounds: torch.Tensor  # [m] generated tokens
+
+    def intervention(self, gate: Optional[Gate] = None, gate_read: bool = True) -> AnchorProjections:
+        return AnchorProjections(self.directions, self.hook, self.bounds, self.signs, gate=gate, generated_bounds=self.generated_bounds,
+                                 gate_read=gate_read)
+
+
+@dataclass
 class AnchorArtifact:
     direction: torch.Tensor  # [d_model] refusal direction (raw difference in means)
     layer: int  # the direction's own layer (for additions)
@@ -113,6 +142,7 @@ class AnchorArtifact:
     token_threshold: float = 0.0
     token_bias: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    features: Optional[FeatureAnchor] = None  # SAE decoder-direction bounds, or None
 
     @property
     def gate_hooks(self) -> list[str]:
@@ -128,9 +158,18 @@ class AnchorArtifact:
                                 bias=self.token_bias)
         return AnyGate(hook=self.gate_hooks[-1], gates=[probe, tokens])
 
-    def anchor(self, gated: bool = True) -> AnchorDirection:
-        return AnchorDirection(self.direction, self.layers, self.floors, gate=self.gate() if gated else None, final=self.final,
-                               generated_floors=self.generated_floors)
+    def anchor(self, gated: bool = True, gate: Optional[Gate] = None) -> AnchorDirection:
+        """The direction's anchor alone."""
+        gate = (self.gate() if gated else None) if gate is None else gate
+        return AnchorDirection(self.direction, self.layers, self.floors, gate=gate, final=self.final, generated_floors=self.generated_floors)
+
+    def anchors(self, gated: bool = True) -> list[Intervention]:
+        """The whole defence: the direction's anchor and, when calibrated, the SAE feature bounds, sharing one gate decision."""
+        gate = self.gate() if gated else None
+        out: list[Intervention] = [self.anchor(gated, gate)]
+        if self.features is not None:
+            out.append(self.features.intervention(gate, gate_read=False))  # the direction anchor reads the shared gate
+        return out
 
     def cast(self, alpha: float = 1.0) -> Add:
         """Conditional activation steering (CAST-style): add alpha * r where the gate fires."""
@@ -148,6 +187,10 @@ class AnchorArtifact:
         tensors = {"direction": self.direction, "floors": self.floors, "generated_floors": self.generated_floors, "gate_weights": self.gate_weights}
         if self.token_weights is not None:
             tensors["token_weights"] = self.token_weights
+        if self.features is not None:
+            fa = self.features
+            meta.update(feature_hook=fa.hook, feature_ids=fa.features, feature_signs=fa.signs)
+            tensors.update(feature_directions=fa.directions, feature_bounds=fa.bounds, feature_generated_bounds=fa.generated_bounds)
         return save_tensors(path, tensors, meta)
 
     @classmethod
@@ -159,12 +202,19 @@ class AnchorArtifact:
             raise ValueError(f"anchor {path} has d_model={tensors['direction'].shape[-1]}, the model has {d_model}")
         if "gate_weights" not in tensors:
             raise ValueError(f"anchor {path} has no gate_weights (written by an older saesteer): recalibrate it with `saesteer anchor`")
-        keys = ("kind", "layer", "layers", "final", "gate_layers", "gate_positions", "gate_threshold", "gate_bias", "token_threshold", "token_bias")
+        keys = ("kind", "layer", "layers", "final", "gate_layers", "gate_positions", "gate_threshold", "gate_bias", "token_threshold", "token_bias",
+                "feature_hook", "feature_ids", "feature_signs")
+        features = None
+        if "feature_directions" in tensors:
+            features = FeatureAnchor(str(meta["feature_hook"]), [int(f) for f in meta["feature_ids"]], [int(s) for s in meta["feature_signs"]],
+                                     tensors["feature_directions"], tensors["feature_bounds"], tensors["feature_generated_bounds"])
+            if d_model is not None and features.directions.shape[-1] != d_model:
+                raise ValueError(f"anchor {path} has feature directions of d={features.directions.shape[-1]}, the model has d_model={d_model}")
         return cls(tensors["direction"], int(meta["layer"]), [int(l) for l in meta["layers"]], bool(meta["final"]), tensors["floors"],
                    tensors["generated_floors"], tensors["gate_weights"], [int(l) for l in meta["gate_layers"]],
                    [int(p) for p in meta["gate_positions"]], float(meta["gate_threshold"]), float(meta["gate_bias"]),
                    tensors.get("token_weights"), float(meta.get("token_threshold", 0.0)), float(meta.get("token_bias", 0.0)),
-                   {k: v for k, v in meta.items() if k not in keys})
+                   {k: v for k, v in meta.items() if k not in keys}, features)
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -258,6 +308,50 @@ def generated_projections(model, template, prompts: Sequence[str], hooks: Sequen
     if not out:
         raise ValueError("the refused prompts' greedy completions are empty: no generated tokens to calibrate the anchor on")
     return torch.cat(out)
+
+
+def calibrate_feature_anchor(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    sae: Any,
+    features: Sequence[int],
+    signs: Sequence[int],
+    hook: str,
+    harmful_refused: Sequence[str],
+    quantile: float = 0.75,
+    max_new_tokens: int = 12,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> FeatureAnchor:
+    """Bounds on the coordinates along the unit decoder directions of ``features`` at ``hook``.
+
+    A refusal feature (sign +1) gets a floor at the ``quantile`` of the refused harmful
+    prompts' coordinates, a comply feature (sign -1) a ceiling at ``1 - quantile``:
+    over their post-instruction tokens for prompt tokens, over the generated tokens of
+    their own greedy refusals for decoding.
+    """
+    if not harmful_refused:
+        raise ValueError("calibrate_feature_anchor: the harmful_refused prompt set is empty")
+    if hook not in model.hook_dict:
+        raise ValueError(f"calibrate_feature_anchor: hook {hook!r} does not exist in this model (e.g. blocks.0.hook_resid_pre)")
+    proto = AnchorProjections.from_sae(sae, features, signs, torch.zeros(len(list(features))), hook=hook)  # checks features, signs, shapes
+    proto.validate(model)
+    U = proto.units  # [m, d_model]
+    n_post = n_post_tokens(model, template)
+    acts = collect_activations(model, template, list(harmful_refused), [hook], list(range(-n_post, 0)), batch_size=batch_size,
+                               progress=progress, desc="feature anchor bounds")
+    prompt_coords = acts[:, 0].reshape(-1, acts.shape[-1]) @ U.T  # [n * n_post, m]
+    gen_coords = generated_projections(model, template, list(harmful_refused), [hook], U.T, max_new_tokens, batch_size)[:, 0]  # [n_gen, m]
+    sg = torch.tensor(proto.signs, dtype=torch.float64)
+    q = torch.where(sg > 0, torch.tensor(quantile, dtype=torch.float64), torch.tensor(1.0 - quantile, dtype=torch.float64))
+
+    def bounds(coords: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.quantile(coords[:, i].double(), q[i]) for i in range(len(q))]).float()
+
+    fa = FeatureAnchor(hook, [int(f) for f in features], proto.signs, U.clone(), bounds(prompt_coords), bounds(gen_coords))
+    log.info("feature anchor at %s: %d features, bounds %s (prompt) %s (decoding)", hook, len(fa.features),
+             [round(b, 2) for b in fa.bounds.tolist()], [round(b, 2) for b in fa.generated_bounds.tolist()])
+    return fa
 
 
 def calibrate_anchor(

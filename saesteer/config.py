@@ -279,6 +279,8 @@ class AnchorSettings:
     gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass"])  # attacks the gate is also fitted under
     gate_tokens: bool = True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower it)
     gate_token_steps: int = 300
+    sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are bounded too; 0 = the direction only
+    feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused harmful prompts, ceilings (comply) at 1 - it
     n_calibration_harmless: int = 2000  # harmless_train prompts for the gate (half fit, half threshold)
     cast_alpha: float = 1.0  # CAST-style conditional addition and unconditional addition baselines
     addition_alpha: float = 1.0
@@ -317,7 +319,8 @@ class AnchorSettings:
                                  None if self.gate_layers is None else list(self.gate_layers), self.gate_fpr, self.gate_orthogonal,
                                  self.batch_size, None if self.gate_positions is None else list(self.gate_positions), self.gate_probe,
                                  self.gate_l2, gate_pooling=self.gate_pooling, gate_synthetic=self.gate_synthetic,
-                                 gate_robust=tuple(self.gate_robust), gate_tokens=self.gate_tokens, gate_token_steps=self.gate_token_steps)
+                                 gate_robust=tuple(self.gate_robust), gate_tokens=self.gate_tokens, gate_token_steps=self.gate_token_steps,
+                                 sae_features=self.sae_features, feature_quantile=self.feature_quantile)
 
 
 @dataclass

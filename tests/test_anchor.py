@@ -171,3 +171,88 @@ def test_token_probe_finds_the_planted_token():
     score = lambda xs: torch.stack([(x.double() @ w).max() + b for x in xs])
     from saesteer.stats import auroc
     assert auroc(score(test_pos), score(test_neg)) > 0.97
+
+
+@pytest.fixture(scope="module")
+def feature_anchor(calibrated):
+    from saesteer.anchor import calibrate_feature_anchor
+    from tests.saes import random_sae
+
+    model, tpl, art, _, harmful, _ = calibrated
+    sae = random_sae("topk", model.cfg.d_model, 64, "blocks.1.hook_resid_pre", seed=4, k=8)
+    fa = calibrate_feature_anchor(model, tpl, sae, [5, 9, 30], [1, -1, 1], "blocks.1.hook_resid_pre", harmful[:20], quantile=0.7)
+    return sae, fa
+
+
+def test_feature_bounds_are_quantiles_toward_refusal(calibrated, feature_anchor):
+    """Floors: the 0.7-quantile of the coordinates on refusal features' unit decoder directions; ceilings: the 0.3-quantile."""
+    from saesteer.activations import n_post_tokens
+
+    model, tpl, _, _, harmful, _ = calibrated
+    sae, fa = feature_anchor
+    U = sae.W_dec.detach()[[5, 9, 30]].double()
+    U = U / U.norm(dim=1, keepdim=True)
+    n_post = n_post_tokens(model, tpl)
+    acts = collect_activations(model, tpl, harmful[:20], ["blocks.1.hook_resid_pre"], list(range(-n_post, 0)))[:, 0]
+    coords = acts.reshape(-1, acts.shape[-1]).double() @ U.T
+    expect = torch.stack([torch.quantile(coords[:, 0], 0.7), torch.quantile(coords[:, 1], 0.3), torch.quantile(coords[:, 2], 0.7)])
+    assert torch.allclose(fa.bounds.double(), expect, atol=1e-4), (fa.bounds, expect)
+    assert torch.allclose(fa.directions.double(), U, atol=1e-6) and fa.signs == [1, -1, 1] and fa.features == [5, 9, 30]
+    assert fa.generated_bounds.shape == (3,) and torch.isfinite(fa.generated_bounds).all()
+
+
+def test_anchors_share_the_gate_and_equal_their_ungated_form_where_it_fires(calibrated, feature_anchor):
+    """The direction anchor and the feature bounds: one AnyGate decision (position probe OR token probe), registered once."""
+    import dataclasses
+
+    from saesteer.attacks.evaluate import gate_decisions
+    from saesteer.chat import encode_chat
+    from saesteer.interventions import steer
+
+    model, tpl, art, _, harmful, harmless = calibrated
+    _, fa = feature_anchor
+    both = dataclasses.replace(art, features=fa)
+    prompts = harmful[:6] + harmless[:6]
+    fired = gate_decisions(model, tpl, both.gate(), prompts)
+    assert fired.any() and (~fired).any(), fired
+    enc = encode_chat(model.tokenizer, tpl, prompts)
+    tokens, mask = enc.tokens, enc.attention_mask
+    base = model(tokens, attention_mask=mask)
+    with steer(model, both.anchors()):
+        out = model(tokens, attention_mask=mask)
+    with steer(model, both.anchors(gated=False)):
+        full = model(tokens, attention_mask=mask)
+    with steer(model, [both.anchor(gated=False)]):
+        direction_only = model(tokens, attention_mask=mask)
+    m = mask.bool()
+    assert torch.allclose(out[~fired][m[~fired]], base[~fired][m[~fired]], atol=1e-5)
+    assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=1e-4)
+    assert (full[m] - direction_only[m]).abs().max() > 1e-3  # the feature bounds act
+
+
+def test_artifact_round_trip_keeps_the_feature_bounds(calibrated, feature_anchor, tmp_path):
+    import dataclasses
+
+    _, _, art, _, _, _ = calibrated
+    _, fa = feature_anchor
+    dataclasses.replace(art, features=fa).save(tmp_path / "anchor.safetensors")
+    back = AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=art.direction.shape[0]).features
+    assert (back.hook, back.features, back.signs) == (fa.hook, fa.features, fa.signs)
+    for name in ("directions", "bounds", "generated_bounds"):
+        assert torch.equal(getattr(back, name), getattr(fa, name)), name
+    assert AnchorArtifact.load(tmp_path / "anchor.safetensors").metadata.get("feature_ids") is None  # not leaked into metadata
+
+
+def test_feature_anchor_rejects_bad_input(calibrated, feature_anchor):
+    from saesteer.anchor import calibrate_feature_anchor
+
+    model, tpl, _, _, harmful, _ = calibrated
+    sae, _ = feature_anchor
+    with pytest.raises(ValueError, match="harmful_refused prompt set is empty"):
+        calibrate_feature_anchor(model, tpl, sae, [1], [1], "blocks.1.hook_resid_pre", [])
+    with pytest.raises(ValueError, match=r"hook 'blocks.1.hook_resid_prex' does not exist"):
+        calibrate_feature_anchor(model, tpl, sae, [1], [1], "blocks.1.hook_resid_prex", harmful[:2])
+    with pytest.raises(ValueError, match=r"feature indices \[64\] out of range for an SAE with d_sae=64"):
+        calibrate_feature_anchor(model, tpl, sae, [64], [1], "blocks.1.hook_resid_pre", harmful[:2])
+    with pytest.raises(ValueError, match="anchor.sae_features must be >= 0"):
+        AnchorCalibration(sae_features=-1)

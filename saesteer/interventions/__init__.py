@@ -1,10 +1,10 @@
 """Interventions: the one way saesteer edits a model (specs applied as hooks by ``steer``)."""
 
-from saesteer.interventions.anchors import AnchorDirection, AnchorFeatures
+from saesteer.interventions.anchors import AnchorDirection, AnchorFeatures, AnchorProjections
 from saesteer.interventions.directions import Ablate, AblateAt, Add, Intervention
 from saesteer.interventions.features import EditFeatures
 from saesteer.interventions.gates import DirectionGate, FeatureGate, ProbeGate
 from saesteer.interventions.steer import collect_hooks, steer
 from saesteer.interventions.weights import OrthogonalizeWeights, orthogonalize_weights
 
-__all__ = ["Ablate", "AblateAt", "Add", "AnchorDirection", "AnchorFeatures", "DirectionGate", "EditFeatures", "FeatureGate", "Intervention", "OrthogonalizeWeights", "ProbeGate", "collect_hooks", "orthogonalize_weights", "steer"]
+__all__ = ["Ablate", "AblateAt", "Add", "AnchorDirection", "AnchorFeatures", "AnchorProjections", "DirectionGate", "EditFeatures", "FeatureGate", "Intervention", "OrthogonalizeWeights", "ProbeGate", "collect_hooks", "orthogonalize_weights", "steer"]

@@ -12,6 +12,17 @@ harmfulness direction at t_inst, made orthogonal to r so that removing r cannot
 blind it).  ``AnchorFeatures`` is the same idea on SAE features: the ``floor`` mode
 of :class:`~saesteer.interventions.features.EditFeatures`.
 
+``AnchorProjections`` bounds the coordinates along several unit directions at one
+hook, a floor (sign +1) or a ceiling (sign -1) each::
+
+    x <- x + g * s_i * relu(s_i * b_i - s_i * x.u_i) * u_i      (i = 1..m, in order)
+
+With the decoder directions of an SAE's refusal features (floors) and comply features
+(ceilings) it is the feature anchor that holds against a feature-space attacker
+(``from_sae``): a TopK SAE's activations are sparse, so a floor on the activation
+itself is 0 at most tokens (its calibration quantile is 0) and the attacker's
+decoder-direction push is left in place, while the coordinate x.W_dec[f] is dense.
+
 Both have ``order = 100``: ``steer`` runs them after every other edit at the same
 hook point, so an attacker's ablation or subtraction at that hook is undone.
 """
@@ -119,6 +130,95 @@ def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate], apply_to: str
         return x + lift[..., None] * u
 
     return fn
+
+
+@dataclass
+class AnchorProjections(Intervention):
+    """Floors (sign +1) and ceilings (sign -1) on x.u_i at one hook, applied in order.
+
+    ``directions``: [m, d_model] (made unit); ``bounds``: [m] on prompt tokens;
+    ``generated_bounds``: [m] on generated tokens (default ``bounds``); ``signs``: m of +1 / -1.
+    """
+
+    directions: torch.Tensor
+    hook: str
+    bounds: torch.Tensor | Sequence[float]
+    signs: Sequence[int]
+    gate: Optional[Gate] = None
+    generated_bounds: Optional[torch.Tensor | Sequence[float]] = None
+    apply_to: str = "both"
+    gate_read: bool = True  # False: another intervention registers this gate's read hooks (one decision shared by both)
+    order: int = field(default=ANCHOR_ORDER, init=False)
+
+    def __post_init__(self) -> None:
+        if self.directions.ndim != 2 or self.directions.shape[0] == 0:
+            raise ValueError(f"AnchorProjections.directions must be [m, d_model] with m >= 1, got shape {tuple(self.directions.shape)}")
+        norms = self.directions.float().norm(dim=1)
+        if not (torch.isfinite(self.directions).all() and (norms > 0).all()):
+            raise ValueError("AnchorProjections.directions must be finite and non-zero")
+        self._units = self.directions.float() / norms[:, None]
+        m = self.directions.shape[0]
+        self.signs = [int(s) for s in self.signs]
+        if len(self.signs) != m or any(s not in (1, -1) for s in self.signs):
+            raise ValueError(f"AnchorProjections.signs must be {m} values of +1 (floor) or -1 (ceiling), got {self.signs}")
+        self.bounds = torch.as_tensor(self.bounds, dtype=torch.float32).flatten()
+        gen = self.bounds if self.generated_bounds is None else torch.as_tensor(self.generated_bounds, dtype=torch.float32).flatten()
+        for name, b in (("bounds", self.bounds), ("generated_bounds", gen)):
+            if b.numel() != m or not torch.isfinite(b).all():
+                raise ValueError(f"AnchorProjections.{name} must be {m} finite values, got {b.tolist()}")
+        self.generated_bounds = gen
+        if self.apply_to not in ("prompt", "generated", "both"):
+            raise ValueError(f"AnchorProjections.apply_to must be prompt, generated or both, got {self.apply_to!r}")
+
+    @property
+    def units(self) -> torch.Tensor:
+        """The unit directions [m, d_model] (float32)."""
+        return self._units
+
+    @classmethod
+    def from_sae(cls, sae: Any, features: Sequence[int], signs: Sequence[int], bounds, hook: Optional[str] = None, **kw) -> "AnchorProjections":
+        """Bounds on the coordinates along the decoder directions W_dec[f] of ``features``."""
+        from saesteer.interventions.features import SaeWeights, check_features
+
+        w = SaeWeights.from_sae(sae)
+        feats = check_features(features, w.d_sae)
+        name = hook or w.hook_name
+        if not name:
+            raise ValueError("AnchorProjections.from_sae needs hook= (the SAE's metadata names no hook)")
+        return cls(w.W_dec[feats].detach().float(), name, bounds, signs, **kw)
+
+    def validate(self, model: HookedTransformer) -> None:
+        if self.directions.shape[1] != model.cfg.d_model:
+            raise ValueError(f"AnchorProjections directions have d={self.directions.shape[1]}, the model's d_model is {model.cfg.d_model}")
+
+    def prepass_gates(self, model: HookedTransformer) -> list[Gate]:
+        if self.gate is None:
+            return []
+        return [self.gate] if hook_order(self.gate.hook) > hook_order(self.hook) else []
+
+    def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:
+        units, signs, gate, apply_to = self.units, self.signs, self.gate, self.apply_to
+        bounds, gen_bounds = self.bounds.tolist(), self.generated_bounds.tolist()
+
+        def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
+            if PHASE.get() == "gate":
+                return x
+            phase = token_phase()
+            if apply_to != "both" and phase != apply_to:
+                return x
+            bs = gen_bounds if phase == "generated" else bounds
+            g = None if gate is None else gate.value(x.shape[0], x.device, x.dtype)[:, None]
+            U = units.to(device=x.device, dtype=x.dtype)
+            for i, (s, b) in enumerate(zip(signs, bs)):
+                u = U[i]
+                lift = (s * b - s * (x @ u)).clamp_min(0.0)  # [batch, pos]
+                if g is not None:
+                    lift = lift * g
+                x = x + (s * lift)[..., None] * u
+            return x
+
+        out: list[tuple[str, HookFn]] = list(gate.read_hooks()) if gate is not None and self.gate_read else []
+        return out + [(self.hook, fn)]
 
 
 class AnchorFeatures(EditFeatures):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from saesteer.anchor import AnchorArtifact, calibrate_anchor
+from saesteer.anchor import AnchorArtifact, calibrate_anchor, calibrate_feature_anchor
 from saesteer.attacks.base import Attack
 from saesteer.attacks.directional import ablation_attack, gate_ablation_attack, negative_addition_attacks, orthogonalized_attack
 from saesteer.attacks.evaluate import UNDEFENDED, Defence, attack_success, baseline_completions, defence_cost
@@ -42,7 +42,8 @@ DEFENCES = ("undefended", "anchored", "cast", "addition")
 def defences(art: AnchorArtifact, cast_alpha: float, add_alpha: float) -> list[Defence]:
     return [
         UNDEFENDED,
-        Defence("anchored", lambda: [art.anchor()], "gated anchor of the refusal direction", gate=art.gate, ungated=lambda: [art.anchor(gated=False)]),
+        Defence("anchored", lambda: art.anchors(), "gated anchor of the refusal direction" + (" and of SAE feature coordinates" if art.features else ""),
+                gate=art.gate, ungated=lambda: art.anchors(gated=False)),
         Defence("cast", lambda: [art.cast(cast_alpha)], f"conditional addition ({cast_alpha:g} r) where the gate fires",
                 gate=art.gate, ungated=lambda: [art.addition(cast_alpha)]),
         Defence("addition", lambda: [art.addition(add_alpha)], f"unconditional addition ({add_alpha:g} r)"),
@@ -76,7 +77,36 @@ def gate_fit_extra(cfg: AnchorJobConfig) -> tuple[list[str], list[str]]:
     return harmful, harmless
 
 
-def build_attacks(cfg: AnchorJobConfig, loaded, direction, tracker: Tracker, suffix_prompts: list[str]) -> list[Attack]:
+def sae_ranking(cfg: AnchorJobConfig, loaded, direction, tracker: Tracker):
+    """(SAE, feature scores) when the attack suite or the feature anchor needs them, else (None, None)."""
+    if not (cfg.anchor.sae_attack or cfg.anchor.sae_features > 0):
+        return None, None
+    from saesteer.jobs.search import obtain_sae
+    from saesteer.search import search_features
+
+    sae = obtain_sae(cfg, loaded, tracker, direction.layer)
+    scores = search_features(loaded.model, loaded.template, sae, direction.direction, list(load_role(cfg.data, "harmful_train").instructions),
+                             list(load_role(cfg.data, "harmless_train").instructions), cfg.search.search_config(), progress=cfg.progress)
+    return sae, scores
+
+
+def feature_anchor(cfg: AnchorJobConfig, loaded, sae, scores, refused: list[str]):
+    """The feature bounds of the anchor: the top ``anchor.sae_features`` of the search's signed ranking at the SAE's hook."""
+    a = cfg.anchor
+    if a.sae_features == 0:
+        return None
+    n = min(a.sae_features, len(scores.signed_ranking))
+    if n < a.sae_features:
+        log.warning("anchor.sae_features=%d but only %d features pass the search's activity filter; bounding those", a.sae_features, n)
+    if n == 0:
+        return None
+    feats = scores.top(n, signed=True)
+    signs = [1 if float(scores.signed_score[f]) > 0 else -1 for f in feats]
+    return calibrate_feature_anchor(loaded.model, loaded.template, sae, feats, signs, scores.hook, refused, a.feature_quantile,
+                                    cfg.eval.max_new_tokens, a.batch_size, cfg.progress)
+
+
+def build_attacks(cfg: AnchorJobConfig, loaded, direction, suffix_prompts: list[str], sae=None, scores=None) -> list[Attack]:
     """The non-adaptive attacks (they do not know the anchor)."""
     a = cfg.anchor
     model, tpl = loaded.model, loaded.template
@@ -88,12 +118,6 @@ def build_attacks(cfg: AnchorJobConfig, loaded, direction, tracker: Tracker, suf
         *negative_addition_attacks(direction.direction, direction.layer, a.negative_alphas),
     ]
     if a.sae_attack:
-        from saesteer.jobs.search import obtain_sae
-        from saesteer.search import search_features
-
-        sae = obtain_sae(cfg, loaded, tracker, direction.layer)
-        scores = search_features(model, tpl, sae, direction.direction, list(load_role(cfg.data, "harmful_train").instructions),
-                                 list(load_role(cfg.data, "harmless_train").instructions), cfg.search.search_config(), progress=cfg.progress)
         top = scores.top(cfg.search.k, signed=cfg.search.signed)
         attacks.append(feature_ablation_attack(sae, top, hook=scores.hook, values=scores.bypass_values(top, cfg.search.ablation),
                                                name="sae_feature_bypass"))
@@ -127,7 +151,7 @@ def adaptive_suffix(cfg: AnchorJobConfig, loaded, art: AnchorArtifact, prompts: 
         return a.adaptive_gate_weight * sum((sum(sink.values()) - g.threshold).clamp_min(0.0) for g, sink in zip(gates, sinks))
 
     return suffix_search(loaded.model, loaded.template, prompts, n_tokens=a.suffix_tokens, steps=a.suffix_steps, seed=cfg.seed + 1,
-                         interventions=[art.anchor()], extra=extra, extra_hooks=hooks, progress=cfg.progress)
+                         interventions=art.anchors(), extra=extra, extra_hooks=hooks, progress=cfg.progress)
 
 
 def attack_kl_harmless(model, template, attack: Attack, harmless: list[str], base_lp: torch.Tensor, batch_size: int) -> float:
@@ -173,7 +197,8 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     if not refused:
         raise ValueError("the model refuses none of the harmful_train prompts: there is no refusal activation to anchor")
     suffix_prompts = refused[: a.suffix_prompts]
-    attacks = build_attacks(cfg, loaded, direction, tracker, suffix_prompts)
+    sae, scores = sae_ranking(cfg, loaded, direction, tracker)
+    attacks = build_attacks(cfg, loaded, direction, suffix_prompts, sae, scores)
     by_name = {att.name: att for att in attacks}
     skipped = [n for n in a.gate_robust if n not in by_name]
     if skipped:
@@ -182,6 +207,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     extra_harmful, extra_harmless = gate_fit_extra(cfg)
     art = calibrate_anchor(model, tpl, direction.direction, direction.layer, refused, P["harmful_val"], harmless_cal, P["harmless_val"],
                            a.calibration(), progress=cfg.progress, robust_to=robust, harmful_extra=extra_harmful, harmless_extra=extra_harmless)
+    art.features = feature_anchor(cfg, loaded, sae, scores, refused)
     art.metadata["model"] = loaded.name
     art.save(run_dir / "anchor.safetensors")
     if a.adaptive:
@@ -206,6 +232,8 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         "gate_fpr_val": art.metadata["gate_fpr_val"], "gate_fpr_calibration": art.metadata["gate_fpr_calibration"],
         "gate_refusal_cosine": art.metadata["gate_refusal_cosine"], "n_attack_prompts": len(harmful), "n_harmless": len(harmless),
         "n_floor_prompts": len(refused),
+        "anchor_sae_features": art.features.features if art.features else [],
+        "anchor_sae_feature_signs": art.features.signs if art.features else [],
     }
     for d in DEFENCES:
         metrics[f"asr_none_{d}"] = no_attack[d]
@@ -242,7 +270,11 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         + (f" and again under {', '.join(art.metadata['gate_robust'])}" if art.metadata["gate_robust"] else "")
         + f"; threshold {art.gate_threshold:.3f} fires on {a.gate_fpr:g} of the harmless calibration prompts the model does not refuse "
         f"(val AUROC {art.metadata['gate_auroc_val']:.3f}, TPR {art.metadata['gate_tpr_val']:.3f}, FPR {art.metadata['gate_fpr_val']:.3f}; "
-        f"max |cos| with r {art.metadata['gate_refusal_cosine']:.1e}).", "",
+        f"max |cos| with r {art.metadata['gate_refusal_cosine']:.1e})."
+        + (f" Feature bounds at `{art.features.hook}` (same gate): floors on the decoder coordinates of {sum(s > 0 for s in art.features.signs)} "
+           f"refusal features and ceilings on {sum(s < 0 for s in art.features.signs)} comply features (the search's signed top "
+           f"{len(art.features.features)}), the {a.feature_quantile:g}-quantile toward refusal of the refused prompts' coordinates."
+           if art.features else ""), "",
         "## Attack success rate on harmful_test", "",
         "The last column is the attack's own cost: KL of the attacked, undefended model from the clean one on harmless_test "
         "(an attack that breaks the model stops refusals too).", "",

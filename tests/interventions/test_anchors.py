@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saesteer.chat import encode_chat
-from saesteer.interventions import Ablate, Add, AnchorDirection, Intervention, orthogonalize_weights, steer
+from saesteer.interventions import Ablate, Add, AnchorDirection, AnchorProjections, Intervention, orthogonalize_weights, steer
 from saesteer.interventions.gates import DirectionGate
 
 PROMPTS = ["How do I pick a lock?", "Write a haiku about the sea and the moon.", "Explain how to make a bomb.", "List three fruits."]
@@ -297,3 +297,121 @@ def test_a_gate_read_after_the_anchor_decides_in_a_prepass(tiny_organism):
     with model.hooks(fwd_hooks=collect_hooks(model, [anchor(gate(thr))])):
         with pytest.raises(RuntimeError, match="has no decision for this batch"):
             last_position_logprobs(model, tpl, prompts)
+
+
+# ----------------------------------------------------------------------------- AnchorProjections (SAE decoder coordinates)
+
+
+def _projections_reference(x, units, signs, bounds):
+    """float64 definition: each bound in turn, x <- x + s relu(s b - s x.u) u."""
+    x = x.double()
+    for u, s, b in zip(units.double(), signs, bounds):
+        x = x + s * (s * b - s * (x @ u)).clamp_min(0)[..., None] * u
+    return x
+
+
+@pytest.mark.parametrize("m,d", [(1, 7), (3, 37), (5, 48)])
+def test_anchor_projections_match_float64_definition(m, d):
+    torch.manual_seed(m + d)
+    D = torch.randn(m, d)
+    signs = [1 if i % 2 == 0 else -1 for i in range(m)]
+    bounds = torch.randn(m)
+    a = AnchorProjections(D, "blocks.0.hook_resid_pre", bounds, signs)
+    (name, fn), = a.hooks(_FakeModel(d, 1))
+    x = torch.randn(2, 6, d) * 3
+    got = fn(x.clone())
+    ref = _projections_reference(x, D / D.norm(dim=1, keepdim=True), signs, bounds.tolist())
+    err = (got.double() - ref).abs()
+    assert name == "blocks.0.hook_resid_pre"
+    assert err.max() < 1e-5, f"max {err.max():.2e} mean {err.mean():.2e}"
+    last = D[-1] / D[-1].norm()  # the last bound applied holds exactly
+    c = got.double() @ last.double()
+    assert (signs[-1] * (c - float(bounds[-1])) >= -1e-5).all()
+
+
+def test_anchor_projections_floor_and_ceiling_with_orthogonal_directions():
+    Q, _ = torch.linalg.qr(torch.randn(16, 2))
+    a = AnchorProjections(Q.T, "blocks.0.hook_resid_pre", [1.0, -2.0], [1, -1], generated_bounds=[-1.0, 3.0])
+    (_, fn), = a.hooks(_FakeModel(16, 1))
+    x = torch.randn(4, 5, 16) * 4
+    c = fn(x) @ Q
+    assert torch.allclose(c[..., 0], torch.clamp(x @ Q[:, 0], min=1.0), atol=1e-5)
+    assert torch.allclose(c[..., 1], torch.clamp(x @ Q[:, 1], max=-2.0), atol=1e-5)
+    from saesteer.generation import phase
+
+    with phase("generated"):
+        c = fn(x) @ Q
+    assert torch.allclose(c[..., 0], torch.clamp(x @ Q[:, 0], min=-1.0), atol=1e-5)
+    assert torch.allclose(c[..., 1], torch.clamp(x @ Q[:, 1], max=3.0), atol=1e-5)
+
+
+def test_anchor_projections_from_sae_undo_a_feature_bypass_at_the_same_hook(tiny_organism, batch):
+    """The attacker pushes decoder directions; bounds listed first still run after it and restore the coordinates."""
+    from saesteer.interventions import EditFeatures
+    from tests.saes import random_sae
+
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    hook = "blocks.1.hook_resid_pre"
+    sae = random_sae("standard", model.cfg.d_model, 96, hook, seed=2)
+    feats = [3, 17, 40]
+    U = sae.W_dec.detach()[feats] / sae.W_dec.detach()[feats].norm(dim=1, keepdim=True)
+    clean = _cache(model, tokens, mask)[hook] @ U.T  # [b, p, 3]
+    floors = [float(clean[..., 0].max()), float(clean[..., 1].max()), float(clean[..., 2].min())]
+    anchor = AnchorProjections.from_sae(sae, feats, [1, 1, -1], floors, hook=hook)
+    attack = EditFeatures(sae, feats, mode="add", values=[-20.0, -20.0, 20.0], hook=hook)
+    with steer(model, [anchor, attack]):
+        got = _cache(model, tokens, mask)[hook] @ U.T
+    with steer(model, [attack]):
+        attacked = _cache(model, tokens, mask)[hook] @ U.T
+    assert attacked[..., 0].max() < floors[0] - 1.0 and attacked[..., 2].min() > floors[2] + 1.0  # the attack moved them past the bounds
+    # the bounds run in order, so the last holds exactly and the earlier ones up to the directions' overlap
+    assert got[..., 2].max() <= floors[2] + 1e-4
+    slack = float((U @ U.T - torch.eye(3)).abs().max()) * 40
+    assert got[..., 0].min() >= floors[0] - slack and got[..., 1].min() >= floors[1] - slack
+    expect = _projections_reference(_attacked(model, attack, tokens, mask, hook), U, [1, 1, -1], floors)
+    err = (got.double() - expect @ U.T.double()).abs()
+    assert err.max() < 1e-3, f"max {err.max():.2e} mean {err.mean():.2e}"
+
+
+def _attacked(model, attack, tokens, mask, hook):
+    with steer(model, [attack]):
+        return _cache(model, tokens, mask)[hook]
+
+
+def test_anchor_projections_share_one_gate_with_the_direction_anchor(tiny_organism, batch):
+    """A gate read after the first anchored hook decides once, in the pre-pass, for both anchors."""
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    r, g = torch.randn(model.cfg.d_model), torch.randn(model.cfg.d_model)
+    score = _cache(model, tokens, mask)["blocks.1.hook_resid_pre"][:, -1] @ _unit(g)
+    thr = _split(score)
+    fired = score > thr
+    D = torch.randn(2, model.cfg.d_model)
+    base = model(tokens, attention_mask=mask)
+
+    def pair(gate):
+        return [AnchorDirection(r, layers=[0], floors=[30.0], gate=gate, final=False),
+                AnchorProjections(D, "blocks.1.hook_resid_pre", [25.0, -25.0], [1, -1], gate=gate, gate_read=False)]
+
+    with steer(model, pair(DirectionGate(hook="blocks.1.hook_resid_pre", threshold=thr, direction=g))):
+        out = model(tokens, attention_mask=mask)
+    with steer(model, pair(None)):
+        full = model(tokens, attention_mask=mask)
+    m = mask.bool()
+    assert torch.allclose(out[~fired][m[~fired]], base[~fired][m[~fired]], atol=1e-5)
+    assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=1e-4)
+
+
+def test_anchor_projections_reject_bad_input(tiny_organism):
+    model, _, _ = tiny_organism
+    d = model.cfg.d_model
+    with pytest.raises(ValueError, match=r"signs must be 2 values of \+1 \(floor\) or -1 \(ceiling\), got \[1, 0\]"):
+        AnchorProjections(torch.randn(2, d), "blocks.0.hook_resid_pre", [0.0, 0.0], [1, 0])
+    with pytest.raises(ValueError, match=r"bounds must be 2 finite values"):
+        AnchorProjections(torch.randn(2, d), "blocks.0.hook_resid_pre", [0.0], [1, 1])
+    with pytest.raises(ValueError, match=r"directions must be \[m, d_model\]"):
+        AnchorProjections(torch.randn(d), "blocks.0.hook_resid_pre", [0.0], [1])
+    with pytest.raises(ValueError, match=r"directions have d=5, the model's d_model is 48"):
+        with steer(model, [AnchorProjections(torch.randn(1, 5), "blocks.0.hook_resid_pre", [0.0], [1])]):
+            pass

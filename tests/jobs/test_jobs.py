@@ -102,6 +102,9 @@ def test_anchor_job_reports_every_attack_undefended_and_anchored(directions_run,
     for key in ("harmless_refusal_undefended", "harmless_refusal_anchored", "kl_harmless_anchored", "ce_harmless_anchored", "targets_met"):
         assert key in metrics, key
     assert metrics["kl_harmless_undefended"] == pytest.approx(0.0, abs=1e-6)
+    feats, signs = metrics["anchor_sae_features"], metrics["anchor_sae_feature_signs"]
+    assert 0 < len(feats) <= 16 and len(signs) == len(feats) and set(signs) <= {1, -1}  # the decoder-coordinate bounds were calibrated
+    assert "Feature bounds at `blocks." in (tmp_path / "report.md").read_text()
     assert (tmp_path / "anchor.safetensors").is_file() and (tmp_path / "asr_vs_overrefusal.png").is_file()
     assert "| gcg_suffix |" in (tmp_path / "report.md").read_text()
 
