@@ -79,10 +79,13 @@ class AnchorCalibration:
     gate_token_steps: int = 300  # Adam steps of the per-token (multiple-instance) probe
     sae_features: int = 16  # top signed SAE features whose decoder coordinates are also bounded (0: the direction only)
     feature_quantile: float = 0.75  # floors at this quantile of refused prompts' coordinates, ceilings at 1 - it
+    feature_apply_to: str = "generated"  # tokens the feature bounds act on: generated, prompt or both
 
     def __post_init__(self) -> None:
         if self.sae_features < 0:
             raise ValueError(f"anchor.sae_features must be >= 0, got {self.sae_features!r}")
+        if self.feature_apply_to not in ("prompt", "generated", "both"):
+            raise ValueError(f"anchor.feature_apply_to must be prompt, generated or both, got {self.feature_apply_to!r}")
         if not 0.0 <= self.feature_quantile <= 1.0:
             raise ValueError(f"anchor.feature_quantile must be in [0, 1], got {self.feature_quantile!r}")
         if self.gate_probe not in ("logistic", "mean_diff"):
@@ -119,10 +122,11 @@ class FeatureAnchor:
     directions: torch.Tensor  # [m, d_model] unit decoder directions
     bounds: torch.Tensor  # [m] prompt tokens
     generated_bounds: torch.Tensor  # [m] generated tokens
+    apply_to: str = "generated"  # prompt, generated or both
 
     def intervention(self, gate: Optional[Gate] = None, gate_read: bool = True) -> AnchorProjections:
         return AnchorProjections(self.directions, self.hook, self.bounds, self.signs, gate=gate, generated_bounds=self.generated_bounds,
-                                 gate_read=gate_read)
+                                 apply_to=self.apply_to, gate_read=gate_read)
 
 
 @dataclass
@@ -189,7 +193,7 @@ class AnchorArtifact:
             tensors["token_weights"] = self.token_weights
         if self.features is not None:
             fa = self.features
-            meta.update(feature_hook=fa.hook, feature_ids=fa.features, feature_signs=fa.signs)
+            meta.update(feature_hook=fa.hook, feature_ids=fa.features, feature_signs=fa.signs, feature_apply_to=fa.apply_to)
             tensors.update(feature_directions=fa.directions, feature_bounds=fa.bounds, feature_generated_bounds=fa.generated_bounds)
         return save_tensors(path, tensors, meta)
 
@@ -203,11 +207,12 @@ class AnchorArtifact:
         if "gate_weights" not in tensors:
             raise ValueError(f"anchor {path} has no gate_weights (written by an older saesteer): recalibrate it with `saesteer anchor`")
         keys = ("kind", "layer", "layers", "final", "gate_layers", "gate_positions", "gate_threshold", "gate_bias", "token_threshold", "token_bias",
-                "feature_hook", "feature_ids", "feature_signs")
+                "feature_hook", "feature_ids", "feature_signs", "feature_apply_to")
         features = None
         if "feature_directions" in tensors:
             features = FeatureAnchor(str(meta["feature_hook"]), [int(f) for f in meta["feature_ids"]], [int(s) for s in meta["feature_signs"]],
-                                     tensors["feature_directions"], tensors["feature_bounds"], tensors["feature_generated_bounds"])
+                                     tensors["feature_directions"], tensors["feature_bounds"], tensors["feature_generated_bounds"],
+                                     str(meta.get("feature_apply_to", "generated")))
             if d_model is not None and features.directions.shape[-1] != d_model:
                 raise ValueError(f"anchor {path} has feature directions of d={features.directions.shape[-1]}, the model has d_model={d_model}")
         return cls(tensors["direction"], int(meta["layer"]), [int(l) for l in meta["layers"]], bool(meta["final"]), tensors["floors"],
@@ -322,19 +327,23 @@ def calibrate_feature_anchor(
     max_new_tokens: int = 12,
     batch_size: int = 32,
     progress: bool = False,
+    apply_to: str = "generated",
 ) -> FeatureAnchor:
     """Bounds on the coordinates along the unit decoder directions of ``features`` at ``hook``.
 
     A refusal feature (sign +1) gets a floor at the ``quantile`` of the refused harmful
     prompts' coordinates, a comply feature (sign -1) a ceiling at ``1 - quantile``:
     over their post-instruction tokens for prompt tokens, over the generated tokens of
-    their own greedy refusals for decoding.
+    their own greedy refusals for decoding.  ``apply_to``: the tokens the bounds act on.  On the
+    organism the default, generated tokens only, stops the feature bypass as well as both (ASR
+    0.126 vs 0.119 on harmful_test) without touching the next-token distribution on the prompts a
+    gate misfires on (KL on harmless_test 0.050 vs 0.062): the bypass works through decoding.
     """
     if not harmful_refused:
         raise ValueError("calibrate_feature_anchor: the harmful_refused prompt set is empty")
     if hook not in model.hook_dict:
         raise ValueError(f"calibrate_feature_anchor: hook {hook!r} does not exist in this model (e.g. blocks.0.hook_resid_pre)")
-    proto = AnchorProjections.from_sae(sae, features, signs, torch.zeros(len(list(features))), hook=hook)  # checks features, signs, shapes
+    proto = AnchorProjections.from_sae(sae, features, signs, torch.zeros(len(list(features))), hook=hook, apply_to=apply_to)  # checks every argument
     proto.validate(model)
     U = proto.units  # [m, d_model]
     n_post = n_post_tokens(model, template)
@@ -348,7 +357,7 @@ def calibrate_feature_anchor(
     def bounds(coords: torch.Tensor) -> torch.Tensor:
         return torch.stack([torch.quantile(coords[:, i].double(), q[i]) for i in range(len(q))]).float()
 
-    fa = FeatureAnchor(hook, [int(f) for f in features], proto.signs, U.clone(), bounds(prompt_coords), bounds(gen_coords))
+    fa = FeatureAnchor(hook, [int(f) for f in features], proto.signs, U.clone(), bounds(prompt_coords), bounds(gen_coords), apply_to)
     log.info("feature anchor at %s: %d features, bounds %s (prompt) %s (decoding)", hook, len(fa.features),
              [round(b, 2) for b in fa.bounds.tolist()], [round(b, 2) for b in fa.generated_bounds.tolist()])
     return fa

@@ -281,6 +281,7 @@ class AnchorSettings:
     gate_token_steps: int = 300
     sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are bounded too; 0 = the direction only
     feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused harmful prompts, ceilings (comply) at 1 - it
+    feature_apply_to: str = "generated"  # tokens the feature bounds act on (generated: the bypass works through decoding; no cost on the prompt)
     n_calibration_harmless: int = 2000  # harmless_train prompts for the gate (half fit, half threshold)
     cast_alpha: float = 1.0  # CAST-style conditional addition and unconditional addition baselines
     addition_alpha: float = 1.0
@@ -320,7 +321,8 @@ class AnchorSettings:
                                  self.batch_size, None if self.gate_positions is None else list(self.gate_positions), self.gate_probe,
                                  self.gate_l2, gate_pooling=self.gate_pooling, gate_synthetic=self.gate_synthetic,
                                  gate_robust=tuple(self.gate_robust), gate_tokens=self.gate_tokens, gate_token_steps=self.gate_token_steps,
-                                 sae_features=self.sae_features, feature_quantile=self.feature_quantile)
+                                 sae_features=self.sae_features, feature_quantile=self.feature_quantile,
+                                 feature_apply_to=self.feature_apply_to)
 
 
 @dataclass

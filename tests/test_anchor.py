@@ -180,7 +180,7 @@ def feature_anchor(calibrated):
 
     model, tpl, art, _, harmful, _ = calibrated
     sae = random_sae("topk", model.cfg.d_model, 64, "blocks.1.hook_resid_pre", seed=4, k=8)
-    fa = calibrate_feature_anchor(model, tpl, sae, [5, 9, 30], [1, -1, 1], "blocks.1.hook_resid_pre", harmful[:20], quantile=0.7)
+    fa = calibrate_feature_anchor(model, tpl, sae, [5, 9, 30], [1, -1, 1], "blocks.1.hook_resid_pre", harmful[:20], quantile=0.7, apply_to="both")
     return sae, fa
 
 
@@ -228,6 +228,9 @@ def test_anchors_share_the_gate_and_equal_their_ungated_form_where_it_fires(cali
     assert torch.allclose(out[~fired][m[~fired]], base[~fired][m[~fired]], atol=1e-5)
     assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=1e-4)
     assert (full[m] - direction_only[m]).abs().max() > 1e-3  # the feature bounds act
+    with steer(model, dataclasses.replace(both, features=dataclasses.replace(fa, apply_to="generated")).anchors(gated=False)):
+        prompt_only = model(tokens, attention_mask=mask)
+    assert torch.allclose(prompt_only[m], direction_only[m], atol=1e-5)  # the default acts while decoding only
 
 
 def test_artifact_round_trip_keeps_the_feature_bounds(calibrated, feature_anchor, tmp_path):
@@ -237,7 +240,7 @@ def test_artifact_round_trip_keeps_the_feature_bounds(calibrated, feature_anchor
     _, fa = feature_anchor
     dataclasses.replace(art, features=fa).save(tmp_path / "anchor.safetensors")
     back = AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=art.direction.shape[0]).features
-    assert (back.hook, back.features, back.signs) == (fa.hook, fa.features, fa.signs)
+    assert (back.hook, back.features, back.signs, back.apply_to) == (fa.hook, fa.features, fa.signs, "both")
     for name in ("directions", "bounds", "generated_bounds"):
         assert torch.equal(getattr(back, name), getattr(fa, name)), name
     assert AnchorArtifact.load(tmp_path / "anchor.safetensors").metadata.get("feature_ids") is None  # not leaked into metadata
@@ -256,3 +259,5 @@ def test_feature_anchor_rejects_bad_input(calibrated, feature_anchor):
         calibrate_feature_anchor(model, tpl, sae, [64], [1], "blocks.1.hook_resid_pre", harmful[:2])
     with pytest.raises(ValueError, match="anchor.sae_features must be >= 0"):
         AnchorCalibration(sae_features=-1)
+    with pytest.raises(ValueError, match="anchor.feature_apply_to must be prompt, generated or both, got 'decode'"):
+        AnchorCalibration(feature_apply_to="decode")

@@ -103,7 +103,7 @@ def feature_anchor(cfg: AnchorJobConfig, loaded, sae, scores, refused: list[str]
     feats = scores.top(n, signed=True)
     signs = [1 if float(scores.signed_score[f]) > 0 else -1 for f in feats]
     return calibrate_feature_anchor(loaded.model, loaded.template, sae, feats, signs, scores.hook, refused, a.feature_quantile,
-                                    cfg.eval.max_new_tokens, a.batch_size, cfg.progress)
+                                    cfg.eval.max_new_tokens, a.batch_size, cfg.progress, a.feature_apply_to)
 
 
 def build_attacks(cfg: AnchorJobConfig, loaded, direction, suffix_prompts: list[str], sae=None, scores=None) -> list[Attack]:
@@ -273,7 +273,8 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         f"max |cos| with r {art.metadata['gate_refusal_cosine']:.1e})."
         + (f" Feature bounds at `{art.features.hook}` (same gate): floors on the decoder coordinates of {sum(s > 0 for s in art.features.signs)} "
            f"refusal features and ceilings on {sum(s < 0 for s in art.features.signs)} comply features (the search's signed top "
-           f"{len(art.features.features)}), the {a.feature_quantile:g}-quantile toward refusal of the refused prompts' coordinates."
+           f"{len(art.features.features)}), the {a.feature_quantile:g}-quantile toward refusal of the refused prompts' coordinates, "
+           f"on {art.features.apply_to} tokens."
            if art.features else ""), "",
         "## Attack success rate on harmful_test", "",
         "The last column is the attack's own cost: KL of the attacked, undefended model from the clean one on harmless_test "
