@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 #: attacks of the suite (saesteer anchor) the gate can also be fitted under
 GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogonalized_affine", "sae_feature_bypass", "sae_feature_ablation",
-               "negative_addition_1", "negative_addition_2", "negative_addition_4")
+               "negative_addition_1", "negative_addition_2", "negative_addition_4", "gcg_suffix", "jailbreak_prefix_injection",
+               "jailbreak_refusal_suppression", "jailbreak_roleplay", "jailbreak_instruction_wrapping")
 
 
 @dataclass
@@ -421,7 +422,8 @@ def calibrate_anchor(
     def read(prompts: Sequence[str], desc: str, attack=None) -> list[torch.Tensor]:  # per prompt [n_tokens, n_gate_layers, d_model], r projected out
         target = model if attack is None else attack.model(model)
         edits = [] if attack is None else list(attack.interventions)
-        xs = collect_token_activations(target, template, list(prompts), gh, batch_size=cfg.batch_size, progress=progress, desc=desc,
+        prompts = list(prompts) if attack is None else attack.prompts(list(prompts))  # a prompt attack rewrites them
+        xs = collect_token_activations(target, template, prompts, gh, batch_size=cfg.batch_size, progress=progress, desc=desc,
                                        interventions=edits)
         return [x - (x @ r)[..., None] * r for x in xs] if cfg.gate_orthogonal else xs
 

@@ -85,6 +85,30 @@ def test_robust_gate_fit_reads_the_attacked_model(tiny_organism):
     assert torch.equal(robust.floors, clean.floors)
 
 
+def test_robust_gate_fit_reads_a_prompt_attack_through_its_rewrite(tiny_organism, monkeypatch):
+    """A suffix attack in robust_to: the gate is also fitted on the fit prompts with the suffix appended."""
+    import saesteer.anchor as anchor_mod
+    from saesteer.attacks.prompts import suffix_attack
+
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:12])
+    harmless = list(load_prompts("harmless_train").instructions[:24])
+    seen: list[list[str]] = []
+    real = anchor_mod.collect_token_activations
+
+    def spy(model, template, prompts, *args, **kw):
+        seen.append(list(prompts))
+        return real(model, template, prompts, *args, **kw)
+
+    monkeypatch.setattr(anchor_mod, "collect_token_activations", spy)
+    r = torch.randn(model.cfg.d_model)
+    cfg = AnchorCalibration(quantile=0.3, layers=[1], final=False, gate_fpr=0.2, gate_token_steps=5)
+    art = calibrate_anchor(model, tpl, r, 1, harmful, harmful[:3], harmless, harmless[:3], cfg, robust_to=[suffix_attack("zz qq")])
+    assert art.metadata["gate_robust"] == ["gcg_suffix"]
+    suffixed = [p for batch in seen for p in batch if p.endswith(" zz qq")]
+    assert sorted(suffixed) == sorted([f"{p} zz qq" for p in harmful] + [f"{p} zz qq" for p in harmless[:12]])
+
+
 def test_artifact_round_trip(calibrated, tmp_path):
     _, _, art, _, _, _ = calibrated
     art.save(tmp_path / "anchor.safetensors")
