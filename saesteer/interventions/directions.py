@@ -143,11 +143,14 @@ class Add(Intervention):
         check_direction(self.direction, model.cfg.d_model)
         if not 0 <= self.layer < model.cfg.n_layers:
             raise ValueError(f"Add.layer={self.layer} out of range for a model with {model.cfg.n_layers} layers")
-        if self.gate is not None:
-            from saesteer.interventions.gates import hook_order
 
-            if hook_order(self.gate.hook) > hook_order(self.hook_name):
-                raise ValueError(f"Add gate reads {self.gate.hook}, after {self.hook_name}; a gate must read no later than what it gates")
+    def prepass_gates(self, model: HookedTransformer) -> list:
+        """A gate read later than the addition decides in ``steer``'s pre-pass over the prompt (CAST with the anchor's gate)."""
+        if self.gate is None:
+            return []
+        from saesteer.interventions.gates import hook_order
+
+        return [self.gate] if hook_order(self.gate.hook) > hook_order(self.hook_name) else []
 
     @property
     def hook_name(self) -> str:

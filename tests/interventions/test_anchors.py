@@ -111,17 +111,40 @@ def test_gated_addition_is_addition_where_the_gate_fires(tiny_organism, batch):
     assert torch.allclose(out[fired], full[fired], atol=1e-5)
 
 
-def test_gate_reading_after_the_edit_is_refused_except_by_anchors(tiny_organism):
-    """Add refuses a gate read after it; an anchor takes it and steer decides in a pre-pass (tested below)."""
+def test_gate_reading_after_the_edit_is_refused_except_by_anchors_and_additions(tiny_organism):
+    """A feature edit refuses a gate read after it; an anchor or an addition (CAST) takes it and steer decides in a pre-pass."""
+    from saesteer.interventions import EditFeatures
+    from tests.saes import random_sae
+
     model, _, _ = tiny_organism
     r = torch.randn(model.cfg.d_model)
     gate = DirectionGate(hook="blocks.1.hook_resid_pre", direction=r)
     anchor = AnchorDirection(r, layers=[0], floors=[1.0], gate=gate, final=False)
     assert anchor.prepass_gates(model) == [gate]
     assert AnchorDirection(r, layers=[1], floors=[1.0], gate=gate, final=False).prepass_gates(model) == []
-    with pytest.raises(ValueError, match="gate reads blocks.1.hook_resid_pre, after blocks.0.hook_resid_pre"):
-        with steer(model, [Add(r, layer=0, gate=DirectionGate(hook="blocks.1.hook_resid_pre", direction=r))]):
+    assert Add(r, layer=0, gate=gate).prepass_gates(model) == [gate] and Add(r, layer=1, gate=gate).prepass_gates(model) == []
+    sae = random_sae("standard", model.cfg.d_model, 32, "blocks.0.hook_resid_pre")
+    with pytest.raises(ValueError, match="gate reads blocks.1.hook_resid_pre, after the edit at blocks.0.hook_resid_pre"):
+        with steer(model, [EditFeatures(sae, [1], gate=DirectionGate(hook="blocks.1.hook_resid_pre", direction=r))]):
             pass
+
+
+def test_addition_gated_later_decides_in_the_prepass(tiny_organism, batch):
+    """CAST at layer 0 gated by a probe at layer 1: the addition where the (clean-prompt) gate fires, nothing elsewhere."""
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    v, g = torch.randn(model.cfg.d_model), torch.randn(model.cfg.d_model)
+    score = _cache(model, tokens, mask)["blocks.1.hook_resid_pre"][:, -1] @ _unit(g)
+    thr = _split(score)
+    fired = score > thr
+    base = model(tokens, attention_mask=mask)
+    with steer(model, [Add(v, alpha=3.0, layer=0, gate=DirectionGate(hook="blocks.1.hook_resid_pre", threshold=thr, direction=g))]):
+        out = model(tokens, attention_mask=mask)
+    with steer(model, [Add(v, alpha=3.0, layer=0)]):
+        full = model(tokens, attention_mask=mask)
+    m = mask.bool()
+    assert torch.allclose(out[~fired][m[~fired]], base[~fired][m[~fired]], atol=1e-5)
+    assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=1e-4)
 
 
 def test_anchor_rejects_bad_floors_and_layers(tiny_organism):
