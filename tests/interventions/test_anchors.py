@@ -129,22 +129,29 @@ def test_gate_reading_after_the_edit_is_refused_except_by_anchors_and_additions(
             pass
 
 
-def test_addition_gated_later_decides_in_the_prepass(tiny_organism, batch):
-    """CAST at layer 0 gated by a probe at layer 1: the addition where the (clean-prompt) gate fires, nothing elsewhere."""
-    model, _, _ = tiny_organism
-    tokens, mask = batch
-    v, g = torch.randn(model.cfg.d_model), torch.randn(model.cfg.d_model)
+def _assert_gated_equals_ungated_where_fired(model, tokens, mask, build, atol=1e-4):
+    """``build(gate)``: interventions gated by a random direction gate read at layer 1 (half the batch fires), or ungated
+    (gate None).  Gated, they must leave the sequences that do not fire untouched and equal the ungated edit on the rest."""
+    g = torch.randn(model.cfg.d_model)
     score = _cache(model, tokens, mask)["blocks.1.hook_resid_pre"][:, -1] @ _unit(g)
     thr = _split(score)
     fired = score > thr
     base = model(tokens, attention_mask=mask)
-    with steer(model, [Add(v, alpha=3.0, layer=0, gate=DirectionGate(hook="blocks.1.hook_resid_pre", threshold=thr, direction=g))]):
+    with steer(model, build(DirectionGate(hook="blocks.1.hook_resid_pre", threshold=thr, direction=g))):
         out = model(tokens, attention_mask=mask)
-    with steer(model, [Add(v, alpha=3.0, layer=0)]):
+    with steer(model, build(None)):
         full = model(tokens, attention_mask=mask)
     m = mask.bool()
     assert torch.allclose(out[~fired][m[~fired]], base[~fired][m[~fired]], atol=1e-5)
-    assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=1e-4)
+    assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=atol)
+    assert (full[m] - base[m]).abs().max() > 1e-2  # the edit acts
+
+
+def test_addition_gated_later_decides_in_the_prepass(tiny_organism, batch):
+    """CAST at layer 0 gated by a probe at layer 1: the addition where the (clean-prompt) gate fires, nothing elsewhere."""
+    model, _, _ = tiny_organism
+    v = torch.randn(model.cfg.d_model)
+    _assert_gated_equals_ungated_where_fired(model, *batch, lambda gate: [Add(v, alpha=3.0, layer=0, gate=gate)])
 
 
 def test_anchor_rejects_bad_floors_and_layers(tiny_organism):
@@ -405,25 +412,13 @@ def _attacked(model, attack, tokens, mask, hook):
 def test_anchor_projections_share_one_gate_with_the_direction_anchor(tiny_organism, batch):
     """A gate read after the first anchored hook decides once, in the pre-pass, for both anchors."""
     model, _, _ = tiny_organism
-    tokens, mask = batch
-    r, g = torch.randn(model.cfg.d_model), torch.randn(model.cfg.d_model)
-    score = _cache(model, tokens, mask)["blocks.1.hook_resid_pre"][:, -1] @ _unit(g)
-    thr = _split(score)
-    fired = score > thr
-    D = torch.randn(2, model.cfg.d_model)
-    base = model(tokens, attention_mask=mask)
+    r, D = torch.randn(model.cfg.d_model), torch.randn(2, model.cfg.d_model)
 
     def pair(gate):
         return [AnchorDirection(r, layers=[0], floors=[30.0], gate=gate, final=False),
                 AnchorProjections(D, "blocks.1.hook_resid_pre", [25.0, -25.0], [1, -1], gate=gate, gate_read=False)]
 
-    with steer(model, pair(DirectionGate(hook="blocks.1.hook_resid_pre", threshold=thr, direction=g))):
-        out = model(tokens, attention_mask=mask)
-    with steer(model, pair(None)):
-        full = model(tokens, attention_mask=mask)
-    m = mask.bool()
-    assert torch.allclose(out[~fired][m[~fired]], base[~fired][m[~fired]], atol=1e-5)
-    assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=1e-4)
+    _assert_gated_equals_ungated_where_fired(model, *batch, pair)
 
 
 def test_anchor_projections_reject_bad_input(tiny_organism):
