@@ -87,7 +87,8 @@ def test_stage_reference_maps_resid_hooks_to_the_directions_stage_layers():
 
 
 SMALL_ANCHOR = ["anchor.suffix_steps=2", "anchor.suffix_tokens=3", "anchor.suffix_prompts=8", "anchor.negative_alphas=[1.0]",
-                "anchor.jailbreaks=[prefix_injection]", "anchor.n_calibration_harmless=48", "anchor.gate_fpr=0.1"]
+                "anchor.jailbreaks=[prefix_injection]", "anchor.n_calibration_harmless=48", "anchor.gate_fpr=0.1",
+                "anchor.gate_synthetic=200"]
 
 
 def test_anchor_job_reports_every_attack_undefended_and_anchored(directions_run, tmp_path):
