@@ -65,7 +65,7 @@ class AnchorCalibration:
     quantile: float = 0.25  # floor = this quantile of refused harmful prompts' projections
     layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
-    gate_layers: Optional[list[int]] = None  # None = the layer before the direction's and the direction's own
+    gate_layers: Optional[list[int]] = None  # None = the layer before the direction's, its own and the one after (within the model)
     gate_fpr: float = 0.01  # share of harmless calibration prompts (not already refused) the gate may fire on
     gate_orthogonal: bool = True  # remove the refusal direction from the gate's features
     batch_size: int = 32
@@ -74,8 +74,8 @@ class AnchorCalibration:
     gate_l2: float = 1e-3  # L2 penalty of the logistic probe (on standardized features)
     max_new_tokens: int = 12  # greedy refusals whose generated tokens calibrate the decoding floors
     gate_pooling: str = "concat"  # concat: a weight vector per layer and position; mean: one per layer on the positions' mean
-    gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (saesteer.organism.synthetic)
-    gate_robust: tuple = ("orthogonalized_affine", "sae_feature_bypass")  # anticipated attacks the gate is also fitted under
+    gate_synthetic: int = 4000  # synthetic harmful and safe prompts added to the gate's fit (saesteer.organism.synthetic)
+    gate_robust: tuple = ("orthogonalized_affine", "sae_feature_bypass", "gcg_suffix", "negative_addition_4")  # anticipated attacks the gate is also fitted under
     gate_tokens: bool = True  # also a per-token probe, max over the prompt's tokens (a suffix cannot lower what came before it)
     gate_token_steps: int = 300  # Adam steps of the per-token (multiple-instance) probe
     sae_features: int = 16  # top signed SAE features whose decoder coordinates are also bounded (0: the direction only)
@@ -397,7 +397,7 @@ def calibrate_anchor(
     if not 0 <= layer < n_layers:
         raise ValueError(f"calibrate_anchor: direction layer {layer} out of range for a model with {n_layers} layers")
     layers = list(range(max(layer - 1, 0), n_layers)) if cfg.layers is None else [int(l) for l in cfg.layers]
-    gate_layers = sorted({max(layer - 1, 0), layer}) if cfg.gate_layers is None else sorted({int(l) for l in cfg.gate_layers})
+    gate_layers = sorted({max(layer - 1, 0), layer, min(layer + 1, n_layers - 1)}) if cfg.gate_layers is None else sorted({int(l) for l in cfg.gate_layers})
     bad = [l for l in layers + gate_layers if not 0 <= l < n_layers]
     if bad:
         raise ValueError(f"anchor.layers / anchor.gate_layers {bad} out of range for a model with {n_layers} layers")

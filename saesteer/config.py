@@ -267,22 +267,22 @@ class AnchorSettings:
     quantile: float = 0.25  # floor = this quantile of refused harmful training prompts' projections
     layers: Optional[list[int]] = None  # anchored layers; null = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
-    gate_layers: Optional[list[int]] = None  # null = the layer before the direction's and the direction's own
+    gate_layers: Optional[list[int]] = None  # null = the layer before the direction's, its own and the one after
     gate_fpr: float = 0.01  # harmless calibration prompts (not already refused) the gate may fire on: the over-refusal it may add
     gate_orthogonal: bool = True
     gate_positions: Optional[list[int]] = None  # null = t_inst and every post-instruction position
     gate_probe: str = "logistic"  # logistic probe or mean_diff (the harmfulness direction)
     gate_pooling: str = "concat"  # concat: one weight vector per layer and position; mean: one per layer on the positions' mean
     gate_l2: float = 1e-3
-    gate_synthetic: int = 2000  # synthetic harmful and safe prompts added to the gate's fit (0: train prompts only)
+    gate_synthetic: int = 4000  # synthetic harmful and safe prompts added to the gate's fit (0: train prompts only)
     gate_lexicon: str = "base"  # the lexicon those prompts are drawn from (saesteer.organism.synthetic.LEXICONS)
-    gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass"])  # attacks the gate is also fitted under
+    gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass", "gcg_suffix", "negative_addition_4"])  # attacks the gate is also fitted under
     gate_tokens: bool = True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower it)
     gate_token_steps: int = 300
     sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are bounded too; 0 = the direction only
     feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused harmful prompts, ceilings (comply) at 1 - it
     feature_apply_to: str = "generated"  # tokens the feature bounds act on (generated: the bypass works through decoding; no cost on the prompt)
-    n_calibration_harmless: int = 2000  # harmless_train prompts for the gate (half fit, half threshold)
+    n_calibration_harmless: int = 6000  # harmless_train prompts for the gate (half fit, half threshold)
     cast_alpha: float = 1.0  # CAST-style conditional addition and unconditional addition baselines
     addition_alpha: float = 1.0
     negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])

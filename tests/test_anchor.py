@@ -285,3 +285,15 @@ def test_feature_anchor_rejects_bad_input(calibrated, feature_anchor):
         AnchorCalibration(sae_features=-1)
     with pytest.raises(ValueError, match="anchor.feature_apply_to must be prompt, generated or both, got 'decode'"):
         AnchorCalibration(feature_apply_to="decode")
+
+
+def test_default_gate_layers_span_the_layer_before_to_the_layer_after(tiny_organism):
+    """gate_layers=None: L-1, L and L+1 clipped to the model (the 2-layer tiny organism: [0, 1] for a layer-0 direction)."""
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:10])
+    harmless = list(load_prompts("harmless_train").instructions[:20])
+    r = torch.randn(model.cfg.d_model)
+    art = calibrate_anchor(model, tpl, r, 0, harmful, harmful[:3], harmless, harmless[:3],
+                           AnchorCalibration(layers=[0], final=False, gate_fpr=0.2, gate_token_steps=5))
+    assert art.gate_layers == [0, 1] and art.gate_hooks == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    assert art.gate_weights.shape[0] == 2
