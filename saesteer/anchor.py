@@ -163,15 +163,17 @@ class AnchorArtifact:
                                 bias=self.token_bias)
         return AnyGate(hook=self.gate_hooks[-1], gates=[probe, tokens])
 
-    def anchor(self, gated: bool = True, gate: Optional[Gate] = None) -> AnchorDirection:
-        """The direction's anchor alone."""
-        gate = (self.gate() if gated else None) if gate is None else gate
+    def _direction_anchor(self, gate: Optional[Gate]) -> AnchorDirection:
         return AnchorDirection(self.direction, self.layers, self.floors, gate=gate, final=self.final, generated_floors=self.generated_floors)
+
+    def anchor(self, gated: bool = True) -> AnchorDirection:
+        """The direction's anchor alone."""
+        return self._direction_anchor(self.gate() if gated else None)
 
     def anchors(self, gated: bool = True) -> list[Intervention]:
         """The whole defence: the direction's anchor and, when calibrated, the SAE feature bounds, sharing one gate decision."""
         gate = self.gate() if gated else None
-        out: list[Intervention] = [self.anchor(gated, gate)]
+        out: list[Intervention] = [self._direction_anchor(gate)]
         if self.features is not None:
             out.append(self.features.intervention(gate, gate_read=False))  # the direction anchor reads the shared gate
         return out
