@@ -53,6 +53,16 @@ def hook_layer(hook: str) -> int:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" else -1
 
 
+def stop_layer(model: HookedTransformer, hooks: Sequence[str]) -> Optional[int]:
+    """``stop_at_layer`` for a forward pass that only has to reach ``hooks``: the blocks up to the
+    last hooked one, without ``ln_final`` and the unembedding (most of a small model's compute:
+    d_model x d_vocab per token), or None when a hook sits after the blocks."""
+    if any(hook_layer(h) < 0 and not h.startswith(("hook_embed", "hook_pos_embed", "hook_tokens")) for h in hooks):
+        return None
+    stop = max(hook_layer(h) for h in hooks) + 1
+    return stop if 0 < stop <= model.cfg.n_layers else None
+
+
 def model_fingerprint(model: HookedTransformer) -> str:
     """A short hash identifying the model's weights (name, shapes and a weight sample)."""
     w = model.unembed.W_U
@@ -76,8 +86,7 @@ def _forward_batches(
     if len(instructions) == 0:
         raise ValueError("no prompts given: the prompt set is empty")
     check_hooks(model, hooks)
-    stop = max(hook_layer(h) for h in hooks) + 1
-    stop = None if stop <= 0 or stop > model.cfg.n_layers - 1 else stop
+    stop = stop_layer(model, hooks)
     edit_hooks = collect_hooks(model, list(interventions))
     store: dict[str, torch.Tensor] = {}
     pos = None if positions is None else list(positions)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
-from saesteer.activations import collect_activations, collect_token_activations, n_post_tokens
+from saesteer.activations import collect_activations, collect_token_activations, n_post_tokens, stop_layer
 from saesteer.chat import ChatTemplate
 from saesteer.interventions import Add, AnchorDirection, AnchorProjections, Intervention
 from saesteer.interventions.anchors import anchor_hooks
@@ -266,27 +266,28 @@ def token_probe(pos: Sequence[torch.Tensor], neg: Sequence[torch.Tensor], l2: fl
     returns (w [d], bias) in input units.
     """
     seqs = list(pos) + list(neg)
-    T, d = max(len(x) for x in seqs), seqs[0].shape[-1]
-    X = torch.zeros(len(seqs), T, d)
-    M = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, x in enumerate(seqs):
-        X[i, : len(x)] = x.float()
-        M[i, : len(x)] = True
+    if not pos or not neg:
+        raise ValueError(f"token_probe needs prompts of both classes, got {len(pos)} positive and {len(neg)} negative")
+    lengths = torch.tensor([len(x) for x in seqs])
+    if (lengths == 0).any():
+        raise ValueError(f"token_probe: prompt {int((lengths == 0).nonzero()[0])} has no tokens")
+    # packed tokens [n_tokens, d] with their prompt's index: no padding (a padded batch of ~50k prompts took 11 GB and 20 min)
+    Z = torch.cat([x.float() for x in seqs])
+    seg = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
-    real = X[M]
-    mu, sd = real.mean(0), real.std(0).clamp_min(1e-6)
-    del real
-    Z = X.sub_(mu).div_(sd).mul_(M[..., None])  # standardized in place (the padded batch is the big tensor)
+    mu, sd = Z.mean(0), Z.std(0).clamp_min(1e-6)
+    Z.sub_(mu).div_(sd)  # standardized in place
     gen = torch.Generator().manual_seed(seed)
-    w = (torch.randn(d, generator=gen) * 1e-3).requires_grad_(True)
+    w = (torch.randn(Z.shape[1], generator=gen) * 1e-3).requires_grad_(True)
     b = torch.zeros((), requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=0.02)
     pos_weight = torch.tensor(len(neg) / max(len(pos), 1))
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
-            s = (Z @ w + b).masked_fill(~M, float("-inf"))
-            pooled = tau * torch.logsumexp(s / tau, 1)
+            s = (Z @ w + b) / tau
+            m = torch.full((len(seqs),), float("-inf")).scatter_reduce(0, seg, s.detach(), "amax")  # stabilizer only
+            pooled = tau * (m + torch.zeros(len(seqs)).index_add(0, seg, (s - m[seg]).exp()).log())  # per-prompt logsumexp
             loss = F.binary_cross_entropy_with_logits(pooled, y, pos_weight=pos_weight) + l2 * (w * w).sum()
             loss.backward()
             opt.step()
@@ -311,7 +312,7 @@ def generated_projections(model, template, prompts: Sequence[str], hooks: Sequen
         store: dict[str, torch.Tensor] = {}
         grab = [(h, lambda x, hook: store.__setitem__(hook.name, x.detach())) for h in hooks]
         with model.hooks(fwd_hooks=grab):
-            model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device))
+            model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), stop_at_layer=stop_layer(model, hooks))
         out.append(torch.stack([store[h].float().cpu()[sel] @ r for h in hooks], 1))
     if not out:
         raise ValueError("the refused prompts' greedy completions are empty: no generated tokens to calibrate the anchor on")

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions import Intervention, collect_hooks
@@ -348,7 +349,7 @@ def mean_read(model: HookedTransformer, template: ChatTemplate, prompts: Sequenc
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
         with model.hooks(fwd_hooks=collect_hooks(model, [lora]) + [(h, grab) for h in reads]):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device))
+            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop_layer(model, list(reads)))
         for i, v in store.items():
             total[i] += v.sum()
     return total / len(prompts)

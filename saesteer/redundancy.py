@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from saesteer.activations import check_hooks, hook_layer, n_post_tokens
+from saesteer.activations import check_hooks, hook_layer, n_post_tokens, stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.evaluate import refusal_eval
 from saesteer.generation import length_sorted_batches
@@ -132,8 +132,7 @@ def monitored_activations(
     check_hooks(model, hooks)
     pos = list(positions) if positions is not None else list(range(-n_post_tokens(model, template), 0))
     weights = {s.hook: SaeWeights.from_sae(s.sae) for s in sets}
-    stop = max(hook_layer(h) for h in hooks) + 1
-    stop = None if stop <= 0 or stop > model.cfg.n_layers - 1 else stop
+    stop = stop_layer(model, hooks)
     out = {s.hook: torch.empty(len(prompts), len(s.features), dtype=torch.float64) for s in sets}
     by_hook = {s.hook: s for s in sets}
     edit_hooks = collect_hooks(model, list(interventions))

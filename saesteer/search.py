@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.generation import final_logits, length_sorted_batches
 from saesteer.interventions.features import SaeWeights
@@ -280,7 +281,7 @@ def prompt_activations(model, template, w: SaeWeights, hook: str, positions: lis
     tok = model.tokenizer
     out = torch.empty(len(prompts), len(features), dtype=torch.float64)
     full = w.architecture == "topk"
-    stop = int(hook.split(".")[1]) + 1 if hook.startswith("blocks.") else None
+    stop = stop_layer(model, [hook])
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
         store = {}

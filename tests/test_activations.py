@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from saesteer.activations import ActivationCache, collect_activations, mean_activations, resid_hooks
+from saesteer.activations import ActivationCache, collect_activations, mean_activations, resid_hooks, stop_layer
 from saesteer.data import load_prompts
 
 
@@ -16,6 +16,33 @@ def test_streamed_means_equal_mean_of_collected(tiny_organism):
     assert per.shape == (11, model.cfg.n_layers, 2, model.cfg.d_model)
     means = mean_activations(model, tpl, prompts, hooks, [-4, -1], batch_size=5)
     torch.testing.assert_close(means, per.double().mean(0), atol=1e-6, rtol=1e-6)
+
+
+def test_stop_layer_skips_only_what_no_hook_needs(tiny_organism):
+    model, _, _ = tiny_organism
+    n = model.cfg.n_layers
+    assert stop_layer(model, ["blocks.0.hook_resid_pre"]) == 1
+    assert stop_layer(model, ["hook_embed", f"blocks.{n - 1}.hook_resid_post"]) == n  # every block, no unembedding
+    assert stop_layer(model, [f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_normalized"]) is None
+    assert stop_layer(model, ["hook_embed"]) is None
+
+
+def test_collection_that_stops_early_equals_the_full_forward(tiny_organism):
+    """Activations at the last block (read without the unembedding) and at ln_final equal a full run_with_cache."""
+    from saesteer.chat import encode_chat
+
+    model, tpl, _ = tiny_organism
+    prompts = list(load_prompts("harmless_val").instructions[:5])
+    n = model.cfg.n_layers
+    hooks = [f"blocks.{n - 1}.hook_resid_post", f"blocks.{n - 1}.hook_resid_pre"]
+    got = collect_activations(model, tpl, prompts, hooks, [-1], batch_size=5)
+    both = collect_activations(model, tpl, prompts, hooks + ["ln_final.hook_normalized"], [-1], batch_size=5)
+    for i, p in enumerate(prompts):
+        enc = encode_chat(model.tokenizer, tpl, [p], pad_token_id=model.tokenizer.pad_token_id)
+        _, cache = model.run_with_cache(enc.tokens)
+        want = torch.stack([cache[h][0, -1] for h in hooks])
+        torch.testing.assert_close(got[i, :, 0], want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(both[i, 2, 0], cache["ln_final.hook_normalized"][0, -1], atol=1e-5, rtol=1e-5)
 
 
 def test_disk_cache_reuses_and_rejects_another_model(tiny_organism, tmp_path, monkeypatch):

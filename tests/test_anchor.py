@@ -197,6 +197,56 @@ def test_token_probe_finds_the_planted_token():
     assert auroc(score(test_pos), score(test_neg)) > 0.97
 
 
+def _padded_token_probe(pos, neg, l2, steps, seed=0, tau=1.0):
+    """The padded-batch form of the multiple-instance probe (saesteer's first implementation): the oracle of the packed one."""
+    import torch.nn.functional as F
+
+    seqs = list(pos) + list(neg)
+    T, d = max(len(x) for x in seqs), seqs[0].shape[-1]
+    X, M = torch.zeros(len(seqs), T, d), torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, x in enumerate(seqs):
+        X[i, : len(x)], M[i, : len(x)] = x, True
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+    mu, sd = X[M].mean(0), X[M].std(0).clamp_min(1e-6)
+    Z = (X - mu) / sd * M[..., None]
+    w = (torch.randn(d, generator=torch.Generator().manual_seed(seed)) * 1e-3).requires_grad_(True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        pooled = tau * torch.logsumexp((Z @ w + b).masked_fill(~M, float("-inf")) / tau, 1)
+        loss = F.binary_cross_entropy_with_logits(pooled, y, pos_weight=torch.tensor(len(neg) / len(pos))) + l2 * (w * w).sum()
+        loss.backward()
+        opt.step()
+    return (w.detach() / sd).double(), float(b.detach() - (mu.double() / sd.double()) @ w.detach().double())
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_token_probe_packed_equals_padded(tau):
+    """The packed fit (no padding) takes the same Adam steps as the padded batch: same weights and bias."""
+    from saesteer.anchor import token_probe
+
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randn(int(torch.randint(1, 12, (1,), generator=g)), 7, generator=g) for _ in range(37)]
+    for x in seqs[:17]:
+        x[0, 2] += 2.0
+    pos, neg = seqs[:17], seqs[17:]
+    w, b = token_probe(pos, neg, l2=1e-2, steps=40, tau=tau)
+    w_ref, b_ref = _padded_token_probe(pos, neg, l2=1e-2, steps=40, tau=tau)
+    err = (w - w_ref).abs().max().item()
+    assert err < 1e-4 * w_ref.abs().max().item(), f"max abs error {err:.3g}, mean {(w - w_ref).abs().mean().item():.3g}"
+    assert abs(b - b_ref) < 1e-4 * max(1.0, abs(b_ref)), (b, b_ref)
+
+
+def test_token_probe_rejects_an_empty_class_or_prompt():
+    from saesteer.anchor import token_probe
+
+    with pytest.raises(ValueError, match="both classes"):
+        token_probe([torch.randn(3, 4)], [], l2=0.0)
+    with pytest.raises(ValueError, match="prompt 1 has no tokens"):
+        token_probe([torch.randn(3, 4)], [torch.zeros(0, 4)], l2=0.0)
+
+
 @pytest.fixture(scope="module")
 def feature_anchor(calibrated):
     from saesteer.anchor import calibrate_feature_anchor
