@@ -1,10 +1,15 @@
 """Calibrating an anchor of the refusal activation (fits on train / val prompts only).
 
 - floors: at every anchored hook (from the layer before the refusal direction's to the last),
-  the ``quantile`` of the projection on the unit refusal direction over *refused*
-  harmful training prompts: at the last post-instruction position for prompt
-  tokens, and over the generated tokens of their own greedy refusals for decoding
-  (one floor for both made the anchored text degenerate, "i'i'i'");
+  a low quantile of the projection on the unit refusal direction over *refused*
+  harmful training prompts: ``quantile`` at the last post-instruction position for prompt
+  tokens, ``generated_quantile`` over the generated tokens of their own greedy refusals for
+  decoding (one floor for both made the anchored text degenerate, "i'i'i'").  Low quantiles
+  (0.1) suffice: an attacked harmful prompt needs only to be lifted back into the refused
+  range, and the push a misfiring gate gives a harmless prompt is smaller (on the organism
+  KL on harmless_test 0.036 vs 0.055 at the 0.25-quantile, at the same attack success);
+  a generated-token floor at the 0.25-quantile lifted tokens a refusal itself holds low on r
+  ("to" in "not able to") and garbled refusals under the SAE feature bypass;
 - gate: a harm detector read from the prompt (Zhao et al. 2025: harmfulness is
   encoded apart from refusal): an L2-regularized logistic probe on the residual at
   t_inst and the post-instruction tokens of the layer before the direction's and of
@@ -62,7 +67,7 @@ GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogona
 
 @dataclass
 class AnchorCalibration:
-    quantile: float = 0.25  # floor = this quantile of refused harmful prompts' projections
+    quantile: float = 0.1  # prompt-token floor = this quantile of refused harmful prompts' projections (last position)
     layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layers: Optional[list[int]] = None  # None = the layer before the direction's, its own and the one after (within the model)
@@ -81,6 +86,7 @@ class AnchorCalibration:
     sae_features: int = 16  # top signed SAE features whose decoder coordinates are also bounded (0: the direction only)
     feature_quantile: float = 0.75  # floors at this quantile of refused prompts' coordinates, ceilings at 1 - it
     feature_apply_to: str = "generated"  # tokens the feature bounds act on: generated, prompt or both
+    generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
 
     def __post_init__(self) -> None:
         if self.sae_features < 0:
@@ -95,8 +101,9 @@ class AnchorCalibration:
             raise ValueError(f"anchor.gate_pooling must be 'concat' or 'mean', got {self.gate_pooling!r}")
         if not self.gate_l2 >= 0:
             raise ValueError(f"anchor.gate_l2 must be >= 0, got {self.gate_l2!r}")
-        if not 0.0 <= self.quantile <= 1.0:
-            raise ValueError(f"anchor.quantile must be in [0, 1], got {self.quantile!r}")
+        for name in ("quantile", "generated_quantile"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"anchor.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 < self.gate_fpr < 1.0:
             raise ValueError(f"anchor.gate_fpr must be in (0, 1), got {self.gate_fpr!r}")
         if self.layers is not None and not self.layers:
@@ -410,7 +417,7 @@ def calibrate_anchor(
     proj = acts[:, :, 0] @ r  # [n, n_hooks]
     floors = torch.quantile(proj.double(), cfg.quantile, dim=0).float()
     gen = generated_projections(model, template, list(harmful_refused), hooks, r, cfg.max_new_tokens, cfg.batch_size)
-    generated_floors = torch.quantile(gen.double(), cfg.quantile, dim=0).float()
+    generated_floors = torch.quantile(gen.double(), cfg.generated_quantile, dim=0).float()
 
     # the gate: harmfulness with r projected out, at the gate layers and positions
     n_post = n_post_tokens(model, template)
@@ -485,7 +492,7 @@ def calibrate_anchor(
     del t_h, t_s
     tpr_val, fpr_val = float(fire_h.float().mean()), float(fire_s.float().mean())
     meta = {
-        "quantile": cfg.quantile, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal, "gate_pooling": cfg.gate_pooling,
+        "quantile": cfg.quantile, "generated_quantile": cfg.generated_quantile, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal, "gate_pooling": cfg.gate_pooling,
         "gate_auroc_val": auroc(h_val, s_val), "gate_tpr_val": tpr_val, "gate_fpr_val": fpr_val,
         "gate_fpr_calibration": float(fire_thr.float().mean()), "gate_tokens": cfg.gate_tokens, "token_gate_auroc_val": tok_auroc, "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
         "n_floor_prompts": len(harmful_refused), "n_gate_fit": [len(fit_harmful), len(fit_harmless)],

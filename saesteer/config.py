@@ -264,7 +264,8 @@ def default_pipeline_stages(model_name: str) -> list[str]:
 class AnchorSettings:
     """``saesteer anchor``: calibrate the anchor on train/val prompts, then run the attack suite."""
 
-    quantile: float = 0.25  # floor = this quantile of refused harmful training prompts' projections
+    quantile: float = 0.1  # prompt-token floor = this quantile of refused harmful training prompts' projections
+    generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
     layers: Optional[list[int]] = None  # anchored layers; null = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layers: Optional[list[int]] = None  # null = the layer before the direction's, its own and the one after
@@ -322,7 +323,7 @@ class AnchorSettings:
                                  self.gate_l2, gate_pooling=self.gate_pooling, gate_synthetic=self.gate_synthetic,
                                  gate_robust=tuple(self.gate_robust), gate_tokens=self.gate_tokens, gate_token_steps=self.gate_token_steps,
                                  sae_features=self.sae_features, feature_quantile=self.feature_quantile,
-                                 feature_apply_to=self.feature_apply_to)
+                                 feature_apply_to=self.feature_apply_to, generated_quantile=self.generated_quantile)
 
 
 @dataclass

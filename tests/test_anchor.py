@@ -19,7 +19,7 @@ def calibrated(tiny_organism):
     harmless_val = list(load_prompts("harmless_val").instructions[:20])
     torch.manual_seed(3)
     r = torch.randn(model.cfg.d_model)
-    cfg = AnchorCalibration(quantile=0.3, layers=[1], final=True, gate_fpr=0.1)
+    cfg = AnchorCalibration(quantile=0.3, generated_quantile=0.2, layers=[1], final=True, gate_fpr=0.1)
     art = calibrate_anchor(model, tpl, r, 1, harmful, harmful_val, harmless, harmless_val, cfg)
     return model, tpl, art, r, harmful, harmless
 
@@ -129,6 +129,8 @@ def test_calibration_rejects_bad_input(tiny_organism):
         calibrate_anchor(model, tpl, r, 1, ["a"], ["a"], ["b"], ["c"], AnchorCalibration(layers=[5]))
     with pytest.raises(ValueError, match="anchor.quantile must be in"):
         AnchorCalibration(quantile=1.5)
+    with pytest.raises(ValueError, match=r"anchor.generated_quantile must be in \[0, 1\], got -0.1"):
+        AnchorCalibration(generated_quantile=-0.1)
     with pytest.raises(ValueError, match="anchor.gate_robust has unknown attacks"):
         AnchorCalibration(gate_robust=("gcg",))
 
@@ -152,7 +154,7 @@ def test_generated_floors_are_the_quantile_over_generated_tokens(calibrated):
         tokens = torch.cat([enc.tokens, torch.tensor([ids])], 1)
         _, cache = model.run_with_cache(tokens)
         projs.append(torch.stack([cache[h][0, -len(ids):] @ u for h in hooks], 1))
-    expect = torch.quantile(torch.cat(projs).double(), 0.3, dim=0)
+    expect = torch.quantile(torch.cat(projs).double(), 0.2, dim=0)  # generated_quantile, not the prompt floors' quantile
     assert torch.allclose(art.generated_floors.double(), expect, atol=1e-3), (art.generated_floors, expect)
 
 

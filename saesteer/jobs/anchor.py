@@ -263,7 +263,8 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     write_text(run_dir / "report.md", "\n".join([
         "# Anchoring the refusal activation", "",
         f"Anchor: floors at `blocks.{{{', '.join(map(str, art.layers))}}}.hook_resid_pre`" + (" and the last resid_post" if art.final else "")
-        + f", {a.quantile:g}-quantile of {len(refused)} refused harmful_train prompts; gate: harmfulness direction"
+        + f", the {a.quantile:g}-quantile of {len(refused)} refused harmful_train prompts' projections on r (last prompt token; "
+        f"the {a.generated_quantile:g}-quantile over their own refusals' tokens while decoding); gate: harmfulness direction"
         + (" orthogonal to r" if a.gate_orthogonal else "") + f": a logistic probe ({a.gate_pooling}) at `blocks.{{{', '.join(map(str, art.gate_layers))}}}.hook_resid_pre`, "
         f"positions {art.gate_positions}" + (", OR a per-token probe at the same hooks, max over the prompt's tokens" if art.token_weights is not None else "")
         + f", fitted on {art.metadata['n_gate_fit'][0]} harmful vs {art.metadata['n_gate_fit'][1]} harmless prompts"
