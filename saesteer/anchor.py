@@ -67,7 +67,7 @@ GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogona
 
 @dataclass
 class AnchorCalibration:
-    quantile: float = 0.1  # prompt-token floor = this quantile of refused harmful prompts' projections (last position)
+    quantile: float = 0.15  # prompt-token floor = this quantile of refused harmful prompts' projections (last position)
     layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layers: Optional[list[int]] = None  # None = the layer before the direction's, its own and the one after (within the model)

@@ -264,7 +264,7 @@ def default_pipeline_stages(model_name: str) -> list[str]:
 class AnchorSettings:
     """``saesteer anchor``: calibrate the anchor on train/val prompts, then run the attack suite."""
 
-    quantile: float = 0.1  # prompt-token floor = this quantile of refused harmful training prompts' projections
+    quantile: float = 0.15  # prompt-token floor = this quantile of refused harmful training prompts' projections
     generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
     layers: Optional[list[int]] = None  # anchored layers; null = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
