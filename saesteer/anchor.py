@@ -5,11 +5,12 @@
   harmful training prompts: ``quantile`` at the last post-instruction position for prompt
   tokens, ``generated_quantile`` over the generated tokens of their own greedy refusals for
   decoding (one floor for both made the anchored text degenerate, "i'i'i'").  Low quantiles
-  (0.1) suffice: an attacked harmful prompt needs only to be lifted back into the refused
-  range, and the push a misfiring gate gives a harmless prompt is smaller (on the organism
-  KL on harmless_test 0.036 vs 0.055 at the 0.25-quantile, at the same attack success);
-  a generated-token floor at the 0.25-quantile lifted tokens a refusal itself holds low on r
-  ("to" in "not able to") and garbled refusals under the SAE feature bypass;
+  suffice: an attacked harmful prompt needs only to be lifted back into the refused range, and
+  the push a misfiring gate gives a harmless prompt is smaller.  On the organism the prompt
+  floor trades KL on harmless_test against the adversarial suffix: 0.055 / 0.089 (ASR) at the
+  0.25-quantile, 0.044 / 0.069 at 0.15 (the default), 0.036 / 0.167 at 0.1.  A generated-token
+  floor at the 0.25-quantile lifted tokens a refusal itself holds low on r ("to" in "not able
+  to") and garbled 7 refusals under the SAE feature bypass; at 0.1 none;
 - gate: a harm detector read from the prompt (Zhao et al. 2025: harmfulness is
   encoded apart from refusal): an L2-regularized logistic probe on the residual at
   t_inst and the post-instruction tokens of the layer before the direction's and of
