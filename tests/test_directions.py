@@ -37,7 +37,8 @@ def test_refusal_score_is_log_odds_of_refusal_first_tokens(tiny_organism):
     scores = refusal_scores(model, tpl, prompts, ids)
     for p, s in zip(prompts, scores):
         enc = encode_chat(model.tokenizer, tpl, [p])
-        prob = F.softmax(model(enc.tokens)[0, -1].double(), -1)[ids].sum()
+        with torch.no_grad():
+            prob = F.softmax(model(enc.tokens)[0, -1].double(), -1)[ids].sum()
         assert abs(float(torch.log(prob / (1 - prob))) - float(s)) < 1e-4
 
 
