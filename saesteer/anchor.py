@@ -69,6 +69,7 @@ GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogona
 @dataclass
 class AnchorCalibration:
     quantile: float = 0.15  # prompt-token floor = this quantile of refused harmful prompts' projections (last position)
+    generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
     layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layers: Optional[list[int]] = None  # None = the layer before the direction's, its own and the one after (within the model)
@@ -87,7 +88,6 @@ class AnchorCalibration:
     sae_features: int = 16  # top signed SAE features whose decoder coordinates are also bounded (0: the direction only)
     feature_quantile: float = 0.75  # floors at this quantile of refused prompts' coordinates, ceilings at 1 - it
     feature_apply_to: str = "generated"  # tokens the feature bounds act on: generated, prompt or both
-    generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
 
     def __post_init__(self) -> None:
         if self.sae_features < 0:
@@ -289,7 +289,7 @@ def token_probe(pos: Sequence[torch.Tensor], neg: Sequence[torch.Tensor], l2: fl
     w = (torch.randn(Z.shape[1], generator=gen) * 1e-3).requires_grad_(True)
     b = torch.zeros((), requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=0.02)
-    pos_weight = torch.tensor(len(neg) / max(len(pos), 1))
+    pos_weight = torch.tensor(len(neg) / len(pos))
     with torch.enable_grad():
         for _ in range(steps):
             opt.zero_grad()
@@ -311,7 +311,7 @@ def generated_projections(model, template, prompts: Sequence[str], hooks: Sequen
     from saesteer.generation import generate, length_sorted_batches
 
     comps = generate(model, template, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
-    out = []
+    out, stop = [], stop_layer(model, hooks)
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         batch = prompt_completion_batch(model.tokenizer, template, [prompts[i] for i in idx], [comps[i] for i in idx])
         if batch is None:
@@ -320,7 +320,7 @@ def generated_projections(model, template, prompts: Sequence[str], hooks: Sequen
         store: dict[str, torch.Tensor] = {}
         grab = [(h, lambda x, hook: store.__setitem__(hook.name, x.detach())) for h in hooks]
         with model.hooks(fwd_hooks=grab):
-            model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), stop_at_layer=stop_layer(model, hooks))
+            model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), stop_at_layer=stop)
         out.append(torch.stack([store[h].float().cpu()[sel] @ r for h in hooks], 1))
     if not out:
         raise ValueError("the refused prompts' greedy completions are empty: no generated tokens to calibrate the anchor on")

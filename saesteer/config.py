@@ -315,15 +315,13 @@ class AnchorSettings:
         self.calibration()
 
     def calibration(self):
+        from dataclasses import fields
+
         from saesteer.anchor import AnchorCalibration
 
-        return AnchorCalibration(self.quantile, None if self.layers is None else list(self.layers), self.final,
-                                 None if self.gate_layers is None else list(self.gate_layers), self.gate_fpr, self.gate_orthogonal,
-                                 self.batch_size, None if self.gate_positions is None else list(self.gate_positions), self.gate_probe,
-                                 self.gate_l2, gate_pooling=self.gate_pooling, gate_synthetic=self.gate_synthetic,
-                                 gate_robust=tuple(self.gate_robust), gate_tokens=self.gate_tokens, gate_token_steps=self.gate_token_steps,
-                                 sae_features=self.sae_features, feature_quantile=self.feature_quantile,
-                                 feature_apply_to=self.feature_apply_to, generated_quantile=self.generated_quantile)
+        # every calibration field these settings name, by name (lists copied out of the config)
+        kw = {f.name: getattr(self, f.name) for f in fields(AnchorCalibration) if hasattr(self, f.name)}
+        return AnchorCalibration(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kw.items()})
 
 
 @dataclass

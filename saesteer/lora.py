@@ -346,10 +346,11 @@ def mean_read(model: HookedTransformer, template: ChatTemplate, prompts: Sequenc
         i = reads[hook.name]
         store[i] = (x[:, position].float() @ lora.a[i].detach().float().to(x.device)).double().cpu()
 
+    stop = stop_layer(model, list(reads))
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
         with model.hooks(fwd_hooks=collect_hooks(model, [lora]) + [(h, grab) for h in reads]):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop_layer(model, list(reads)))
+            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
         for i, v in store.items():
             total[i] += v.sum()
     return total / len(prompts)

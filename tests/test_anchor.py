@@ -349,3 +349,19 @@ def test_default_gate_layers_span_the_layer_before_to_the_layer_after(tiny_organ
                            AnchorCalibration(layers=[0], final=False, gate_fpr=0.2, gate_token_steps=5))
     assert art.gate_layers == [0, 1] and art.gate_hooks == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
     assert art.gate_weights.shape[0] == 2
+
+
+def test_anchor_settings_pass_every_calibration_field_by_name():
+    """The job's settings build the calibration by field name: each shared field arrives, none is shifted."""
+    from dataclasses import fields
+
+    from saesteer.config import AnchorSettings
+
+    s = AnchorSettings(quantile=0.21, generated_quantile=0.07, layers=[1, 2], gate_layers=[2], gate_fpr=0.03, gate_positions=[-2, -1],
+                       gate_synthetic=17, feature_quantile=0.6, batch_size=5)
+    cal = s.calibration()
+    shared = [f.name for f in fields(cal) if hasattr(s, f.name)]
+    assert {"quantile", "generated_quantile", "layers", "gate_layers", "gate_positions", "gate_robust", "feature_apply_to"} <= set(shared)
+    for name in shared:
+        want = getattr(s, name)
+        assert getattr(cal, name) == (tuple(want) if name == "gate_robust" else want), name
