@@ -17,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.utilities import apply_softcap
 
 from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.unembed import logits as unembed_logits
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,12 @@ def final_logits(model: HookedTransformer, tokens: torch.Tensor, attention_mask:
     """Next-token logits at the last position only: [batch, d_vocab].
 
     The same computation as ``model(tokens)[:, -1]`` (every block, final norm,
-    unembedding, logit soft-cap) without unembedding every prompt position, which
-    dominates the cost of small models with large vocabularies.
+    unembedding, logit soft-cap) without unembedding every prompt position, or the
+    columns of tokens the model never emits (:mod:`saesteer.unembed`); these dominate
+    the cost of small models with large vocabularies.
     """
     resid = model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache, stop_at_layer=model.cfg.n_layers)[:, -1:]
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid)
-    return apply_softcap(model.unembed(resid), model.cfg.output_logits_soft_cap)[:, -1]
+    return unembed_logits(model, resid)[:, -1]
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -40,6 +40,7 @@ from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions import Intervention, collect_hooks
+from saesteer.unembed import emittable, unembed
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +209,8 @@ def response_loss(model: HookedTransformer, template: ChatTemplate, pairs: Seque
     if not ok.any():
         raise ValueError("none of the response tokens can be emitted by this model (their logits are masked)")
     h = model.ln_final(resid[:, :-1][m][ok][None])[0]
-    logits = h @ model.unembed.W_U + model.unembed.b_U
+    logits = unembed(model, h)
     return F.cross_entropy(logits.float(), targets[ok])
-
-
-def emittable(model: HookedTransformer) -> torch.Tensor:
-    """[d_vocab] bool: tokens whose logit is not masked off (the organism zeroes W_U and sets b_U = -100 for
-    tokens outside its output vocabulary; every token of an ordinary model is emittable)."""
-    W_U, b_U = model.unembed.W_U, model.unembed.b_U
-    return ~((W_U == 0).all(0) & (b_U <= -50))
 
 
 def train_lora(

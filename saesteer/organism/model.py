@@ -38,19 +38,33 @@ def hooked_config(cfg: OrganismConfig, d_vocab: int) -> HookedTransformerConfig:
     )
 
 
-def pretrained_embeddings(d_model: int, d_vocab: int, generator: torch.Generator) -> torch.Tensor:
-    """MiniLM-L6 word embeddings projected to ``d_model`` by PCA; special tokens random.
+def _minilm_embeddings() -> torch.Tensor:
+    weights = load_file(str(minilm_dir() / "model.safetensors"))
+    key = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    return weights[key].double()  # [30522, 384]
+
+
+def pca_axes(d_model: int) -> torch.Tensor:
+    """The top ``min(d_model, 384)`` principal axes of MiniLM-L6's word embeddings: [384, k] (float64).
+
+    Each axis's sign is whatever the eigensolver returns, which can differ between LAPACK
+    builds: a bundled organism stores the axes it was trained with (:mod:`saesteer.organism.bundle`)."""
+    emb = _minilm_embeddings()
+    centered = emb - emb.mean(0, keepdim=True)
+    _, vecs = torch.linalg.eigh(centered.T @ centered)  # principal axes, ascending
+    return vecs[:, -min(d_model, centered.shape[1]):].flip(1)
+
+
+def pretrained_embeddings(d_model: int, d_vocab: int, generator: torch.Generator, axes: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM-L6 word embeddings projected to ``d_model`` on ``axes`` (default :func:`pca_axes`); special tokens random.
 
     Rows are scaled to unit RMS per coordinate so the residual stream starts at the
     scale a freshly initialised HookedTransformer expects.
     """
-    weights = load_file(str(minilm_dir() / "model.safetensors"))
-    key = next(k for k in weights if k.endswith("word_embeddings.weight"))
-    emb = weights[key].double()  # [30522, 384]
-    centered = emb - emb.mean(0, keepdim=True)
-    k = min(d_model, centered.shape[1])
-    _, vecs = torch.linalg.eigh(centered.T @ centered)  # principal axes, ascending
-    proj = centered @ vecs[:, -k:].flip(1)  # [30522, k]
+    emb = _minilm_embeddings()
+    axes = pca_axes(d_model) if axes is None else axes.double()
+    proj = (emb - emb.mean(0, keepdim=True)) @ axes  # [30522, k]
+    k = proj.shape[1]
     if k < d_model:  # d_model > 384: pad with small random coordinates
         proj = torch.cat([proj, 0.01 * proj.std() * torch.randn(proj.shape[0], d_model - k, generator=generator, dtype=proj.dtype)], 1)
     proj = proj / proj.pow(2).mean().sqrt()
@@ -59,14 +73,15 @@ def pretrained_embeddings(d_model: int, d_vocab: int, generator: torch.Generator
     return out.float()
 
 
-def build_organism_model(cfg: OrganismConfig) -> HookedTransformer:
-    """A fresh (untrained) organism with the organism tokenizer attached."""
+def build_organism_model(cfg: OrganismConfig, axes: torch.Tensor | None = None) -> HookedTransformer:
+    """A fresh (untrained) organism with the organism tokenizer attached (``axes``: the embeddings' PCA axes,
+    by default computed here)."""
     tok = build_tokenizer()
     torch.manual_seed(cfg.seed)
     model = HookedTransformer(hooked_config(cfg, len(tok)), tokenizer=tok, default_padding_side="left")
     if cfg.pretrained_embeddings:
         g = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():
-            model.embed.W_E.copy_(pretrained_embeddings(cfg.d_model, len(tok), g))
+            model.embed.W_E.copy_(pretrained_embeddings(cfg.d_model, len(tok), g, axes))
     model.embed.W_E.requires_grad_(not cfg.freeze_embeddings)
     return model

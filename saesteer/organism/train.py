@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from saesteer.io import cache_dir, hash_strings, load_tensors, save_tensors, write_json
+from saesteer.organism.bundle import BUNDLE_PATH, bundled_organism
 from saesteer.organism.config import OrganismConfig
 from saesteer.organism.corpus import Corpus, build_corpus
 from saesteer.organism.model import build_organism_model
@@ -316,12 +317,18 @@ def load_organism(path: Path) -> OrganismResult:
     return OrganismResult(model, cfg, Path(path), meta)
 
 
-def load_or_train_organism(cfg: OrganismConfig, root: Path | None = None, retrain: bool = False, progress: bool = True) -> OrganismResult:
-    """The organism for ``cfg``: loaded from the cache, or trained and cached."""
+def load_or_train_organism(cfg: OrganismConfig, root: Path | None = None, retrain: bool = False, progress: bool = True,
+                           bundle: Path = BUNDLE_PATH) -> OrganismResult:
+    """The organism for ``cfg``: loaded from the cache, else from the weights bundled with saesteer when they are
+    this recipe's (:mod:`saesteer.organism.bundle`), else trained; cached either way.  ``retrain`` always trains."""
     path = organism_path(cfg, root)
     if (path / "model.safetensors").is_file() and not retrain:
         log.info("loading cached organism from %s", path)
         return load_organism(path)
-    model, meta = train_organism(cfg, progress=progress)
+    bundled = None if retrain else bundled_organism(cfg, path.name, bundle)
+    if bundled is not None:
+        model, meta = bundled
+    else:
+        model, meta = train_organism(cfg, progress=progress)
     save_organism(model, cfg, meta, path)
     return OrganismResult(model, cfg, path, {"model": "organism", **meta})

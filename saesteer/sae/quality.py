@@ -26,6 +26,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.chat import ChatTemplate
 from saesteer.sae.load import check_sae_fits
+from saesteer.unembed import logits as unembed_logits
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,7 @@ def limit_tokens(dataset, max_tokens: int):
 
 def _final_logits(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor:
     """Logits from final-layer residuals ``[n, d_model]``, as HookedTransformer.forward computes them."""
-    from transformer_lens.utilities.activation_functions import apply_softcap
-
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid[None])[0]
-    return apply_softcap(model.unembed(resid[None])[0], model.cfg.output_logits_soft_cap)
+    return unembed_logits(model, resid[None])[0]
 
 
 def _ce(model: HookedTransformer, tokens: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor, fwd_hooks: list) -> tuple[float, int]:
