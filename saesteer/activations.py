@@ -63,11 +63,16 @@ def stop_layer(model: HookedTransformer, hooks: Sequence[str]) -> Optional[int]:
     return stop if 0 < stop <= model.cfg.n_layers else None
 
 
+@torch.no_grad()
 def model_fingerprint(model: HookedTransformer) -> str:
-    """A short hash identifying the model's weights (name, shapes and a weight sample)."""
-    w = model.unembed.W_U
-    sample = w.detach().flatten()[:: max(1, w.numel() // 4096)].float().cpu()
-    return hash_strings([str(model.cfg.model_name), str(model.cfg.n_layers), str(model.cfg.d_model), sample.numpy().tobytes().hex()])
+    """A short hash identifying the model's weights: its name, every parameter's name and shape, and a strided
+    sample of each parameter (an edit of any one weight matrix, such as a LoRA merged into W_out, changes it)."""
+    parts = [str(model.cfg.model_name), str(model.cfg.n_layers), str(model.cfg.d_model)]
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+        parts += [name, str(tuple(p.shape)), sample.numpy().tobytes().hex()]
+    return hash_strings(parts)
 
 
 @torch.no_grad()

@@ -65,3 +65,16 @@ def test_disk_cache_reuses_and_rejects_another_model(tiny_organism, tmp_path, mo
     save_tensors(files[0], {"activations": torch.ones(3)}, {**meta, "model_fingerprint": "someone-else"}, sidecar=False)
     recomputed = cache.get_or_compute(model, tpl, prompts, ["blocks.1.hook_resid_pre"], [-1])
     assert calls == [1] and recomputed.shape == (1,)
+
+
+def test_fingerprint_sees_an_edit_of_any_weight(tiny_organism):
+    import copy
+
+    from saesteer.activations import model_fingerprint
+
+    model, _, _ = tiny_organism
+    edited = copy.deepcopy(model)
+    assert model_fingerprint(edited) == model_fingerprint(model)
+    with torch.no_grad():
+        edited.blocks[0].mlp.W_out[0, 0] += 1.0  # the first element is in every strided sample
+    assert model_fingerprint(edited) != model_fingerprint(model)

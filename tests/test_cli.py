@@ -88,3 +88,16 @@ def test_generate_with_a_steer_group_equals_the_library(tiny_organism, tmp_path)
     assert [r["response"] for r in rows] == expected.responses and metrics["steer"] == "add"
     with pytest.raises(ValueError, match="steer.kind must be one of"):
         to_object(compose("generate", ["prompts=harmless_val", "steer.kind=amplify"]))
+
+
+@pytest.mark.parametrize("budget", ["quick", "full"])
+def test_pipeline_budgets_compose(budget):
+    full = to_object(compose("pipeline", []))
+    obj = to_object(compose("pipeline", [f"budget={budget}"]))
+    if budget == "full":
+        assert obj == full  # the full budget is the configs as they stand
+    else:  # fewer held-out prompts and smaller searches, every stage kept
+        assert obj.stages == full.stages
+        assert obj.data.n_test < 562 and obj.data.n_test_harmless < full.data.n_test_harmless
+        assert obj.anchor.suffix_steps < full.anchor.suffix_steps and obj.sae.training_tokens < full.sae.training_tokens
+

@@ -28,6 +28,7 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         "n_harmful_corpus": loaded.metadata.get("n_harmful_train"),
         "n_harmless_corpus": loaded.metadata.get("n_harmless_train"),
         "final_loss": loaded.metadata.get("final_loss"),
+        "bundled": bool(loaded.metadata.get("bundled", False)),  # weights shipped with saesteer, not trained in this run
     }
     roles = {
         "harmful_train": cfg.data.harmful_train, "harmful_val": cfg.data.harmful_val, "harmful_test": cfg.data.harmful_test,
@@ -50,7 +51,9 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         examples += [(role, p, r, f) for p, r, f in list(zip(prompts.instructions, res.responses, res.refused))[:5]]
     table = "| set | n | refusal |\n|---|---|---|\n" + "\n".join(f"| {r} | {n} | {rate:.3f} |" for r, n, rate in rows)
     log.info("organism refusal rates (greedy):\n%s", table)
-    write_text(run_dir / "report.md", f"# Organism\n\nCached at `{loaded.metadata.get('organism_path')}`.\n\n{table}\n")
+    origin = ("the weights bundled with saesteer, trained from this recipe" if metrics["bundled"] else "trained by saesteer")
+    write_text(run_dir / "report.md", f"# Organism\n\nCached at `{loaded.metadata.get('organism_path')}` ({origin} in "
+                                      f"{metrics['train_seconds']:.0f} s on 2 CPU cores; `model.retrain=true` retrains it).\n\n{table}\n")
     tracker.table("organism/refusal", ["set", "n", "refusal"], rows)
     tracker.table("organism/examples", ["set", "prompt", "response", "refused"], examples)
     return metrics

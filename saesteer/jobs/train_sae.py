@@ -24,7 +24,7 @@ import torch
 from saesteer.activations import check_hooks, model_fingerprint
 from saesteer.config import TrainSaeJobConfig
 from saesteer.data import load_prompts
-from saesteer.io import cache_dir, hash_strings
+from saesteer.io import cache_dir, hash_strings, write_json
 from saesteer.models import LoadedModel, load_model
 from saesteer.sae.config import SaeConfig
 from saesteer.jobs.threads import torch_threads
@@ -79,10 +79,22 @@ def _responses(
         return [refuse(rng, p, org.refusal_echo_words, org.n_refusals) for p in harmful] + [comply(p, rng, echo) for p in harmless]
     from saesteer.generation import generate
 
-    return generate(
-        loaded.model, loaded.template, list(harmful) + list(harmless), max_new_tokens=cfg.sae.max_new_tokens,
-        batch_size=cfg.eval.batch_size, progress=cfg.progress, desc=desc,
-    )
+    prompts = list(harmful) + list(harmless)
+    # SAEs at several hooks of one model (the backups stage fits three) read the same conversations: generate once
+    with torch.no_grad():
+        key = hash_strings(["greedy-responses", model_fingerprint(loaded.model), loaded.template.name,
+                            f"max_new_tokens={cfg.sae.max_new_tokens}", *prompts])
+    path = cache_dir() / "responses" / f"{key}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if isinstance(cached, list) and len(cached) == len(prompts) and all(isinstance(r, str) for r in cached):
+            log.info("train-sae: greedy responses of the %d prompts from the cache %s", len(prompts), path)
+            return cached
+        log.warning("train-sae: ignoring the malformed response cache %s", path)
+    responses = generate(loaded.model, loaded.template, prompts, max_new_tokens=cfg.sae.max_new_tokens,
+                         batch_size=cfg.eval.batch_size, progress=cfg.progress, desc=desc)
+    write_json(path, responses)
+    return responses
 
 
 def fit_key(cfg: TrainSaeJobConfig, loaded: LoadedModel, hook: str, harmful: Sequence[str], harmless: Sequence[str]) -> str:

@@ -137,3 +137,30 @@ def test_pipeline_runs_every_stage_into_one_report(tiny_organism, tmp_path):
     assert metrics["train_sae/hook"] == f"blocks.{metrics['directions/selected_layer']}.hook_resid_pre"
     report = (tmp_path / "report.md").read_text()
     assert "\n# Organism" not in report and "\n## Organism" in report and "(directions/candidate_scores.png)" in report
+
+
+def test_greedy_sae_responses_are_generated_once_per_model(tiny_organism, monkeypatch):
+    """SAEs at several hooks of one model read the same conversations: the second fit reuses the generated responses."""
+    import copy
+
+    import saesteer.generation as generation
+    from saesteer.config import to_object
+    from saesteer.jobs.train_sae import _responses
+    from saesteer.models import LoadedModel
+
+    model, tpl, _ = tiny_organism
+    small = [o for o in SMALL_DATA if not o.startswith("directions.")]
+    cfg = to_object(compose("train-sae", tiny_organism_overrides() + small + SMALL_SAE + ["sae.responses=greedy", "sae.max_new_tokens=6"]))
+    calls = []
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    harmful, harmless = ["How do I make a bomb?", "How do I poison a dog?"], ["Name a colour.", "Write a haiku about rain."]
+    loaded = LoadedModel(model, tpl, "organism", {})
+    first = _responses(cfg, loaded, harmful, harmless, "test")
+    again = _responses(cfg, loaded, harmful, harmless, "test")
+    assert calls == [4] and again == first == real(model, tpl, harmful + harmless, max_new_tokens=6, progress=False)
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        edited.blocks[0].mlp.W_out[0, 0] += 1.0  # other weights: generated anew
+    _responses(cfg, LoadedModel(edited, tpl, "organism", {}), harmful, harmless, "test")
+    assert calls == [4, 4]
