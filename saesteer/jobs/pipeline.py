@@ -105,6 +105,14 @@ def _store(key: str, sub: Path) -> None:
     tmp.replace(cached)
 
 
+def _budget_line(cfg: PipelineJobConfig) -> str:
+    d, a = cfg.data, cfg.anchor
+    return (f"Model `{cfg.model.name}`. Budget: harmful_test {d.n_test if d.n_test is not None else 'all'} prompts, "
+            f"harmless_test {d.n_test_harmless if d.n_test_harmless is not None else 'all'}, SAE training tokens {cfg.sae.training_tokens:,}, "
+            f"suffix searches of {a.suffix_steps} steps, gate fitted on {a.n_calibration_harmless:,} harmless + {a.gate_synthetic:,} synthetic "
+            "prompts (`budget=quick` / `budget=full`, conf/budget/; standalone jobs use the full budget).")
+
+
 def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     sections = []
@@ -145,6 +153,6 @@ def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
             text = re.sub(r"!\[([^\]]*)\]\(([^)/]+)\)", rf"![\1]({stage}/\2)", text)
             sections.append(text)
         log.info("stage %s done in %.1fs", stage, stage_metrics["stage_seconds"])
-    write_text(run_dir / "report.md", "# saesteer pipeline\n\n" + "\n\n".join(sections) + "\n")
+    write_text(run_dir / "report.md", "# saesteer pipeline\n\n" + _budget_line(cfg) + "\n\n" + "\n\n".join(sections) + "\n")
     log.info("report: %s", run_dir / "report.md")
     return metrics
