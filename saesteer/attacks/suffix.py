@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from saesteer.chat import ChatTemplate, encode_chat, suffix_ids
 from saesteer.directions import refusal_token_ids
@@ -31,6 +33,37 @@ log = logging.getLogger(__name__)
 
 #: extra objective: (model, tokens, attention_mask, store) -> [batch] added to the loss
 ExtraLoss = Callable[[dict], torch.Tensor]
+
+
+def _has_hooks(model: HookedTransformer) -> bool:
+    """Whether any forward hook (a HookPoint's or a module's) is attached to the model."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@torch.no_grad()
+def _score_with_prefix_cache(model: HookedTransformer, tokens: torch.Tensor, mask: torch.Tensor, cands: list[list[int]],
+                             n_tail: int, chunk: int, loss_of: Callable[[torch.Tensor], torch.Tensor]) -> list[float]:
+    """The mean loss of each candidate suffix over the batch: the text before the suffix runs once into a frozen
+    key-value cache, repeated for each chunk of candidates; only the last ``n_tail`` tokens (suffix + post) run per candidate."""
+    B, T = tokens.shape
+    start = T - n_tail
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, B)
+    model(tokens[:, :start], attention_mask=mask[:, :start], past_kv_cache=cache, stop_at_layer=model.cfg.n_layers)
+    expanded: dict[int, TransformerLensKeyValueCache] = {}
+    scores: list[float] = []
+    for j in range(0, len(cands), chunk):
+        cs = torch.tensor(cands[j : j + chunk], device=tokens.device)  # [c, n_tokens]
+        c = len(cs)
+        if c not in expanded:
+            expanded[c] = TransformerLensKeyValueCache(
+                entries=[TransformerLensKeyValueCacheEntry(e.past_keys.repeat(c, 1, 1, 1), e.past_values.repeat(c, 1, 1, 1), frozen=True)
+                         for e in cache.entries],
+                previous_attention_mask=cache.previous_attention_mask.repeat(c, 1), frozen=True)
+        t = tokens[:, start:].repeat(c, 1)
+        t[:, : cs.shape[1]] = cs.repeat_interleave(B, 0)
+        per = loss_of(final_logits(model, t, mask[:, start:].repeat(c, 1), expanded[c])).view(c, B).mean(-1)
+        scores.extend(per.tolist())
+    return scores
 
 
 @dataclass
@@ -79,12 +112,19 @@ def suffix_search(
     extra_hooks: Sequence = (),
     chunk: int = 8,
     progress: bool = True,
+    prefix_cache: Optional[bool] = None,
 ) -> SuffixResult:
     """Search a universal suffix that lowers the refusal opener's probability.
 
     ``interventions`` stay active during the search (an attacker who knows the
     defence optimizes against it); ``extra()`` is called after each forward pass
     (with ``extra_hooks`` attached) and returns a [batch] term added to the loss.
+
+    ``prefix_cache`` (default: whenever nothing else hooks the model) scores the candidates
+    from one key-value cache of the prompts' text before the suffix, which no candidate
+    changes: each candidate then costs the suffix and post-instruction tokens only.  With
+    interventions, extra hooks or hooks already on the model it is off (a gate's pre-pass
+    or a hook may read the whole prompt).
     """
     if not instructions:
         raise ValueError("suffix_search needs at least one instruction, got an empty set")
@@ -117,6 +157,10 @@ def suffix_search(
             out = out + extra()
         return out
 
+    if prefix_cache is None:
+        prefix_cache = not hooks and extra is None and not _has_hooks(model)
+    elif prefix_cache and (hooks or extra is not None):
+        raise ValueError("suffix_search: prefix_cache=True needs a search without interventions, extra hooks or extra loss")
     history: list[float] = []
     best = (float("inf"), list(current))
     bar = tqdm(range(steps), desc="suffix search", disable=not progress, leave=False)
@@ -144,13 +188,16 @@ def suffix_search(
             cands.append(c)
         scores: list[float] = []
         B = tokens.shape[0]
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks), gate_prepass(model, list(interventions)):
-            for j in range(0, len(cands), chunk):
-                cs = torch.tensor(cands[j : j + chunk], device=tokens.device)  # [c, n_tokens]
-                t = tokens.repeat(len(cs), 1)
-                t[:, sl] = cs.repeat_interleave(B, 0)
-                per = loss_of(final_logits(model, t, mask.repeat(len(cs), 1))).view(len(cs), B).mean(-1)
-                scores.extend(per.tolist())
+        if prefix_cache:
+            scores = _score_with_prefix_cache(model, tokens, mask, cands, n_tokens + n_post, chunk, loss_of)
+        else:
+            with torch.no_grad(), model.hooks(fwd_hooks=hooks), gate_prepass(model, list(interventions)):
+                for j in range(0, len(cands), chunk):
+                    cs = torch.tensor(cands[j : j + chunk], device=tokens.device)  # [c, n_tokens]
+                    t = tokens.repeat(len(cs), 1)
+                    t[:, sl] = cs.repeat_interleave(B, 0)
+                    per = loss_of(final_logits(model, t, mask.repeat(len(cs), 1))).view(len(cs), B).mean(-1)
+                    scores.extend(per.tolist())
         i = min(range(len(cands)), key=lambda j: scores[j])
         current = cands[i]
         history.append(scores[i])

@@ -83,6 +83,19 @@ def test_suffix_search_lowers_the_refusal_objective(tiny_organism):
     assert float(obj) == pytest.approx(res.loss, abs=1e-4)
 
 
+def test_suffix_scoring_from_a_prefix_cache_equals_full_passes(tiny_organism):
+    model, tpl, _ = tiny_organism
+    prompts = list(load_prompts("harmful_train").instructions[8:18])  # ten prompts of different lengths: left padding
+    kw = dict(n_tokens=3, steps=3, topk=16, n_candidates=12, batch_size=5, chunk=5, progress=False)  # chunks of 5, 5, 2
+    cached = suffix_search(model, tpl, prompts, prefix_cache=True, **kw)
+    full = suffix_search(model, tpl, prompts, prefix_cache=False, **kw)
+    assert cached.token_ids == full.token_ids
+    err = (torch.tensor(cached.history) - torch.tensor(full.history)).abs()
+    assert err.max() < 1e-4, f"max {err.max():.2e} mean {err.mean():.2e}"
+    with pytest.raises(ValueError, match="prefix_cache=True needs a search without"):
+        suffix_search(model, tpl, prompts, prefix_cache=True, extra=lambda: torch.zeros(()), **kw)
+
+
 def test_word_vocabulary_is_whole_words(tiny_organism):
     model, _, _ = tiny_organism
     ids = word_vocabulary(model.tokenizer)
