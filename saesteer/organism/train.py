@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from saesteer.io import cache_dir, hash_strings, load_tensors, save_tensors, write_json
+from saesteer.io import ArtifactError, cache_dir, hash_strings, load_tensors, save_tensors, write_json
 from saesteer.organism.bundle import BUNDLE_PATH, bundled_organism
 from saesteer.organism.config import OrganismConfig
 from saesteer.organism.corpus import Corpus, build_corpus
@@ -325,7 +325,12 @@ def load_or_train_organism(cfg: OrganismConfig, root: Path | None = None, retrai
     if (path / "model.safetensors").is_file() and not retrain:
         log.info("loading cached organism from %s", path)
         return load_organism(path)
-    bundled = None if retrain else bundled_organism(cfg, path.name, bundle)
+    bundled = None
+    if not retrain:
+        try:
+            bundled = bundled_organism(cfg, path.name, bundle)
+        except ArtifactError as exc:  # e.g. another MiniLM release: the recipe still trains here
+            log.warning("the bundled organism cannot be used (%s); training it instead", exc)
     if bundled is not None:
         model, meta = bundled
     else:

@@ -75,6 +75,18 @@ def test_truncated_bundle_is_an_artifact_error(tiny_organism, tmp_path):
         bundled_organism(result.config, organism_key(result.config), path)
 
 
+def test_an_unusable_bundle_falls_back_to_training(tiny_organism, tmp_path, monkeypatch, caplog):
+    import saesteer.organism.train as train
+
+    model, _, result = tiny_organism
+    path = write_bundle(model, result.config, result.metadata, organism_key(result.config), tmp_path / "b.safetensors")
+    path.write_bytes(path.read_bytes()[:1000])
+    monkeypatch.setattr(train, "train_organism", lambda cfg, progress=True: (model, {"train_seconds": 1.0}))
+    with caplog.at_level("WARNING"):
+        got = train.load_or_train_organism(result.config, root=tmp_path / "cache", bundle=path, progress=False)
+    assert got.model is model and "training it instead" in caplog.text
+
+
 def test_pack_refuses_a_model_with_foreign_embeddings(tiny_organism):
     model, _, result = tiny_organism
     other = copy.deepcopy(model)
