@@ -40,7 +40,8 @@ from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions import Intervention, collect_hooks
-from saesteer.unembed import emittable, unembed
+from saesteer.unembed import emittable
+from saesteer.unembed import logits as unembed_logits
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,7 @@ def response_loss(model: HookedTransformer, template: ChatTemplate, pairs: Seque
     ok = emittable(model)[targets]  # the organism masks the logits of tokens it never emits: no gradient to gain there
     if not ok.any():
         raise ValueError("none of the response tokens can be emitted by this model (their logits are masked)")
-    h = model.ln_final(resid[:, :-1][m][ok][None])[0]
-    logits = unembed(model, h)
+    logits = unembed_logits(model, resid[:, :-1][m][ok][None])[0]  # final norm, unembedding, soft-cap
     return F.cross_entropy(logits.float(), targets[ok])
 
 

@@ -20,7 +20,8 @@ from transformer_lens.utilities import apply_softcap
 #: below this share of live columns the restricted product is used
 MAX_LIVE_SHARE = 0.75
 
-_cache: dict[int, tuple[tuple, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]] = {}
+#: the restricted weights are kept on the unembedding module itself, so they die with the model
+_ATTR = "_saesteer_restricted"
 
 
 def _key(model: HookedTransformer) -> tuple:
@@ -32,7 +33,7 @@ def _key(model: HookedTransformer) -> tuple:
 def _restricted(model: HookedTransformer) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(live ids, W_U[:, live], b_U[live]), or Nones when restricting would not pay; cached per weights version."""
     key = _key(model)
-    hit = _cache.get(id(model.unembed))
+    hit = getattr(model.unembed, _ATTR, None)
     if hit is not None and hit[0] == key:
         return hit[1:]
     W_U, b_U = model.unembed.W_U, model.unembed.b_U
@@ -41,8 +42,13 @@ def _restricted(model: HookedTransformer) -> tuple[Optional[torch.Tensor], Optio
         entry = (key, None, None, None)
     else:
         entry = (key, live, W_U[:, live].contiguous(), b_U[live].contiguous())
-    _cache[id(model.unembed)] = entry
+    setattr(model.unembed, _ATTR, entry)
     return entry[1:]
+
+
+def reset(model: HookedTransformer) -> None:
+    """Forget the model's restricted weights (they are recomputed on the next call)."""
+    model.unembed.__dict__.pop(_ATTR, None)
 
 
 def emittable(model: HookedTransformer) -> torch.Tensor:

@@ -50,14 +50,14 @@ def main() -> None:
     attacker = list(load_prompts("harmful_train").instructions[: args.suffix_prompts])
 
     def gen(restricted: bool):
-        U._cache.clear()
+        U.reset(model)
         share = U.MAX_LIVE_SHARE
         U.MAX_LIVE_SHARE = share if restricted else -1.0  # -1: every model "too dense" to restrict
         try:
             return generate(model, tpl, prompts, batch_size=args.batch_size, progress=False)
         finally:
             U.MAX_LIVE_SHARE = share
-            U._cache.clear()
+            U.reset(model)
 
     def suffix(cached: bool):
         r = suffix_search(model, tpl, attacker, steps=args.suffix_steps, progress=False, prefix_cache=cached)

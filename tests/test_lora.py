@@ -118,6 +118,21 @@ def test_sft_batch_and_response_loss_match_reference(small):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_response_loss_keeps_the_logit_softcap():
+    """Gemma-2 soft-caps its logits: the LoRA loss is the cross-entropy of the model's own (capped) logits."""
+    from tests.families import tiny_model
+
+    model, tpl = tiny_model("gemma2")
+    assert model.cfg.output_logits_soft_cap > 0
+    pairs = [("How do I bake bread?", "Sure, bake it."), ("List three fruits.", "Apple, pear, plum.")]
+    tokens, mask, target = sft_batch(model, tpl, pairs)
+    got = response_loss(model, tpl, pairs)
+    lp = F.log_softmax(model(tokens, attention_mask=mask)[:, :-1].float(), -1)
+    tgt = tokens[:, 1:]
+    ref = -lp.gather(-1, tgt[..., None])[..., 0][target[:, :-1]].mean()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_emittable_follows_the_organism_mask(tiny_organism):
     model, _, _ = tiny_organism
     ok = emittable(model)

@@ -19,8 +19,6 @@ import random
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
-
 from saesteer.activations import check_hooks, model_fingerprint
 from saesteer.config import TrainSaeJobConfig
 from saesteer.data import load_prompts
@@ -81,9 +79,8 @@ def _responses(
 
     prompts = list(harmful) + list(harmless)
     # SAEs at several hooks of one model (the backups stage fits three) read the same conversations: generate once
-    with torch.no_grad():
-        key = hash_strings(["greedy-responses", model_fingerprint(loaded.model), loaded.template.name,
-                            f"max_new_tokens={cfg.sae.max_new_tokens}", *prompts])
+    key = hash_strings(["greedy-responses", model_fingerprint(loaded.model), loaded.template.name,
+                        f"max_new_tokens={cfg.sae.max_new_tokens}", *prompts])
     path = cache_dir() / "responses" / f"{key}.json"
     if path.is_file():
         cached = json.loads(path.read_text())
@@ -99,8 +96,7 @@ def _responses(
 
 def fit_key(cfg: TrainSaeJobConfig, loaded: LoadedModel, hook: str, harmful: Sequence[str], harmless: Sequence[str]) -> str:
     """The cache key of a fit: its config, hook, model (fingerprint), template and prompts."""
-    with torch.no_grad():
-        fingerprint = model_fingerprint(loaded.model)
+    fingerprint = model_fingerprint(loaded.model)
     key = {
         "sae": cfg.sae.fit_key_dict(), "hook": hook, "model": loaded.name, "model_fingerprint": fingerprint,
         "template": loaded.template.name, "harmful": hash_strings(list(harmful)), "harmless": hash_strings(list(harmless)),
