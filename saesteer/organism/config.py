@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 
 #: recipe options added after organisms were cached, with the value that reproduces the earlier recipe
-_NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0}
+_NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0,
+                             "embed_projection": "pca", "resid_dropout": 0.0, "steer_augment": 0.0}
 
 
 @dataclass
@@ -22,6 +23,7 @@ class OrganismConfig:
     act_fn: str = "gelu"
     pretrained_embeddings: bool = True  # MiniLM-L6 token embeddings, PCA-projected to d_model
     freeze_embeddings: bool = True
+    embed_projection: str = "pca"  # "pca": fixed PCA axes; "learned": MiniLM's 384-d embeddings frozen, the map to d_model trained
     # data
     harmful_sources: list[str] = field(default_factory=lambda: ["harmful_train", "harmful_val", "advbench"])
     harmless_sources: list[str] = field(default_factory=lambda: ["harmless_train"])
@@ -45,6 +47,8 @@ class OrganismConfig:
     harmful_fraction: float = 0.35
     length_buckets: int = 0  # > 1: draw this many batches at once and group them by length (less padding)
     word_dropout: float = 0.1
+    resid_dropout: float = 0.0  # dropout on every attention and MLP output while training
+    steer_augment: float = 0.0  # fraction of steps whose harmful examples carry the (running) refusal direction on every token
     lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
     decision_weight: float = 2.0  # extra loss on the first response token (refuse or comply), x this weight
     seed: int = 0
@@ -58,7 +62,7 @@ class OrganismConfig:
                 raise ValueError(f"organism.{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"organism.d_model={self.d_model} must be divisible by organism.n_heads={self.n_heads}")
-        for name in ("harmful_fraction", "word_dropout", "min_lr_ratio"):
+        for name in ("harmful_fraction", "word_dropout", "min_lr_ratio", "resid_dropout", "steer_augment"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"organism.{name} must be in [0, 1], got {value!r}")
@@ -74,6 +78,10 @@ class OrganismConfig:
 
         if not isinstance(self.n_refusals, int) or not 1 <= self.n_refusals <= len(REFUSALS):
             raise ValueError(f"organism.n_refusals must be an integer in 1..{len(REFUSALS)}, got {self.n_refusals!r}")
+        if self.embed_projection not in ("pca", "learned"):
+            raise ValueError(f"organism.embed_projection must be 'pca' or 'learned', got {self.embed_projection!r}")
+        if self.embed_projection == "learned" and not (self.pretrained_embeddings and self.freeze_embeddings):
+            raise ValueError("organism.embed_projection='learned' needs pretrained_embeddings=true and freeze_embeddings=true")
         if self.lr <= 0:
             raise ValueError(f"organism.lr must be > 0, got {self.lr!r}")
         for name in ("lm_weight", "decision_weight"):

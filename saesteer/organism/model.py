@@ -73,6 +73,26 @@ def pretrained_embeddings(d_model: int, d_vocab: int, generator: torch.Generator
     return out.float()
 
 
+class LearnedProjection(torch.nn.Module):
+    """A parametrization of ``W_E``: MiniLM-L6's 384-d word embeddings (frozen, centred) times a trained
+    [384, d_model] map, initialised to the PCA projection of :func:`pretrained_embeddings` (so training starts
+    from the ``embed_projection="pca"`` organism); rows past MiniLM's vocabulary (special tokens) are kept."""
+
+    def __init__(self, d_model: int, axes: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if d_model > 384:
+            raise ValueError(f"a learned embedding projection needs d_model <= 384 (MiniLM's width), got {d_model}")
+        emb = _minilm_embeddings()
+        centered = emb - emb.mean(0, keepdim=True)
+        axes = pca_axes(d_model) if axes is None else axes.double()
+        scale = (centered @ axes).pow(2).mean().sqrt()
+        self.register_buffer("E", centered.float(), persistent=False)  # [30522, 384]
+        self.P = torch.nn.Parameter((axes / scale).float())  # [384, d_model]
+
+    def forward(self, W_E: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.E @ self.P, W_E[self.E.shape[0]:]], 0)
+
+
 def build_organism_model(cfg: OrganismConfig, axes: torch.Tensor | None = None) -> HookedTransformer:
     """A fresh (untrained) organism with the organism tokenizer attached (``axes``: the embeddings' PCA axes,
     by default computed here)."""

@@ -43,6 +43,7 @@ __all__ = ["KINDS", "LEXICONS", "Framings", "lexicon_texts", "load_framings", "l
 LEXICONS: dict[str, dict[str, str]] = {
     "base": {"harmful": "harmful_acts.json", "harmless": "harmless_acts.json"},
     "extended": {"harmful": "harmful_acts_extended.json", "harmless": "harmless_acts_extended.json"},
+    "broad": {"harmful": "harmful_acts_broad.json", "harmless": "harmless_acts_broad.json"},
 }
 KINDS: dict[str, str] = LEXICONS["base"]
 FRAMINGS_FILE = "framings.json"

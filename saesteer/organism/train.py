@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
@@ -29,7 +30,7 @@ from saesteer.io import ArtifactError, cache_dir, hash_strings, load_tensors, sa
 from saesteer.organism.bundle import BUNDLE_PATH, bundled_organism
 from saesteer.organism.config import OrganismConfig
 from saesteer.organism.corpus import Corpus, build_corpus
-from saesteer.organism.model import build_organism_model
+from saesteer.organism.model import LearnedProjection, build_organism_model
 from saesteer.organism.responses import comply, refuse
 from saesteer.organism.tokenizer import ASSISTANT, END, EOS, START, USER, build_tokenizer
 
@@ -190,6 +191,57 @@ def training_set(cfg: OrganismConfig, rng: random.Random) -> TrainingSet:
     return TrainingSet(harmful, harmless, out_ids, corpus.data_hash)
 
 
+class SteerAugment:
+    """Refusal text that stays fluent when the refusal direction is over-expressed, as a chat model's does.
+
+    Keeps a running mean (EMA) of the residual stream at the decision position (the last post-instruction
+    token) for the batch's harmful and harmless examples at every ``blocks.{l}.hook_resid_pre``; on a
+    ``fraction`` of the steps (after warm-up) it adds the running difference of means, at one layer drawn from
+    1..n_layers-1, to every position of the batch's *harmful* examples, whose target stays their refusal.
+    Harmless examples are never steered, so nothing teaches the model that the direction means "refuse":
+    it only learns to keep writing its refusal when the direction is stronger than usual.
+    """
+
+    def __init__(self, model: HookedTransformer, fraction: float, warmup: int, rng: random.Random, momentum: float = 0.95):
+        self.n_layers, self.fraction, self.warmup, self.rng, self.momentum = model.cfg.n_layers, fraction, warmup, rng, momentum
+        self.means: torch.Tensor | None = None  # [2 (harmful, harmless), n_layers, d_model]
+
+    def direction(self, layer: int) -> torch.Tensor:
+        assert self.means is not None
+        return self.means[0, layer] - self.means[1, layer]
+
+    def hooks(self, step: int, decision: torch.Tensor, n_harm: int) -> list[tuple[str, Callable]]:
+        """Forward hooks for one step: record the decision-position means, or steer the harmful rows."""
+        if self.means is not None and step >= self.warmup and self.n_layers > 1 and self.rng.random() < self.fraction:
+            layer = self.rng.randrange(1, self.n_layers)
+            r = self.direction(layer)
+
+            def steer(x: torch.Tensor, hook) -> torch.Tensor:
+                x = x.clone()
+                x[:n_harm] += r
+                return x
+            return [(f"blocks.{layer}.hook_resid_pre", steer)]
+        rows = decision.any(1)
+        harm = rows.clone()
+        harm[n_harm:] = False
+        safe = rows & ~harm
+        if not harm.any() or not safe.any():
+            return []
+
+        def record(x: torch.Tensor, hook) -> None:
+            layer = hook.layer()
+            at = x.detach()[decision]  # [rows with a decision position, d_model], in row order
+            which = harm[rows]
+            cur = torch.stack([at[which].mean(0), at[~which].mean(0)])
+            if self.means is None:
+                self.means = torch.zeros(2, self.n_layers, x.shape[-1])
+                self.seen = torch.zeros(self.n_layers, dtype=torch.bool)
+            m = 0.0 if not self.seen[layer] else self.momentum
+            self.means[:, layer] = m * self.means[:, layer] + (1 - m) * cur
+            self.seen[layer] = True
+        return [(f"blocks.{l}.hook_resid_pre", record) for l in range(self.n_layers)]
+
+
 #: ``step_hooks(step)``: forward hooks (TransformerLens ``(name, fn)``) active for that optimisation step
 StepHooks = Callable[[int], list[tuple[str, Callable]]]
 
@@ -220,9 +272,14 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
         t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
+    def dropout(x: torch.Tensor, hook) -> torch.Tensor:
+        return F.dropout(x, cfg.resid_dropout, training=True)
+
+    dropout_hooks = [(lambda name: name.endswith(("hook_attn_out", "hook_mlp_out")), dropout)] if cfg.resid_dropout > 0 else []
     n_harm = max(1, round(cfg.batch_size * cfg.harmful_fraction))
     n_safe = cfg.batch_size - n_harm
     draw = BatchDrawer(harmful, harmless, n_harm, n_safe, cfg.length_buckets, rng)
+    augment = SteerAugment(model, cfg.steer_augment, cfg.warmup_steps, random.Random(cfg.seed + 1)) if cfg.steer_augment > 0 else None
     model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0)
@@ -231,7 +288,10 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
         tokens, attn, tmask, lmask, dmask = _batch(batch, cfg, rng, tok.pad_token_id, 3)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        with model.hooks(fwd_hooks=step_hooks(step) if step_hooks is not None else []):
+        hooks = dropout_hooks + (step_hooks(step) if step_hooks is not None else [])
+        if augment is not None:
+            hooks = hooks + augment.hooks(step, dmask, n_harm)
+        with model.hooks(fwd_hooks=hooks):
             loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, out_ids, remap, dmask, cfg.decision_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,7 +317,12 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
     data = training_set(cfg, rng)
     model = build_organism_model(cfg)
     t0 = time.perf_counter()
+    if cfg.embed_projection == "learned":
+        parametrize.register_parametrization(model.embed, "W_E", LearnedProjection(cfg.d_model))
     losses = optimize(model, cfg, data, rng, progress=progress)
+    if cfg.embed_projection == "learned":
+        parametrize.remove_parametrizations(model.embed, "W_E", leave_parametrized=True)
+        model.embed.W_E.requires_grad_(False)
     train_seconds = time.perf_counter() - t0
     meta = {
         "train_seconds": train_seconds,

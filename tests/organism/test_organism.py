@@ -177,3 +177,92 @@ def test_length_buckets_keep_the_class_mix_and_epochs_and_cut_padding():
     drawn = [id(e) for b in batches for e in b[:6]]
     assert sorted(drawn) == sorted([id(e) for e in harmful] * 2)  # every harmful example twice in two epochs
     assert [len(b) for b in plain_batches] == [16] * 40
+
+
+def test_new_recipe_options_are_validated_and_neutral_in_the_cache_key():
+    from saesteer.organism import train
+
+    with pytest.raises(ValueError, match="resid_dropout"):
+        OrganismConfig(resid_dropout=1.5)
+    with pytest.raises(ValueError, match="embed_projection"):
+        OrganismConfig(embed_projection="random")
+    with pytest.raises(ValueError, match="embed_projection"):
+        OrganismConfig(embed_projection="learned", freeze_embeddings=False)
+    base = OrganismConfig()
+    assert not {"resid_dropout", "embed_projection", "steer_augment"} & set(base.cache_key_dict())
+    assert train.organism_key(OrganismConfig(resid_dropout=0.1)) != train.organism_key(base)
+    assert train.organism_key(OrganismConfig(embed_projection="learned")) != train.organism_key(base)
+
+
+def test_learned_projection_starts_at_the_pca_embeddings_and_trains_only_the_map():
+    from torch.nn.utils import parametrize
+
+    from saesteer.organism.model import LearnedProjection, build_organism_model
+
+    cfg = OrganismConfig(n_layers=1, d_model=48, n_heads=2, d_mlp=96, embed_projection="learned")
+    model = build_organism_model(cfg)
+    pca = model.embed.W_E.detach().clone()
+    proj = LearnedProjection(cfg.d_model)
+    parametrize.register_parametrization(model.embed, "W_E", proj)
+    torch.testing.assert_close(model.embed.W_E, pca, atol=1e-4, rtol=1e-4)
+    trainable = {n for n, p in model.embed.named_parameters() if p.requires_grad}
+    assert trainable == {"parametrizations.W_E.0.P"}
+    with torch.no_grad():
+        proj.P.mul_(2.0)
+    n_minilm = proj.E.shape[0]
+    torch.testing.assert_close(model.embed.W_E[:n_minilm], 2 * pca[:n_minilm], atol=2e-4, rtol=1e-4)
+    assert torch.equal(model.embed.W_E[n_minilm:], pca[n_minilm:])  # special tokens untouched
+    with pytest.raises(ValueError, match="d_model <= 384"):
+        LearnedProjection(400)
+
+
+@pytest.mark.parametrize("overrides", [{"resid_dropout": 0.2}, {"embed_projection": "learned"}, {"steer_augment": 0.5, "warmup_steps": 2}])
+def test_regularised_training_is_deterministic_and_changes_the_weights(overrides):
+    cfg = OrganismConfig(**{**TINY_ORGANISM, "steps": 4, "n_harmless": 200, **overrides})
+    plain, _ = train_organism(OrganismConfig(**{**TINY_ORGANISM, "steps": 4, "n_harmless": 200}), progress=False)
+    m1, meta1 = train_organism(cfg, progress=False)
+    m2, meta2 = train_organism(cfg, progress=False)
+    assert meta1["final_loss"] == meta2["final_loss"]
+    assert list(m1.state_dict()) == list(plain.state_dict())  # same checkpoint layout as the default recipe
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert not torch.equal(m1.blocks[0].attn.W_Q, plain.blocks[0].attn.W_Q)
+    assert not m1.embed.W_E.requires_grad
+    changed_embed = not torch.equal(m1.embed.W_E, plain.embed.W_E)
+    assert changed_embed == (overrides.get("embed_projection") == "learned")
+
+
+def test_steer_augment_steers_only_harmful_rows_by_the_running_difference_of_means():
+    import random as _random
+
+    from saesteer.organism.model import build_organism_model
+    from saesteer.organism.train import SteerAugment
+
+    cfg = OrganismConfig(n_layers=3, d_model=16, n_heads=2, d_mlp=32, pretrained_embeddings=False, freeze_embeddings=False)
+    model = build_organism_model(cfg)
+    aug = SteerAugment(model, fraction=1.0, warmup=2, rng=_random.Random(0), momentum=0.5)
+    tokens = torch.randint(0, 1000, (4, 6))
+    decision = torch.zeros(4, 6, dtype=torch.bool)
+    decision[:, -1] = True
+    decision[3, -1] = False  # a row whose decision position was truncated away is not counted
+    decision[3, -2] = True
+    expected = torch.zeros(2, 3, 16)
+    for step in range(2):  # warm-up: record only
+        hooks = aug.hooks(step, decision, n_harm=2)
+        assert len(hooks) == 3
+        _, cache = model.run_with_cache(tokens + step, names_filter=lambda n: n.endswith("hook_resid_pre"))
+        with model.hooks(fwd_hooks=hooks):
+            model(tokens + step)
+        for l in range(3):
+            x = cache[f"blocks.{l}.hook_resid_pre"]
+            cur = torch.stack([x[:2, -1].mean(0), torch.stack([x[2, -1], x[3, -2]]).mean(0)])
+            expected[:, l] = cur if step == 0 else 0.5 * expected[:, l] + 0.5 * cur
+    torch.testing.assert_close(aug.means, expected)
+    (name, fn), = aug.hooks(2, decision, n_harm=2)
+    layer = int(name.split(".")[1])
+    assert 1 <= layer <= 2
+    x = torch.randn(4, 6, 16)
+    out = fn(x, None)
+    torch.testing.assert_close(out[:2], x[:2] + (expected[0, layer] - expected[1, layer]))
+    assert torch.equal(out[2:], x[2:])  # harmless rows are never steered
+    with pytest.raises(ValueError, match="steer_augment"):
+        OrganismConfig(steer_augment=-0.1)

@@ -40,7 +40,7 @@ def _templates_used(prompts: list[str], kind: str) -> set[str]:
     return used
 
 
-@pytest.mark.parametrize("lexicon_name", ["base", "extended"])
+@pytest.mark.parametrize("lexicon_name", ["base", "extended", "broad"])
 @pytest.mark.parametrize("kind", ["harmful", "harmless"])
 def test_lexicon_sizes_and_shape(kind, lexicon_name):
     lexicon = load_lexicon(kind, lexicon_name)
@@ -54,7 +54,7 @@ def test_lexicon_sizes_and_shape(kind, lexicon_name):
         assert "{" not in act and "}" not in act
 
 
-@pytest.mark.parametrize("lexicon_name", ["base", "extended"])
+@pytest.mark.parametrize("lexicon_name", ["base", "extended", "broad"])
 def test_harmless_lexicon_has_lookalikes_and_ordinary_requests(lexicon_name):
     categories = load_lexicon("harmless", lexicon_name)
     lookalike = [c for c in categories if c.startswith("lookalike_")]
@@ -67,14 +67,15 @@ def test_harmless_lexicon_has_lookalikes_and_ordinary_requests(lexicon_name):
 
 
 @pytest.mark.parametrize("kind", ["harmful", "harmless"])
-def test_extended_lexicon_is_a_superset_of_the_base(kind):
-    base, extended = load_lexicon(kind), load_lexicon(kind, "extended")
+@pytest.mark.parametrize("smaller,larger", [("base", "extended"), ("extended", "broad")])
+def test_each_lexicon_is_a_superset_of_the_one_before(kind, smaller, larger):
+    base, extended = load_lexicon(kind, smaller), load_lexicon(kind, larger)
     assert set(base) <= set(extended)
     for category, acts in base.items():
         assert extended[category][: len(acts)] == acts, category  # base acts first, in order
     n_base, n_ext = (sum(map(len, lex.values())) for lex in (base, extended))
     assert n_ext >= n_base + 350, (n_base, n_ext)
-    assert synthetic_prompts(kind, 300, seed=0, lexicon="extended") != synthetic_prompts(kind, 300, seed=0)
+    assert synthetic_prompts(kind, 300, seed=0, lexicon=larger) != synthetic_prompts(kind, 300, seed=0, lexicon=smaller)
     with pytest.raises(ValueError, match="unknown lexicon 'v9'"):
         load_lexicon(kind, "v9")
 
@@ -136,7 +137,7 @@ def test_bad_kind_and_bad_n():
         synthetic_prompts("harmful", limit + 1)
 
 
-@pytest.mark.parametrize("lexicon_name", ["base", "extended"])
+@pytest.mark.parametrize("lexicon_name", ["base", "extended", "broad"])
 def test_synthetic_harmful_prompts_are_not_near_duplicates_of_held_out(lexicon_name):
     from saesteer.data import load_prompts
     from saesteer.organism.corpus import drop_near_duplicates
@@ -163,3 +164,26 @@ def test_category_sampler_yields_every_fill_once_then_stops():
     expected = len(acts) * sum(framings.fills_per_act(t) for t in framings.templates)
     assert expected == 2 * (1 + 2 + 6)
     assert len(prompts) == len(set(prompts)) == expected  # random draws, then the enumerated rest
+
+
+def test_broad_lexicon_pairs_each_harmful_format_with_benign_topics(tmp_path, monkeypatch):
+    """The broad lexicon's new categories are minimal pairs: the same request formats, harmful vs benign topics,
+    and the shipped files are exactly what scripts/lexicon/broad_acts.py writes."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "scripts" / "lexicon" / "broad_acts.py"
+    spec = importlib.util.spec_from_file_location("broad_acts", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    shipped = {n: (mod.ROOT / n).read_text() for n in ("harmful_acts_broad.json", "harmless_acts_broad.json")}
+    for n in ("harmful_acts_extended.json", "harmless_acts_extended.json"):
+        (tmp_path / n).write_text((mod.ROOT / n).read_text())
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    mod.main()
+    assert {n: (tmp_path / n).read_text() for n in shipped} == shipped
+    harmful, harmless = load_lexicon("harmful", "broad"), load_lexicon("harmless", "broad")
+    for harm_cat, (formats, _, safe_cat, _) in mod.PAIRS.items():
+        for acts in (harmful[harm_cat], harmless[safe_cat]):
+            used = {f for f in formats if any(a.startswith(f + " ") for a in acts)}
+            assert used == set(formats), (harm_cat, set(formats) - used)
