@@ -30,7 +30,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import mean_activations, n_post_tokens, resid_hooks
 from saesteer.chat import ChatTemplate, encode_chat
-from saesteer.evaluate import kl_divergence
+from saesteer.evaluate import kl_divergence, last_position_logprobs
 from saesteer.generation import final_logits, length_sorted_batches
 from saesteer.interventions import Ablate, Add, Intervention, steer
 from saesteer.io import ArtifactError, load_tensors, save_tensors
@@ -47,6 +47,19 @@ def refusal_token_ids(model: HookedTransformer, template: ChatTemplate) -> list[
             raise ValueError(f"refusal token {s!r} of template {template.name!r} tokenizes to nothing")
         ids.append(toks[0])
     return sorted(set(ids))
+
+
+@torch.no_grad()
+def first_token_refusal_margin(model: HookedTransformer, template: ChatTemplate, instructions: Sequence[str],
+                               batch_size: int = 64) -> torch.Tensor:
+    """Best refusal-opener log-prob minus the best other token's, at the last prompt position: [n].
+
+    ``> 0`` exactly where the greedy first token opens a refusal (``template.refusal_tokens``); one forward pass."""
+    lp = last_position_logprobs(model, template, instructions, batch_size)
+    ids = torch.tensor(refusal_token_ids(model, template))
+    other = lp.clone()
+    other[:, ids] = float("-inf")
+    return lp[:, ids].max(-1).values - other.max(-1).values
 
 
 @torch.no_grad()

@@ -27,20 +27,11 @@ import yaml
 
 from saesteer.chat import get_template
 from saesteer.data import load_prompts
-from saesteer.evaluate import last_position_logprobs
+from saesteer.directions import first_token_refusal_margin as refusal_margin
 from saesteer.organism.config import OrganismConfig
 from saesteer.organism.train import load_or_train_organism
 
 SETS = ("harmful_val", "harmful_test", "harmless_test", "overrefusal")
-
-
-def refusal_margin(model, template, instructions) -> torch.Tensor:
-    """Best refusal-token log-prob minus the best other token's: > 0 where the greedy first token refuses."""
-    lp = last_position_logprobs(model, template, instructions)
-    ids = torch.tensor([model.tokenizer.convert_tokens_to_ids(t) for t in template.refusal_tokens])
-    other = lp.clone()
-    other[:, ids] = float("-inf")
-    return lp[:, ids].max(-1).values - other.max(-1).values
 
 
 def addition_check(model, template, layer: int = 2) -> dict[str, float]:

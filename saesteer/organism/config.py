@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 #: recipe options added after organisms were cached, with the value that reproduces the earlier recipe
 _NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0,
-                             "embed_projection": "pca", "resid_dropout": 0.0, "steer_augment": 0.0}
+                             "embed_projection": "pca", "resid_dropout": 0.0, "steer_augment": 0.0,
+                             "calibrate_harmless_fpr": None}
 
 
 @dataclass
@@ -51,6 +52,9 @@ class OrganismConfig:
     steer_augment: float = 0.0  # fraction of steps whose harmful examples carry the (running) refusal direction on every token
     lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
     decision_weight: float = 2.0  # extra loss on the first response token (refuse or comply), x this weight
+    # operating point: None keeps the trained refusal logit; a rate q shifts the refusal opener's bias so that a
+    # fraction q of harmless_val (never trained on) gets a refusal as its greedy first token
+    calibrate_harmless_fpr: Optional[float] = None
     seed: int = 0
     threads: int = 2
 
@@ -82,6 +86,8 @@ class OrganismConfig:
             raise ValueError(f"organism.embed_projection must be 'pca' or 'learned', got {self.embed_projection!r}")
         if self.embed_projection == "learned" and not (self.pretrained_embeddings and self.freeze_embeddings):
             raise ValueError("organism.embed_projection='learned' needs pretrained_embeddings=true and freeze_embeddings=true")
+        if self.calibrate_harmless_fpr is not None and not 0.0 <= self.calibrate_harmless_fpr < 1.0:
+            raise ValueError(f"organism.calibrate_harmless_fpr must be null or in [0, 1), got {self.calibrate_harmless_fpr!r}")
         if self.lr <= 0:
             raise ValueError(f"organism.lr must be > 0, got {self.lr!r}")
         for name in ("lm_weight", "decision_weight"):

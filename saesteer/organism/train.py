@@ -309,6 +309,40 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
     return losses
 
 
+CALIBRATION_SET = "harmless_val"
+
+
+@torch.no_grad()
+def calibrate_refusal_bias(model: HookedTransformer, fpr: float, instructions: list[str] | None = None) -> float:
+    """Shift the refusal opener's ``b_U`` so that a fraction ``fpr`` (at most) of harmless instructions
+    (default: ``harmless_val``, which the organism never trains on) get a refusal as their greedy first token.
+
+    Returns the shift (added in place).  The organism's refusals all open with the same token, so this moves
+    its whole decision threshold, as choosing an operating point on a ROC curve does."""
+    from saesteer.chat import get_template
+    from saesteer.data import load_prompts
+    from saesteer.directions import first_token_refusal_margin, refusal_token_ids
+
+    template = get_template("organism")
+    if instructions is None:
+        instructions = list(load_prompts(CALIBRATION_SET).instructions)
+    if not instructions:
+        raise ValueError("calibrate_refusal_bias: no harmless instructions to calibrate on")
+    ids = refusal_token_ids(model, template)
+    if len(ids) != 1:
+        raise ValueError(f"calibrate_refusal_bias needs one refusal opener token, the organism template has {ids}")
+    margins = first_token_refusal_margin(model, template, instructions).double().sort(descending=True).values
+    k = math.floor(fpr * len(margins) + 1e-9)  # refuse the k largest margins: the threshold goes between m[k-1] and m[k]
+    upper = float(margins[k - 1]) if k > 0 else float(margins[0]) + 1.0
+    shift = -0.5 * (upper + float(margins[k]))
+    model.unembed.b_U[ids[0]] += shift
+    from saesteer import unembed
+
+    unembed.reset(model)
+    log.info("refusal bias %+.3f: %d of %d %s prompts refused at the first token", shift, k, len(margins), CALIBRATION_SET)
+    return shift
+
+
 def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTransformer, dict[str, Any]]:
     """Train a fresh organism from ``cfg``; deterministic for ``cfg.seed`` and ``cfg.threads``."""
     torch.set_num_threads(cfg.threads)
@@ -323,6 +357,8 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
     if cfg.embed_projection == "learned":
         parametrize.remove_parametrizations(model.embed, "W_E", leave_parametrized=True)
         model.embed.W_E.requires_grad_(False)
+    if cfg.calibrate_harmless_fpr is not None:
+        refusal_bias = calibrate_refusal_bias(model, cfg.calibrate_harmless_fpr)
     train_seconds = time.perf_counter() - t0
     meta = {
         "train_seconds": train_seconds,
@@ -333,6 +369,8 @@ def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTr
         "n_params": sum(p.numel() for p in model.parameters()),
         "n_output_vocab": len(data.out_ids),
     }
+    if cfg.calibrate_harmless_fpr is not None:
+        meta["refusal_bias"] = refusal_bias
     log.info("organism trained in %.1fs, final response loss %.4f", train_seconds, meta["final_loss"])
     return model, meta
 

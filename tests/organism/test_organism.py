@@ -266,3 +266,27 @@ def test_steer_augment_steers_only_harmful_rows_by_the_running_difference_of_mea
     assert torch.equal(out[2:], x[2:])  # harmless rows are never steered
     with pytest.raises(ValueError, match="steer_augment"):
         OrganismConfig(steer_augment=-0.1)
+
+
+def test_calibrated_refusal_bias_hits_the_harmless_rate_and_moves_only_the_opener(tiny_organism):
+    import copy
+
+    from saesteer.data import load_prompts
+    from saesteer.directions import first_token_refusal_margin
+    from saesteer.organism.train import calibrate_refusal_bias
+
+    model, tpl, _ = tiny_organism
+    model = copy.deepcopy(model)
+    calib = list(load_prompts("harmless_val").instructions[:200])
+    b_U = model.unembed.b_U.detach().clone()
+    before = first_token_refusal_margin(model, tpl, calib)
+    for fpr in (0.1, 0.025, 0.0):
+        shift = calibrate_refusal_bias(model, fpr, calib)
+        after = first_token_refusal_margin(model, tpl, calib)
+        assert int((after > 0).sum()) == int(fpr * 200), fpr
+        changed = (model.unembed.b_U != b_U).nonzero().flatten().tolist()
+        assert changed == [model.tokenizer.convert_tokens_to_ids("i")]
+    opener = model.tokenizer.convert_tokens_to_ids("i")
+    torch.testing.assert_close(after, before + (model.unembed.b_U - b_U)[opener], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="calibrate_harmless_fpr"):
+        OrganismConfig(calibrate_harmless_fpr=1.0)
