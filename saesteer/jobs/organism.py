@@ -30,6 +30,8 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         "final_loss": loaded.metadata.get("final_loss"),
         "bundled": bool(loaded.metadata.get("bundled", False)),  # weights shipped with saesteer, not trained in this run
     }
+    if "refusal_bias" in loaded.metadata:  # calibrate_harmless_fpr: harmless_val set the operating point, so it is not held out
+        metrics["refusal_bias"] = loaded.metadata["refusal_bias"]
     roles = {
         "harmful_train": cfg.data.harmful_train, "harmful_val": cfg.data.harmful_val, "harmful_test": cfg.data.harmful_test,
         "harmless_val": cfg.data.harmless_val, "harmless_test": cfg.data.harmless_test, "overrefusal": cfg.data.overrefusal,

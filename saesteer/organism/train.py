@@ -26,6 +26,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from saesteer import unembed
 from saesteer.io import ArtifactError, cache_dir, hash_strings, load_tensors, save_tensors, write_json
 from saesteer.organism.bundle import BUNDLE_PATH, bundled_organism
 from saesteer.organism.config import OrganismConfig
@@ -205,6 +206,7 @@ class SteerAugment:
     def __init__(self, model: HookedTransformer, fraction: float, warmup: int, rng: random.Random, momentum: float = 0.95):
         self.n_layers, self.fraction, self.warmup, self.rng, self.momentum = model.cfg.n_layers, fraction, warmup, rng, momentum
         self.means: torch.Tensor | None = None  # [2 (harmful, harmless), n_layers, d_model]
+        self.seen = torch.zeros(self.n_layers, dtype=torch.bool)  # layers with a first recorded mean
 
     def direction(self, layer: int) -> torch.Tensor:
         assert self.means is not None
@@ -235,7 +237,6 @@ class SteerAugment:
             cur = torch.stack([at[which].mean(0), at[~which].mean(0)])
             if self.means is None:
                 self.means = torch.zeros(2, self.n_layers, x.shape[-1])
-                self.seen = torch.zeros(self.n_layers, dtype=torch.bool)
             m = 0.0 if not self.seen[layer] else self.momentum
             self.means[:, layer] = m * self.means[:, layer] + (1 - m) * cur
             self.seen[layer] = True
@@ -336,8 +337,6 @@ def calibrate_refusal_bias(model: HookedTransformer, fpr: float, instructions: l
     upper = float(margins[k - 1]) if k > 0 else float(margins[0]) + 1.0
     shift = -0.5 * (upper + float(margins[k]))
     model.unembed.b_U[ids[0]] += shift
-    from saesteer import unembed
-
     unembed.reset(model)
     log.info("refusal bias %+.3f: %d of %d %s prompts refused at the first token", shift, k, len(margins), CALIBRATION_SET)
     return shift
