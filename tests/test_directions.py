@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from saesteer.chat import encode_chat
 from saesteer.data import load_prompts
-from saesteer.directions import SelectionConfig, compute_candidates, refusal_scores, refusal_token_ids, select_direction
+from saesteer.directions import (SelectionConfig, compute_candidates, first_token_refusal_margin, refusal_scores, refusal_token_ids,
+                                 select_direction)
 from saesteer.stats import auroc
 
 
@@ -40,6 +41,22 @@ def test_refusal_score_is_log_odds_of_refusal_first_tokens(tiny_organism):
         with torch.no_grad():
             prob = F.softmax(model(enc.tokens)[0, -1].double(), -1)[ids].sum()
         assert abs(float(torch.log(prob / (1 - prob))) - float(s)) < 1e-4
+
+
+def test_first_token_margin_is_positive_exactly_where_greedy_decoding_opens_a_refusal(tiny_organism):
+    model, tpl, _ = tiny_organism
+    prompts = list(load_prompts("harmful_val").instructions[:12]) + list(load_prompts("harmless_val").instructions[:12])
+    margins = first_token_refusal_margin(model, tpl, prompts, batch_size=5)
+    opener = refusal_token_ids(model, tpl)[0]
+    for p, m in zip(prompts, margins):
+        enc = encode_chat(model.tokenizer, tpl, [p])
+        with torch.no_grad():
+            lp = F.log_softmax(model(enc.tokens)[0, -1].double(), -1)
+        best_other = lp.clone()
+        best_other[opener] = float("-inf")
+        assert abs(float(lp[opener] - best_other.max()) - float(m)) < 1e-4
+        assert (float(m) > 0) == (int(lp.argmax()) == opener)
+    assert (margins > 0).any() and (margins <= 0).any()  # both decisions occur
 
 
 def test_selection_follows_the_paper_and_falls_back_with_a_reason(tiny_organism):

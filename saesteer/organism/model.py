@@ -44,13 +44,18 @@ def _minilm_embeddings() -> torch.Tensor:
     return weights[key].double()  # [30522, 384]
 
 
+def _centered_embeddings() -> torch.Tensor:
+    """MiniLM-L6's word embeddings minus their mean row: [30522, 384] (float64)."""
+    emb = _minilm_embeddings()
+    return emb - emb.mean(0, keepdim=True)
+
+
 def pca_axes(d_model: int) -> torch.Tensor:
     """The top ``min(d_model, 384)`` principal axes of MiniLM-L6's word embeddings: [384, k] (float64).
 
     Each axis's sign is whatever the eigensolver returns, which can differ between LAPACK
     builds: a bundled organism stores the axes it was trained with (:mod:`saesteer.organism.bundle`)."""
-    emb = _minilm_embeddings()
-    centered = emb - emb.mean(0, keepdim=True)
+    centered = _centered_embeddings()
     _, vecs = torch.linalg.eigh(centered.T @ centered)  # principal axes, ascending
     return vecs[:, -min(d_model, centered.shape[1]):].flip(1)
 
@@ -61,9 +66,8 @@ def pretrained_embeddings(d_model: int, d_vocab: int, generator: torch.Generator
     Rows are scaled to unit RMS per coordinate so the residual stream starts at the
     scale a freshly initialised HookedTransformer expects.
     """
-    emb = _minilm_embeddings()
     axes = pca_axes(d_model) if axes is None else axes.double()
-    proj = (emb - emb.mean(0, keepdim=True)) @ axes  # [30522, k]
+    proj = _centered_embeddings() @ axes  # [30522, k]
     k = proj.shape[1]
     if k < d_model:  # d_model > 384: pad with small random coordinates
         proj = torch.cat([proj, 0.01 * proj.std() * torch.randn(proj.shape[0], d_model - k, generator=generator, dtype=proj.dtype)], 1)
@@ -82,8 +86,7 @@ class LearnedProjection(torch.nn.Module):
         super().__init__()
         if d_model > 384:
             raise ValueError(f"a learned embedding projection needs d_model <= 384 (MiniLM's width), got {d_model}")
-        emb = _minilm_embeddings()
-        centered = emb - emb.mean(0, keepdim=True)
+        centered = _centered_embeddings()
         axes = pca_axes(d_model) if axes is None else axes.double()
         scale = (centered @ axes).pow(2).mean().sqrt()
         self.register_buffer("E", centered.float(), persistent=False)  # [30522, 384]

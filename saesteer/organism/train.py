@@ -220,7 +220,7 @@ class SteerAugment:
 
             def steer(x: torch.Tensor, hook) -> torch.Tensor:
                 x = x.clone()
-                x[:n_harm] += r
+                x[:n_harm] += r  # BatchDrawer puts a batch's n_harm harmful examples first
                 return x
             return [(f"blocks.{layer}.hook_resid_pre", steer)]
         rows = decision.any(1)
