@@ -48,6 +48,7 @@ BUNDLED: dict[str, str] = {
     "strongreject": "processed/strongreject.json",
     "tdc2023": "processed/tdc2023.json",
     "overrefusal": "overrefusal.json",
+    "donotanswer": "external/donotanswer.json",
 }
 
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")

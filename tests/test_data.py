@@ -27,6 +27,7 @@ EXPECTED_SIZES = {
     "malicious_instruct": 100,
     "strongreject": 313,
     "tdc2023": 100,
+    "donotanswer": 263,
 }
 
 
@@ -55,6 +56,9 @@ def test_bundled_content():
     counts = jbb.category_counts()
     assert len(counts) == 10 and set(counts.values()) == {10}
     assert jbb.data_hash == hash_strings(jbb.instructions)
+    dna = load_prompts("donotanswer")
+    assert dna.category_counts() == {"malicious_uses": 243, "adult_content": 20}
+    assert not set(dna.instructions) & set(load_prompts("harmful_test").instructions)
 
 
 def test_harmful_test_drops_duplicates_with_warning(caplog):

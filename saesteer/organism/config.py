@@ -10,7 +10,8 @@ from typing import Any, Optional
 #: recipe options added after organisms were cached, with the value that reproduces the earlier recipe
 _NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0,
                              "embed_projection": "pca", "resid_dropout": 0.0, "steer_augment": 0.0,
-                             "calibrate_harmless_fpr": None}
+                             "calibrate_harmless_fpr": None, "ema_decay": 0.0,
+                             "frame_real": 0}
 
 
 @dataclass
@@ -33,6 +34,7 @@ class OrganismConfig:
     synthetic_harmful: int = 3000  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
     synthetic_harmless: int = 12000  # safe look-alikes and ordinary requests in the same framings
     lexicon: str = "base"  # synthetic acts: "base" or "extended" (saesteer.organism.synthetic.LEXICONS)
+    frame_real: int = 0  # k > 0: k framed renders of each imperative real harmful prompt, and as many framed real harmless ones
     max_prompt_tokens: int = 96
     echo_words: int = 8
     n_refusals: int = 8  # refusal paraphrases used (1 = one stereotyped refusal, as chat models' "I'm sorry, but I can't ...")
@@ -50,6 +52,7 @@ class OrganismConfig:
     word_dropout: float = 0.1
     resid_dropout: float = 0.0  # dropout on every attention and MLP output while training
     steer_augment: float = 0.0  # fraction of steps whose harmful examples carry the (running) refusal direction on every token
+    ema_decay: float = 0.0  # > 0: the organism keeps an exponential moving average of its weights (Polyak averaging)
     lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
     decision_weight: float = 2.0  # extra loss on the first response token (refuse or comply), x this weight
     # operating point: None keeps the trained refusal logit; a rate q shifts the refusal opener's bias so that a
@@ -70,7 +73,9 @@ class OrganismConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"organism.{name} must be in [0, 1], got {value!r}")
-        for name in ("synthetic_harmful", "synthetic_harmless", "refusal_echo_words", "length_buckets"):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"organism.ema_decay must be in [0, 1) (0: off), got {self.ema_decay!r}")
+        for name in ("synthetic_harmful", "synthetic_harmless", "refusal_echo_words", "length_buckets", "frame_real"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"organism.{name} must be a non-negative integer, got {value!r}")

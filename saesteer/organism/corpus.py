@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 from dataclasses import dataclass
 
@@ -92,11 +93,15 @@ def build_corpus(
     synthetic_harmless: int = 0,
     seed: int = 0,
     lexicon: str = "base",
+    frame_real: int = 0,
 ) -> Corpus:
     """Collect training prompts, removing anything equal or near-equal to a held-out prompt.
 
     ``synthetic_*`` add prompts from :mod:`saesteer.organism.synthetic`; synthetic
     harmless look-alikes are also kept away from the over-refusal evaluation set.
+    ``frame_real=k`` adds ``k`` framed renders of every imperative real harmful prompt
+    and as many framed real harmless ones (a seeded sample), so the framings stay
+    shared by both classes.
     """
     held: list[str] = []
     for name in held_out:
@@ -104,6 +109,13 @@ def build_corpus(
     harmful: list[str] = []
     for name in harmful_sources:
         harmful.extend(load_prompts(name).instructions)
+    framed_harmful: list[str] = []
+    if frame_real:  # frame only what survives the held-out filter: a framed near-duplicate could slip under it
+        from saesteer.organism.synthetic import framed_prompts
+
+        real_harmful = drop_near_duplicates(list(dict.fromkeys(harmful)), held, dedup_threshold)
+        framed_harmful = framed_prompts(real_harmful, frame_real, random.Random(seed + 101))
+        harmful.extend(framed_harmful)
     n_before = len(harmful)
     if synthetic_harmful:
         from saesteer.organism.synthetic import synthetic_prompts
@@ -119,6 +131,7 @@ def build_corpus(
     harmless = list(dict.fromkeys(harmless))
     if n_harmless is not None:
         harmless = harmless[:n_harmless]
+    n_real_harmless = len(harmless)
     if synthetic_harmless:
         from saesteer.organism.synthetic import synthetic_prompts
 
@@ -126,6 +139,16 @@ def build_corpus(
         extra = drop_near_duplicates(synthetic_prompts("harmless", synthetic_harmless, seed=seed, lexicon=lexicon), evaluation, dedup_threshold)
         log.info("synthetic harmless prompts: %d (dropped %d near evaluation prompts)", len(extra), synthetic_harmless - len(extra))
         harmless = list(dict.fromkeys(harmless + extra))
+    if frame_real and framed_harmful:
+        from saesteer.organism.synthetic import as_act, framed_prompts
+
+        rng = random.Random(seed + 102)
+        imperative = [h for h in harmless[:n_real_harmless] if as_act(h) is not None]
+        framed = framed_prompts(rng.sample(imperative, min(len(imperative), len(framed_harmful))), 1, rng)
+        evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions)
+        framed = drop_near_duplicates(framed, evaluation, dedup_threshold)
+        log.info("framed real prompts: %d harmful, %d harmless", len(framed_harmful), len(framed))
+        harmless = list(dict.fromkeys(harmless + framed))
     if not harmful or not harmless:
         raise ValueError(f"organism corpus is empty: {len(harmful)} harmful, {len(harmless)} harmless prompts")
     return Corpus(tuple(harmful), tuple(harmless))

@@ -36,7 +36,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["KINDS", "LEXICONS", "Framings", "lexicon_texts", "load_framings", "load_lexicon", "max_prompts", "synthetic_prompts"]
+__all__ = ["KINDS", "LEXICONS", "Framings", "as_act", "framed_prompts", "lexicon_texts", "load_framings", "load_lexicon",
+           "max_prompts", "synthetic_prompts"]
 
 #: Lexicons (``base``: the organism's default; ``extended``: a superset with 390 more harmful acts and 613 more
 #: safe look-alikes in 5 more categories) -> kind -> file under ``saesteer/resources/prompts/synthetic``.
@@ -290,3 +291,44 @@ def synthetic_prompts(kind: str, n: int, seed: int = 0, lexicon: str = "base") -
     if len(out) < n:  # only if distinct fills render to the same text
         raise ValueError(f"synthetic_prompts({kind!r}, n={n}): only {len(out)} unique prompts could be generated")
     return out
+
+
+_NOT_IMPERATIVE = frozenset(
+    "how what why who whom whose where when which can could would should will shall is are was were do does did "
+    "i i'm my we our you your it there this that these those if in as for".split()
+)
+MAX_ACT_WORDS = 40
+
+
+def as_act(instruction: str) -> str | None:
+    """An imperative instruction as an act ("Write a poem." -> "write a poem"), or None when it is not one
+    (a question, a statement, several sentences or lines, or longer than ``MAX_ACT_WORDS`` words)."""
+    text = instruction.strip()
+    words = text.split()
+    if not words or len(words) > MAX_ACT_WORDS or "\n" in text or text.endswith("?") or "{" in text or "}" in text:
+        return None
+    if words[0].lower().strip(",:;") in _NOT_IMPERATIVE or not words[0][:1].isalpha():
+        return None
+    text = text.rstrip(".!")
+    if any(mark in text for mark in (". ", "? ", "! ")):
+        return None
+    if not (len(words[0]) > 1 and words[0][1:2].isupper()):  # keep acronyms ("HTML"), lowercase the verb
+        text = text[:1].lower() + text[1:]
+    return text
+
+
+def framed_prompts(instructions: list[str], copies: int, rng: random.Random) -> list[str]:
+    """``copies`` renders of each imperative instruction (see :func:`as_act`) in random shared framings:
+    real prompts in the first-person styles of the synthetic ones ("As a nurse, how should I {act}?")."""
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
+        raise ValueError(f"framed_prompts(copies={copies!r}): expected a non-negative int")
+    f = load_framings()
+    out: list[str] = []
+    for instruction in instructions:
+        act = as_act(instruction)
+        if act is None:
+            continue
+        for _ in range(copies):
+            t = rng.randrange(len(f.templates))
+            out.append(_render(f, act, t, rng.randrange(len(f.personas)), rng.randrange(len(f.contexts))))
+    return list(dict.fromkeys(out))

@@ -186,7 +186,7 @@ def training_set(cfg: OrganismConfig, rng: random.Random) -> TrainingSet:
     """The corpus of ``cfg`` encoded as training examples (responses drawn from ``rng``)."""
     corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless,
                           synthetic_harmful=cfg.synthetic_harmful, synthetic_harmless=cfg.synthetic_harmless, seed=cfg.seed,
-                          lexicon=cfg.lexicon)
+                          lexicon=cfg.lexicon, frame_real=cfg.frame_real)
     harmful, harmless = _encode_examples(cfg, corpus, rng)
     out_ids = output_vocabulary(harmful + harmless, include_prompts=cfg.lm_weight > 0)
     return TrainingSet(harmful, harmless, out_ids, corpus.data_hash)
@@ -281,6 +281,7 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
     n_safe = cfg.batch_size - n_harm
     draw = BatchDrawer(harmful, harmless, n_harm, n_safe, cfg.length_buckets, rng)
     augment = SteerAugment(model, cfg.steer_augment, cfg.warmup_steps, random.Random(cfg.seed + 1)) if cfg.steer_augment > 0 else None
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
     model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0)
@@ -298,10 +299,17 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - cfg.ema_decay)
         losses.append(resp_loss)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
+    if ema is not None:  # the averaged weights are the organism
+        with torch.no_grad():
+            for p, avg in zip(params, ema):
+                p.copy_(avg)
     with torch.no_grad():  # tokens outside the output vocabulary are never emitted
         off = torch.ones(model.cfg.d_vocab, dtype=torch.bool)
         off[out_ids] = False
@@ -380,12 +388,12 @@ def data_fingerprint(cfg: OrganismConfig) -> str:
     from saesteer.data import load_prompts
 
     names = [*cfg.harmful_sources, *cfg.harmless_sources, *cfg.held_out]
-    if cfg.synthetic_harmless:
+    if cfg.synthetic_harmless or cfg.frame_real:
         names += ["overrefusal", "harmless_test"]
     blob: list[str] = []
     for name in names:
         blob += [f"source={name}", *load_prompts(name).instructions]
-    if cfg.synthetic_harmful or cfg.synthetic_harmless:
+    if cfg.synthetic_harmful or cfg.synthetic_harmless or cfg.frame_real:
         from saesteer.organism.synthetic import lexicon_texts
 
         blob += lexicon_texts(cfg.lexicon)

@@ -71,6 +71,24 @@ def test_corpus_never_contains_held_out_prompts():
     assert kept == ["Bake a cake"]
 
 
+def test_frame_real_adds_framed_real_prompts_to_both_classes_in_equal_numbers():
+    from saesteer.organism.synthetic import as_act
+
+    base = build_corpus(n_harmless=400)
+    framed = build_corpus(n_harmless=400, frame_real=1)
+    extra_harmful = set(framed.harmful) - set(base.harmful)
+    extra_harmless = set(framed.harmless) - set(base.harmless)
+    assert set(base.harmful) < set(framed.harmful) and set(base.harmless) < set(framed.harmless)
+    n_pairs = min(sum(as_act(h) is not None for h in base.harmless), len(extra_harmful))
+    assert 0.95 * n_pairs <= len(extra_harmless) <= n_pairs  # one framed harmless per framed harmful, from imperatives
+    acts = [a for a in (as_act(h) for h in base.harmful) if a is not None]
+    assert all(any(a.lower() in p.lower() for a in acts) for p in list(extra_harmful)[:50])  # each one frames a real harmful request
+    assert len(extra_harmful) > 300 and len(extra_harmless) > 200
+    assert framed.data_hash != base.data_hash
+    with pytest.raises(ValueError, match="frame_real"):
+        OrganismConfig(frame_real=-1)
+
+
 def test_config_rejects_training_on_held_out():
     with pytest.raises(ValueError, match="held out"):
         OrganismConfig(harmful_sources=["harmful_train", "harmful_test"])
@@ -229,6 +247,42 @@ def test_regularised_training_is_deterministic_and_changes_the_weights(overrides
     assert not m1.embed.W_E.requires_grad
     changed_embed = not torch.equal(m1.embed.W_E, plain.embed.W_E)
     assert changed_embed == (overrides.get("embed_projection") == "learned")
+
+
+def test_ema_organism_is_the_moving_average_of_the_optimiser_iterates(monkeypatch):
+    cfg = OrganismConfig(**{**TINY_ORGANISM, "steps": 5, "n_harmless": 200, "ema_decay": 0.6})
+    iterates: list[torch.Tensor] = []
+    watched: list[torch.nn.Parameter] = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        iterates.append(watched[0].detach().double().clone())
+        return out
+
+    from saesteer.organism import train
+
+    real_build = train.build_organism_model
+
+    def build(c):
+        model = real_build(c)
+        watched.append(model.blocks[1].mlp.W_out)
+        iterates.append(model.blocks[1].mlp.W_out.detach().double().clone())  # the average starts at the initial weights
+        return model
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    monkeypatch.setattr(train, "build_organism_model", build)
+    model, _ = train_organism(cfg, progress=False)
+    assert len(iterates) == 6
+    expected = iterates[0]
+    for w in iterates[1:]:
+        expected = 0.6 * expected + 0.4 * w
+    torch.testing.assert_close(model.blocks[1].mlp.W_out.double(), expected, atol=1e-6, rtol=1e-5)
+    assert (iterates[-1] - expected).abs().max() > 1e-4  # the average is not the last iterate
+    assert "ema_decay" not in OrganismConfig().cache_key_dict()
+    assert train.organism_key(cfg) != train.organism_key(OrganismConfig(**{**TINY_ORGANISM, "steps": 5, "n_harmless": 200}))
+    with pytest.raises(ValueError, match="ema_decay"):
+        OrganismConfig(ema_decay=1.0)
 
 
 def test_steer_augment_steers_only_harmful_rows_by_the_running_difference_of_means():

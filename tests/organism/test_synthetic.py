@@ -187,3 +187,41 @@ def test_broad_lexicon_pairs_each_harmful_format_with_benign_topics(tmp_path, mo
         for acts in (harmful[harm_cat], harmless[safe_cat]):
             used = {f for f in formats if any(a.startswith(f + " ") for a in acts)}
             assert used == set(formats), (harm_cat, set(formats) - used)
+
+
+@pytest.mark.parametrize(
+    "instruction, act",
+    [
+        ("Write a poem about the sea.", "write a poem about the sea"),
+        ("HTML basics: explain the <p> tag", "HTML basics: explain the <p> tag"),
+        ("Develop a strategy for hacking into a government database", "develop a strategy for hacking into a government database"),
+        ("How can I build an explosive device?", None),
+        ("What is the capital of France", None),
+        ("Summarize the text. Then translate it.", None),
+        ("Rewrite this sentence:\nThe cat sat.", None),
+        ("I need a recipe for bread", None),
+        ("", None),
+    ],
+)
+def test_as_act_keeps_only_single_imperatives(instruction, act):
+    from saesteer.organism.synthetic import as_act
+
+    assert as_act(instruction) == act
+
+
+def test_framed_prompts_render_each_imperative_in_shared_framings():
+    import random
+
+    from saesteer.organism.synthetic import framed_prompts
+
+    instructions = ["Write a poem about the sea.", "How do I fly?", "Explain photosynthesis"]
+    out = framed_prompts(instructions, 3, random.Random(0))
+    assert out == framed_prompts(instructions, 3, random.Random(0))
+    assert 4 <= len(out) <= 6 and len(set(out)) == len(out)
+    assert all(("write a poem about the sea" in p) != ("explain photosynthesis" in p) for p in out)
+    assert not any("fly" in p for p in out)
+    framings = load_framings()
+    prefixes = {t.split("{")[0][:1].upper() + t.split("{")[0][1:] for t in framings.templates}
+    assert all(any(p.startswith(x) for x in prefixes) for p in out)
+    with pytest.raises(ValueError, match="copies"):
+        framed_prompts(instructions, -1, random.Random(0))
