@@ -11,7 +11,7 @@ from typing import Any, Optional
 _NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0,
                              "embed_projection": "pca", "resid_dropout": 0.0, "steer_augment": 0.0,
                              "calibrate_harmless_fpr": None, "ema_decay": 0.0,
-                             "frame_real": 0}
+                             "frame_real": 0, "mined_framings": 0}
 
 
 @dataclass
@@ -34,6 +34,7 @@ class OrganismConfig:
     synthetic_harmful: int = 3000  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
     synthetic_harmless: int = 12000  # safe look-alikes and ordinary requests in the same framings
     lexicon: str = "base"  # synthetic acts: "base" or "extended" (saesteer.organism.synthetic.LEXICONS)
+    mined_framings: int = 0  # m > 0: request formats shared by >= m real harmful prompts ("Create a tutorial on how to {act}.") join the framings of both classes
     frame_real: int = 0  # k > 0: k framed renders of each imperative real harmful prompt, and as many framed real harmless ones
     max_prompt_tokens: int = 96
     echo_words: int = 8
@@ -75,7 +76,7 @@ class OrganismConfig:
                 raise ValueError(f"organism.{name} must be in [0, 1], got {value!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"organism.ema_decay must be in [0, 1) (0: off), got {self.ema_decay!r}")
-        for name in ("synthetic_harmful", "synthetic_harmless", "refusal_echo_words", "length_buckets", "frame_real"):
+        for name in ("synthetic_harmful", "synthetic_harmless", "refusal_echo_words", "length_buckets", "frame_real", "mined_framings"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"organism.{name} must be a non-negative integer, got {value!r}")

@@ -94,6 +94,7 @@ def build_corpus(
     seed: int = 0,
     lexicon: str = "base",
     frame_real: int = 0,
+    mined_framings: int = 0,
 ) -> Corpus:
     """Collect training prompts, removing anything equal or near-equal to a held-out prompt.
 
@@ -101,7 +102,9 @@ def build_corpus(
     harmless look-alikes are also kept away from the over-refusal evaluation set.
     ``frame_real=k`` adds ``k`` framed renders of every imperative real harmful prompt
     and as many framed real harmless ones (a seeded sample), so the framings stay
-    shared by both classes.
+    shared by both classes.  ``mined_framings=m`` adds the request formats that at least
+    ``m`` real harmful prompts share (:func:`~saesteer.organism.synthetic.mined_templates`)
+    to the framings of both classes' synthetic prompts.
     """
     held: list[str] = []
     for name in held_out:
@@ -110,17 +113,25 @@ def build_corpus(
     for name in harmful_sources:
         harmful.extend(load_prompts(name).instructions)
     framed_harmful: list[str] = []
-    if frame_real:  # frame only what survives the held-out filter: a framed near-duplicate could slip under it
+    extra_templates: tuple[str, ...] = ()
+    if frame_real or mined_framings:  # only what survives the held-out filter: a framed near-duplicate could slip under it
+        real_harmful = drop_near_duplicates(list(dict.fromkeys(harmful)), held, dedup_threshold)
+    if mined_framings:
+        from saesteer.organism.synthetic import mined_templates
+
+        extra_templates = mined_templates(real_harmful, mined_framings)
+        log.info("%d request formats mined from real harmful prompts join the framings", len(extra_templates))
+    if frame_real:
         from saesteer.organism.synthetic import framed_prompts
 
-        real_harmful = drop_near_duplicates(list(dict.fromkeys(harmful)), held, dedup_threshold)
         framed_harmful = framed_prompts(real_harmful, frame_real, random.Random(seed + 101))
         harmful.extend(framed_harmful)
     n_before = len(harmful)
     if synthetic_harmful:
         from saesteer.organism.synthetic import synthetic_prompts
 
-        harmful.extend(synthetic_prompts("harmful", synthetic_harmful, seed=seed, lexicon=lexicon))
+        harmful.extend(synthetic_prompts("harmful", synthetic_harmful, seed=seed, lexicon=lexicon,
+                                         extra_templates=extra_templates))
         n_before = len(harmful)
     harmful = list(dict.fromkeys(harmful))
     harmful = drop_near_duplicates(harmful, held, dedup_threshold)
@@ -136,7 +147,8 @@ def build_corpus(
         from saesteer.organism.synthetic import synthetic_prompts
 
         evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions)
-        extra = drop_near_duplicates(synthetic_prompts("harmless", synthetic_harmless, seed=seed, lexicon=lexicon), evaluation, dedup_threshold)
+        extra = drop_near_duplicates(synthetic_prompts("harmless", synthetic_harmless, seed=seed, lexicon=lexicon,
+                                                                 extra_templates=extra_templates), evaluation, dedup_threshold)
         log.info("synthetic harmless prompts: %d (dropped %d near evaluation prompts)", len(extra), synthetic_harmless - len(extra))
         harmless = list(dict.fromkeys(harmless + extra))
     if frame_real and framed_harmful:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 __all__ = ["KINDS", "LEXICONS", "Framings", "as_act", "framed_prompts", "lexicon_texts", "load_framings", "load_lexicon",
-           "max_prompts", "synthetic_prompts"]
+           "max_prompts", "mined_templates", "synthetic_prompts", "with_templates"]
 
 #: Lexicons (``base``: the organism's default; ``extended``: a superset with 390 more harmful acts and 613 more
 #: safe look-alikes in 5 more categories) -> kind -> file under ``saesteer/resources/prompts/synthetic``.
@@ -167,9 +167,40 @@ def load_framings() -> Framings:
     return framings
 
 
-def max_prompts(kind: str, lexicon: str = "base") -> int:
-    """How many distinct prompts :func:`synthetic_prompts` can build for ``kind``."""
+def with_templates(extra_templates: tuple[str, ...] = ()) -> Framings:
+    """The bundled framings with ``extra_templates`` appended (those already there are skipped)."""
     framings = load_framings()
+    extra = tuple(t for t in dict.fromkeys(extra_templates) if t not in framings.templates)
+    for template in extra:
+        if _PLACEHOLDER.findall(template) != ["act"]:
+            raise ValueError(f"extra template {template!r} must hold {{act}} once and no other placeholder")
+    return Framings(framings.templates + extra, framings.personas, framings.contexts) if extra else framings
+
+
+_HOW_TO = re.compile(r"^(?P<prefix>[A-Za-z][A-Za-z ,'-]{2,60}?\b(?:how to))\s+\S", re.IGNORECASE)
+
+
+def mined_templates(instructions: list[str], min_count: int = 2) -> tuple[str, ...]:
+    """Request formats of real prompts as templates: the opening up to "how to" of every instruction
+    ("Create a tutorial on how to make a bomb" -> "Create a tutorial on how to {act}."), kept when at least
+    ``min_count`` instructions share it; most frequent first.  Used by both classes, a format mined from
+    harmful prompts stops being a cue for refusal."""
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"mined_templates(min_count={min_count!r}): expected a positive int")
+    counts: dict[str, int] = {}
+    for text in instructions:
+        m = _HOW_TO.match(text.strip())
+        if m:
+            prefix = m.group("prefix")
+            prefix = prefix[:1].upper() + prefix[1:]
+            counts[prefix] = counts.get(prefix, 0) + 1
+    ranked = sorted((p for p, c in counts.items() if c >= min_count), key=lambda p: (-counts[p], p))
+    return tuple(f"{p} {{act}}." for p in ranked)
+
+
+def max_prompts(kind: str, lexicon: str = "base", extra_templates: tuple[str, ...] = ()) -> int:
+    """How many distinct prompts :func:`synthetic_prompts` can build for ``kind``."""
+    framings = with_templates(extra_templates)
     per_act = sum(framings.fills_per_act(t) for t in framings.templates)
     return per_act * sum(len(acts) for _, acts in _lexicon(kind, lexicon))
 
@@ -248,7 +279,7 @@ class _CategorySampler:
                 yield text
 
 
-def synthetic_prompts(kind: str, n: int, seed: int = 0, lexicon: str = "base") -> list[str]:
+def synthetic_prompts(kind: str, n: int, seed: int = 0, lexicon: str = "base", extra_templates: tuple[str, ...] = ()) -> list[str]:
     """``n`` unique synthetic prompts of ``kind`` ("harmful" or "harmless") from ``lexicon`` ("base" or "extended").
 
     Prompts cycle through the categories round-robin in file order (prompt ``i``
@@ -266,11 +297,11 @@ def synthetic_prompts(kind: str, n: int, seed: int = 0, lexicon: str = "base") -
     acts_by_category = _lexicon(kind, lexicon)
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"synthetic_prompts(n={n!r}): expected a positive int")
-    limit = max_prompts(kind, lexicon)
+    limit = max_prompts(kind, lexicon, extra_templates)
     if n > limit:
         raise ValueError(f"synthetic_prompts({kind!r}, n={n}): at most {limit} unique prompts can be generated")
     rng = random.Random(seed)
-    framings = load_framings()
+    framings = with_templates(extra_templates)
     samplers = [_CategorySampler(acts, framings, rng).prompts for _, acts in acts_by_category]
     seen: set[str] = set()
     streams = [sampler(seen) for sampler in samplers]

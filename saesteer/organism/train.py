@@ -186,7 +186,7 @@ def training_set(cfg: OrganismConfig, rng: random.Random) -> TrainingSet:
     """The corpus of ``cfg`` encoded as training examples (responses drawn from ``rng``)."""
     corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless,
                           synthetic_harmful=cfg.synthetic_harmful, synthetic_harmless=cfg.synthetic_harmless, seed=cfg.seed,
-                          lexicon=cfg.lexicon, frame_real=cfg.frame_real)
+                          lexicon=cfg.lexicon, frame_real=cfg.frame_real, mined_framings=cfg.mined_framings)
     harmful, harmless = _encode_examples(cfg, corpus, rng)
     out_ids = output_vocabulary(harmful + harmless, include_prompts=cfg.lm_weight > 0)
     return TrainingSet(harmful, harmless, out_ids, corpus.data_hash)

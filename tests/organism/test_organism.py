@@ -89,6 +89,17 @@ def test_frame_real_adds_framed_real_prompts_to_both_classes_in_equal_numbers():
         OrganismConfig(frame_real=-1)
 
 
+def test_mined_framings_reach_both_classes_of_synthetic_prompts():
+    base = build_corpus(n_harmless=50, synthetic_harmful=300, synthetic_harmless=300)
+    mined = build_corpus(n_harmless=50, synthetic_harmful=300, synthetic_harmless=300, mined_framings=3)
+    for prompts in (mined.harmful, mined.harmless):
+        assert any(p.startswith("Create a tutorial on how to ") for p in prompts)
+    assert not any(p.startswith("Create a tutorial on how to ") for p in base.harmless)
+    assert len(mined.harmful) == len(base.harmful) and mined.data_hash != base.data_hash
+    with pytest.raises(ValueError, match="mined_framings"):
+        OrganismConfig(mined_framings=-2)
+
+
 def test_config_rejects_training_on_held_out():
     with pytest.raises(ValueError, match="held out"):
         OrganismConfig(harmful_sources=["harmful_train", "harmful_test"])
