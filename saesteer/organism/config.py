@@ -11,7 +11,7 @@ from typing import Any, Optional
 _NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0,
                              "embed_projection": "pca", "resid_dropout": 0.0, "steer_augment": 0.0,
                              "calibrate_harmless_fpr": None, "ema_decay": 0.0,
-                             "frame_real": 0, "mined_framings": 0}
+                             "frame_real": 0, "mined_framings": 0, "init_from": None}
 
 
 @dataclass
@@ -24,6 +24,9 @@ class OrganismConfig:
     n_ctx: int = 320
     act_fn: str = "gelu"
     pretrained_embeddings: bool = True  # MiniLM-L6 token embeddings, PCA-projected to d_model
+    # "minilm": the blocks start from MiniLM-L6's encoder layers (made causal and pre-LN; absolute positions),
+    # the embeddings are MiniLM's own; needs MiniLM's shape (d_model 384, 12 heads, d_mlp 1536, <= 6 layers)
+    init_from: Optional[str] = None
     freeze_embeddings: bool = True
     embed_projection: str = "pca"  # "pca": fixed PCA axes; "learned": MiniLM's 384-d embeddings frozen, the map to d_model trained
     # data
@@ -90,6 +93,14 @@ class OrganismConfig:
             raise ValueError(f"organism.n_refusals must be an integer in 1..{len(REFUSALS)}, got {self.n_refusals!r}")
         if self.embed_projection not in ("pca", "learned"):
             raise ValueError(f"organism.embed_projection must be 'pca' or 'learned', got {self.embed_projection!r}")
+        if self.init_from not in (None, "minilm"):
+            raise ValueError(f"organism.init_from must be null or 'minilm', got {self.init_from!r}")
+        if self.init_from == "minilm":
+            shape = {"d_model": 384, "n_heads": 12, "d_mlp": 1536, "act_fn": "gelu", "pretrained_embeddings": True, "embed_projection": "pca"}
+            wrong = {k: getattr(self, k) for k, v in shape.items() if getattr(self, k) != v}
+            if wrong or self.n_layers > 6 or self.n_ctx > 512:
+                raise ValueError(f"organism.init_from='minilm' needs MiniLM-L6's shape {shape}, n_layers <= 6 and n_ctx <= 512; "
+                                 f"got {wrong or {'n_layers': self.n_layers, 'n_ctx': self.n_ctx}}")
         if self.embed_projection == "learned" and not (self.pretrained_embeddings and self.freeze_embeddings):
             raise ValueError("organism.embed_projection='learned' needs pretrained_embeddings=true and freeze_embeddings=true")
         if self.calibrate_harmless_fpr is not None and not 0.0 <= self.calibrate_harmless_fpr < 1.0:

@@ -28,8 +28,8 @@ def hooked_config(cfg: OrganismConfig, d_vocab: int) -> HookedTransformerConfig:
         n_ctx=cfg.n_ctx,
         act_fn=cfg.act_fn,
         normalization_type="LN",
-        positional_embedding_type="rotary",
-        rotary_dim=cfg.d_model // cfg.n_heads,
+        **({"positional_embedding_type": "standard", "eps": 1e-12} if cfg.init_from == "minilm"
+           else {"positional_embedding_type": "rotary", "rotary_dim": cfg.d_model // cfg.n_heads}),
         default_prepend_bos=False,
         tokenizer_prepends_bos=False,
         original_architecture="organism",
@@ -38,10 +38,53 @@ def hooked_config(cfg: OrganismConfig, d_vocab: int) -> HookedTransformerConfig:
     )
 
 
-def _minilm_embeddings() -> torch.Tensor:
+def _minilm_weights() -> dict[str, torch.Tensor]:
     weights = load_file(str(minilm_dir() / "model.safetensors"))
-    key = next(k for k in weights if k.endswith("word_embeddings.weight"))
-    return weights[key].double()  # [30522, 384]
+    return {k.removeprefix("bert."): v for k, v in weights.items()}
+
+
+def _minilm_embeddings() -> torch.Tensor:
+    return _minilm_weights()["embeddings.word_embeddings.weight"].double()  # [30522, 384]
+
+
+@torch.no_grad()
+def load_minilm_blocks(model: HookedTransformer, generator: torch.Generator) -> None:
+    """Initialise ``model`` (MiniLM-L6's shape, absolute positions) from MiniLM-L6's BERT encoder.
+
+    BERT is post-LN and bidirectional; the organism is pre-LN and causal, so the map is an initialisation, not an
+    equivalence: each LayerNorm goes where it normalises the input of the same sublayer (``ln1`` of block 0 is
+    the embedding LayerNorm, ``ln1`` of block i > 0 and ``ln_final`` the output LayerNorm before them, ``ln2``
+    the attention-output LayerNorm).  Block 0's attention equals BERT's first attention under a causal mask
+    (tested).  ``W_pos`` holds MiniLM's position embeddings plus its token-type-0 embedding; the six special
+    tokens get random rows at the scale of MiniLM's."""
+    w = _minilm_weights()
+    cfg = model.cfg
+    n_heads, d_head = cfg.n_heads, cfg.d_head
+    vocab = w["embeddings.word_embeddings.weight"]
+    model.embed.W_E[: vocab.shape[0]] = vocab
+    extra = model.embed.W_E.shape[0] - vocab.shape[0]
+    model.embed.W_E[vocab.shape[0]:] = vocab.std() * torch.randn(extra, cfg.d_model, generator=generator)
+    model.pos_embed.W_pos.copy_(w["embeddings.position_embeddings.weight"][: cfg.n_ctx] + w["embeddings.token_type_embeddings.weight"][0])
+
+    def ln(dst, prefix: str) -> None:
+        dst.w.copy_(w[f"{prefix}.weight"])
+        dst.b.copy_(w[f"{prefix}.bias"])
+
+    for i, block in enumerate(model.blocks):
+        p = f"encoder.layer.{i}"
+        ln(block.ln1, "embeddings.LayerNorm" if i == 0 else f"encoder.layer.{i - 1}.output.LayerNorm")
+        ln(block.ln2, f"{p}.attention.output.LayerNorm")
+        for name, W, b in (("query", block.attn.W_Q, block.attn.b_Q), ("key", block.attn.W_K, block.attn.b_K),
+                           ("value", block.attn.W_V, block.attn.b_V)):
+            W.copy_(w[f"{p}.attention.self.{name}.weight"].T.reshape(cfg.d_model, n_heads, d_head).permute(1, 0, 2))
+            b.copy_(w[f"{p}.attention.self.{name}.bias"].reshape(n_heads, d_head))
+        block.attn.W_O.copy_(w[f"{p}.attention.output.dense.weight"].T.reshape(n_heads, d_head, cfg.d_model))
+        block.attn.b_O.copy_(w[f"{p}.attention.output.dense.bias"])
+        block.mlp.W_in.copy_(w[f"{p}.intermediate.dense.weight"].T)
+        block.mlp.b_in.copy_(w[f"{p}.intermediate.dense.bias"])
+        block.mlp.W_out.copy_(w[f"{p}.output.dense.weight"].T)
+        block.mlp.b_out.copy_(w[f"{p}.output.dense.bias"])
+    ln(model.ln_final, f"encoder.layer.{cfg.n_layers - 1}.output.LayerNorm")
 
 
 def _centered_embeddings() -> torch.Tensor:
@@ -102,7 +145,9 @@ def build_organism_model(cfg: OrganismConfig, axes: torch.Tensor | None = None) 
     tok = build_tokenizer()
     torch.manual_seed(cfg.seed)
     model = HookedTransformer(hooked_config(cfg, len(tok)), tokenizer=tok, default_padding_side="left")
-    if cfg.pretrained_embeddings:
+    if cfg.init_from == "minilm":
+        load_minilm_blocks(model, torch.Generator().manual_seed(cfg.seed))
+    elif cfg.pretrained_embeddings:
         g = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():
             model.embed.W_E.copy_(pretrained_embeddings(cfg.d_model, len(tok), g, axes))

@@ -296,6 +296,40 @@ def test_ema_organism_is_the_moving_average_of_the_optimiser_iterates(monkeypatc
         OrganismConfig(ema_decay=1.0)
 
 
+def test_minilm_init_matches_berts_first_attention_under_a_causal_mask_and_its_mlps():
+    from transformers import AutoModel
+
+    from saesteer.organism.model import build_organism_model
+    from saesteer.organism.tokenizer import minilm_dir
+
+    cfg = OrganismConfig(d_model=384, n_heads=12, d_mlp=1536, n_layers=2, init_from="minilm")
+    model = build_organism_model(cfg)
+    assert model.cfg.positional_embedding_type == "standard"
+    bert = AutoModel.from_pretrained(str(minilm_dir())).eval()
+    ids = torch.tensor([[101, 2129, 2079, 1045, 3443, 1037, 11911, 1029, 102]])  # [CLS] how do i make a cake ? [SEP]
+    T = ids.shape[1]
+    _, cache = model.run_with_cache(ids)
+    with torch.no_grad():
+        emb = bert.embeddings(input_ids=ids)  # LayerNorm(word + position + token type 0)
+        causal = torch.triu(torch.full((T, T), torch.finfo(torch.float32).min), 1)[None, None]
+        layer = bert.encoder.layer[0]
+        attn = layer.attention.output.dense(layer.attention.self(emb, attention_mask=causal)[0])
+        x = torch.randn(3, 5, 384)
+        mlp = bert.encoder.layer[1].output.dense(bert.encoder.layer[1].intermediate(x))
+    ln1 = cache["blocks.0.ln1.hook_normalized"] * model.blocks[0].ln1.w + model.blocks[0].ln1.b
+    torch.testing.assert_close(ln1, emb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache["blocks.0.hook_attn_out"], attn, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.blocks[1].mlp(x), mlp, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model.ln_final.w, bert.encoder.layer[1].output.LayerNorm.weight)
+    torch.testing.assert_close(model.blocks[1].ln1.w, bert.encoder.layer[0].output.LayerNorm.weight)
+    assert not model.embed.W_E.requires_grad
+    with pytest.raises(ValueError, match="init_from"):
+        OrganismConfig(init_from="minilm")  # the default organism's shape is not MiniLM's
+    with pytest.raises(ValueError, match="init_from"):
+        OrganismConfig(init_from="gpt2")
+    assert "init_from" not in OrganismConfig().cache_key_dict()
+
+
 def test_steer_augment_steers_only_harmful_rows_by_the_running_difference_of_means():
     import random as _random
 
