@@ -91,7 +91,7 @@ def main() -> None:
         row["bias_sweep"] = {b: [round(float((margins[s] + float(b) > 0).float().mean()), 3) for s in ("harmful_test", "harmless_test", "overrefusal")]
                              for b in args.bias.split(",")}
     if args.addition:
-        row.update(addition_check(model, template))
+        row.update(addition_check(model, template, layer=min(2, model.cfg.n_layers - 1)))
     print(json.dumps(row))
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     with open(args.log, "a") as f:
