@@ -143,12 +143,13 @@ def build_corpus(
     if n_harmless is not None:
         harmless = harmless[:n_harmless]
     n_real_harmless = len(harmless)
+    evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions) \
+        if synthetic_harmless or frame_real else []  # safe prompts added here are kept away from these
     if synthetic_harmless:
         from saesteer.organism.synthetic import synthetic_prompts
 
-        evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions)
-        extra = drop_near_duplicates(synthetic_prompts("harmless", synthetic_harmless, seed=seed, lexicon=lexicon,
-                                                                 extra_templates=extra_templates), evaluation, dedup_threshold)
+        extra = synthetic_prompts("harmless", synthetic_harmless, seed=seed, lexicon=lexicon, extra_templates=extra_templates)
+        extra = drop_near_duplicates(extra, evaluation, dedup_threshold)
         log.info("synthetic harmless prompts: %d (dropped %d near evaluation prompts)", len(extra), synthetic_harmless - len(extra))
         harmless = list(dict.fromkeys(harmless + extra))
     if frame_real and framed_harmful:
@@ -157,7 +158,6 @@ def build_corpus(
         rng = random.Random(seed + 102)
         imperative = [h for h in harmless[:n_real_harmless] if as_act(h) is not None]
         framed = framed_prompts(rng.sample(imperative, min(len(imperative), len(framed_harmful))), 1, rng)
-        evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions)
         framed = drop_near_duplicates(framed, evaluation, dedup_threshold)
         log.info("framed real prompts: %d harmful, %d harmless", len(framed_harmful), len(framed))
         harmless = list(dict.fromkeys(harmless + framed))

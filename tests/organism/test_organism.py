@@ -296,7 +296,7 @@ def test_ema_organism_is_the_moving_average_of_the_optimiser_iterates(monkeypatc
         OrganismConfig(ema_decay=1.0)
 
 
-def test_minilm_init_matches_berts_first_attention_under_a_causal_mask_and_its_mlps():
+def test_minilm_init_matches_berts_first_attention_under_a_causal_mask_and_its_mlps(tmp_path):
     from transformers import AutoModel
 
     from saesteer.organism.model import build_organism_model
@@ -323,6 +323,10 @@ def test_minilm_init_matches_berts_first_attention_under_a_causal_mask_and_its_m
     torch.testing.assert_close(model.ln_final.w, bert.encoder.layer[1].output.LayerNorm.weight)
     torch.testing.assert_close(model.blocks[1].ln1.w, bert.encoder.layer[0].output.LayerNorm.weight)
     assert not model.embed.W_E.requires_grad
+    from saesteer.organism.train import load_organism, save_organism
+
+    loaded = load_organism(save_organism(model, cfg, {}, tmp_path)).model  # the cache and bundle path rebuild it
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(ValueError, match="init_from"):
         OrganismConfig(init_from="minilm")  # the default organism's shape is not MiniLM's
     with pytest.raises(ValueError, match="init_from"):
