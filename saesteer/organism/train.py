@@ -153,11 +153,11 @@ def output_vocabulary(examples: list[_Encoded], include_prompts: bool) -> torch.
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weight: float, out_ids: torch.Tensor, remap: torch.Tensor,
-          decision_mask=None, decision_weight: float = 0.0) -> tuple[torch.Tensor, float]:
+def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weight: float, W_U: torch.Tensor, b_U: torch.Tensor,
+          remap: torch.Tensor, decision_mask=None, decision_weight: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Cross-entropy over the output vocabulary; ``W_U`` [d_model, n_out] and ``b_U`` [n_out] are its unembedding columns."""
     resid = model(tokens, attention_mask=attn, stop_at_layer=model.cfg.n_layers)
     targets = remap[tokens[:, 1:]]
-    W_U, b_U = model.unembed.W_U[:, out_ids], model.unembed.b_U[out_ids]
 
     def ce(mask: torch.Tensor) -> torch.Tensor:
         m = mask[:, :-1]
@@ -259,7 +259,16 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
     remap = torch.full((model.cfg.d_vocab,), -100, dtype=torch.long)
     remap[out_ids] = torch.arange(len(out_ids))
     tok = build_tokenizer()
-    params = [p for p in model.parameters() if p.requires_grad]
+    # Only the output vocabulary's unembedding columns are trained, as their own leaves: every other logit is
+    # masked off afterwards, so optimising (and weight-decaying) the full [d_model, d_vocab] W_U each step
+    # would cost a fifth of the step for nothing.
+    unembed = model.unembed
+    head_W = unembed.W_U.detach()[:, out_ids].clone().requires_grad_(unembed.W_U.requires_grad)
+    head_b = unembed.b_U.detach()[out_ids].clone().requires_grad_(unembed.b_U.requires_grad)
+    frozen = [p for p in (unembed.W_U, unembed.b_U) if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad] + [p for p in (head_W, head_b) if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -294,7 +303,7 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
         if augment is not None:
             hooks = hooks + augment.hooks(step, dmask, n_harm)
         with model.hooks(fwd_hooks=hooks):
-            loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, out_ids, remap, dmask, cfg.decision_weight)
+            loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, head_W, head_b, remap, dmask, cfg.decision_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -311,6 +320,10 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
             for p, avg in zip(params, ema):
                 p.copy_(avg)
     with torch.no_grad():  # tokens outside the output vocabulary are never emitted
+        unembed.W_U[:, out_ids] = head_W
+        unembed.b_U[out_ids] = head_b
+        for p in frozen:
+            p.requires_grad_(True)
         off = torch.ones(model.cfg.d_vocab, dtype=torch.bool)
         off[out_ids] = False
         model.unembed.W_U[:, off] = 0.0
