@@ -10,9 +10,9 @@ recipe reads) equals the requested organism's key; any other recipe, or
 
 Only what training changed is stored: the blocks, the final norm, the live columns
 of ``W_U`` (the organism masks every other logit) and ``b_U``.  The frozen token
-embeddings are rebuilt from MiniLM-L6's weights on the principal axes stored with
-them (eigenvector signs differ between LAPACK builds) and checked against 64 rows
-stored at packing time.  About 8 MB instead of 35.
+embeddings are rebuilt from MiniLM-L6's weights (on the principal axes stored with
+them when they are PCA-projected: eigenvector signs differ between LAPACK builds)
+and checked against 64 rows stored at packing time.  About 8 MB instead of 35.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def pack(model: HookedTransformer, cfg: OrganismConfig, meta: dict[str, Any], ke
     tensors = {k: v.detach().clone().contiguous() for k, v in params.items() if k not in _DERIVED}
     tensors["unembed.live_ids"] = live
     tensors["unembed.W_U_live"] = W_U[:, live].contiguous()
-    tensors["embed.pca_axes"] = pca_axes(cfg.d_model).contiguous()
+    if cfg.init_from is None:  # a MiniLM-initialised organism keeps MiniLM's embeddings as they are
+        tensors["embed.pca_axes"] = pca_axes(cfg.d_model).contiguous()
     tensors["embed.W_E_probe"] = model.embed.W_E.detach()[_probe_ids(model.cfg.d_vocab)].clone()
     info = {"format": FORMAT, "organism_key": key, "config": cfg.to_dict(),
             "meta": {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool)) or v is None}}
@@ -66,7 +67,7 @@ def unpack(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> tuple[Hook
     if info.get("format") != FORMAT:
         raise ArtifactError(f"not an organism bundle: format={info.get('format')!r}, expected {FORMAT!r}")
     cfg = OrganismConfig.from_dict(info["config"])
-    model = build_organism_model(cfg, axes=tensors["embed.pca_axes"])
+    model = build_organism_model(cfg, axes=tensors.get("embed.pca_axes"))
     err = float((model.embed.W_E.detach()[_probe_ids(model.cfg.d_vocab)] - tensors["embed.W_E_probe"]).abs().max())
     if err > 1e-4:
         raise ArtifactError(f"the bundled organism's token embeddings do not rebuild (max error {err:.3g} on 64 probe rows): "

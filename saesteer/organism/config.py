@@ -11,7 +11,8 @@ from typing import Any, Optional
 _NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0,
                              "embed_projection": "pca", "resid_dropout": 0.0, "steer_augment": 0.0,
                              "calibrate_harmless_fpr": None, "ema_decay": 0.0,
-                             "frame_real": 0, "mined_framings": 0, "init_from": None}
+                             "frame_real": 0, "mined_framings": 0, "init_from": None,
+                             "freeze_blocks": 0}
 
 
 @dataclass
@@ -28,6 +29,7 @@ class OrganismConfig:
     # the embeddings are MiniLM's own; needs MiniLM's shape (d_model 384, 12 heads, d_mlp 1536, <= 6 layers)
     init_from: Optional[str] = None
     freeze_embeddings: bool = True
+    freeze_blocks: int = 0  # k > 0 (with init_from): the first k blocks and the positional embeddings keep MiniLM's weights
     embed_projection: str = "pca"  # "pca": fixed PCA axes; "learned": MiniLM's 384-d embeddings frozen, the map to d_model trained
     # data
     harmful_sources: list[str] = field(default_factory=lambda: ["harmful_train", "harmful_val", "advbench"])
@@ -101,6 +103,10 @@ class OrganismConfig:
             if wrong or self.n_layers > 6 or self.n_ctx > 512:
                 raise ValueError(f"organism.init_from='minilm' needs MiniLM-L6's shape {shape}, n_layers <= 6 and n_ctx <= 512; "
                                  f"got {wrong or {'n_layers': self.n_layers, 'n_ctx': self.n_ctx}}")
+        if not isinstance(self.freeze_blocks, int) or not 0 <= self.freeze_blocks < self.n_layers:
+            raise ValueError(f"organism.freeze_blocks must be an integer in [0, n_layers={self.n_layers}), got {self.freeze_blocks!r}")
+        if self.freeze_blocks and self.init_from is None:
+            raise ValueError(f"organism.freeze_blocks={self.freeze_blocks} freezes pretrained blocks: it needs init_from (e.g. minilm), got init_from=None")
         if self.embed_projection == "learned" and not (self.pretrained_embeddings and self.freeze_embeddings):
             raise ValueError("organism.embed_projection='learned' needs pretrained_embeddings=true and freeze_embeddings=true")
         if self.calibrate_harmless_fpr is not None and not 0.0 <= self.calibrate_harmless_fpr < 1.0:

@@ -152,4 +152,9 @@ def build_organism_model(cfg: OrganismConfig, axes: torch.Tensor | None = None) 
         with torch.no_grad():
             model.embed.W_E.copy_(pretrained_embeddings(cfg.d_model, len(tok), g, axes))
     model.embed.W_E.requires_grad_(not cfg.freeze_embeddings)
+    if cfg.freeze_blocks:  # a fine-tune over the pretrained model's first layers, which stay as they were
+        model.pos_embed.W_pos.requires_grad_(False)
+        for block in model.blocks[: cfg.freeze_blocks]:
+            for p in block.parameters():
+                p.requires_grad_(False)
     return model

@@ -94,3 +94,23 @@ def test_pack_refuses_a_model_with_foreign_embeddings(tiny_organism):
         other.embed.W_E.add_(1e-3)
     with pytest.raises(ValueError, match="frozen embeddings"):
         pack(other, result.config, result.metadata, "k")
+
+
+def test_minilm_initialised_organism_bundles_without_pca_axes(tmp_path):
+    """A MiniLM-initialised organism (384 wide, absolute positions) packs its blocks and W_pos; its embeddings are
+    MiniLM's own, rebuilt without PCA axes, and the live W_U columns come back exactly."""
+    from saesteer.organism.config import OrganismConfig
+    from saesteer.organism.model import build_organism_model
+
+    cfg = OrganismConfig(d_model=384, n_heads=12, d_mlp=1536, n_layers=1, init_from="minilm", seed=3)
+    model = build_organism_model(cfg)
+    with torch.no_grad():  # a trained organism's unembedding: a few live columns, the rest masked
+        model.unembed.W_U.zero_()
+        model.unembed.W_U[:, [5, 77, 2003]] = torch.randn(384, 3)
+        model.blocks[0].mlp.W_in.add_(0.01)  # weights that differ from MiniLM's
+    tensors, info = pack(model, cfg, {"train_seconds": 1.0}, "k")
+    assert "embed.pca_axes" not in tensors and "pos_embed.W_pos" in tensors
+    assert tensors["unembed.live_ids"].tolist() == [5, 77, 2003]
+    back, bcfg, _ = unpack(tensors, info)
+    _assert_same_weights(back, model)
+    assert bcfg == cfg

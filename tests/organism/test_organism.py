@@ -393,3 +393,24 @@ def test_calibrated_refusal_bias_hits_the_harmless_rate_and_moves_only_the_opene
     torch.testing.assert_close(after, before + (model.unembed.b_U - b_U)[opener], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="calibrate_harmless_fpr"):
         OrganismConfig(calibrate_harmless_fpr=1.0)
+
+
+def test_freeze_blocks_trains_only_the_blocks_above_the_frozen_pretrained_ones():
+    from saesteer.organism.model import build_organism_model
+
+    shape = {"d_model": 384, "n_heads": 12, "d_mlp": 1536, "n_layers": 2, "init_from": "minilm"}
+    cfg = OrganismConfig(**{**TINY_ORGANISM, **shape, "freeze_blocks": 1, "steps": 2, "n_harmless": 200})
+    model, _ = train_organism(cfg, progress=False)
+    fresh = build_organism_model(cfg)
+    assert not model.pos_embed.W_pos.requires_grad and not model.blocks[0].attn.W_Q.requires_grad
+    assert model.blocks[1].attn.W_Q.requires_grad
+    for name, p in fresh.named_parameters():  # block 0 and W_pos keep MiniLM's weights; block 1 trains
+        trained = dict(model.named_parameters())[name]
+        if name.startswith(("blocks.0.", "pos_embed.", "embed.")):
+            assert torch.equal(trained, p), name
+    assert not torch.equal(model.blocks[1].mlp.W_in, fresh.blocks[1].mlp.W_in)
+    with pytest.raises(ValueError, match=r"freeze_blocks must be an integer in \[0, n_layers=2\), got 2"):
+        OrganismConfig(**{**shape, "freeze_blocks": 2})
+    with pytest.raises(ValueError, match="needs init_from"):
+        OrganismConfig(freeze_blocks=1)
+    assert "freeze_blocks" not in OrganismConfig().cache_key_dict()
