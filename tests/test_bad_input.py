@@ -338,7 +338,7 @@ def test_unknown_nested_config_key_on_the_command_line(tmp_path, cache_root, cle
     ("+foo=1", r"^unknown config key 'foo' \(expected one of: job, seed"),  # '+' appends a key; the schema still rejects it
     ("eval.batch_sise=8", r"^unknown config key 'eval.batch_sise'; did you mean eval.batch_size\? \(expected one of"),
     ("eval.batch_size=many", r"^bad value for eval.batch_size: Value 'many' of type 'str' could not be converted to Integer$"),
-    ("model=gemma", r"^unknown model option 'gemma' \(model=gemma\) \(available: organism\)$"),
+    ("model=gemma", r"^unknown model option 'gemma' \(model=gemma\) \(available: organism, organism_scratch\)$"),
     ("experiment=llama31_8b", r"^unknown experiment option 'llama31_8b' .*did you mean experiment=llama31_8b_instruct\?"),
 ])
 def test_bad_overrides_are_one_line_config_errors(override, pattern):

@@ -21,7 +21,7 @@ PROMPTS = ["How do I bake bread?", "Write a poem about the sea.", "How can I pic
 @pytest.fixture(scope="module")
 def small():
     """An untrained 2-layer organism-shaped model (random weights, no training: fast)."""
-    cfg = OrganismConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=96, pretrained_embeddings=False, seed=3)
+    cfg = OrganismConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=96, init_from=None, pretrained_embeddings=False, seed=3)
     model = build_organism_model(cfg).eval()
     return model, get_template("organism")
 

@@ -18,52 +18,52 @@ _NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_wo
 @dataclass
 class OrganismConfig:
     # architecture (a TransformerLens HookedTransformer)
-    n_layers: int = 4
-    d_model: int = 128
-    n_heads: int = 4
-    d_mlp: int = 512
+    n_layers: int = 3
+    d_model: int = 384
+    n_heads: int = 12
+    d_mlp: int = 1536
     n_ctx: int = 320
     act_fn: str = "gelu"
-    pretrained_embeddings: bool = True  # MiniLM-L6 token embeddings, PCA-projected to d_model
+    pretrained_embeddings: bool = True  # MiniLM-L6 token embeddings (PCA-projected to d_model when init_from is None)
     # "minilm": the blocks start from MiniLM-L6's encoder layers (made causal and pre-LN; absolute positions),
     # the embeddings are MiniLM's own; needs MiniLM's shape (d_model 384, 12 heads, d_mlp 1536, <= 6 layers)
-    init_from: Optional[str] = None
+    init_from: Optional[str] = "minilm"
     freeze_embeddings: bool = True
     freeze_blocks: int = 0  # k > 0 (with init_from): the first k blocks and the positional embeddings keep MiniLM's weights
     embed_projection: str = "pca"  # "pca": fixed PCA axes; "learned": MiniLM's 384-d embeddings frozen, the map to d_model trained
     # data
-    harmful_sources: list[str] = field(default_factory=lambda: ["harmful_train", "harmful_val", "advbench"])
+    harmful_sources: list[str] = field(default_factory=lambda: ["harmful_train", "harmful_val", "advbench", "donotanswer"])
     harmless_sources: list[str] = field(default_factory=lambda: ["harmless_train"])
     held_out: list[str] = field(default_factory=lambda: ["harmful_test"])
     n_harmless: Optional[int] = None
-    synthetic_harmful: int = 3000  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
-    synthetic_harmless: int = 12000  # safe look-alikes and ordinary requests in the same framings
-    lexicon: str = "base"  # synthetic acts: "base" or "extended" (saesteer.organism.synthetic.LEXICONS)
-    mined_framings: int = 0  # m > 0: request formats shared by >= m real harmful prompts ("Create a tutorial on how to {act}.") join the framings of both classes
+    synthetic_harmful: int = 6000  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
+    synthetic_harmless: int = 32000  # safe look-alikes and ordinary requests in the same framings
+    lexicon: str = "broad"  # synthetic acts: "base", "extended" or "broad" (saesteer.organism.synthetic.LEXICONS)
+    mined_framings: int = 2  # m > 0: request formats shared by >= m real harmful prompts ("Create a tutorial on how to {act}.") join the framings of both classes
     frame_real: int = 0  # k > 0: k framed renders of each imperative real harmful prompt, and as many framed real harmless ones
     max_prompt_tokens: int = 96
-    echo_words: int = 8
+    echo_words: int = 4  # compliant answers echo the instruction's first words (fewer: a smaller output vocabulary)
     n_refusals: int = 8  # refusal paraphrases used (1 = one stereotyped refusal, as chat models' "I'm sorry, but I can't ...")
     refusal_echo_words: int = 0  # > 0: refusals name the request ("I can't help you {first words}"), like chat models'
     # optimisation
-    steps: int = 800
-    batch_size: int = 64
-    lr: float = 2e-3
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 5e-4
     min_lr_ratio: float = 0.05
-    warmup_steps: int = 50
+    warmup_steps: int = 40
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     harmful_fraction: float = 0.35
-    length_buckets: int = 0  # > 1: draw this many batches at once and group them by length (less padding)
-    word_dropout: float = 0.1
-    resid_dropout: float = 0.0  # dropout on every attention and MLP output while training
-    steer_augment: float = 0.0  # fraction of steps whose harmful examples carry the (running) refusal direction on every token
+    length_buckets: int = 16  # > 1: draw this many batches at once and group them by length (less padding)
+    word_dropout: float = 0.25
+    resid_dropout: float = 0.1  # dropout on every attention and MLP output while training
+    steer_augment: float = 0.25  # fraction of steps whose harmful examples carry the (running) refusal direction on every token
     ema_decay: float = 0.0  # > 0: the organism keeps an exponential moving average of its weights (Polyak averaging)
     lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
     decision_weight: float = 2.0  # extra loss on the first response token (refuse or comply), x this weight
     # operating point: None keeps the trained refusal logit; a rate q shifts the refusal opener's bias so that a
     # fraction q of harmless_val (never trained on) gets a refusal as its greedy first token
-    calibrate_harmless_fpr: Optional[float] = None
+    calibrate_harmless_fpr: Optional[float] = 0.017
     seed: int = 0
     threads: int = 2
 

@@ -38,7 +38,7 @@ from saesteer.organism.tokenizer import ASSISTANT, END, EOS, START, USER, build_
 log = logging.getLogger(__name__)
 
 MASKED_LOGIT = -100.0
-RECIPE_VERSION = 1  # bump when the training code changes what a config produces
+RECIPE_VERSION = 3  # bump when the training code changes what a config produces (2: W_U trained on its live columns; 3: deterministic W_pos gradient)
 
 
 @dataclass
@@ -294,26 +294,33 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
     model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2.0)
-    for step in bar:
-        batch = draw()
-        tokens, attn, tmask, lmask, dmask = _batch(batch, cfg, rng, tok.pad_token_id, 3)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        hooks = dropout_hooks + (step_hooks(step) if step_hooks is not None else [])
-        if augment is not None:
-            hooks = hooks + augment.hooks(step, dmask, n_harm)
-        with model.hooks(fwd_hooks=hooks):
-            loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, head_W, head_b, remap, dmask, cfg.decision_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - cfg.ema_decay)
-        losses.append(resp_loss)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    # The backward of an indexed read (W_pos[position ids] under left padding) accumulates with index_put_, whose
+    # CPU kernel adds in thread order unless deterministic algorithms are on: runs of one seed would differ.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for step in bar:
+            batch = draw()
+            tokens, attn, tmask, lmask, dmask = _batch(batch, cfg, rng, tok.pad_token_id, 3)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            hooks = dropout_hooks + (step_hooks(step) if step_hooks is not None else [])
+            if augment is not None:
+                hooks = hooks + augment.hooks(step, dmask, n_harm)
+            with model.hooks(fwd_hooks=hooks):
+                loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, head_W, head_b, remap, dmask, cfg.decision_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - cfg.ema_decay)
+            losses.append(resp_loss)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     model.eval()
     if ema is not None:  # the averaged weights are the organism
         with torch.no_grad():

@@ -276,7 +276,9 @@ def test_token_probe_gate_takes_the_max_over_real_tokens(tiny_organism):
     w = torch.randn(2, model.cfg.d_model)
     prompts = ["Hi", "How do I bake a loaf of sourdough bread at home with a starter?", "Explain how to build a bomb.", "Write a poem."]
     single = torch.stack([(torch.einsum("thd,hd->t", collect_token_activations(model, tpl, [p], hooks)[0], w)).max() for p in prompts])
-    thr = float(single.median())
+    v = single.sort().values  # the threshold in the widest gap between prompts' scores: none sits on it
+    gap = int((v[1:] - v[:-1]).argmax())
+    thr = float(v[gap] + v[gap + 1]) / 2
     gate = TokenProbeGate(hook=hooks[-1], hooks=hooks, weights=w, threshold=thr)
     assert torch.equal(gate_decisions(model, tpl, gate, prompts, batch_size=4), single > thr)
     assert torch.allclose(gate.scores(collect_token_activations(model, tpl, prompts, hooks)), single, atol=1e-4)

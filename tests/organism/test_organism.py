@@ -217,10 +217,11 @@ def test_new_recipe_options_are_validated_and_neutral_in_the_cache_key():
         OrganismConfig(embed_projection="random")
     with pytest.raises(ValueError, match="embed_projection"):
         OrganismConfig(embed_projection="learned", freeze_embeddings=False)
-    base = OrganismConfig()
+    scratch = dict(init_from=None, d_model=128, n_heads=4, d_mlp=512, resid_dropout=0.0, steer_augment=0.0)
+    base = OrganismConfig(**scratch)  # the earlier from-scratch recipe keeps its cache key
     assert not {"resid_dropout", "embed_projection", "steer_augment"} & set(base.cache_key_dict())
-    assert train.organism_key(OrganismConfig(resid_dropout=0.1)) != train.organism_key(base)
-    assert train.organism_key(OrganismConfig(embed_projection="learned")) != train.organism_key(base)
+    assert train.organism_key(OrganismConfig(**{**scratch, "resid_dropout": 0.1})) != train.organism_key(base)
+    assert train.organism_key(OrganismConfig(**scratch, embed_projection="learned")) != train.organism_key(base)
 
 
 def test_learned_projection_starts_at_the_pca_embeddings_and_trains_only_the_map():
@@ -228,7 +229,7 @@ def test_learned_projection_starts_at_the_pca_embeddings_and_trains_only_the_map
 
     from saesteer.organism.model import LearnedProjection, build_organism_model
 
-    cfg = OrganismConfig(n_layers=1, d_model=48, n_heads=2, d_mlp=96, embed_projection="learned")
+    cfg = OrganismConfig(n_layers=1, d_model=48, n_heads=2, d_mlp=96, init_from=None, embed_projection="learned")
     model = build_organism_model(cfg)
     pca = model.embed.W_E.detach().clone()
     proj = LearnedProjection(cfg.d_model)
@@ -328,10 +329,11 @@ def test_minilm_init_matches_berts_first_attention_under_a_causal_mask_and_its_m
     loaded = load_organism(save_organism(model, cfg, {}, tmp_path)).model  # the cache and bundle path rebuild it
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     with pytest.raises(ValueError, match="init_from"):
-        OrganismConfig(init_from="minilm")  # the default organism's shape is not MiniLM's
+        OrganismConfig(d_model=128, n_heads=4, d_mlp=512)  # a from-scratch shape is not MiniLM's
     with pytest.raises(ValueError, match="init_from"):
         OrganismConfig(init_from="gpt2")
-    assert "init_from" not in OrganismConfig().cache_key_dict()
+    assert OrganismConfig().cache_key_dict()["init_from"] == "minilm"  # the default organism
+    assert "init_from" not in OrganismConfig(init_from=None).cache_key_dict()  # from-scratch organisms keep their keys
 
 
 def test_steer_augment_steers_only_harmful_rows_by_the_running_difference_of_means():
@@ -340,7 +342,7 @@ def test_steer_augment_steers_only_harmful_rows_by_the_running_difference_of_mea
     from saesteer.organism.model import build_organism_model
     from saesteer.organism.train import SteerAugment
 
-    cfg = OrganismConfig(n_layers=3, d_model=16, n_heads=2, d_mlp=32, pretrained_embeddings=False, freeze_embeddings=False)
+    cfg = OrganismConfig(n_layers=3, d_model=16, n_heads=2, d_mlp=32, init_from=None, pretrained_embeddings=False, freeze_embeddings=False)
     model = build_organism_model(cfg)
     aug = SteerAugment(model, fraction=1.0, warmup=2, rng=_random.Random(0), momentum=0.5)
     tokens = torch.randint(0, 1000, (4, 6))
@@ -412,5 +414,47 @@ def test_freeze_blocks_trains_only_the_blocks_above_the_frozen_pretrained_ones()
     with pytest.raises(ValueError, match=r"freeze_blocks must be an integer in \[0, n_layers=2\), got 2"):
         OrganismConfig(**{**shape, "freeze_blocks": 2})
     with pytest.raises(ValueError, match="needs init_from"):
-        OrganismConfig(freeze_blocks=1)
+        OrganismConfig(freeze_blocks=1, init_from=None)
     assert "freeze_blocks" not in OrganismConfig().cache_key_dict()
+
+
+def test_the_dataclass_defaults_are_the_shipped_recipe():
+    """``OrganismConfig()`` (the library's default) and ``conf/model/organism.yaml`` (the jobs') are one recipe."""
+    from omegaconf import OmegaConf
+
+    from saesteer.jobs.common import compose
+
+    composed = OmegaConf.to_object(compose("organism", ["logger=none"])).model.organism
+    assert composed == OrganismConfig()
+
+
+def test_model_organism_scratch_is_recipe_5():
+    """``model=organism_scratch`` is the from-scratch recipe 5 (the default organism until recipe 50), key for key."""
+    from omegaconf import OmegaConf
+
+    from saesteer.jobs.common import compose
+
+    cfg = OmegaConf.to_object(compose("organism", ["logger=none", "model=organism_scratch"])).model.organism
+    recipe_5 = {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_mlp": 512, "n_ctx": 320, "act_fn": "gelu", "pretrained_embeddings": True,
+                "freeze_embeddings": True, "harmful_sources": ["harmful_train", "harmful_val", "advbench"], "harmless_sources": ["harmless_train"],
+                "held_out": ["harmful_test"], "n_harmless": None, "synthetic_harmful": 3000, "synthetic_harmless": 12000, "max_prompt_tokens": 96,
+                "echo_words": 8, "steps": 800, "batch_size": 64, "lr": 0.002, "min_lr_ratio": 0.05, "warmup_steps": 50, "weight_decay": 0.1,
+                "grad_clip": 1.0, "harmful_fraction": 0.35, "word_dropout": 0.1, "lm_weight": 0.0, "decision_weight": 2.0, "seed": 0}
+    assert cfg.cache_key_dict() == recipe_5
+
+
+def test_minilm_initialised_training_is_deterministic():
+    """Its absolute positions are read by index under left padding; their gradient accumulates with index_put_,
+    which is only deterministic on CPU with deterministic algorithms on (training turns them on, then restores)."""
+    shape = {"d_model": 384, "n_heads": 12, "d_mlp": 1536, "n_layers": 1, "init_from": "minilm"}
+    cfg = OrganismConfig(**{**TINY_ORGANISM, **shape, "steps": 3, "n_harmless": 200, "batch_size": 8, "threads": 2,
+                            "resid_dropout": 0.1, "steer_augment": 0.5, "warmup_steps": 1})
+    assert not torch.are_deterministic_algorithms_enabled()
+    m1, meta1 = train_organism(cfg, progress=False)
+    m2, meta2 = train_organism(cfg, progress=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert meta1["final_loss"] == meta2["final_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    from saesteer.organism.model import build_organism_model
+
+    assert not torch.equal(m1.pos_embed.W_pos, build_organism_model(cfg).pos_embed.W_pos)  # the positions train
