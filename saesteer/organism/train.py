@@ -321,6 +321,8 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        for p in frozen:  # W_U and b_U are trainable again, whatever happened in the loop
+            p.requires_grad_(True)
     model.eval()
     if ema is not None:  # the averaged weights are the organism
         with torch.no_grad():
@@ -329,8 +331,6 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
     with torch.no_grad():  # tokens outside the output vocabulary are never emitted
         unembed.W_U[:, out_ids] = head_W
         unembed.b_U[out_ids] = head_b
-        for p in frozen:
-            p.requires_grad_(True)
         off = torch.ones(model.cfg.d_vocab, dtype=torch.bool)
         off[out_ids] = False
         model.unembed.W_U[:, off] = 0.0

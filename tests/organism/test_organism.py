@@ -443,9 +443,14 @@ def test_model_organism_scratch_is_recipe_5():
     assert cfg.cache_key_dict() == recipe_5
 
 
-def test_minilm_initialised_training_is_deterministic():
+def test_minilm_initialised_training_is_deterministic(monkeypatch):
     """Its absolute positions are read by index under left padding; their gradient accumulates with index_put_,
     which is only deterministic on CPU with deterministic algorithms on (training turns them on, then restores)."""
+    from saesteer.organism import train as train_module
+
+    modes: list[bool] = []
+    loss = train_module._loss
+    monkeypatch.setattr(train_module, "_loss", lambda *a, **k: (modes.append(torch.are_deterministic_algorithms_enabled()), loss(*a, **k))[1])
     shape = {"d_model": 384, "n_heads": 12, "d_mlp": 1536, "n_layers": 1, "init_from": "minilm"}
     cfg = OrganismConfig(**{**TINY_ORGANISM, **shape, "steps": 3, "n_harmless": 200, "batch_size": 8, "threads": 2,
                             "resid_dropout": 0.1, "steer_augment": 0.5, "warmup_steps": 1})
@@ -453,6 +458,8 @@ def test_minilm_initialised_training_is_deterministic():
     m1, meta1 = train_organism(cfg, progress=False)
     m2, meta2 = train_organism(cfg, progress=False)
     assert not torch.are_deterministic_algorithms_enabled()
+    assert modes == [True] * 6  # every step of both trainings ran in deterministic mode
+    assert m1.unembed.W_U.requires_grad  # the unembedding is a trainable parameter again after training
     assert meta1["final_loss"] == meta2["final_loss"]
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     from saesteer.organism.model import build_organism_model
