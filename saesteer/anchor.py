@@ -2,8 +2,12 @@
 
 - floors: at every anchored hook (from the layer before the refusal direction's to the last),
   a low quantile of the projection on the unit refusal direction over *refused*
-  harmful training prompts: ``quantile`` at the last post-instruction position for prompt
-  tokens, ``generated_quantile`` over the generated tokens of their own greedy refusals for
+  harmful training prompts: ``quantile`` at t_inst and at each post-instruction position for
+  those prompt tokens (``floor_positions="post"``; the instruction's earlier tokens get
+  t_inst's; a direction read at one post-instruction position is not the same coordinate at
+  the next: on recipe 50 the 0.15-quantile at layer 1 is -1.2 at position -2, where the
+  direction was found, and -5.0 at -1, below the harmless mean at -2, so one floor from the
+  last position left affine ablation at ASR 0.81), ``generated_quantile`` over the generated tokens of their own greedy refusals for
   decoding (one floor for both made the anchored text degenerate, "i'i'i'").  Low quantiles
   suffice: an attacked harmful prompt needs only to be lifted back into the refused range, and
   the push a misfiring gate gives a harmless prompt is smaller.  On the organism the prompt
@@ -68,7 +72,10 @@ GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogona
 
 @dataclass
 class AnchorCalibration:
-    quantile: float = 0.15  # prompt-token floor = this quantile of refused harmful prompts' projections (last position)
+    quantile: float = 0.15  # prompt-token floor = this quantile of refused harmful prompts' projections (see floor_positions)
+    # "post": a floor for t_inst and each post-instruction position, from that position's projections (earlier prompt
+    # tokens get t_inst's); "last": one floor for every prompt token, from the last position's (before 2026-11-30)
+    floor_positions: str = "post"
     generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
     layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
@@ -102,6 +109,8 @@ class AnchorCalibration:
             raise ValueError(f"anchor.gate_pooling must be 'concat' or 'mean', got {self.gate_pooling!r}")
         if not self.gate_l2 >= 0:
             raise ValueError(f"anchor.gate_l2 must be >= 0, got {self.gate_l2!r}")
+        if self.floor_positions not in ("post", "last"):
+            raise ValueError(f"anchor.floor_positions must be 'post' or 'last', got {self.floor_positions!r}")
         for name in ("quantile", "generated_quantile"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"anchor.{name} must be in [0, 1], got {getattr(self, name)!r}")
@@ -156,6 +165,7 @@ class AnchorArtifact:
     token_bias: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
     features: Optional[FeatureAnchor] = None  # SAE decoder-direction bounds, or None
+    position_floors: Optional[torch.Tensor] = None  # [n_anchored_hooks, n_post + 1] prompt floors of t_inst..-1, or None (``floors`` everywhere)
 
     @property
     def gate_hooks(self) -> list[str]:
@@ -172,7 +182,8 @@ class AnchorArtifact:
         return AnyGate(hook=self.gate_hooks[-1], gates=[probe, tokens])
 
     def _direction_anchor(self, gate: Optional[Gate]) -> AnchorDirection:
-        return AnchorDirection(self.direction, self.layers, self.floors, gate=gate, final=self.final, generated_floors=self.generated_floors)
+        return AnchorDirection(self.direction, self.layers, self.floors, gate=gate, final=self.final, generated_floors=self.generated_floors,
+                               position_floors=self.position_floors)
 
     def anchor(self, gated: bool = True) -> AnchorDirection:
         """The direction's anchor alone."""
@@ -202,6 +213,8 @@ class AnchorArtifact:
         tensors = {"direction": self.direction, "floors": self.floors, "generated_floors": self.generated_floors, "gate_weights": self.gate_weights}
         if self.token_weights is not None:
             tensors["token_weights"] = self.token_weights
+        if self.position_floors is not None:
+            tensors["position_floors"] = self.position_floors
         if self.features is not None:
             fa = self.features
             meta.update(feature_hook=fa.hook, feature_ids=fa.features, feature_signs=fa.signs, feature_apply_to=fa.apply_to)
@@ -230,7 +243,7 @@ class AnchorArtifact:
                    tensors["generated_floors"], tensors["gate_weights"], [int(l) for l in meta["gate_layers"]],
                    [int(p) for p in meta["gate_positions"]], float(meta["gate_threshold"]), float(meta["gate_bias"]),
                    tensors.get("token_weights"), float(meta.get("token_threshold", 0.0)), float(meta.get("token_bias", 0.0)),
-                   {k: v for k, v in meta.items() if k not in keys}, features)
+                   {k: v for k, v in meta.items() if k not in keys}, features, tensors.get("position_floors"))
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
@@ -414,14 +427,17 @@ def calibrate_anchor(
         raise ValueError(f"anchor.layers / anchor.gate_layers {bad} out of range for a model with {n_layers} layers")
     r = _unit(direction.float())
     hooks = anchor_hooks(model, layers, cfg.final)
-    acts = collect_activations(model, template, list(harmful_refused), hooks, [-1], batch_size=cfg.batch_size, progress=progress, desc="anchor floors")
-    proj = acts[:, :, 0] @ r  # [n, n_hooks]
-    floors = torch.quantile(proj.double(), cfg.quantile, dim=0).float()
+    n_post = n_post_tokens(model, template)
+    floor_pos = list(range(-n_post - 1, 0)) if cfg.floor_positions == "post" else [-1]
+    acts = collect_activations(model, template, list(harmful_refused), hooks, floor_pos, batch_size=cfg.batch_size, progress=progress, desc="anchor floors")
+    position_floors = torch.quantile((acts @ r).double(), cfg.quantile, dim=0).float()  # [n_hooks, n_pos]
+    floors = position_floors[:, 0].clone()  # "post": t_inst's floor for the instruction's earlier tokens
+    if cfg.floor_positions == "last":
+        position_floors = None
     gen = generated_projections(model, template, list(harmful_refused), hooks, r, cfg.max_new_tokens, cfg.batch_size)
     generated_floors = torch.quantile(gen.double(), cfg.generated_quantile, dim=0).float()
 
     # the gate: harmfulness with r projected out, at the gate layers and positions
-    n_post = n_post_tokens(model, template)
     positions = list(cfg.gate_positions) if cfg.gate_positions is not None else list(range(-n_post - 1, 0))
     gh = [f"blocks.{l}.hook_resid_pre" for l in gate_layers]
     half = len(harmless_train) // 2
@@ -493,7 +509,7 @@ def calibrate_anchor(
     del t_h, t_s
     tpr_val, fpr_val = float(fire_h.float().mean()), float(fire_s.float().mean())
     meta = {
-        "quantile": cfg.quantile, "generated_quantile": cfg.generated_quantile, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal, "gate_pooling": cfg.gate_pooling,
+        "quantile": cfg.quantile, "generated_quantile": cfg.generated_quantile, "floor_positions": cfg.floor_positions, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal, "gate_pooling": cfg.gate_pooling,
         "gate_auroc_val": auroc(h_val, s_val), "gate_tpr_val": tpr_val, "gate_fpr_val": fpr_val,
         "gate_fpr_calibration": float(fire_thr.float().mean()), "gate_tokens": cfg.gate_tokens, "token_gate_auroc_val": tok_auroc, "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
         "n_floor_prompts": len(harmful_refused), "n_gate_fit": [len(fit_harmful), len(fit_harmless)],
@@ -502,4 +518,4 @@ def calibrate_anchor(
     log.info("anchor: layers %s floors %s; gate layers %s positions %s (val AUROC %.3f, TPR %.3f, FPR %.3f)", layers,
              [round(f, 3) for f in floors.tolist()], gate_layers, positions, meta["gate_auroc_val"], tpr_val, fpr_val)
     return AnchorArtifact(direction.float(), layer, layers, cfg.final, floors, generated_floors, weights, gate_layers, positions, threshold, 0.0,
-                          tok_w, tok_thr, tok_b, meta)
+                          tok_w, tok_thr, tok_b, meta, position_floors=position_floors)

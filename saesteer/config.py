@@ -266,6 +266,7 @@ class AnchorSettings:
 
     quantile: float = 0.15  # prompt-token floor = this quantile of refused harmful training prompts' projections
     generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
+    floor_positions: str = "post"  # post: a prompt floor per position (t_inst, each post-instruction token); last: one, from the last position
     layers: Optional[list[int]] = None  # anchored layers; null = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layers: Optional[list[int]] = None  # null = the layer before the direction's, its own and the one after

@@ -24,12 +24,41 @@ def calibrated(tiny_organism):
     return model, tpl, art, r, harmful, harmless
 
 
-def test_floors_are_the_quantile_of_harmful_projections(calibrated):
+def _position_projections(model, tpl, prompts, r, hooks, n_last):
+    """Brute force: one unpadded prompt at a time, projections on unit r at its last ``n_last`` positions: [n, n_hooks, n_last]."""
+    from saesteer.chat import encode_chat
+
+    u = (r / r.norm()).double()
+    out = []
+    for p in prompts:
+        _, cache = model.run_with_cache(encode_chat(model.tokenizer, tpl, [p]).tokens)
+        out.append(torch.stack([cache[h][0, -n_last:].double() @ u for h in hooks]))
+    return torch.stack(out)
+
+
+def test_floors_are_the_quantile_of_harmful_projections_per_position(calibrated):
+    """floor_positions="post" (default): a floor per position from t_inst to the last token; earlier tokens get t_inst's."""
     model, tpl, art, r, harmful, _ = calibrated
-    acts = collect_activations(model, tpl, harmful, ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"], [-1])[:, :, 0]
-    proj = acts.double() @ (r / r.norm()).double()
-    expect = torch.quantile(proj, 0.3, dim=0)
-    assert torch.allclose(art.floors.double(), expect, atol=1e-4), (art.floors, expect)
+    proj = _position_projections(model, tpl, harmful, r, ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"], len(art.gate_positions))
+    expect = torch.quantile(proj, 0.3, dim=0)  # [2 hooks, t_inst .. -1]
+    assert art.position_floors.shape == (2, 4)
+    assert torch.allclose(art.position_floors.double(), expect, atol=1e-4), (art.position_floors, expect)
+    assert torch.equal(art.floors, art.position_floors[:, 0])
+    assert art.anchor(gated=False).position_floors is not None
+
+
+def test_last_position_floors(tiny_organism):
+    """floor_positions="last": one floor per hook, the quantile at the last prompt position (the pre-2026-11-30 rule)."""
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:30])
+    torch.manual_seed(4)
+    r = torch.randn(model.cfg.d_model)
+    cfg = AnchorCalibration(quantile=0.4, layers=[0, 1], final=False, floor_positions="last", gate_tokens=False, gate_synthetic=0)
+    art = calibrate_anchor(model, tpl, r, 1, harmful, harmful[:10], list(load_prompts("harmless_train").instructions[:40]),
+                           list(load_prompts("harmless_val").instructions[:10]), cfg)
+    proj = _position_projections(model, tpl, harmful, r, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], 1)[:, :, 0]
+    assert art.position_floors is None
+    assert torch.allclose(art.floors.double(), torch.quantile(proj, 0.4, dim=0), atol=1e-4), art.floors
 
 
 def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrated):
@@ -114,6 +143,7 @@ def test_artifact_round_trip(calibrated, tmp_path):
     art.save(tmp_path / "anchor.safetensors")
     back = AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=art.direction.shape[0])
     assert torch.equal(back.floors, art.floors) and torch.equal(back.gate_weights, art.gate_weights)
+    assert torch.equal(back.position_floors, art.position_floors)
     assert torch.equal(back.token_weights, art.token_weights) and (back.token_threshold, back.token_bias) == (art.token_threshold, art.token_bias)
     assert (back.layers, back.gate_layers, back.gate_threshold, back.gate_bias) == (art.layers, art.gate_layers, art.gate_threshold, art.gate_bias)
     with pytest.raises(ValueError, match="has d_model=48, the model has 64"):

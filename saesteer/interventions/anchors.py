@@ -66,6 +66,9 @@ class AnchorDirection(Intervention):
     final: bool = True
     apply_to: str = "both"  # prompt tokens, generated tokens or both
     generated_floors: Optional[torch.Tensor | Sequence[float]] = None  # floors while decoding (default: ``floors``)
+    # [n_anchored_hooks, k]: prompt-token floors of the last k positions (t_inst and the post-instruction tokens, which the
+    # left-padded prompt puts last); earlier prompt tokens get ``floors``.  None: ``floors`` at every prompt position
+    position_floors: Optional[torch.Tensor] = None
     order: int = field(default=ANCHOR_ORDER, init=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +85,11 @@ class AnchorDirection(Intervention):
             self.generated_floors = torch.as_tensor(self.generated_floors, dtype=torch.float32).flatten()
             if self.generated_floors.shape != self.floors.shape or not torch.isfinite(self.generated_floors).all():
                 raise ValueError(f"AnchorDirection.generated_floors must be {self.floors.numel()} finite values, got {self.generated_floors.tolist()}")
+        if self.position_floors is not None:
+            self.position_floors = torch.as_tensor(self.position_floors, dtype=torch.float32)
+            pf = self.position_floors
+            if pf.ndim != 2 or pf.shape[0] != n or pf.shape[1] == 0 or not torch.isfinite(pf).all():
+                raise ValueError(f"AnchorDirection.position_floors must be finite, shape [{n} anchored hooks, k >= 1], got shape {tuple(pf.shape)}")
         if self.apply_to not in ("prompt", "generated", "both"):
             raise ValueError(f"AnchorDirection.apply_to must be prompt, generated or both, got {self.apply_to!r}")
 
@@ -108,12 +116,24 @@ class AnchorDirection(Intervention):
         if gate is not None:
             out.extend(gate.read_hooks())
         gen = self.floors if self.generated_floors is None else self.generated_floors
-        for name, floor, gen_floor in zip(self.hook_names(model), self.floors.tolist(), gen.tolist()):
-            out.append((name, _floor_fn(r, floor, gate, self.apply_to, gen_floor)))
+        pos = [None] * len(self.floors) if self.position_floors is None else list(self.position_floors)
+        for name, floor, gen_floor, pos_floor in zip(self.hook_names(model), self.floors.tolist(), gen.tolist(), pos):
+            out.append((name, _floor_fn(r, floor, gate, self.apply_to, gen_floor, pos_floor)))
         return out
 
 
-def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate], apply_to: str = "both", generated_floor: Optional[float] = None) -> HookFn:
+def _prompt_floors(floor: float, position_floors: Optional[torch.Tensor], seq: int, x: torch.Tensor) -> torch.Tensor | float:
+    """The floor of each prompt position: ``floor``, with ``position_floors`` on the last positions."""
+    if position_floors is None:
+        return floor
+    k = min(seq, position_floors.numel())
+    out = torch.full((seq,), floor, device=x.device, dtype=x.dtype)
+    out[seq - k:] = position_floors[position_floors.numel() - k:].to(device=x.device, dtype=x.dtype)
+    return out
+
+
+def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate], apply_to: str = "both", generated_floor: Optional[float] = None,
+              position_floors: Optional[torch.Tensor] = None) -> HookFn:
     generated_floor = floor if generated_floor is None else generated_floor
 
     def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
@@ -122,7 +142,7 @@ def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate], apply_to: str
         phase = token_phase()
         if apply_to != "both" and phase != apply_to:
             return x
-        floor_now = generated_floor if phase == "generated" else floor
+        floor_now = generated_floor if phase == "generated" else _prompt_floors(floor, position_floors, x.shape[1], x)
         u = r.to(device=x.device, dtype=x.dtype)
         lift = (floor_now - x @ u).clamp_min(0.0)  # [batch, pos]
         if gate is not None:

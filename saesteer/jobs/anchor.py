@@ -227,6 +227,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
 
     metrics: dict[str, Any] = {
         "anchor_layers": art.layers, "anchor_floors": art.floors.tolist(), "anchor_generated_floors": art.generated_floors.tolist(),
+        "anchor_position_floors": art.position_floors.tolist() if art.position_floors is not None else None,
         "gate_layers": art.gate_layers, "gate_robust": art.metadata["gate_robust"], "gate_n_fit": art.metadata["n_gate_fit"],
         "gate_threshold": art.gate_threshold, "gate_auroc_val": art.metadata["gate_auroc_val"], "gate_tpr_val": art.metadata["gate_tpr_val"],
         "gate_fpr_val": art.metadata["gate_fpr_val"], "gate_fpr_calibration": art.metadata["gate_fpr_calibration"],
@@ -263,8 +264,9 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     write_text(run_dir / "report.md", "\n".join([
         "# Anchoring the refusal activation", "",
         f"Anchor: floors at `blocks.{{{', '.join(map(str, art.layers))}}}.hook_resid_pre`" + (" and the last resid_post" if art.final else "")
-        + f", the {a.quantile:g}-quantile of {len(refused)} refused harmful_train prompts' projections on r (last prompt token; "
-        f"the {a.generated_quantile:g}-quantile over their own refusals' tokens while decoding); gate: harmfulness direction"
+        + f", the {a.quantile:g}-quantile of {len(refused)} refused harmful_train prompts' projections on r ("
+        + ("one floor per position from t_inst to the last prompt token, t_inst's for earlier tokens; " if art.position_floors is not None else "last prompt token; ")
+        + f"the {a.generated_quantile:g}-quantile over their own refusals' tokens while decoding); gate: harmfulness direction"
         + (" orthogonal to r" if a.gate_orthogonal else "") + f": a logistic probe ({a.gate_pooling}) at `blocks.{{{', '.join(map(str, art.gate_layers))}}}.hook_resid_pre`, "
         f"positions {art.gate_positions}" + (", OR a per-token probe at the same hooks, max over the prompt's tokens" if art.token_weights is not None else "")
         + f", fitted on {art.metadata['n_gate_fit'][0]} harmful vs {art.metadata['n_gate_fit'][1]} harmless prompts"

@@ -52,6 +52,37 @@ def test_anchor_hook_matches_float64_definition():
     assert torch.allclose(proj, torch.maximum(xd @ u, torch.tensor(0.7, dtype=torch.float64)), atol=1e-5)
 
 
+@pytest.mark.parametrize("seq", [7, 3])  # longer than the position floors, and shorter (the floors' tail is used)
+def test_position_floors_match_float64_definition(seq):
+    """The last k prompt positions get their own floor (left padding puts t_inst and the post-instruction tokens last),
+    earlier ones ``floors``; generated tokens ``generated_floors``."""
+    from saesteer.generation import phase
+
+    torch.manual_seed(2)
+    r = torch.randn(29)
+    pf = torch.tensor([[0.3, -0.2, 1.1, 0.6], [2.0, 1.5, -1.0, 0.4]])
+    a = AnchorDirection(r, layers=[0], floors=[-0.5, 0.1], final=True, generated_floors=[0.9, -0.3], position_floors=pf)
+    fns = [fn for _, fn in a.hooks(_FakeModel(29, 1))]
+    u = _unit(r.double())
+    x = torch.randn(3, seq, 29) * 2
+    xd = x.double()
+    for i, fn in enumerate(fns):
+        floor = torch.full((seq,), float(a.floors[i]), dtype=torch.float64)
+        k = min(seq, 4)
+        floor[seq - k:] = pf[i, 4 - k:].double()
+        ref = xd + (floor - xd @ u).clamp_min(0)[..., None] * u
+        err = (fn(x.clone()).double() - ref).abs()
+        assert err.max() < 1e-5, f"hook {i}: max {err.max():.2e} mean {err.mean():.2e}"
+        with phase("generated"):
+            gen_ref = xd + (float(a.generated_floors[i]) - xd @ u).clamp_min(0)[..., None] * u
+            assert (fn(x.clone()).double() - gen_ref).abs().max() < 1e-5
+
+
+def test_position_floors_shape_is_checked():
+    with pytest.raises(ValueError, match=r"position_floors must be finite, shape \[2 anchored hooks, k >= 1\], got shape \(3, 4\)"):
+        AnchorDirection(torch.ones(8), layers=[0], floors=[0.0, 0.0], final=True, position_floors=torch.zeros(3, 4))
+
+
 class _FakeModel:
     def __init__(self, d_model, n_layers):
         self.cfg = type("C", (), {"d_model": d_model, "n_layers": n_layers})()
