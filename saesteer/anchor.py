@@ -7,14 +7,16 @@
   t_inst's; a direction read at one post-instruction position is not the same coordinate at
   the next: on recipe 50 the 0.15-quantile at layer 1 is -1.2 at position -2, where the
   direction was found, and -5.0 at -1, below the harmless mean at -2, so one floor from the
-  last position left affine ablation at ASR 0.81), ``generated_quantile`` over the generated tokens of their own greedy refusals for
-  decoding (one floor for both made the anchored text degenerate, "i'i'i'").  Low quantiles
+  last position left affine ablation at ASR 0.81), ``generated_quantile`` over the generated
+  tokens of their own greedy refusals for decoding (one floor for both made the anchored text degenerate, "i'i'i'").  Low quantiles
   suffice: an attacked harmful prompt needs only to be lifted back into the refused range, and
-  the push a misfiring gate gives a harmless prompt is smaller.  On the organism the prompt
-  floor trades KL on harmless_test against the adversarial suffix: 0.055 / 0.089 (ASR) at the
-  0.25-quantile, 0.044 / 0.069 at 0.15 (the default), 0.036 / 0.167 at 0.1.  A generated-token
-  floor at the 0.25-quantile lifted tokens a refusal itself holds low on r ("to" in "not able
-  to") and garbled 7 refusals under the SAE feature bypass; at 0.1 none;
+  the push a misfiring gate gives a harmless prompt is smaller.  On recipe 50 (per-position
+  floors) the prompt floor trades ASR under affine ablation against KL on harmless_test:
+  0.178 / 0.005 at the 0.15-quantile, 0.096 / 0.028 at 0.25, 0.082 / 0.054 at 0.35 (first
+  token, 300 prompts; 0.3 is the default); on recipe 5 (one floor from the last position)
+  the suffix's ASR / KL were 0.089 / 0.055 at 0.25, 0.069 / 0.044 at 0.15 and 0.167 / 0.036
+  at 0.1.  A generated-token floor at the 0.25-quantile lifted tokens a refusal itself holds
+  low on r ("to" in "not able to") and garbled 7 refusals under the SAE feature bypass; at 0.1 none;
 - gate: a harm detector read from the prompt (Zhao et al. 2025: harmfulness is
   encoded apart from refusal): an L2-regularized logistic probe on the residual at
   t_inst and the post-instruction tokens of the layer before the direction's and of
@@ -72,7 +74,7 @@ GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogona
 
 @dataclass
 class AnchorCalibration:
-    quantile: float = 0.15  # prompt-token floor = this quantile of refused harmful prompts' projections (see floor_positions)
+    quantile: float = 0.3  # prompt-token floor = this quantile of refused harmful prompts' projections (see floor_positions)
     # "post": a floor for t_inst and each post-instruction position, from that position's projections (earlier prompt
     # tokens get t_inst's); "last": one floor for every prompt token, from the last position's (before 2026-11-30)
     floor_positions: str = "post"

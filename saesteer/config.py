@@ -264,7 +264,7 @@ def default_pipeline_stages(model_name: str) -> list[str]:
 class AnchorSettings:
     """``saesteer anchor``: calibrate the anchor on train/val prompts, then run the attack suite."""
 
-    quantile: float = 0.15  # prompt-token floor = this quantile of refused harmful training prompts' projections
+    quantile: float = 0.3  # prompt-token floor = this quantile of refused harmful training prompts' projections (per position)
     generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
     floor_positions: str = "post"  # post: a prompt floor per position (t_inst, each post-instruction token); last: one, from the last position
     layers: Optional[list[int]] = None  # anchored layers; null = from the layer before the direction's to the last
