@@ -2,8 +2,8 @@
 # Set up (or reuse) the virtualenv, install saesteer, run the main job on the organism:
 # organism -> directions -> SAE -> feature search -> anchoring vs attacks -> backups -> emergent misalignment,
 # one report.md (its path is the last line). Stages whose inputs are unchanged are reused from the cache.
-# The quick budget (conf/budget/quick.yaml: fewer held-out prompts, smaller searches) took 8-8.5 minutes on 2 cores
-# from nothing cached with the previous organism (recipe 5; not re-timed on recipe 50); budget=full gives the README's figures (about 46 minutes).
+# The quick budget (conf/budget/quick.yaml: fewer held-out prompts, smaller searches) took 10.7 minutes on 2 cores
+# with nothing cached but the bundled organism (recipe 50); budget=full gives the README's figures (about 46 minutes).
 # Usage: scripts/run.sh [hydra overrides], e.g. scripts/run.sh budget=full logger.mode=online
 source "$(dirname "$0")/_env.sh"
 run_dir="${SAESTEER_RUN_DIR:-runs/pipeline/$(date +%Y-%m-%d_%H-%M-%S)}"
