@@ -108,6 +108,13 @@ def test_anchor_job_reports_every_attack_undefended_and_anchored(directions_run,
     assert "Feature bounds at `blocks." in (tmp_path / "report.md").read_text()
     assert (tmp_path / "anchor.safetensors").is_file() and (tmp_path / "asr_vs_overrefusal.png").is_file()
     assert "| gcg_suffix |" in (tmp_path / "report.md").read_text()
+    from saesteer.anchor import AnchorArtifact
+
+    art = AnchorArtifact.load(tmp_path / "anchor.safetensors")  # per-position floors (the default) reach the artifact and metrics
+    pf = torch.tensor(metrics["anchor_position_floors"])
+    assert pf.shape == (len(metrics["anchor_floors"]), len(art.gate_positions)) and torch.equal(pf, art.position_floors)
+    assert torch.equal(pf[:, 0], torch.tensor(metrics["anchor_floors"]))  # earlier prompt tokens take t_inst's floor
+    assert "one floor per position from t_inst" in (tmp_path / "report.md").read_text()
 
 
 SMALL_BACKUPS = ["backups.k_max=2", "backups.cut_layer=1", "backups.upstream_layer=0", "backups.n_monitor=6", "backups.n_monitor_prompts=12"]
