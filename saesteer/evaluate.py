@@ -111,16 +111,39 @@ def completion_nll(
     completions: Sequence[str],
     batch_size: int = 32,
 ) -> tuple[float, int]:
-    """Summed negative log-likelihood of ``completions`` and their token count."""
+    """Summed negative log-likelihood of ``completions`` and their token count.
+
+    Read as ``generate`` reads them: the prompt in one pass (the "prompt" phase), then the completion's tokens
+    through the key-value cache in the "generated" phase, so that interventions that treat prompt and generated
+    tokens differently (anchors' decoding floors, per-position prompt floors, edits with ``apply_to``) score the
+    completion as they would have acted while producing it."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    from saesteer.generation import phase
+
+    tok = model.tokenizer
+    device = model.cfg.device
     total, count = 0.0, 0
     for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-        batch = prompt_completion_batch(model.tokenizer, template, [instructions[i] for i in idx], [completions[i] for i in idx])
-        if batch is None:
+        comp = [tok(completions[i], add_special_tokens=False)["input_ids"] for i in idx]
+        L = max((len(c) for c in comp), default=0)
+        if L == 0:
             continue
-        tokens, mask, target = batch
-        logits = model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device)).float().cpu()
-        lp = F.log_softmax(logits[:, :-1], -1).gather(-1, tokens[:, 1:, None])[..., 0]
-        m = target[:, 1:]
+        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id)
+        B = len(idx)
+        ctoks = torch.full((B, L), tok.pad_token_id, dtype=torch.long)
+        cmask = torch.zeros((B, L), dtype=torch.long)
+        for b, c in enumerate(comp):
+            ctoks[b, : len(c)] = torch.tensor(c, dtype=torch.long)
+            cmask[b, : len(c)] = 1
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, B)
+        first = final_logits(model, enc.tokens.to(device), enc.attention_mask.to(device), cache).float().cpu()  # predicts token 0
+        logits = [first[:, None]]
+        if L > 1:
+            with phase("generated"):
+                logits.append(model(ctoks[:, :-1].to(device), attention_mask=cmask[:, :-1].to(device), past_kv_cache=cache).float().cpu())
+        lp = F.log_softmax(torch.cat(logits, 1), -1).gather(-1, ctoks[..., None])[..., 0]  # [B, L]
+        m = cmask.bool()
         total += float(-lp[m].sum())
         count += int(m.sum())
     return total, count
