@@ -83,24 +83,29 @@ def completion_cross_entropy(
     return total / max(count, 1)
 
 
-def prompt_completion_batch(tokenizer, template: ChatTemplate, instructions: Sequence[str], completions: Sequence[str]):
-    """Left-padded prompts followed by right-padded completions: (tokens, attention_mask, completion_mask), or None if all are empty."""
-    enc = encode_chat(tokenizer, template, list(instructions), pad_token_id=tokenizer.pad_token_id)
+def completion_tokens(tokenizer, completions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Right-padded completion tokens and their mask, ``[B, L]`` each, or None if every completion is empty."""
     comp = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     L = max((len(c) for c in comp), default=0)
     if L == 0:
         return None
-    B, T = enc.tokens.shape
-    tokens = torch.full((B, T + L), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((B, T + L), dtype=torch.long)
-    target = torch.zeros((B, T + L), dtype=torch.bool)
-    tokens[:, :T] = enc.tokens
-    mask[:, :T] = enc.attention_mask
+    tokens = torch.full((len(comp), L), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(comp), L), dtype=torch.long)
     for b, c in enumerate(comp):
-        tokens[b, T : T + len(c)] = torch.tensor(c, dtype=torch.long)
-        mask[b, T : T + len(c)] = 1
-        target[b, T : T + len(c)] = True
-    return tokens, mask, target
+        tokens[b, : len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[b, : len(c)] = 1
+    return tokens, mask
+
+
+def prompt_completion_batch(tokenizer, template: ChatTemplate, instructions: Sequence[str], completions: Sequence[str]):
+    """Left-padded prompts followed by right-padded completions: (tokens, attention_mask, completion_mask), or None if all are empty."""
+    comp = completion_tokens(tokenizer, completions)
+    if comp is None:
+        return None
+    enc = encode_chat(tokenizer, template, list(instructions), pad_token_id=tokenizer.pad_token_id)
+    ctoks, cmask = comp
+    target = torch.cat([torch.zeros_like(enc.attention_mask, dtype=torch.bool), cmask.bool()], 1)
+    return torch.cat([enc.tokens, ctoks], 1), torch.cat([enc.attention_mask.long(), cmask], 1), target
 
 
 @torch.no_grad()
@@ -125,21 +130,15 @@ def completion_nll(
     device = model.cfg.device
     total, count = 0.0, 0
     for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-        comp = [tok(completions[i], add_special_tokens=False)["input_ids"] for i in idx]
-        L = max((len(c) for c in comp), default=0)
-        if L == 0:
+        comp = completion_tokens(tok, [completions[i] for i in idx])
+        if comp is None:
             continue
+        ctoks, cmask = comp
         enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id)
-        B = len(idx)
-        ctoks = torch.full((B, L), tok.pad_token_id, dtype=torch.long)
-        cmask = torch.zeros((B, L), dtype=torch.long)
-        for b, c in enumerate(comp):
-            ctoks[b, : len(c)] = torch.tensor(c, dtype=torch.long)
-            cmask[b, : len(c)] = 1
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, B)
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(idx))
         first = final_logits(model, enc.tokens.to(device), enc.attention_mask.to(device), cache).float().cpu()  # predicts token 0
         logits = [first[:, None]]
-        if L > 1:
+        if ctoks.shape[1] > 1:
             with phase("generated"):
                 logits.append(model(ctoks[:, :-1].to(device), attention_mask=cmask[:, :-1].to(device), past_kv_cache=cache).float().cpu())
         lp = F.log_softmax(torch.cat(logits, 1), -1).gather(-1, ctoks[..., None])[..., 0]  # [B, L]
