@@ -8,6 +8,7 @@ refusal (the greedy first token is a refusal opener), which agrees with the
 judge on greedy completions for this organism and costs one forward pass;
 ``saesteer organism`` gives the judged figures for the recipe that is kept.
 
+harmless_test is the job's seeded sample of 1,000 (``harmless_test_full``: all 6,266).
 ``--bias``: the same first-token refusal with a bias added to the refusal token's logit (the
 organism's ROC curve: harmful_test / harmless_test / over-refusal per bias).  ``--addition``: the
 layer-2 difference in means at the last post-instruction token (harmful_train vs the first 1000
@@ -26,6 +27,7 @@ import torch
 import yaml
 
 from saesteer.chat import get_template
+from saesteer.config import DataConfig
 from saesteer.data import load_prompts
 from saesteer.directions import first_token_refusal_margin as refusal_margin
 from saesteer.organism.config import OrganismConfig
@@ -73,9 +75,14 @@ def main() -> None:
     margins: dict[str, torch.Tensor] = {}
     for s in SETS:
         ps = load_prompts(s)
+        if s == "harmless_test":  # the full set too, then the job's seeded sample of 1,000 (`saesteer organism`'s)
+            full = refusal_margin(model, template, list(ps.instructions))
+            row["harmless_test_full"] = round(float((full > 0).float().mean()), 4)
+            if args.bias:
+                row["bias_sweep_harmless_full"] = {b: round(float((full + float(b) > 0).float().mean()), 4) for b in args.bias.split(",")}
+            data = DataConfig()
+            ps = ps.take(data.n_test_harmless, seed=data.seed)
         instr = list(ps.instructions)
-        if s == "harmless_test":
-            instr = instr[:1000]
         margins[s] = refusal_margin(model, template, instr)
         r = margins[s] > 0
         row[s] = round(float(r.float().mean()), 3)

@@ -12,7 +12,8 @@ _NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_wo
                              "embed_projection": "pca", "resid_dropout": 0.0, "steer_augment": 0.0,
                              "calibrate_harmless_fpr": None, "ema_decay": 0.0,
                              "frame_real": 0, "mined_framings": 0, "init_from": None,
-                             "freeze_blocks": 0}
+                             "freeze_blocks": 0, "synthetic_questions": 0,
+                             "decision_focal": 0.0}
 
 
 @dataclass
@@ -38,6 +39,7 @@ class OrganismConfig:
     n_harmless: Optional[int] = None
     synthetic_harmful: int = 6000  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
     synthetic_harmless: int = 32000  # safe look-alikes and ordinary requests in the same framings
+    synthetic_questions: int = 0  # safe knowledge questions with alarming words ("What does 'kill time' mean?")
     lexicon: str = "broad"  # synthetic acts: "base", "extended" or "broad" (saesteer.organism.synthetic.LEXICONS)
     mined_framings: int = 2  # m > 0: request formats shared by >= m real harmful prompts ("Create a tutorial on how to {act}.") join the framings of both classes
     frame_real: int = 0  # k > 0: k framed renders of each imperative real harmful prompt, and as many framed real harmless ones
@@ -61,6 +63,7 @@ class OrganismConfig:
     ema_decay: float = 0.0  # > 0: the organism keeps an exponential moving average of its weights (Polyak averaging)
     lm_weight: float = 0.0  # next-token loss on instruction tokens (a language-model stage)
     decision_weight: float = 2.0  # extra loss on the first response token (refuse or comply), x this weight
+    decision_focal: float = 0.0  # gamma > 0: that extra loss is focal, (1 - p)^gamma x cross-entropy (hard prompts weigh more)
     # operating point: None keeps the trained refusal logit; a rate q shifts the refusal opener's bias so that a
     # fraction q of harmless_val (never trained on) gets a refusal as its greedy first token
     calibrate_harmless_fpr: Optional[float] = 0.017
@@ -79,9 +82,11 @@ class OrganismConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"organism.{name} must be in [0, 1], got {value!r}")
+        if not isinstance(self.decision_focal, (int, float)) or isinstance(self.decision_focal, bool) or not 0.0 <= self.decision_focal <= 5.0:
+            raise ValueError(f"organism.decision_focal must be a focal gamma in [0, 5] (0: off), got {self.decision_focal!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"organism.ema_decay must be in [0, 1) (0: off), got {self.ema_decay!r}")
-        for name in ("synthetic_harmful", "synthetic_harmless", "refusal_echo_words", "length_buckets", "frame_real", "mined_framings"):
+        for name in ("synthetic_harmful", "synthetic_harmless", "synthetic_questions", "refusal_echo_words", "length_buckets", "frame_real", "mined_framings"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"organism.{name} must be a non-negative integer, got {value!r}")

@@ -95,6 +95,7 @@ def build_corpus(
     lexicon: str = "base",
     frame_real: int = 0,
     mined_framings: int = 0,
+    synthetic_questions: int = 0,
 ) -> Corpus:
     """Collect training prompts, removing anything equal or near-equal to a held-out prompt.
 
@@ -104,7 +105,8 @@ def build_corpus(
     and as many framed real harmless ones (a seeded sample), so the framings stay
     shared by both classes.  ``mined_framings=m`` adds the request formats that at least
     ``m`` real harmful prompts share (:func:`~saesteer.organism.synthetic.mined_templates`)
-    to the framings of both classes' synthetic prompts.
+    to the framings of both classes' synthetic prompts.  ``synthetic_questions`` adds that many safe
+    knowledge questions with alarming words (:func:`~saesteer.organism.synthetic.question_prompts`).
     """
     held: list[str] = []
     for name in held_out:
@@ -144,7 +146,7 @@ def build_corpus(
         harmless = harmless[:n_harmless]
     n_real_harmless = len(harmless)
     evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions) \
-        if synthetic_harmless or frame_real else []  # safe prompts added here are kept away from these
+        if synthetic_harmless or frame_real or synthetic_questions else []  # safe prompts added here are kept away from these
     if synthetic_harmless:
         from saesteer.organism.synthetic import synthetic_prompts
 
@@ -152,6 +154,13 @@ def build_corpus(
         extra = drop_near_duplicates(extra, evaluation, dedup_threshold)
         log.info("synthetic harmless prompts: %d (dropped %d near evaluation prompts)", len(extra), synthetic_harmless - len(extra))
         harmless = list(dict.fromkeys(harmless + extra))
+    if synthetic_questions:
+        from saesteer.organism.synthetic import question_prompts
+
+        questions = drop_near_duplicates(question_prompts(synthetic_questions, seed=seed), evaluation, dedup_threshold)
+        log.info("synthetic knowledge questions: %d (dropped %d near evaluation prompts)", len(questions),
+                 synthetic_questions - len(questions))
+        harmless = list(dict.fromkeys(harmless + questions))
     if frame_real and framed_harmful:
         from saesteer.organism.synthetic import as_act, framed_prompts
 

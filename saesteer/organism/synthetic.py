@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 __all__ = ["KINDS", "LEXICONS", "Framings", "as_act", "framed_prompts", "lexicon_texts", "load_framings", "load_lexicon",
-           "max_prompts", "mined_templates", "synthetic_prompts", "with_templates"]
+           "load_questions", "max_prompts", "mined_templates", "question_prompts", "questions_text", "synthetic_prompts",
+           "with_templates"]
 
 #: Lexicons (``base``: the organism's default; ``extended``: a superset with 390 more harmful acts and 613 more
 #: safe look-alikes in 5 more categories) -> kind -> file under ``saesteer/resources/prompts/synthetic``.
@@ -48,6 +49,7 @@ LEXICONS: dict[str, dict[str, str]] = {
 }
 KINDS: dict[str, str] = LEXICONS["base"]
 FRAMINGS_FILE = "framings.json"
+QUESTIONS_FILE = "questions.json"
 PLACEHOLDERS = ("act", "persona", "context")
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -363,3 +365,74 @@ def framed_prompts(instructions: list[str], copies: int, rng: random.Random) -> 
             t = rng.randrange(len(f.templates))
             out.append(_render(f, act, t, rng.randrange(len(f.personas)), rng.randrange(len(f.contexts))))
     return list(dict.fromkeys(out))
+
+
+@functools.lru_cache(maxsize=None)
+def load_questions() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The bundled knowledge questions (``questions.json``): group -> (templates, fills), validated.
+
+    A group ("term", "idiom", "event", ...) pairs templates holding ``{x}`` exactly once ("What does the
+    expression '{x}' mean?") with fills ("kill time").  Keys starting with ``_`` are comments.
+    """
+    data = json.loads(_resource_text(QUESTIONS_FILE))
+    if not isinstance(data, dict):
+        raise ValueError(f"{QUESTIONS_FILE}: expected an object of group -> {{templates, fills}}")
+    out: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    for group, spec in data.items():
+        if group.startswith("_"):
+            continue
+        if not isinstance(spec, dict) or set(spec) != {"templates", "fills"}:
+            raise ValueError(f"{QUESTIONS_FILE}[{group!r}]: expected exactly the keys templates and fills, got {spec!r:.80}")
+        templates = _string_list(spec["templates"], f"{QUESTIONS_FILE}[{group!r}][templates]")
+        fills = _string_list(spec["fills"], f"{QUESTIONS_FILE}[{group!r}][fills]")
+        for t in templates:
+            if _PLACEHOLDER.findall(t) != ["x"]:
+                raise ValueError(f"{QUESTIONS_FILE}[{group!r}]: template {t!r} must hold {{x}} once and no other placeholder")
+        bad = [f for f in fills if "{" in f or "}" in f]
+        if bad:
+            raise ValueError(f"{QUESTIONS_FILE}[{group!r}]: fills must not contain braces, got {bad[:3]}")
+        out[group] = (templates, fills)
+    if not out:
+        raise ValueError(f"{QUESTIONS_FILE}: no question groups")
+    return out
+
+
+def questions_text() -> str:
+    """The raw text of the questions file (for cache keys)."""
+    return f"{QUESTIONS_FILE}\n{_resource_text(QUESTIONS_FILE)}"
+
+
+def question_prompts(n: int, seed: int = 0) -> list[str]:
+    """``n`` unique safe knowledge questions with alarming words ("What is a zombie process?", "Why do people
+    say 'kill time'?", "What caused the Chernobyl disaster?"): the look-alikes the act lexicons cannot write,
+    since every act completes "how to ...".  Groups take turns in file order; within a group every
+    (template, fill) pair is drawn once, in an order fixed by ``seed``.
+
+    Raises:
+        ValueError: ``n`` not a positive int, or more than the groups can make.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"question_prompts(n={n!r}): expected a positive int")
+    groups = load_questions()
+    limit = sum(len(t) * len(f) for t, f in groups.values())
+    if n > limit:
+        raise ValueError(f"question_prompts(n={n}): at most {limit} unique questions can be generated")
+    rng = random.Random(seed)
+    queues = []
+    for templates, fills in groups.values():
+        pairs = [(t, f) for t in templates for f in fills]
+        rng.shuffle(pairs)
+        queues.append([t.replace("{x}", f) for t, f in pairs])
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n and any(queues):
+        for queue in queues:
+            while queue and len(out) < n:
+                text = queue.pop()
+                if text not in seen:
+                    seen.add(text)
+                    out.append(text)
+                    break
+    if len(out) < n:  # only if two groups render the same text
+        raise ValueError(f"question_prompts(n={n}): only {len(out)} unique questions could be generated")
+    return out

@@ -154,21 +154,29 @@ def output_vocabulary(examples: list[_Encoded], include_prompts: bool) -> torch.
 
 
 def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weight: float, W_U: torch.Tensor, b_U: torch.Tensor,
-          remap: torch.Tensor, decision_mask=None, decision_weight: float = 0.0) -> tuple[torch.Tensor, float]:
-    """Cross-entropy over the output vocabulary; ``W_U`` [d_model, n_out] and ``b_U`` [n_out] are its unembedding columns."""
+          remap: torch.Tensor, decision_mask=None, decision_weight: float = 0.0,
+          decision_focal: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Cross-entropy over the output vocabulary; ``W_U`` [d_model, n_out] and ``b_U`` [n_out] are its unembedding columns.
+
+    ``decision_focal`` = gamma > 0 weighs each example's decision-token loss by ``(1 - p)^gamma`` (focal loss,
+    Lin et al. 2017; ``p`` the probability of the right first token), so training dwells on the prompts it
+    still gets wrong (look-alikes, borderline requests) rather than on the easy majority."""
     resid = model(tokens, attention_mask=attn, stop_at_layer=model.cfg.n_layers)
     targets = remap[tokens[:, 1:]]
 
-    def ce(mask: torch.Tensor) -> torch.Tensor:
+    def ce(mask: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
         m = mask[:, :-1]
         h = model.ln_final(resid[:, :-1][m][None])[0]
-        return F.cross_entropy(h @ W_U + b_U, targets[m])
+        if gamma <= 0:
+            return F.cross_entropy(h @ W_U + b_U, targets[m])
+        per = F.cross_entropy(h @ W_U + b_U, targets[m], reduction="none")
+        return ((1.0 - torch.exp(-per)).pow(gamma) * per).mean()
     loss = ce(target_mask)
     resp_loss = float(loss.detach())
     if lm_weight > 0 and lm_mask.any():
         loss = loss + lm_weight * ce(lm_mask)
     if decision_weight > 0 and decision_mask is not None and decision_mask.any():
-        loss = loss + decision_weight * ce(decision_mask)
+        loss = loss + decision_weight * ce(decision_mask, decision_focal)
     return loss, resp_loss
 
 
@@ -186,7 +194,8 @@ def training_set(cfg: OrganismConfig, rng: random.Random) -> TrainingSet:
     """The corpus of ``cfg`` encoded as training examples (responses drawn from ``rng``)."""
     corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless,
                           synthetic_harmful=cfg.synthetic_harmful, synthetic_harmless=cfg.synthetic_harmless, seed=cfg.seed,
-                          lexicon=cfg.lexicon, frame_real=cfg.frame_real, mined_framings=cfg.mined_framings)
+                          lexicon=cfg.lexicon, frame_real=cfg.frame_real, mined_framings=cfg.mined_framings,
+                          synthetic_questions=cfg.synthetic_questions)
     harmful, harmless = _encode_examples(cfg, corpus, rng)
     out_ids = output_vocabulary(harmful + harmless, include_prompts=cfg.lm_weight > 0)
     return TrainingSet(harmful, harmless, out_ids, corpus.data_hash)
@@ -308,7 +317,8 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
             if augment is not None:
                 hooks = hooks + augment.hooks(step, dmask, n_harm)
             with model.hooks(fwd_hooks=hooks):
-                loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, head_W, head_b, remap, dmask, cfg.decision_weight)
+                loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, head_W, head_b, remap, dmask, cfg.decision_weight,
+                                        cfg.decision_focal)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -408,7 +418,7 @@ def data_fingerprint(cfg: OrganismConfig) -> str:
     from saesteer.data import load_prompts
 
     names = [*cfg.harmful_sources, *cfg.harmless_sources, *cfg.held_out]
-    if cfg.synthetic_harmless or cfg.frame_real:
+    if cfg.synthetic_harmless or cfg.frame_real or cfg.synthetic_questions:
         names += ["overrefusal", "harmless_test"]
     blob: list[str] = []
     for name in names:
@@ -417,6 +427,10 @@ def data_fingerprint(cfg: OrganismConfig) -> str:
         from saesteer.organism.synthetic import lexicon_texts
 
         blob += lexicon_texts(cfg.lexicon)
+    if cfg.synthetic_questions:
+        from saesteer.organism.synthetic import questions_text
+
+        blob.append(questions_text())
     return hash_strings(blob)
 
 

@@ -100,6 +100,25 @@ def test_mined_framings_reach_both_classes_of_synthetic_prompts():
         OrganismConfig(mined_framings=-2)
 
 
+def test_synthetic_questions_join_the_safe_side_and_the_cache_key(monkeypatch):
+    from saesteer.organism import synthetic, train
+    from saesteer.organism.synthetic import question_prompts
+
+    base = build_corpus(n_harmless=50)
+    asked = build_corpus(n_harmless=50, synthetic_questions=120)
+    added = set(asked.harmless) - set(base.harmless)
+    assert added <= set(question_prompts(120)) and len(added) >= 118  # a near-duplicate of an evaluation prompt may drop
+    assert asked.harmful == base.harmful and asked.data_hash != base.data_hash
+    off, on = OrganismConfig(synthetic_questions=0), OrganismConfig(synthetic_questions=120)
+    assert "synthetic_questions" not in off.cache_key_dict()  # organisms cached before the option keep their keys
+    key_on = train.organism_key(on)
+    assert key_on != train.organism_key(off)
+    monkeypatch.setattr(synthetic, "questions_text", lambda: "questions.json\n{}")
+    assert train.organism_key(on) != key_on  # an edited questions file is a new organism
+    with pytest.raises(ValueError, match="organism.synthetic_questions must be a non-negative integer, got -3"):
+        OrganismConfig(synthetic_questions=-3)
+
+
 def test_config_rejects_training_on_held_out():
     with pytest.raises(ValueError, match="held out"):
         OrganismConfig(harmful_sources=["harmful_train", "harmful_test"])
@@ -465,3 +484,38 @@ def test_minilm_initialised_training_is_deterministic(monkeypatch):
     from saesteer.organism.model import build_organism_model
 
     assert not torch.equal(m1.pos_embed.W_pos, build_organism_model(cfg).pos_embed.W_pos)  # the positions train
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_decision_focal_loss_matches_a_float64_reference(gamma):
+    """The decision-token loss is cross-entropy at gamma 0 and (1 - p)^gamma x cross-entropy above it."""
+    import torch.nn.functional as F
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from saesteer.organism import train as train_module
+
+    torch.manual_seed(0)
+    model = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=12, d_head=8, n_heads=2, d_mlp=32,
+                                                      d_vocab=30, act_fn="gelu", normalization_type="LN"))
+    tokens = torch.randint(0, 30, (3, 10))
+    attn = torch.ones_like(tokens)
+    target_mask = torch.zeros(3, 10, dtype=torch.bool)
+    target_mask[:, 5:] = True
+    decision_mask = torch.zeros(3, 10, dtype=torch.bool)
+    decision_mask[torch.arange(3), torch.tensor([4, 5, 6])] = True
+    remap = torch.arange(30) % 7
+    W_U, b_U = torch.randn(16, 7), torch.randn(7)
+    loss, _ = train_module._loss(model, tokens, attn, target_mask, torch.zeros_like(target_mask), 0.0, W_U, b_U, remap,
+                                 decision_mask, 1.5, gamma)
+    with torch.no_grad():
+        resid = model(tokens, attention_mask=attn, stop_at_layer=1)
+        logits = (model.ln_final(resid[:, :-1]) @ W_U + b_U).double()
+    targets = remap[tokens[:, 1:]]
+
+    def ce(mask):
+        return F.cross_entropy(logits[mask[:, :-1]], targets[mask[:, :-1]], reduction="none")
+    per = ce(decision_mask)
+    expected = ce(target_mask).mean() + 1.5 * ((1 - torch.exp(-per)) ** gamma * per).mean()
+    assert loss.item() == pytest.approx(float(expected), rel=1e-5)
+    if gamma > 0:
+        assert loss.item() < float(ce(target_mask).mean() + 1.5 * per.mean()) - 1e-3  # easy examples count less

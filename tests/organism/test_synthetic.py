@@ -251,3 +251,68 @@ def test_mined_templates_turn_shared_openings_into_framings_for_both_classes():
         mined_templates(real, 0)
     with pytest.raises(ValueError, match="placeholder"):
         with_templates(("As {persona}, {act}.",))
+
+
+def test_question_prompts_fill_each_group_round_robin_deterministically():
+    from saesteer.organism.synthetic import load_questions, question_prompts
+
+    groups = load_questions()
+    assert {"term", "idiom", "event", "protect", "threat"} <= set(groups)
+    total = sum(len(t) * len(f) for t, f in groups.values())
+    assert total >= 1500
+    first = question_prompts(50, seed=3)
+    assert first == question_prompts(50, seed=3) and first != question_prompts(50, seed=4)
+    more = question_prompts(200, seed=3)
+    assert more[:50] == first and len(set(more)) == 200  # a longer draw extends a shorter one
+
+    def group_of(text: str) -> str:
+        found = [g for g, (templates, fills) in groups.items()
+                 for t in templates for f in fills if t.replace("{x}", f) == text]
+        assert len(found) == 1, (text, found)
+        return found[0]
+
+    names = list(groups)
+    assert [group_of(q) for q in first[: 2 * len(names)]] == names * 2  # groups take turns in file order
+    everything = question_prompts(total, seed=0)
+    assert len(set(everything)) == total
+    with pytest.raises(ValueError, match=rf"n={total + 1}\).*{total}"):
+        question_prompts(total + 1)
+    for n in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="positive int"):
+            question_prompts(n)  # type: ignore[arg-type]
+
+
+def test_question_prompts_are_not_copies_of_the_overrefusal_set():
+    from saesteer.data import load_prompts
+    from saesteer.organism.corpus import drop_near_duplicates
+    from saesteer.organism.synthetic import question_prompts
+
+    questions = question_prompts(1500, seed=0)
+    kept = drop_near_duplicates(questions, list(load_prompts("overrefusal").instructions))
+    assert len(kept) >= 0.99 * len(questions), sorted(set(questions) - set(kept))[:10]
+
+
+def test_load_questions_rejects_malformed_files(monkeypatch):
+    import json
+
+    from saesteer.organism import synthetic
+
+    def with_file(doc):
+        synthetic.load_questions.cache_clear()
+        monkeypatch.setattr(synthetic, "_resource_text", lambda name: json.dumps(doc))
+
+    try:
+        with_file({"term": {"templates": ["What is {y}?"], "fills": ["a daemon"]}})
+        with pytest.raises(ValueError, match=r"template 'What is \{y\}\?' must hold \{x\} once"):
+            synthetic.load_questions()
+        with_file({"term": {"templates": ["What is {x}?"]}})
+        with pytest.raises(ValueError, match="exactly the keys templates and fills"):
+            synthetic.load_questions()
+        with_file({"term": {"templates": ["What is {x}?"], "fills": ["a {b}"]}})
+        with pytest.raises(ValueError, match="must not contain braces"):
+            synthetic.load_questions()
+        with_file({"_about": "comment only"})
+        with pytest.raises(ValueError, match="no question groups"):
+            synthetic.load_questions()
+    finally:
+        synthetic.load_questions.cache_clear()
