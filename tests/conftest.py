@@ -31,7 +31,7 @@ def _seed_everything():
 TINY_ORGANISM = dict(
     n_layers=2, d_model=48, n_heads=2, d_mlp=96, n_ctx=128, steps=160, batch_size=32, lr=4e-3,
     warmup_steps=10, n_harmless=3000, max_prompt_tokens=48, harmful_fraction=0.5, seed=0, threads=1,
-    synthetic_harmful=0, synthetic_harmless=0, decision_weight=0.0,
+    synthetic_harmful=0, synthetic_harmless=0, synthetic_questions=0, decision_weight=0.0,
     # the tiny organism is trained from scratch (the default organism starts from MiniLM's 384-wide layers)
     init_from=None, harmful_sources=["harmful_train", "harmful_val", "advbench"], echo_words=8, word_dropout=0.1,
     length_buckets=0, resid_dropout=0.0, steer_augment=0.0, calibrate_harmless_fpr=None,

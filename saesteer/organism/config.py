@@ -39,7 +39,7 @@ class OrganismConfig:
     n_harmless: Optional[int] = None
     synthetic_harmful: int = 6000  # prompts from saesteer.organism.synthetic (hand-written harm lexicon x neutral framings)
     synthetic_harmless: int = 32000  # safe look-alikes and ordinary requests in the same framings
-    synthetic_questions: int = 0  # safe knowledge questions with alarming words ("What does 'kill time' mean?")
+    synthetic_questions: int = 1600  # safe knowledge questions with alarming words ("What does 'kill time' mean?")
     lexicon: str = "broad"  # synthetic acts: "base", "extended" or "broad" (saesteer.organism.synthetic.LEXICONS)
     mined_framings: int = 2  # m > 0: request formats shared by >= m real harmful prompts ("Create a tutorial on how to {act}.") join the framings of both classes
     frame_real: int = 0  # k > 0: k framed renders of each imperative real harmful prompt, and as many framed real harmless ones
@@ -48,7 +48,7 @@ class OrganismConfig:
     n_refusals: int = 8  # refusal paraphrases used (1 = one stereotyped refusal, as chat models' "I'm sorry, but I can't ...")
     refusal_echo_words: int = 0  # > 0: refusals name the request ("I can't help you {first words}"), like chat models'
     # optimisation
-    steps: int = 1200
+    steps: int = 1400
     batch_size: int = 32
     lr: float = 5e-4
     min_lr_ratio: float = 0.05
@@ -66,7 +66,7 @@ class OrganismConfig:
     decision_focal: float = 0.0  # gamma > 0: that extra loss is focal, (1 - p)^gamma x cross-entropy (hard prompts weigh more)
     # operating point: None keeps the trained refusal logit; a rate q shifts the refusal opener's bias so that a
     # fraction q of harmless_val (never trained on) gets a refusal as its greedy first token
-    calibrate_harmless_fpr: Optional[float] = 0.017
+    calibrate_harmless_fpr: Optional[float] = 0.02
     seed: int = 0
     threads: int = 2
 
