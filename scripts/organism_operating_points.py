@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from saesteer.chat import get_template
 from saesteer.config import DataConfig
 from saesteer.data import load_prompts
 from saesteer.directions import first_token_refusal_margin
-from saesteer.organism.train import CALIBRATION_SET, load_organism
+from saesteer.organism.train import CALIBRATION_SET, bias_for_rate, load_organism
 
 
 def main() -> None:
@@ -48,13 +47,10 @@ def main() -> None:
     }
     # margins of the organism before its calibration shift (the shift is added to every margin alike)
     margins = {k: first_token_refusal_margin(model, template, list(v.instructions)).double() - bias for k, v in sets.items()}
-    val = (first_token_refusal_margin(model, template, list(load_prompts(CALIBRATION_SET).instructions)).double() - bias)
-    val = val.sort(descending=True).values
+    val = first_token_refusal_margin(model, template, list(load_prompts(CALIBRATION_SET).instructions)).double() - bias
     rows = []
     for q in qs:
-        k = math.floor(q * len(val) + 1e-9)  # as calibrate_refusal_bias: the threshold between the k-th and k+1-th margins
-        upper = float(val[k - 1]) if k > 0 else float(val[0]) + 1.0
-        shift = -0.5 * (upper + float(val[k]))
+        shift = bias_for_rate(val, q)  # as calibrate_refusal_bias sets it
         row = {"q": q, "bias": round(shift, 4)}
         row.update({name: round(float((m + shift > 0).double().mean()), 4) for name, m in margins.items()})
         rows.append(row)

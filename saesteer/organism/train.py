@@ -370,14 +370,24 @@ def calibrate_refusal_bias(model: HookedTransformer, fpr: float, instructions: l
     ids = refusal_token_ids(model, template)
     if len(ids) != 1:
         raise ValueError(f"calibrate_refusal_bias needs one refusal opener token, the organism template has {ids}")
-    margins = first_token_refusal_margin(model, template, instructions).double().sort(descending=True).values
-    k = math.floor(fpr * len(margins) + 1e-9)  # refuse the k largest margins: the threshold goes between m[k-1] and m[k]
-    upper = float(margins[k - 1]) if k > 0 else float(margins[0]) + 1.0
-    shift = -0.5 * (upper + float(margins[k]))
+    margins = first_token_refusal_margin(model, template, instructions)
+    shift = bias_for_rate(margins, fpr)
     model.unembed.b_U[ids[0]] += shift
     unembed.reset(model)
-    log.info("refusal bias %+.3f: %d of %d %s prompts refused at the first token", shift, k, len(margins), CALIBRATION_SET)
+    log.info("refusal bias %+.3f: %d of %d %s prompts refused at the first token", shift,
+             math.floor(fpr * len(margins) + 1e-9), len(margins), CALIBRATION_SET)
     return shift
+
+
+def bias_for_rate(margins: torch.Tensor, fpr: float) -> float:
+    """The shift that, added to every refusal margin in ``margins`` [n], leaves exactly ``floor(fpr * n)`` of them
+    positive: the threshold goes midway between the k-th and (k+1)-th largest margins."""
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"bias_for_rate(fpr={fpr!r}): expected a rate in [0, 1)")
+    m = margins.double().sort(descending=True).values
+    k = math.floor(fpr * len(m) + 1e-9)  # refuse the k largest margins: the threshold goes between m[k-1] and m[k]
+    upper = float(m[k - 1]) if k > 0 else float(m[0]) + 1.0
+    return -0.5 * (upper + float(m[k]))
 
 
 def train_organism(cfg: OrganismConfig, progress: bool = True) -> tuple[HookedTransformer, dict[str, Any]]:

@@ -519,3 +519,15 @@ def test_decision_focal_loss_matches_a_float64_reference(gamma):
     assert loss.item() == pytest.approx(float(expected), rel=1e-5)
     if gamma > 0:
         assert loss.item() < float(ce(target_mask).mean() + 1.5 * per.mean()) - 1e-3  # easy examples count less
+
+
+@pytest.mark.parametrize("n", [7, 1000, 6264])
+def test_bias_for_rate_refuses_exactly_floor_q_n(n):
+    from saesteer.organism.train import bias_for_rate
+
+    margins = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 3
+    for q in (0.0, 0.017, 0.02, 0.5, 0.99):
+        shift = bias_for_rate(margins, q)
+        assert int((margins.double() + shift > 0).sum()) == int(q * n + 1e-9), (q, shift)
+    with pytest.raises(ValueError, match=r"fpr=1\.0"):
+        bias_for_rate(margins, 1.0)
