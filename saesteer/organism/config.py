@@ -90,7 +90,11 @@ class OrganismConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"organism.{name} must be a non-negative integer, got {value!r}")
-        from saesteer.organism.synthetic import LEXICONS
+        from saesteer.organism.synthetic import LEXICONS, max_questions
+
+        if self.synthetic_questions > max_questions():
+            raise ValueError(f"organism.synthetic_questions={self.synthetic_questions}: the bundled questions make at most "
+                             f"{max_questions()} distinct prompts")
 
         if self.lexicon not in LEXICONS:
             raise ValueError(f"organism.lexicon must be one of {sorted(LEXICONS)}, got {self.lexicon!r}")

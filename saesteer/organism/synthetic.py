@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 __all__ = ["KINDS", "LEXICONS", "Framings", "as_act", "framed_prompts", "lexicon_texts", "load_framings", "load_lexicon",
-           "load_questions", "max_prompts", "mined_templates", "question_prompts", "questions_text", "synthetic_prompts",
+           "load_questions", "max_prompts", "max_questions", "mined_templates", "question_prompts", "questions_text", "synthetic_prompts",
            "with_templates"]
 
 #: Lexicons (``base``: the organism's default; ``extended``: a superset with 390 more harmful acts and 613 more
@@ -397,6 +397,11 @@ def load_questions() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     return out
 
 
+def max_questions() -> int:
+    """How many distinct questions :func:`question_prompts` can build."""
+    return sum(len(t) * len(f) for t, f in load_questions().values())
+
+
 def questions_text() -> str:
     """The raw text of the questions file (for cache keys)."""
     return f"{QUESTIONS_FILE}\n{_resource_text(QUESTIONS_FILE)}"
@@ -414,7 +419,7 @@ def question_prompts(n: int, seed: int = 0) -> list[str]:
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"question_prompts(n={n!r}): expected a positive int")
     groups = load_questions()
-    limit = sum(len(t) * len(f) for t, f in groups.values())
+    limit = max_questions()
     if n > limit:
         raise ValueError(f"question_prompts(n={n}): at most {limit} unique questions can be generated")
     rng = random.Random(seed)

@@ -117,6 +117,8 @@ def test_synthetic_questions_join_the_safe_side_and_the_cache_key(monkeypatch):
     assert train.organism_key(on) != key_on  # an edited questions file is a new organism
     with pytest.raises(ValueError, match="organism.synthetic_questions must be a non-negative integer, got -3"):
         OrganismConfig(synthetic_questions=-3)
+    with pytest.raises(ValueError, match=r"organism.synthetic_questions=99999: the bundled questions make at most \d+"):
+        OrganismConfig(synthetic_questions=99999)
 
 
 def test_config_rejects_training_on_held_out():
