@@ -39,14 +39,15 @@ def main() -> None:
     model, bias = res.model, float(res.metadata.get("refusal_bias", 0.0))
     template = get_template("organism")
     data = DataConfig()
-    sets = {
-        "harmful_test": load_prompts("harmful_test"),
-        "harmless_test": load_prompts("harmless_test").take(data.n_test_harmless, seed=data.seed),
-        "harmless_test_full": load_prompts("harmless_test"),
-        "overrefusal": load_prompts("overrefusal"),
-    }
+    sets = {name: load_prompts(name) for name in ("harmful_test", "harmless_test", "overrefusal")}
     # margins of the organism before its calibration shift (the shift is added to every margin alike)
     margins = {k: first_token_refusal_margin(model, template, list(v.instructions)).double() - bias for k, v in sets.items()}
+    full = sets["harmless_test"]
+    where = {t: i for i, t in enumerate(full.instructions)}
+    sample = full.take(data.n_test_harmless, seed=data.seed)  # the job's sample: its rows of the full pass
+    margins["harmless_test_full"] = margins["harmless_test"]
+    margins["harmless_test"] = margins["harmless_test_full"][[where[t] for t in sample.instructions]]
+    margins = {k: margins[k] for k in ("harmful_test", "harmless_test", "harmless_test_full", "overrefusal")}
     val = first_token_refusal_margin(model, template, list(load_prompts(CALIBRATION_SET).instructions)).double() - bias
     rows = []
     for q in qs:

@@ -82,8 +82,10 @@ def main() -> None:
                 row["bias_sweep_harmless_full"] = {b: round(float((full + float(b) > 0).float().mean()), 4) for b in args.bias.split(",")}
             data = DataConfig()
             ps = ps.take(data.n_test_harmless, seed=data.seed)
-        instr = list(ps.instructions)
-        margins[s] = refusal_margin(model, template, instr)
+            where = {t: i for i, t in enumerate(load_prompts(s).instructions)}
+            margins[s] = full[[where[t] for t in ps.instructions]]  # the sample's rows of the full pass
+        else:
+            margins[s] = refusal_margin(model, template, list(ps.instructions))
         r = margins[s] > 0
         row[s] = round(float(r.float().mean()), 3)
         if s == "harmful_test":
