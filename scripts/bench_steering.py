@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import statistics
 import sys
@@ -43,20 +42,7 @@ from pathlib import Path
 
 import torch
 
-try:  # the installed package, or the repository's top-level kernels/ folder
-    import saesteer.kernels as sk
-except ImportError:  # pragma: no cover - uninstalled checkout
-    _root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(_root))
-    import saesteer
-
-    _spec = importlib.util.spec_from_file_location(
-        "saesteer.kernels", _root / "kernels" / "__init__.py", submodule_search_locations=[str(_root / "kernels")]
-    )
-    sk = importlib.util.module_from_spec(_spec)
-    sys.modules["saesteer.kernels"] = sk
-    _spec.loader.exec_module(sk)
-    saesteer.kernels = sk
+import saesteer.kernels as sk
 
 CSV_COLUMNS = [
     "provider", "sae_arch", "d_model", "d_sae", "n_features", "phase",

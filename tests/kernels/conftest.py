@@ -12,30 +12,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-try:  # once the lead installs the package this import simply succeeds
-    import saesteer.kernels  # noqa: F401
-except ImportError:  # temporary shim: kernels/ maps to saesteer.kernels once installed
-    import importlib.util
-    import pathlib
-    import sys
-
-    _root = pathlib.Path(__file__).resolve().parents[2]
-    _pkg_dir = _root / "kernels"
-    try:
-        import saesteer
-    except ImportError:
-        sys.path.insert(0, str(_root))
-        import saesteer
-    _spec = importlib.util.spec_from_file_location(
-        "saesteer.kernels",
-        _pkg_dir / "__init__.py",
-        submodule_search_locations=[str(_pkg_dir)],
-    )
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["saesteer.kernels"] = _mod
-    _spec.loader.exec_module(_mod)
-    saesteer.kernels = _mod
-
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> None:
     """torch.testing.assert_close in float64, reporting max and mean abs error on failure."""
