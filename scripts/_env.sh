@@ -25,27 +25,33 @@ else
 fi
 want="$mode $(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 stamp="$VENV/.saesteer-installed"
+# pip's output goes to a log, shown only when an install step fails.
+pip_log="$VENV/pip-install.log"
+pip_q() {
+  python -m pip "$@" >> "$pip_log" 2>&1 || { tail -n 40 "$pip_log" >&2; echo "error: pip $* failed (log: $pip_log)" >&2; return 1; }
+}
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "installing saesteer into $VENV ($mode)" >&2
-  python -m pip install -q --upgrade pip
+  echo "installing saesteer into $VENV ($mode; log: $pip_log)" >&2
+  : > "$pip_log"
+  pip_q install --upgrade pip
   if ! python -c "import torch" 2>/dev/null; then
     if [ -n "${SAESTEER_TORCH_SPEC:-}" ]; then
-      python -m pip install -q "$SAESTEER_TORCH_SPEC"
+      pip_q install "$SAESTEER_TORCH_SPEC"
     elif ! nvidia-smi >/dev/null 2>&1; then
       # CPU machine: the lock's torch where pip finds a CPU wheel of it (a local wheel, or an
       # index set in pip's config / PIP_INDEX_URL); otherwise pip's default torch.
       torch_spec="$(grep -m1 '^torch==' "$LOCK" 2>/dev/null || echo torch)"
-      python -m pip install -q "$torch_spec" 2>/dev/null || python -m pip install -q torch
+      python -m pip install "$torch_spec" >> "$pip_log" 2>&1 || pip_q install torch
     fi
   fi
   # Whatever torch is now installed stays: neither the lock nor an upgrade replaces it.
   keep_torch="$(mktemp)"
   python -c "import torch; print('torch==' + torch.__version__)" > "$keep_torch"
   if [ "$mode" = unlocked ]; then
-    python -m pip install -q --upgrade --upgrade-strategy eager -c "$keep_torch" -e "$ROOT[test]"
+    pip_q install --upgrade --upgrade-strategy eager -c "$keep_torch" -e "$ROOT[test]"
   else
     grep -v '^torch==' "$LOCK" > "$keep_torch.lock"
-    python -m pip install -q -c "$keep_torch" -r "$keep_torch.lock" -e "$ROOT[test]"
+    pip_q install -c "$keep_torch" -r "$keep_torch.lock" -e "$ROOT[test]"
     rm -f "$keep_torch.lock"
   fi
   rm -f "$keep_torch"
