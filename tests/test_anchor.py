@@ -83,7 +83,15 @@ def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrate
         assert float((scores > thr - 1e-4).float().mean()) >= 0.05 - 2.0 / len(scores)  # the quantile, not a looser threshold
     fired = gate_decisions(model, tpl, art.gate(), thr_half, batch_size=5)[~refused]
     assert float(fired.float().mean()) <= 0.1 + 1e-6
-    assert 0.0 <= art.metadata["gate_auroc_val"] <= 1.0
+    # the reported validation AUROC is the position probe's, by brute force over every (harmful, harmless) pair
+    def probe_scores(prompts):
+        acts = collect_activations(model, tpl, prompts, art.gate_hooks, art.gate_positions)
+        return torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias
+
+    pos = probe_scores(list(load_prompts("harmful_val").instructions[:20]))
+    neg = probe_scores(list(load_prompts("harmless_val").instructions[:20]))
+    pairs = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
+    assert art.metadata["gate_auroc_val"] == pytest.approx(float(pairs.mean()), abs=2.0 / pairs.numel())
 
 
 def test_gate_decision_in_the_forward_pass_equals_the_collected_scores(calibrated):

@@ -73,14 +73,22 @@ def test_suffix_search_lowers_the_refusal_objective(tiny_organism):
     prompts = list(load_prompts("harmful_train").instructions[:8])
     res = suffix_search(model, tpl, prompts, n_tokens=3, steps=4, topk=16, n_candidates=16, batch_size=8, progress=False)
     assert len(res.token_ids) == 3 and len(res.suffix.split()) == 3
-    assert res.loss <= res.history[0] + 1e-6
     # the reported loss is the refusal log-probability of the suffixed prompts (all 8 prompts in the batch)
+    import random
+
+    from saesteer.attacks.suffix import _decode, word_vocabulary
     from saesteer.directions import refusal_token_ids
     from saesteer.evaluate import last_position_logprobs
 
-    lp = last_position_logprobs(model, tpl, [f"{p} {res.suffix}" for p in prompts])
-    obj = torch.logsumexp(lp[:, refusal_token_ids(model, tpl)], -1).mean()
-    assert float(obj) == pytest.approx(res.loss, abs=1e-4)
+    def objective(suffix: str) -> float:
+        lp = last_position_logprobs(model, tpl, [f"{p} {suffix}" for p in prompts])
+        return float(torch.logsumexp(lp[:, refusal_token_ids(model, tpl)], -1).mean())
+
+    assert objective(res.suffix) == pytest.approx(res.loss, abs=1e-4)
+    # ... and lower than that of the random suffix the search started from (seed 0)
+    rng, vocab = random.Random(0), word_vocabulary(model.tokenizer)
+    start = [int(vocab[rng.randrange(len(vocab))]) for _ in range(3)]
+    assert res.loss < objective(_decode(model.tokenizer, start)) - 1e-3
 
 
 def test_suffix_scoring_from_a_prefix_cache_equals_full_passes(tiny_organism):
