@@ -46,7 +46,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   # Whatever torch is now installed stays: neither the lock nor an upgrade replaces it.
   keep_torch="$(mktemp)"
-  python -c "import torch; print('torch==' + torch.__version__)" > "$keep_torch"
+  python -c "import torch; print('torch==' + torch.__version__)" > "$keep_torch" 2>/dev/null
   if [ "$mode" = unlocked ]; then
     pip_q install --upgrade --upgrade-strategy eager -c "$keep_torch" -e "$ROOT[test]"
   else
