@@ -466,3 +466,65 @@ def test_anchor_projections_reject_bad_input(tiny_organism):
     with pytest.raises(ValueError, match=r"directions have d=5, the model's d_model is 48"):
         with steer(model, [AnchorProjections(torch.randn(1, 5), "blocks.0.hook_resid_pre", [0.0], [1])]):
             pass
+
+
+def test_feature_gate_fires_on_summed_feature_activations(tiny_organism, batch):
+    """FeatureGate's score is the sum of its features' ReLU activations (float64 reference); it gates like any gate."""
+    from saesteer.interventions.gates import FeatureGate
+    from tests.saes import random_sae
+
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    hook = "blocks.1.hook_resid_pre"
+    sae = random_sae("jumprelu", model.cfg.d_model, 64, hook, seed=7)
+    feats = [3, 10, 41, 60]
+    x = _cache(model, tokens, mask)[hook][:, -1].double()
+    h = (x - sae.b_dec.double()) @ sae.W_enc.double()[:, feats] + sae.b_enc.double()[feats]
+    score = (h.relu() * (h > sae.threshold.double()[feats])).sum(-1).detach()
+    gate = FeatureGate(hook=hook, positions=(-1,), threshold=0.0, sae=sae, features=feats)
+    torch.testing.assert_close(gate.score(x.float()).double(), score, atol=1e-5, rtol=1e-5)
+    thr = _split(score)
+    fired = score > thr
+    v = torch.randn(model.cfg.d_model)
+    base = model(tokens, attention_mask=mask)
+    with steer(model, [Add(v, alpha=2.0, layer=1, gate=FeatureGate(hook=hook, threshold=thr, sae=sae, features=feats))]):
+        out = model(tokens, attention_mask=mask)
+    with steer(model, [Add(v, alpha=2.0, layer=1)]):
+        full = model(tokens, attention_mask=mask)
+    assert torch.allclose(out[~fired], base[~fired], atol=1e-5)
+    assert torch.allclose(out[fired], full[fired], atol=1e-5)
+    with pytest.raises(ValueError, match="at least one feature"):
+        FeatureGate(hook=hook, sae=sae, features=[])
+
+
+def test_anchor_features_floor_the_activations_and_keep_the_error_term(tiny_organism, batch):
+    """AnchorFeatures: x' = x + sum_f (max(a_f, floor_f) - a_f) W_dec[f] (float64), applied after an attacker's edit."""
+    from saesteer.interventions import AnchorFeatures
+    from tests.saes import random_sae
+
+    model, _, _ = tiny_organism
+    tokens, mask = batch
+    hook = "blocks.1.hook_resid_pre"
+    sae = random_sae("standard", model.cfg.d_model, 64, hook, seed=8)
+    feats, floors = [2, 5, 30], [0.8, 1.5, 0.3]
+    seen = {}
+    with steer(model, [AnchorFeatures(sae, feats, floors)]):
+        model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x.clone()))])
+    x = _cache(model, tokens, mask)[hook].double()
+    a = ((x - sae.b_dec.double()) @ sae.W_enc.double()[:, feats] + sae.b_enc.double()[feats]).relu()
+    target = torch.maximum(a, torch.tensor(floors, dtype=torch.float64))
+    ref = x + (target - a) @ sae.W_dec.double()[feats]
+    m = mask.bool()
+    assert (target - a)[m].abs().max() > 0.1  # the floors bind somewhere
+    # the hook registered after steer's sees the anchored residual
+    torch.testing.assert_close(seen["x"].double()[m], ref[m], atol=1e-4, rtol=1e-4)
+    # an attacker who zeroes the features first (an edit at the same hook) is floored back to the same values
+    from saesteer.interventions import EditFeatures
+
+    seen.clear()
+    with steer(model, [EditFeatures(sae, feats, mode="set", values=0.0), AnchorFeatures(sae, feats, floors)]):
+        model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x.clone()))])
+    x_att = x + (0 - a) @ sae.W_dec.double()[feats]
+    a_att = ((x_att - sae.b_dec.double()) @ sae.W_enc.double()[:, feats] + sae.b_enc.double()[feats]).relu()
+    ref_att = x_att + (torch.maximum(a_att, torch.tensor(floors, dtype=torch.float64)) - a_att) @ sae.W_dec.double()[feats]
+    torch.testing.assert_close(seen["x"].double()[m], ref_att[m], atol=1e-4, rtol=1e-4)
