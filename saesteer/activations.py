@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from saesteer.chat import ChatTemplate, encode_chat, suffix_ids
+from saesteer.checks import check_prompts
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions.directions import Intervention
-from saesteer.interventions.steer import collect_hooks, gate_prepass
+from saesteer.interventions.steer import as_interventions, collect_hooks, gate_prepass
 from saesteer.io import ArtifactError, cache_dir, hash_strings, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def _forward_batches(
         raise ValueError("no prompts given: the prompt set is empty")
     check_hooks(model, hooks)
     stop = stop_layer(model, hooks)
-    edit_hooks = collect_hooks(model, list(interventions))
+    edit_hooks = collect_hooks(model, as_interventions(interventions))
     store: dict[str, torch.Tensor] = {}
     pos = None if positions is None else list(positions)
 
@@ -104,7 +105,7 @@ def _forward_batches(
         enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id, max_length=model.cfg.n_ctx,
                           length_note="the model's context, n_ctx")
         store.clear()
-        with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]), gate_prepass(model, list(interventions)):
+        with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]), gate_prepass(model, as_interventions(interventions)):
             model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
         acts = {h: store[h] for h in hooks}
         for h, a in acts.items():
@@ -132,6 +133,7 @@ def mean_activations(
     desc: str = "activations",
 ) -> torch.Tensor:
     """Mean activation per hook and position: [n_hooks, n_pos, d_model] float64 (running sums)."""
+    check_prompts(instructions, "instructions")
     total = torch.zeros(len(hooks), len(positions), model.cfg.d_model, dtype=torch.float64)
     for idx, acts in _batched_run(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
         for i, h in enumerate(hooks):
@@ -152,6 +154,7 @@ def collect_activations(
     desc: str = "activations",
 ) -> torch.Tensor:
     """Per-prompt activations: [n_prompts, n_hooks, n_pos, d_model] float32 (prompt order kept)."""
+    check_prompts(instructions, "instructions")
     out = torch.empty(len(instructions), len(hooks), len(positions), model.cfg.d_model)
     for idx, acts in _batched_run(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
         out[idx] = torch.stack([acts[h].cpu() for h in hooks], 1)
@@ -170,6 +173,7 @@ def collect_token_activations(
     desc: str = "token activations",
 ) -> list[torch.Tensor]:
     """Every real (non-padding) token of each chat-formatted prompt: one [n_tokens, n_hooks, d_model] float32 per prompt."""
+    check_prompts(instructions, "instructions")
     out: list[torch.Tensor] = [torch.empty(0)] * len(instructions)
     for idx, enc, acts in _forward_batches(model, template, instructions, hooks, None, batch_size, interventions, progress, desc):
         x = torch.stack([acts[h].cpu() for h in hooks], 2)  # [B, T, n_hooks, d]
@@ -203,6 +207,7 @@ class ActivationCache:
         return self.root / f"{hash_strings([json.dumps(meta, sort_keys=True)])}.safetensors"
 
     def get_or_compute(self, model, template, instructions, hooks, positions, kind: str = "mean", **kw) -> torch.Tensor:
+        check_prompts(instructions, "instructions")
         meta = self.key(model, hooks, positions, instructions, kind)
         path = self.path(meta)
         if path.is_file():

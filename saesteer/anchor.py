@@ -57,6 +57,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import collect_activations, collect_token_activations, n_post_tokens, stop_layer
 from saesteer.chat import ChatTemplate
+from saesteer.checks import check_finite_fields, check_prompts
 from saesteer.interventions import Add, AnchorDirection, AnchorProjections, Intervention
 from saesteer.interventions.anchors import anchor_hooks
 from saesteer.interventions.gates import AnyGate, Gate, ProbeGate, TokenProbeGate
@@ -99,6 +100,7 @@ class AnchorCalibration:
     feature_apply_to: str = "generated"  # tokens the feature bounds act on: generated, prompt or both
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if self.sae_features < 0:
             raise ValueError(f"anchor.sae_features must be >= 0, got {self.sae_features!r}")
         if self.feature_apply_to not in ("prompt", "generated", "both"):
@@ -325,6 +327,7 @@ def generated_projections(model, template, prompts: Sequence[str], hooks: Sequen
     from saesteer.evaluate import prompt_completion_batch
     from saesteer.generation import generate, length_sorted_batches
 
+    check_prompts(prompts, "prompts")
     comps = generate(model, template, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     out, stop = [], stop_layer(model, hooks)
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
@@ -366,6 +369,7 @@ def calibrate_feature_anchor(
     0.126 vs 0.119 on harmful_test) without touching the next-token distribution on the prompts a
     gate misfires on (KL on harmless_test 0.050 vs 0.062): the bypass works through decoding.
     """
+    check_prompts(harmful_refused, "harmful_refused")
     if not harmful_refused:
         raise ValueError("calibrate_feature_anchor: the harmful_refused prompt set is empty")
     if hook not in model.hook_dict:
@@ -416,6 +420,12 @@ def calibrate_anchor(
     """
     from saesteer.evaluate import refusal_eval
 
+    check_prompts(harmful_refused, "harmful_refused")
+    check_prompts(harmful_val, "harmful_val")
+    check_prompts(harmless_train, "harmless_train")
+    check_prompts(harmless_val, "harmless_val")
+    check_prompts(harmful_extra, "harmful_extra")
+    check_prompts(harmless_extra, "harmless_extra")
     for name, prompts in (("harmful_refused", harmful_refused), ("harmful_val", harmful_val), ("harmless_train", harmless_train), ("harmless_val", harmless_val)):
         if len(prompts) == 0:
             raise ValueError(f"calibrate_anchor: the {name} prompt set is empty")

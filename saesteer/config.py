@@ -16,6 +16,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from saesteer.checks import check_finite_fields
 from saesteer.organism.config import OrganismConfig
 from saesteer.sae.config import SaeConfig
 
@@ -121,6 +122,7 @@ class SteerConfig:
     direction: Optional[str] = None  # a direction.safetensors; None = the directions stage (cached)
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if self.kind not in STEER_KINDS:
             raise ValueError(f"steer.kind must be one of {STEER_KINDS}, got {self.kind!r}")
         if self.mode not in ("plain", "affine"):
@@ -174,6 +176,7 @@ class DirectionsConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         self.selection()  # validates
         _check_positive(self, "directions", "n_ce", "batch_size", "n_dose")
         if not self.dose_alphas or any(a <= 0 for a in self.dose_alphas):
@@ -228,6 +231,7 @@ class SearchJobSettings:
     signed: bool = True  # the top k by |combined score|: refusal and comply features (False: refusal features only)
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         _check_positive(self, "search", "k", "top_n", "batch_size")
         if self.ablation not in ("zero", "harmless_mean"):
             raise ValueError(f"search.ablation must be zero or harmless_mean, got {self.ablation!r}")
@@ -299,6 +303,7 @@ class AnchorSettings:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         _check_positive(self, "anchor", "n_calibration_harmless", "suffix_tokens", "suffix_prompts", "n_attack_prompts", "batch_size")
         if self.suffix_steps < 0:
             raise ValueError(f"anchor.suffix_steps must be >= 0, got {self.suffix_steps!r}")
@@ -387,6 +392,7 @@ class BackupsSettings:
     recipe_batch_size: int = 32
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         _check_positive(self, "backups", "k_max", "n_monitor", "n_monitor_prompts", "batch_size")
         _check_layers("backups", "cut_layer", self.cut_layer)
         _check_layers("backups", "upstream_layer", self.upstream_layer)
@@ -465,6 +471,7 @@ class EmergentSettings:
     direction: Optional[str] = None  # a refusal direction.safetensors; null = the directions stage (cached)
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         _check_positive(self, "emergent", "n_train", "n_harmless", "n_eval_per_category", "n_direction_per_category",
                         "n_target_eval", "steps", "batch_size")
         _check_number(self, "emergent", "held_out_acts", low=0.0, high=0.9)

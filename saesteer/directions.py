@@ -30,6 +30,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import mean_activations, n_post_tokens, resid_hooks
 from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.checks import check_finite_fields, check_prompts
 from saesteer.evaluate import kl_divergence, last_position_logprobs
 from saesteer.generation import final_logits, length_sorted_batches
 from saesteer.interventions import Ablate, Add, Intervention, steer
@@ -55,6 +56,7 @@ def first_token_refusal_margin(model: HookedTransformer, template: ChatTemplate,
     """Best refusal-opener log-prob minus the best other token's, at the last prompt position: [n].
 
     ``> 0`` exactly where the greedy first token opens a refusal (``template.refusal_tokens``); one forward pass."""
+    check_prompts(instructions, "instructions")
     lp = last_position_logprobs(model, template, instructions, batch_size)
     ids = torch.tensor(refusal_token_ids(model, template))
     other = lp.clone()
@@ -76,6 +78,7 @@ def refusal_scores(
     """log(p_refuse / (1 - p_refuse)) at the last position, per prompt ([n] float64).
 
     With ``return_logprobs`` also returns the last-position log-probs [n, d_vocab]."""
+    check_prompts(instructions, "instructions")
     scores = torch.empty(len(instructions), dtype=torch.float64)
     logprobs = torch.empty(len(instructions), model.cfg.d_vocab_out) if return_logprobs else None
     ids = torch.tensor(list(refusal_ids))
@@ -120,6 +123,8 @@ def compute_candidates(
     progress: bool = False,
 ) -> Candidates:
     """Difference-in-means of resid_pre at every layer and post-instruction position."""
+    check_prompts(harmful, "harmful")
+    check_prompts(harmless, "harmless")
     n_post = n_post_tokens(model, template)
     positions = list(positions) if positions is not None else list(range(-n_post, 0))
     hooks = resid_hooks(model)
@@ -138,6 +143,7 @@ class SelectionConfig:
     add_alpha: float = 1.0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if self.ablation not in ("plain", "affine"):
             raise ValueError(f"directions.ablation must be 'plain' or 'affine', got {self.ablation!r}")
         if not 0 <= self.prune_layer_fraction < 1:
@@ -209,6 +215,8 @@ def score_candidates(
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[list[CandidateScore], float, float, torch.Tensor]:
+    check_prompts(harmful_val, "harmful_val")
+    check_prompts(harmless_val, "harmless_val")
     ids = refusal_token_ids(model, template)
     base_harm = refusal_scores(model, template, harmful_val, ids, batch_size=batch_size)
     base_safe, base_lp = refusal_scores(model, template, harmless_val, ids, batch_size=batch_size, return_logprobs=True)
@@ -257,6 +265,8 @@ def select_direction(
     progress: bool = False,
 ) -> Selection:
     """Score every candidate and pick one by the paper's rule (with a stated fallback)."""
+    check_prompts(harmful_val, "harmful_val")
+    check_prompts(harmless_val, "harmless_val")
     if not harmful_val or not harmless_val:
         raise ValueError(f"selection needs harmful and harmless val prompts, got {len(harmful_val)} and {len(harmless_val)}")
     scores, base_bypass, base_induce, _ = score_candidates(model, template, cands, harmful_val, harmless_val, cfg, batch_size=batch_size, progress=progress)

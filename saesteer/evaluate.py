@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.checks import check_prompts
 from saesteer.generation import final_logits, generate, length_sorted_batches
 from saesteer.judge import RefusalJudge
 
@@ -39,6 +40,7 @@ def refusal_eval(
     desc: str = "refusal",
 ) -> RefusalResult:
     """Greedy completions, each judged refused or not."""
+    check_prompts(instructions, "instructions")
     if len(instructions) == 0:
         raise ValueError("refusal_eval needs at least one instruction, got an empty set")
     judge = judge or RefusalJudge()
@@ -52,6 +54,7 @@ def last_position_logprobs(
     model: HookedTransformer, template: ChatTemplate, instructions: Sequence[str], batch_size: int = 64
 ) -> torch.Tensor:
     """log-softmax of the next-token logits at the last prompt position: [n, d_vocab] (float32, CPU)."""
+    check_prompts(instructions, "instructions")
     out = torch.empty(len(instructions), model.cfg.d_vocab_out)
     for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
         enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id,
@@ -79,12 +82,15 @@ def completion_cross_entropy(
     batch_size: int = 32,
 ) -> float:
     """Mean per-token cross-entropy of ``completions`` given the formatted prompts."""
+    check_prompts(instructions, "instructions")
+    check_prompts(completions, "completions")
     total, count = completion_nll(model, template, instructions, completions, batch_size)
     return total / max(count, 1)
 
 
 def completion_tokens(tokenizer, completions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Right-padded completion tokens and their mask, ``[B, L]`` each, or None if every completion is empty."""
+    check_prompts(completions, "completions")
     comp = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     L = max((len(c) for c in comp), default=0)
     if L == 0:
@@ -99,6 +105,8 @@ def completion_tokens(tokenizer, completions: Sequence[str]) -> tuple[torch.Tens
 
 def prompt_completion_batch(tokenizer, template: ChatTemplate, instructions: Sequence[str], completions: Sequence[str]):
     """Left-padded prompts followed by right-padded completions: (tokens, attention_mask, completion_mask), or None if all are empty."""
+    check_prompts(instructions, "instructions")
+    check_prompts(completions, "completions")
     comp = completion_tokens(tokenizer, completions)
     if comp is None:
         return None
@@ -126,6 +134,8 @@ def completion_nll(
 
     from saesteer.generation import phase
 
+    check_prompts(instructions, "instructions")
+    check_prompts(completions, "completions")
     tok = model.tokenizer
     device = model.cfg.device
     total, count = 0.0, 0

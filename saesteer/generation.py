@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.checks import check_prompts
 from saesteer.unembed import logits as unembed_logits
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def generate(
     desc: str = "generate",
 ) -> list[str]:
     """Greedy completions of ``instructions`` (formatted with ``template``)."""
+    check_prompts(instructions, "instructions")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     tok = model.tokenizer

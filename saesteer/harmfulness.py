@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import collect_activations, n_post_tokens, resid_hooks
 from saesteer.chat import ChatTemplate
+from saesteer.checks import check_prompts
 from saesteer.interventions import Intervention
 from saesteer.stats import auroc
 
@@ -38,6 +39,7 @@ class HarmDetector:
         return (a - b).mean(-1)
 
     def score(self, model, template, instructions, interventions: Sequence[Intervention] = (), batch_size: int = 32) -> torch.Tensor:
+        check_prompts(instructions, "instructions")
         acts = collect_activations(model, template, instructions, resid_hooks(model), [self.position], batch_size=batch_size, interventions=interventions)
         return self.score_acts(acts[:, :, 0])
 
@@ -48,6 +50,8 @@ def t_inst_position(model: HookedTransformer, template: ChatTemplate) -> int:
 
 def fit_harm_detector(model, template, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 32) -> tuple[HarmDetector, torch.Tensor]:
     """Centroids at t_inst; returns the detector and the harmfulness directions [n_layers, d_model]."""
+    check_prompts(harmful, "harmful")
+    check_prompts(harmless, "harmless")
     pos = t_inst_position(model, template)
     hooks = resid_hooks(model)
     hm = collect_activations(model, template, harmful, hooks, [pos], batch_size=batch_size)[:, :, 0].double().mean(0)
@@ -59,6 +63,7 @@ def behavioural_refusal_directions(
     model, template, instructions: Sequence[str], refused: Sequence[bool], batch_size: int = 32
 ) -> torch.Tensor:
     """Mean(refused) - mean(complied) at the last post-instruction position, per layer [n_layers, d_model]."""
+    check_prompts(instructions, "instructions")
     refused_t = torch.tensor(list(refused), dtype=torch.bool)
     if refused_t.all() or not refused_t.any():
         raise ValueError(f"need both refused and complied prompts, got {int(refused_t.sum())} refused of {len(refused_t)}")
@@ -67,6 +72,8 @@ def behavioural_refusal_directions(
 
 
 def detector_auroc(det: HarmDetector, model, template, harmful: Sequence[str], harmless: Sequence[str], interventions: Sequence[Intervention] = ()) -> float:
+    check_prompts(harmful, "harmful")
+    check_prompts(harmless, "harmless")
     return auroc(det.score(model, template, harmful, interventions), det.score(model, template, harmless, interventions))
 
 

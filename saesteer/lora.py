@@ -38,8 +38,9 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.checks import check_finite_fields, check_prompts
 from saesteer.generation import length_sorted_batches
-from saesteer.interventions import Intervention, collect_hooks
+from saesteer.interventions import Intervention, as_interventions, collect_hooks
 from saesteer.unembed import emittable
 from saesteer.unembed import logits as unembed_logits
 
@@ -165,6 +166,7 @@ class LoraTrainConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if self.steps <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ValueError(f"LoraTrainConfig needs positive steps, batch_size and lr, got {self.steps}, {self.batch_size}, {self.lr}")
         if not 0.0 <= self.target_fraction <= 1.0:
@@ -202,7 +204,7 @@ def response_loss(model: HookedTransformer, template: ChatTemplate, pairs: Seque
     tokens, mask, target = sft_batch(model, template, pairs)
     dev = model.cfg.device
     tokens, mask, m = tokens.to(dev), mask.to(dev), target.to(dev)[:, :-1]
-    with model.hooks(fwd_hooks=collect_hooks(model, list(interventions))):
+    with model.hooks(fwd_hooks=collect_hooks(model, as_interventions(interventions))):
         # the final residual, unembedded only where there is a loss (the vocabulary can be large)
         resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
     targets = tokens[:, 1:][m]
@@ -279,6 +281,8 @@ def category_prompts(acts: Sequence[str], n: int, seed: int = 0, exclude: Sequen
     texts are never returned.  Raises a ValueError when fewer than ``n`` exist."""
     from saesteer.organism.synthetic import load_framings
 
+    check_prompts(acts, "acts")
+    check_prompts(exclude, "exclude")
     if not acts:
         raise ValueError("category_prompts needs at least one act, got none")
     fr = load_framings()
@@ -321,6 +325,7 @@ def mean_shift(model: HookedTransformer, template: ChatTemplate, prompts: Sequen
     each [n_layers, d_model] float64."""
     from saesteer.activations import mean_activations, resid_hooks
 
+    check_prompts(prompts, "prompts")
     hooks = resid_hooks(model)
     base = mean_activations(model, template, prompts, hooks, [position], batch_size=batch_size)[:, 0]
     tuned = mean_activations(model, template, prompts, hooks, [position], batch_size=batch_size, interventions=[lora])[:, 0]
@@ -331,6 +336,7 @@ def mean_shift(model: HookedTransformer, template: ChatTemplate, prompts: Sequen
 def mean_read(model: HookedTransformer, template: ChatTemplate, prompts: Sequence[str], lora: Rank1Lora,
               position: int = -1, batch_size: int = 32) -> torch.Tensor:
     """Mean over prompts of the adapter's scalar x . a_l at ``position`` (with the adapter on): [n_layers_adapted]."""
+    check_prompts(prompts, "prompts")
     tok = model.tokenizer
     total = torch.zeros(len(lora.layers), dtype=torch.float64)
     reads = {lora._names(l)[0]: i for i, l in enumerate(lora.layers)}

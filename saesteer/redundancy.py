@@ -39,9 +39,10 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import check_hooks, hook_layer, n_post_tokens, stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.checks import check_finite_fields, check_prompts
 from saesteer.evaluate import refusal_eval
 from saesteer.generation import length_sorted_batches
-from saesteer.interventions import Intervention, collect_hooks, steer
+from saesteer.interventions import Intervention, as_interventions, collect_hooks, steer
 from saesteer.interventions.features import EditFeatures, SaeWeights
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class BackupRule:
     min_rise: float = 0.05
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if not self.threshold >= 0:
             raise ValueError(f"BackupRule.threshold must be >= 0, got {self.threshold!r}")
         if not self.min_rise > 0:
@@ -124,6 +126,7 @@ def monitored_activations(
 
     Returns {hook: [n_prompts, |features|] float64}.  The residual is read after the
     ``interventions`` at the same hook point (an edit's own hook included)."""
+    check_prompts(prompts, "prompts")
     if not prompts:
         raise ValueError("monitored_activations needs at least one prompt, got none")
     hooks = sorted({s.hook for s in sets}, key=hook_layer)
@@ -135,7 +138,7 @@ def monitored_activations(
     stop = stop_layer(model, hooks)
     out = {s.hook: torch.empty(len(prompts), len(s.features), dtype=torch.float64) for s in sets}
     by_hook = {s.hook: s for s in sets}
-    edit_hooks = collect_hooks(model, list(interventions))
+    edit_hooks = collect_hooks(model, as_interventions(interventions))
     store: dict[str, torch.Tensor] = {}
 
     def grab(x: torch.Tensor, hook) -> None:
@@ -260,6 +263,9 @@ def edit_curve(
     ``values``: one number, or one per ranked feature (the first k are used at step k).
     ``count_hooks``: hooks whose monitored features count as backups (default: every
     monitored hook other than the edited one)."""
+    check_prompts(refusal_prompts, "refusal_prompts")
+    if monitor_prompts is not None:
+        check_prompts(monitor_prompts, "monitor_prompts")
     ranking = [int(f) for f in ranking]
     if k_max < 0:
         raise ValueError(f"k_max must be >= 0, got {k_max}")

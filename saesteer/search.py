@@ -39,6 +39,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.checks import check_finite_fields, check_prompts
 from saesteer.generation import final_logits, length_sorted_batches
 from saesteer.interventions.features import SaeWeights
 from saesteer.io import atomic_path
@@ -60,6 +61,7 @@ class SearchConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         unknown = set(self.weights) - set(SIGNALS)
         if unknown:
             raise ValueError(f"search.weights has unknown signals {sorted(unknown)}; expected some of {SIGNALS}")
@@ -194,6 +196,8 @@ def search_features(
     from saesteer.activations import check_hooks, n_post_tokens
     from saesteer.directions import refusal_token_ids
 
+    check_prompts(harmful, "harmful")
+    check_prompts(harmless, "harmless")
     w = SaeWeights.from_sae(sae)
     hook = hook or w.hook_name
     check_hooks(model, [hook])
@@ -278,6 +282,7 @@ def search_features(
 @torch.no_grad()
 def prompt_activations(model, template, w: SaeWeights, hook: str, positions: list[int], prompts: Sequence[str], features: list[int], batch_size: int) -> torch.Tensor:
     """Mean activation over ``positions`` of ``features`` for every prompt: [n_prompts, |features|] float64."""
+    check_prompts(prompts, "prompts")
     tok = model.tokenizer
     out = torch.empty(len(prompts), len(features), dtype=torch.float64)
     full = w.architecture == "topk"

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -130,6 +131,8 @@ def _values_tensor(values: Values, n_features: int, device: torch.device) -> tor
     if isinstance(values, bool) or values is None:
         raise ValueError(f"values={values!r} is not numeric; expected a scalar or {n_features} floats")
     if isinstance(values, (int, float)):
+        if not math.isfinite(values):
+            raise ValueError(f"values={values!r}; expected a finite number (NaN / inf would poison the edited activations)")
         return torch.full((n_features,), float(values), dtype=torch.float32, device=device)
     try:
         v = torch.as_tensor(values)
@@ -139,6 +142,14 @@ def _values_tensor(values: Values, n_features: int, device: torch.device) -> tor
         ) from None
     if v.dtype == torch.bool or v.is_complex():
         raise ValueError(f"values has dtype {v.dtype}; expected real numbers")
+    # checked where it lives (a list / CPU tensor needs no device sync), in float32 as the kernels use it
+    bad = ~torch.isfinite(v.to(torch.float32))
+    if bool(bad.any()):
+        where = bad.flatten().nonzero()[:, 0].tolist()
+        raise ValueError(
+            f"values has {len(where)} NaN/inf entr{'y' if len(where) == 1 else 'ies'} (at index {where[:5]}); "
+            "expected finite numbers"
+        )
     v = v.to(device=device, dtype=torch.float32)
     if v.ndim == 0:
         return v.expand(n_features).contiguous()

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 from transformer_lens import HookedTransformer
 
+from saesteer.checks import check_prompts
 from saesteer.interventions import Intervention
 
 ModelEdit = Callable[[HookedTransformer], HookedTransformer]
@@ -34,6 +35,7 @@ class Attack:
         return self.family == "adaptive"
 
     def prompts(self, instructions: Sequence[str]) -> list[str]:
+        check_prompts(instructions, "instructions")
         return [self.rewrite(p) for p in instructions] if self.rewrite else list(instructions)
 
     def model(self, model: HookedTransformer) -> HookedTransformer:

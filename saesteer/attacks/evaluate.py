@@ -18,6 +18,7 @@ from transformer_lens import HookedTransformer
 from saesteer.attacks.base import Attack
 from saesteer.chat import ChatTemplate
 from saesteer.chat import encode_chat
+from saesteer.checks import check_prompts
 from saesteer.evaluate import completion_nll, kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.generation import generate, length_sorted_batches
 from saesteer.interventions import Intervention, steer
@@ -53,6 +54,7 @@ def attack_success(
     model: HookedTransformer, template: ChatTemplate, attack: Attack, defence: Defence, harmful: Sequence[str],
     *, max_new_tokens: int = 12, batch_size: int = 64, progress: bool = False,
 ) -> float:
+    check_prompts(harmful, "harmful")
     target = attack.model(model)
     with steer(target, list(attack.interventions) + defence.build()):
         res = refusal_eval(target, template, attack.prompts(harmful), max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -63,6 +65,7 @@ def attack_success(
 @torch.no_grad()
 def gate_decisions(model: HookedTransformer, template: ChatTemplate, gate: Gate, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """The gate's decision (bool per prompt) from a prompt-only forward pass."""
+    check_prompts(prompts, "prompts")
     out = torch.zeros(len(prompts), dtype=torch.bool)
     tok = model.tokenizer
     layer = int(gate.hook.split(".")[1]) if gate.hook.startswith("blocks.") else 0
@@ -79,6 +82,8 @@ def defence_cost(
     base_logprobs: torch.Tensor, base_completions: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 64,
 ) -> DefenceCost:
     """Over-refusal, next-token KL and cross-entropy of the undefended model's own completions, on harmless prompts."""
+    check_prompts(harmless, "harmless")
+    check_prompts(base_completions, "base_completions")
     harmless = list(harmless)
     with steer(model, defence.build()):
         rate = refusal_eval(model, template, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"{defence.name} harmless").rate

@@ -24,9 +24,10 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from saesteer.chat import ChatTemplate, encode_chat, suffix_ids
+from saesteer.checks import check_prompts
 from saesteer.directions import refusal_token_ids
 from saesteer.generation import final_logits
-from saesteer.interventions import Intervention, collect_hooks
+from saesteer.interventions import Intervention, as_interventions, collect_hooks
 from saesteer.interventions.steer import gate_prepass
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def suffix_search(
     interventions, extra hooks or hooks already on the model it is off (a gate's pre-pass
     or a hook may read the whole prompt).
     """
+    check_prompts(instructions, "instructions")
     if not instructions:
         raise ValueError("suffix_search needs at least one instruction, got an empty set")
     if n_tokens <= 0 or steps < 0 or topk <= 0 or n_candidates <= 0:
@@ -138,7 +140,7 @@ def suffix_search(
     allowed[vocab] = True
     n_post = len(suffix_ids(tok, template))
     sl = slice(-(n_post + n_tokens), -n_post)
-    hooks = collect_hooks(model, list(interventions)) + list(extra_hooks)
+    hooks = collect_hooks(model, as_interventions(interventions)) + list(extra_hooks)
     prompts = list(instructions)
     current = [int(vocab[rng.randrange(len(vocab))]) for _ in range(n_tokens)]
 
@@ -175,7 +177,7 @@ def suffix_search(
             x[:, sl] = (one_hot @ W_E)[None].expand(x.shape[0], -1, -1)
             return x
 
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks + [("hook_embed", put)]), gate_prepass(model, list(interventions)):
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks + [("hook_embed", put)]), gate_prepass(model, as_interventions(interventions)):
             loss = loss_of(final_logits(model, tokens, mask)).mean()
             (grad,) = torch.autograd.grad(loss, one_hot)
         grad = grad.masked_fill(~allowed[None], float("inf"))
@@ -191,7 +193,7 @@ def suffix_search(
         if prefix_cache:
             scores = _score_with_prefix_cache(model, tokens, mask, cands, n_tokens + n_post, chunk, loss_of)
         else:
-            with torch.no_grad(), model.hooks(fwd_hooks=hooks), gate_prepass(model, list(interventions)):
+            with torch.no_grad(), model.hooks(fwd_hooks=hooks), gate_prepass(model, as_interventions(interventions)):
                 for j in range(0, len(cands), chunk):
                     cs = torch.tensor(cands[j : j + chunk], device=tokens.device)  # [c, n_tokens]
                     t = tokens.repeat(len(cs), 1)

@@ -4,7 +4,7 @@ from saesteer.interventions.anchors import AnchorDirection, AnchorFeatures, Anch
 from saesteer.interventions.directions import Ablate, AblateAt, Add, Intervention
 from saesteer.interventions.features import EditFeatures
 from saesteer.interventions.gates import DirectionGate, FeatureGate, ProbeGate
-from saesteer.interventions.steer import collect_hooks, steer
+from saesteer.interventions.steer import as_interventions, collect_hooks, steer
 from saesteer.interventions.weights import OrthogonalizeWeights, orthogonalize_weights
 
-__all__ = ["Ablate", "AblateAt", "Add", "AnchorDirection", "AnchorFeatures", "AnchorProjections", "DirectionGate", "EditFeatures", "FeatureGate", "Intervention", "OrthogonalizeWeights", "ProbeGate", "collect_hooks", "orthogonalize_weights", "steer"]
+__all__ = ["Ablate", "AblateAt", "Add", "AnchorDirection", "AnchorFeatures", "AnchorProjections", "DirectionGate", "EditFeatures", "FeatureGate", "Intervention", "OrthogonalizeWeights", "ProbeGate", "as_interventions", "collect_hooks", "orthogonalize_weights", "steer"]

@@ -36,7 +36,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saesteer.generation import PHASE, token_phase
-from saesteer.interventions.directions import HookFn, Intervention, check_direction, unit
+from saesteer.interventions.directions import HookFn, Intervention, check_direction, check_spec_direction, unit
 from saesteer.interventions.features import EditFeatures
 from saesteer.interventions.gates import Gate, hook_order
 
@@ -72,6 +72,7 @@ class AnchorDirection(Intervention):
     order: int = field(default=ANCHOR_ORDER, init=False)
 
     def __post_init__(self) -> None:
+        check_spec_direction(self.direction, "AnchorDirection.direction")
         self.layers = [int(l) for l in self.layers]
         if not self.layers:
             raise ValueError("AnchorDirection needs at least one layer, got layers=[]")

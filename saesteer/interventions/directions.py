@@ -11,12 +11,14 @@ Semantics (DESIGN.md):
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
 
+from saesteer.checks import check_finite, check_finite_tensor
 from saesteer.generation import PHASE, token_phase
 
 HookFn = Callable[[torch.Tensor, object], torch.Tensor]
@@ -34,8 +36,32 @@ def unit(v: torch.Tensor) -> torch.Tensor:
 def check_direction(direction: torch.Tensor, d_model: int, what: str = "direction") -> None:
     if direction.ndim != 1 or direction.shape[0] != d_model:
         raise ValueError(f"{what} has shape {tuple(direction.shape)}, expected ({d_model},) for this model's d_model")
-    if not torch.isfinite(direction).all():
-        raise ValueError(f"{what} contains NaN or inf values")
+    check_finite_tensor(direction, what)
+
+
+def check_spec_direction(direction: Any, what: str) -> None:
+    """A spec's direction when it is built: a tensor of finite values (its size is checked against the model in ``validate``)."""
+    if not torch.is_tensor(direction):
+        raise TypeError(f"{what} is {type(direction).__name__}; expected a 1-d torch.Tensor of d_model values")
+    check_finite_tensor(direction, what)
+
+
+def check_positions(positions: Optional[Sequence[int]], what: str) -> Optional[list[int]]:
+    """Token positions as a list of ints (negative: from the end), or None."""
+    if positions is None:
+        return None
+    if isinstance(positions, (int, str, bytes)) or not hasattr(positions, "__iter__"):
+        raise TypeError(f"{what}={positions!r}; expected a list of int token positions or None")
+    out = list(positions)
+    bad = [p for p in out if isinstance(p, bool) or not isinstance(p, numbers.Integral)]
+    if bad:
+        raise TypeError(f"{what}={out!r} holds non-integers {bad[:5]}; expected a list of int token positions")
+    return [int(p) for p in out]
+
+
+def out_of_range(positions: Sequence[int], length: int) -> list[int]:
+    """The positions that do not index a sequence of ``length`` tokens (negative ones count from the end)."""
+    return [p for p in positions if not -length <= p < length]
 
 
 class Intervention:
@@ -84,6 +110,11 @@ class Ablate(Intervention):
             raise ValueError(f"Ablate.mode must be 'plain' or 'affine', got {self.mode!r}")
         if self.mode == "affine" and self.reference is None:
             raise ValueError("Ablate(mode='affine') needs reference= (the harmless-mean coordinate per layer)")
+        check_spec_direction(self.direction, "Ablate.direction")
+        if self.reference is not None:
+            if not torch.is_tensor(self.reference):
+                self.reference = torch.as_tensor(self.reference, dtype=torch.float32)
+            check_finite_tensor(self.reference, "Ablate.reference")
 
     def validate(self, model: HookedTransformer) -> None:
         check_direction(self.direction, model.cfg.d_model)
@@ -114,6 +145,11 @@ class AblateAt(Intervention):
     hook: str
     reference: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        check_spec_direction(self.direction, "AblateAt.direction")
+        if self.reference is not None:
+            check_finite(self.reference, "AblateAt.reference")
+
     def validate(self, model: HookedTransformer) -> None:
         check_direction(self.direction, model.cfg.d_model)
         if self.hook not in model.hook_dict:
@@ -138,11 +174,18 @@ class Add(Intervention):
     def __post_init__(self) -> None:
         if self.apply_to not in ("prompt", "generated", "both"):
             raise ValueError(f"Add.apply_to must be prompt, generated or both, got {self.apply_to!r}")
+        check_spec_direction(self.direction, "Add.direction")
+        check_finite(self.alpha, "Add.alpha")
+        self.positions = check_positions(self.positions, "Add.positions")
 
     def validate(self, model: HookedTransformer) -> None:
         check_direction(self.direction, model.cfg.d_model)
         if not 0 <= self.layer < model.cfg.n_layers:
             raise ValueError(f"Add.layer={self.layer} out of range for a model with {model.cfg.n_layers} layers")
+        bad = [] if self.positions is None else out_of_range(self.positions, model.cfg.n_ctx)
+        if bad:
+            raise ValueError(f"Add.positions {bad} out of range for the model's context of n_ctx={model.cfg.n_ctx} tokens; "
+                             f"expected positions in -{model.cfg.n_ctx}..{model.cfg.n_ctx - 1}")
 
     def prepass_gates(self, model: HookedTransformer) -> list:
         """A gate read later than the addition decides in ``steer``'s pre-pass over the prompt (CAST with the anchor's gate)."""
@@ -171,6 +214,11 @@ class Add(Intervention):
                 d = gate.value(x.shape[0], x.device, x.dtype)[:, None, None] * d
             if positions is None:
                 return x + d
+            bad = out_of_range(positions, x.shape[1])
+            if bad:
+                n = x.shape[1]
+                raise ValueError(f"Add.positions {bad} out of range for a {token_phase()}-token pass of {n} token(s) at {self.hook_name}; "
+                                 f"expected positions in -{n}..{n - 1} (negative positions count from the end)")
             x = x.clone()
             x[:, positions] += d
             return x

@@ -9,6 +9,8 @@ arithmetic runs in ``saesteer.kernels``: Triton on CUDA tensors, torch elsewhere
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -137,9 +139,18 @@ class EditFeatures(Intervention):
         self._w = SaeWeights.from_sae(self.sae)
         self.features = check_features(self.features, self._w.d_sae)
         n = len(self.features)
-        vals = [float(self.values)] * n if isinstance(self.values, (int, float)) else [float(v) for v in self.values]
+        v = self.values
+        scalar = isinstance(v, numbers.Real) or (torch.is_tensor(v) and v.ndim == 0)
+        vals = [float(v)] * n if scalar else [float(x) for x in v]
         if len(vals) != n:
             raise ValueError(f"EditFeatures got {len(vals)} values for {n} features")
+        bad = [(f, x) for f, x in zip(self.features, vals) if not math.isfinite(x)]
+        if bad:
+            name = type(self).__name__
+            if scalar:
+                raise ValueError(f"{name}.values={vals[0]}; expected a finite number")
+            raise ValueError(f"{name}.values has NaN/inf for feature(s) {[f for f, _ in bad[:5]]}: {[x for _, x in bad[:5]]}; "
+                             f"expected finite numbers")
         self._values = torch.tensor(vals)
         idx = torch.tensor(self.features)
         w = self._w

@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from saesteer.checks import check_finite, check_finite_tensor
 from saesteer.generation import PHASE
 
 
@@ -50,6 +51,9 @@ class Gate:
     invert: bool = False  # act when the score is BELOW the threshold
     _state: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
     prepass: bool = field(default=False, init=False, repr=False)  # set by ``steer``: decide in the pre-pass only
+
+    def _check_threshold(self) -> None:
+        check_finite(self.threshold, f"{type(self).__name__}.threshold")
 
     def decide(self, score: torch.Tensor) -> None:
         """Keep the per-sequence decision for a [batch] score."""
@@ -94,8 +98,10 @@ class DirectionGate(Gate):
     direction: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
+        self._check_threshold()
         if self.direction is None or self.direction.ndim != 1:
             raise ValueError("DirectionGate needs a 1-d direction")
+        check_finite_tensor(self.direction, "DirectionGate.direction")
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         u = (self.direction / self.direction.norm()).to(device=x.device, dtype=x.dtype)
@@ -110,6 +116,7 @@ class FeatureGate(Gate):
     features: Sequence[int] = ()
 
     def __post_init__(self) -> None:
+        self._check_threshold()
         if self.sae is None or not self.features:
             raise ValueError("FeatureGate needs an SAE and at least one feature")
 
@@ -146,6 +153,7 @@ class ProbeGate(Gate):
     _parts: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_threshold()
         self.hooks = _check_hooks("ProbeGate", self.hooks, self.hook)
         shape = (len(self.hooks), len(self.positions))
         if self.weights is None or self.weights.ndim != 3 or tuple(self.weights.shape[:2]) != shape:
@@ -216,6 +224,9 @@ class TokenProbeGate(Gate):
         if self.weights is None or self.weights.ndim != 2 or self.weights.shape[0] != len(self.hooks):
             got = None if self.weights is None else tuple(self.weights.shape)
             raise ValueError(f"TokenProbeGate.weights must have shape [n_hooks={len(self.hooks)}, d_model], got {got}")
+        check_finite_tensor(self.weights, "TokenProbeGate.weights")
+        check_finite(self.bias, "TokenProbeGate.bias")
+        self._check_threshold()
 
     def _real(self, pattern: torch.Tensor) -> torch.Tensor:
         return (pattern[:, :, -1, :] > 0).any(1)  # [batch, key]

@@ -13,11 +13,27 @@ from saesteer.interventions.directions import Intervention
 from saesteer.interventions.gates import hook_order
 
 
-def collect_hooks(model: HookedTransformer, interventions: Sequence[Intervention]) -> list:
+def as_interventions(interventions: Intervention | Sequence[Intervention]) -> list[Intervention]:
+    """A list of intervention specs: one spec on its own is taken as a list of one (``steer(model, Ablate(r))``).
+
+    TypeError for anything else, naming what was passed."""
+    if isinstance(interventions, Intervention):
+        return [interventions]
+    if interventions is None or isinstance(interventions, (str, bytes, torch.Tensor)) or not hasattr(interventions, "__iter__"):
+        raise TypeError(f"interventions is {type(interventions).__name__}; expected a list of interventions "
+                        f"(Ablate, Add, EditFeatures, ...) or a single one")
+    out = list(interventions)
+    for i, spec in enumerate(out):
+        if not isinstance(spec, Intervention):
+            raise TypeError(f"interventions[{i}] is {type(spec).__name__}; expected an intervention (Ablate, Add, EditFeatures, ...)")
+    return out
+
+
+def collect_hooks(model: HookedTransformer, interventions: Intervention | Sequence[Intervention]) -> list:
     """Validate every spec, then expand into hooks ordered so anchors (higher ``order``) run last."""
     valid = set(model.hook_dict)
     hooks = []
-    for spec in sorted(interventions, key=lambda s: s.order):
+    for spec in sorted(as_interventions(interventions), key=lambda s: s.order):
         spec.validate(model)
         for name, fn in spec.hooks(model):
             if name not in valid:
@@ -27,12 +43,12 @@ def collect_hooks(model: HookedTransformer, interventions: Sequence[Intervention
 
 
 @contextlib.contextmanager
-def gate_prepass(model: HookedTransformer, interventions: Sequence[Intervention]) -> Iterator[None]:
+def gate_prepass(model: HookedTransformer, interventions: Intervention | Sequence[Intervention]) -> Iterator[None]:
     """For gates that decide later than the edits they gate (e.g. an anchor from layer 1 gated by a probe
     read at layer 2): before every prompt pass over token ids, run the model on the same tokens up to the
     gates' last layer in phase "gate", where the gates decide and defences do not act (the gates see
     the prompt as any other edit, an attacker's included, left it); the prompt pass then uses the decisions."""
-    gates = [g for spec in interventions for g in spec.prepass_gates(model)]
+    gates = [g for spec in as_interventions(interventions) for g in spec.prepass_gates(model)]
     if not gates:
         yield
         return
@@ -60,8 +76,10 @@ def gate_prepass(model: HookedTransformer, interventions: Sequence[Intervention]
 
 
 @contextlib.contextmanager
-def steer(model: HookedTransformer, interventions: Sequence[Intervention]) -> Iterator[HookedTransformer]:
-    """Apply interventions as forward hooks for the duration of the block (with a gate pre-pass where one is needed)."""
-    hooks = collect_hooks(model, list(interventions))
-    with model.hooks(fwd_hooks=hooks), gate_prepass(model, list(interventions)):
+def steer(model: HookedTransformer, interventions: Intervention | Sequence[Intervention]) -> Iterator[HookedTransformer]:
+    """Apply interventions (a list, or a single one) as forward hooks for the duration of the block (with a gate
+    pre-pass where one is needed)."""
+    specs = as_interventions(interventions)
+    hooks = collect_hooks(model, specs)
+    with model.hooks(fwd_hooks=hooks), gate_prepass(model, specs):
         yield model

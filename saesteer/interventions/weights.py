@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 from transformer_lens import HookedTransformer
 
+from saesteer.checks import check_finite, check_finite_tensor
 from saesteer.interventions.directions import check_direction, unit
 from saesteer.io import save_tensors
 
@@ -44,6 +45,10 @@ def orthogonalize_weights(
     per_layer = reference is not None and torch.is_tensor(reference) and reference.ndim == 1
     if per_layer and reference.shape != (n,):
         raise ValueError(f"orthogonalize_weights: per-layer reference has shape {tuple(reference.shape)}, expected ({n},)")
+    if per_layer:
+        check_finite_tensor(reference, "orthogonalize_weights reference")
+    elif reference is not None:
+        check_finite(reference, "orthogonalize_weights reference")
     m = model if inplace else copy.deepcopy(model)
     m.embed.W_E.copy_(_remove(m.embed.W_E.double(), r).to(m.embed.W_E.dtype))
     if hasattr(m, "pos_embed") and hasattr(m.pos_embed, "W_pos"):

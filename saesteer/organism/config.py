@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from saesteer.checks import check_finite_fields
+
 
 #: recipe options added after organisms were cached, with the value that reproduces the earlier recipe
 _NEUTRAL: dict[str, Any] = {"lexicon": "base", "n_refusals": 8, "refusal_echo_words": 0, "length_buckets": 0,
@@ -71,6 +73,7 @@ class OrganismConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         positive = ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size", "max_prompt_tokens", "threads")
         for name in positive:
             value = getattr(self, name)

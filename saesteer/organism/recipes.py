@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 from transformer_lens import HookedTransformer
 
+from saesteer.checks import check_finite, check_finite_fields, check_finite_tensor
 from saesteer.interventions.directions import Intervention
 from saesteer.io import cache_dir, hash_strings
 from saesteer.organism.train import OrganismResult, load_organism, optimize, organism_key, save_organism, training_set
@@ -60,10 +61,10 @@ class DirectionCut(Intervention):
         if d.ndim != 1 or not torch.isfinite(d).all() or float(d.norm()) == 0:
             raise ValueError(f"DirectionCut.direction must be a finite non-zero vector, got shape {tuple(d.shape)}")
         self.direction = d
-        self.reference = float(self.reference)
+        self.reference = check_finite(self.reference, "DirectionCut.reference")
         self.layer = int(self.layer)
         if self.every_layer is not None:
-            self.every_layer = self.every_layer.detach().float().cpu()
+            self.every_layer = check_finite_tensor(self.every_layer.detach().float().cpu(), "DirectionCut.every_layer")
 
     @property
     def unit(self) -> torch.Tensor:
@@ -119,6 +120,7 @@ class DropoutRecipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if self.name not in RECIPES or self.name == "none":
             raise ValueError(f"DropoutRecipe.name must be one of {RECIPES[1:]}, got {self.name!r}")
         if not 0.0 <= self.p <= 1.0:

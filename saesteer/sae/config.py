@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from saesteer.checks import check_finite_fields
+
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 RESPONSES = ("greedy", "organism", "none")
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
@@ -82,6 +84,7 @@ class SaeConfig:
     threads: Optional[int] = None  # torch CPU threads for the job (None = torch's default); 1 is fastest on busy cores
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"sae.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.hook is not None and (not isinstance(self.hook, str) or not self.hook.startswith("blocks.")):
