@@ -69,7 +69,8 @@ def kl_divergence(base_logprobs: torch.Tensor, new_logprobs: torch.Tensor) -> fl
     if base_logprobs.shape != new_logprobs.shape:
         raise ValueError(f"logprob shapes differ: {tuple(base_logprobs.shape)} vs {tuple(new_logprobs.shape)}")
     p = base_logprobs.exp()
-    kl = (p * (base_logprobs - new_logprobs)).sum(-1)
+    # Tokens the base model gives probability 0 (log-prob -inf) add nothing, not NaN.
+    kl = torch.where(p > 0, p * (base_logprobs - new_logprobs), torch.zeros_like(p)).sum(-1)
     return float(kl.mean())
 
 

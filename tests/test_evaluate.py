@@ -66,3 +66,26 @@ def test_completion_nll_applies_edits_to_the_tokens_they_name(tiny_organism, app
     assert count == ref_count
     assert total == pytest.approx(ref_total, rel=1e-4), (total, ref_total)
     assert abs(ref_total - plain) > 2e-3 * plain  # the edit changes the figure, so the test can tell where it acted
+
+
+def test_kl_divergence_equals_torch_distributions_in_float64():
+    from saesteer.evaluate import kl_divergence
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 50, generator=g) * 3, torch.randn(6, 50, generator=g) * 3
+    base, new = F.log_softmax(a, -1), F.log_softmax(b, -1)
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=a.double()), torch.distributions.Categorical(logits=b.double())
+    ).mean()
+    assert float(ref) > 0.5  # far apart: a wrong direction or a missing term would show
+    assert kl_divergence(base, new) == pytest.approx(float(ref), rel=1e-5)
+    assert kl_divergence(new, base) != pytest.approx(float(ref), rel=1e-2)  # KL(base || new), not the reverse
+    assert kl_divergence(base, base) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_divergence_ignores_tokens_the_base_never_predicts():
+    from saesteer.evaluate import kl_divergence
+
+    base = torch.log(torch.tensor([[0.5, 0.5, 0.0]]))  # -inf on the last token
+    new = torch.log(torch.tensor([[0.25, 0.25, 0.5]]))
+    assert kl_divergence(base, new) == pytest.approx(float(torch.log(torch.tensor(2.0))), rel=1e-6)
