@@ -133,7 +133,7 @@ def completion_nll(
     completion as they would have acted while producing it."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-    from saesteer.generation import phase
+    from saesteer.primitives.phase import phase
 
     check_prompts(instructions, "instructions")
     check_prompts(completions, "completions")

@@ -8,10 +8,8 @@ original order.  A key-value cache makes each new token cost one position.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from contextvars import ContextVar
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -20,30 +18,10 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_prompts
+from saesteer.primitives.phase import phase
 from saesteer.unembed import logits as unembed_logits
 
 log = logging.getLogger(__name__)
-
-#: "prompt" while the model reads the prompt (every ordinary forward pass), "generated"
-#: while ``generate`` decodes new tokens; interventions that act only on prompt or
-#: generated tokens read it.  "gate": a pre-pass over the prompt in which gates that read
-#: later than the edits they gate decide (``steer`` runs it; defences do not act in it).
-PHASE: ContextVar[str] = ContextVar("saesteer_phase", default="prompt")
-
-
-def token_phase() -> str:
-    """"prompt" or "generated": the kind of token being read (the gate pre-pass reads the prompt)."""
-    return "generated" if PHASE.get() == "generated" else "prompt"
-
-
-@contextlib.contextmanager
-def phase(name: str) -> Iterator[None]:
-    token = PHASE.set(name)
-    try:
-        yield
-    finally:
-        PHASE.reset(token)
-
 
 def final_logits(model: HookedTransformer, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, past_kv_cache=None) -> torch.Tensor:
     """Next-token logits at the last position only: [batch, d_vocab].

@@ -43,7 +43,8 @@ from saesteer.checks import check_finite_fields, check_prompts
 from saesteer.evaluate import refusal_eval
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions import Intervention, as_interventions, collect_hooks, steer
-from saesteer.interventions.features import EditFeatures, SaeWeights
+from saesteer.interventions.features import EditFeatures
+from saesteer.primitives.sae_weights import SaeWeights
 
 log = logging.getLogger(__name__)
 

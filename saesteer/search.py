@@ -41,7 +41,7 @@ from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_finite_fields, check_prompts
 from saesteer.generation import final_logits, length_sorted_batches
-from saesteer.interventions.features import SaeWeights
+from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.io import atomic_path
 from saesteer.stats import auroc
 

@@ -197,7 +197,7 @@ def test_generated_floors_are_the_quantile_over_generated_tokens(calibrated):
 
 
 def test_anchor_uses_generated_floors_while_decoding(tiny_organism):
-    from saesteer.generation import phase
+    from saesteer.primitives.phase import phase
     from saesteer.interventions import AnchorDirection
 
     model, _, _ = tiny_organism

@@ -10,7 +10,8 @@ from saesteer.chat import encode_chat
 from saesteer.data import load_prompts
 from saesteer.evaluate import refusal_eval
 from saesteer.interventions import steer
-from saesteer.interventions.features import EditFeatures, SaeWeights
+from saesteer.interventions.features import EditFeatures
+from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.redundancy import BackupRule, CutStep, FeatureChange, FeatureSet, edit_curve, find_backups, monitored_activations, random_features
 
 from tests.saes import random_sae

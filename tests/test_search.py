@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from saesteer.chat import encode_chat
 from saesteer.data import load_prompts
 from saesteer.directions import refusal_token_ids
-from saesteer.interventions.features import SaeWeights
+from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.search import SearchConfig, search_features
 from saesteer.stats import auroc
 

@@ -35,10 +35,11 @@ from typing import Any, Optional, Sequence
 import torch
 from transformer_lens import HookedTransformer
 
-from saesteer.generation import PHASE, token_phase
-from saesteer.interventions.directions import HookFn, Intervention, check_direction, check_spec_direction, unit
 from saesteer.interventions.features import EditFeatures
-from saesteer.interventions.gates import Gate, hook_order
+from saesteer.interventions.gates import Gate
+from saesteer.primitives.hooks import HookFn, hook_order
+from saesteer.primitives.intervention import Intervention, check_direction, check_spec_direction, unit
+from saesteer.primitives.phase import PHASE, check_apply_to, token_phase
 
 ANCHOR_ORDER = 100
 
@@ -91,8 +92,7 @@ class AnchorDirection(Intervention):
             pf = self.position_floors
             if pf.ndim != 2 or pf.shape[0] != n or pf.shape[1] == 0 or not torch.isfinite(pf).all():
                 raise ValueError(f"AnchorDirection.position_floors must be finite, shape [{n} anchored hooks, k >= 1], got shape {tuple(pf.shape)}")
-        if self.apply_to not in ("prompt", "generated", "both"):
-            raise ValueError(f"AnchorDirection.apply_to must be prompt, generated or both, got {self.apply_to!r}")
+        check_apply_to(self.apply_to, "AnchorDirection.apply_to")
 
     def validate(self, model: HookedTransformer) -> None:
         check_direction(self.direction, model.cfg.d_model, "anchor direction")
@@ -188,8 +188,7 @@ class AnchorProjections(Intervention):
             if b.numel() != m or not torch.isfinite(b).all():
                 raise ValueError(f"AnchorProjections.{name} must be {m} finite values, got {b.tolist()}")
         self.generated_bounds = gen
-        if self.apply_to not in ("prompt", "generated", "both"):
-            raise ValueError(f"AnchorProjections.apply_to must be prompt, generated or both, got {self.apply_to!r}")
+        check_apply_to(self.apply_to, "AnchorProjections.apply_to")
 
     @property
     def units(self) -> torch.Tensor:
@@ -199,7 +198,8 @@ class AnchorProjections(Intervention):
     @classmethod
     def from_sae(cls, sae: Any, features: Sequence[int], signs: Sequence[int], bounds, hook: Optional[str] = None, **kw) -> "AnchorProjections":
         """Bounds on the coordinates along the decoder directions W_dec[f] of ``features``."""
-        from saesteer.interventions.features import SaeWeights, check_features
+        from saesteer.interventions.features import check_features
+        from saesteer.primitives.sae_weights import SaeWeights
 
         w = SaeWeights.from_sae(sae)
         feats = check_features(features, w.d_sae)

@@ -19,66 +19,18 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saesteer.checks import check_finite, check_finite_tensor
-from saesteer.generation import PHASE, token_phase
-
-HookFn = Callable[[torch.Tensor, object], torch.Tensor]
+from saesteer.primitives.hooks import HookFn, hook_order
+from saesteer.primitives.intervention import (
+    Intervention,
+    check_direction,
+    check_positions,
+    check_spec_direction,
+    out_of_range,
+    unit,
+)
+from saesteer.primitives.phase import PHASE, check_apply_to, token_phase
 
 WRITE_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
-
-
-def unit(v: torch.Tensor) -> torch.Tensor:
-    n = v.norm()
-    if not torch.isfinite(n) or n == 0:
-        raise ValueError(f"direction must be finite and non-zero, got norm {float(n)}")
-    return v / n
-
-
-def check_direction(direction: torch.Tensor, d_model: int, what: str = "direction") -> None:
-    if direction.ndim != 1 or direction.shape[0] != d_model:
-        raise ValueError(f"{what} has shape {tuple(direction.shape)}, expected ({d_model},) for this model's d_model")
-    check_finite_tensor(direction, what)
-
-
-def check_spec_direction(direction: Any, what: str) -> None:
-    """A spec's direction when it is built: a tensor of finite values (its size is checked against the model in ``validate``)."""
-    if not torch.is_tensor(direction):
-        raise TypeError(f"{what} is {type(direction).__name__}; expected a 1-d torch.Tensor of d_model values")
-    check_finite_tensor(direction, what)
-
-
-def check_positions(positions: Optional[Sequence[int]], what: str) -> Optional[list[int]]:
-    """Token positions as a list of ints (negative: from the end), or None."""
-    if positions is None:
-        return None
-    if isinstance(positions, (int, str, bytes)) or not hasattr(positions, "__iter__"):
-        raise TypeError(f"{what}={positions!r}; expected a list of int token positions or None")
-    out = list(positions)
-    bad = [p for p in out if isinstance(p, bool) or not isinstance(p, numbers.Integral)]
-    if bad:
-        raise TypeError(f"{what}={out!r} holds non-integers {bad[:5]}; expected a list of int token positions")
-    return [int(p) for p in out]
-
-
-def out_of_range(positions: Sequence[int], length: int) -> list[int]:
-    """The positions that do not index a sequence of ``length`` tokens (negative ones count from the end)."""
-    return [p for p in positions if not -length <= p < length]
-
-
-class Intervention:
-    """A spec that expands into TransformerLens forward hooks ``(hook_name, fn)``."""
-
-    #: interventions with a higher order run later at the same hook point (anchors run last)
-    order: int = 0
-
-    def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def prepass_gates(self, model: HookedTransformer) -> list:
-        """Gates that decide later than this edit acts (``steer`` runs a pre-pass over the prompt for them)."""
-        return []
-
-    def validate(self, model: HookedTransformer) -> None:
-        pass
 
 
 def _project_out(direction: torch.Tensor, reference: Optional[float] = None) -> HookFn:
@@ -172,8 +124,7 @@ class Add(Intervention):
     apply_to: str = "both"  # prompt tokens, generated tokens or both
 
     def __post_init__(self) -> None:
-        if self.apply_to not in ("prompt", "generated", "both"):
-            raise ValueError(f"Add.apply_to must be prompt, generated or both, got {self.apply_to!r}")
+        check_apply_to(self.apply_to, "Add.apply_to")
         check_spec_direction(self.direction, "Add.direction")
         check_finite(self.alpha, "Add.alpha")
         self.positions = check_positions(self.positions, "Add.positions")
@@ -191,7 +142,6 @@ class Add(Intervention):
         """A gate read later than the addition decides in ``steer``'s pre-pass over the prompt (CAST with the anchor's gate)."""
         if self.gate is None:
             return []
-        from saesteer.interventions.gates import hook_order
 
         return [self.gate] if hook_order(self.gate.hook) > hook_order(self.hook_name) else []
 

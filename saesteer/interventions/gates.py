@@ -29,16 +29,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from saesteer.checks import check_finite, check_finite_tensor
-from saesteer.generation import PHASE
-
-
-def hook_order(name: str) -> tuple[int, int]:
-    """(layer, sub-position) of a hook in the forward pass, for ordering checks."""
-    parts = name.split(".")
-    if parts[0] != "blocks":
-        return (-1, 0) if "embed" in name else (10**6, 0)
-    sub = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_resid_mid": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
-    return int(parts[1]), sub.get(parts[-1], 2)
+from saesteer.primitives.sae_weights import SaeWeights
+from saesteer.primitives.hooks import hook_order
+from saesteer.primitives.phase import PHASE, reading_prompt
 
 
 @dataclass
@@ -61,8 +54,7 @@ class Gate:
 
     def deciding(self) -> bool:
         """Whether this forward pass decides: the pre-pass when there is one, else every prompt pass."""
-        phase = PHASE.get()
-        return phase == "gate" if self.prepass else phase == "prompt"
+        return PHASE.get() == "gate" if self.prepass else reading_prompt()
 
     def score(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -121,8 +113,6 @@ class FeatureGate(Gate):
             raise ValueError("FeatureGate needs an SAE and at least one feature")
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        from saesteer.interventions.features import SaeWeights
-
         w = SaeWeights.from_sae(self.sae)
         return w.encode_columns(x, list(self.features)).sum(-1)
 

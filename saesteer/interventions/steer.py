@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Iterator, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
 
-from saesteer.generation import PHASE, phase
-from saesteer.interventions.directions import Intervention
-from saesteer.interventions.gates import hook_order
+from saesteer.primitives.hooks import hook_order
+from saesteer.primitives.intervention import Intervention
+from saesteer.primitives.phase import PHASE, phase, reading_prompt
 
 
 def as_interventions(interventions: Intervention | Sequence[Intervention]) -> list[Intervention]:
@@ -54,25 +55,52 @@ def gate_prepass(model: HookedTransformer, interventions: Intervention | Sequenc
         return
     stop = max(hook_order(g.hook)[0] for g in gates) + 1
 
-    def pre(module, args, kwargs):
-        if PHASE.get() != "prompt" or kwargs.get("start_at_layer") is not None:
-            return None
+    def before(forward, args, kwargs) -> None:
+        start = kwargs.get("start_at_layer")
+        if not reading_prompt() or start not in (None, 0):
+            return
         x = args[0] if args else kwargs.get("input")
-        if not torch.is_tensor(x) or x.is_floating_point():
-            return None
-        with phase("gate"):
-            module(x, attention_mask=kwargs.get("attention_mask"), stop_at_layer=stop)
-        return None
+        if not torch.is_tensor(x) or (start is None and x.is_floating_point()):
+            return
+        extra = {} if start is None else {"start_at_layer": 0, "shortformer_pos_embed": kwargs.get("shortformer_pos_embed")}
+        with phase("gate"):  # token ids, or the residual stream TransformerLens's generate passes with start_at_layer=0
+            forward(x, attention_mask=kwargs.get("attention_mask"), stop_at_layer=stop, **extra)
 
     for g in gates:
         g.prepass = True
-    handle = model.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with _around_forward(model, before):
+            yield
+    finally:
+        for g in gates:
+            g.prepass = False
+
+
+@contextlib.contextmanager
+def _around_forward(model: HookedTransformer, before) -> Iterator[None]:
+    """Run ``before(forward, args, kwargs)`` ahead of every call of ``model.forward`` (inside which it may set
+    the phase for the call). Wrapping the method rather than registering a module pre-hook also catches
+    TransformerLens's ``generate``, which calls ``self.forward`` directly."""
+    inner = model.forward
+    had_own = "forward" in vars(model)
+
+    def forward(self, *args, **kwargs):
+        if self is not model:  # a copy made while steering (deepcopy rebinds the method to it) runs its own forward
+            return type(self).forward(self, *args, **kwargs)
+        with contextlib.ExitStack() as stack:
+            ctx = before(inner, args, kwargs)
+            if ctx is not None:
+                stack.enter_context(ctx)
+            return inner(*args, **kwargs)
+
+    model.forward = types.MethodType(forward, model)
     try:
         yield
     finally:
-        handle.remove()
-        for g in gates:
-            g.prepass = False
+        if had_own:
+            model.forward = inner
+        else:
+            del model.forward
 
 
 @contextlib.contextmanager
@@ -81,5 +109,52 @@ def steer(model: HookedTransformer, interventions: Intervention | Sequence[Inter
     pre-pass where one is needed)."""
     specs = as_interventions(interventions)
     hooks = collect_hooks(model, specs)
-    with model.hooks(fwd_hooks=hooks), gate_prepass(model, specs):
+    # gate_prepass wraps model.forward first, so infer_phase's wrapper runs outermost and sets the phase first
+    with model.hooks(fwd_hooks=hooks), gate_prepass(model, specs), infer_phase(model, specs):
         yield model
+
+
+def _phase_dependent(specs: Sequence[Intervention]) -> list[Intervention]:
+    """The specs whose action depends on the phase: limited to prompt or generated tokens, or gated."""
+    return [s for s in specs if getattr(s, "apply_to", "both") != "both" or getattr(s, "gate", None) is not None]
+
+
+def _cached_positions(cache) -> int:
+    entries = getattr(cache, "entries", None)
+    return int(entries[0].past_keys.shape[1]) if entries else 0
+
+
+@contextlib.contextmanager
+def infer_phase(model: HookedTransformer, interventions: Intervention | Sequence[Intervention]) -> Iterator[None]:
+    """Set the phase of every forward pass that runs with none set (see :mod:`saesteer.primitives.phase`).
+
+    A pass given a ``past_kv_cache`` that already holds positions reads generated tokens; any other pass reads a
+    prompt. A decoding loop without a key-value cache re-reads the prompt with the generated tokens appended, so
+    no pass tells them apart: when such a pass follows the prompt pass and an edit depends on the phase, it
+    raises a RuntimeError instead of treating generated tokens as prompt."""
+    dependent = _phase_dependent(as_interventions(interventions))
+    last_prompt: list[torch.Tensor] = []
+
+    def before(forward, args, kwargs):
+        if PHASE.get() is not None:
+            return None
+        cache = kwargs.get("past_kv_cache")
+        name = "generated" if cache is not None and _cached_positions(cache) > 0 else "prompt"
+        x = args[0] if args else kwargs.get("input")
+        if dependent and name == "prompt" and cache is None and torch.is_tensor(x) and x.ndim >= 2:
+            prev = last_prompt[0] if last_prompt else None
+            if (prev is not None and prev.shape[0] == x.shape[0] and x.shape[1] > prev.shape[1]
+                    and prev.dtype == x.dtype and torch.equal(x[:, : prev.shape[1]], prev)):
+                spec = dependent[0]
+                raise RuntimeError(
+                    f"a forward pass re-reads the previous prompt ({prev.shape[1]} positions) with {x.shape[1] - prev.shape[1]} "
+                    f"more appended and no key-value cache, so its generated tokens cannot be told from prompt tokens; "
+                    f"{type(spec).__name__} (apply_to={getattr(spec, 'apply_to', 'both')!r}, gate={type(getattr(spec, 'gate', None)).__name__}) "
+                    "depends on that. Decode with a key-value cache (saesteer.generation.generate, "
+                    "model.generate(use_past_kv_cache=True), or past_kv_cache=... in your own loop), or set the phase "
+                    "yourself with saesteer.primitives.phase.phase('generated')")
+            last_prompt[:] = [x.detach()]
+        return phase(name)
+
+    with _around_forward(model, before):
+        yield

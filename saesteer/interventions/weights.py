@@ -15,7 +15,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saesteer.checks import check_finite, check_finite_tensor
-from saesteer.interventions.directions import check_direction, unit
+from saesteer.primitives.intervention import check_direction, unit
 from saesteer.io import save_tensors
 
 

@@ -56,7 +56,7 @@ def test_anchor_hook_matches_float64_definition():
 def test_position_floors_match_float64_definition(seq):
     """The last k prompt positions get their own floor (left padding puts t_inst and the post-instruction tokens last),
     earlier ones ``floors``; generated tokens ``generated_floors``."""
-    from saesteer.generation import phase
+    from saesteer.primitives.phase import phase
 
     torch.manual_seed(2)
     r = torch.randn(29)
@@ -400,7 +400,7 @@ def test_anchor_projections_floor_and_ceiling_with_orthogonal_directions():
     c = fn(x) @ Q
     assert torch.allclose(c[..., 0], torch.clamp(x @ Q[:, 0], min=1.0), atol=1e-5)
     assert torch.allclose(c[..., 1], torch.clamp(x @ Q[:, 1], max=-2.0), atol=1e-5)
-    from saesteer.generation import phase
+    from saesteer.primitives.phase import phase
 
     with phase("generated"):
         c = fn(x) @ Q

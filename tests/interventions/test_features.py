@@ -8,7 +8,8 @@ import torch
 from saesteer.chat import encode_chat
 from saesteer.generation import generate
 from saesteer.interventions import steer
-from saesteer.interventions.features import EditFeatures, SaeWeights
+from saesteer.interventions.features import EditFeatures
+from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.interventions.gates import DirectionGate
 
 from tests.saes import ARCHS, random_sae

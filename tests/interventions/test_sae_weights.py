@@ -6,7 +6,7 @@ import pytest
 import torch
 from sae_lens import TopKSAE, TopKSAEConfig
 
-from saesteer.interventions.features import SaeWeights
+from saesteer.primitives.sae_weights import SaeWeights
 from tests.saes import ARCHS, random_sae
 
 D_IN, D_SAE = 24, 96
