@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -139,3 +140,14 @@ def cache_dir() -> Path:
     p = Path(root)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def json_ready(v: Any) -> Any:
+    """NaN / inf -> None, recursively (metrics.json stays valid JSON and equal to what the job returns)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
+    if isinstance(v, dict):
+        return {k: json_ready(x) for k, x in v.items()}
+    return v

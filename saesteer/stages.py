@@ -1,4 +1,5 @@
-"""Cached stage outputs shared by jobs and the pipeline (so a warm run recomputes nothing).
+"""Cached stage outputs shared by jobs and the pipeline (so a warm run recomputes nothing): the refusal
+direction and the SAE.
 
 Each stage result is an artifact under ``cache_dir()/<stage>/<key>`` where the key
 hashes the model's weights fingerprint, the prompt data and the stage config.
@@ -9,16 +10,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
-from saesteer.activations import model_fingerprint
-from saesteer.directions import CandidateScore, compute_candidates, load_direction, save_direction, select_direction
+from saesteer.activations import check_hooks, model_fingerprint
+from saesteer.data import load_prompts
+from saesteer.directions import (
+    CandidateScore,
+    compute_candidates,
+    load_direction,
+    save_direction,
+    select_direction,
+)
 from saesteer.io import cache_dir, hash_strings, write_json
 from saesteer.models import LoadedModel
+from saesteer.sae.config import SaeConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +93,128 @@ def direction_stage(loaded: LoadedModel, data_cfg: Any, dir_cfg: Any, *, path: O
     write_json(file.with_name("candidates.json"), [dataclasses.asdict(s) for s in sel.scores])
     save_direction(file, sel, meta)
     return direction_stage(loaded, data_cfg, dir_cfg, path=str(file))
+
+
+# ---------------------------------------------------------------- the SAE stage
+
+
+def resolve_hook(cfg: SaeConfig, loaded: LoadedModel) -> str:
+    """``sae.hook``; else the layer of ``sae.direction``; else the middle layer's ``hook_resid_pre``."""
+    model = loaded.model
+    if cfg.hook is not None:
+        hook = cfg.hook
+    elif cfg.direction is not None:
+        from saesteer.directions import load_direction
+
+        _, meta = load_direction(cfg.direction, d_model=model.cfg.d_model)
+        if meta.get("hook"):
+            hook = str(meta["hook"])
+        elif meta.get("layer") is not None:
+            hook = f"blocks.{int(meta['layer'])}.hook_resid_pre"
+        else:
+            raise ValueError(f"sae.direction={cfg.direction!r} names no layer in its metadata; set sae.hook")
+        log.info("train-sae: hook %s from the direction %s", hook, cfg.direction)
+    else:
+        hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"
+        log.info("train-sae: no sae.hook or sae.direction; using the middle layer, %s", hook)
+    check_hooks(model, [hook])
+    return hook
+
+
+def sample_prompts(source: str, n: Optional[int], seed: int) -> list[str]:
+    prompts = load_prompts(source)
+    if n is not None and n < len(prompts):
+        prompts = prompts.take(n, seed=seed)
+    return list(prompts.instructions)
+
+
+def sae_responses(
+    cfg: Any, loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], desc: str
+) -> Optional[list[str]]:
+    """The answers paired with the prompts (``sae.responses``): greedy, the organism's training texts, or none."""
+    mode = cfg.sae.responses
+    if mode == "none":
+        return None
+    if mode == "organism":
+        from saesteer.organism.responses import comply, refuse
+
+        rng = random.Random(cfg.sae.seed)
+        echo = cfg.model.organism.echo_words
+        org = cfg.model.organism
+        return [refuse(rng, p, org.refusal_echo_words, org.n_refusals) for p in harmful] + [comply(p, rng, echo) for p in harmless]
+    from saesteer.generation import generate
+
+    prompts = list(harmful) + list(harmless)
+    # SAEs at several hooks of one model (the backups stage fits three) read the same conversations: generate once
+    key = hash_strings(["greedy-responses", model_fingerprint(loaded.model), loaded.template.name,
+                        f"max_new_tokens={cfg.sae.max_new_tokens}", *prompts])
+    path = cache_dir() / "responses" / f"{key}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if isinstance(cached, list) and len(cached) == len(prompts) and all(isinstance(r, str) for r in cached):
+            log.info("train-sae: greedy responses of the %d prompts from the cache %s", len(prompts), path)
+            return cached
+        log.warning("train-sae: ignoring the malformed response cache %s", path)
+    responses = generate(loaded.model, loaded.template, prompts, max_new_tokens=cfg.sae.max_new_tokens,
+                         batch_size=cfg.eval.batch_size, progress=cfg.progress, desc=desc)
+    write_json(path, responses)
+    return responses
+
+
+def sae_fit_key(cfg: Any, loaded: LoadedModel, hook: str, harmful: Sequence[str], harmless: Sequence[str]) -> str:
+    """The cache key of an SAE fit: its config, hook, model (fingerprint), template and prompts."""
+    fingerprint = model_fingerprint(loaded.model)
+    key = {
+        "sae": cfg.sae.fit_key_dict(), "hook": hook, "model": loaded.name, "model_fingerprint": fingerprint,
+        "template": loaded.template.name, "harmful": hash_strings(list(harmful)), "harmless": hash_strings(list(harmless)),
+    }
+    return hash_strings([json.dumps(key, sort_keys=True)])
+
+
+def train_or_reuse_sae(cfg: Any, loaded: LoadedModel, tracker: Any) -> tuple[Any, dict[str, Any]]:
+    from sae_lens import SAE
+
+    from saesteer.sae.fit import (
+        SAE_DIR,
+        FitInterrupted,
+        build_token_dataset,
+        fit_sae,
+        read_fit_metadata,
+    )
+
+    sae_cfg = cfg.sae
+    hook = resolve_hook(sae_cfg, loaded)
+    harmful = sample_prompts(cfg.data.harmful_train, sae_cfg.n_harmful, cfg.data.seed)
+    harmless = sample_prompts(cfg.data.harmless_train, sae_cfg.n_harmless, cfg.data.seed)
+    fit_dir = cache_dir() / "sae" / sae_fit_key(cfg, loaded, hook, harmful, harmless)
+    meta = read_fit_metadata(fit_dir / SAE_DIR)
+    if meta is not None and sae_cfg.reuse:
+        log.info("train-sae: reusing the cached SAE %s", fit_dir / SAE_DIR)
+        sae = SAE.load_from_disk(str(fit_dir / SAE_DIR), device=loaded.model.cfg.device).eval()
+        return sae, {**meta, "sae_path": str(fit_dir / SAE_DIR), "source": "cache"}
+    log.info("train-sae: %d harmful + %d harmless train prompts, responses=%s", len(harmful), len(harmless), sae_cfg.responses)
+    responses = sae_responses(cfg, loaded, harmful, harmless, "responses (train)")
+    dataset = build_token_dataset(
+        loaded.model, loaded.template, list(harmful) + list(harmless), sae_cfg.context_size, responses, seed=sae_cfg.seed
+    )
+    try:
+        result = fit_sae(
+            loaded.model, sae_cfg, dataset, hook, fit_dir, tracker=tracker, progress=cfg.progress,
+            extra_metadata={"template": loaded.template.name, "responses": sae_cfg.responses,
+                            "harmful_source": cfg.data.harmful_train, "harmless_source": cfg.data.harmless_train},
+        )
+    except FitInterrupted as exc:
+        raise SystemExit(f"saesteer {getattr(cfg, 'job', 'train-sae')}: {exc}; run the same command again to resume") from None
+    return result.sae, {**result.metadata, "sae_path": str(result.path), "source": "fit"}
+
+
+def sae_stage(cfg: Any, loaded: LoadedModel, tracker: Any, layer: int):
+    """The SAE of ``cfg.sae`` (loaded, cached or fitted), at the direction's layer unless a hook is set."""
+    from saesteer.sae.load import load_sae
+
+    if cfg.sae.hook is None:
+        cfg = dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, hook=f"blocks.{layer}.hook_resid_pre"))
+    if cfg.sae.loads:
+        return load_sae(cfg.sae, loaded.model, hook=cfg.sae.hook, device=loaded.model.cfg.device)
+    sae, _ = train_or_reuse_sae(cfg, loaded, tracker)
+    return sae

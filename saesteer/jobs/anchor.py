@@ -15,23 +15,34 @@ from typing import Any
 
 import torch
 
+from saesteer.activations import collect_token_activations
 from saesteer.anchor import AnchorArtifact, calibrate_anchor, calibrate_feature_anchor
 from saesteer.attacks.base import Attack
-from saesteer.attacks.directional import ablation_attack, gate_ablation_attack, negative_addition_attacks, orthogonalized_attack
-from saesteer.attacks.evaluate import UNDEFENDED, Defence, attack_success, baseline_completions, defence_cost
+from saesteer.attacks.directional import (
+    ablation_attack,
+    gate_ablation_attack,
+    negative_addition_attacks,
+    orthogonalized_attack,
+)
+from saesteer.attacks.evaluate import (
+    UNDEFENDED,
+    Defence,
+    attack_success,
+    baseline_completions,
+    defence_cost,
+)
 from saesteer.attacks.features import feature_ablation_attack
 from saesteer.attacks.prompts import suffix_attack, template_attack
 from saesteer.attacks.suffix import suffix_search
-from saesteer.activations import collect_token_activations
-from saesteer.interventions.gates import AnyGate
 from saesteer.config import AnchorJobConfig
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.interventions import steer
+from saesteer.interventions.gates import AnyGate
 from saesteer.io import write_text
 from saesteer.jobs.common import load_role
 from saesteer.models import load_model
 from saesteer.report import markdown_table, save_fig
-from saesteer.stages import direction_stage
+from saesteer.stages import direction_stage, sae_stage
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -81,10 +92,9 @@ def sae_ranking(cfg: AnchorJobConfig, loaded, direction, tracker: Tracker):
     """(SAE, feature scores) when the attack suite or the feature anchor needs them, else (None, None)."""
     if not (cfg.anchor.sae_attack or cfg.anchor.sae_features > 0):
         return None, None
-    from saesteer.jobs.search import obtain_sae
     from saesteer.search import search_features
 
-    sae = obtain_sae(cfg, loaded, tracker, direction.layer)
+    sae = sae_stage(cfg, loaded, tracker, direction.layer)
     scores = search_features(loaded.model, loaded.template, sae, direction.direction, list(load_role(cfg.data, "harmful_train").instructions),
                              list(load_role(cfg.data, "harmless_train").instructions), cfg.search.search_config(), progress=cfg.progress)
     return sae, scores

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,28 +29,25 @@ from saesteer.evaluate import refusal_eval
 from saesteer.harmfulness import fit_harm_detector, t_inst_position
 from saesteer.interventions import steer
 from saesteer.interventions.features import EditFeatures
-from saesteer.io import write_json, write_text
+from saesteer.io import json_ready, write_json, write_text
 from saesteer.jobs.common import load_role
+from saesteer.jobs.threads import torch_threads
 from saesteer.models import load_model
-from saesteer.redundancy import EditCurve, FeatureSet, edit_curve, find_backups, monitored_activations, random_features, resid_hook
+from saesteer.redundancy import (
+    EditCurve,
+    FeatureSet,
+    edit_curve,
+    find_backups,
+    monitored_activations,
+    random_features,
+    resid_hook,
+)
 from saesteer.report import markdown_table, save_fig
 from saesteer.search import SearchConfig, search_features
-from saesteer.stages import direction_stage
-from saesteer.jobs.threads import torch_threads
+from saesteer.stages import direction_stage, sae_stage
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-
-def json_ready(v: Any) -> Any:
-    """NaN / inf -> None, recursively (metrics.json stays valid JSON and equal to what the job returns)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (list, tuple)):
-        return [json_ready(x) for x in v]
-    if isinstance(v, dict):
-        return {k: json_ready(x) for k, x in v.items()}
-    return v
 
 
 def layer_plan(b: Any, direction_layer: int, n_layers: int) -> tuple[int, int, list[int]]:
@@ -72,11 +68,9 @@ def layer_plan(b: Any, direction_layer: int, n_layers: int) -> tuple[int, int, l
 
 def fit_layer_sae(cfg: BackupsJobConfig, loaded, tracker: Tracker, layer: int):
     """The SAE of ``cfg.sae`` at ``blocks.{layer}.hook_resid_pre``, through the SAE stage (cached per layer)."""
-    from saesteer.jobs.search import obtain_sae
-
     tcfg = TrainSaeJobConfig(seed=cfg.seed, progress=cfg.progress, model=cfg.model, data=cfg.data, eval=cfg.eval,
                              logger=cfg.logger, sae=dataclasses.replace(cfg.sae, hook=resid_hook(layer)))
-    return obtain_sae(tcfg, loaded, tracker, layer)
+    return sae_stage(tcfg, loaded, tracker, layer)
 
 
 def _union(a: list[int], b: list[int]) -> list[int]:
@@ -117,9 +111,9 @@ def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     if recipe is not None:
         if cfg.model.name != "organism":
             raise ValueError(f"backups.recipe={b.recipe} fine-tunes the organism; got model.name={cfg.model.name!r}")
+        from saesteer.models import LoadedModel
         from saesteer.organism import load_or_train_organism
         from saesteer.organism.recipes import DirectionCut, load_or_finetune
-        from saesteer.models import LoadedModel
 
         cut = DirectionCut.from_artifact(direction, every_layer=b.recipe == "direction_dropout_all")
         tuned = load_or_finetune(load_or_train_organism(cfg.model.organism, progress=cfg.progress), cut, recipe, progress=cfg.progress)

@@ -31,10 +31,17 @@ from saesteer.data import load_prompts
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.harmfulness import fit_harm_detector
 from saesteer.interventions import Ablate, steer
-from saesteer.io import save_tensors, write_json, write_text
-from saesteer.jobs.backups import json_ready
+from saesteer.io import json_ready, save_tensors, write_json, write_text
 from saesteer.jobs.common import load_role
-from saesteer.lora import LoraTrainConfig, Rank1Lora, category_prompts, cosine_per_layer, mean_read, mean_shift, train_lora
+from saesteer.lora import (
+    LoraTrainConfig,
+    Rank1Lora,
+    category_prompts,
+    cosine_per_layer,
+    mean_read,
+    mean_shift,
+    train_lora,
+)
 from saesteer.models import load_model
 from saesteer.organism.responses import comply
 from saesteer.organism.synthetic import load_lexicon

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import re
@@ -18,23 +17,10 @@ from saesteer.jobs.common import load_role
 from saesteer.models import load_model
 from saesteer.report import markdown_table, scatter_plot
 from saesteer.search import search_features
-from saesteer.stages import direction_stage
+from saesteer.stages import direction_stage, sae_stage
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
-
-
-def obtain_sae(cfg: Any, loaded, tracker: Tracker, layer: int):
-    """The SAE of ``cfg.sae`` (loaded, cached or fitted), at the direction's layer unless a hook is set."""
-    from saesteer.jobs.train_sae import _train_or_reuse
-    from saesteer.sae.load import load_sae
-
-    if cfg.sae.hook is None:
-        cfg = dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, hook=f"blocks.{layer}.hook_resid_pre"))
-    if cfg.sae.loads:
-        return load_sae(cfg.sae, loaded.model, hook=cfg.sae.hook, device=loaded.model.cfg.device)
-    sae, _ = _train_or_reuse(cfg, loaded, tracker)
-    return sae
 
 
 def stage_reference(direction, hook: str, n_layers: int) -> Optional[float]:
@@ -53,7 +39,7 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
     direction = direction_stage(loaded, cfg.data, cfg.directions, path=s.direction, progress=cfg.progress)
-    sae = obtain_sae(cfg, loaded, tracker, direction.layer)
+    sae = sae_stage(cfg, loaded, tracker, direction.layer)
     train_h = list(load_role(cfg.data, "harmful_train").instructions)
     train_s = list(load_role(cfg.data, "harmless_train").instructions)
     scores = search_features(model, tpl, sae, direction.direction, train_h, train_s, s.search_config(), progress=cfg.progress)

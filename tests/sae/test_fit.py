@@ -236,7 +236,7 @@ def test_fit_rejects_a_missing_hook_and_a_mismatched_dataset(tiny_organism, tmp_
 
 def test_hook_comes_from_the_config_then_the_direction_then_the_middle(tiny_organism, tmp_path):
     from saesteer.io import save_tensors
-    from saesteer.jobs.train_sae import resolve_hook
+    from saesteer.stages import resolve_hook
     from saesteer.models import LoadedModel
 
     model, template, _ = tiny_organism
