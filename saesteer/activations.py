@@ -103,7 +103,7 @@ def _forward_batches(
     tok = model.tokenizer
     for idx in tqdm(length_sorted_batches([len(s) for s in instructions], batch_size), desc=desc, disable=not progress, leave=False):
         enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id, max_length=model.cfg.n_ctx,
-                          length_note="the model's context, n_ctx")
+                          length_note="the model's context, n_ctx", indices=idx)
         store.clear()
         with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]), gate_prepass(model, as_interventions(interventions)):
             model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)

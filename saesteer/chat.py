@@ -324,6 +324,7 @@ def encode_chat(
     pad_token_id: int | None = None,
     system: str | None = None,
     length_note: str | None = None,
+    indices: Sequence[int] | None = None,
 ) -> EncodedChat:
     """Tokenize instructions with ``template`` into a left-padded batch.
 
@@ -331,6 +332,8 @@ def encode_chat(
     id only if ``template.bos`` and the tokenizer has one.  Prompts longer than
     ``max_length`` raise (no silent truncation; ``length_note`` says where the limit
     comes from).  The pad id is ``pad_token_id``, else the tokenizer's pad id, else its EOS id.
+    ``indices``: each instruction's index in the caller's full prompt list (a length-sorted
+    batch), so that errors name the prompt as the user numbered it, not its place in the batch.
     """
     if isinstance(instructions, str):
         raise ChatEncodingError("instructions must be a sequence of strings, got a single string; wrap it in a list")
@@ -359,12 +362,12 @@ def encode_chat(
     rows = []
     for i, ids in enumerate(inst_ids):
         if not ids:
-            raise ChatEncodingError(f"instruction {i} ({instructions[i][:40]!r}) tokenizes to no tokens")
+            raise ChatEncodingError(f"instruction {i if indices is None else int(indices[i])} ({instructions[i][:40]!r}) tokenizes to no tokens")
         row = head + ids + post_ids
         if max_length is not None and len(row) > max_length:
             note = f"{length_note}; " if length_note else ""
             raise ChatEncodingError(
-                f"prompt {i} is {len(row)} tokens long, more than max_length={max_length} "
+                f"prompt {i if indices is None else int(indices[i])} is {len(row)} tokens long, more than max_length={max_length} "
                 f"({note}instruction starts {instructions[i][:40]!r})"
             )
         rows.append(row)

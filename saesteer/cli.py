@@ -41,9 +41,12 @@ def main(argv: list[str] | None = None) -> None:
     job = next(k for k in JOBS if k.replace("-", "_") == key)
     from saesteer.jobs.common import ConfigError, check_overrides, hydra_entry
 
+    from saesteer.jobs.rundir import RunDirError, check_cli_output_dirs
+
     try:
         check_overrides(job, argv[1:])  # unknown keys / options and bad types: one line, not Hydra's report
-    except ConfigError as exc:
+        check_cli_output_dirs(job, argv[1:])  # hydra.run.dir: a file, unwritable, another run's results; before Hydra writes there
+    except (ConfigError, RunDirError) as exc:
         sys.stderr.write(f"saesteer {job}: error: {exc}\n")
         sys.exit(2)
     sys.argv = [f"saesteer {job}"] + argv[1:]

@@ -106,6 +106,8 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # a run directory (hydra.run.dir) that holds another run's results is refused; true: they are removed first
+    overwrite: bool = False
 
 
 STEER_KINDS = ("none", "ablate", "add")

@@ -85,7 +85,7 @@ def refusal_scores(
     with steer(model, interventions):
         for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
             enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id,
-                              max_length=model.cfg.n_ctx, length_note="the model's context, n_ctx")
+                              max_length=model.cfg.n_ctx, length_note="the model's context, n_ctx", indices=idx)
             logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
             lp = F.log_softmax(logits.double().cpu(), -1)
             p = lp[:, ids].exp().sum(-1).clamp(1e-12, 1 - 1e-12)

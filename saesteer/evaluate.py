@@ -58,7 +58,7 @@ def last_position_logprobs(
     out = torch.empty(len(instructions), model.cfg.d_vocab_out)
     for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
         enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id,
-                          max_length=model.cfg.n_ctx, length_note="the model's context, n_ctx")
+                          max_length=model.cfg.n_ctx, length_note="the model's context, n_ctx", indices=idx)
         logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
         out[idx] = F.log_softmax(logits.float(), -1).cpu()
     return out

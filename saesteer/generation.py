@@ -68,7 +68,7 @@ def generate(
     max_prompt = model.cfg.n_ctx - max_new_tokens
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=pad, max_length=max_prompt,
-                          length_note=f"the model's context n_ctx={model.cfg.n_ctx} less max_new_tokens={max_new_tokens}")
+                          length_note=f"the model's context n_ctx={model.cfg.n_ctx} less max_new_tokens={max_new_tokens}", indices=idx)
         tokens = enc.tokens.to(device)
         mask = enc.attention_mask.to(device)
         B = tokens.shape[0]

@@ -82,6 +82,7 @@ def load_model(cfg: "ModelConfig", progress: bool = True) -> LoadedModel:
         template = resolve_template("organism", cfg.template)
         result = load_or_train_organism(cfg.organism, retrain=cfg.retrain, progress=progress)
         model = result.model.to(cfg.device)
+        _check_settings(model, template, "organism")
         return LoadedModel(model, template, "organism", {"organism_path": str(result.path), **result.metadata})
     official = resolve_model_name(cfg.name)
     template = resolve_template(official, cfg.template)  # fails before any download
@@ -97,4 +98,13 @@ def load_model(cfg: "ModelConfig", progress: bool = True) -> LoadedModel:
         ) from None
     model.eval()
     model.tokenizer.padding_side = "left"
+    _check_settings(model, template, official)
     return LoadedModel(model, template, official, {"model_name": official})
+
+
+def _check_settings(model: HookedTransformer, template: ChatTemplate, name: str) -> None:
+    """The running job's layer and position settings against the model just loaded (what the offline preflight
+    could not check: a real model's n_layers or tokenizer), before the model runs."""
+    from saesteer.experiments import check_loaded_model
+
+    check_loaded_model(model, template, name)

@@ -301,3 +301,54 @@ def test_running_an_experiment_without_a_gpu_fails_before_any_download(no_downlo
         run_job("directions", compose_experiment("llama31_8b_instruct", "directions", ["logger.mode=disabled"]),
                 job_function("directions"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- what cannot be checked offline is never "ok"
+
+
+def test_model_of_unknown_dimensions_is_not_checked_never_ok(no_download):
+    """Qwen2.5-1.5B's dimensions need the Hub's config.json: model, hook layer and SAE width are "not checked"."""
+    from saesteer.experiments import NOT_CHECKED, check_experiments
+
+    checks = {c.name: c for c in _validate("qwen25_7b_instruct", "model.name=Qwen/Qwen2.5-1.5B-Instruct")}
+    for name in ("model", "sae.hook", "sae.d_in"):
+        assert checks[name].status == NOT_CHECKED, checks[name]
+        assert str(checks[name]).startswith(f"[not checked] {name}: ")
+    assert "d_in 3584" in checks["sae.d_in"].detail and "d_model None" in checks["sae.d_in"].detail
+    assert checks["sae.model"].status == "note" and "Qwen/Qwen2.5-7B-Instruct" in checks["sae.model"].detail
+    status, lines = check_experiments(["qwen25_7b_instruct"], ["model.name=Qwen/Qwen2.5-1.5B-Instruct"])
+    assert status == 0
+    assert lines[0] == ("qwen25_7b_instruct model.name=Qwen/Qwen2.5-1.5B-Instruct: not checked "
+                        "(model, sae.hook, sae.d_in: not knowable offline)")
+    assert not any(l.endswith(": ok") for l in lines)
+
+
+def _experiments_cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "saesteer.experiments", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_python_m_saesteer_experiments_prints_every_check():
+    res = _experiments_cli("gemma2_2b_it_gemmascope")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout.splitlines()
+    assert out[0] == "gemma2_2b_it_gemmascope: ok"
+    for name in ("model", "template", "device", "sae.release", "sae.hook", "sae.d_in", "sae.model"):
+        assert any(l.startswith("  [") and f"] {name}: " in l for l in out), (name, out)
+    assert "  [ok] sae.d_in: 2304 = d_model (sae_lens's gemma_2 config)" in out
+
+    res = _experiments_cli("qwen25_7b_instruct", "model.name=Qwen/Qwen2.5-1.5B-Instruct")
+    assert res.returncode == 0 and res.stdout.splitlines()[0].endswith(": not checked (model, sae.hook, sae.d_in: not knowable offline)")
+    assert "  [not checked] sae.d_in: " in res.stdout
+
+    res = _experiments_cli("llama31_8b_instruct", "sae.hook=blocks.15.hook_resid_postt", "--job", "directions")
+    assert res.returncode == 1
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "llama31_8b_instruct sae.hook=blocks.15.hook_resid_postt: error: sae.hook='blocks.15.hook_resid_postt' is not a "
+        "TransformerLens hook name; expected blocks.<layer>.<hook>, e.g. 'blocks.12.hook_resid_post'; did you mean "
+        "'blocks.15.hook_resid_post'"), lines

@@ -43,29 +43,63 @@ def _clean(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_job(job: str, cfg: DictConfig | Any, fn: JobFn, run_dir: Path) -> dict[str, Any]:
-    """Validate ``cfg``, run ``fn`` with a tracker, write ``run_dir/metrics.json``."""
-    obj = to_object(cfg) if isinstance(cfg, DictConfig) else cfg
-    if hasattr(obj, "model"):
-        from saesteer.experiments import preflight
+def _hydra_files(run_dir: Path) -> tuple[tuple[str, ...], Optional[Path]]:
+    """(names Hydra wrote into ``run_dir`` for this run, the job's log file) when Hydra runs this job there."""
+    from hydra.core.hydra_config import HydraConfig
 
-        preflight(obj, job)  # offline: names, template, hooks, widths, direction files; before any download or run dir
+    if not HydraConfig.initialized():
+        return (), None
+    hc = HydraConfig.get()
+    try:
+        if Path(hc.runtime.output_dir).resolve() != run_dir.resolve():
+            return (), None
+        log_name = f"{hc.job.name}.log"
+    except Exception:  # noqa: BLE001 - an incomplete Hydra config: not Hydra's run directory
+        return (), None
+    return (".hydra", log_name), run_dir / log_name
+
+
+def run_job(job: str, cfg: DictConfig | Any, fn: JobFn, run_dir: Path) -> dict[str, Any]:
+    """Validate ``cfg``, run ``fn`` with a tracker, write ``run_dir/metrics.json``.
+
+    ``run_dir`` must be writable and hold no other run's results unless ``overwrite=true``
+    (then they are removed once the preflight passed): see :mod:`saesteer.jobs.rundir`."""
+    from saesteer.jobs import rundir
+
+    obj = to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     run_dir = Path(run_dir)
+    keep, log_file = _hydra_files(run_dir)
+    log_offset = log_file.stat().st_size if log_file is not None and log_file.is_file() else 0  # an earlier run's lines
+    overwrite = bool(getattr(obj, "overwrite", False))
+    earlier = rundir.check_run_dir(run_dir, overwrite)  # a file, unwritable, or another run's results: before any work
+    from saesteer.experiments import job_settings, preflight
+
+    if hasattr(obj, "model"):
+        preflight(obj, job)  # offline: names, template, hooks, widths, layers, positions, direction files; before any download
+    if earlier:
+        log.info("%s: overwrite=true, removing the earlier run's results in %s (%s)", job, run_dir, ", ".join(earlier))
+        rundir.clear_run_dir(run_dir, keep, log_file, log_offset)
     run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_marker(run_dir, job)
     seed_everything(obj.seed)
     flat = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else {}
-    tracker = Tracker.start(
-        job, flat, run_dir, project=obj.logger.project, mode=obj.logger.mode, entity=obj.logger.entity,
-        group=obj.logger.group, tags=obj.logger.tags,
-    )
-    t0 = time.perf_counter()
     try:
-        metrics = _clean(fn(obj, run_dir, tracker))
-        metrics.setdefault("job_seconds", round(time.perf_counter() - t0, 2))
-        write_json(run_dir / "metrics.json", metrics)
-        tracker.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    finally:
-        tracker.finish()
+        tracker = Tracker.start(
+            job, flat, run_dir, project=obj.logger.project, mode=obj.logger.mode, entity=obj.logger.entity,
+            group=obj.logger.group, tags=obj.logger.tags,
+        )
+        t0 = time.perf_counter()
+        try:
+            with job_settings(obj):  # each model loaded is checked against the layer and position settings
+                metrics = _clean(fn(obj, run_dir, tracker))
+            metrics.setdefault("job_seconds", round(time.perf_counter() - t0, 2))
+            write_json(run_dir / "metrics.json", metrics)
+            tracker.summary({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        finally:
+            tracker.finish()
+    except BaseException:
+        rundir.drop_marker_if_alone(run_dir, keep)  # a run that wrote nothing leaves nothing
+        raise
     log.info("%s: metrics in %s", job, run_dir / "metrics.json")
     return metrics
 

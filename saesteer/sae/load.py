@@ -93,13 +93,62 @@ def _load_disk(path: Path, device: str) -> Any:
     if missing:
         raise SaeLoadError(f"{path} is not an SAE in sae_lens format: missing {', '.join(missing)}")
     check_not_pickle(path / SAE_WEIGHTS_FILENAME)
+    read_sae_cfg(path / SAE_CFG_FILENAME)  # a broken cfg.json is named as such, not blamed on the weights
+    weights_error = _unreadable_safetensors(path / SAE_WEIGHTS_FILENAME)
+    if weights_error:
+        raise SaeLoadError(f"could not load the SAE in {path} ({weights_error}); "
+                           f"expected a readable {SAE_WEIGHTS_FILENAME} (truncated or corrupted?)")
     try:
         sae = SAE.load_from_disk(str(path), device=device)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-        raise SaeLoadError(f"could not load the SAE in {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+    except SafetensorError as exc:
+        raise SaeLoadError(f"could not load the SAE in {path} ({_first_line(exc)}); "
                            f"expected a readable {SAE_WEIGHTS_FILENAME} (truncated or corrupted?)") from None
+    except RuntimeError as exc:  # load_state_dict: tensors of other shapes or names than cfg.json describes
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))), _first_line(exc))
+        raise SaeLoadError(f"the tensors in {path / SAE_WEIGHTS_FILENAME} do not fit {path / SAE_CFG_FILENAME} ({detail[:200]}); "
+                           f"expected the weights of the SAE its {SAE_CFG_FILENAME} describes") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # the config: missing or mistyped fields
+        raise SaeLoadError(f"{path / SAE_CFG_FILENAME} is not a valid sae_lens SAE config ({_first_line(exc)}); "
+                           "expected sae_lens's fields (d_in, d_sae, architecture, ...) with their types") from None
     check_finite(sae, str(path))
     return sae
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def read_sae_cfg(cfg_file: Path) -> dict:
+    """An SAE's cfg.json as a dict; a one-line SaeLoadError naming the file if it is not a JSON object."""
+    import json
+
+    try:
+        cfg = json.loads(Path(cfg_file).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SaeLoadError(f"{cfg_file} is not valid JSON ({_first_line(exc)}); expected sae_lens's SAE config, "
+                           "a JSON object") from None
+    if not isinstance(cfg, dict):
+        raise SaeLoadError(f"{cfg_file} holds a JSON {type(cfg).__name__}; expected sae_lens's SAE config, a JSON object")
+    for key in ("d_in", "d_sae"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            got = f"has {key}={value!r}" if key in cfg else f"has no {key}"
+            raise SaeLoadError(f"{cfg_file} {got}; expected a positive integer (sae_lens's SAE config: d_in, d_sae, architecture, ...)")
+    return cfg
+
+
+def _unreadable_safetensors(path: Path) -> Optional[str]:
+    """Why ``path`` is not a readable safetensors file (its header and tensor table), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            list(fh.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        return _first_line(exc)
+    return None
 
 
 def check_not_pickle(weights: Path) -> None:
