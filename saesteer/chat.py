@@ -386,3 +386,11 @@ def encode_chat(
         lengths=torch.tensor([len(r) for r in rows], dtype=torch.long),
         instruction_lengths=torch.tensor([len(ids) for ids in inst_ids], dtype=torch.long),
     )
+
+
+def resolve_template(model_name: str, template: "str | ChatTemplate | None") -> ChatTemplate:
+    if isinstance(template, ChatTemplate):
+        return template
+    if template:
+        return get_template(template)
+    return template_for_model(model_name)

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import sys
-from typing import Callable
 
-JOBS: dict[str, str] = {
-    "organism": "saesteer.jobs.organism",
-    "generate": "saesteer.jobs.generate",
-    "directions": "saesteer.jobs.directions",
-    "search": "saesteer.jobs.search",
-    "train-sae": "saesteer.jobs.train_sae",
-    "anchor": "saesteer.jobs.anchor",
-    "pipeline": "saesteer.jobs.pipeline",
-    "backups": "saesteer.jobs.backups",
-    "emergent": "saesteer.jobs.emergent",
-}
+from saesteer.jobs.registry import JOBS, job_function
 
 USAGE = "usage: saesteer JOB [key=value ...] [hydra options]\njobs: {}"
-
-
-def job_function(job: str) -> Callable:
-    return importlib.import_module(JOBS[job]).run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +24,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     job = next(k for k in JOBS if k.replace("-", "_") == key)
     from saesteer.jobs.common import ConfigError, check_overrides, hydra_entry
-
     from saesteer.jobs.rundir import RunDirError, check_cli_output_dirs
 
     try:

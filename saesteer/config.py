@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -581,3 +581,15 @@ def to_object(cfg: DictConfig) -> Any:
         raise ValueError(f"unknown config key {key!r}{hint} (expected one of: {', '.join(names)})")
     obj = OmegaConf.to_object(cfg)
     return obj
+
+
+def compose(job: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/<job>.yaml`` with overrides, without running (tests, pipeline, library use)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="saesteer.conf", version_base="1.3"):
+        return hydra_compose(config_name=job, overrides=list(overrides))

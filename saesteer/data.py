@@ -351,3 +351,17 @@ def _validate(name: str, instructions: list[str], categories: list[str | None]) 
     if n_dup:
         logger.warning("prompt set %r: dropped %d duplicate instruction(s), kept first occurrences", name, n_dup)
     return PromptSet(name, tuple(kept_text), tuple(kept_cat))
+
+
+def load_role(data_cfg: Any, role: str):
+    """The prompt set for a data role (``harmful_train`` ...), limited as the data config says."""
+    source = getattr(data_cfg, role)
+    limit = {
+        "harmful_train": data_cfg.n_train, "harmless_train": data_cfg.n_train,
+        "harmful_val": data_cfg.n_val, "harmless_val": data_cfg.n_val,
+        "harmful_test": data_cfg.n_test, "harmless_test": data_cfg.n_test_harmless,
+    }.get(role)
+    prompts = load_prompts(source)
+    if limit is not None and len(prompts) > limit:
+        prompts = prompts.take(limit, seed=data_cfg.seed)
+    return prompts

@@ -109,7 +109,7 @@ def model_facts(model_cfg: Any) -> ModelFacts:
     if model_cfg.name == "organism":
         o = model_cfg.organism
         return ModelFacts("organism", int(o.d_model), int(o.n_layers), int(o.n_ctx), "the organism config")
-    from saesteer.models import resolve_model_name
+    from saesteer.model_names import resolve_model_name
 
     official = resolve_model_name(model_cfg.name)  # ModelLoadError with close names
     return _official_model_facts(official)
@@ -195,7 +195,9 @@ def registry_sae_facts(release: str, sae_id: str) -> SaeFacts:
     hook_source = d_in_source = ""
     conv = lookup.conversion_func or "sae_lens"
     if conv in OFFLINE_SAE_CONFIG_GETTERS:
-        from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_CONFIG_GETTERS
+        from sae_lens.loading.pretrained_sae_loaders import (
+            NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
+        )
         from sae_lens.loading.pretrained_saes_directory import get_config_overrides
 
         try:
@@ -213,7 +215,7 @@ def registry_sae_facts(release: str, sae_id: str) -> SaeFacts:
             hook, hook_source = f"blocks.{m.group(1)}.hook_resid_post", "the registry path (dictionary_learning resid_post layer)"
     if d_in is None:
         try:
-            from saesteer.models import resolve_model_name
+            from saesteer.model_names import resolve_model_name
 
             trained_on = _official_model_facts(resolve_model_name(lookup.model))
             if trained_on.d_model is not None:
@@ -294,7 +296,7 @@ def _sae_checks(job: str, sae: Any, model: ModelFacts) -> list[Check]:
     else:
         checks.append(Check("sae.d_in", "ok", f"{facts.d_in} = d_model ({facts.d_in_source})"))
     if facts.model and model.name != "organism":
-        from saesteer.models import resolve_model_name
+        from saesteer.model_names import resolve_model_name
 
         try:
             trained_on = resolve_model_name(facts.model)
@@ -462,9 +464,8 @@ def validate_experiment(cfg: Any, job: Optional[str] = None, *, here: bool = Fal
     """
     from omegaconf import DictConfig
 
-    from saesteer.chat import TemplateError, template_for_model
+    from saesteer.chat import TemplateError, resolve_template, template_for_model
     from saesteer.config import to_object
-    from saesteer.models import resolve_template
 
     obj = to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     job = job or getattr(obj, "job", "job")
@@ -525,7 +526,7 @@ def experiment_names() -> list[str]:
 
 def compose_experiment(name: str, job: str = "pipeline", overrides: Sequence[str] = ()) -> Any:
     """``conf/<job>.yaml`` with ``experiment=<name>`` (and ``overrides``), composed, not run."""
-    from saesteer.jobs.common import compose
+    from saesteer.config import compose
 
     if job not in EXPERIMENT_JOBS:
         raise ValueError(f"job {job!r} takes no experiment; expected one of {EXPERIMENT_JOBS}")

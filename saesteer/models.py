@@ -7,15 +7,15 @@ download, and a failed download says what to do.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformer_lens import HookedTransformer
 
-from saesteer.chat import ChatTemplate, get_template, template_for_model
+from saesteer.chat import ChatTemplate, resolve_template
+from saesteer.model_names import ModelLoadError, resolve_model_name
 
 if TYPE_CHECKING:
     from saesteer.config import ModelConfig
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelLoadError(ValueError):
-    """A model name could not be resolved or its weights could not be loaded."""
 
 
 @dataclass
@@ -43,35 +39,6 @@ class LoadedModel:
     @property
     def d_model(self) -> int:
         return self.model.cfg.d_model
-
-
-def official_model_names() -> list[str]:
-    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
-
-    return list(OFFICIAL_MODEL_NAMES)
-
-
-def resolve_model_name(name: str) -> str:
-    """The official TransformerLens name for ``name`` (or an alias); a clear error otherwise."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    try:
-        return get_official_model_name(name)
-    except ValueError:
-        names = official_model_names()
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelLoadError(
-            f"unknown model {name!r}: not 'organism' and not a TransformerLens pretrained model name{hint}"
-        ) from None
-
-
-def resolve_template(model_name: str, template: Optional[str | ChatTemplate]) -> ChatTemplate:
-    if isinstance(template, ChatTemplate):
-        return template
-    if template:
-        return get_template(template)
-    return template_for_model(model_name)
 
 
 def load_model(cfg: "ModelConfig", progress: bool = True) -> LoadedModel:

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from saesteer.activations import check_hooks, model_fingerprint
-from saesteer.data import load_prompts
+from saesteer.data import load_prompts, load_role
 from saesteer.directions import (
     CandidateScore,
     compute_candidates,
@@ -70,8 +70,6 @@ def stage_key(loaded: LoadedModel, *parts: Any) -> str:
 
 def direction_stage(loaded: LoadedModel, data_cfg: Any, dir_cfg: Any, *, path: Optional[str] = None, progress: bool = False) -> DirectionArtifact:
     """The refusal direction: from ``path``, from the cache, or extracted and selected now."""
-    from saesteer.jobs.common import load_role
-
     if path:
         d, meta = load_direction(path, d_model=loaded.d_model, model_name=loaded.name, fingerprint=model_fingerprint(loaded.model))
         ref = meta.pop("affine_reference", torch.zeros(loaded.n_layers))

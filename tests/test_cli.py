@@ -57,8 +57,10 @@ def test_generate_job_on_a_jsonl_file(tiny_organism, cache_root, tmp_path):
 def test_user_errors_are_one_line(tmp_path, cache_root):
     res = _saesteer(["generate", "prompts=no_such_set", f"hydra.run.dir={tmp_path / 'r'}", "logger.mode=disabled"], cache_root, tmp_path)
     assert res.returncode != 0
-    assert "saesteer generate: error: unknown prompt source 'no_such_set'" in res.stderr or "no_such_set" in res.stderr.splitlines()[-1]
-    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    # the error is the last line and the only one that says so (the lines before it are the preflight's log)
+    assert lines[-1].startswith("saesteer generate: error: unknown prompt source 'no_such_set'"), lines[-3:]
+    assert [line for line in lines if "error" in line.lower() or "Traceback" in line] == [lines[-1]]
     res = _saesteer(["nonsense"], cache_root, tmp_path)
     assert res.returncode == 2 and "unknown job 'nonsense'" in res.stderr
 

@@ -39,7 +39,7 @@ from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eva
 from saesteer.interventions import steer
 from saesteer.interventions.gates import AnyGate
 from saesteer.io import write_text
-from saesteer.jobs.common import load_role
+from saesteer.data import load_role
 from saesteer.models import load_model
 from saesteer.report import markdown_table, save_fig
 from saesteer.stages import direction_stage, sae_stage

@@ -30,7 +30,7 @@ from saesteer.harmfulness import fit_harm_detector, t_inst_position
 from saesteer.interventions import steer
 from saesteer.interventions.features import EditFeatures
 from saesteer.io import json_ready, write_json, write_text
-from saesteer.jobs.common import load_role
+from saesteer.data import load_role
 from saesteer.jobs.threads import torch_threads
 from saesteer.models import load_model
 from saesteer.redundancy import (

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from saesteer.config import register_configs, to_object
+from saesteer.config import compose, register_configs, to_object
 from saesteer.io import write_json
 from saesteer.tracking import Tracker
 
@@ -132,18 +132,6 @@ def hydra_entry(job: str, fn: JobFn) -> Callable[[], Any]:
     return _main
 
 
-def compose(job: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/<job>.yaml`` with overrides, without running (tests, pipeline, library use)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="saesteer.conf", version_base="1.3"):
-        return hydra_compose(config_name=job, overrides=list(overrides))
-
-
 class ConfigError(ValueError):
     """Command-line overrides that do not compose: unknown key, option or a value of the wrong type."""
 
@@ -218,19 +206,3 @@ def check_overrides(job: str, args: Sequence[str]) -> None:
     if unknown:
         key, names = unknown[0]
         raise ConfigError(f"unknown config key {key!r} (expected one of: {', '.join(names)})")
-
-
-def load_role(data_cfg: Any, role: str):
-    """The prompt set for a data role (``harmful_train`` ...), limited as the data config says."""
-    from saesteer.data import load_prompts
-
-    source = getattr(data_cfg, role)
-    limit = {
-        "harmful_train": data_cfg.n_train, "harmless_train": data_cfg.n_train,
-        "harmful_val": data_cfg.n_val, "harmless_val": data_cfg.n_val,
-        "harmful_test": data_cfg.n_test, "harmless_test": data_cfg.n_test_harmless,
-    }.get(role)
-    prompts = load_prompts(source)
-    if limit is not None and len(prompts) > limit:
-        prompts = prompts.take(limit, seed=data_cfg.seed)
-    return prompts

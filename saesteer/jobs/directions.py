@@ -15,7 +15,7 @@ from saesteer.generation import generate
 from saesteer.harmfulness import behavioural_refusal_directions, detector_auroc, fit_harm_detector, layerwise_cosine
 from saesteer.interventions import Ablate, Add, orthogonalize_weights, steer
 from saesteer.io import write_json, write_text
-from saesteer.jobs.common import load_role
+from saesteer.data import load_role
 from saesteer.models import load_model
 from saesteer.report import heatmaps, line_plot, markdown_table
 from saesteer.stages import direction_stage

@@ -32,7 +32,7 @@ from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eva
 from saesteer.harmfulness import fit_harm_detector
 from saesteer.interventions import Ablate, steer
 from saesteer.io import json_ready, save_tensors, write_json, write_text
-from saesteer.jobs.common import load_role
+from saesteer.data import load_role
 from saesteer.lora import (
     LoraTrainConfig,
     Rank1Lora,

@@ -21,7 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from saesteer.config import AnchorJobConfig, BackupsJobConfig, DirectionsJobConfig, EmergentJobConfig, OrganismJobConfig, PipelineJobConfig, SearchJobConfig, TrainSaeJobConfig
+from saesteer.config import (
+    AnchorJobConfig,
+    BackupsJobConfig,
+    DirectionsJobConfig,
+    EmergentJobConfig,
+    OrganismJobConfig,
+    PipelineJobConfig,
+    SearchJobConfig,
+    TrainSaeJobConfig,
+)
 from saesteer.io import write_json, write_text
 from saesteer.tracking import Tracker
 
@@ -46,7 +55,7 @@ def _stage_cfg(cfg: PipelineJobConfig, stage: str):
 
 
 def _stage_fn(stage: str):
-    from saesteer.cli import job_function
+    from saesteer.jobs.registry import job_function
 
     return job_function(stage)
 
@@ -73,7 +82,7 @@ def code_version() -> str:
 
 
 def stage_key(stage: str, sc: Any) -> str:
-    from saesteer.jobs.common import load_role
+    from saesteer.data import load_role
     from saesteer.io import hash_strings
 
     d = dataclasses.asdict(sc)

@@ -13,7 +13,7 @@ from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eva
 from saesteer.interventions import AblateAt, steer
 from saesteer.interventions.features import EditFeatures
 from saesteer.io import write_json, write_text
-from saesteer.jobs.common import load_role
+from saesteer.data import load_role
 from saesteer.models import load_model
 from saesteer.report import markdown_table, scatter_plot
 from saesteer.search import search_features

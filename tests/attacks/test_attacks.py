@@ -45,17 +45,24 @@ def test_gated_defence_cost_equals_per_prompt_reference(tiny_organism):
     lp, comps = baseline_completions(model, tpl, harmless, max_new_tokens=6)
     cost = defence_cost(model, tpl, d, harmless, lp, comps, max_new_tokens=6)
     # reference: one prompt at a time, the edit on exactly the prompts whose score passes the threshold
+    from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
+
     tok = model.tokenizer
     total = count = 0.0
-    for p, c, s in zip(harmless, comps, scores.tolist()):
-        n = len(tok(c, add_special_tokens=False)["input_ids"])
-        if n == 0:
-            continue
+    kls, refused = [], []
+    for i, (p, c, s) in enumerate(zip(harmless, comps, scores.tolist())):
         with steer(model, [Add(v, layer=1)] if s > thr else []):
-            total += completion_cross_entropy(model, tpl, [p], [c]) * n
-        count += n
+            kls.append(kl_divergence(lp[i : i + 1], last_position_logprobs(model, tpl, [p])))
+            refused.append(refusal_eval(model, tpl, [p], max_new_tokens=6).refused[0])
+            n = len(tok(c, add_special_tokens=False)["input_ids"])
+            if n:
+                total += completion_cross_entropy(model, tpl, [p], [c]) * n
+                count += n
+    assert 0 < sum(s > thr for s in scores.tolist()) < len(harmless)  # the gate splits the prompts
+    assert max(kls) > 1e-3  # the edit moves the next-token distribution where it acts
     assert cost.ce_harmless == pytest.approx(total / count, rel=1e-4)
-    assert 0.0 <= cost.harmless_refusal <= 1.0 and cost.kl_harmless >= 0.0
+    assert cost.kl_harmless == pytest.approx(sum(kls) / len(kls), rel=1e-4, abs=1e-7)
+    assert cost.harmless_refusal == pytest.approx(sum(refused) / len(refused), abs=1e-9)
 
 
 def test_weight_edit_attack_does_not_touch_the_original(tiny_organism):
