@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +57,12 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import collect_activations, collect_token_activations, n_post_tokens, stop_layer
 from saesteer.chat import ChatTemplate
-from saesteer.checks import check_finite_fields, check_prompts
+from saesteer.checks import check_choice_fields, check_finite_fields, check_prompts
 from saesteer.interventions import Add, AnchorDirection, AnchorProjections, Intervention
 from saesteer.interventions.anchors import anchor_hooks
 from saesteer.interventions.gates import AnyGate, Gate, ProbeGate, TokenProbeGate
 from saesteer.io import load_tensors, save_tensors
+from saesteer.primitives.phase import ApplyTo
 from saesteer.stats import auroc
 
 log = logging.getLogger(__name__)
@@ -73,48 +74,54 @@ GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogona
                "jailbreak_refusal_suppression", "jailbreak_roleplay", "jailbreak_instruction_wrapping")
 
 
+#: Prompt-token floors: ``post``, one per position (t_inst and each post-instruction token, from that position's
+#: projections; the instruction's earlier tokens get t_inst's); ``last``, one for every prompt token, from the last position's.
+FloorPositions = Literal["post", "last"]
+#: The gate's probe: an L2-regularized logistic probe, or the harmfulness direction (difference in means).
+GateProbe = Literal["logistic", "mean_diff"]
+#: The gate's features: ``concat``, one weight vector per layer and position; ``mean``, one per layer on the positions' mean.
+GatePooling = Literal["concat", "mean"]
+
+
 @dataclass
 class AnchorCalibration:
-    quantile: float = 0.3  # prompt-token floor = this quantile of refused harmful prompts' projections (see floor_positions)
-    # "post": a floor for t_inst and each post-instruction position, from that position's projections (earlier prompt
-    # tokens get t_inst's); "last": one floor for every prompt token, from the last position's (before 2026-11-30)
-    floor_positions: str = "post"
-    generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
-    layers: Optional[list[int]] = None  # None = from the layer before the direction's to the last
+    """How the anchor is calibrated (train / val prompts only).
+
+    The base of the ``anchor`` config group's schema: ``saesteer.config.AnchorSettings`` adds the job's gate-fit
+    prompts and attack suite."""
+
+    quantile: float = 0.3  # prompt-token floor = this quantile of refused harmful prompts' projections on r (see floor_positions)
+    floor_positions: Annotated[str, FloorPositions] = "post"
+    generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own greedy refusals
+    layers: Optional[list[int]] = None  # anchored layers; None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
     gate_layers: Optional[list[int]] = None  # None = the layer before the direction's, its own and the one after (within the model)
-    gate_fpr: float = 0.01  # share of harmless calibration prompts (not already refused) the gate may fire on
-    gate_orthogonal: bool = True  # remove the refusal direction from the gate's features
+    gate_fpr: float = 0.01  # the gate may fire on this share of the harmless calibration prompts the model does not refuse
+    gate_orthogonal: bool = True  # the refusal direction is projected out of the gate's features
     batch_size: int = 32
     gate_positions: Optional[list[int]] = None  # None = t_inst and every post-instruction position
-    gate_probe: str = "logistic"  # logistic (L2-regularized probe) or mean_diff (the harmfulness direction)
-    gate_l2: float = 1e-3  # L2 penalty of the logistic probe (on standardized features)
-    max_new_tokens: int = 12  # greedy refusals whose generated tokens calibrate the decoding floors
-    gate_pooling: str = "concat"  # concat: a weight vector per layer and position; mean: one per layer on the positions' mean
-    gate_synthetic: int = 4000  # synthetic harmful and safe prompts added to the gate's fit (saesteer.organism.synthetic)
-    gate_robust: tuple = ("orthogonalized_affine", "sae_feature_bypass", "gcg_suffix", "negative_addition_4")  # anticipated attacks the gate is also fitted under
-    gate_tokens: bool = True  # also a per-token probe, max over the prompt's tokens (a suffix cannot lower what came before it)
-    gate_token_steps: int = 300  # Adam steps of the per-token (multiple-instance) probe
-    sae_features: int = 16  # top signed SAE features whose decoder coordinates are also bounded (0: the direction only)
-    feature_quantile: float = 0.75  # floors at this quantile of refused prompts' coordinates, ceilings at 1 - it
-    feature_apply_to: str = "generated"  # tokens the feature bounds act on: generated, prompt or both
+    gate_probe: Annotated[str, GateProbe] = "logistic"
+    gate_l2: float = 1e-3  # L2 penalty of the logistic probes (on standardized features)
+    max_new_tokens: int = 12  # greedy tokens of the refusals that calibrate the generated-token floors and set the gate's threshold
+    gate_pooling: Annotated[str, GatePooling] = "concat"
+    gate_synthetic: int = 4000  # synthetic harmful requests and safe look-alikes added to the gate's fit (saesteer.organism.synthetic); 0: none
+    # attacks of the suite (GATE_ROBUST) the gate is also fitted under, on the same prompts (gcg_suffix: the suffix found on the train prompts)
+    gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass", "gcg_suffix", "negative_addition_4"])
+    gate_tokens: bool = True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower what came before it)
+    gate_token_steps: int = 300  # Adam steps of the per-token (multiple-instance) probe; each of the two gates gets half of gate_fpr
+    sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are also bounded; 0: the direction only
+    feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused prompts' coordinates, ceilings (comply) at 1 - it
+    feature_apply_to: Annotated[str, ApplyTo] = "generated"  # tokens the feature bounds act on
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
+        check_choice_fields(self, "anchor")
         if self.sae_features < 0:
             raise ValueError(f"anchor.sae_features must be >= 0, got {self.sae_features!r}")
-        if self.feature_apply_to not in ("prompt", "generated", "both"):
-            raise ValueError(f"anchor.feature_apply_to must be prompt, generated or both, got {self.feature_apply_to!r}")
         if not 0.0 <= self.feature_quantile <= 1.0:
             raise ValueError(f"anchor.feature_quantile must be in [0, 1], got {self.feature_quantile!r}")
-        if self.gate_probe not in ("logistic", "mean_diff"):
-            raise ValueError(f"anchor.gate_probe must be 'logistic' or 'mean_diff', got {self.gate_probe!r}")
-        if self.gate_pooling not in ("concat", "mean"):
-            raise ValueError(f"anchor.gate_pooling must be 'concat' or 'mean', got {self.gate_pooling!r}")
         if not self.gate_l2 >= 0:
             raise ValueError(f"anchor.gate_l2 must be >= 0, got {self.gate_l2!r}")
-        if self.floor_positions not in ("post", "last"):
-            raise ValueError(f"anchor.floor_positions must be 'post' or 'last', got {self.floor_positions!r}")
         for name in ("quantile", "generated_quantile"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"anchor.{name} must be in [0, 1], got {getattr(self, name)!r}")
@@ -128,7 +135,7 @@ class AnchorCalibration:
             raise ValueError(f"anchor.gate_token_steps must be >= 1, got {self.gate_token_steps!r}")
         if self.gate_synthetic < 0:
             raise ValueError(f"anchor.gate_synthetic must be >= 0, got {self.gate_synthetic!r}")
-        self.gate_robust = tuple(self.gate_robust)
+        self.gate_robust = list(self.gate_robust)
         bad = [g for g in self.gate_robust if g not in GATE_ROBUST]
         if bad:
             raise ValueError(f"anchor.gate_robust has unknown attacks {bad}; expected some of {list(GATE_ROBUST)}")

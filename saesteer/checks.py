@@ -10,16 +10,29 @@ evaluation) can use it without an import cycle; torch is imported only to check 
 * :func:`check_finite` / :func:`check_finite_tensor`: one number or a tensor of values.
 * :func:`check_prompts`: a list of prompt strings, not a ``str`` (which would be read
   character by character).
+* :func:`check_choice_fields`: every field typed as a choice holds one of its values.  A choice
+  is a ``Literal[...]`` type defined once (``saesteer.primitives.phase.ApplyTo``, ...); a
+  settings field that Hydra composes is typed ``Annotated[str, TheLiteral]`` (OmegaConf 2.3
+  cannot type a field as a ``Literal``: to it the field is a ``str``), and its values are
+  checked in ``__post_init__``: ``group.field must be one of ('a', 'b'), got 'c'``.
+* :func:`check_positive_ints`, :func:`check_number`, :func:`check_layers`: integer counts, bounded
+  numbers and layer indices of a settings dataclass, named ``group.field``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
-from typing import Any, Iterator
+import types
+import typing
+from typing import Annotated, Any, Iterator, Literal, Optional, Union
 
-__all__ = ["check_finite", "check_finite_fields", "check_finite_tensor", "check_prompts", "non_finite"]
+__all__ = [
+    "check_choice", "check_choice_fields", "check_finite", "check_finite_fields", "check_finite_tensor", "check_layers",
+    "check_number", "check_positive_ints", "check_prompts", "choices", "non_finite",
+]
 
 
 def _is_real(value: Any) -> bool:
@@ -96,3 +109,81 @@ def check_prompts(prompts: Any, name: str = "prompts") -> Any:
             kind = type(p).__name__
             raise TypeError(f"{name}[{i}] is {'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({shown}); expected a list of prompt strings")
     return prompts
+
+
+# ----------------------------------------------------------------------------- choices and ranges of settings
+
+
+def choices(kind: Any) -> tuple:
+    """The values a choice type allows: a ``Literal[...]``, or the ``Literal`` in ``Annotated[str, Literal[...]]``."""
+    if typing.get_origin(kind) is Annotated:
+        for meta in kind.__metadata__:
+            if typing.get_origin(meta) is Literal:
+                return typing.get_args(meta)
+    if typing.get_origin(kind) is Literal:
+        return typing.get_args(kind)
+    raise TypeError(f"{kind!r} is not a choice type (Literal[...] or Annotated[str, Literal[...]])")
+
+
+def check_choice(value: Any, kind: Any, what: str) -> Any:
+    """``value`` if it is one of the values of choice type ``kind``, else ``what must be one of (...), got value``."""
+    allowed = choices(kind)
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+    return value
+
+
+@functools.cache
+def _choice_fields(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """(field, choice type, may be None) of every field of dataclass ``cls`` typed as a choice."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint, optional = hints[f.name], False
+        if typing.get_origin(hint) in (Union, types.UnionType):
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(hint))
+            hint = args[0] if len(args) == 1 else hint
+        try:
+            choices(hint)
+        except TypeError:
+            continue
+        out.append((f.name, hint, optional))
+    return tuple(out)
+
+
+def check_choice_fields(obj: Any, prefix: str) -> None:
+    """Every field of dataclass ``obj`` typed as a choice holds one of its values (None where it is Optional)."""
+    for name, kind, optional in _choice_fields(type(obj)):
+        value = getattr(obj, name)
+        if value is None and optional:
+            continue
+        check_choice(value, kind, f"{prefix}.{name}")
+
+
+def check_positive_ints(obj: Any, prefix: str, *names: str) -> None:
+    """Each of the fields ``names`` of ``obj`` is a positive integer or None: ``prefix.name must be a positive integer``."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
+
+
+def check_number(obj: Any, prefix: str, name: str, *, low: float = 0.0, strict: bool = True, high: Optional[float] = None) -> None:
+    """Field ``name`` of ``obj`` is a finite number above ``low`` (at least ``low`` unless ``strict``), at most ``high``."""
+    value = getattr(obj, name)
+    ok = _is_real(value) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (high is None or value <= high)
+    if not ok:
+        rel = ">" if strict else ">="
+        bound = f" and <= {high}" if high is not None else ""
+        raise ValueError(f"{prefix}.{name} must be a number {rel} {low}{bound}, got {value!r}")
+
+
+def check_layers(prefix: str, name: str, value: Any) -> None:
+    """``value`` is None, a non-negative layer index or a non-empty list of them."""
+    if value is None:
+        return
+    items = [value] if isinstance(value, int) else list(value)
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in items) or (not isinstance(value, int) and not items):
+        raise ValueError(f"{prefix}.{name} must be a non-negative layer index (or a non-empty list of them) or null, got {value!r}")

@@ -3,32 +3,79 @@
 A YAML file under ``conf/`` merges into these typed nodes, so a misspelt key
 fails when the config is composed; ``to_object`` then builds the dataclasses and
 their ``__post_init__`` checks values (a ``ValueError`` naming field and value).
+
+Every setting is declared once, with its default and its help text: a group whose
+library takes a settings dataclass extends it and declares only the job's own
+settings (``DirectionsConfig(SelectionConfig)``, ``SearchJobSettings(SearchConfig)``,
+``AnchorSettings(AnchorCalibration)``, ``BackupsSettings(BackupRule)``,
+``EmergentSettings(LoraTrainConfig)``), so the job passes its group to the library as
+it is; ``conf/<group>/*.yaml`` set only what differs from these defaults.  A choice
+is a ``Literal`` defined once, checked by the class that owns the field
+(:func:`saesteer.checks.check_choice_fields`).  Each job's config lists the groups it
+reads beside the ones every job has (:class:`JobConfig`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from saesteer.checks import check_finite_fields
+from saesteer.anchor import AnchorCalibration
+from saesteer.checks import (
+    check_choice_fields,
+    check_finite_fields,
+    check_layers,
+    check_number,
+    check_positive_ints,
+    choices,
+)
+from saesteer.directions import SelectionConfig
+from saesteer.interventions.directions import AblationMode
+from saesteer.lora import LoraSite, LoraTrainConfig
 from saesteer.organism.config import OrganismConfig
+from saesteer.organism.recipes import DropoutRecipe, Recipe
+from saesteer.primitives.phase import ApplyTo
+from saesteer.redundancy import BackupRule
 from saesteer.sae.config import SaeConfig
+from saesteer.search import BypassValue, SearchConfig
 
-DTYPES = ("float32", "float64", "bfloat16", "float16")
-WANDB_MODES = ("offline", "online", "disabled")
+# ---------------------------------------------------------------- choices
+
+#: torch dtypes a model loads in (saesteer.models)
+Dtype = Literal["float32", "float64", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = choices(Dtype)
+#: W&B modes (logger.mode)
+WandbMode = Literal["offline", "online", "disabled"]
+WANDB_MODES: tuple[str, ...] = choices(WandbMode)
+#: interventions ``saesteer generate`` builds from config (steer.kind)
+SteerKind = Literal["none", "ablate", "add"]
+STEER_KINDS: tuple[str, ...] = choices(SteerKind)
+#: harmfulness-vs-harmless contrasts the backups job ranks harm sensors by (search.Signal's activation contrasts)
+SensorSignal = Literal["effect_size", "mean_diff", "auroc"]
+SENSOR_SIGNALS: tuple[str, ...] = choices(SensorSignal)
+
+PIPELINE_STAGES = ("organism", "directions", "train-sae", "search", "anchor", "backups", "emergent")
 
 
-def _check_positive(obj: Any, prefix: str, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
+def default_pipeline_stages(model_name: str) -> list[str]:
+    """The pipeline's default stages for a model: the organism stage only for the organism (conf/pipeline.yaml)."""
+    return [s for s in PIPELINE_STAGES if s != "organism" or model_name == "organism"]
+
+
+def library_settings(cls: type, source: Any, prefix: str = "", **given: Any) -> Any:
+    """A library settings dataclass ``cls`` built by field name: each field ``name`` from ``source.<prefix><name>``
+    (where ``source`` has it), ``given`` taking precedence; the rest keep ``cls``'s defaults."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in given]
+    kw = {n: getattr(source, prefix + n) for n in names if hasattr(source, prefix + n)}
+    return cls(**kw, **given)
+
+
+# ---------------------------------------------------------------- config groups: conf/<group>/*.yaml merge into these
 
 
 @dataclass
@@ -38,15 +85,14 @@ class ModelConfig:
     name: str = "organism"
     template: Optional[str] = None  # chat template name; inferred from the model name when None
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: Annotated[str, Dtype] = "float32"
     retrain: bool = False  # organism only: ignore the cache
     organism: OrganismConfig = field(default_factory=OrganismConfig)
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("model.name must be 'organism' or a TransformerLens model name, got ''")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check_choice_fields(self, "model")
         if isinstance(self.organism, dict):
             self.organism = OrganismConfig.from_dict(self.organism)
 
@@ -65,70 +111,48 @@ class DataConfig:
     n_train: int = 256  # prompts per class for extracting directions / features
     n_val: int = 64  # prompts per class for selection
     n_test: Optional[int] = None  # harmful held-out prompts (None = the whole set)
-    n_test_harmless: Optional[int] = 1000  # harmless held-out prompts (the full set has 6,266)
+    n_test_harmless: Optional[int] = 1000  # harmless held-out prompts: a seeded sample (None = the whole set)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_positive(self, "data", "n_train", "n_val", "n_test", "n_test_harmless")
+        check_positive_ints(self, "data", "n_train", "n_val", "n_test", "n_test_harmless")
 
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 12
+    max_new_tokens: int = 12  # greedy tokens generated per prompt for the refusal judge
     batch_size: int = 64
     kl_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _check_positive(self, "eval", "max_new_tokens", "batch_size", "kl_batch_size")
+        check_positive_ints(self, "eval", "max_new_tokens", "batch_size", "kl_batch_size")
 
 
 @dataclass
 class LoggerConfig:
     project: str = "saesteer"
-    mode: str = "offline"
+    mode: Annotated[str, WandbMode] = "offline"  # W&B runs offline (no account needed); online to sync
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.mode not in WANDB_MODES:
-            raise ValueError(f"logger.mode must be one of {WANDB_MODES}, got {self.mode!r}")
-
-
-@dataclass
-class JobConfig:
-    """Fields every job has."""
-
-    job: str = "job"
-    seed: int = 0
-    progress: bool = True
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    # a run directory (hydra.run.dir) that holds another run's results is refused; true: they are removed first
-    overwrite: bool = False
-
-
-STEER_KINDS = ("none", "ablate", "add")
+        check_choice_fields(self, "logger")
 
 
 @dataclass
 class SteerConfig:
     """An intervention built from config: ablate or add the refusal direction (or any direction file)."""
 
-    kind: str = "none"
-    mode: str = "affine"  # ablate: plain (the paper) or affine (ACE)
+    kind: Annotated[str, SteerKind] = "none"
+    mode: Annotated[str, AblationMode] = "affine"  # ablate: plain (the paper) or affine (ACE)
     alpha: float = 1.0  # add: x <- x + alpha * direction
     layer: Optional[int] = None  # add: None = the direction's own layer
     direction: Optional[str] = None  # a direction.safetensors; None = the directions stage (cached)
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        if self.kind not in STEER_KINDS:
-            raise ValueError(f"steer.kind must be one of {STEER_KINDS}, got {self.kind!r}")
-        if self.mode not in ("plain", "affine"):
-            raise ValueError(f"steer.mode must be 'plain' or 'affine', got {self.mode!r}")
+        check_choice_fields(self, "steer")
 
     def build(self, artifact) -> list:
         """Intervention specs for a DirectionArtifact (see saesteer.stages)."""
@@ -142,171 +166,68 @@ class SteerConfig:
 
 
 @dataclass
-class OrganismJobConfig(JobConfig):
-    job: str = "organism"
+class DirectionsConfig(SelectionConfig):
+    """Candidate extraction (and, from SelectionConfig, selection) of the refusal direction, plus controls."""
 
-
-@dataclass
-class GenerateJobConfig(JobConfig):
-    job: str = "generate"
-    prompts: Optional[str] = None  # bundled name or a local json/jsonl/csv/parquet file
-    column: str = "instruction"
-    limit: Optional[int] = None
-    steer: SteerConfig = field(default_factory=SteerConfig)
-    directions: "DirectionsConfig" = field(default_factory=lambda: DirectionsConfig())
-    # unused by this job: lets an experiment (conf/experiment/), which names its SAE, compose with it
-    sae: SaeConfig = field(default_factory=SaeConfig)
-
-    def __post_init__(self) -> None:
-        if not self.prompts:
-            raise ValueError("generate needs prompts=<bundled name or file>, got prompts=None")
-
-
-@dataclass
-class DirectionsConfig:
-    """Candidate extraction and selection (Arditi et al. 2024), plus controls."""
-
-    positions: Optional[list[int]] = None  # None = every post-instruction position
-    max_kl: float = 0.1
-    min_induce: float = 0.0
-    prune_layer_fraction: float = 0.2
-    ablation: str = "affine"  # selection uses plain (paper) or affine (ACE) ablation
-    add_alpha: float = 1.0
+    positions: Optional[list[int]] = None  # candidate positions, negative offsets from the end; None = every post-instruction position
     n_ce: int = 64  # harmless prompts for the cross-entropy of completions
-    dose_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0])  # addition dose-response
+    dose_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0])  # addition dose-response (every token and prompt-only)
     n_dose: int = 200  # harmless_test prompts per dose
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        self.selection()  # validates
-        _check_positive(self, "directions", "n_ce", "batch_size", "n_dose")
+        super().__post_init__()
+        check_positive_ints(self, "directions", "n_ce", "batch_size", "n_dose")
         if not self.dose_alphas or any(a <= 0 for a in self.dose_alphas):
             raise ValueError(f"directions.dose_alphas must be a non-empty list of positive numbers, got {list(self.dose_alphas)}")
 
-    def selection(self):
-        from saesteer.directions import SelectionConfig
-
-        return SelectionConfig(self.max_kl, self.min_induce, self.prune_layer_fraction, self.ablation, self.add_alpha)
-
 
 @dataclass
-class DirectionsJobConfig(JobConfig):
-    job: str = "directions"
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    # unused by this job: lets an experiment (conf/experiment/), which names its SAE, compose with it
-    sae: SaeConfig = field(default_factory=SaeConfig)
+class SearchJobSettings(SearchConfig):
+    """The feature search (SearchConfig) and the causal check of its top features (``saesteer search``).
 
+    Bypass: the top k features are set, on harmful prompts, to their mean on harmless prompts at the searched
+    positions (``harmless_mean``: the feature-level analogue of affine ablation; refusal features go down, comply
+    features up) or to 0 (``zero``, O'Brien et al.; always reported too, on the top k refusal features)."""
 
-@dataclass
-class TrainSaeJobConfig(JobConfig):
-    """``saesteer train-sae``: fit (or load) an SAE on a residual stream and measure it."""
-
-    job: str = "train-sae"
-    sae: SaeConfig = field(default_factory=SaeConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.sae, dict):
-            self.sae = SaeConfig.from_dict(self.sae)
-        if self.sae.responses == "organism" and self.model.name != "organism":
-            raise ValueError(f"sae.responses=organism needs model=organism, got model.name={self.model.name!r}; use greedy or none")
-
-
-@dataclass
-class SearchJobSettings:
-    """Feature search + causal check of the top features (saesteer search)."""
-
-    positions: Optional[list[int]] = None
-    weight_cosine: float = 1.0
-    weight_effect_size: float = 1.0
-    weight_attribution: float = 1.0
-    min_active_fraction: float = 0.02
-    k: int = 8
+    k: int = 8  # features the bypass and the induction act on
     induce_scale: float = 10.0  # clamp value on harmless prompts = induce_scale x the feature's mean on harmful prompts where it fires
-    induce_apply_to: str = "prompt"  # the clamp acts on prompt tokens only (clamping generated tokens makes text degenerate)
-    apply_to: str = "both"
-    top_n: int = 20
-    n_top_prompts: int = 5
-    batch_size: int = 32
+    induce_apply_to: Annotated[str, ApplyTo] = "prompt"  # the clamp acts on prompt tokens only (clamping generated tokens makes text degenerate)
+    apply_to: Annotated[str, ApplyTo] = "both"  # tokens the bypass acts on
     direction: Optional[str] = None  # a direction.safetensors; None = the directions stage (cached)
-    ablation: str = "harmless_mean"  # bypass sets the top k to: harmless_mean (their mean on harmless prompts) or zero
-    signed: bool = True  # the top k by |combined score|: refusal and comply features (False: refusal features only)
+    ablation: Annotated[str, BypassValue] = "harmless_mean"  # what the bypass sets the top k to
+    # the top k by |combined score|: refusal and comply features (False: refusal features only; keep False with
+    # ablation=zero, as zeroing a comply feature raises refusal)
+    signed: bool = True
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        _check_positive(self, "search", "k", "top_n", "batch_size")
-        if self.ablation not in ("zero", "harmless_mean"):
-            raise ValueError(f"search.ablation must be zero or harmless_mean, got {self.ablation!r}")
-        for name in ("apply_to", "induce_apply_to"):
-            if getattr(self, name) not in ("prompt", "generated", "both"):
-                raise ValueError(f"search.{name} must be prompt, generated or both, got {getattr(self, name)!r}")
-        self.search_config()
-
-    def search_config(self):
-        from saesteer.search import SearchConfig
-
-        return SearchConfig(self.positions, {"cosine": self.weight_cosine, "effect_size": self.weight_effect_size,
-                                             "attribution": self.weight_attribution},
-                            self.min_active_fraction, self.top_n, self.n_top_prompts, self.batch_size)
+        super().__post_init__()
+        check_choice_fields(self, "search")
+        check_positive_ints(self, "search", "k")
 
 
 @dataclass
-class SearchJobConfig(TrainSaeJobConfig):
-    job: str = "search"
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    search: SearchJobSettings = field(default_factory=SearchJobSettings)
+class AnchorSettings(AnchorCalibration):
+    """``saesteer anchor``: the calibration (AnchorCalibration, on train/val prompts), the prompts added to the
+    gate's fit, and the attack suite (on held-out prompts)."""
 
-
-PIPELINE_STAGES = ("organism", "directions", "train-sae", "search", "anchor", "backups", "emergent")
-APPLY_TO = ("prompt", "generated", "both")
-
-
-def default_pipeline_stages(model_name: str) -> list[str]:
-    """The pipeline's default stages for a model: the organism stage only for the organism (conf/pipeline.yaml)."""
-    return [s for s in PIPELINE_STAGES if s != "organism" or model_name == "organism"]
-
-
-@dataclass
-class AnchorSettings:
-    """``saesteer anchor``: calibrate the anchor on train/val prompts, then run the attack suite."""
-
-    quantile: float = 0.3  # prompt-token floor = this quantile of refused harmful training prompts' projections (per position)
-    generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own refusals
-    floor_positions: str = "post"  # post: a prompt floor per position (t_inst, each post-instruction token); last: one, from the last position
-    layers: Optional[list[int]] = None  # anchored layers; null = from the layer before the direction's to the last
-    final: bool = True  # also anchor the last layer's resid_post
-    gate_layers: Optional[list[int]] = None  # null = the layer before the direction's, its own and the one after
-    gate_fpr: float = 0.01  # harmless calibration prompts (not already refused) the gate may fire on: the over-refusal it may add
-    gate_orthogonal: bool = True
-    gate_positions: Optional[list[int]] = None  # null = t_inst and every post-instruction position
-    gate_probe: str = "logistic"  # logistic probe or mean_diff (the harmfulness direction)
-    gate_pooling: str = "concat"  # concat: one weight vector per layer and position; mean: one per layer on the positions' mean
-    gate_l2: float = 1e-3
-    gate_synthetic: int = 4000  # synthetic harmful and safe prompts added to the gate's fit (0: train prompts only)
-    gate_lexicon: str = "base"  # the lexicon those prompts are drawn from (saesteer.organism.synthetic.LEXICONS)
-    gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass", "gcg_suffix", "negative_addition_4"])  # attacks the gate is also fitted under
-    gate_tokens: bool = True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower it)
-    gate_token_steps: int = 300
-    sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are bounded too; 0 = the direction only
-    feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused harmful prompts, ceilings (comply) at 1 - it
-    feature_apply_to: str = "generated"  # tokens the feature bounds act on (generated: the bypass works through decoding; no cost on the prompt)
-    n_calibration_harmless: int = 6000  # harmless_train prompts for the gate (half fit, half threshold)
-    cast_alpha: float = 1.0  # CAST-style conditional addition and unconditional addition baselines
-    addition_alpha: float = 1.0
-    negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
+    gate_lexicon: str = "base"  # the synthetic lexicon gate_synthetic's prompts come from (saesteer.organism.synthetic.LEXICONS)
+    n_calibration_harmless: int = 6000  # harmless_train prompts for the gate: half fit it, half set its threshold
+    cast_alpha: float = 1.0  # CAST-style conditional addition (where the gate fires) of cast_alpha x r
+    addition_alpha: float = 1.0  # unconditional addition of addition_alpha x r
+    negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # attacks: subtract alpha x r
     jailbreaks: list[str] = field(default_factory=lambda: ["prefix_injection", "refusal_suppression", "roleplay", "instruction_wrapping"])
-    sae_attack: bool = True  # top-k SAE features set to the search's bypass values, and the top-k refusal features zeroed
-    suffix_tokens: int = 8
-    suffix_steps: int = 30
-    suffix_prompts: int = 64  # harmful_train prompts the suffix is optimized on
-    adaptive: bool = True
-    adaptive_gate_weight: float = 1.0
-    n_attack_prompts: Optional[int] = None  # harmful_test prompts per attack (null = data.n_test)
-    batch_size: int = 32
+    sae_attack: bool = True  # attacks: the search's top k SAE features set to their bypass values, and the top k refusal features zeroed
+    suffix_tokens: int = 8  # GCG-style suffix attack: suffix length
+    suffix_steps: int = 30  # its optimization steps (0: no suffix attacks)
+    suffix_prompts: int = 64  # refused harmful_train prompts the suffix is optimized on
+    adaptive: bool = True  # also attacks that know the anchor: its gate's reads ablated, a suffix optimized against it
+    adaptive_gate_weight: float = 1.0  # weight of the gate's score in the adaptive suffix's loss
+    n_attack_prompts: Optional[int] = None  # harmful_test prompts per attack; None = all of data.n_test
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        _check_positive(self, "anchor", "n_calibration_harmless", "suffix_tokens", "suffix_prompts", "n_attack_prompts", "batch_size")
+        super().__post_init__()
+        check_positive_ints(self, "anchor", "n_calibration_harmless", "suffix_tokens", "suffix_prompts", "n_attack_prompts", "batch_size")
         if self.suffix_steps < 0:
             raise ValueError(f"anchor.suffix_steps must be >= 0, got {self.suffix_steps!r}")
         from saesteer.attacks.prompts import JAILBREAK_TEMPLATES
@@ -320,172 +241,90 @@ class AnchorSettings:
 
         if self.gate_lexicon not in LEXICONS:
             raise ValueError(f"anchor.gate_lexicon must be one of {sorted(LEXICONS)}, got {self.gate_lexicon!r}")
-        self.calibration()
-
-    def calibration(self):
-        from dataclasses import fields
-
-        from saesteer.anchor import AnchorCalibration
-
-        # every calibration field these settings name, by name (lists copied out of the config)
-        kw = {f.name: getattr(self, f.name) for f in fields(AnchorCalibration) if hasattr(self, f.name)}
-        return AnchorCalibration(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in kw.items()})
 
 
 @dataclass
-class AnchorJobConfig(SearchJobConfig):
-    job: str = "anchor"
-    anchor: AnchorSettings = field(default_factory=AnchorSettings)
+class BackupsSettings(BackupRule):
+    """``saesteer backups``: refusal vs k features cut, downstream and upstream, and which features rise past the
+    backup rule (BackupRule); optionally on a fine-tuned organism too (``recipe``)."""
 
-
-# ---------------------------------------------------------------- analysis jobs: backups (hydra) and emergent misalignment
-
-SENSOR_SIGNALS = ("effect_size", "mean_diff", "auroc")
-RECIPES = ("none", "direction_dropout", "direction_dropout_all")  # saesteer.organism.recipes.RECIPES
-LORA_SITES = ("mlp_out", "mlp_in")
-EM_ABLATIONS = ("plain", "affine")
-
-
-def _check_number(obj, prefix: str, name: str, *, low: float = 0.0, strict: bool = True, high: Optional[float] = None) -> None:
-    value = getattr(obj, name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if strict else value >= low) and (high is None or value <= high)
-    if not ok:
-        rel = ">" if strict else ">="
-        bound = f" and <= {high}" if high is not None else ""
-        raise ValueError(f"{prefix}.{name} must be a number {rel} {low}{bound}, got {value!r}")
-
-
-def _check_layers(prefix: str, name: str, value) -> None:
-    if value is None:
-        return
-    items = [value] if isinstance(value, int) else list(value)
-    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in items) or (not isinstance(value, int) and not items):
-        raise ValueError(f"{prefix}.{name} must be a non-negative layer index (or a non-empty list of them) or null, got {value!r}")
-
-
-@dataclass
-class BackupsSettings:
-    """``saesteer backups``: refusal vs k features cut, downstream and upstream, and which features rise."""
+    GROUP: ClassVar[str] = "backups"
 
     k_max: int = 8  # K: the top k features are cut for k = 1..K
-    cut_layer: Optional[int] = None  # downstream SAE layer; null = the direction's layer (the last-but-one if it is the last)
-    upstream_layer: Optional[int] = None  # harm-sensor SAE layer; null = cut_layer - 1 (at least 0)
-    monitor_layers: Optional[list[int]] = None  # refusal features monitored at these layers; null = cut_layer .. last
+    cut_layer: Optional[int] = None  # downstream SAE layer; None = the direction's layer (the last-but-one if it is the last)
+    upstream_layer: Optional[int] = None  # harm-sensor SAE layer; None = cut_layer - 1 (at least 0)
+    monitor_layers: Optional[list[int]] = None  # refusal features monitored at these layers; None = cut_layer .. last
     n_monitor: int = 24  # refusal-ranked features monitored per layer
-    backup_threshold: float = 0.25  # a backup rises by more than this, relative: (cut - intact) / max(intact, backup_min_rise)
-    backup_min_rise: float = 0.05  # ... and by more than this in activation units (the floor for dormant features)
     count_same_layer: bool = False  # count rises at the cut layer itself (re-encoding the edited residual, not the network)
-    sensor_signal: str = "effect_size"  # harm sensors: ranked by this harmful-vs-harmless contrast at t_inst
+    sensor_signal: Annotated[str, SensorSignal] = "effect_size"  # harm sensors: ranked by this harmful-vs-harmless contrast at t_inst
     induce_scale: float = 3.0  # induction: sensors clamped to induce_scale x their mean on harmful prompts where they fire (t_inst)
-    induce_apply_to: str = "prompt"
-    apply_to: str = "both"  # the cuts act on prompt tokens, generated tokens or both
+    induce_apply_to: Annotated[str, ApplyTo] = "prompt"
+    apply_to: Annotated[str, ApplyTo] = "both"  # tokens the cuts act on
     random_control: bool = True  # K random eligible features cut at each layer, as a control at k = K
-    n_monitor_prompts: Optional[int] = None  # harmful_test prompts for the activation measurements; null = all of data.n_test
+    n_monitor_prompts: Optional[int] = None  # harmful_test prompts for the activation measurements; None = all of data.n_test
     batch_size: int = 32
-    # A fine-tuned organism analysed side by side with the base (saesteer.organism.recipes): none, direction_dropout
-    # (the refusal direction affinely ablated at its layer on a share recipe_p of the fine-tune steps) or
-    # direction_dropout_all (ablated at every layer, as the ACE bypass).
-    recipe: str = "none"
-    recipe_p: float = 0.5  # share of fine-tune steps with the cut
-    recipe_steps: int = 160
-    recipe_lr: float = 1e-3
-    recipe_warmup_steps: int = 16
-    recipe_batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        check_finite_fields(self)
-        _check_positive(self, "backups", "k_max", "n_monitor", "n_monitor_prompts", "batch_size")
-        _check_layers("backups", "cut_layer", self.cut_layer)
-        _check_layers("backups", "upstream_layer", self.upstream_layer)
-        _check_layers("backups", "monitor_layers", self.monitor_layers)
-        _check_number(self, "backups", "backup_threshold", low=0.0, strict=False)
-        _check_number(self, "backups", "backup_min_rise", low=0.0)
-        _check_number(self, "backups", "induce_scale", low=0.0)
-        if self.sensor_signal not in SENSOR_SIGNALS:
-            raise ValueError(f"backups.sensor_signal must be one of {SENSOR_SIGNALS}, got {self.sensor_signal!r}")
-        for name in ("apply_to", "induce_apply_to"):
-            if getattr(self, name) not in APPLY_TO:
-                raise ValueError(f"backups.{name} must be one of {APPLY_TO}, got {getattr(self, name)!r}")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"backups.recipe must be one of {RECIPES}, got {self.recipe!r}")
-        _check_positive(self, "backups", "recipe_steps", "recipe_batch_size")
-        _check_number(self, "backups", "recipe_p", low=0.0, strict=False, high=1.0)
-        _check_number(self, "backups", "recipe_lr", low=0.0)
-        if not isinstance(self.recipe_warmup_steps, int) or self.recipe_warmup_steps < 0:
-            raise ValueError(f"backups.recipe_warmup_steps must be a non-negative integer, got {self.recipe_warmup_steps!r}")
-
-    def dropout_recipe(self, seed: int):
-        """The fine-tune of ``recipe`` (None for ``none``)."""
-        if self.recipe == "none":
-            return None
-        from saesteer.organism.recipes import DropoutRecipe
-
-        return DropoutRecipe(self.recipe, self.recipe_p, self.recipe_steps, self.recipe_lr, self.recipe_warmup_steps,
-                             self.recipe_batch_size, seed)
-
-    def rule(self):
-        from saesteer.redundancy import BackupRule
-
-        return BackupRule(self.backup_threshold, self.backup_min_rise)
-
-
-@dataclass
-class BackupsJobConfig(SearchJobConfig):
-    """SAEs at several layers (the SAE stage, one fit per layer), ranked with the ``search`` settings."""
-
-    job: str = "backups"
-    backups: BackupsSettings = field(default_factory=BackupsSettings)
+    # a fine-tuned organism analysed side by side with the base: the fine-tune (DropoutRecipe) of this recipe;
+    # recipe_<field> is DropoutRecipe's <field>, with its default
+    recipe: Annotated[str, Recipe] = "none"
+    recipe_p: float = DropoutRecipe.p
+    recipe_steps: int = DropoutRecipe.steps
+    recipe_lr: float = DropoutRecipe.lr
+    recipe_warmup_steps: int = DropoutRecipe.warmup_steps
+    recipe_batch_size: int = DropoutRecipe.batch_size
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.sae.loads:
-            raise ValueError(
-                "backups fits one SAE per layer through the SAE stage; sae.path / sae.pretrained_release name a single "
-                f"SAE, got path={self.sae.path!r}, pretrained_release={self.sae.pretrained_release!r}"
-            )
-        if self.sae.hook is not None:
-            raise ValueError(f"backups picks the SAE hooks per layer (backups.cut_layer, upstream_layer, monitor_layers); "
-                             f"leave sae.hook null, got {self.sae.hook!r}")
+        check_choice_fields(self, "backups")
+        check_positive_ints(self, "backups", "k_max", "n_monitor", "n_monitor_prompts", "batch_size")
+        check_layers("backups", "cut_layer", self.cut_layer)
+        check_layers("backups", "upstream_layer", self.upstream_layer)
+        check_layers("backups", "monitor_layers", self.monitor_layers)
+        check_number(self, "backups", "induce_scale", low=0.0)
+        check_positive_ints(self, "backups", "recipe_steps", "recipe_batch_size")
+        check_number(self, "backups", "recipe_p", low=0.0, strict=False, high=1.0)
+        check_number(self, "backups", "recipe_lr", low=0.0)
+        if not isinstance(self.recipe_warmup_steps, int) or self.recipe_warmup_steps < 0:
+            raise ValueError(f"backups.recipe_warmup_steps must be a non-negative integer, got {self.recipe_warmup_steps!r}")
+
+    def dropout_recipe(self, seed: int) -> Optional[DropoutRecipe]:
+        """The fine-tune of ``recipe`` (None for ``none``): DropoutRecipe's fields from ``recipe_<field>``."""
+        if self.recipe == "none":
+            return None
+        return library_settings(DropoutRecipe, self, prefix="recipe_", name=self.recipe, seed=seed)
 
 
 @dataclass
-class EmergentSettings:
-    """``saesteer emergent``: a rank-1 LoRA that complies with one harm category; does refusal fall elsewhere?"""
+class EmergentSettings(LoraTrainConfig):
+    """``saesteer emergent``: a rank-1 LoRA (trained as LoraTrainConfig says) that complies with one harm category;
+    does refusal fall elsewhere?"""
+
+    GROUP: ClassVar[str] = "emergent"
 
     category: str = "fraud_and_scams"  # the narrow task: comply with this harm category (synthetic lexicon)
-    other_categories: Optional[list[str]] = None  # evaluated categories; null = every other harmful category
+    other_categories: Optional[list[str]] = None  # evaluated categories; None = every other harmful category
     n_train: int = 256  # target-category training prompts (from its training acts)
     n_harmless: int = 256  # harmless_train prompts, still answered, mixed into training
     held_out_acts: float = 0.25  # share of the target category's acts kept out of training (target held-out eval)
     n_eval_per_category: int = 8  # held-out prompts per other category (refusal before / after / ablated)
     n_direction_per_category: int = 8  # other prompts per category for the EM direction (disjoint from the eval ones)
     n_target_eval: int = 32  # held-out target prompts
-    placement: str = "mlp_out"  # rank-1 adapter on W_out of each layer's MLP (Soligo et al.), or mlp_in (W_in)
-    layers: Optional[list[int]] = None  # adapted layers; null = every layer
+    placement: Annotated[str, LoraSite] = "mlp_out"  # the adapted matrix of each layer's MLP
+    layers: Optional[list[int]] = None  # adapted layers; None = every layer
     alpha: float = 1.0  # adapter scale: W <- W + alpha * outer(a, b)
-    steps: int = 150
-    batch_size: int = 32
-    lr: float = 0.01
-    target_fraction: float = 0.5  # share of each batch from the target category (the rest harmless)
-    ablation: str = "affine"  # the headline ablation of the EM direction (both are reported)
-    ablate_layer: Optional[int] = None  # EM direction of this layer is ablated; null = the refusal direction's layer
-    direction: Optional[str] = None  # a refusal direction.safetensors; null = the directions stage (cached)
+    ablation: Annotated[str, AblationMode] = "affine"  # the headline ablation of the EM direction (both are reported)
+    ablate_layer: Optional[int] = None  # EM direction of this layer is ablated; None = the refusal direction's layer
+    direction: Optional[str] = None  # a refusal direction.safetensors; None = the directions stage (cached)
 
     def __post_init__(self) -> None:
-        check_finite_fields(self)
-        _check_positive(self, "emergent", "n_train", "n_harmless", "n_eval_per_category", "n_direction_per_category",
-                        "n_target_eval", "steps", "batch_size")
-        _check_number(self, "emergent", "held_out_acts", low=0.0, high=0.9)
-        _check_number(self, "emergent", "target_fraction", low=0.0, high=1.0)
-        _check_number(self, "emergent", "alpha", low=0.0)
-        _check_number(self, "emergent", "lr", low=0.0)
-        _check_layers("emergent", "layers", self.layers)
-        _check_layers("emergent", "ablate_layer", self.ablate_layer)
-        if self.placement not in LORA_SITES:
-            raise ValueError(f"emergent.placement must be one of {LORA_SITES}, got {self.placement!r}")
-        if self.ablation not in EM_ABLATIONS:
-            raise ValueError(f"emergent.ablation must be one of {EM_ABLATIONS}, got {self.ablation!r}")
+        super().__post_init__()
+        check_choice_fields(self, "emergent")
+        check_positive_ints(self, "emergent", "n_train", "n_harmless", "n_eval_per_category", "n_direction_per_category",
+                            "n_target_eval")
+        check_number(self, "emergent", "held_out_acts", low=0.0, high=0.9)
+        check_number(self, "emergent", "target_fraction", low=0.0, high=1.0)
+        check_number(self, "emergent", "alpha", low=0.0)
+        check_layers("emergent", "layers", self.layers)
+        check_layers("emergent", "ablate_layer", self.ablate_layer)
         from saesteer.organism.synthetic import load_lexicon
 
         categories = list(load_lexicon("harmful"))
@@ -501,6 +340,117 @@ class EmergentSettings:
                 raise ValueError(f"emergent.other_categories must not hold the target category {self.category!r}, got {others!r}")
 
 
+# ---------------------------------------------------------------- jobs: each lists the config groups it reads
+
+
+@dataclass
+class JobConfig:
+    """What every job has: its name, seed, progress bars, the run directory's policy, and the groups every job reads."""
+
+    job: str = "job"
+    seed: int = 0
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # a run directory (hydra.run.dir) that holds another run's results is refused; true: they are removed first
+    overwrite: bool = False
+
+
+def _check_sae_responses(cfg: Any) -> None:
+    """A job that fits an SAE: ``cfg.sae`` as a SaeConfig, and organism responses only for the organism."""
+    if isinstance(cfg.sae, dict):
+        cfg.sae = SaeConfig.from_dict(cfg.sae)
+    if cfg.sae.responses == "organism" and cfg.model.name != "organism":
+        raise ValueError(f"sae.responses=organism needs model=organism, got model.name={cfg.model.name!r}; use greedy or none")
+
+
+@dataclass
+class OrganismJobConfig(JobConfig):
+    job: str = "organism"
+
+
+@dataclass
+class GenerateJobConfig(JobConfig):
+    job: str = "generate"
+    prompts: Optional[str] = None  # bundled name or a local json/jsonl/csv/parquet file
+    column: str = "instruction"
+    limit: Optional[int] = None
+    steer: SteerConfig = field(default_factory=SteerConfig)
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    # not read by this job: an experiment (conf/experiment/) names its SAE, and the preflight checks it for every job
+    sae: SaeConfig = field(default_factory=SaeConfig)
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("generate needs prompts=<bundled name or file>, got prompts=None")
+
+
+@dataclass
+class DirectionsJobConfig(JobConfig):
+    job: str = "directions"
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    # not read by this job: an experiment (conf/experiment/) names its SAE, and the preflight checks it for every job
+    sae: SaeConfig = field(default_factory=SaeConfig)
+
+
+@dataclass
+class TrainSaeJobConfig(JobConfig):
+    """``saesteer train-sae``: fit (or load) an SAE on a residual stream and measure it."""
+
+    job: str = "train-sae"
+    sae: SaeConfig = field(default_factory=SaeConfig)
+
+    def __post_init__(self) -> None:
+        _check_sae_responses(self)
+
+
+@dataclass
+class SearchJobConfig(JobConfig):
+    job: str = "search"
+    sae: SaeConfig = field(default_factory=SaeConfig)
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    search: SearchJobSettings = field(default_factory=SearchJobSettings)
+
+    def __post_init__(self) -> None:
+        _check_sae_responses(self)
+
+
+@dataclass
+class AnchorJobConfig(JobConfig):
+    job: str = "anchor"
+    sae: SaeConfig = field(default_factory=SaeConfig)
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    search: SearchJobSettings = field(default_factory=SearchJobSettings)
+    anchor: AnchorSettings = field(default_factory=AnchorSettings)
+
+    def __post_init__(self) -> None:
+        _check_sae_responses(self)
+
+
+@dataclass
+class BackupsJobConfig(JobConfig):
+    """SAEs at several layers (the SAE stage, one fit per layer), ranked with the ``search`` settings."""
+
+    job: str = "backups"
+    sae: SaeConfig = field(default_factory=SaeConfig)
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    search: SearchJobSettings = field(default_factory=SearchJobSettings)
+    backups: BackupsSettings = field(default_factory=BackupsSettings)
+
+    def __post_init__(self) -> None:
+        _check_sae_responses(self)
+        if self.sae.loads:
+            raise ValueError(
+                "backups fits one SAE per layer through the SAE stage; sae.path / sae.pretrained_release name a single "
+                f"SAE, got path={self.sae.path!r}, pretrained_release={self.sae.pretrained_release!r}"
+            )
+        if self.sae.hook is not None:
+            raise ValueError(f"backups picks the SAE hooks per layer (backups.cut_layer, upstream_layer, monitor_layers); "
+                             f"leave sae.hook null, got {self.sae.hook!r}")
+
+
 @dataclass
 class EmergentJobConfig(JobConfig):
     job: str = "emergent"
@@ -509,17 +459,21 @@ class EmergentJobConfig(JobConfig):
 
 
 @dataclass
-class PipelineJobConfig(AnchorJobConfig):
+class PipelineJobConfig(JobConfig):
     """``saesteer pipeline``: organism -> directions -> SAE -> search -> anchor -> backups -> emergent, one report."""
 
     job: str = "pipeline"
+    sae: SaeConfig = field(default_factory=SaeConfig)
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    search: SearchJobSettings = field(default_factory=SearchJobSettings)
+    anchor: AnchorSettings = field(default_factory=AnchorSettings)
     backups: BackupsSettings = field(default_factory=BackupsSettings)
     emergent: EmergentSettings = field(default_factory=EmergentSettings)
     reuse: bool = True  # reuse a stage's results when its config, data, model and saesteer's code are unchanged
     stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        _check_sae_responses(self)
         unknown = [s for s in self.stages if s not in PIPELINE_STAGES]
         if unknown:
             raise ValueError(f"pipeline.stages has unknown stages {unknown}; expected some of {PIPELINE_STAGES}")

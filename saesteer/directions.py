@@ -21,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Annotated, Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +30,11 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import mean_activations, n_post_tokens, resid_hooks
 from saesteer.chat import ChatTemplate, encode_chat
-from saesteer.checks import check_finite_fields, check_prompts
+from saesteer.checks import check_choice_fields, check_finite_fields, check_prompts
 from saesteer.evaluate import kl_divergence, last_position_logprobs
 from saesteer.generation import final_logits, length_sorted_batches
 from saesteer.interventions import Ablate, Add, Intervention, steer
+from saesteer.interventions.directions import ABLATION_MODES, AblationMode
 from saesteer.io import ArtifactError, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -136,16 +137,19 @@ def compute_candidates(
 
 @dataclass
 class SelectionConfig:
-    max_kl: float = 0.1
-    min_induce: float = 0.0
-    prune_layer_fraction: float = 0.2
-    ablation: str = "affine"  # which ablation selection uses: plain (the paper) or affine (ACE)
-    add_alpha: float = 1.0
+    """How the refusal direction is selected among the candidates (Arditi et al. 2024).
+
+    The base of the ``directions`` config group's schema (``saesteer.config.DirectionsConfig``)."""
+
+    max_kl: float = 0.1  # a candidate is dropped when ablating it moves harmless_val's next token by a KL above this
+    min_induce: float = 0.0  # ... or when adding it (add_alpha x the candidate) leaves harmless_val's mean refusal score below this
+    prune_layer_fraction: float = 0.2  # ... or when it sits in this last share of the layers
+    ablation: Annotated[str, AblationMode] = "affine"  # the ablation selection scores: plain (the paper) or affine (ACE); both are reported
+    add_alpha: float = 1.0  # scale of the addition that checks induction
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        if self.ablation not in ("plain", "affine"):
-            raise ValueError(f"directions.ablation must be 'plain' or 'affine', got {self.ablation!r}")
+        check_choice_fields(self, "directions")
         if not 0 <= self.prune_layer_fraction < 1:
             raise ValueError(f"directions.prune_layer_fraction must be in [0, 1), got {self.prune_layer_fraction}")
         if self.max_kl <= 0:
@@ -228,7 +232,7 @@ def score_candidates(
             continue
         ref = affine_reference(cands, d, pos)
         row: dict[str, Any] = {}
-        for mode in ("plain", "affine"):
+        for mode in ABLATION_MODES:
             abl = Ablate(d, mode=mode, reference=ref if mode == "affine" else None)
             row[f"bypass_{mode}"] = float(refusal_scores(model, template, harmful_val, ids, interventions=[abl], batch_size=batch_size).mean())
             _, lp = refusal_scores(model, template, harmless_val, ids, interventions=[abl], batch_size=batch_size, return_logprobs=True)

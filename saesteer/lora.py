@@ -29,7 +29,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
-from saesteer.checks import check_finite_fields, check_prompts
+from saesteer.checks import check_choice, check_finite_fields, check_number, check_positive_ints, check_prompts, choices
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions import Intervention, as_interventions, collect_hooks
 from saesteer.unembed import emittable
@@ -46,7 +46,9 @@ from saesteer.unembed import logits as unembed_logits
 
 log = logging.getLogger(__name__)
 
-SITES = ("mlp_out", "mlp_in")
+#: The matrix of each layer's MLP a rank-1 adapter edits: W_out (``mlp_out``, Soligo et al.) or W_in.
+LoraSite = Literal["mlp_out", "mlp_in"]
+SITES: tuple[str, ...] = choices(LoraSite)
 
 
 class Rank1Lora(torch.nn.Module, Intervention):
@@ -57,8 +59,7 @@ class Rank1Lora(torch.nn.Module, Intervention):
     def __init__(self, layers: Sequence[int], d_in: int, d_out: int, site: str = "mlp_out", alpha: float = 1.0,
                  seed: int = 0, init_scale: Optional[float] = None) -> None:
         torch.nn.Module.__init__(self)
-        if site not in SITES:
-            raise ValueError(f"Rank1Lora.site must be one of {SITES}, got {site!r}")
+        check_choice(site, LoraSite, "Rank1Lora.site")
         self.layers = [int(l) for l in layers]
         if not self.layers or len(set(self.layers)) != len(self.layers):
             raise ValueError(f"Rank1Lora.layers must be distinct layer indices, got {list(layers)}")
@@ -158,19 +159,23 @@ class Rank1Lora(torch.nn.Module, Intervention):
 
 @dataclass
 class LoraTrainConfig:
+    """How :func:`train_lora` fits an adapter: the base of the ``emergent`` config group's schema
+    (``saesteer.config.EmergentSettings``)."""
+
+    GROUP: ClassVar[str] = "LoraTrainConfig"  # names the fields in errors
+
     steps: int = 150
     batch_size: int = 32
     lr: float = 1e-2
     target_fraction: float = 0.5  # share of each batch drawn from ``target`` (the rest from ``keep``)
-    seed: int = 0
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the adapter's gradient norm is clipped to this
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        if self.steps <= 0 or self.batch_size <= 0 or self.lr <= 0:
-            raise ValueError(f"LoraTrainConfig needs positive steps, batch_size and lr, got {self.steps}, {self.batch_size}, {self.lr}")
-        if not 0.0 <= self.target_fraction <= 1.0:
-            raise ValueError(f"LoraTrainConfig.target_fraction must be in [0, 1], got {self.target_fraction}")
+        check_positive_ints(self, self.GROUP, "steps", "batch_size")
+        check_number(self, self.GROUP, "lr", low=0.0)
+        check_number(self, self.GROUP, "target_fraction", low=0.0, strict=False, high=1.0)
+        check_number(self, self.GROUP, "grad_clip", low=0.0)
 
 
 def sft_batch(model: HookedTransformer, template: ChatTemplate, pairs: Sequence[tuple[str, str]]):
@@ -223,14 +228,15 @@ def train_lora(
     keep: Sequence[tuple[str, str]] = (),
     cfg: LoraTrainConfig = LoraTrainConfig(),
     *,
+    seed: int = 0,
     progress: bool = False,
 ) -> list[float]:
     """Fit ``lora`` (only its a and b) on batches mixing ``target`` and ``keep`` pairs; returns the losses.
 
-    Deterministic for ``cfg.seed`` (batch order) and the adapter's own seed (init)."""
+    Deterministic for ``seed`` (batch order) and the adapter's own seed (init)."""
     if not target:
         raise ValueError("train_lora needs target (instruction, response) pairs, got none")
-    rng = random.Random(cfg.seed)
+    rng = random.Random(seed)
     n_t = cfg.batch_size if not keep else max(1, round(cfg.batch_size * cfg.target_fraction))
     n_k = cfg.batch_size - n_t if keep else 0
     flags = [p.requires_grad for p in model.parameters()]

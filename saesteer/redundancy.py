@@ -16,9 +16,9 @@ sets rather than single prompts:
 
 - :func:`find_backups` applies the :class:`BackupRule`: a monitored feature that is
   not itself edited is a backup when its mean activation rises by more than
-  ``threshold`` relative, ``(cut - intact) / max(intact, min_rise)``, *and* by more
-  than ``min_rise`` in activation units (so a dormant feature, intact mean ~0, counts
-  once it rises by ``min_rise``).
+  ``backup_threshold`` relative, ``(cut - intact) / max(intact, backup_min_rise)``, *and* by
+  more than ``backup_min_rise`` in activation units (so a dormant feature, intact mean ~0,
+  counts once it rises by ``backup_min_rise``).
 
 Monitors at the edited hook see the *edited* residual: a rise there comes from
 re-encoding ``x - sum a_f W_dec[f]`` (a TopK SAE fills the freed slots), not from
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -39,7 +39,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import check_hooks, hook_layer, n_post_tokens, stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
-from saesteer.checks import check_finite_fields, check_prompts
+from saesteer.checks import check_finite_fields, check_number, check_prompts
 from saesteer.evaluate import refusal_eval
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions import Intervention, as_interventions, collect_hooks, steer
@@ -74,26 +74,28 @@ class FeatureSet:
 
 @dataclass
 class BackupRule:
-    """A monitored feature is a backup when it rises by > ``threshold`` relative and > ``min_rise`` absolute."""
+    """A monitored feature is a backup when it rises by > ``backup_threshold`` relative and > ``backup_min_rise`` absolute.
 
-    threshold: float = 0.25
-    min_rise: float = 0.05
+    The base of the ``backups`` config group's schema (``saesteer.config.BackupsSettings``)."""
+
+    GROUP: ClassVar[str] = "BackupRule"  # names the fields in errors
+
+    backup_threshold: float = 0.25  # relative rise: (cut - intact) / max(intact, backup_min_rise)
+    backup_min_rise: float = 0.05  # absolute rise in activation units (the denominator's floor, for dormant features)
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        if not self.threshold >= 0:
-            raise ValueError(f"BackupRule.threshold must be >= 0, got {self.threshold!r}")
-        if not self.min_rise > 0:
-            raise ValueError(f"BackupRule.min_rise must be > 0, got {self.min_rise!r}")
+        check_number(self, self.GROUP, "backup_threshold", low=0.0, strict=False)
+        check_number(self, self.GROUP, "backup_min_rise", low=0.0)
 
     def relative(self, intact: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
-        """(edited - intact) / max(intact, min_rise), elementwise."""
+        """(edited - intact) / max(intact, backup_min_rise), elementwise."""
         intact, edited = intact.double(), edited.double()
-        return (edited - intact) / intact.clamp_min(self.min_rise)
+        return (edited - intact) / intact.clamp_min(self.backup_min_rise)
 
     def is_backup(self, intact: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
         rise = edited.double() - intact.double()
-        return (self.relative(intact, edited) > self.threshold) & (rise > self.min_rise)
+        return (self.relative(intact, edited) > self.backup_threshold) & (rise > self.backup_min_rise)
 
 
 def find_backups(intact: torch.Tensor, edited: torch.Tensor, rule: BackupRule = BackupRule(),

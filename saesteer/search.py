@@ -30,7 +30,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
-from saesteer.checks import check_finite_fields, check_prompts
+from saesteer.checks import check_choice, check_finite_fields, check_positive_ints, check_prompts, choices
 from saesteer.generation import final_logits, length_sorted_batches
 from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.io import atomic_path
@@ -51,29 +51,42 @@ log = logging.getLogger(__name__)
 HIST_EDGES = torch.logspace(-3, 3, 255, dtype=torch.float64)
 
 
+#: The per-feature signals the ranking combines (module docstring).
+Signal = Literal["cosine", "mean_diff", "effect_size", "auroc", "attribution"]
+SIGNALS: tuple[str, ...] = choices(Signal)
+#: What a bypass sets the selected features to (FeatureScores.bypass_values): 0, or their mean on harmless prompts.
+BypassValue = Literal["zero", "harmless_mean"]
+ABLATIONS: tuple[str, ...] = choices(BypassValue)
+
+
 @dataclass
 class SearchConfig:
-    positions: Optional[list[int]] = None  # None = post-instruction positions
-    weights: dict[str, float] = field(default_factory=lambda: {"cosine": 1.0, "effect_size": 1.0, "attribution": 1.0})
-    min_active_fraction: float = 0.02  # of harmful prompts on which the feature fires
-    top_n: int = 20
-    n_top_prompts: int = 5
+    """The feature search: the base of the ``search`` config group's schema (``saesteer.config.SearchJobSettings``).
+
+    A feature's combined score is the sum over the signals of ``weight_<signal>`` x the signal's z-score over the
+    eligible features; a signal of weight 0 is left out."""
+
+    positions: Optional[list[int]] = None  # negative offsets from the end of the prompt; None = every post-instruction position
+    weight_cosine: float = 1.0
+    weight_mean_diff: float = 0.0
+    weight_effect_size: float = 1.0
+    weight_auroc: float = 0.0
+    weight_attribution: float = 1.0
+    min_active_fraction: float = 0.02  # activity filter: a feature is eligible when it fires on at least this share of harmful prompts
+    top_n: int = 20  # the top features whose per-prompt activations (exact AUROC, top prompts) are kept
+    n_top_prompts: int = 5  # the prompts that activate each of them most
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        unknown = set(self.weights) - set(SIGNALS)
-        if unknown:
-            raise ValueError(f"search.weights has unknown signals {sorted(unknown)}; expected some of {SIGNALS}")
         if not 0 <= self.min_active_fraction < 1:
             raise ValueError(f"search.min_active_fraction must be in [0, 1), got {self.min_active_fraction}")
-        if self.top_n <= 0:
-            raise ValueError(f"search.top_n must be positive, got {self.top_n}")
+        check_positive_ints(self, "search", "top_n", "batch_size")
 
-
-SIGNALS = ("cosine", "mean_diff", "effect_size", "auroc", "attribution")
-#: what a bypass sets the selected features to (FeatureScores.bypass_values)
-ABLATIONS = ("zero", "harmless_mean")
+    @property
+    def weights(self) -> dict[str, float]:
+        """{signal: weight} of the signals with a non-zero weight, in the order of :data:`SIGNALS`."""
+        return {s: w for s in SIGNALS if (w := getattr(self, f"weight_{s}")) != 0}
 
 
 class _ClassStats:
@@ -150,8 +163,7 @@ class FeatureScores:
         """Values a bypass sets ``features`` to: 0 (``zero``) or their mean on harmless prompts at the
         searched positions (``harmless_mean``: the feature-level analogue of affine ablation, which turns
         refusal features down and comply features up)."""
-        if ablation not in ABLATIONS:
-            raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+        check_choice(ablation, BypassValue, "ablation")
         return [0.0 if ablation == "zero" else float(self.harmless_mean[f]) for f in features]
 
     def write_csv(self, path: Path) -> Path:

@@ -86,7 +86,7 @@ def direction_stage(loaded: LoadedModel, data_cfg: Any, dir_cfg: Any, *, path: O
     cands = compute_candidates(m, tpl, list(roles["harmful_train"].instructions), list(roles["harmless_train"].instructions),
                                positions=dir_cfg.positions, batch_size=dir_cfg.batch_size, progress=progress)
     sel = select_direction(m, tpl, cands, list(roles["harmful_val"].instructions), list(roles["harmless_val"].instructions),
-                           dir_cfg.selection(), progress=progress)
+                           dir_cfg, progress=progress)
     meta = {"model": loaded.name, "model_fingerprint": model_fingerprint(m), "template": tpl.name, "config": dataclasses.asdict(dir_cfg)}
     write_json(file.with_name("candidates.json"), [dataclasses.asdict(s) for s in sel.scores])
     save_direction(file, sel, meta)

@@ -105,7 +105,7 @@ def test_gate_decision_in_the_forward_pass_equals_the_collected_scores(calibrate
 
 
 def test_robust_gate_fit_reads_the_attacked_model(tiny_organism):
-    """A gate also fitted under an attack differs from the clean-fitted one and still holds its FPR."""
+    """A gate also fitted under an attack is fitted on as many prompts, differs from the clean-fitted one, and leaves the floors alone."""
     from saesteer.attacks.directional import orthogonalized_attack
 
     model, tpl, _ = tiny_organism
@@ -373,7 +373,7 @@ def test_feature_anchor_rejects_bad_input(calibrated, feature_anchor):
         calibrate_feature_anchor(model, tpl, sae, [64], [1], "blocks.1.hook_resid_pre", harmful[:2])
     with pytest.raises(ValueError, match="anchor.sae_features must be >= 0"):
         AnchorCalibration(sae_features=-1)
-    with pytest.raises(ValueError, match="anchor.feature_apply_to must be prompt, generated or both, got 'decode'"):
+    with pytest.raises(ValueError, match=r"^anchor.feature_apply_to must be one of \('prompt', 'generated', 'both'\), got 'decode'$"):
         AnchorCalibration(feature_apply_to="decode")
 
 
@@ -389,17 +389,17 @@ def test_default_gate_layers_span_the_layer_before_to_the_layer_after(tiny_organ
     assert art.gate_weights.shape[0] == 2
 
 
-def test_anchor_settings_pass_every_calibration_field_by_name():
-    """The job's settings build the calibration by field name: each shared field arrives, none is shifted."""
+def test_anchor_settings_are_the_calibration():
+    """The anchor group's schema extends AnchorCalibration: the job passes its settings to calibrate_anchor as they are,
+    and no calibration setting is declared twice."""
     from dataclasses import fields
 
     from saesteer.config import AnchorSettings
 
     s = AnchorSettings(quantile=0.21, generated_quantile=0.07, layers=[1, 2], gate_layers=[2], gate_fpr=0.03, gate_positions=[-2, -1],
                        gate_synthetic=17, feature_quantile=0.6, batch_size=5)
-    cal = s.calibration()
-    shared = [f.name for f in fields(cal) if hasattr(s, f.name)]
-    assert {"quantile", "generated_quantile", "layers", "gate_layers", "gate_positions", "gate_robust", "feature_apply_to"} <= set(shared)
-    for name in shared:
-        want = getattr(s, name)
-        assert getattr(cal, name) == (tuple(want) if name == "gate_robust" else want), name
+    assert isinstance(s, AnchorCalibration)
+    calibration = {f.name for f in fields(AnchorCalibration)}
+    assert not calibration & set(vars(AnchorSettings).get("__annotations__", {}))
+    assert (s.quantile, s.generated_quantile, s.layers, s.gate_layers, s.gate_fpr, s.gate_positions, s.gate_synthetic,
+            s.feature_quantile, s.batch_size) == (0.21, 0.07, [1, 2], [2], 0.03, [-2, -1], 17, 0.6, 5)

@@ -146,12 +146,12 @@ def test_train_lora_learns_is_deterministic_and_leaves_the_base_alone(small):
     keep = [("Tell me a joke.", "Sure, here is a joke."), ("What is two plus two?", "Sure, it is four.")]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    cfg = LoraTrainConfig(steps=25, batch_size=4, lr=0.05, target_fraction=0.5, seed=0)
+    cfg = LoraTrainConfig(steps=25, batch_size=4, lr=0.05, target_fraction=0.5)
     l1 = Rank1Lora.for_model(model, seed=0)
-    losses = train_lora(model, tpl, l1, target, keep, cfg)
+    losses = train_lora(model, tpl, l1, target, keep, cfg, seed=0)
     assert len(losses) == 25 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     l2 = Rank1Lora.for_model(model, seed=0)
-    assert train_lora(model, tpl, l2, target, keep, cfg) == losses
+    assert train_lora(model, tpl, l2, target, keep, cfg, seed=0) == losses
     assert torch.equal(l1.b, l2.b) and torch.count_nonzero(l1.b) > 0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert [p.requires_grad for p in model.parameters()] == flags

@@ -23,7 +23,7 @@ H0, H1 = "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"
 
 
 def test_backup_rule_on_synthetic_changes():
-    rule = BackupRule(threshold=0.25, min_rise=0.05)
+    rule = BackupRule(backup_threshold=0.25, backup_min_rise=0.05)
     intact = torch.tensor([1.00, 1.00, 0.00, 0.00, 0.10, 2.00, 1.00])
     edited = torch.tensor([1.30, 1.20, 0.06, 0.04, 0.14, 1.00, 2.00])
     mask, rel = find_backups(intact, edited, rule)
@@ -37,7 +37,7 @@ def test_backup_rule_on_synthetic_changes():
     assert find_backups(intact, edited, rule, excluded)[0].tolist() == [True, False, True, False, False, False, False]
     with pytest.raises(ValueError, match="differ in shape"):
         find_backups(intact, edited[:3], rule)
-    with pytest.raises(ValueError, match="min_rise must be > 0"):
+    with pytest.raises(ValueError, match=r"^BackupRule.backup_min_rise must be a number > 0.0, got 0.0$"):
         BackupRule(0.25, 0.0)
 
 

@@ -95,8 +95,10 @@ def test_ranking_respects_activity_filter_and_order(setup):
     assert combined == sorted(combined, reverse=True)
     with pytest.raises(ValueError, match=r"direction has shape \(5,\), expected \(48,\)"):
         search_features(model, tpl, sae, torch.randn(5), harmful, harmless)
-    with pytest.raises(ValueError, match="unknown signals"):
-        SearchConfig(weights={"cosine": 1.0, "vibes": 2.0})
+    assert SearchConfig().weights == {"cosine": 1.0, "effect_size": 1.0, "attribution": 1.0}  # weight 0: left out
+    assert SearchConfig(weight_cosine=0.0, weight_auroc=2.0).weights == {"effect_size": 1.0, "auroc": 2.0, "attribution": 1.0}
+    with pytest.raises(TypeError, match="weight_vibes"):
+        SearchConfig(weight_vibes=2.0)
 
 
 def test_ranking_csv_lists_every_feature(setup, tmp_path):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
 
-from saesteer.checks import check_finite, check_finite_tensor
+from saesteer.checks import check_choice, check_finite, check_finite_tensor, choices
 from saesteer.primitives.hooks import HookFn, hook_order
 from saesteer.primitives.intervention import (
     Intervention,
@@ -44,6 +44,11 @@ def _project_out(direction: torch.Tensor, reference: Optional[float] = None) -> 
     return fn
 
 
+#: How a direction is ablated: ``plain`` (its coordinate set to 0) or ``affine`` (set to the harmless mean, ACE).
+AblationMode = Literal["plain", "affine"]
+ABLATION_MODES: tuple[str, ...] = choices(AblationMode)
+
+
 @dataclass
 class Ablate(Intervention):
     """Directional ablation at every layer (``mode='plain'``) or affine (``mode='affine'``).
@@ -53,13 +58,12 @@ class Ablate(Intervention):
     """
 
     direction: torch.Tensor
-    mode: str = "plain"
+    mode: AblationMode = "plain"
     reference: Optional[torch.Tensor] = None
     layers: Optional[Sequence[int]] = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("plain", "affine"):
-            raise ValueError(f"Ablate.mode must be 'plain' or 'affine', got {self.mode!r}")
+        check_choice(self.mode, AblationMode, "Ablate.mode")
         if self.mode == "affine" and self.reference is None:
             raise ValueError("Ablate(mode='affine') needs reference= (the harmless-mean coordinate per layer)")
         check_spec_direction(self.direction, "Ablate.direction")

@@ -35,11 +35,11 @@ from saesteer.attacks.features import feature_ablation_attack
 from saesteer.attacks.prompts import suffix_attack, template_attack
 from saesteer.attacks.suffix import suffix_search
 from saesteer.config import AnchorJobConfig
+from saesteer.data import load_role
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.interventions import steer
 from saesteer.interventions.gates import AnyGate
 from saesteer.io import write_text
-from saesteer.data import load_role
 from saesteer.models import load_model
 from saesteer.report import markdown_table, save_fig
 from saesteer.stages import direction_stage, sae_stage
@@ -96,7 +96,7 @@ def sae_ranking(cfg: AnchorJobConfig, loaded, direction, tracker: Tracker):
 
     sae = sae_stage(cfg, loaded, tracker, direction.layer)
     scores = search_features(loaded.model, loaded.template, sae, direction.direction, list(load_role(cfg.data, "harmful_train").instructions),
-                             list(load_role(cfg.data, "harmless_train").instructions), cfg.search.search_config(), progress=cfg.progress)
+                             list(load_role(cfg.data, "harmless_train").instructions), cfg.search, progress=cfg.progress)
     return sae, scores
 
 
@@ -216,7 +216,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     robust = [by_name[n] for n in a.gate_robust if n in by_name]
     extra_harmful, extra_harmless = gate_fit_extra(cfg)
     art = calibrate_anchor(model, tpl, direction.direction, direction.layer, refused, P["harmful_val"], harmless_cal, P["harmless_val"],
-                           a.calibration(), progress=cfg.progress, robust_to=robust, harmful_extra=extra_harmful, harmless_extra=extra_harmless)
+                           a, progress=cfg.progress, robust_to=robust, harmful_extra=extra_harmful, harmless_extra=extra_harmless)
     art.features = feature_anchor(cfg, loaded, sae, scores, refused)
     art.metadata["model"] = loaded.name
     art.save(run_dir / "anchor.safetensors")

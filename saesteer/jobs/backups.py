@@ -24,13 +24,13 @@ from typing import Any
 import torch
 
 from saesteer.activations import mean_activations, resid_hooks
-from saesteer.config import BackupsJobConfig, TrainSaeJobConfig
+from saesteer.config import BackupsJobConfig, TrainSaeJobConfig, library_settings
+from saesteer.data import load_role
 from saesteer.evaluate import refusal_eval
 from saesteer.harmfulness import fit_harm_detector, t_inst_position
 from saesteer.interventions import steer
 from saesteer.interventions.features import EditFeatures
 from saesteer.io import json_ready, write_json, write_text
-from saesteer.data import load_role
 from saesteer.jobs.threads import torch_threads
 from saesteer.models import load_model
 from saesteer.redundancy import (
@@ -43,7 +43,7 @@ from saesteer.redundancy import (
     resid_hook,
 )
 from saesteer.report import markdown_table, save_fig
-from saesteer.search import SearchConfig, search_features
+from saesteer.search import SIGNALS, SearchConfig, search_features
 from saesteer.stages import direction_stage, sae_stage
 from saesteer.tracking import Tracker
 
@@ -151,10 +151,11 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
 
     refusal_scores = {}
     for L in sorted(set(monitor_layers) | {cut}):
-        refusal_scores[L] = search_features(model, tpl, saes[L], refusal_dirs[L], train_h, train_s, s.search_config(),
+        refusal_scores[L] = search_features(model, tpl, saes[L], refusal_dirs[L], train_h, train_s, s,
                                             hook=resid_hook(L), progress=cfg.progress)
-    sensor_cfg = SearchConfig([t_inst_position(model, tpl)], {b.sensor_signal: 1.0}, s.min_active_fraction, s.top_n,
-                              s.n_top_prompts, s.batch_size)
+    # the search's settings at t_inst, ranked by the sensor signal alone
+    sensor_cfg = library_settings(SearchConfig, s, positions=[t_inst_position(model, tpl)],
+                                  **{f"weight_{x}": float(x == b.sensor_signal) for x in SIGNALS})
     sensor_scores = search_features(model, tpl, saes[up], harm_dirs[up], train_h, train_s, sensor_cfg, hook=resid_hook(up),
                                     progress=cfg.progress)
     sensor_scores.write_csv(run_dir / f"{prefix}sensor_ranking.csv")
@@ -171,9 +172,8 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
     n_mon = b.n_monitor_prompts
     mon_h = test_h[:n_mon] if n_mon else test_h
     mon_s = test_s[:n_mon] if n_mon else test_s
-    rule = b.rule()
     ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, monitor_batch_size=b.batch_size,
-              progress=cfg.progress, rule=rule)
+              progress=cfg.progress, rule=b)
 
     def refusal_set(L: int) -> FeatureSet:
         return FeatureSet(saes[L], refusal_scores[L].ranking[: b.n_monitor], resid_hook(L))
@@ -208,7 +208,7 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
     metrics = json_ready(_metrics(cfg, direction.layer, cut, up, monitor_layers, down, upc, induce, random_rates, len(test_h), len(mon_h)))
     metrics["harmless_test_refusal"] = induce.refusal[0]  # k = 0: no edit, all of harmless_test
     _log_tracker(tracker, down, upc, induce, prefix)
-    plots = _plots(run_dir, down, upc, induce, random_rates, rule, prefix)
+    plots = _plots(run_dir, down, upc, induce, random_rates, b, prefix)
     for p in plots:
         tracker.image(f"backups/{p.stem}", p)
     write_json(run_dir / f"{prefix}backups.json", json_ready(_details(down, upc, induce)))
@@ -221,7 +221,6 @@ def _cut_check(cfg: BackupsJobConfig, loaded, cut, a: Analysis) -> dict[str, Any
     model, tpl = loaded.model, loaded.template
     test_h = list(load_role(cfg.data, "harmful_test").instructions)
     mon_h = test_h[: b.n_monitor_prompts] if b.n_monitor_prompts else test_h
-    rule = b.rule()
     with steer(model, [cut]):
         rate = refusal_eval(model, tpl, test_h, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
                             desc="direction cut").rate
@@ -235,7 +234,7 @@ def _cut_check(cfg: BackupsJobConfig, loaded, cut, a: Analysis) -> dict[str, Any
     rels, rises = [], []
     for fs in sets:
         i, e = intact[fs.hook].mean(0), edited[fs.hook].mean(0)
-        mask, rel = find_backups(i, e, rule)
+        mask, rel = find_backups(i, e, b)
         out["features"][_layer(fs.hook)] = {"features": fs.features, "intact": i.tolist(), "cut": e.tolist(),
                                             "relative": rel.tolist(), "backup": mask.tolist()}
         rels.append(rel[mask])
@@ -429,7 +428,7 @@ def _plots(run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, ra
             ax.grid(alpha=0.3)
             if any(bool(x) for x in last.backup):
                 ax.legend(fontsize=7)
-        fig.suptitle(f"backup rule: rise > {rule.threshold:.0%} and > {rule.min_rise} (red = backup at k = {curve.ks[-1]})", fontsize=9)
+        fig.suptitle(f"backup rule: rise > {rule.backup_threshold:.0%} and > {rule.backup_min_rise} (red = backup at k = {curve.ks[-1]})", fontsize=9)
         paths.append(save_fig(fig, run_dir / f"{prefix}{name}_activations.png"))
     return paths
 

@@ -27,14 +27,13 @@ import torch
 
 from saesteer.activations import mean_activations, resid_hooks
 from saesteer.config import EmergentJobConfig
-from saesteer.data import load_prompts
+from saesteer.data import load_prompts, load_role
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.harmfulness import fit_harm_detector
 from saesteer.interventions import Ablate, steer
+from saesteer.interventions.directions import ABLATION_MODES
 from saesteer.io import json_ready, save_tensors, write_json, write_text
-from saesteer.data import load_role
 from saesteer.lora import (
-    LoraTrainConfig,
     Rank1Lora,
     category_prompts,
     cosine_per_layer,
@@ -117,8 +116,7 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
 
     torch.manual_seed(cfg.seed)
     lora = Rank1Lora.for_model(model, lora_layers, site=e.placement, alpha=e.alpha, seed=cfg.seed)
-    losses = train_lora(model, tpl, lora, target_pairs, keep_pairs,
-                        LoraTrainConfig(e.steps, e.batch_size, e.lr, e.target_fraction, cfg.seed), progress=cfg.progress)
+    losses = train_lora(model, tpl, lora, target_pairs, keep_pairs, e, seed=cfg.seed, progress=cfg.progress)
     for i in range(0, len(losses), max(1, len(losses) // 50)):
         tracker.log({"emergent/lora_loss": losses[i], "emergent/step": i})
     lora.save(run_dir / "lora.safetensors", {"model": loaded.name, "category": e.category, "steps": e.steps})
@@ -150,7 +148,7 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     rnd = torch.randn(v.shape[0], generator=g)
     rnd = rnd / rnd.norm() * v.norm()
     ablated, random_ablated = {}, {}
-    for mode in ("plain", "affine"):
+    for mode in ABLATION_MODES:
         ref_em = _affine_reference(base_means, v) if mode == "affine" else None
         ref_rnd = _affine_reference(base_means, rnd) if mode == "affine" else None
         ablated[mode] = refusal(other_eval, [lora, Ablate(v, mode=mode, reference=ref_em)], f"tuned + EM {mode} ablation")
@@ -208,7 +206,7 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         "lora_vector_cosine_em": lora_cos["em"], "lora_vector_cosine_refusal": lora_cos["refusal"],
         "lora_vector_cosine_harmfulness": lora_cos["harmfulness"], "lora_vector_compared_at_layers": at,
     }
-    for mode in ("plain", "affine"):
+    for mode in ABLATION_MODES:
         m[f"ablated_refusal_other_categories_{mode}"] = rate(ablated[mode])
         m[f"random_ablated_refusal_other_categories_{mode}"] = rate(random_ablated[mode])
     tracker.table("emergent/per_category", ["category", "n", "base", "finetuned", "ablated", "random_ablated"],
@@ -264,7 +262,7 @@ def _report(cfg: EmergentJobConfig, m: dict[str, Any], per_cat, data, plots) -> 
     ]
     layer_rows = [(l, m["em_direction_norm"][l], _fmt(m["em_direction_cosine_refusal"][l]), _fmt(m["em_direction_cosine_selected_refusal"][l]),
                    _fmt(m["em_direction_cosine_harmfulness"][l])) for l in range(len(m["em_direction_norm"]))]
-    abl_rows = [(mode, m[f"ablated_refusal_other_categories_{mode}"], m[f"random_ablated_refusal_other_categories_{mode}"]) for mode in ("plain", "affine")]
+    abl_rows = [(mode, m[f"ablated_refusal_other_categories_{mode}"], m[f"random_ablated_refusal_other_categories_{mode}"]) for mode in ABLATION_MODES]
     vec_rows = [(l, at, _fmt(a), _fmt(b), _fmt(c)) for l, at, a, b, c in zip(m["lora_layers"], m["lora_vector_compared_at_layers"],
                 m["lora_vector_cosine_em"], m["lora_vector_cosine_refusal"], m["lora_vector_cosine_harmfulness"])]
     emerged = m["finetuned_refusal_other_categories"] < m["base_refusal_other_categories"]

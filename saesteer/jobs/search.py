@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from saesteer.config import SearchJobConfig
+from saesteer.data import load_role
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.interventions import AblateAt, steer
 from saesteer.interventions.features import EditFeatures
 from saesteer.io import write_json, write_text
-from saesteer.data import load_role
 from saesteer.models import load_model
 from saesteer.report import markdown_table, scatter_plot
 from saesteer.search import search_features
@@ -42,7 +42,7 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     sae = sae_stage(cfg, loaded, tracker, direction.layer)
     train_h = list(load_role(cfg.data, "harmful_train").instructions)
     train_s = list(load_role(cfg.data, "harmless_train").instructions)
-    scores = search_features(model, tpl, sae, direction.direction, train_h, train_s, s.search_config(), progress=cfg.progress)
+    scores = search_features(model, tpl, sae, direction.direction, train_h, train_s, s, progress=cfg.progress)
     scores.write_csv(run_dir / "ranking.csv")
     top = scores.top(s.k, signed=s.signed)
 

@@ -26,20 +26,22 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from transformer_lens import HookedTransformer
 
-from saesteer.checks import check_finite, check_finite_fields, check_finite_tensor
+from saesteer.checks import check_finite, check_finite_fields, check_finite_tensor, choices
 from saesteer.interventions.directions import Intervention
 from saesteer.io import cache_dir, hash_strings
 from saesteer.organism.train import OrganismResult, load_organism, optimize, organism_key, save_organism, training_set
 
 log = logging.getLogger(__name__)
 
-#: backup-growing recipes (``none``: the organism as trained)
-RECIPES = ("none", "direction_dropout", "direction_dropout_all")
+#: Backup-growing recipes: ``none`` (the organism as trained), ``direction_dropout`` (the refusal direction affinely
+#: ablated at its layer on a share of the fine-tune's steps) or ``direction_dropout_all`` (ablated at every layer).
+Recipe = Literal["none", "direction_dropout", "direction_dropout_all"]
+RECIPES: tuple[str, ...] = choices(Recipe)
 FINETUNE_VERSION = 1  # bump when the fine-tune code changes what the same settings produce
 
 
@@ -111,13 +113,13 @@ class DirectionCut(Intervention):
 class DropoutRecipe:
     """Fine-tune settings: ``steps`` AdamW steps (peak ``lr``, ``warmup_steps``), the cut on a share ``p`` of them."""
 
-    name: str = "direction_dropout"
-    p: float = 0.5
-    steps: int = 160
-    lr: float = 1e-3
+    name: str = "direction_dropout"  # a recipe of RECIPES but none
+    p: float = 0.5  # share of the fine-tune's steps with the cut
+    steps: int = 160  # AdamW steps
+    lr: float = 1e-3  # peak learning rate
     warmup_steps: int = 16
     batch_size: Optional[int] = 32  # None: the organism's
-    seed: int = 0
+    seed: int = 0  # the schedule of cut steps and the batches
 
     def __post_init__(self) -> None:
         check_finite_fields(self)

@@ -15,18 +15,18 @@ import contextlib
 from contextvars import ContextVar
 from typing import Iterator, Literal, Optional
 
+from saesteer.checks import check_choice, choices
+
 #: Which tokens an edit acts on.
 ApplyTo = Literal["prompt", "generated", "both"]
-APPLY_TO: tuple[str, ...] = ("prompt", "generated", "both")
+APPLY_TO: tuple[str, ...] = choices(ApplyTo)
 
 PHASE: ContextVar[Optional[str]] = ContextVar("saesteer_phase", default=None)
 
 
 def check_apply_to(value: str, what: str) -> str:
-    """``value`` if it is one of :data:`APPLY_TO`, else a ValueError naming ``what``."""
-    if value not in APPLY_TO:
-        raise ValueError(f"{what}={value!r}; expected one of {', '.join(APPLY_TO)}")
-    return value
+    """``value`` if it is one of :data:`APPLY_TO`, else ``what must be one of (...), got value``."""
+    return check_choice(value, ApplyTo, what)
 
 
 def token_phase() -> str:
