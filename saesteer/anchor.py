@@ -4,19 +4,13 @@
   a low quantile of the projection on the unit refusal direction over *refused*
   harmful training prompts: ``quantile`` at t_inst and at each post-instruction position for
   those prompt tokens (``floor_positions="post"``; the instruction's earlier tokens get
-  t_inst's; a direction read at one post-instruction position is not the same coordinate at
-  the next: on recipe 50 the 0.15-quantile at layer 1 is -1.2 at position -2, where the
-  direction was found, and -5.0 at -1, below the harmless mean at -2, so one floor from the
-  last position left affine ablation at ASR 0.81), ``generated_quantile`` over the generated
-  tokens of their own greedy refusals for decoding (one floor for both made the anchored text degenerate, "i'i'i'").  Low quantiles
+  t_inst's: a direction read at one post-instruction position is not the same coordinate at
+  the next, so each position needs its own floor), ``generated_quantile`` over the generated
+  tokens of their own greedy refusals for decoding (refusal tokens such as "to" in "not able
+  to" sit low on r, so the decoding floor is lower than the prompt's).  Low quantiles
   suffice: an attacked harmful prompt needs only to be lifted back into the refused range, and
-  the push a misfiring gate gives a harmless prompt is smaller.  On recipe 50 (per-position
-  floors) the prompt floor trades ASR under affine ablation against KL on harmless_test:
-  0.178 / 0.005 at the 0.15-quantile, 0.096 / 0.028 at 0.25, 0.082 / 0.054 at 0.35 (first
-  token, 300 prompts; 0.3 is the default); on recipe 5 (one floor from the last position)
-  the suffix's ASR / KL were 0.089 / 0.055 at 0.25, 0.069 / 0.044 at 0.15 and 0.167 / 0.036
-  at 0.1.  A generated-token floor at the 0.25-quantile lifted tokens a refusal itself holds
-  low on r ("to" in "not able to") and garbled 7 refusals under the SAE feature bypass; at 0.1 none;
+  the push a misfiring gate gives a harmless prompt is smaller; the prompt floor's quantile
+  trades attack success against KL on harmless prompts (docs/anchoring.md);
 - gate: a harm detector read from the prompt (Zhao et al. 2025: harmfulness is
   encoded apart from refusal): an L2-regularized logistic probe on the residual at
   t_inst and the post-instruction tokens of the layer before the direction's and of
@@ -36,8 +30,8 @@
   coordinates along the decoder directions of the top refusal features and ceilings on
   those of the top comply features (the search's signed ranking), the ``feature_quantile``
   of refused harmful training prompts toward refusal (prompt: post-instruction tokens;
-  decoding: their own refusals' tokens).  The direction's floor alone leaves a feature-space
-  bypass at ASR 0.98 on the organism: that attacker moves eight decoder directions, not r.
+  decoding: their own refusals' tokens).  The direction's floor alone does not stop a
+  feature-space bypass: that attacker moves the features' decoder directions, not r.
 
 The result, :class:`AnchorArtifact`, builds the defences the attack suite compares:
 the anchor itself, CAST-style conditional addition (same gate) and unconditional

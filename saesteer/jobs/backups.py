@@ -455,9 +455,7 @@ def _report(cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_r
                    f"rising on {m['backup_rise_rate']:.0%} of the prompts on average.")
     else:
         verdict = (f"**No backup features**: cutting the top {K} refusal features of layer {m['cut_layer']} ({drop}) raised no "
-                   f"counted monitored feature past the rule; their mean relative change is {_fmt(m['backup_activation_gain'])}. "
-                   "(A probe of a from-scratch 4-layer organism found the same: no downstream self-repair, later layers amplified "
-                   "a cut ~2.8x, and redundancy spread over 5-10 features of one layer.)")
+                   f"counted monitored feature past the rule; their mean relative change is {_fmt(m['backup_activation_gain'])}.")
     lines = [
         "# Backup refusal features", "",
         f"Refusal direction at layer {m['direction_layer']}; downstream cut at `{down.hook}`, harm sensors at `{upc.hook}` "
