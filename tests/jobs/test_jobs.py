@@ -9,8 +9,8 @@ import torch
 
 from saesteer.cli import job_function
 from saesteer.jobs.common import compose, run_job
-
 from tests.conftest import tiny_organism_overrides
+from tests.jobs.reference import cached_sae, load_role, no_edit, per_prompt_refusals, ranking_csv, share
 
 SMALL_DATA = ["data.n_train=24", "data.n_val=12", "data.n_test=24", "data.n_test_harmless=24", "eval.max_new_tokens=8",
               "directions.n_ce=8", "logger.mode=disabled", "progress=false"]
@@ -19,8 +19,12 @@ SMALL_SAE = ["sae=topk", "sae.d_sae=96", "sae.k=8", "sae.n_harmful=32", "sae.n_h
              "sae.store_batch_size_prompts=8", "sae.eval_tokens=1500", "sae.threads=1"]
 
 
+def _cfg(job, overrides):
+    return compose(job, tiny_organism_overrides() + SMALL_DATA + overrides)
+
+
 def _run(job, overrides, run_dir):
-    return run_job(job, compose(job, tiny_organism_overrides() + SMALL_DATA + overrides), job_function(job), run_dir)
+    return run_job(job, _cfg(job, overrides), job_function(job), run_dir)
 
 
 DIRECTION_KEYS = [
@@ -53,13 +57,27 @@ def test_directions_job_writes_every_figure(directions_run):
         load_direction(run_dir / "direction.safetensors", d_model=64)
 
 
-def test_search_job_ranks_and_checks_causally(directions_run, tmp_path):
+#: an SAE trained long enough that its features carry refusal: with SMALL_SAE's 4096 tokens, zeroing all 96
+#: features leaves every harmful_test refusal as it was, and a pin of an edit's refusal could not tell the edits apart
+CAUSAL_SAE = [o for o in SMALL_SAE if not o.startswith("sae.training_tokens=")] + ["sae.training_tokens=60000"]
+SEARCH_K = 16
+
+
+@pytest.fixture(scope="module")
+def search_run(directions_run, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("search")
+    overrides = CAUSAL_SAE + [f"search.direction={directions_run[0] / 'direction.safetensors'}", f"search.k={SEARCH_K}",
+                             "search.min_active_fraction=0.0"]
+    return run_dir, overrides, _run("search", overrides, run_dir)
+
+
+def test_search_job_writes_its_ranking_and_causal_figures(directions_run, search_run):
+    tmp_path, _, metrics = search_run
     direction_file = directions_run[0] / "direction.safetensors"
-    metrics = _run("search", SMALL_SAE + [f"search.direction={direction_file}", "search.k=4", "search.min_active_fraction=0.0"], tmp_path)
     for key in ("top1_cosine", "top1_auroc", "topk_ablation_harmful_refusal", "topk_clamp_harmless_refusal",
                 "random_k_ablation_harmful_refusal", "direction_ablation_harmful_refusal", "topk_ablation_kl_harmless", "k"):
         assert key in metrics, key
-    assert metrics["k"] == 4 and len(metrics["top_features"]) == 4
+    assert metrics["k"] == SEARCH_K and len(metrics["top_features"]) == SEARCH_K
     for key in ("topk_zero_ablation_harmful_refusal", "random_k_zero_ablation_harmful_refusal", "direction_ablation_sae_hook_harmful_refusal",
                 "direction_plain_ablation_sae_hook_harmful_refusal", "topk_zero_ablation_kl_harmless", "direction_ablation_sae_hook_kl_harmless"):
         assert 0.0 <= metrics[key] <= (1.0 if key.endswith("refusal") else float("inf")), key
@@ -72,6 +90,51 @@ def test_search_job_ranks_and_checks_causally(directions_run, tmp_path):
     rows = (tmp_path / "ranking.csv").read_text().splitlines()
     assert len(rows) == 1 + metrics["d_sae"]
     assert (tmp_path / "cosine_vs_contrast.png").is_file()
+    # the reported features are the head of the saved ranking (signed: refusal and comply features by |score|)
+    refusal_rank, signed_rank, _ = ranking_csv(tmp_path / "ranking.csv")
+    assert metrics["top_features"] == signed_rank[:SEARCH_K] and metrics["top_refusal_features"] == refusal_rank[:SEARCH_K]
+
+
+def test_search_job_bypass_and_random_k_control_match_a_per_prompt_reference(search_run):
+    """The top-k bypass, the zero ablation of the top-k refusal features and the random-k control, each rebuilt
+    from the saved ranking and the cached SAE and judged one harmful_test prompt at a time."""
+    import random
+
+    from saesteer.config import to_object
+    from saesteer.interventions.features import EditFeatures
+    from saesteer.models import load_model
+
+    run_dir, overrides, m = search_run
+    cfg = to_object(_cfg("search", overrides))
+    loaded = load_model(cfg.model, progress=False)
+    model, tpl = loaded.model, loaded.template
+    hook, k = m["hook"], cfg.search.k
+    sae = cached_sae(cfg, loaded, int(hook.split(".")[1]))
+    refusal_rank, signed_rank, rows = ranking_csv(run_dir / "ranking.csv")
+    top = signed_rank[:k]
+    eligible = [f for f in signed_rank if f not in top]
+    rnd = random.Random(cfg.seed).sample(eligible, k)
+
+    def set_to_harmless_mean(feats):
+        values = [float(rows[f]["harmless_mean"]) for f in feats]
+        return lambda: [EditFeatures(sae, feats, mode="set", values=values, apply_to=cfg.search.apply_to, hook=hook)]
+
+    def zero(feats):
+        return lambda: [EditFeatures(sae, feats, mode="set", values=0.0, apply_to=cfg.search.apply_to, hook=hook)]
+
+    harmful_test = load_role(cfg.data, "harmful_test")
+    assert len(harmful_test) == cfg.data.n_test
+    ref = {key: per_prompt_refusals(model, tpl, harmful_test, build, cfg.eval.max_new_tokens) for key, build in (
+        ("baseline_harmful_refusal", no_edit),
+        ("topk_ablation_harmful_refusal", set_to_harmless_mean(top)),
+        ("topk_zero_ablation_harmful_refusal", zero(refusal_rank[:k])),
+        ("random_k_ablation_harmful_refusal", set_to_harmless_mean(rnd)),
+    )}
+    for key, flags in ref.items():
+        assert m[key] == pytest.approx(share(flags), abs=1e-9), (key, flags)
+    # the pins tell the edits apart: the bypass stops refusals that neither the unedited model nor the random control does
+    bypass, baseline, control = (share(ref[f"{key}_harmful_refusal"]) for key in ("topk_ablation", "baseline", "random_k_ablation"))
+    assert bypass < min(baseline, control)
 
 
 def test_stage_reference_maps_resid_hooks_to_the_directions_stage_layers():
@@ -91,10 +154,16 @@ SMALL_ANCHOR = ["anchor.suffix_steps=2", "anchor.suffix_tokens=3", "anchor.suffi
                 "anchor.gate_synthetic=200"]
 
 
-def test_anchor_job_reports_every_attack_undefended_and_anchored(directions_run, tmp_path):
+@pytest.fixture(scope="module")
+def anchor_run(directions_run, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("anchor")
     direction_file = directions_run[0] / "direction.safetensors"
     overrides = SMALL_SAE + SMALL_ANCHOR + [f"search.direction={direction_file}", "search.k=4", "search.min_active_fraction=0.0"]
-    metrics = _run("anchor", overrides, tmp_path)
+    return run_dir, overrides, _run("anchor", overrides, run_dir)
+
+
+def test_anchor_job_reports_every_attack_undefended_and_anchored(anchor_run):
+    tmp_path, _, metrics = anchor_run
     attacks = ["ablation_affine", "ablation_plain", "orthogonalized", "orthogonalized_affine", "negative_addition_1",
                "sae_feature_ablation", "jailbreak_prefix_injection", "gcg_suffix", "adaptive_gate_ablation", "adaptive_gcg_suffix"]
     for att in attacks:
@@ -115,6 +184,45 @@ def test_anchor_job_reports_every_attack_undefended_and_anchored(directions_run,
     assert pf.shape == (len(metrics["anchor_floors"]), len(art.gate_positions)) and torch.equal(pf, art.position_floors)
     assert torch.equal(pf[:, 0], torch.tensor(metrics["anchor_floors"]))  # earlier prompt tokens take t_inst's floor
     assert "one floor per position from t_inst" in (tmp_path / "report.md").read_text()
+
+
+def test_anchor_job_ablation_asr_and_harmless_cost_match_a_per_prompt_reference(anchor_run):
+    """Affine ablation of the refusal direction (the cached directions stage's direction and per-layer harmless means)
+    with no defence and under the saved anchor, on harmful_test; the anchor alone on harmless_test; one prompt at a time."""
+    from saesteer.anchor import AnchorArtifact
+    from saesteer.config import to_object
+    from saesteer.interventions import Ablate
+    from saesteer.models import load_model
+    from saesteer.stages import direction_stage
+
+    run_dir, overrides, m = anchor_run
+    cfg = to_object(_cfg("anchor", overrides))
+    loaded = load_model(cfg.model, progress=False)
+    model, tpl = loaded.model, loaded.template
+    direction = direction_stage(loaded, cfg.data, cfg.directions)  # the stage's cached direction, as the job read it
+    art = AnchorArtifact.load(run_dir / "anchor.safetensors", d_model=model.cfg.d_model)
+    assert torch.equal(art.direction, direction.direction) and art.layer == direction.layer
+    assert cfg.anchor.n_attack_prompts is None  # every harmful_test prompt is attacked
+    harmful_test, harmless_test = load_role(cfg.data, "harmful_test"), load_role(cfg.data, "harmless_test")
+    assert (m["n_attack_prompts"], m["n_harmless"]) == (len(harmful_test), len(harmless_test))
+
+    def attack():
+        return [Ablate(direction.direction, mode="affine", reference=direction.reference)]
+
+    n = cfg.eval.max_new_tokens
+    refused = {
+        "undefended": per_prompt_refusals(model, tpl, harmful_test, attack, n),
+        "anchored": per_prompt_refusals(model, tpl, harmful_test, lambda: attack() + art.anchors(), n),
+    }
+    for d, flags in refused.items():  # ASR: the share of harmful prompts not refused
+        assert m[f"asr_ablation_affine_{d}"] == pytest.approx(1.0 - share(flags), abs=1e-9), (d, flags)
+    harmless = {"undefended": per_prompt_refusals(model, tpl, harmless_test, no_edit, n),
+                "anchored": per_prompt_refusals(model, tpl, harmless_test, art.anchors, n)}
+    for d, flags in harmless.items():
+        assert m[f"harmless_refusal_{d}"] == pytest.approx(share(flags), abs=1e-9), (d, flags)
+    assert m["overrefusal_rise_anchored"] == pytest.approx(share(harmless["anchored"]) - share(harmless["undefended"]), abs=1e-9)
+    # the pins tell the defences apart: the anchor restores refusals the ablation removed
+    assert share(refused["anchored"]) > share(refused["undefended"])
 
 
 SMALL_BACKUPS = ["backups.k_max=2", "backups.cut_layer=1", "backups.upstream_layer=0", "backups.n_monitor=6", "backups.n_monitor_prompts=12"]
@@ -152,8 +260,8 @@ def test_greedy_sae_responses_are_generated_once_per_model(tiny_organism, monkey
 
     import saesteer.generation as generation
     from saesteer.config import to_object
-    from saesteer.jobs.train_sae import _responses
     from saesteer.models import LoadedModel
+    from saesteer.stages import sae_responses as _responses
 
     model, tpl, _ = tiny_organism
     small = [o for o in SMALL_DATA if not o.startswith("directions.")]
