@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -101,12 +102,28 @@ def _forward_batches(
         store[hook.name] = (x if pos is None else x[:, pos]).detach().float()
 
     tok = model.tokenizer
-    for idx in tqdm(length_sorted_batches([len(s) for s in instructions], batch_size), desc=desc, disable=not progress, leave=False):
-        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id, max_length=model.cfg.n_ctx,
-                          length_note="the model's context, n_ctx", indices=idx)
+    for idx in tqdm(
+        length_sorted_batches([len(s) for s in instructions], batch_size), desc=desc, disable=not progress, leave=False
+    ):
+        enc = encode_chat(
+            tok,
+            template,
+            [instructions[i] for i in idx],
+            pad_token_id=tok.pad_token_id,
+            max_length=model.cfg.n_ctx,
+            length_note="the model's context, n_ctx",
+            indices=idx,
+        )
         store.clear()
-        with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]), gate_prepass(model, as_interventions(interventions)):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
+        with (
+            model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]),
+            gate_prepass(model, as_interventions(interventions)),
+        ):
+            model(
+                enc.tokens.to(model.cfg.device),
+                attention_mask=enc.attention_mask.to(model.cfg.device),
+                stop_at_layer=stop,
+            )
         acts = {h: store[h] for h in hooks}
         for h, a in acts.items():
             if not torch.isfinite(a).all():
@@ -116,7 +133,9 @@ def _forward_batches(
 
 def _batched_run(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
     """Yield (indices, {hook: [B, n_pos, d_model]}) batch by batch."""
-    for idx, _, acts in _forward_batches(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
+    for idx, _, acts in _forward_batches(
+        model, template, instructions, hooks, positions, batch_size, interventions, progress, desc
+    ):
         yield idx, acts
 
 
@@ -135,7 +154,9 @@ def mean_activations(
     """Mean activation per hook and position: [n_hooks, n_pos, d_model] float64 (running sums)."""
     check_prompts(instructions, "instructions")
     total = torch.zeros(len(hooks), len(positions), model.cfg.d_model, dtype=torch.float64)
-    for idx, acts in _batched_run(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
+    for _, acts in _batched_run(
+        model, template, instructions, hooks, positions, batch_size, interventions, progress, desc
+    ):
         for i, h in enumerate(hooks):
             total[i] += acts[h].double().sum(0).cpu()
     return total / len(instructions)
@@ -156,7 +177,9 @@ def collect_activations(
     """Per-prompt activations: [n_prompts, n_hooks, n_pos, d_model] float32 (prompt order kept)."""
     check_prompts(instructions, "instructions")
     out = torch.empty(len(instructions), len(hooks), len(positions), model.cfg.d_model)
-    for idx, acts in _batched_run(model, template, instructions, hooks, positions, batch_size, interventions, progress, desc):
+    for idx, acts in _batched_run(
+        model, template, instructions, hooks, positions, batch_size, interventions, progress, desc
+    ):
         out[idx] = torch.stack([acts[h].cpu() for h in hooks], 1)
     return out
 
@@ -175,7 +198,9 @@ def collect_token_activations(
     """Every real (non-padding) token of each chat-formatted prompt: one [n_tokens, n_hooks, d_model] float32 per prompt."""
     check_prompts(instructions, "instructions")
     out: list[torch.Tensor] = [torch.empty(0)] * len(instructions)
-    for idx, enc, acts in _forward_batches(model, template, instructions, hooks, None, batch_size, interventions, progress, desc):
+    for idx, enc, acts in _forward_batches(
+        model, template, instructions, hooks, None, batch_size, interventions, progress, desc
+    ):
         x = torch.stack([acts[h].cpu() for h in hooks], 2)  # [B, T, n_hooks, d]
         for j, i in enumerate(idx):
             out[i] = x[j][enc.attention_mask[j].bool()].clone()
@@ -189,10 +214,17 @@ class ActivationCache:
     root: Path
 
     @classmethod
-    def default(cls) -> "ActivationCache":
+    def default(cls) -> ActivationCache:
         return cls(cache_dir() / "activations")
 
-    def key(self, model: HookedTransformer, hooks: Sequence[str], positions: Sequence[int], instructions: Sequence[str], kind: str) -> dict:
+    def key(
+        self,
+        model: HookedTransformer,
+        hooks: Sequence[str],
+        positions: Sequence[int],
+        instructions: Sequence[str],
+        kind: str,
+    ) -> dict:
         return {
             "model": str(model.cfg.model_name),
             "model_fingerprint": model_fingerprint(model),

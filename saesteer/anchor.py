@@ -41,9 +41,10 @@ addition.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +64,22 @@ log = logging.getLogger(__name__)
 
 
 #: attacks of the suite (saesteer anchor) the gate can also be fitted under
-GATE_ROBUST = ("ablation_affine", "ablation_plain", "orthogonalized", "orthogonalized_affine", "sae_feature_bypass", "sae_feature_ablation",
-               "negative_addition_1", "negative_addition_2", "negative_addition_4", "gcg_suffix", "jailbreak_prefix_injection",
-               "jailbreak_refusal_suppression", "jailbreak_roleplay", "jailbreak_instruction_wrapping")
+GATE_ROBUST = (
+    "ablation_affine",
+    "ablation_plain",
+    "orthogonalized",
+    "orthogonalized_affine",
+    "sae_feature_bypass",
+    "sae_feature_ablation",
+    "negative_addition_1",
+    "negative_addition_2",
+    "negative_addition_4",
+    "gcg_suffix",
+    "jailbreak_prefix_injection",
+    "jailbreak_refusal_suppression",
+    "jailbreak_roleplay",
+    "jailbreak_instruction_wrapping",
+)
 
 
 #: Prompt-token floors: ``post``, one per position (t_inst and each post-instruction token, from that position's
@@ -84,25 +98,41 @@ class AnchorCalibration:
     The base of the ``anchor`` config group's schema: ``saesteer.config.AnchorSettings`` adds the job's gate-fit
     prompts and attack suite."""
 
-    quantile: float = 0.3  # prompt-token floor = this quantile of refused harmful prompts' projections on r (see floor_positions)
+    quantile: float = (
+        0.3  # prompt-token floor = this quantile of refused harmful prompts' projections on r (see floor_positions)
+    )
     floor_positions: Annotated[str, FloorPositions] = "post"
-    generated_quantile: float = 0.1  # generated-token floor = this quantile over the tokens of their own greedy refusals
+    generated_quantile: float = (
+        0.1  # generated-token floor = this quantile over the tokens of their own greedy refusals
+    )
     layers: Optional[list[int]] = None  # anchored layers; None = from the layer before the direction's to the last
     final: bool = True  # also anchor the last layer's resid_post
-    gate_layers: Optional[list[int]] = None  # None = the layer before the direction's, its own and the one after (within the model)
-    gate_fpr: float = 0.01  # the gate may fire on this share of the harmless calibration prompts the model does not refuse
+    gate_layers: Optional[list[int]] = (
+        None  # None = the layer before the direction's, its own and the one after (within the model)
+    )
+    gate_fpr: float = (
+        0.01  # the gate may fire on this share of the harmless calibration prompts the model does not refuse
+    )
     gate_orthogonal: bool = True  # the refusal direction is projected out of the gate's features
     batch_size: int = 32
     gate_positions: Optional[list[int]] = None  # None = t_inst and every post-instruction position
     gate_probe: Annotated[str, GateProbe] = "logistic"
     gate_l2: float = 1e-3  # L2 penalty of the logistic probes (on standardized features)
-    max_new_tokens: int = 12  # greedy tokens of the refusals that calibrate the generated-token floors and set the gate's threshold
+    max_new_tokens: int = (
+        12  # greedy tokens of the refusals that calibrate the generated-token floors and set the gate's threshold
+    )
     gate_pooling: Annotated[str, GatePooling] = "concat"
     gate_synthetic: int = 4000  # synthetic harmful requests and safe look-alikes added to the gate's fit (saesteer.organism.synthetic); 0: none
     # attacks of the suite (GATE_ROBUST) the gate is also fitted under, on the same prompts (gcg_suffix: the suffix found on the train prompts)
-    gate_robust: list[str] = field(default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass", "gcg_suffix", "negative_addition_4"])
-    gate_tokens: bool = True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower what came before it)
-    gate_token_steps: int = 300  # Adam steps of the per-token (multiple-instance) probe; each of the two gates gets half of gate_fpr
+    gate_robust: list[str] = field(
+        default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass", "gcg_suffix", "negative_addition_4"]
+    )
+    gate_tokens: bool = (
+        True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower what came before it)
+    )
+    gate_token_steps: int = (
+        300  # Adam steps of the per-token (multiple-instance) probe; each of the two gates gets half of gate_fpr
+    )
     sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are also bounded; 0: the direction only
     feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused prompts' coordinates, ceilings (comply) at 1 - it
     feature_apply_to: Annotated[str, ApplyTo] = "generated"  # tokens the feature bounds act on
@@ -148,8 +178,16 @@ class FeatureAnchor:
     apply_to: str = "generated"  # prompt, generated or both
 
     def intervention(self, gate: Optional[Gate] = None, gate_read: bool = True) -> AnchorProjections:
-        return AnchorProjections(self.directions, self.hook, self.bounds, self.signs, gate=gate, generated_bounds=self.generated_bounds,
-                                 apply_to=self.apply_to, gate_read=gate_read)
+        return AnchorProjections(
+            self.directions,
+            self.hook,
+            self.bounds,
+            self.signs,
+            gate=gate,
+            generated_bounds=self.generated_bounds,
+            apply_to=self.apply_to,
+            gate_read=gate_read,
+        )
 
 
 @dataclass
@@ -170,7 +208,9 @@ class AnchorArtifact:
     token_bias: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
     features: Optional[FeatureAnchor] = None  # SAE decoder-direction bounds, or None
-    position_floors: Optional[torch.Tensor] = None  # [n_anchored_hooks, n_post + 1] prompt floors of t_inst..-1, or None (``floors`` everywhere)
+    position_floors: Optional[torch.Tensor] = (
+        None  # [n_anchored_hooks, n_post + 1] prompt floors of t_inst..-1, or None (``floors`` everywhere)
+    )
 
     @property
     def gate_hooks(self) -> list[str]:
@@ -178,17 +218,35 @@ class AnchorArtifact:
 
     def gate(self) -> Gate:
         """A fresh gate (gates hold per-batch state: one per intervention): the position probe, or it OR the token probe."""
-        probe = ProbeGate(hook=self.gate_hooks[-1], positions=tuple(self.gate_positions), threshold=self.gate_threshold,
-                          hooks=self.gate_hooks, weights=self.gate_weights, bias=self.gate_bias)
+        probe = ProbeGate(
+            hook=self.gate_hooks[-1],
+            positions=tuple(self.gate_positions),
+            threshold=self.gate_threshold,
+            hooks=self.gate_hooks,
+            weights=self.gate_weights,
+            bias=self.gate_bias,
+        )
         if self.token_weights is None:
             return probe
-        tokens = TokenProbeGate(hook=self.gate_hooks[-1], threshold=self.token_threshold, hooks=self.gate_hooks, weights=self.token_weights,
-                                bias=self.token_bias)
+        tokens = TokenProbeGate(
+            hook=self.gate_hooks[-1],
+            threshold=self.token_threshold,
+            hooks=self.gate_hooks,
+            weights=self.token_weights,
+            bias=self.token_bias,
+        )
         return AnyGate(hook=self.gate_hooks[-1], gates=[probe, tokens])
 
     def _direction_anchor(self, gate: Optional[Gate]) -> AnchorDirection:
-        return AnchorDirection(self.direction, self.layers, self.floors, gate=gate, final=self.final, generated_floors=self.generated_floors,
-                               position_floors=self.position_floors)
+        return AnchorDirection(
+            self.direction,
+            self.layers,
+            self.floors,
+            gate=gate,
+            final=self.final,
+            generated_floors=self.generated_floors,
+            position_floors=self.position_floors,
+        )
 
     def anchor(self, gated: bool = True) -> AnchorDirection:
         """The direction's anchor alone."""
@@ -211,51 +269,108 @@ class AnchorArtifact:
 
     def save(self, path: str | Path) -> Path:
         meta = {
-            "kind": "anchor", "layer": self.layer, "layers": self.layers, "final": self.final,
-            "gate_layers": self.gate_layers, "gate_positions": self.gate_positions, "gate_threshold": self.gate_threshold,
-            "gate_bias": self.gate_bias, "token_threshold": self.token_threshold, "token_bias": self.token_bias, **self.metadata,
+            "kind": "anchor",
+            "layer": self.layer,
+            "layers": self.layers,
+            "final": self.final,
+            "gate_layers": self.gate_layers,
+            "gate_positions": self.gate_positions,
+            "gate_threshold": self.gate_threshold,
+            "gate_bias": self.gate_bias,
+            "token_threshold": self.token_threshold,
+            "token_bias": self.token_bias,
+            **self.metadata,
         }
-        tensors = {"direction": self.direction, "floors": self.floors, "generated_floors": self.generated_floors, "gate_weights": self.gate_weights}
+        tensors = {
+            "direction": self.direction,
+            "floors": self.floors,
+            "generated_floors": self.generated_floors,
+            "gate_weights": self.gate_weights,
+        }
         if self.token_weights is not None:
             tensors["token_weights"] = self.token_weights
         if self.position_floors is not None:
             tensors["position_floors"] = self.position_floors
         if self.features is not None:
             fa = self.features
-            meta.update(feature_hook=fa.hook, feature_ids=fa.features, feature_signs=fa.signs, feature_apply_to=fa.apply_to)
-            tensors.update(feature_directions=fa.directions, feature_bounds=fa.bounds, feature_generated_bounds=fa.generated_bounds)
+            meta.update(
+                feature_hook=fa.hook, feature_ids=fa.features, feature_signs=fa.signs, feature_apply_to=fa.apply_to
+            )
+            tensors.update(
+                feature_directions=fa.directions, feature_bounds=fa.bounds, feature_generated_bounds=fa.generated_bounds
+            )
         return save_tensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path, d_model: Optional[int] = None) -> "AnchorArtifact":
+    def load(cls, path: str | Path, d_model: Optional[int] = None) -> AnchorArtifact:
         tensors, meta = load_tensors(path)
         if meta.get("kind") != "anchor":
             raise ValueError(f"{path} is not an anchor artifact (metadata kind={meta.get('kind')!r})")
         if d_model is not None and tensors["direction"].shape[-1] != d_model:
             raise ValueError(f"anchor {path} has d_model={tensors['direction'].shape[-1]}, the model has {d_model}")
         if "gate_weights" not in tensors:
-            raise ValueError(f"anchor {path} has no gate_weights (written by an older saesteer): recalibrate it with `saesteer anchor`")
-        keys = ("kind", "layer", "layers", "final", "gate_layers", "gate_positions", "gate_threshold", "gate_bias", "token_threshold", "token_bias",
-                "feature_hook", "feature_ids", "feature_signs", "feature_apply_to")
+            raise ValueError(
+                f"anchor {path} has no gate_weights (written by an older saesteer): recalibrate it with `saesteer anchor`"
+            )
+        keys = (
+            "kind",
+            "layer",
+            "layers",
+            "final",
+            "gate_layers",
+            "gate_positions",
+            "gate_threshold",
+            "gate_bias",
+            "token_threshold",
+            "token_bias",
+            "feature_hook",
+            "feature_ids",
+            "feature_signs",
+            "feature_apply_to",
+        )
         features = None
         if "feature_directions" in tensors:
-            features = FeatureAnchor(str(meta["feature_hook"]), [int(f) for f in meta["feature_ids"]], [int(s) for s in meta["feature_signs"]],
-                                     tensors["feature_directions"], tensors["feature_bounds"], tensors["feature_generated_bounds"],
-                                     str(meta.get("feature_apply_to", "generated")))
+            features = FeatureAnchor(
+                str(meta["feature_hook"]),
+                [int(f) for f in meta["feature_ids"]],
+                [int(s) for s in meta["feature_signs"]],
+                tensors["feature_directions"],
+                tensors["feature_bounds"],
+                tensors["feature_generated_bounds"],
+                str(meta.get("feature_apply_to", "generated")),
+            )
             if d_model is not None and features.directions.shape[-1] != d_model:
-                raise ValueError(f"anchor {path} has feature directions of d={features.directions.shape[-1]}, the model has d_model={d_model}")
-        return cls(tensors["direction"], int(meta["layer"]), [int(l) for l in meta["layers"]], bool(meta["final"]), tensors["floors"],
-                   tensors["generated_floors"], tensors["gate_weights"], [int(l) for l in meta["gate_layers"]],
-                   [int(p) for p in meta["gate_positions"]], float(meta["gate_threshold"]), float(meta["gate_bias"]),
-                   tensors.get("token_weights"), float(meta.get("token_threshold", 0.0)), float(meta.get("token_bias", 0.0)),
-                   {k: v for k, v in meta.items() if k not in keys}, features, tensors.get("position_floors"))
+                raise ValueError(
+                    f"anchor {path} has feature directions of d={features.directions.shape[-1]}, the model has d_model={d_model}"
+                )
+        return cls(
+            tensors["direction"],
+            int(meta["layer"]),
+            [int(l) for l in meta["layers"]],
+            bool(meta["final"]),
+            tensors["floors"],
+            tensors["generated_floors"],
+            tensors["gate_weights"],
+            [int(l) for l in meta["gate_layers"]],
+            [int(p) for p in meta["gate_positions"]],
+            float(meta["gate_threshold"]),
+            float(meta["gate_bias"]),
+            tensors.get("token_weights"),
+            float(meta.get("token_threshold", 0.0)),
+            float(meta.get("token_bias", 0.0)),
+            {k: v for k, v in meta.items() if k not in keys},
+            features,
+            tensors.get("position_floors"),
+        )
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm()
 
 
-def logistic_probe(pos: torch.Tensor, neg: torch.Tensor, l2: float, exclude: Optional[torch.Tensor] = None, steps: int = 200) -> torch.Tensor:
+def logistic_probe(
+    pos: torch.Tensor, neg: torch.Tensor, l2: float, exclude: Optional[torch.Tensor] = None, steps: int = 200
+) -> torch.Tensor:
     """Weights w of an L2-regularized logistic regression pos vs neg ([n, d] float64), in input units.
 
     With ``exclude`` (a unit vector) the features have that direction projected out
@@ -279,11 +394,17 @@ def logistic_probe(pos: torch.Tensor, neg: torch.Tensor, l2: float, exclude: Opt
 
     with torch.enable_grad():
         opt.step(closure)
-    return (w.detach() / sd)
+    return w.detach() / sd
 
 
-def token_probe(pos: Sequence[torch.Tensor], neg: Sequence[torch.Tensor], l2: float, steps: int = 300, seed: int = 0,
-                tau: float = 1.0) -> tuple[torch.Tensor, float]:
+def token_probe(
+    pos: Sequence[torch.Tensor],
+    neg: Sequence[torch.Tensor],
+    l2: float,
+    steps: int = 300,
+    seed: int = 0,
+    tau: float = 1.0,
+) -> tuple[torch.Tensor, float]:
     """A linear per-token probe whose max over a prompt's tokens separates pos from neg prompts
     (multiple-instance logistic regression: a prompt is harmful if some token is).
 
@@ -313,7 +434,9 @@ def token_probe(pos: Sequence[torch.Tensor], neg: Sequence[torch.Tensor], l2: fl
             opt.zero_grad()
             s = (Z @ w + b) / tau
             m = torch.full((len(seqs),), float("-inf")).scatter_reduce(0, seg, s.detach(), "amax")  # stabilizer only
-            pooled = tau * (m + torch.zeros(len(seqs)).index_add(0, seg, (s - m[seg]).exp()).log())  # per-prompt logsumexp
+            pooled = tau * (
+                m + torch.zeros(len(seqs)).index_add(0, seg, (s - m[seg]).exp()).log()
+            )  # per-prompt logsumexp
             loss = F.binary_cross_entropy_with_logits(pooled, y, pos_weight=pos_weight) + l2 * (w * w).sum()
             loss.backward()
             opt.step()
@@ -322,14 +445,17 @@ def token_probe(pos: Sequence[torch.Tensor], neg: Sequence[torch.Tensor], l2: fl
 
 
 @torch.no_grad()
-def generated_projections(model, template, prompts: Sequence[str], hooks: Sequence[str], r: torch.Tensor,
-                          max_new_tokens: int, batch_size: int) -> torch.Tensor:
+def generated_projections(
+    model, template, prompts: Sequence[str], hooks: Sequence[str], r: torch.Tensor, max_new_tokens: int, batch_size: int
+) -> torch.Tensor:
     """Projections on ``r`` at ``hooks`` over the generated tokens of the prompts' greedy completions: [n_tokens, n_hooks]."""
     from saesteer.evaluate import prompt_completion_batch
     from saesteer.generation import generate, length_sorted_batches
 
     check_prompts(prompts, "prompts")
-    comps = generate(model, template, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    comps = generate(
+        model, template, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False
+    )
     out, stop = [], stop_layer(model, hooks)
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         batch = prompt_completion_batch(model.tokenizer, template, [prompts[i] for i in idx], [comps[i] for i in idx])
@@ -337,12 +463,14 @@ def generated_projections(model, template, prompts: Sequence[str], hooks: Sequen
             continue
         tokens, mask, sel = batch
         store: dict[str, torch.Tensor] = {}
-        grab = [(h, lambda x, hook: store.__setitem__(hook.name, x.detach())) for h in hooks]
+        grab = [(h, lambda x, hook, store=store: store.__setitem__(hook.name, x.detach())) for h in hooks]
         with model.hooks(fwd_hooks=grab):
             model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device), stop_at_layer=stop)
         out.append(torch.stack([store[h].float().cpu()[sel] @ r for h in hooks], 1))
     if not out:
-        raise ValueError("the refused prompts' greedy completions are empty: no generated tokens to calibrate the anchor on")
+        raise ValueError(
+            "the refused prompts' greedy completions are empty: no generated tokens to calibrate the anchor on"
+        )
     return torch.cat(out)
 
 
@@ -374,24 +502,47 @@ def calibrate_feature_anchor(
     if not harmful_refused:
         raise ValueError("calibrate_feature_anchor: the harmful_refused prompt set is empty")
     if hook not in model.hook_dict:
-        raise ValueError(f"calibrate_feature_anchor: hook {hook!r} does not exist in this model (e.g. blocks.0.hook_resid_pre)")
-    proto = AnchorProjections.from_sae(sae, features, signs, torch.zeros(len(list(features))), hook=hook, apply_to=apply_to)  # checks every argument
+        raise ValueError(
+            f"calibrate_feature_anchor: hook {hook!r} does not exist in this model (e.g. blocks.0.hook_resid_pre)"
+        )
+    proto = AnchorProjections.from_sae(
+        sae, features, signs, torch.zeros(len(list(features))), hook=hook, apply_to=apply_to
+    )  # checks every argument
     proto.validate(model)
     U = proto.units  # [m, d_model]
     n_post = n_post_tokens(model, template)
-    acts = collect_activations(model, template, list(harmful_refused), [hook], list(range(-n_post, 0)), batch_size=batch_size,
-                               progress=progress, desc="feature anchor bounds")
+    acts = collect_activations(
+        model,
+        template,
+        list(harmful_refused),
+        [hook],
+        list(range(-n_post, 0)),
+        batch_size=batch_size,
+        progress=progress,
+        desc="feature anchor bounds",
+    )
     prompt_coords = acts[:, 0].reshape(-1, acts.shape[-1]) @ U.T  # [n * n_post, m]
-    gen_coords = generated_projections(model, template, list(harmful_refused), [hook], U.T, max_new_tokens, batch_size)[:, 0]  # [n_gen, m]
+    gen_coords = generated_projections(model, template, list(harmful_refused), [hook], U.T, max_new_tokens, batch_size)[
+        :, 0
+    ]  # [n_gen, m]
     sg = torch.tensor(proto.signs, dtype=torch.float64)
-    q = torch.where(sg > 0, torch.tensor(quantile, dtype=torch.float64), torch.tensor(1.0 - quantile, dtype=torch.float64))
+    q = torch.where(
+        sg > 0, torch.tensor(quantile, dtype=torch.float64), torch.tensor(1.0 - quantile, dtype=torch.float64)
+    )
 
     def bounds(coords: torch.Tensor) -> torch.Tensor:
         return torch.stack([torch.quantile(coords[:, i].double(), q[i]) for i in range(len(q))]).float()
 
-    fa = FeatureAnchor(hook, [int(f) for f in features], proto.signs, U.clone(), bounds(prompt_coords), bounds(gen_coords), apply_to)
-    log.info("feature anchor at %s: %d features, bounds %s (prompt) %s (decoding)", hook, len(fa.features),
-             [round(b, 2) for b in fa.bounds.tolist()], [round(b, 2) for b in fa.generated_bounds.tolist()])
+    fa = FeatureAnchor(
+        hook, [int(f) for f in features], proto.signs, U.clone(), bounds(prompt_coords), bounds(gen_coords), apply_to
+    )
+    log.info(
+        "feature anchor at %s: %d features, bounds %s (prompt) %s (decoding)",
+        hook,
+        len(fa.features),
+        [round(b, 2) for b in fa.bounds.tolist()],
+        [round(b, 2) for b in fa.generated_bounds.tolist()],
+    )
     return fa
 
 
@@ -404,7 +555,7 @@ def calibrate_anchor(
     harmful_val: Sequence[str],
     harmless_train: Sequence[str],
     harmless_val: Sequence[str],
-    cfg: AnchorCalibration = AnchorCalibration(),
+    cfg: Optional[AnchorCalibration] = None,
     progress: bool = False,
     robust_to: Sequence = (),
     harmful_extra: Sequence[str] = (),
@@ -419,6 +570,7 @@ def calibrate_anchor(
     hooks) under which the probe is also fitted, on the same prompts, so that the
     attack it anticipates does not blind it; the threshold is still set on the clean model.
     """
+    cfg = cfg if cfg is not None else AnchorCalibration()
     from saesteer.evaluate import refusal_eval
 
     check_prompts(harmful_refused, "harmful_refused")
@@ -427,14 +579,23 @@ def calibrate_anchor(
     check_prompts(harmless_val, "harmless_val")
     check_prompts(harmful_extra, "harmful_extra")
     check_prompts(harmless_extra, "harmless_extra")
-    for name, prompts in (("harmful_refused", harmful_refused), ("harmful_val", harmful_val), ("harmless_train", harmless_train), ("harmless_val", harmless_val)):
+    for name, prompts in (
+        ("harmful_refused", harmful_refused),
+        ("harmful_val", harmful_val),
+        ("harmless_train", harmless_train),
+        ("harmless_val", harmless_val),
+    ):
         if len(prompts) == 0:
             raise ValueError(f"calibrate_anchor: the {name} prompt set is empty")
     n_layers = model.cfg.n_layers
     if not 0 <= layer < n_layers:
         raise ValueError(f"calibrate_anchor: direction layer {layer} out of range for a model with {n_layers} layers")
     layers = list(range(max(layer - 1, 0), n_layers)) if cfg.layers is None else [int(l) for l in cfg.layers]
-    gate_layers = sorted({max(layer - 1, 0), layer, min(layer + 1, n_layers - 1)}) if cfg.gate_layers is None else sorted({int(l) for l in cfg.gate_layers})
+    gate_layers = (
+        sorted({max(layer - 1, 0), layer, min(layer + 1, n_layers - 1)})
+        if cfg.gate_layers is None
+        else sorted({int(l) for l in cfg.gate_layers})
+    )
     bad = [l for l in layers + gate_layers if not 0 <= l < n_layers]
     if bad:
         raise ValueError(f"anchor.layers / anchor.gate_layers {bad} out of range for a model with {n_layers} layers")
@@ -442,7 +603,16 @@ def calibrate_anchor(
     hooks = anchor_hooks(model, layers, cfg.final)
     n_post = n_post_tokens(model, template)
     floor_pos = list(range(-n_post - 1, 0)) if cfg.floor_positions == "post" else [-1]
-    acts = collect_activations(model, template, list(harmful_refused), hooks, floor_pos, batch_size=cfg.batch_size, progress=progress, desc="anchor floors")
+    acts = collect_activations(
+        model,
+        template,
+        list(harmful_refused),
+        hooks,
+        floor_pos,
+        batch_size=cfg.batch_size,
+        progress=progress,
+        desc="anchor floors",
+    )
     position_floors = torch.quantile((acts @ r).double(), cfg.quantile, dim=0).float()  # [n_hooks, n_pos]
     floors = position_floors[:, 0].clone()  # "post": t_inst's floor for the instruction's earlier tokens
     if cfg.floor_positions == "last":
@@ -459,12 +629,15 @@ def calibrate_anchor(
     fit_harmful = list(harmful_refused) + list(harmful_extra)
     rd = r.double()
 
-    def read(prompts: Sequence[str], desc: str, attack=None) -> list[torch.Tensor]:  # per prompt [n_tokens, n_gate_layers, d_model], r projected out
+    def read(
+        prompts: Sequence[str], desc: str, attack=None
+    ) -> list[torch.Tensor]:  # per prompt [n_tokens, n_gate_layers, d_model], r projected out
         target = model if attack is None else attack.model(model)
         edits = [] if attack is None else list(attack.interventions)
         prompts = list(prompts) if attack is None else attack.prompts(list(prompts))  # a prompt attack rewrites them
-        xs = collect_token_activations(target, template, prompts, gh, batch_size=cfg.batch_size, progress=progress, desc=desc,
-                                       interventions=edits)
+        xs = collect_token_activations(
+            target, template, prompts, gh, batch_size=cfg.batch_size, progress=progress, desc=desc, interventions=edits
+        )
         return [x - (x @ r)[..., None] * r for x in xs] if cfg.gate_orthogonal else xs
 
     def at_positions(xs: Sequence[torch.Tensor]) -> torch.Tensor:  # [n, n_gate_layers, n_pos, d_model] float64
@@ -492,15 +665,30 @@ def calibrate_anchor(
     weights = (w / w.norm()).float().contiguous()
     probe = ProbeGate(hook=gh[-1], positions=tuple(positions), hooks=gh, weights=weights)
 
-    thr_refused = torch.tensor(refusal_eval(model, template, thr_harmless, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                            desc="gate threshold (refusals)").refused, dtype=torch.bool)
+    thr_refused = torch.tensor(
+        refusal_eval(
+            model,
+            template,
+            thr_harmless,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            desc="gate threshold (refusals)",
+        ).refused,
+        dtype=torch.bool,
+    )
     fpr_each = cfg.gate_fpr / 2 if cfg.gate_tokens else cfg.gate_fpr  # the union of two gates fires on <= gate_fpr
 
-    def quantile_threshold(scores: torch.Tensor) -> float:  # fires on <= fpr_each of the prompts the model does not refuse
+    def quantile_threshold(
+        scores: torch.Tensor,
+    ) -> float:  # fires on <= fpr_each of the prompts the model does not refuse
         free = scores[~thr_refused] if (~thr_refused).any() else scores
         return float(torch.quantile(free.double(), 1.0 - fpr_each, interpolation="higher"))
 
-    t_thr, t_hval, t_sval = read(thr_harmless, "gate threshold"), read(harmful_val, "gate val (harmful)"), read(harmless_val, "gate val (harmless)")
+    t_thr, t_hval, t_sval = (
+        read(thr_harmless, "gate threshold"),
+        read(harmful_val, "gate val (harmful)"),
+        read(harmless_val, "gate val (harmless)"),
+    )
     s_thr = probe.scores(at_positions(t_thr))
     threshold = quantile_threshold(s_thr)
     h_val, s_val = probe.scores(at_positions(t_hval)), probe.scores(at_positions(t_sval))
@@ -508,7 +696,9 @@ def calibrate_anchor(
 
     tok_w, tok_thr, tok_b, tok_auroc = None, 0.0, 0.0, float("nan")
     if cfg.gate_tokens:
-        w_tok, tok_b = token_probe([x.flatten(1) for x in t_h], [x.flatten(1) for x in t_s], cfg.gate_l2, steps=cfg.gate_token_steps)
+        w_tok, tok_b = token_probe(
+            [x.flatten(1) for x in t_h], [x.flatten(1) for x in t_s], cfg.gate_l2, steps=cfg.gate_token_steps
+        )
         w_tok = w_tok.view(len(gate_layers), -1)
         if cfg.gate_orthogonal:
             w_tok = w_tok - (w_tok @ rd)[:, None] * rd
@@ -518,17 +708,56 @@ def calibrate_anchor(
         tt_thr, th_val, ts_val = tgate.scores(t_thr), tgate.scores(t_hval), tgate.scores(t_sval)
         tok_thr = quantile_threshold(tt_thr)
         tok_auroc = auroc(th_val, ts_val)
-        fire_h, fire_s, fire_thr = fire_h | (th_val > tok_thr), fire_s | (ts_val > tok_thr), fire_thr | (tt_thr > tok_thr)
+        fire_h, fire_s, fire_thr = (
+            fire_h | (th_val > tok_thr),
+            fire_s | (ts_val > tok_thr),
+            fire_thr | (tt_thr > tok_thr),
+        )
     del t_h, t_s
     tpr_val, fpr_val = float(fire_h.float().mean()), float(fire_s.float().mean())
     meta = {
-        "quantile": cfg.quantile, "generated_quantile": cfg.generated_quantile, "floor_positions": cfg.floor_positions, "gate_fpr_target": cfg.gate_fpr, "gate_orthogonal": cfg.gate_orthogonal, "gate_pooling": cfg.gate_pooling,
-        "gate_auroc_val": auroc(h_val, s_val), "gate_tpr_val": tpr_val, "gate_fpr_val": fpr_val,
-        "gate_fpr_calibration": float(fire_thr.float().mean()), "gate_tokens": cfg.gate_tokens, "token_gate_auroc_val": tok_auroc, "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
-        "n_floor_prompts": len(harmful_refused), "n_gate_fit": [len(fit_harmful), len(fit_harmless)],
+        "quantile": cfg.quantile,
+        "generated_quantile": cfg.generated_quantile,
+        "floor_positions": cfg.floor_positions,
+        "gate_fpr_target": cfg.gate_fpr,
+        "gate_orthogonal": cfg.gate_orthogonal,
+        "gate_pooling": cfg.gate_pooling,
+        "gate_auroc_val": auroc(h_val, s_val),
+        "gate_tpr_val": tpr_val,
+        "gate_fpr_val": fpr_val,
+        "gate_fpr_calibration": float(fire_thr.float().mean()),
+        "gate_tokens": cfg.gate_tokens,
+        "token_gate_auroc_val": tok_auroc,
+        "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
+        "n_floor_prompts": len(harmful_refused),
+        "n_gate_fit": [len(fit_harmful), len(fit_harmless)],
         "gate_refusal_cosine": float((weights.double() @ rd).abs().max()),
     }
-    log.info("anchor: layers %s floors %s; gate layers %s positions %s (val AUROC %.3f, TPR %.3f, FPR %.3f)", layers,
-             [round(f, 3) for f in floors.tolist()], gate_layers, positions, meta["gate_auroc_val"], tpr_val, fpr_val)
-    return AnchorArtifact(direction.float(), layer, layers, cfg.final, floors, generated_floors, weights, gate_layers, positions, threshold, 0.0,
-                          tok_w, tok_thr, tok_b, meta, position_floors=position_floors)
+    log.info(
+        "anchor: layers %s floors %s; gate layers %s positions %s (val AUROC %.3f, TPR %.3f, FPR %.3f)",
+        layers,
+        [round(f, 3) for f in floors.tolist()],
+        gate_layers,
+        positions,
+        meta["gate_auroc_val"],
+        tpr_val,
+        fpr_val,
+    )
+    return AnchorArtifact(
+        direction.float(),
+        layer,
+        layers,
+        cfg.final,
+        floors,
+        generated_floors,
+        weights,
+        gate_layers,
+        positions,
+        threshold,
+        0.0,
+        tok_w,
+        tok_thr,
+        tok_b,
+        meta,
+        position_floors=position_floors,
+    )

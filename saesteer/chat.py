@@ -25,8 +25,9 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -122,7 +123,10 @@ _ALL: tuple[ChatTemplate, ...] = (
     # Llama-3.2 renders today's date instead, which cannot be reproduced).
     ChatTemplate(
         "llama3.1",
-        prefix=_LLAMA3_HEADER.format(role="system") + _LLAMA31_SYSTEM + "<|eot_id|>" + _LLAMA3_HEADER.format(role="user"),
+        prefix=_LLAMA3_HEADER.format(role="system")
+        + _LLAMA31_SYSTEM
+        + "<|eot_id|>"
+        + _LLAMA3_HEADER.format(role="user"),
         suffix=_LLAMA3_SUFFIX,
         system_prefix=_LLAMA3_HEADER.format(role="system")
         + _LLAMA31_SYSTEM
@@ -171,7 +175,9 @@ _ALL: tuple[ChatTemplate, ...] = (
     ChatTemplate("mistral-v0.3", prefix="[INST] ", suffix="[/INST]", system_prefix="[INST] {system}\n\n"),
     # saesteer's model organism; its tokenizer has <|user|> <|end|> <|assistant|> <|start|>
     # as special tokens, so the suffix is exactly three tokens.
-    ChatTemplate("organism", prefix="<|user|> ", suffix=" <|end|> <|assistant|> <|start|>", bos=False, refusal_tokens=("i",)),
+    ChatTemplate(
+        "organism", prefix="<|user|> ", suffix=" <|end|> <|assistant|> <|start|>", bos=False, refusal_tokens=("i",)
+    ),
 )
 
 #: All known templates by name.
@@ -362,7 +368,9 @@ def encode_chat(
     rows = []
     for i, ids in enumerate(inst_ids):
         if not ids:
-            raise ChatEncodingError(f"instruction {i if indices is None else int(indices[i])} ({instructions[i][:40]!r}) tokenizes to no tokens")
+            raise ChatEncodingError(
+                f"instruction {i if indices is None else int(indices[i])} ({instructions[i][:40]!r}) tokenizes to no tokens"
+            )
         row = head + ids + post_ids
         if max_length is not None and len(row) > max_length:
             note = f"{length_note}; " if length_note else ""
@@ -388,7 +396,7 @@ def encode_chat(
     )
 
 
-def resolve_template(model_name: str, template: "str | ChatTemplate | None") -> ChatTemplate:
+def resolve_template(model_name: str, template: str | ChatTemplate | None) -> ChatTemplate:
     if isinstance(template, ChatTemplate):
         return template
     if template:

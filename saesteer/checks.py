@@ -27,11 +27,21 @@ import math
 import numbers
 import types
 import typing
-from typing import Annotated, Any, Iterator, Literal, Optional, Union
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Optional, Union
 
 __all__ = [
-    "check_choice", "check_choice_fields", "check_finite", "check_finite_fields", "check_finite_tensor", "check_layers",
-    "check_number", "check_positive_ints", "check_prompts", "choices", "non_finite",
+    "check_choice",
+    "check_choice_fields",
+    "check_finite",
+    "check_finite_fields",
+    "check_finite_tensor",
+    "check_layers",
+    "check_number",
+    "check_positive_ints",
+    "check_prompts",
+    "choices",
+    "non_finite",
 ]
 
 
@@ -100,14 +110,18 @@ def check_prompts(prompts: Any, name: str = "prompts") -> Any:
     TypeError otherwise, naming the argument: ``prompts is a str ('bomb'); expected a list of
     prompt strings``.  A plain string is the usual mistake: it would be read character by character."""
     if isinstance(prompts, (str, bytes)):
-        raise TypeError(f"{name} is a {type(prompts).__name__} ({_short(prompts)!r}); expected a list of prompt strings")
+        raise TypeError(
+            f"{name} is a {type(prompts).__name__} ({_short(prompts)!r}); expected a list of prompt strings"
+        )
     if not hasattr(prompts, "__len__") or not hasattr(prompts, "__iter__"):
         raise TypeError(f"{name} is a {type(prompts).__name__}; expected a list of prompt strings")
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             shown = repr(p) if len(repr(p)) <= 40 else repr(p)[:40] + "..."
             kind = type(p).__name__
-            raise TypeError(f"{name}[{i}] is {'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({shown}); expected a list of prompt strings")
+            raise TypeError(
+                f"{name}[{i}] is {'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({shown}); expected a list of prompt strings"
+            )
     return prompts
 
 
@@ -169,7 +183,9 @@ def check_positive_ints(obj: Any, prefix: str, *names: str) -> None:
             raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
 
 
-def check_number(obj: Any, prefix: str, name: str, *, low: float = 0.0, strict: bool = True, high: Optional[float] = None) -> None:
+def check_number(
+    obj: Any, prefix: str, name: str, *, low: float = 0.0, strict: bool = True, high: Optional[float] = None
+) -> None:
     """Field ``name`` of ``obj`` is a finite number above ``low`` (at least ``low`` unless ``strict``), at most ``high``."""
     value = getattr(obj, name)
     ok = _is_real(value) and math.isfinite(value)
@@ -185,5 +201,9 @@ def check_layers(prefix: str, name: str, value: Any) -> None:
     if value is None:
         return
     items = [value] if isinstance(value, int) else list(value)
-    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in items) or (not isinstance(value, int) and not items):
-        raise ValueError(f"{prefix}.{name} must be a non-negative layer index (or a non-empty list of them) or null, got {value!r}")
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in items) or (
+        not isinstance(value, int) and not items
+    ):
+        raise ValueError(
+            f"{prefix}.{name} must be a non-negative layer index (or a non-empty list of them) or null, got {value!r}"
+        )

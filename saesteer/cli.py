@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         check_overrides(job, argv[1:])  # unknown keys / options and bad types: one line, not Hydra's report
-        check_cli_output_dirs(job, argv[1:])  # hydra.run.dir: a file, unwritable, another run's results; before Hydra writes there
+        check_cli_output_dirs(
+            job, argv[1:]
+        )  # hydra.run.dir: a file, unwritable, another run's results; before Hydra writes there
     except (ConfigError, RunDirError) as exc:
         sys.stderr.write(f"saesteer {job}: error: {exc}\n")
         sys.exit(2)

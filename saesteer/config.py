@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -169,9 +170,13 @@ class SteerConfig:
 class DirectionsConfig(SelectionConfig):
     """Candidate extraction (and, from SelectionConfig, selection) of the refusal direction, plus controls."""
 
-    positions: Optional[list[int]] = None  # candidate positions, negative offsets from the end; None = every post-instruction position
+    positions: Optional[list[int]] = (
+        None  # candidate positions, negative offsets from the end; None = every post-instruction position
+    )
     n_ce: int = 64  # harmless prompts for the cross-entropy of completions
-    dose_alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0])  # addition dose-response (every token and prompt-only)
+    dose_alphas: list[float] = field(
+        default_factory=lambda: [0.5, 1.0, 1.5, 2.0]
+    )  # addition dose-response (every token and prompt-only)
     n_dose: int = 200  # harmless_test prompts per dose
     batch_size: int = 32
 
@@ -179,7 +184,9 @@ class DirectionsConfig(SelectionConfig):
         super().__post_init__()
         check_positive_ints(self, "directions", "n_ce", "batch_size", "n_dose")
         if not self.dose_alphas or any(a <= 0 for a in self.dose_alphas):
-            raise ValueError(f"directions.dose_alphas must be a non-empty list of positive numbers, got {list(self.dose_alphas)}")
+            raise ValueError(
+                f"directions.dose_alphas must be a non-empty list of positive numbers, got {list(self.dose_alphas)}"
+            )
 
 
 @dataclass
@@ -191,8 +198,12 @@ class SearchJobSettings(SearchConfig):
     features up) or to 0 (``zero``, O'Brien et al.; always reported too, on the top k refusal features)."""
 
     k: int = 8  # features the bypass and the induction act on
-    induce_scale: float = 10.0  # clamp value on harmless prompts = induce_scale x the feature's mean on harmful prompts where it fires
-    induce_apply_to: Annotated[str, ApplyTo] = "prompt"  # the clamp acts on prompt tokens only (clamping generated tokens makes text degenerate)
+    induce_scale: float = (
+        10.0  # clamp value on harmless prompts = induce_scale x the feature's mean on harmful prompts where it fires
+    )
+    induce_apply_to: Annotated[str, ApplyTo] = (
+        "prompt"  # the clamp acts on prompt tokens only (clamping generated tokens makes text degenerate)
+    )
     apply_to: Annotated[str, ApplyTo] = "both"  # tokens the bypass acts on
     direction: Optional[str] = None  # a direction.safetensors; None = the directions stage (cached)
     ablation: Annotated[str, BypassValue] = "harmless_mean"  # what the bypass sets the top k to
@@ -211,12 +222,16 @@ class AnchorSettings(AnchorCalibration):
     """``saesteer anchor``: the calibration (AnchorCalibration, on train/val prompts), the prompts added to the
     gate's fit, and the attack suite (on held-out prompts)."""
 
-    gate_lexicon: str = "base"  # the synthetic lexicon gate_synthetic's prompts come from (saesteer.organism.synthetic.LEXICONS)
+    gate_lexicon: str = (
+        "base"  # the synthetic lexicon gate_synthetic's prompts come from (saesteer.organism.synthetic.LEXICONS)
+    )
     n_calibration_harmless: int = 6000  # harmless_train prompts for the gate: half fit it, half set its threshold
     cast_alpha: float = 1.0  # CAST-style conditional addition (where the gate fires) of cast_alpha x r
     addition_alpha: float = 1.0  # unconditional addition of addition_alpha x r
     negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # attacks: subtract alpha x r
-    jailbreaks: list[str] = field(default_factory=lambda: ["prefix_injection", "refusal_suppression", "roleplay", "instruction_wrapping"])
+    jailbreaks: list[str] = field(
+        default_factory=lambda: ["prefix_injection", "refusal_suppression", "roleplay", "instruction_wrapping"]
+    )
     sae_attack: bool = True  # attacks: the search's top k SAE features set to their bypass values, and the top k refusal features zeroed
     suffix_tokens: int = 8  # GCG-style suffix attack: suffix length
     suffix_steps: int = 30  # its optimization steps (0: no suffix attacks)
@@ -227,14 +242,24 @@ class AnchorSettings(AnchorCalibration):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_ints(self, "anchor", "n_calibration_harmless", "suffix_tokens", "suffix_prompts", "n_attack_prompts", "batch_size")
+        check_positive_ints(
+            self,
+            "anchor",
+            "n_calibration_harmless",
+            "suffix_tokens",
+            "suffix_prompts",
+            "n_attack_prompts",
+            "batch_size",
+        )
         if self.suffix_steps < 0:
             raise ValueError(f"anchor.suffix_steps must be >= 0, got {self.suffix_steps!r}")
         from saesteer.attacks.prompts import JAILBREAK_TEMPLATES
 
         unknown = [j for j in self.jailbreaks if j not in JAILBREAK_TEMPLATES]
         if unknown:
-            raise ValueError(f"anchor.jailbreaks has unknown templates {unknown}; expected some of {sorted(JAILBREAK_TEMPLATES)}")
+            raise ValueError(
+                f"anchor.jailbreaks has unknown templates {unknown}; expected some of {sorted(JAILBREAK_TEMPLATES)}"
+            )
         if any(a <= 0 for a in self.negative_alphas):
             raise ValueError(f"anchor.negative_alphas must be positive, got {list(self.negative_alphas)}")
         from saesteer.organism.synthetic import LEXICONS
@@ -251,17 +276,27 @@ class BackupsSettings(BackupRule):
     GROUP: ClassVar[str] = "backups"
 
     k_max: int = 8  # K: the top k features are cut for k = 1..K
-    cut_layer: Optional[int] = None  # downstream SAE layer; None = the direction's layer (the last-but-one if it is the last)
+    cut_layer: Optional[int] = (
+        None  # downstream SAE layer; None = the direction's layer (the last-but-one if it is the last)
+    )
     upstream_layer: Optional[int] = None  # harm-sensor SAE layer; None = cut_layer - 1 (at least 0)
     monitor_layers: Optional[list[int]] = None  # refusal features monitored at these layers; None = cut_layer .. last
     n_monitor: int = 24  # refusal-ranked features monitored per layer
-    count_same_layer: bool = False  # count rises at the cut layer itself (re-encoding the edited residual, not the network)
-    sensor_signal: Annotated[str, SensorSignal] = "effect_size"  # harm sensors: ranked by this harmful-vs-harmless contrast at t_inst
-    induce_scale: float = 3.0  # induction: sensors clamped to induce_scale x their mean on harmful prompts where they fire (t_inst)
+    count_same_layer: bool = (
+        False  # count rises at the cut layer itself (re-encoding the edited residual, not the network)
+    )
+    sensor_signal: Annotated[str, SensorSignal] = (
+        "effect_size"  # harm sensors: ranked by this harmful-vs-harmless contrast at t_inst
+    )
+    induce_scale: float = (
+        3.0  # induction: sensors clamped to induce_scale x their mean on harmful prompts where they fire (t_inst)
+    )
     induce_apply_to: Annotated[str, ApplyTo] = "prompt"
     apply_to: Annotated[str, ApplyTo] = "both"  # tokens the cuts act on
     random_control: bool = True  # K random eligible features cut at each layer, as a control at k = K
-    n_monitor_prompts: Optional[int] = None  # harmful_test prompts for the activation measurements; None = all of data.n_test
+    n_monitor_prompts: Optional[int] = (
+        None  # harmful_test prompts for the activation measurements; None = all of data.n_test
+    )
     batch_size: int = 32
     # a fine-tuned organism analysed side by side with the base: the fine-tune (DropoutRecipe) of this recipe;
     # recipe_<field> is DropoutRecipe's <field>, with its default
@@ -284,7 +319,9 @@ class BackupsSettings(BackupRule):
         check_number(self, "backups", "recipe_p", low=0.0, strict=False, high=1.0)
         check_number(self, "backups", "recipe_lr", low=0.0)
         if not isinstance(self.recipe_warmup_steps, int) or self.recipe_warmup_steps < 0:
-            raise ValueError(f"backups.recipe_warmup_steps must be a non-negative integer, got {self.recipe_warmup_steps!r}")
+            raise ValueError(
+                f"backups.recipe_warmup_steps must be a non-negative integer, got {self.recipe_warmup_steps!r}"
+            )
 
     def dropout_recipe(self, seed: int) -> Optional[DropoutRecipe]:
         """The fine-tune of ``recipe`` (None for ``none``): DropoutRecipe's fields from ``recipe_<field>``."""
@@ -318,8 +355,15 @@ class EmergentSettings(LoraTrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice_fields(self, "emergent")
-        check_positive_ints(self, "emergent", "n_train", "n_harmless", "n_eval_per_category", "n_direction_per_category",
-                            "n_target_eval")
+        check_positive_ints(
+            self,
+            "emergent",
+            "n_train",
+            "n_harmless",
+            "n_eval_per_category",
+            "n_direction_per_category",
+            "n_target_eval",
+        )
         check_number(self, "emergent", "held_out_acts", low=0.0, high=0.9)
         check_number(self, "emergent", "target_fraction", low=0.0, high=1.0)
         check_number(self, "emergent", "alpha", low=0.0)
@@ -329,15 +373,21 @@ class EmergentSettings(LoraTrainConfig):
 
         categories = list(load_lexicon("harmful"))
         if self.category not in categories:
-            raise ValueError(f"emergent.category must be a harmful lexicon category ({', '.join(categories)}), got {self.category!r}")
+            raise ValueError(
+                f"emergent.category must be a harmful lexicon category ({', '.join(categories)}), got {self.category!r}"
+            )
         if self.other_categories is not None:
             others = list(self.other_categories)
             bad = [c for c in others if c not in categories]
             if bad or not others:
-                raise ValueError(f"emergent.other_categories must be a non-empty list of harmful lexicon categories, got {others!r}"
-                                 + (f" (unknown: {bad})" if bad else ""))
+                raise ValueError(
+                    f"emergent.other_categories must be a non-empty list of harmful lexicon categories, got {others!r}"
+                    + (f" (unknown: {bad})" if bad else "")
+                )
             if self.category in others:
-                raise ValueError(f"emergent.other_categories must not hold the target category {self.category!r}, got {others!r}")
+                raise ValueError(
+                    f"emergent.other_categories must not hold the target category {self.category!r}, got {others!r}"
+                )
 
 
 # ---------------------------------------------------------------- jobs: each lists the config groups it reads
@@ -363,7 +413,9 @@ def _check_sae_responses(cfg: Any) -> None:
     if isinstance(cfg.sae, dict):
         cfg.sae = SaeConfig.from_dict(cfg.sae)
     if cfg.sae.responses == "organism" and cfg.model.name != "organism":
-        raise ValueError(f"sae.responses=organism needs model=organism, got model.name={cfg.model.name!r}; use greedy or none")
+        raise ValueError(
+            f"sae.responses=organism needs model=organism, got model.name={cfg.model.name!r}; use greedy or none"
+        )
 
 
 @dataclass
@@ -447,8 +499,10 @@ class BackupsJobConfig(JobConfig):
                 f"SAE, got path={self.sae.path!r}, pretrained_release={self.sae.pretrained_release!r}"
             )
         if self.sae.hook is not None:
-            raise ValueError(f"backups picks the SAE hooks per layer (backups.cut_layer, upstream_layer, monitor_layers); "
-                             f"leave sae.hook null, got {self.sae.hook!r}")
+            raise ValueError(
+                f"backups picks the SAE hooks per layer (backups.cut_layer, upstream_layer, monitor_layers); "
+                f"leave sae.hook null, got {self.sae.hook!r}"
+            )
 
 
 @dataclass

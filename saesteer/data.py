@@ -22,9 +22,10 @@ import os
 import random
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from saesteer.io import hash_strings
 
@@ -129,13 +130,11 @@ class PromptSet:
                     f"filter_categories({label}=...) on prompt set {self.name!r}: unknown categories "
                     f"{_fmt_categories(unknown)}; present: {_fmt_categories(present)}"
                 )
-        keep = [
-            i
-            for i, c in enumerate(self.categories)
-            if (inc is None or c in inc) and (exc is None or c not in exc)
-        ]
+        keep = [i for i, c in enumerate(self.categories) if (inc is None or c in inc) and (exc is None or c not in exc)]
         if not keep:
-            raise PromptError(f"filter_categories left prompt set {self.name!r} empty (include={include}, exclude={exclude})")
+            raise PromptError(
+                f"filter_categories left prompt set {self.name!r} empty (include={include}, exclude={exclude})"
+            )
         return PromptSet(
             self.name,
             tuple(self.instructions[i] for i in keep),
@@ -273,7 +272,9 @@ def _read_file(path: Path) -> list[Any]:
         raise PromptError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except (OSError, UnicodeDecodeError, ValueError, ImportError) as exc:
         raise PromptError(f"could not read prompt file {path}: {type(exc).__name__}: {exc}") from None
-    raise PromptError(f"prompt file {path} has unsupported extension {suffix!r}; expected one of {', '.join(FILE_SUFFIXES)}")
+    raise PromptError(
+        f"prompt file {path} has unsupported extension {suffix!r}; expected one of {', '.join(FILE_SUFFIXES)}"
+    )
 
 
 def _read_hf(name: str, split: str) -> list[Any]:
@@ -293,9 +294,7 @@ def _read_hf(name: str, split: str) -> list[Any]:
 # ----------------------------------------------------------------------------- validation
 
 
-def _extract(
-    records: list[Any], *, column: str, category_column: str, name: str
-) -> tuple[list[str], list[str | None]]:
+def _extract(records: list[Any], *, column: str, category_column: str, name: str) -> tuple[list[str], list[str | None]]:
     """Pull (instruction, category) pairs out of raw records, checking types."""
     if records and isinstance(records[0], str):  # a plain list of strings
         for i, text in enumerate(records):
@@ -306,7 +305,9 @@ def _extract(
     categories: list[str | None] = []
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
-            raise PromptError(f"{name}: record {i} is {type(rec).__name__}; expected an object with a {column!r} field or a string")
+            raise PromptError(
+                f"{name}: record {i} is {type(rec).__name__}; expected an object with a {column!r} field or a string"
+            )
         if column not in rec:
             raise PromptError(f"{name}: record {i} has no column {column!r}; columns present: {sorted(rec)}")
         text = rec[column]
@@ -343,7 +344,9 @@ def _validate(name: str, instructions: list[str], categories: list[str | None]) 
         kept_text.append(text)
         kept_cat.append(cat)
     if not kept_text:
-        raise PromptError(f"prompt set {name!r} has no non-empty instructions ({n_raw} entries, all empty or whitespace)")
+        raise PromptError(
+            f"prompt set {name!r} has no non-empty instructions ({n_raw} entries, all empty or whitespace)"
+        )
     if len(kept_text) == 1 and n_dup > 0:
         raise PromptError(f"prompt set {name!r} is one prompt repeated {n_dup + 1} times: {kept_text[0][:80]!r}")
     if n_empty:
@@ -357,9 +360,12 @@ def load_role(data_cfg: Any, role: str):
     """The prompt set for a data role (``harmful_train`` ...), limited as the data config says."""
     source = getattr(data_cfg, role)
     limit = {
-        "harmful_train": data_cfg.n_train, "harmless_train": data_cfg.n_train,
-        "harmful_val": data_cfg.n_val, "harmless_val": data_cfg.n_val,
-        "harmful_test": data_cfg.n_test, "harmless_test": data_cfg.n_test_harmless,
+        "harmful_train": data_cfg.n_train,
+        "harmless_train": data_cfg.n_train,
+        "harmful_val": data_cfg.n_val,
+        "harmless_val": data_cfg.n_val,
+        "harmful_test": data_cfg.n_test,
+        "harmless_test": data_cfg.n_test_harmless,
     }.get(role)
     prompts = load_prompts(source)
     if limit is not None and len(prompts) > limit:

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,9 @@ def refusal_token_ids(model: HookedTransformer, template: ChatTemplate) -> list[
 
 
 @torch.no_grad()
-def first_token_refusal_margin(model: HookedTransformer, template: ChatTemplate, instructions: Sequence[str],
-                               batch_size: int = 64) -> torch.Tensor:
+def first_token_refusal_margin(
+    model: HookedTransformer, template: ChatTemplate, instructions: Sequence[str], batch_size: int = 64
+) -> torch.Tensor:
     """Best refusal-opener log-prob minus the best other token's, at the last prompt position: [n].
 
     ``> 0`` exactly where the greedy first token opens a refusal (``template.refusal_tokens``); one forward pass."""
@@ -85,8 +87,15 @@ def refusal_scores(
     ids = torch.tensor(list(refusal_ids))
     with steer(model, interventions):
         for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-            enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id,
-                              max_length=model.cfg.n_ctx, length_note="the model's context, n_ctx", indices=idx)
+            enc = encode_chat(
+                model.tokenizer,
+                template,
+                [instructions[i] for i in idx],
+                pad_token_id=model.tokenizer.pad_token_id,
+                max_length=model.cfg.n_ctx,
+                length_note="the model's context, n_ctx",
+                indices=idx,
+            )
             logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
             lp = F.log_softmax(logits.double().cpu(), -1)
             p = lp[:, ids].exp().sum(-1).clamp(1e-12, 1 - 1e-12)
@@ -142,9 +151,13 @@ class SelectionConfig:
     The base of the ``directions`` config group's schema (``saesteer.config.DirectionsConfig``)."""
 
     max_kl: float = 0.1  # a candidate is dropped when ablating it moves harmless_val's next token by a KL above this
-    min_induce: float = 0.0  # ... or when adding it (add_alpha x the candidate) leaves harmless_val's mean refusal score below this
+    min_induce: float = (
+        0.0  # ... or when adding it (add_alpha x the candidate) leaves harmless_val's mean refusal score below this
+    )
     prune_layer_fraction: float = 0.2  # ... or when it sits in this last share of the layers
-    ablation: Annotated[str, AblationMode] = "affine"  # the ablation selection scores: plain (the paper) or affine (ACE); both are reported
+    ablation: Annotated[str, AblationMode] = (
+        "affine"  # the ablation selection scores: plain (the paper) or affine (ACE); both are reported
+    )
     add_alpha: float = 1.0  # scale of the addition that checks induction
 
     def __post_init__(self) -> None:
@@ -234,11 +247,25 @@ def score_candidates(
         row: dict[str, Any] = {}
         for mode in ABLATION_MODES:
             abl = Ablate(d, mode=mode, reference=ref if mode == "affine" else None)
-            row[f"bypass_{mode}"] = float(refusal_scores(model, template, harmful_val, ids, interventions=[abl], batch_size=batch_size).mean())
-            _, lp = refusal_scores(model, template, harmless_val, ids, interventions=[abl], batch_size=batch_size, return_logprobs=True)
+            row[f"bypass_{mode}"] = float(
+                refusal_scores(model, template, harmful_val, ids, interventions=[abl], batch_size=batch_size).mean()
+            )
+            _, lp = refusal_scores(
+                model, template, harmless_val, ids, interventions=[abl], batch_size=batch_size, return_logprobs=True
+            )
             row[f"kl_{mode}"] = kl_divergence(base_lp, lp)
-        induce = float(refusal_scores(model, template, harmless_val, ids, interventions=[Add(d, cfg.add_alpha, layer)], batch_size=batch_size).mean())
-        sign_ok = bool(float(d.double() @ (cands.harmful_mean - cands.harmless_mean)[cands.layers.index(layer), cands.positions.index(pos)]) > 0)
+        induce = float(
+            refusal_scores(
+                model, template, harmless_val, ids, interventions=[Add(d, cfg.add_alpha, layer)], batch_size=batch_size
+            ).mean()
+        )
+        sign_ok = bool(
+            float(
+                d.double()
+                @ (cands.harmful_mean - cands.harmless_mean)[cands.layers.index(layer), cands.positions.index(pos)]
+            )
+            > 0
+        )
         scores.append(CandidateScore(layer, pos, induce=induce, sign_ok=sign_ok, **row))
     return scores, float(base_harm.mean()), float(base_safe.mean()), base_lp
 
@@ -263,17 +290,22 @@ def select_direction(
     cands: Candidates,
     harmful_val: Sequence[str],
     harmless_val: Sequence[str],
-    cfg: SelectionConfig = SelectionConfig(),
+    cfg: Optional[SelectionConfig] = None,
     *,
     batch_size: int = 64,
     progress: bool = False,
 ) -> Selection:
     """Score every candidate and pick one by the paper's rule (with a stated fallback)."""
+    cfg = cfg if cfg is not None else SelectionConfig()
     check_prompts(harmful_val, "harmful_val")
     check_prompts(harmless_val, "harmless_val")
     if not harmful_val or not harmless_val:
-        raise ValueError(f"selection needs harmful and harmless val prompts, got {len(harmful_val)} and {len(harmless_val)}")
-    scores, base_bypass, base_induce, _ = score_candidates(model, template, cands, harmful_val, harmless_val, cfg, batch_size=batch_size, progress=progress)
+        raise ValueError(
+            f"selection needs harmful and harmless val prompts, got {len(harmful_val)} and {len(harmless_val)}"
+        )
+    scores, base_bypass, base_induce, _ = score_candidates(
+        model, template, cands, harmful_val, harmless_val, cfg, batch_size=batch_size, progress=progress
+    )
     apply_filters(scores, model.cfg.n_layers, cfg)
     passing = [s for s in scores if not s.filtered_by]
     fallback = None
@@ -296,12 +328,29 @@ def select_direction(
         )
         log.warning(fallback)
     d = cands.direction(best.layer, best.position)
-    return Selection(best.layer, best.position, d, affine_reference(cands, d, best.position), scores, cfg.ablation, fallback, base_bypass, base_induce)
+    return Selection(
+        best.layer,
+        best.position,
+        d,
+        affine_reference(cands, d, best.position),
+        scores,
+        cfg.ablation,
+        fallback,
+        base_bypass,
+        base_induce,
+    )
 
 
 def save_direction(path: str | Path, sel: Selection, metadata: dict[str, Any]) -> Path:
-    meta = {"kind": "refusal_direction", "layer": sel.layer, "position": sel.position, "hook": f"blocks.{sel.layer}.hook_resid_pre",
-            "ablation": sel.ablation, "fallback": sel.fallback, **metadata}
+    meta = {
+        "kind": "refusal_direction",
+        "layer": sel.layer,
+        "position": sel.position,
+        "hook": f"blocks.{sel.layer}.hook_resid_pre",
+        "ablation": sel.ablation,
+        "fallback": sel.fallback,
+        **metadata,
+    }
     return save_tensors(path, {"direction": sel.direction, "affine_reference": sel.reference}, meta)
 
 
@@ -316,15 +365,21 @@ def load_direction(
     d = tensors["direction"]
     if d_model is not None and d.shape != (d_model,):
         raise ValueError(f"direction in {path} has shape {tuple(d.shape)}, expected ({d_model},) for this model")
-    if not torch.isfinite(d).all() or ("affine_reference" in tensors and not torch.isfinite(tensors["affine_reference"]).all()):
-        raise ValueError(f"direction in {path} contains NaN/inf values; expected finite values (re-extract it with `saesteer directions`)")
+    if not torch.isfinite(d).all() or (
+        "affine_reference" in tensors and not torch.isfinite(tensors["affine_reference"]).all()
+    ):
+        raise ValueError(
+            f"direction in {path} contains NaN/inf values; expected finite values (re-extract it with `saesteer directions`)"
+        )
     if d.norm() == 0:
         raise ValueError(f"direction in {path} is all zeros; expected a non-zero direction")
     if model_name is not None and meta.get("model") not in (None, model_name):
         raise ValueError(f"direction in {path} was made for model {meta.get('model')!r}, not {model_name!r}")
     if fingerprint is not None and meta.get("model_fingerprint") not in (None, fingerprint):
-        raise ValueError(f"direction in {path} was made for other weights of {meta.get('model')!r} (fingerprint "
-                         f"{meta.get('model_fingerprint')!r}, this model's is {fingerprint!r}); re-extract it for this model")
+        raise ValueError(
+            f"direction in {path} was made for other weights of {meta.get('model')!r} (fingerprint "
+            f"{meta.get('model_fingerprint')!r}, this model's is {fingerprint!r}); re-extract it for this model"
+        )
     if "affine_reference" in tensors:
         meta["affine_reference"] = tensors["affine_reference"]
     return d, meta

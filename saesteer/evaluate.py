@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,15 @@ def refusal_eval(
     if len(instructions) == 0:
         raise ValueError("refusal_eval needs at least one instruction, got an empty set")
     judge = judge or RefusalJudge()
-    responses = generate(model, template, instructions, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, desc=desc)
+    responses = generate(
+        model,
+        template,
+        instructions,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
     refused = judge.batch(responses)
     return RefusalResult(sum(refused) / len(refused), responses, refused)
 
@@ -57,8 +65,15 @@ def last_position_logprobs(
     check_prompts(instructions, "instructions")
     out = torch.empty(len(instructions), model.cfg.d_vocab_out)
     for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-        enc = encode_chat(model.tokenizer, template, [instructions[i] for i in idx], pad_token_id=model.tokenizer.pad_token_id,
-                          max_length=model.cfg.n_ctx, length_note="the model's context, n_ctx", indices=idx)
+        enc = encode_chat(
+            model.tokenizer,
+            template,
+            [instructions[i] for i in idx],
+            pad_token_id=model.tokenizer.pad_token_id,
+            max_length=model.cfg.n_ctx,
+            length_note="the model's context, n_ctx",
+            indices=idx,
+        )
         logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
         out[idx] = F.log_softmax(logits.float(), -1).cpu()
     return out
@@ -147,11 +162,17 @@ def completion_nll(
         ctoks, cmask = comp
         enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=tok.pad_token_id)
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(idx))
-        first = final_logits(model, enc.tokens.to(device), enc.attention_mask.to(device), cache).float().cpu()  # predicts token 0
+        first = (
+            final_logits(model, enc.tokens.to(device), enc.attention_mask.to(device), cache).float().cpu()
+        )  # predicts token 0
         logits = [first[:, None]]
         if ctoks.shape[1] > 1:
             with phase("generated"):
-                logits.append(model(ctoks[:, :-1].to(device), attention_mask=cmask[:, :-1].to(device), past_kv_cache=cache).float().cpu())
+                logits.append(
+                    model(ctoks[:, :-1].to(device), attention_mask=cmask[:, :-1].to(device), past_kv_cache=cache)
+                    .float()
+                    .cpu()
+                )
         lp = F.log_softmax(torch.cat(logits, 1), -1).gather(-1, ctoks[..., None])[..., 0]  # [B, L]
         m = cmask.bool()
         total += float(-lp[m].sum())

@@ -41,11 +41,12 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,20 @@ def _official_model_facts(official: str) -> ModelFacts:
 
     try:  # name-based configs (Llama, Gemma, ...) need nothing; others come from the local HF cache only
         cfg = get_pretrained_model_config(official, device="cpu", local_files_only=True)
-        return ModelFacts(official, int(cfg.d_model), int(cfg.n_layers), int(cfg.n_ctx), "transformer_lens config, offline")
+        return ModelFacts(
+            official, int(cfg.d_model), int(cfg.n_layers), int(cfg.n_ctx), "transformer_lens config, offline"
+        )
     except Exception as exc:  # noqa: BLE001 - any failure means "not knowable offline"
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
     if official in KNOWN_MODEL_DIMS:
         d, n, ctx = KNOWN_MODEL_DIMS[official]
-        return ModelFacts(official, d, n, ctx, "saesteer.experiments.KNOWN_MODEL_DIMS (transformer_lens reads this "
-                                               "model's config from the Hub)")
+        return ModelFacts(
+            official,
+            d,
+            n,
+            ctx,
+            "saesteer.experiments.KNOWN_MODEL_DIMS (transformer_lens reads this model's config from the Hub)",
+        )
     log.info("dimensions of %s are not known offline (%s)", official, reason)
     return ModelFacts(official, None, None, None, f"not known offline ({reason})")
 
@@ -145,8 +153,16 @@ def _hook_names() -> tuple[frozenset[str], frozenset[str]]:
     common = dict(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=8, n_ctx=8, device="cpu")
     configs = [
         HookedTransformerConfig(act_fn="gelu", normalization_type="LN", positional_embedding_type="standard", **common),
-        HookedTransformerConfig(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4,
-                                gated_mlp=True, n_key_value_heads=1, use_normalization_before_and_after=True, **common),
+        HookedTransformerConfig(
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=4,
+            gated_mlp=True,
+            n_key_value_heads=1,
+            use_normalization_before_and_after=True,
+            **common,
+        ),
     ]
     block, top = set(), set()
     for cfg in configs:
@@ -175,7 +191,9 @@ def check_hook_name(hook: str, n_layers: Optional[int], what: str = "sae.hook") 
         )
     layer = int(m.group(1))
     if n_layers is not None and layer >= n_layers:
-        raise ExperimentError(f"{what}={hook!r} is at layer {layer}, but the model has {n_layers} layers (0..{n_layers - 1})")
+        raise ExperimentError(
+            f"{what}={hook!r} is at layer {layer}, but the model has {n_layers} layers (0..{n_layers - 1})"
+        )
     return layer
 
 
@@ -201,7 +219,9 @@ def registry_sae_facts(release: str, sae_id: str) -> SaeFacts:
         from sae_lens.loading.pretrained_saes_directory import get_config_overrides
 
         try:
-            cfg = NAMED_PRETRAINED_SAE_CONFIG_GETTERS[conv](lookup.repo_id, folder, "cpu", False, get_config_overrides(release, sae_id))
+            cfg = NAMED_PRETRAINED_SAE_CONFIG_GETTERS[conv](
+                lookup.repo_id, folder, "cpu", False, get_config_overrides(release, sae_id)
+            )
             hook, d_in = cfg.get("hook_name"), cfg.get("d_in")
             hook_source = d_in_source = f"sae_lens's {conv} config"
         except Exception as exc:  # noqa: BLE001
@@ -212,18 +232,30 @@ def registry_sae_facts(release: str, sae_id: str) -> SaeFacts:
             hook, hook_source = m.group(0), "the registry id"
         elif conv == "dictionary_learning_1" and (m := re.search(r"resid_post_layer_(\d+)", folder)):
             # sae_lens's dictionary_learning_1 loader reads blocks.<trainer layer>.hook_resid_post
-            hook, hook_source = f"blocks.{m.group(1)}.hook_resid_post", "the registry path (dictionary_learning resid_post layer)"
+            hook, hook_source = (
+                f"blocks.{m.group(1)}.hook_resid_post",
+                "the registry path (dictionary_learning resid_post layer)",
+            )
     if d_in is None:
         try:
             from saesteer.model_names import resolve_model_name
 
             trained_on = _official_model_facts(resolve_model_name(lookup.model))
             if trained_on.d_model is not None:
-                d_in, d_in_source = trained_on.d_model, f"d_model of {lookup.model}, the model the release was trained on"
+                d_in, d_in_source = (
+                    trained_on.d_model,
+                    f"d_model of {lookup.model}, the model the release was trained on",
+                )
         except ValueError:
             pass
-    return SaeFacts(label, str(hook) if hook else None, hook_source or "not known offline", d_in,
-                    d_in_source or "not known offline", lookup.model)
+    return SaeFacts(
+        label,
+        str(hook) if hook else None,
+        hook_source or "not known offline",
+        d_in,
+        d_in_source or "not known offline",
+        lookup.model,
+    )
 
 
 def disk_sae_facts(path: str | Path) -> SaeFacts:
@@ -237,7 +269,9 @@ def disk_sae_facts(path: str | Path) -> SaeFacts:
     if not p.is_dir() or not cfg_file.is_file():
         from saesteer.sae.load import SaeLoadError
 
-        raise SaeLoadError(f"sae.path={str(path)!r} is not an SAE in sae_lens format: expected a directory with {SAE_CFG_FILENAME}")
+        raise SaeLoadError(
+            f"sae.path={str(path)!r} is not an SAE in sae_lens format: expected a directory with {SAE_CFG_FILENAME}"
+        )
     from sae_lens.constants import SAE_WEIGHTS_FILENAME
 
     from saesteer.sae.load import check_not_pickle, read_sae_cfg
@@ -249,7 +283,9 @@ def disk_sae_facts(path: str | Path) -> SaeFacts:
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     d_in = cfg.get("d_in")
-    return SaeFacts(str(p), hook, str(cfg_file), int(d_in) if isinstance(d_in, int) else None, str(cfg_file), meta.get("model_name"))
+    return SaeFacts(
+        str(p), hook, str(cfg_file), int(d_in) if isinstance(d_in, int) else None, str(cfg_file), meta.get("model_name")
+    )
 
 
 def _sae_checks(job: str, sae: Any, model: ModelFacts) -> list[Check]:
@@ -258,11 +294,19 @@ def _sae_checks(job: str, sae: Any, model: ModelFacts) -> list[Check]:
         if sae.hook is not None:
             layer = check_hook_name(sae.hook, model.n_layers)
             if layer >= 0 and model.n_layers is None:
-                checks.append(Check("sae.hook", NOT_CHECKED, f"{sae.hook} (layer {layer}; the model's n_layers is not known offline)"))
+                checks.append(
+                    Check(
+                        "sae.hook",
+                        NOT_CHECKED,
+                        f"{sae.hook} (layer {layer}; the model's n_layers is not known offline)",
+                    )
+                )
             else:
                 checks.append(Check("sae.hook", "ok", f"{sae.hook} (layer {layer} of {model.n_layers})"))
         if model.n_ctx is not None and sae.context_size > model.n_ctx:
-            raise ExperimentError(f"sae.context_size={sae.context_size} is longer than the model's context (n_ctx={model.n_ctx})")
+            raise ExperimentError(
+                f"sae.context_size={sae.context_size} is longer than the model's context (n_ctx={model.n_ctx})"
+            )
         return checks
     if sae.pretrained_release is not None:
         facts = registry_sae_facts(sae.pretrained_release, str(sae.pretrained_id))
@@ -273,26 +317,56 @@ def _sae_checks(job: str, sae: Any, model: ModelFacts) -> list[Check]:
     if sae.hook is not None:
         check_hook_name(sae.hook, model.n_layers)  # a misspelt hook first: its message suggests the right name
     if sae.hook is not None and facts.hook is not None and sae.hook != facts.hook:
-        raise ExperimentError(f"sae.hook={sae.hook!r} but SAE {facts.label} reads {facts.hook!r} ({facts.hook_source}); "
-                              f"set sae.hook={facts.hook}")
-    if sae.hook is None and facts.hook is not None and not facts.hook.endswith(".hook_resid_pre") \
-            and job in ("search", "pipeline", "anchor"):  # they read resid_pre of the direction's layer: never this hook
-        raise ExperimentError(f"sae.hook is null, so {job} would read blocks.<direction layer>.hook_resid_pre, but SAE "
-                              f"{facts.label} reads {facts.hook!r}; set sae.hook={facts.hook}")
+        raise ExperimentError(
+            f"sae.hook={sae.hook!r} but SAE {facts.label} reads {facts.hook!r} ({facts.hook_source}); "
+            f"set sae.hook={facts.hook}"
+        )
+    if (
+        sae.hook is None
+        and facts.hook is not None
+        and not facts.hook.endswith(".hook_resid_pre")
+        and job in ("search", "pipeline", "anchor")
+    ):  # they read resid_pre of the direction's layer: never this hook
+        raise ExperimentError(
+            f"sae.hook is null, so {job} would read blocks.<direction layer>.hook_resid_pre, but SAE "
+            f"{facts.label} reads {facts.hook!r}; set sae.hook={facts.hook}"
+        )
     hook = sae.hook or facts.hook
     if hook is None:
         checks.append(Check("sae.hook", NOT_CHECKED, f"SAE {facts.label} names no hook offline and sae.hook is null"))
     else:
         layer = check_hook_name(hook, model.n_layers)
-        where = (f"layer {layer} of {model.n_layers}" if model.n_layers is not None else f"layer {layer}") if layer >= 0 else "outside the blocks"
+        where = (
+            (f"layer {layer} of {model.n_layers}" if model.n_layers is not None else f"layer {layer}")
+            if layer >= 0
+            else "outside the blocks"
+        )
         known = facts.hook is not None and (layer < 0 or model.n_layers is not None)
-        unknown = "" if known else ("; the model's n_layers is not known offline" if model.n_layers is None and layer >= 0 else "")
-        checks.append(Check("sae.hook", "ok" if known else NOT_CHECKED, f"{hook} ({where}; SAE's hook from {facts.hook_source}{unknown})"))
+        unknown = (
+            ""
+            if known
+            else ("; the model's n_layers is not known offline" if model.n_layers is None and layer >= 0 else "")
+        )
+        checks.append(
+            Check(
+                "sae.hook",
+                "ok" if known else NOT_CHECKED,
+                f"{hook} ({where}; SAE's hook from {facts.hook_source}{unknown})",
+            )
+        )
     if facts.d_in is None or model.d_model is None:
-        checks.append(Check("sae.d_in", NOT_CHECKED, f"d_in {facts.d_in} ({facts.d_in_source}), d_model {model.d_model} ({model.source})"))
+        checks.append(
+            Check(
+                "sae.d_in",
+                NOT_CHECKED,
+                f"d_in {facts.d_in} ({facts.d_in_source}), d_model {model.d_model} ({model.source})",
+            )
+        )
     elif facts.d_in != model.d_model:
-        raise ExperimentError(f"SAE {facts.label} has d_in={facts.d_in} ({facts.d_in_source}) but {model.name} has "
-                              f"d_model={model.d_model}; expected an SAE made for a model of width {model.d_model}")
+        raise ExperimentError(
+            f"SAE {facts.label} has d_in={facts.d_in} ({facts.d_in_source}) but {model.name} has "
+            f"d_model={model.d_model}; expected an SAE made for a model of width {model.d_model}"
+        )
     else:
         checks.append(Check("sae.d_in", "ok", f"{facts.d_in} = d_model ({facts.d_in_source})"))
     if facts.model and model.name != "organism":
@@ -305,7 +379,9 @@ def _sae_checks(job: str, sae: Any, model: ModelFacts) -> list[Check]:
         if trained_on != model.name:
             checks.append(Check("sae.model", "note", f"the SAE was trained on {trained_on}, used on {model.name}"))
     if model.n_ctx is not None and sae.context_size > model.n_ctx:
-        raise ExperimentError(f"sae.context_size={sae.context_size} is longer than the model's context (n_ctx={model.n_ctx})")
+        raise ExperimentError(
+            f"sae.context_size={sae.context_size} is longer than the model's context (n_ctx={model.n_ctx})"
+        )
     return checks
 
 
@@ -316,25 +392,42 @@ def _direction_checks(obj: Any, model: ModelFacts) -> list[Check]:
     from saesteer.directions import load_direction
 
     checks = []
-    for label, node, attr in (("steer.direction", "steer", "direction"), ("search.direction", "search", "direction"),
-                              ("sae.direction", "sae", "direction")):
+    for label, node, attr in (
+        ("steer.direction", "steer", "direction"),
+        ("search.direction", "search", "direction"),
+        ("sae.direction", "sae", "direction"),
+    ):
         path = getattr(getattr(obj, node, None), attr, None)
         if not path:
             continue
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{label}={path!r}: no such file (a direction.safetensors from `saesteer directions`)")
+            raise FileNotFoundError(
+                f"{label}={path!r}: no such file (a direction.safetensors from `saesteer directions`)"
+            )
         d, meta = load_direction(path, d_model=model.d_model)
-        checks.append(Check(label, "ok", f"{path}: shape {tuple(d.shape)}, layer {meta.get('layer')}, model {meta.get('model')}"))
+        checks.append(
+            Check(label, "ok", f"{path}: shape {tuple(d.shape)}, layer {meta.get('layer')}, model {meta.get('model')}")
+        )
     return checks
 
 
 #: (group, field) of every layer setting: an index 0..n_layers-1, or a list of them (null: chosen by the job)
 LAYER_SETTINGS: tuple[tuple[str, str], ...] = (
-    ("steer", "layer"), ("anchor", "layers"), ("anchor", "gate_layers"), ("backups", "cut_layer"),
-    ("backups", "upstream_layer"), ("backups", "monitor_layers"), ("emergent", "layers"), ("emergent", "ablate_layer"),
+    ("steer", "layer"),
+    ("anchor", "layers"),
+    ("anchor", "gate_layers"),
+    ("backups", "cut_layer"),
+    ("backups", "upstream_layer"),
+    ("backups", "monitor_layers"),
+    ("emergent", "layers"),
+    ("emergent", "ablate_layer"),
 )
 #: (group, field) of every position setting: negative offsets from the end of the prompt (null: the default positions)
-POSITION_SETTINGS: tuple[tuple[str, str], ...] = (("directions", "positions"), ("search", "positions"), ("anchor", "gate_positions"))
+POSITION_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("directions", "positions"),
+    ("search", "positions"),
+    ("anchor", "gate_positions"),
+)
 
 
 def _settings(obj: Any, table: Sequence[tuple[str, str]]) -> list[tuple[str, Any]]:
@@ -360,9 +453,15 @@ def check_layer_setting(name: str, value: Any, n_layers: Optional[int], model_na
         raise ExperimentError(f"{name}=[] is empty; expected a non-empty list of layer indices, or null")
     wrong = [v for v in items if not _is_index(v) or v < 0 or (n_layers is not None and v >= n_layers)]
     if wrong:
-        expected = f"layers 0..{n_layers - 1} ({model_name} has {n_layers} layers)" if n_layers is not None else "non-negative layer indices"
+        expected = (
+            f"layers 0..{n_layers - 1} ({model_name} has {n_layers} layers)"
+            if n_layers is not None
+            else "non-negative layer indices"
+        )
         what = "layer" if len(wrong) == 1 else "layers"
-        raise ExperimentError(f"{name}={value!r}: {what} {', '.join(map(repr, wrong))} out of range; expected {expected}")
+        raise ExperimentError(
+            f"{name}={value!r}: {what} {', '.join(map(repr, wrong))} out of range; expected {expected}"
+        )
     return None if n_layers is None else f"{value!r} within 0..{n_layers - 1}"
 
 
@@ -372,18 +471,26 @@ def check_position_setting(name: str, value: Any, n_post: Optional[int], templat
     left-padded, so a position >= 0 or further left reads padding or another token in each prompt."""
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     if not items:
-        raise ExperimentError(f"{name}=[] is empty; expected a non-empty list of negative positions, or null (the default positions)")
+        raise ExperimentError(
+            f"{name}=[] is empty; expected a non-empty list of negative positions, or null (the default positions)"
+        )
     low = None if n_post is None else -n_post - 1
     wrong = [v for v in items if not _is_index(v) or v >= 0 or (low is not None and v < low)]
     if wrong:
         what = "position" if len(wrong) == 1 else "positions"
         if low is None:
-            expected = ("negative offsets from the end of the prompt (-1 the last post-instruction token, down to "
-                        "t_inst = -n_post - 1, the last instruction token)")
+            expected = (
+                "negative offsets from the end of the prompt (-1 the last post-instruction token, down to "
+                "t_inst = -n_post - 1, the last instruction token)"
+            )
         else:
-            expected = (f"negative offsets from the end of the prompt, {low}..-1 (-{n_post}..-1: the {n_post} post-instruction "
-                        f"tokens of the {template!r} template; {low}: the last instruction token, t_inst)")
-        raise ExperimentError(f"{name}={value!r}: {what} {', '.join(map(repr, wrong))} out of range; expected {expected}")
+            expected = (
+                f"negative offsets from the end of the prompt, {low}..-1 (-{n_post}..-1: the {n_post} post-instruction "
+                f"tokens of the {template!r} template; {low}: the last instruction token, t_inst)"
+            )
+        raise ExperimentError(
+            f"{name}={value!r}: {what} {', '.join(map(repr, wrong))} out of range; expected {expected}"
+        )
     return None if n_post is None else f"{value!r} within {low}..-1"
 
 
@@ -412,15 +519,25 @@ def _range_checks(obj: Any, model: ModelFacts, template: str) -> list[Check]:
     checks = []
     for name, value in _settings(obj, LAYER_SETTINGS):
         detail = check_layer_setting(name, value, model.n_layers, model.name)
-        checks.append(Check(name, "ok", detail) if detail else
-                      Check(name, NOT_CHECKED, f"{value!r}: the model's n_layers is not known offline ({model.source}); checked when it loads"))
+        checks.append(
+            Check(name, "ok", detail)
+            if detail
+            else Check(
+                name,
+                NOT_CHECKED,
+                f"{value!r}: the model's n_layers is not known offline ({model.source}); checked when it loads",
+            )
+        )
     positions = _settings(obj, POSITION_SETTINGS)
     if positions:
         n_post, source = _offline_n_post(model.name, template)
         for name, value in positions:
             detail = check_position_setting(name, value, n_post, template)
-            checks.append(Check(name, "ok", f"{detail} (n_post={n_post} from {source})") if detail else
-                          Check(name, NOT_CHECKED, f"{value!r} are negative, but {source}; checked when the model loads"))
+            checks.append(
+                Check(name, "ok", f"{detail} (n_post={n_post} from {source})")
+                if detail
+                else Check(name, NOT_CHECKED, f"{value!r} are negative, but {source}; checked when the model loads")
+            )
     return checks
 
 
@@ -472,8 +589,13 @@ def validate_experiment(cfg: Any, job: Optional[str] = None, *, here: bool = Fal
     checks: list[Check] = []
     mcfg = obj.model
     model = model_facts(mcfg)
-    checks.append(Check("model", "ok" if model.d_model and model.n_layers else NOT_CHECKED,
-                        f"{model.name}: d_model={model.d_model}, n_layers={model.n_layers}, n_ctx={model.n_ctx} ({model.source})"))
+    checks.append(
+        Check(
+            "model",
+            "ok" if model.d_model and model.n_layers else NOT_CHECKED,
+            f"{model.name}: d_model={model.d_model}, n_layers={model.n_layers}, n_ctx={model.n_ctx} ({model.source})",
+        )
+    )
     template = resolve_template(model.name, mcfg.template).name  # TemplateError for unknown names / models
     if mcfg.template and model.name != "organism":
         try:
@@ -481,19 +603,25 @@ def validate_experiment(cfg: Any, job: Optional[str] = None, *, here: bool = Fal
         except TemplateError:
             expected = None
         if expected is not None and expected != template:
-            raise ExperimentError(f"model.template={mcfg.template!r} but {model.name} uses the {expected!r} chat template; "
-                                  f"set model.template={expected} or leave it null")
+            raise ExperimentError(
+                f"model.template={mcfg.template!r} but {model.name} uses the {expected!r} chat template; "
+                f"set model.template={expected} or leave it null"
+            )
     checks.append(Check("template", "ok", f"{template!r} for {model.name}"))
     import torch
 
     try:
         device = torch.device(mcfg.device)
     except (RuntimeError, TypeError):
-        raise ExperimentError(f"model.device={mcfg.device!r} is not a torch device; expected e.g. 'cuda', 'cuda:0' or 'cpu'") from None
+        raise ExperimentError(
+            f"model.device={mcfg.device!r} is not a torch device; expected e.g. 'cuda', 'cuda:0' or 'cpu'"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         if here:
-            raise ExperimentError(f"model.device={mcfg.device!r} but this machine has no CUDA device; expected a GPU, "
-                                  "or set model.device=cpu (slow for real models)")
+            raise ExperimentError(
+                f"model.device={mcfg.device!r} but this machine has no CUDA device; expected a GPU, "
+                "or set model.device=cpu (slow for real models)"
+            )
         checks.append(Check("device", "note", f"{mcfg.device}, {mcfg.dtype} (no CUDA device on this machine)"))
     else:
         checks.append(Check("device", "ok", f"{mcfg.device}, {mcfg.dtype}"))
@@ -535,11 +663,15 @@ def compose_experiment(name: str, job: str = "pipeline", overrides: Sequence[str
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown experiment {name!r}{hint} (experiments: {', '.join(names)})")
-    extra = ["prompts=harmful_test"] if job == "generate" and not any(o.startswith("prompts=") for o in overrides) else []
+    extra = (
+        ["prompts=harmful_test"] if job == "generate" and not any(o.startswith("prompts=") for o in overrides) else []
+    )
     return compose(job, [f"experiment={name}", *extra, *overrides])
 
 
-def check_experiments(names: Sequence[str] = (), overrides: Sequence[str] = (), job: str = "pipeline") -> tuple[int, list[str]]:
+def check_experiments(
+    names: Sequence[str] = (), overrides: Sequence[str] = (), job: str = "pipeline"
+) -> tuple[int, list[str]]:
     """The offline checks of each experiment (all by default), composed for ``job`` with ``overrides``:
     (exit status, report lines).  Per experiment one line, ``ok`` (every check passed), ``not checked``
     (some could not be made offline: named) or ``error: ...``, then one line per check.  The status is
@@ -554,14 +686,18 @@ def check_experiments(names: Sequence[str] = (), overrides: Sequence[str] = (), 
             status = 1
             continue
         unchecked = [c.name for c in checks if c.status == NOT_CHECKED]
-        lines.append(f"{label}: {NOT_CHECKED} ({', '.join(unchecked)}: not knowable offline)" if unchecked else f"{label}: ok")
+        lines.append(
+            f"{label}: {NOT_CHECKED} ({', '.join(unchecked)}: not knowable offline)" if unchecked else f"{label}: ok"
+        )
         lines += [f"  {c}" for c in checks]
     return status, lines
 
 
-USAGE = ("usage: python -m saesteer.experiments [NAME ...] [key=value ...] [--job JOB]\n"
-         "  offline checks of conf/experiment/NAME (all by default) composed for JOB (default pipeline) with the overrides;\n"
-         "  prints each check (ok / note / not checked / error); exit status 1 on an error")
+USAGE = (
+    "usage: python -m saesteer.experiments [NAME ...] [key=value ...] [--job JOB]\n"
+    "  offline checks of conf/experiment/NAME (all by default) composed for JOB (default pipeline) with the overrides;\n"
+    "  prints each check (ok / note / not checked / error); exit status 1 on an error"
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,7 +9,7 @@ original order.  A key-value cache makes each new token cost one position.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +23,10 @@ from saesteer.unembed import logits as unembed_logits
 
 log = logging.getLogger(__name__)
 
-def final_logits(model: HookedTransformer, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, past_kv_cache=None) -> torch.Tensor:
+
+def final_logits(
+    model: HookedTransformer, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, past_kv_cache=None
+) -> torch.Tensor:
     """Next-token logits at the last position only: [batch, d_vocab].
 
     The same computation as ``model(tokens)[:, -1]`` (every block, final norm,
@@ -31,7 +34,9 @@ def final_logits(model: HookedTransformer, tokens: torch.Tensor, attention_mask:
     columns of tokens the model never emits (:mod:`saesteer.unembed`); these dominate
     the cost of small models with large vocabularies.
     """
-    resid = model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache, stop_at_layer=model.cfg.n_layers)[:, -1:]
+    resid = model(tokens, attention_mask=attention_mask, past_kv_cache=past_kv_cache, stop_at_layer=model.cfg.n_layers)[
+        :, -1:
+    ]
     return unembed_logits(model, resid)[:, -1]
 
 
@@ -67,8 +72,15 @@ def generate(
     device = model.cfg.device
     max_prompt = model.cfg.n_ctx - max_new_tokens
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        enc = encode_chat(tok, template, [instructions[i] for i in idx], pad_token_id=pad, max_length=max_prompt,
-                          length_note=f"the model's context n_ctx={model.cfg.n_ctx} less max_new_tokens={max_new_tokens}", indices=idx)
+        enc = encode_chat(
+            tok,
+            template,
+            [instructions[i] for i in idx],
+            pad_token_id=pad,
+            max_length=max_prompt,
+            length_note=f"the model's context n_ctx={model.cfg.n_ctx} less max_new_tokens={max_new_tokens}",
+            indices=idx,
+        )
         tokens = enc.tokens.to(device)
         mask = enc.attention_mask.to(device)
         B = tokens.shape[0]

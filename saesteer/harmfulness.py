@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +38,19 @@ class HarmDetector:
         b = F.cosine_similarity(acts, self.harmless_centroid[None], dim=-1)
         return (a - b).mean(-1)
 
-    def score(self, model, template, instructions, interventions: Sequence[Intervention] = (), batch_size: int = 32) -> torch.Tensor:
+    def score(
+        self, model, template, instructions, interventions: Sequence[Intervention] = (), batch_size: int = 32
+    ) -> torch.Tensor:
         check_prompts(instructions, "instructions")
-        acts = collect_activations(model, template, instructions, resid_hooks(model), [self.position], batch_size=batch_size, interventions=interventions)
+        acts = collect_activations(
+            model,
+            template,
+            instructions,
+            resid_hooks(model),
+            [self.position],
+            batch_size=batch_size,
+            interventions=interventions,
+        )
         return self.score_acts(acts[:, :, 0])
 
 
@@ -48,7 +58,9 @@ def t_inst_position(model: HookedTransformer, template: ChatTemplate) -> int:
     return -n_post_tokens(model, template) - 1
 
 
-def fit_harm_detector(model, template, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 32) -> tuple[HarmDetector, torch.Tensor]:
+def fit_harm_detector(
+    model, template, harmful: Sequence[str], harmless: Sequence[str], batch_size: int = 32
+) -> tuple[HarmDetector, torch.Tensor]:
     """Centroids at t_inst; returns the detector and the harmfulness directions [n_layers, d_model]."""
     check_prompts(harmful, "harmful")
     check_prompts(harmless, "harmless")
@@ -66,15 +78,28 @@ def behavioural_refusal_directions(
     check_prompts(instructions, "instructions")
     refused_t = torch.tensor(list(refused), dtype=torch.bool)
     if refused_t.all() or not refused_t.any():
-        raise ValueError(f"need both refused and complied prompts, got {int(refused_t.sum())} refused of {len(refused_t)}")
-    acts = collect_activations(model, template, instructions, resid_hooks(model), [-1], batch_size=batch_size)[:, :, 0].double()
+        raise ValueError(
+            f"need both refused and complied prompts, got {int(refused_t.sum())} refused of {len(refused_t)}"
+        )
+    acts = collect_activations(model, template, instructions, resid_hooks(model), [-1], batch_size=batch_size)[
+        :, :, 0
+    ].double()
     return (acts[refused_t].mean(0) - acts[~refused_t].mean(0)).float()
 
 
-def detector_auroc(det: HarmDetector, model, template, harmful: Sequence[str], harmless: Sequence[str], interventions: Sequence[Intervention] = ()) -> float:
+def detector_auroc(
+    det: HarmDetector,
+    model,
+    template,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    interventions: Sequence[Intervention] = (),
+) -> float:
     check_prompts(harmful, "harmful")
     check_prompts(harmless, "harmless")
-    return auroc(det.score(model, template, harmful, interventions), det.score(model, template, harmless, interventions))
+    return auroc(
+        det.score(model, template, harmful, interventions), det.score(model, template, harmless, interventions)
+    )
 
 
 def layerwise_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

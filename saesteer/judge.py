@@ -16,8 +16,8 @@ paper, not as a harmfulness classifier.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 

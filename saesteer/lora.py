@@ -27,9 +27,10 @@ import copy
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +57,16 @@ class Rank1Lora(torch.nn.Module, Intervention):
 
     order = -1  # part of the model: runs before any other intervention at the same hook
 
-    def __init__(self, layers: Sequence[int], d_in: int, d_out: int, site: str = "mlp_out", alpha: float = 1.0,
-                 seed: int = 0, init_scale: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        layers: Sequence[int],
+        d_in: int,
+        d_out: int,
+        site: str = "mlp_out",
+        alpha: float = 1.0,
+        seed: int = 0,
+        init_scale: Optional[float] = None,
+    ) -> None:
         torch.nn.Module.__init__(self)
         check_choice(site, LoraSite, "Rank1Lora.site")
         self.layers = [int(l) for l in layers]
@@ -66,12 +75,20 @@ class Rank1Lora(torch.nn.Module, Intervention):
         self.site, self.alpha = site, float(alpha)
         g = torch.Generator().manual_seed(seed)
         scale = 1.0 / math.sqrt(d_in) if init_scale is None else init_scale
-        self.a = torch.nn.Parameter(torch.randn(len(self.layers), d_in, generator=g) * scale)  # reads the matrix's input
+        self.a = torch.nn.Parameter(
+            torch.randn(len(self.layers), d_in, generator=g) * scale
+        )  # reads the matrix's input
         self.b = torch.nn.Parameter(torch.zeros(len(self.layers), d_out))  # writes its output (zero: the base model)
 
     @classmethod
-    def for_model(cls, model: HookedTransformer, layers: Optional[Sequence[int]] = None, site: str = "mlp_out",
-                  alpha: float = 1.0, seed: int = 0) -> "Rank1Lora":
+    def for_model(
+        cls,
+        model: HookedTransformer,
+        layers: Optional[Sequence[int]] = None,
+        site: str = "mlp_out",
+        alpha: float = 1.0,
+        seed: int = 0,
+    ) -> Rank1Lora:
         cfg = model.cfg
         layers = list(range(cfg.n_layers)) if layers is None else list(layers)
         bad = [l for l in layers if not 0 <= int(l) < cfg.n_layers]
@@ -90,8 +107,10 @@ class Rank1Lora(torch.nn.Module, Intervention):
         cfg = model.cfg
         d_in, d_out = (cfg.d_mlp, cfg.d_model) if self.site == "mlp_out" else (cfg.d_model, cfg.d_mlp)
         if tuple(self.a.shape[1:]) != (d_in,) or tuple(self.b.shape[1:]) != (d_out,):
-            raise ValueError(f"Rank1Lora({self.site}) has a: {tuple(self.a.shape)}, b: {tuple(self.b.shape)}; "
-                             f"this model needs [n, {d_in}] and [n, {d_out}]")
+            raise ValueError(
+                f"Rank1Lora({self.site}) has a: {tuple(self.a.shape)}, b: {tuple(self.b.shape)}; "
+                f"this model needs [n, {d_in}] and [n, {d_out}]"
+            )
         for layer in self.layers:
             if not 0 <= layer < cfg.n_layers:
                 raise ValueError(f"Rank1Lora layer {layer} out of range for a model with {cfg.n_layers} layers")
@@ -143,7 +162,7 @@ class Rank1Lora(torch.nn.Module, Intervention):
         return save_tensors(Path(path), self.state(), meta)
 
     @classmethod
-    def load(cls, path: Path) -> "Rank1Lora":
+    def load(cls, path: Path) -> Rank1Lora:
         from saesteer.io import load_tensors
 
         tensors, meta = load_tensors(Path(path))
@@ -203,8 +222,12 @@ def sft_batch(model: HookedTransformer, template: ChatTemplate, pairs: Sequence[
     return tokens, mask, target
 
 
-def response_loss(model: HookedTransformer, template: ChatTemplate, pairs: Sequence[tuple[str, str]],
-                  interventions: Sequence[Intervention] = ()) -> torch.Tensor:
+def response_loss(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    pairs: Sequence[tuple[str, str]],
+    interventions: Sequence[Intervention] = (),
+) -> torch.Tensor:
     """Mean cross-entropy of the response tokens (and EOS) given the chat-formatted prompts."""
     tokens, mask, target = sft_batch(model, template, pairs)
     dev = model.cfg.device
@@ -226,7 +249,7 @@ def train_lora(
     lora: Rank1Lora,
     target: Sequence[tuple[str, str]],
     keep: Sequence[tuple[str, str]] = (),
-    cfg: LoraTrainConfig = LoraTrainConfig(),
+    cfg: Optional[LoraTrainConfig] = None,
     *,
     seed: int = 0,
     progress: bool = False,
@@ -234,6 +257,7 @@ def train_lora(
     """Fit ``lora`` (only its a and b) on batches mixing ``target`` and ``keep`` pairs; returns the losses.
 
     Deterministic for ``seed`` (batch order) and the adapter's own seed (init)."""
+    cfg = cfg if cfg is not None else LoraTrainConfig()
     if not target:
         raise ValueError("train_lora needs target (instruction, response) pairs, got none")
     rng = random.Random(seed)
@@ -273,7 +297,9 @@ def train_lora(
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
         model.train(was_training)
-    log.info("LoRA (%s, layers %s): %d steps, loss %.4f -> %.4f", lora.site, lora.layers, cfg.steps, losses[0], losses[-1])
+    log.info(
+        "LoRA (%s, layers %s): %d steps, loss %.4f -> %.4f", lora.site, lora.layers, cfg.steps, losses[0], losses[-1]
+    )
     return losses
 
 
@@ -314,19 +340,31 @@ def category_prompts(acts: Sequence[str], n: int, seed: int = 0, exclude: Sequen
             seen.add(text)
             out.append(text)
     if len(out) < n:  # close to the limit: enumerate what is left, in a seeded order
-        rest = [render(a, t, p, c) for a in order for t in fr.templates
-                for p in (fr.personas if "{persona}" in t else fr.personas[:1])
-                for c in (fr.contexts if "{context}" in t else fr.contexts[:1])]
+        rest = [
+            render(a, t, p, c)
+            for a in order
+            for t in fr.templates
+            for p in (fr.personas if "{persona}" in t else fr.personas[:1])
+            for c in (fr.contexts if "{context}" in t else fr.contexts[:1])
+        ]
         rest = [x for x in dict.fromkeys(rest) if x not in seen]
         rng.shuffle(rest)
         out += rest[: n - len(out)]
     if len(out) < n:
-        raise ValueError(f"category_prompts: only {len(out)} unique prompts of {n} could be built from {len(order)} acts")
+        raise ValueError(
+            f"category_prompts: only {len(out)} unique prompts of {n} could be built from {len(order)} acts"
+        )
     return out
 
 
-def mean_shift(model: HookedTransformer, template: ChatTemplate, prompts: Sequence[str], lora: Intervention,
-               position: int = -1, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mean_shift(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    prompts: Sequence[str],
+    lora: Intervention,
+    position: int = -1,
+    batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(fine-tuned minus base, base mean, fine-tuned mean) residual at every layer's resid_pre, ``position``:
     each [n_layers, d_model] float64."""
     from saesteer.activations import mean_activations, resid_hooks
@@ -334,13 +372,21 @@ def mean_shift(model: HookedTransformer, template: ChatTemplate, prompts: Sequen
     check_prompts(prompts, "prompts")
     hooks = resid_hooks(model)
     base = mean_activations(model, template, prompts, hooks, [position], batch_size=batch_size)[:, 0]
-    tuned = mean_activations(model, template, prompts, hooks, [position], batch_size=batch_size, interventions=[lora])[:, 0]
+    tuned = mean_activations(model, template, prompts, hooks, [position], batch_size=batch_size, interventions=[lora])[
+        :, 0
+    ]
     return tuned - base, base, tuned
 
 
 @torch.no_grad()
-def mean_read(model: HookedTransformer, template: ChatTemplate, prompts: Sequence[str], lora: Rank1Lora,
-              position: int = -1, batch_size: int = 32) -> torch.Tensor:
+def mean_read(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    prompts: Sequence[str],
+    lora: Rank1Lora,
+    position: int = -1,
+    batch_size: int = 32,
+) -> torch.Tensor:
     """Mean over prompts of the adapter's scalar x . a_l at ``position`` (with the adapter on): [n_layers_adapted]."""
     check_prompts(prompts, "prompts")
     tok = model.tokenizer
@@ -356,7 +402,11 @@ def mean_read(model: HookedTransformer, template: ChatTemplate, prompts: Sequenc
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
         with model.hooks(fwd_hooks=collect_hooks(model, [lora]) + [(h, grab) for h in reads]):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
+            model(
+                enc.tokens.to(model.cfg.device),
+                attention_mask=enc.attention_mask.to(model.cfg.device),
+                stop_at_layer=stop,
+            )
         for i, v in store.items():
             total[i] += v.sum()
     return total / len(prompts)

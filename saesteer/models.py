@@ -41,7 +41,7 @@ class LoadedModel:
         return self.model.cfg.d_model
 
 
-def load_model(cfg: "ModelConfig", progress: bool = True) -> LoadedModel:
+def load_model(cfg: ModelConfig, progress: bool = True) -> LoadedModel:
     """The model named by ``cfg.name`` with its chat template, in eval mode."""
     if cfg.name == "organism":
         from saesteer.organism import load_or_train_organism

@@ -30,8 +30,9 @@ names (``count_hooks``; the backups job counts later layers unless told otherwis
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -98,13 +99,20 @@ class BackupRule:
         return (self.relative(intact, edited) > self.backup_threshold) & (rise > self.backup_min_rise)
 
 
-def find_backups(intact: torch.Tensor, edited: torch.Tensor, rule: BackupRule = BackupRule(),
-                 excluded: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def find_backups(
+    intact: torch.Tensor,
+    edited: torch.Tensor,
+    rule: Optional[BackupRule] = None,
+    excluded: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(backup mask, relative change) of monitored features from their mean activations [n].
 
     ``excluded``: features that cannot be backups (the edited ones themselves)."""
+    rule = rule if rule is not None else BackupRule()
     if intact.shape != edited.shape:
-        raise ValueError(f"intact and edited activations differ in shape: {tuple(intact.shape)} vs {tuple(edited.shape)}")
+        raise ValueError(
+            f"intact and edited activations differ in shape: {tuple(intact.shape)} vs {tuple(edited.shape)}"
+        )
     rel = rule.relative(intact, edited)
     mask = rule.is_backup(intact, edited)
     if excluded is not None:
@@ -148,11 +156,17 @@ def monitored_activations(
         store[hook.name] = x[:, pos].detach().float()
 
     tok = model.tokenizer
-    for idx in tqdm(length_sorted_batches([len(p) for p in prompts], batch_size), desc=desc, disable=not progress, leave=False):
+    for idx in tqdm(
+        length_sorted_batches([len(p) for p in prompts], batch_size), desc=desc, disable=not progress, leave=False
+    ):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
         store.clear()
         with model.hooks(fwd_hooks=edit_hooks + [(h, grab) for h in hooks]):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
+            model(
+                enc.tokens.to(model.cfg.device),
+                attention_mask=enc.attention_mask.to(model.cfg.device),
+                stop_at_layer=stop,
+            )
         for h in hooks:
             w = weights[h]
             acts = w.encode(store[h].to(w.W_enc.device))  # [B, P, d_sae]
@@ -251,7 +265,7 @@ def edit_curve(
     monitor_prompts: Optional[Sequence[str]] = None,
     monitors: Sequence[FeatureSet] = (),
     count_hooks: Optional[Sequence[str]] = None,
-    rule: BackupRule = BackupRule(),
+    rule: Optional[BackupRule] = None,
     values: float | Sequence[float] = 0.0,
     hook: Optional[str] = None,
     apply_to: str = "both",
@@ -266,6 +280,7 @@ def edit_curve(
     ``values``: one number, or one per ranked feature (the first k are used at step k).
     ``count_hooks``: hooks whose monitored features count as backups (default: every
     monitored hook other than the edited one)."""
+    rule = rule if rule is not None else BackupRule()
     check_prompts(refusal_prompts, "refusal_prompts")
     if monitor_prompts is not None:
         check_prompts(monitor_prompts, "monitor_prompts")
@@ -284,25 +299,44 @@ def edit_curve(
     monitors = list(monitors)
     counted = [m.hook for m in monitors if m.hook != hook] if count_hooks is None else list(count_hooks)
     kw = dict(batch_size=monitor_batch_size)
-    intact = monitored_activations(model, template, monitor_prompts, monitors, desc=f"{desc} monitors k=0", **kw) if monitors else {}
+    intact = (
+        monitored_activations(model, template, monitor_prompts, monitors, desc=f"{desc} monitors k=0", **kw)
+        if monitors
+        else {}
+    )
     steps = []
     for k in tqdm(range(k_max + 1), desc=desc, disable=not progress, leave=False):
         feats = ranking[:k]
         specs = [] if k == 0 else [EditFeatures(sae, feats, mode="set", values=vals[:k], apply_to=apply_to, hook=hook)]
         with steer(model, specs):
-            rate = refusal_eval(model, template, list(refusal_prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                desc=f"{desc} k={k}").rate
-        edited = intact if k == 0 else (
-            monitored_activations(model, template, monitor_prompts, monitors, interventions=specs, desc=f"{desc} monitors k={k}", **kw)
-            if monitors else {})
+            rate = refusal_eval(
+                model,
+                template,
+                list(refusal_prompts),
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                desc=f"{desc} k={k}",
+            ).rate
+        edited = (
+            intact
+            if k == 0
+            else (
+                monitored_activations(
+                    model, template, monitor_prompts, monitors, interventions=specs, desc=f"{desc} monitors k={k}", **kw
+                )
+                if monitors
+                else {}
+            )
+        )
         changes = {}
         for m in monitors:
             a, b = intact[m.hook], edited[m.hook]
             excluded = torch.tensor([m.hook == hook and f in set(feats) for f in m.features], dtype=torch.bool)
             mask, rel = find_backups(a.mean(0), b.mean(0), rule, excluded)
             per_prompt = rule.is_backup(a, b) & ~excluded[None]
-            changes[m.hook] = FeatureChange(m.hook, list(m.features), a.mean(0), b.mean(0), rel, mask, excluded,
-                                            per_prompt.double().mean(0))
+            changes[m.hook] = FeatureChange(
+                m.hook, list(m.features), a.mean(0), b.mean(0), rel, mask, excluded, per_prompt.double().mean(0)
+            )
         step = CutStep(k, feats, rate, changes, counted)
         log.info("%s k=%d: refusal %.3f, backups %d", desc, k, rate, step.n_backups)
         steps.append(step)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -35,7 +36,9 @@ def save_fig(fig, path: Path) -> Path:
     return path
 
 
-def heatmaps(grids: dict[str, Any], xlabels: Sequence[Any], ylabels: Sequence[Any], path: Path, title: str = "", marker=None) -> Path:
+def heatmaps(
+    grids: dict[str, Any], xlabels: Sequence[Any], ylabels: Sequence[Any], path: Path, title: str = "", marker=None
+) -> Path:
     """One heatmap per named grid [n_y, n_x] side by side (e.g. score by layer x position)."""
     fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 0.35 * len(ylabels) + 2.2), squeeze=False)
     for ax, (name, grid) in zip(axes[0], grids.items()):
@@ -53,7 +56,9 @@ def heatmaps(grids: dict[str, Any], xlabels: Sequence[Any], ylabels: Sequence[An
     return save_fig(fig, path)
 
 
-def line_plot(series: dict[str, Sequence[float]], x: Sequence[Any], path: Path, xlabel: str, ylabel: str, title: str = "") -> Path:
+def line_plot(
+    series: dict[str, Sequence[float]], x: Sequence[Any], path: Path, xlabel: str, ylabel: str, title: str = ""
+) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, ys in series.items():
         ax.plot(list(x), list(ys), marker="o", label=name)
@@ -66,7 +71,9 @@ def line_plot(series: dict[str, Sequence[float]], x: Sequence[Any], path: Path, 
     return save_fig(fig, path)
 
 
-def scatter_plot(xs, ys, path: Path, xlabel: str, ylabel: str, title: str = "", highlight: Sequence[int] = (), labels=None) -> Path:
+def scatter_plot(
+    xs, ys, path: Path, xlabel: str, ylabel: str, title: str = "", highlight: Sequence[int] = (), labels=None
+) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.scatter(xs, ys, s=8, alpha=0.5)
     for i in highlight:

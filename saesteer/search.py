@@ -28,9 +28,10 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +42,8 @@ from saesteer.activations import stop_layer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_choice, check_finite_fields, check_positive_ints, check_prompts, choices
 from saesteer.generation import final_logits, length_sorted_batches
-from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.io import atomic_path
+from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.stats import auroc
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,17 @@ class SearchConfig:
     A feature's combined score is the sum over the signals of ``weight_<signal>`` x the signal's z-score over the
     eligible features; a signal of weight 0 is left out."""
 
-    positions: Optional[list[int]] = None  # negative offsets from the end of the prompt; None = every post-instruction position
+    positions: Optional[list[int]] = (
+        None  # negative offsets from the end of the prompt; None = every post-instruction position
+    )
     weight_cosine: float = 1.0
     weight_mean_diff: float = 0.0
     weight_effect_size: float = 1.0
     weight_auroc: float = 0.0
     weight_attribution: float = 1.0
-    min_active_fraction: float = 0.02  # activity filter: a feature is eligible when it fires on at least this share of harmful prompts
+    min_active_fraction: float = (
+        0.02  # activity filter: a feature is eligible when it fires on at least this share of harmful prompts
+    )
     top_n: int = 20  # the top features whose per-prompt activations (exact AUROC, top prompts) are kept
     n_top_prompts: int = 5  # the prompts that activate each of them most
     batch_size: int = 32
@@ -103,7 +108,9 @@ class _ClassStats:
         self.sum += a.sum(0)
         self.sumsq += (a * a).sum(0)
         self.active += (a > 0).double().sum(0)
-        bins = torch.where(a > 0, torch.bucketize(a, HIST_EDGES) + 1, torch.zeros_like(a, dtype=torch.long)).clamp(max=len(HIST_EDGES))
+        bins = torch.where(a > 0, torch.bucketize(a, HIST_EDGES) + 1, torch.zeros_like(a, dtype=torch.long)).clamp(
+            max=len(HIST_EDGES)
+        )
         self.hist.scatter_add_(1, bins.T.contiguous(), torch.ones_like(bins.T, dtype=torch.float64))
 
     @property
@@ -150,7 +157,11 @@ class FeatureScores:
     @property
     def harmful_active_mean(self) -> torch.Tensor:
         """Mean activation on the harmful prompts where the feature fires (0 where it never does)."""
-        return torch.where(self.active_fraction > 0, self.harmful_mean / self.active_fraction.clamp_min(1e-12), torch.zeros_like(self.harmful_mean))
+        return torch.where(
+            self.active_fraction > 0,
+            self.harmful_mean / self.active_fraction.clamp_min(1e-12),
+            torch.zeros_like(self.harmful_mean),
+        )
 
     def top(self, k: int, signed: bool = False) -> list[int]:
         """The top ``k`` refusal features, or with ``signed`` the top ``k`` of either sign (refusal or comply)."""
@@ -169,7 +180,20 @@ class FeatureScores:
     def write_csv(self, path: Path) -> Path:
         rank_of = {f: i for i, f in enumerate(self.ranking)}
         signed_rank_of = {f: i for i, f in enumerate(self.signed_ranking)}
-        cols = ["feature", "rank", "combined", "cosine", "mean_diff", "effect_size", "auroc", "attribution", "harmful_mean", "harmless_mean", "active_fraction", "eligible"]
+        cols = [
+            "feature",
+            "rank",
+            "combined",
+            "cosine",
+            "mean_diff",
+            "effect_size",
+            "auroc",
+            "attribution",
+            "harmful_mean",
+            "harmless_mean",
+            "active_fraction",
+            "eligible",
+        ]
         extra = ["signed_rank", "signed_score", "harmless_active_fraction"] if self.signed_score is not None else []
         order = self.ranking + [f for f in range(len(self.cosine)) if f not in rank_of]
         with atomic_path(path) as tmp:
@@ -177,9 +201,18 @@ class FeatureScores:
                 w = csv.writer(fh)
                 w.writerow(cols + extra)
                 for f in order:
-                    row = [f, rank_of.get(f, ""), *(f"{float(getattr(self, c)[f]):.6g}" for c in cols[2:-1]), bool(self.eligible[f])]
+                    row = [
+                        f,
+                        rank_of.get(f, ""),
+                        *(f"{float(getattr(self, c)[f]):.6g}" for c in cols[2:-1]),
+                        bool(self.eligible[f]),
+                    ]
                     if extra:
-                        row += [signed_rank_of.get(f, ""), f"{float(self.signed_score[f]):.6g}", f"{float(self.harmless_active_fraction[f]):.6g}"]
+                        row += [
+                            signed_rank_of.get(f, ""),
+                            f"{float(self.signed_score[f]):.6g}",
+                            f"{float(self.harmless_active_fraction[f]):.6g}",
+                        ]
                     w.writerow(row)
         return path
 
@@ -198,13 +231,14 @@ def search_features(
     direction: torch.Tensor,
     harmful: Sequence[str],
     harmless: Sequence[str],
-    cfg: SearchConfig = SearchConfig(),
+    cfg: Optional[SearchConfig] = None,
     *,
     refusal_ids: Optional[Sequence[int]] = None,
     hook: Optional[str] = None,
     progress: bool = False,
 ) -> FeatureScores:
     """Score every feature of ``sae`` (at ``hook``) against the refusal mechanism."""
+    cfg = cfg if cfg is not None else SearchConfig()
     from saesteer.activations import check_hooks, n_post_tokens
     from saesteer.directions import refusal_token_ids
 
@@ -237,7 +271,12 @@ def search_features(
 
     for label, prompts in (("harmful", harmful), ("harmless", harmless)):
         want_grad = label == "harmful" and cfg.weights.get("attribution", 0) != 0
-        for idx in tqdm(length_sorted_batches([len(p) for p in prompts], cfg.batch_size), desc=f"search {label}", disable=not progress, leave=False):
+        for idx in tqdm(
+            length_sorted_batches([len(p) for p in prompts], cfg.batch_size),
+            desc=f"search {label}",
+            disable=not progress,
+            leave=False,
+        ):
             enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
             with torch.set_grad_enabled(want_grad), model.hooks(fwd_hooks=[(hook, grab)]):
                 logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
@@ -272,14 +311,35 @@ def search_features(
     signed_eligible = torch.where(signed_score >= 0, eligible, harmless_active >= cfg.min_active_fraction)
     combined = torch.where(eligible, combined, torch.full_like(combined, -math.inf))
     ranking = [int(f) for f in torch.argsort(combined, descending=True, stable=True) if eligible[f]]
-    signed_ranking = [int(f) for f in torch.argsort(signed_score.abs(), descending=True, stable=True) if signed_eligible[f]]
-    scores = FeatureScores(hook, positions, cosine, hs.mean, ls.mean, mean_diff, effect, au, attribution, active_fraction, combined, eligible, ranking,
-                           harmless_active_fraction=harmless_active, signed_score=signed_score, signed_eligible=signed_eligible,
-                           signed_ranking=signed_ranking, harmful_coordinate=coordinate["harmful"] / max(hs.n, 1),
-                           harmless_coordinate=coordinate["harmless"] / max(ls.n, 1))
+    signed_ranking = [
+        int(f) for f in torch.argsort(signed_score.abs(), descending=True, stable=True) if signed_eligible[f]
+    ]
+    scores = FeatureScores(
+        hook,
+        positions,
+        cosine,
+        hs.mean,
+        ls.mean,
+        mean_diff,
+        effect,
+        au,
+        attribution,
+        active_fraction,
+        combined,
+        eligible,
+        ranking,
+        harmless_active_fraction=harmless_active,
+        signed_score=signed_score,
+        signed_eligible=signed_eligible,
+        signed_ranking=signed_ranking,
+        harmful_coordinate=coordinate["harmful"] / max(hs.n, 1),
+        harmless_coordinate=coordinate["harmless"] / max(ls.n, 1),
+    )
     if ranking or signed_ranking:
         top = list(dict.fromkeys(ranking[: cfg.top_n] + signed_ranking[: cfg.top_n]))
-        per_prompt = prompt_activations(model, template, w, hook, positions, list(harmful) + list(harmless), top, cfg.batch_size)
+        per_prompt = prompt_activations(
+            model, template, w, hook, positions, list(harmful) + list(harmless), top, cfg.batch_size
+        )
         nh = len(harmful)
         for j, f in enumerate(top):
             scores.auroc[f] = auroc(per_prompt[:nh, j], per_prompt[nh:, j])
@@ -292,7 +352,16 @@ def search_features(
 
 
 @torch.no_grad()
-def prompt_activations(model, template, w: SaeWeights, hook: str, positions: list[int], prompts: Sequence[str], features: list[int], batch_size: int) -> torch.Tensor:
+def prompt_activations(
+    model,
+    template,
+    w: SaeWeights,
+    hook: str,
+    positions: list[int],
+    prompts: Sequence[str],
+    features: list[int],
+    batch_size: int,
+) -> torch.Tensor:
     """Mean activation over ``positions`` of ``features`` for every prompt: [n_prompts, |features|] float64."""
     check_prompts(prompts, "prompts")
     tok = model.tokenizer
@@ -302,8 +371,14 @@ def prompt_activations(model, template, w: SaeWeights, hook: str, positions: lis
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
         store = {}
-        with model.hooks(fwd_hooks=[(hook, lambda x, hook=None: store.__setitem__("x", x[:, positions].float()))]):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=stop)
+        with model.hooks(
+            fwd_hooks=[(hook, lambda x, hook=None, store=store: store.__setitem__("x", x[:, positions].float()))]
+        ):
+            model(
+                enc.tokens.to(model.cfg.device),
+                attention_mask=enc.attention_mask.to(model.cfg.device),
+                stop_at_layer=stop,
+            )
         a = w.encode(store["x"])[..., features] if full else w.encode_columns(store["x"], features)
         out[idx] = a.mean(1).double().cpu()
     return out

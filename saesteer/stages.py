@@ -11,9 +11,10 @@ import dataclasses
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -64,30 +65,59 @@ class DirectionArtifact:
 
 
 def stage_key(loaded: LoadedModel, *parts: Any) -> str:
-    blob = [model_fingerprint(loaded.model), loaded.template.name] + [json.dumps(p, sort_keys=True, default=str) for p in parts]
+    blob = [model_fingerprint(loaded.model), loaded.template.name] + [
+        json.dumps(p, sort_keys=True, default=str) for p in parts
+    ]
     return hash_strings(blob)
 
 
-def direction_stage(loaded: LoadedModel, data_cfg: Any, dir_cfg: Any, *, path: Optional[str] = None, progress: bool = False) -> DirectionArtifact:
+def direction_stage(
+    loaded: LoadedModel, data_cfg: Any, dir_cfg: Any, *, path: Optional[str] = None, progress: bool = False
+) -> DirectionArtifact:
     """The refusal direction: from ``path``, from the cache, or extracted and selected now."""
     if path:
-        d, meta = load_direction(path, d_model=loaded.d_model, model_name=loaded.name, fingerprint=model_fingerprint(loaded.model))
+        d, meta = load_direction(
+            path, d_model=loaded.d_model, model_name=loaded.name, fingerprint=model_fingerprint(loaded.model)
+        )
         ref = meta.pop("affine_reference", torch.zeros(loaded.n_layers))
         scores_file = Path(path).with_name("candidates.json")
         scores = [CandidateScore(**s) for s in json.loads(scores_file.read_text())] if scores_file.is_file() else []
-        return DirectionArtifact(d, int(meta["layer"]), int(meta["position"]), ref, meta.get("ablation", "plain"), Path(path), meta, scores)
+        return DirectionArtifact(
+            d, int(meta["layer"]), int(meta["position"]), ref, meta.get("ablation", "plain"), Path(path), meta, scores
+        )
     roles = {r: load_role(data_cfg, r) for r in ("harmful_train", "harmless_train", "harmful_val", "harmless_val")}
-    key = stage_key(loaded, {r: p.data_hash for r, p in roles.items()}, dataclasses.asdict(dir_cfg), STAGE_VERSION["directions"])
+    key = stage_key(
+        loaded, {r: p.data_hash for r, p in roles.items()}, dataclasses.asdict(dir_cfg), STAGE_VERSION["directions"]
+    )
     file = cache_dir() / "directions" / key / "direction.safetensors"
     if file.is_file():
         log.info("refusal direction from cache %s", file)
         return direction_stage(loaded, data_cfg, dir_cfg, path=str(file))
     m, tpl = loaded.model, loaded.template
-    cands = compute_candidates(m, tpl, list(roles["harmful_train"].instructions), list(roles["harmless_train"].instructions),
-                               positions=dir_cfg.positions, batch_size=dir_cfg.batch_size, progress=progress)
-    sel = select_direction(m, tpl, cands, list(roles["harmful_val"].instructions), list(roles["harmless_val"].instructions),
-                           dir_cfg, progress=progress)
-    meta = {"model": loaded.name, "model_fingerprint": model_fingerprint(m), "template": tpl.name, "config": dataclasses.asdict(dir_cfg)}
+    cands = compute_candidates(
+        m,
+        tpl,
+        list(roles["harmful_train"].instructions),
+        list(roles["harmless_train"].instructions),
+        positions=dir_cfg.positions,
+        batch_size=dir_cfg.batch_size,
+        progress=progress,
+    )
+    sel = select_direction(
+        m,
+        tpl,
+        cands,
+        list(roles["harmful_val"].instructions),
+        list(roles["harmless_val"].instructions),
+        dir_cfg,
+        progress=progress,
+    )
+    meta = {
+        "model": loaded.name,
+        "model_fingerprint": model_fingerprint(m),
+        "template": tpl.name,
+        "config": dataclasses.asdict(dir_cfg),
+    }
     write_json(file.with_name("candidates.json"), [dataclasses.asdict(s) for s in sel.scores])
     save_direction(file, sel, meta)
     return direction_stage(loaded, data_cfg, dir_cfg, path=str(file))
@@ -139,13 +169,22 @@ def sae_responses(
         rng = random.Random(cfg.sae.seed)
         echo = cfg.model.organism.echo_words
         org = cfg.model.organism
-        return [refuse(rng, p, org.refusal_echo_words, org.n_refusals) for p in harmful] + [comply(p, rng, echo) for p in harmless]
+        return [refuse(rng, p, org.refusal_echo_words, org.n_refusals) for p in harmful] + [
+            comply(p, rng, echo) for p in harmless
+        ]
     from saesteer.generation import generate
 
     prompts = list(harmful) + list(harmless)
     # SAEs at several hooks of one model (the backups stage fits three) read the same conversations: generate once
-    key = hash_strings(["greedy-responses", model_fingerprint(loaded.model), loaded.template.name,
-                        f"max_new_tokens={cfg.sae.max_new_tokens}", *prompts])
+    key = hash_strings(
+        [
+            "greedy-responses",
+            model_fingerprint(loaded.model),
+            loaded.template.name,
+            f"max_new_tokens={cfg.sae.max_new_tokens}",
+            *prompts,
+        ]
+    )
     path = cache_dir() / "responses" / f"{key}.json"
     if path.is_file():
         cached = json.loads(path.read_text())
@@ -153,8 +192,15 @@ def sae_responses(
             log.info("train-sae: greedy responses of the %d prompts from the cache %s", len(prompts), path)
             return cached
         log.warning("train-sae: ignoring the malformed response cache %s", path)
-    responses = generate(loaded.model, loaded.template, prompts, max_new_tokens=cfg.sae.max_new_tokens,
-                         batch_size=cfg.eval.batch_size, progress=cfg.progress, desc=desc)
+    responses = generate(
+        loaded.model,
+        loaded.template,
+        prompts,
+        max_new_tokens=cfg.sae.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        progress=cfg.progress,
+        desc=desc,
+    )
     write_json(path, responses)
     return responses
 
@@ -163,8 +209,13 @@ def sae_fit_key(cfg: Any, loaded: LoadedModel, hook: str, harmful: Sequence[str]
     """The cache key of an SAE fit: its config, hook, model (fingerprint), template and prompts."""
     fingerprint = model_fingerprint(loaded.model)
     key = {
-        "sae": cfg.sae.fit_key_dict(), "hook": hook, "model": loaded.name, "model_fingerprint": fingerprint,
-        "template": loaded.template.name, "harmful": hash_strings(list(harmful)), "harmless": hash_strings(list(harmless)),
+        "sae": cfg.sae.fit_key_dict(),
+        "hook": hook,
+        "model": loaded.name,
+        "model_fingerprint": fingerprint,
+        "template": loaded.template.name,
+        "harmful": hash_strings(list(harmful)),
+        "harmless": hash_strings(list(harmless)),
     }
     return hash_strings([json.dumps(key, sort_keys=True)])
 
@@ -190,19 +241,41 @@ def train_or_reuse_sae(cfg: Any, loaded: LoadedModel, tracker: Any) -> tuple[Any
         log.info("train-sae: reusing the cached SAE %s", fit_dir / SAE_DIR)
         sae = SAE.load_from_disk(str(fit_dir / SAE_DIR), device=loaded.model.cfg.device).eval()
         return sae, {**meta, "sae_path": str(fit_dir / SAE_DIR), "source": "cache"}
-    log.info("train-sae: %d harmful + %d harmless train prompts, responses=%s", len(harmful), len(harmless), sae_cfg.responses)
+    log.info(
+        "train-sae: %d harmful + %d harmless train prompts, responses=%s",
+        len(harmful),
+        len(harmless),
+        sae_cfg.responses,
+    )
     responses = sae_responses(cfg, loaded, harmful, harmless, "responses (train)")
     dataset = build_token_dataset(
-        loaded.model, loaded.template, list(harmful) + list(harmless), sae_cfg.context_size, responses, seed=sae_cfg.seed
+        loaded.model,
+        loaded.template,
+        list(harmful) + list(harmless),
+        sae_cfg.context_size,
+        responses,
+        seed=sae_cfg.seed,
     )
     try:
         result = fit_sae(
-            loaded.model, sae_cfg, dataset, hook, fit_dir, tracker=tracker, progress=cfg.progress,
-            extra_metadata={"template": loaded.template.name, "responses": sae_cfg.responses,
-                            "harmful_source": cfg.data.harmful_train, "harmless_source": cfg.data.harmless_train},
+            loaded.model,
+            sae_cfg,
+            dataset,
+            hook,
+            fit_dir,
+            tracker=tracker,
+            progress=cfg.progress,
+            extra_metadata={
+                "template": loaded.template.name,
+                "responses": sae_cfg.responses,
+                "harmful_source": cfg.data.harmful_train,
+                "harmless_source": cfg.data.harmless_train,
+            },
         )
     except FitInterrupted as exc:
-        raise SystemExit(f"saesteer {getattr(cfg, 'job', 'train-sae')}: {exc}; run the same command again to resume") from None
+        raise SystemExit(
+            f"saesteer {getattr(cfg, 'job', 'train-sae')}: {exc}; run the same command again to resume"
+        ) from None
     return result.sae, {**result.metadata, "sae_path": str(result.path), "source": "fit"}
 
 

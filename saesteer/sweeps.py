@@ -87,8 +87,15 @@ class SweepSummary(Callback):
         from saesteer.tracking import Tracker
 
         job = str(config.get("job", "sweep"))
-        tracker = Tracker.start(f"{job}-sweep", {"sweep_dir": str(sweep_dir)}, sweep_dir, project=logger.project, mode=logger.mode,
-                                entity=logger.get("entity"), group=logger.get("group") or sweep_group(job, sweep_dir))
+        tracker = Tracker.start(
+            f"{job}-sweep",
+            {"sweep_dir": str(sweep_dir)},
+            sweep_dir,
+            project=logger.project,
+            mode=logger.mode,
+            entity=logger.get("entity"),
+            group=logger.get("group") or sweep_group(job, sweep_dir),
+        )
         try:
             tracker.table("sweep/summary", columns, [[r.get(c) for c in columns] for r in rows])
         finally:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,23 @@ class Tracker:
         entity: Optional[str] = None,
         group: Optional[str] = None,
         tags: Sequence[str] = (),
-    ) -> "Tracker":
+    ) -> Tracker:
         mode = os.environ.get("WANDB_MODE", mode) if mode != "disabled" else "disabled"
         if mode == "disabled":
             return cls(None)
         import wandb
 
         run = wandb.init(
-            project=project, entity=entity, group=group, job_type=job, tags=list(tags), config=dict(config),
-            dir=str(run_dir), mode=mode, name=f"{job}-{run_dir.name}", reinit="finish_previous",
+            project=project,
+            entity=entity,
+            group=group,
+            job_type=job,
+            tags=list(tags),
+            config=dict(config),
+            dir=str(run_dir),
+            mode=mode,
+            name=f"{job}-{run_dir.name}",
+            reinit="finish_previous",
         )
         return cls(run)
 

@@ -30,7 +30,9 @@ def _key(model: HookedTransformer) -> tuple:
 
 
 @torch.no_grad()
-def _restricted(model: HookedTransformer) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+def _restricted(
+    model: HookedTransformer,
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(live ids, W_U[:, live], b_U[live]), or Nones when restricting would not pay; cached per weights version."""
     key = _key(model)
     hit = getattr(model.unembed, _ATTR, None)

@@ -64,8 +64,10 @@ def main() -> None:
         return r.token_ids
 
     providers = {
-        "generate/full_unembed": lambda: gen(False), "generate/restricted_unembed": lambda: gen(True),
-        "suffix/full_passes": lambda: suffix(False), "suffix/prefix_cache": lambda: suffix(True),
+        "generate/full_unembed": lambda: gen(False),
+        "generate/restricted_unembed": lambda: gen(True),
+        "suffix/full_passes": lambda: suffix(False),
+        "suffix/prefix_cache": lambda: suffix(True),
     }
     times: dict[str, list[float]] = {k: [] for k in providers}
     outputs: dict[str, object] = {}
@@ -74,7 +76,10 @@ def main() -> None:
             t0 = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    for a, b in (("generate/full_unembed", "generate/restricted_unembed"), ("suffix/full_passes", "suffix/prefix_cache")):
+    for a, b in (
+        ("generate/full_unembed", "generate/restricted_unembed"),
+        ("suffix/full_passes", "suffix/prefix_cache"),
+    ):
         if outputs[a] != outputs[b]:
             raise SystemExit(f"{a} and {b} disagree: the benchmark's providers must give the same outputs")
     rows = [{"provider": k, "median_s": round(statistics.median(v), 3), "runs": len(v)} for k, v in times.items()]
@@ -86,8 +91,10 @@ def main() -> None:
     med = {r["provider"]: r["median_s"] for r in rows}
     for r in rows:
         print(f"{r['provider']:<30} {r['median_s']:8.3f} s")
-    print(f"restricted unembedding: {med['generate/full_unembed'] / med['generate/restricted_unembed']:.2f}x on {len(prompts)} prompts; "
-          f"prefix cache: {med['suffix/full_passes'] / med['suffix/prefix_cache']:.2f}x on {args.suffix_steps} suffix steps")
+    print(
+        f"restricted unembedding: {med['generate/full_unembed'] / med['generate/restricted_unembed']:.2f}x on {len(prompts)} prompts; "
+        f"prefix cache: {med['suffix/full_passes'] / med['suffix/prefix_cache']:.2f}x on {args.suffix_steps} suffix steps"
+    )
     print(f"wrote {args.out}")
 
 

@@ -45,8 +45,17 @@ import torch
 import saesteer.kernels as sk
 
 CSV_COLUMNS = [
-    "provider", "sae_arch", "d_model", "d_sae", "n_features", "phase",
-    "batch", "seq", "ms", "ratio_vs_unsteered", "peak_mb",
+    "provider",
+    "sae_arch",
+    "d_model",
+    "d_sae",
+    "n_features",
+    "phase",
+    "batch",
+    "seq",
+    "ms",
+    "ratio_vs_unsteered",
+    "peak_mb",
 ]
 SIZES = {"small": [(256, [2048])], "large": [(2304, [16384, 65536])]}
 ARCHS = ("relu", "jumprelu", "topk")
@@ -110,8 +119,7 @@ def build_sae_lens(arch: str, w: SAEWeights, features: torch.Tensor):
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
     d_in, d_sae = w.W_enc.shape
-    common = dict(d_in=d_in, d_sae=d_sae, dtype=str(w.W_enc.dtype).replace("torch.", ""),
-                  device=str(w.W_enc.device))
+    common = dict(d_in=d_in, d_sae=d_sae, dtype=str(w.W_enc.dtype).replace("torch.", ""), device=str(w.W_enc.device))
     if arch == "relu":
         sae = StandardSAE(StandardSAEConfig(**common))
     elif arch == "jumprelu":
@@ -147,8 +155,16 @@ def make_hook(provider: str, arch: str, w: SAEWeights, features: torch.Tensor):
 
         def topk_hook(resid, hook):  # noqa: ARG001
             return sk.topk_feature_edit(
-                resid, w.W_enc, w.b_enc, w.W_dec, k=TOPK_K, features=feats, b_dec=w.b_dec,
-                mode="set", values=values, force_triton=force,
+                resid,
+                w.W_enc,
+                w.b_enc,
+                w.W_dec,
+                k=TOPK_K,
+                features=feats,
+                b_dec=w.b_dec,
+                mode="set",
+                values=values,
+                force_triton=force,
             )
 
         return topk_hook
@@ -159,8 +175,15 @@ def make_hook(provider: str, arch: str, w: SAEWeights, features: torch.Tensor):
 
     def sparse_hook(resid, hook):  # noqa: ARG001
         return sk.sparse_feature_edit(
-            resid, W_enc_F, b_enc_F, W_dec_F, b_dec=w.b_dec, threshold_F=thr_F,
-            mode="set", values=values, force_triton=force,
+            resid,
+            W_enc_F,
+            b_enc_F,
+            W_dec_F,
+            b_dec=w.b_dec,
+            threshold_F=thr_F,
+            mode="set",
+            values=values,
+            force_triton=force,
         )
 
     return sparse_hook
@@ -222,9 +245,7 @@ def peak_mb(fn, device: str) -> float:
     return rss.peak_mb
 
 
-def time_round_robin(
-    fns: dict[str, callable], device: str, warmup: int, repeats: int
-) -> dict[str, list[float]]:
+def time_round_robin(fns: dict[str, callable], device: str, warmup: int, repeats: int) -> dict[str, list[float]]:
     """Millisecond samples per function; the functions are interleaved each repeat."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -284,9 +305,13 @@ def kernel_bytes(arch: str, n_tokens: int, d_model: int, d_sae: int, n_feat: int
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sizes", choices=["small", "large", "all"], default=None,
-                   help="small: d_model 256 / d_sae 2048; large: d_model 2304 / d_sae 16k, 64k "
-                        "(default: small on cpu, all on cuda)")
+    p.add_argument(
+        "--sizes",
+        choices=["small", "large", "all"],
+        default=None,
+        help="small: d_model 256 / d_sae 2048; large: d_model 2304 / d_sae 16k, 64k "
+        "(default: small on cpu, all on cuda)",
+    )
     p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
     p.add_argument("--n-features", nargs="+", type=int, default=None, help="default 1 8 32 (quick: 1 32)")
     p.add_argument("--phases", nargs="+", choices=["prefill", "decode"], default=["prefill", "decode"])
@@ -294,16 +319,28 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, default=512, help="prefill sequence length")
     p.add_argument("--decode-batch", type=int, default=32)
     p.add_argument("--d-vocab", type=int, default=4096)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="model and SAE dtype (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="model and SAE dtype (default: bfloat16 on cuda, float32 on cpu)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed runs per provider (default 20 cuda, 7 cpu)")
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--decode-repeat-factor", type=int, default=5,
-                   help="decode runs are cheap: time them this many times more often")
+    p.add_argument(
+        "--decode-repeat-factor",
+        type=int,
+        default=5,
+        help="decode runs are cheap: time them this many times more often",
+    )
     p.add_argument("--quick", action="store_true", help="fewer feature counts, repeats and warmup")
     p.add_argument("--no-sae-lens", action="store_true", help="skip the sae_lens provider")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice); 1 is steadier on a loaded machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is steadier on a loaded machine",
+    )
     p.add_argument("--out", default="bench_steering.csv")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -340,16 +377,20 @@ def main(argv=None) -> int:
     if triton_ok:
         providers.append("saesteer_triton")
     else:
-        print(f"note: saesteer_triton skipped (device={device}, triton available={sk.triton_available()}); "
-              "the Triton kernels run compiled on CUDA only")
+        print(
+            f"note: saesteer_triton skipped (device={device}, triton available={sk.triton_available()}); "
+            "the Triton kernels run compiled on CUDA only"
+        )
     size_list = SIZES["small"] + SIZES["large"] if args.sizes == "all" else SIZES[args.sizes]
     phases = {"prefill": (args.batch, args.seq), "decode": (args.decode_batch, 1)}
 
     rows: list[dict] = []
     kernel_rows: list[dict] = []
     copy_bw = copy_bandwidth_gbs(device, (1 << 30) if device == "cuda" else (1 << 28))
-    print(f"device={device} dtype={args.dtype} torch threads={torch.get_num_threads()} repeats={args.repeats} "
-          f"warmup={args.warmup}")
+    print(
+        f"device={device} dtype={args.dtype} torch threads={torch.get_num_threads()} repeats={args.repeats} "
+        f"warmup={args.warmup}"
+    )
     for d_model, d_saes in size_list:
         model = build_model(d_model, max(args.seq, 1), args.d_vocab, device, dtype)
         hook_name = f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"
@@ -365,7 +406,7 @@ def main(argv=None) -> int:
                         batch, seq = phases[phase]
                         tokens = torch.randint(0, args.d_vocab, (batch, seq), device=device)
 
-                        def run(provider, tokens=tokens):
+                        def run(provider, tokens=tokens, model=model, hooks=hooks, hook_point=hook_point):
                             with torch.no_grad():
                                 if provider == "unsteered":
                                     return model(tokens)
@@ -385,32 +426,57 @@ def main(argv=None) -> int:
                         ratio = {p: paired_ratio(samples[p], samples["unsteered"]) for p in providers}
                         for p in providers:
                             mem = peak_mb(fns[p], device)
-                            rows.append(dict(
-                                provider=p, sae_arch=arch, d_model=d_model, d_sae=d_sae, n_features=n_feat,
-                                phase=phase, batch=batch, seq=seq, ms=round(ms[p], 3),
-                                ratio_vs_unsteered=round(ratio[p], 3), peak_mb=round(mem, 1),
-                            ))
-                        print(f"  d_model={d_model} d_sae={d_sae} {arch:8s} |F|={n_feat:<3d} {phase:7s} "
-                              + "  ".join(f"{p}={ms[p]:.2f}ms({ratio[p]:.3f}x)" for p in providers),
-                              flush=True)
+                            rows.append(
+                                dict(
+                                    provider=p,
+                                    sae_arch=arch,
+                                    d_model=d_model,
+                                    d_sae=d_sae,
+                                    n_features=n_feat,
+                                    phase=phase,
+                                    batch=batch,
+                                    seq=seq,
+                                    ms=round(ms[p], 3),
+                                    ratio_vs_unsteered=round(ratio[p], 3),
+                                    peak_mb=round(mem, 1),
+                                )
+                            )
+                        print(
+                            f"  d_model={d_model} d_sae={d_sae} {arch:8s} |F|={n_feat:<3d} {phase:7s} "
+                            + "  ".join(f"{p}={ms[p]:.2f}ms({ratio[p]:.3f}x)" for p in providers),
+                            flush=True,
+                        )
 
                         # Hook-only timing on the hook's input shape: a low-noise view of the
                         # overhead (est_ratio = 1 + hook ms / unsteered forward ms).
                         resid = torch.randn(batch, seq, d_model, device=device, dtype=dtype)
                         steered = [p for p in providers if p != "unsteered"]
                         ksamples = time_round_robin(
-                            {p: (lambda p=p: hooks[p](resid, None)) for p in steered}, device, args.warmup, reps
+                            {p: (lambda p=p, hooks=hooks, resid=resid: hooks[p](resid, None)) for p in steered},
+                            device,
+                            args.warmup,
+                            reps,
                         )
                         nbytes = kernel_bytes(arch, batch * seq, d_model, d_sae, n_feat, resid.element_size())
                         for p in steered:
                             kms = statistics.median(ksamples[p])
                             gbs = nbytes / (kms * 1e-3) / 1e9
-                            kernel_rows.append(dict(
-                                provider=p, sae_arch=arch, d_model=d_model, d_sae=d_sae, n_features=n_feat,
-                                phase=phase, tokens=batch * seq, hook_ms=round(kms, 4),
-                                est_ratio=round(1 + kms / ms["unsteered"], 4), min_MB=round(nbytes / 2**20, 2),
-                                GBps=round(gbs, 1), pct_of_copy=round(100 * gbs / copy_bw, 1),
-                            ))
+                            kernel_rows.append(
+                                dict(
+                                    provider=p,
+                                    sae_arch=arch,
+                                    d_model=d_model,
+                                    d_sae=d_sae,
+                                    n_features=n_feat,
+                                    phase=phase,
+                                    tokens=batch * seq,
+                                    hook_ms=round(kms, 4),
+                                    est_ratio=round(1 + kms / ms["unsteered"], 4),
+                                    min_MB=round(nbytes / 2**20, 2),
+                                    GBps=round(gbs, 1),
+                                    pct_of_copy=round(100 * gbs / copy_bw, 1),
+                                )
+                            )
                     del hooks
             del w
         del model
@@ -420,8 +486,7 @@ def main(argv=None) -> int:
     print()
     print(fmt_table(rows, CSV_COLUMNS))
     if kernel_rows:
-        print(f"\nhook only (min_MB: compulsory bytes of the edit; "
-              f"copy bandwidth {copy_bw:.0f} GB/s)")
+        print(f"\nhook only (min_MB: compulsory bytes of the edit; copy bandwidth {copy_bw:.0f} GB/s)")
         print(fmt_table(kernel_rows, list(kernel_rows[0])))
     out = Path(args.out)
     with out.open("w", newline="") as fh:

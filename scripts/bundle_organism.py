@@ -16,7 +16,7 @@ import logging
 from omegaconf import OmegaConf
 
 from saesteer.jobs.common import compose
-from saesteer.organism.bundle import BUNDLE_PATH, write_bundle
+from saesteer.organism.bundle import write_bundle
 from saesteer.organism.train import load_organism, organism_path, save_organism, train_organism
 
 
@@ -36,7 +36,9 @@ def main() -> None:
         model, meta = train_organism(cfg)
         save_organism(model, cfg, meta, path)
     out = write_bundle(model, cfg, meta, path.name)
-    print(f"bundled organism {path.name} ({out.stat().st_size / 1e6:.1f} MB, trained in {meta['train_seconds']:.0f}s) -> {out}")
+    print(
+        f"bundled organism {path.name} ({out.stat().st_size / 1e6:.1f} MB, trained in {meta['train_seconds']:.0f}s) -> {out}"
+    )
 
 
 if __name__ == "__main__":

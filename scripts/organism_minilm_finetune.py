@@ -45,8 +45,10 @@ class Classifier(torch.nn.Module):
 @torch.inference_mode()
 def logits(model: Classifier, tok, texts: list[str], batch_size: int = 128) -> torch.Tensor:
     model.eval()
-    out = [model(tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=96, return_tensors="pt"))
-           for i in range(0, len(texts), batch_size)]
+    out = [
+        model(tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=96, return_tensors="pt"))
+        for i in range(0, len(texts), batch_size)
+    ]
     return torch.cat(out)
 
 
@@ -71,8 +73,13 @@ def main() -> None:
     path = str(minilm_dir())
     tok = AutoTokenizer.from_pretrained(path)
     model = Classifier(AutoModel.from_pretrained(path))
-    corpus = build_corpus(tuple(args.sources.split(",")), synthetic_harmful=args.synthetic_harmful,
-                          synthetic_harmless=args.synthetic_harmless, lexicon=args.lexicon, mined_framings=args.mined_framings)
+    corpus = build_corpus(
+        tuple(args.sources.split(",")),
+        synthetic_harmful=args.synthetic_harmful,
+        synthetic_harmless=args.synthetic_harmless,
+        lexicon=args.lexicon,
+        mined_framings=args.mined_framings,
+    )
     harmful, harmless = list(corpus.harmful), list(corpus.harmless)
     n_harm = round(args.batch_size * args.harmful_fraction)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -91,15 +98,27 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     train_seconds = time.perf_counter() - t0
-    sets = {"harmful_test": list(load_prompts("harmful_test").instructions),
-            "harmless_test": list(load_prompts("harmless_test").instructions)[:1000],
-            "overrefusal": list(load_prompts("overrefusal").instructions)}
+    sets = {
+        "harmful_test": list(load_prompts("harmful_test").instructions),
+        "harmless_test": list(load_prompts("harmless_test").instructions)[:1000],
+        "overrefusal": list(load_prompts("overrefusal").instructions),
+    }
     scores = {name: logits(model, tok, texts) for name, texts in sets.items()}
-    sweep = {b: [round(float((scores[n] + float(b) > 0).float().mean()), 3) for n in sets] for b in args.bias.split(",")}
-    row = {"name": "minilm_finetune", "args": vars(args), "train_seconds": round(train_seconds, 1),
-           "n_harmful_train": len(harmful), "n_harmless_train": len(harmless), "bias_sweep": sweep}
-    print(f"{len(harmful)} harmful, {len(harmless)} harmless training prompts, {args.steps} steps in {train_seconds:.0f} s; "
-          "harmful_test / harmless_test / overrefusal")
+    sweep = {
+        b: [round(float((scores[n] + float(b) > 0).float().mean()), 3) for n in sets] for b in args.bias.split(",")
+    }
+    row = {
+        "name": "minilm_finetune",
+        "args": vars(args),
+        "train_seconds": round(train_seconds, 1),
+        "n_harmful_train": len(harmful),
+        "n_harmless_train": len(harmless),
+        "bias_sweep": sweep,
+    }
+    print(
+        f"{len(harmful)} harmful, {len(harmless)} harmless training prompts, {args.steps} steps in {train_seconds:.0f} s; "
+        "harmful_test / harmless_test / overrefusal"
+    )
     for b, rates in sweep.items():
         print(f"bias {b:>5}: " + " / ".join(f"{r:.3f}" for r in rates))
     with open(args.log, "a") as f:

@@ -25,7 +25,7 @@ from saesteer.organism.tokenizer import minilm_dir
 def embed(model, tok, texts, batch_size: int = 256) -> torch.Tensor:
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=96, return_tensors="pt")
+        enc = tok(list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=96, return_tensors="pt")
         h = model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).float()
         out.append(F.normalize((h * mask).sum(1) / mask.sum(1), dim=-1))
@@ -42,9 +42,13 @@ def main() -> None:
     torch.manual_seed(0)
     path = str(minilm_dir())
     tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-    corpus = build_corpus(synthetic_harmful=args.synthetic_harmful, synthetic_harmless=args.synthetic_harmless, lexicon=args.lexicon)
+    corpus = build_corpus(
+        synthetic_harmful=args.synthetic_harmful, synthetic_harmless=args.synthetic_harmless, lexicon=args.lexicon
+    )
     Xh, Xs = embed(model, tok, corpus.harmful), embed(model, tok, corpus.harmless)
-    evals = {n: embed(model, tok, load_prompts(n).instructions) for n in ("harmful_test", "harmless_test", "overrefusal")}
+    evals = {
+        n: embed(model, tok, load_prompts(n).instructions) for n in ("harmful_test", "harmless_test", "overrefusal")
+    }
     X, y = torch.cat([Xh, Xs]), torch.cat([torch.ones(len(Xh)), torch.zeros(len(Xs))])
     w = torch.zeros(X.shape[1], requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
@@ -56,6 +60,7 @@ def main() -> None:
         loss = F.binary_cross_entropy_with_logits(X @ w + b, y, pos_weight=pos_weight) + 1e-4 * (w * w).sum()
         loss.backward()
         return loss
+
     opt.step(closure)
     print(f"{len(Xh)} harmful, {len(Xs)} harmless training prompts; harmful_test / harmless_test / overrefusal")
     with torch.no_grad():

@@ -41,7 +41,9 @@ def main() -> None:
     data = DataConfig()
     sets = {name: load_prompts(name) for name in ("harmful_test", "harmless_test", "overrefusal")}
     # margins of the organism before its calibration shift (the shift is added to every margin alike)
-    margins = {k: first_token_refusal_margin(model, template, list(v.instructions)).double() - bias for k, v in sets.items()}
+    margins = {
+        k: first_token_refusal_margin(model, template, list(v.instructions)).double() - bias for k, v in sets.items()
+    }
     full = sets["harmless_test"]
     where = {t: i for i, t in enumerate(full.instructions)}
     sample = full.take(data.n_test_harmless, seed=data.seed)  # the job's sample: its rows of the full pass

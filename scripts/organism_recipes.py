@@ -50,7 +50,9 @@ def addition_check(model, template, layer: int = 2) -> dict[str, float]:
     out = {}
     for apply_to in ("both", "prompt"):
         with steer(model, [Add(r, alpha=1.0, layer=layer, apply_to=apply_to)]):
-            out[f"addition_L{layer}_{apply_to}"] = round(refusal_rate(generate(model, template, test, max_new_tokens=12, progress=False)), 3)
+            out[f"addition_L{layer}_{apply_to}"] = round(
+                refusal_rate(generate(model, template, test, max_new_tokens=12, progress=False)), 3
+            )
     return out
 
 
@@ -71,7 +73,12 @@ def main() -> None:
     res = load_or_train_organism(cfg)
     model = res.model
     template = get_template("organism")
-    row = {"name": args.name, "overrides": args.overrides, "train_seconds": round(res.train_seconds, 1), "wall": round(time.perf_counter() - t0, 1)}
+    row = {
+        "name": args.name,
+        "overrides": args.overrides,
+        "train_seconds": round(res.train_seconds, 1),
+        "wall": round(time.perf_counter() - t0, 1),
+    }
     margins: dict[str, torch.Tensor] = {}
     for s in SETS:
         ps = load_prompts(s)
@@ -79,7 +86,9 @@ def main() -> None:
             full = refusal_margin(model, template, list(ps.instructions))
             row["harmless_test_full"] = round(float((full > 0).float().mean()), 4)
             if args.bias:
-                row["bias_sweep_harmless_full"] = {b: round(float((full + float(b) > 0).float().mean()), 4) for b in args.bias.split(",")}
+                row["bias_sweep_harmless_full"] = {
+                    b: round(float((full + float(b) > 0).float().mean()), 4) for b in args.bias.split(",")
+                }
             data = DataConfig()
             ps = ps.take(data.n_test_harmless, seed=data.seed)
             where = {t: i for i, t in enumerate(load_prompts(s).instructions)}
@@ -97,8 +106,13 @@ def main() -> None:
                 by.setdefault(c, []).append(x)
             row["overrefusal_by"] = {k: round(sum(v) / len(v), 2) for k, v in by.items()}
     if args.bias:
-        row["bias_sweep"] = {b: [round(float((margins[s] + float(b) > 0).float().mean()), 3) for s in ("harmful_test", "harmless_test", "overrefusal")]
-                             for b in args.bias.split(",")}
+        row["bias_sweep"] = {
+            b: [
+                round(float((margins[s] + float(b) > 0).float().mean()), 3)
+                for s in ("harmful_test", "harmless_test", "overrefusal")
+            ]
+            for b in args.bias.split(",")
+        }
     if args.addition:
         row.update(addition_check(model, template, layer=min(2, model.cfg.n_layers - 1)))
     print(json.dumps(row))

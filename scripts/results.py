@@ -32,9 +32,10 @@ import re
 import shlex
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -99,7 +100,11 @@ def _simple_yaml(text: str) -> Any:
     lines = [l for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
     if lines and all(l.startswith("- ") for l in lines):
         return [l[2:].strip().strip("'\"") for l in lines]
-    return {k.strip(): v.strip().strip("'\"") for k, sep, v in (l.partition(":") for l in lines if not l.startswith((" ", "-"))) if sep}
+    return {
+        k.strip(): v.strip().strip("'\"")
+        for k, sep, v in (l.partition(":") for l in lines if not l.startswith((" ", "-")))
+        if sep
+    }
 
 
 def _marker(path: Path) -> dict[str, Any]:
@@ -136,8 +141,10 @@ def _job(path: Path, metrics: dict[str, Any], marker: dict[str, Any]) -> str:
         return marker["job"]
     if any("/" in k for k in metrics):
         return "pipeline"
-    raise ResultsError(f"{path}: cannot tell which job wrote it (no .hydra/config.yaml, no run.json or .saesteer-run.json, "
-                       "and its metrics.json keys carry no stage prefix)")
+    raise ResultsError(
+        f"{path}: cannot tell which job wrote it (no .hydra/config.yaml, no run.json or .saesteer-run.json, "
+        "and its metrics.json keys carry no stage prefix)"
+    )
 
 
 def _date(path: Path, marker: dict[str, Any]) -> str:
@@ -145,11 +152,9 @@ def _date(path: Path, marker: dict[str, Any]) -> str:
         v = marker.get(key)
         if isinstance(v, str) and re.match(r"\d{4}-\d{2}-\d{2}", v):
             return v[:10]
-    m = None
-    for m in _STAMP.finditer(str(path.resolve())):
-        pass
-    if m is not None:
-        return m.group(1)
+    stamps = list(_STAMP.finditer(str(path.resolve())))
+    if stamps:
+        return stamps[-1].group(1)
     return _dt.date.fromtimestamp((path / "metrics.json").stat().st_mtime).isoformat()
 
 
@@ -197,7 +202,7 @@ def fmt(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "-"
-        if v != 0 and abs(v) < 10 ** -digits:
+        if v != 0 and abs(v) < 10**-digits:
             return f"{v:.1e}"
         return f"{v:.{digits}f}"
     if isinstance(v, (list, tuple)):
@@ -258,33 +263,74 @@ def directions_section(m: dict[str, Any]) -> str:
         fb = "; selection fell back" if m.get("selection_fallback") else "; every filter of the paper passed"
         head.append(f"Selected: layer {m['selected_layer']}, position {m['selected_position']}{how}{fb}.")
     alpha = m.get("addition_prompt_only_best_alpha")
-    rows = _rows(m, [
-        ("baseline", "baseline_harmful_refusal", None, None),
-        ("baseline, harmless_test", "baseline_harmless_refusal", None, "ce_harmless_baseline"),
-        ("plain ablation (every layer)", "ablation_harmful_refusal", "ablation_kl_harmless", "ce_harmless_ablation"),
-        ("affine ablation (every layer)", "affine_ablation_harmful_refusal", "affine_ablation_kl_harmless", "ce_harmless_affine_ablation"),
-        ("norm-matched random direction ablated", "random_ablation_harmful_refusal", "random_ablation_kl_harmless", "ce_harmless_random_ablation"),
-        ("addition (alpha 1, every token), harmless_test", "addition_harmless_refusal", None, None),
-        (f"addition (alpha {fmt(alpha, 2) if alpha is not None else '?'}, prompt tokens only), harmless_test",
-         "addition_prompt_only_harmless_refusal", None, None),
-        ("random direction added, harmless_test", "random_addition_harmless_refusal", None, None),
-    ])
-    out = head + [table(["intervention (harmful_test unless named)", "refusal", "KL on harmless_test", "CE on harmless_test"], rows)]
+    rows = _rows(
+        m,
+        [
+            ("baseline", "baseline_harmful_refusal", None, None),
+            ("baseline, harmless_test", "baseline_harmless_refusal", None, "ce_harmless_baseline"),
+            (
+                "plain ablation (every layer)",
+                "ablation_harmful_refusal",
+                "ablation_kl_harmless",
+                "ce_harmless_ablation",
+            ),
+            (
+                "affine ablation (every layer)",
+                "affine_ablation_harmful_refusal",
+                "affine_ablation_kl_harmless",
+                "ce_harmless_affine_ablation",
+            ),
+            (
+                "norm-matched random direction ablated",
+                "random_ablation_harmful_refusal",
+                "random_ablation_kl_harmless",
+                "ce_harmless_random_ablation",
+            ),
+            ("addition (alpha 1, every token), harmless_test", "addition_harmless_refusal", None, None),
+            (
+                f"addition (alpha {fmt(alpha, 2) if alpha is not None else '?'}, prompt tokens only), harmless_test",
+                "addition_prompt_only_harmless_refusal",
+                None,
+                None,
+            ),
+            ("random direction added, harmless_test", "random_addition_harmless_refusal", None, None),
+        ],
+    )
+    out = head + [
+        table(
+            ["intervention (harmful_test unless named)", "refusal", "KL on harmless_test", "CE on harmless_test"], rows
+        )
+    ]
     tail = []
     if "orthogonalized_max_logit_diff" in m:
-        tail.append(f"Orthogonalized weights against the hook ablation: max logit difference {fmt(m['orthogonalized_max_logit_diff'])}.")
+        tail.append(
+            f"Orthogonalized weights against the hook ablation: max logit difference {fmt(m['orthogonalized_max_logit_diff'])}."
+        )
     if _has(m, "harm_detector_auroc", "harm_detector_auroc_under_ablation"):
-        tail.append(f"Harm detector at t_inst, AUROC harmful_test vs harmless_test: {fmt(m['harm_detector_auroc'])} "
-                    f"({fmt(m['harm_detector_auroc_under_ablation'])} with the refusal direction ablated).")
+        tail.append(
+            f"Harm detector at t_inst, AUROC harmful_test vs harmless_test: {fmt(m['harm_detector_auroc'])} "
+            f"({fmt(m['harm_detector_auroc_under_ablation'])} with the refusal direction ablated)."
+        )
     if tail:
         out.append(" ".join(tail))
     return "\n\n".join(out)
 
 
 def sae_section(m: dict[str, Any]) -> str:
-    rows = _rows(m, [("architecture", "architecture"), ("hook", "hook"), ("d_sae", "d_sae"), ("training tokens", "n_training_tokens"),
-                     ("explained variance", "explained_variance"), ("L0", "l0"), ("dead fraction", "dead_fraction"),
-                     ("CE loss recovered", "ce_loss_recovered"), ("held-out tokens", "n_eval_tokens")])
+    rows = _rows(
+        m,
+        [
+            ("architecture", "architecture"),
+            ("hook", "hook"),
+            ("d_sae", "d_sae"),
+            ("training tokens", "n_training_tokens"),
+            ("explained variance", "explained_variance"),
+            ("L0", "l0"),
+            ("dead fraction", "dead_fraction"),
+            ("CE loss recovered", "ce_loss_recovered"),
+            ("held-out tokens", "n_eval_tokens"),
+        ],
+    )
     return table(["SAE", "value"], rows)
 
 
@@ -294,23 +340,52 @@ def search_section(m: dict[str, Any]) -> str:
     if _has(m, "top1_feature", "top1_cosine", "top1_auroc"):
         line = f"Top refusal feature {m['top1_feature']}: cosine with the direction {fmt(m['top1_cosine'])}, AUROC {fmt(m['top1_auroc'])}"
         if _has(m, "top_signed_feature", "top_signed_cosine", "top_signed_auroc"):
-            line += (f"; first of the signed ranking: feature {m['top_signed_feature']}, cosine {fmt(m['top_signed_cosine'])}, "
-                     f"AUROC {fmt(m['top_signed_auroc'])}")
+            line += (
+                f"; first of the signed ranking: feature {m['top_signed_feature']}, cosine {fmt(m['top_signed_cosine'])}, "
+                f"AUROC {fmt(m['top_signed_auroc'])}"
+            )
         if "n_comply_features" in m:
             line += f"; the top {k} signed features hold {m['n_comply_features']} comply features"
         out.append(line + ".")
     what = "harmless means" if m.get("ablation", "harmless_mean") == "harmless_mean" else "0"
-    rows = _rows(m, [
-        (f"top-{k} signed features set to their {what}", "topk_ablation_harmful_refusal", "topk_ablation_kl_harmless"),
-        (f"{k} random features, the same", "random_k_ablation_harmful_refusal", "random_k_ablation_kl_harmless"),
-        (f"top-{k} refusal features set to 0", "topk_zero_ablation_harmful_refusal", "topk_zero_ablation_kl_harmless"),
-        (f"{k} random features set to 0", "random_k_zero_ablation_harmful_refusal", None),
-        ("direction ablated (affine), every layer", "direction_ablation_harmful_refusal", "direction_ablation_kl_harmless"),
-        ("direction ablated (affine), SAE hook only", "direction_ablation_sae_hook_harmful_refusal", "direction_ablation_sae_hook_kl_harmless"),
-        ("direction projected out (plain), SAE hook only", "direction_plain_ablation_sae_hook_harmful_refusal", None),
-        (f"top-{k} clamped (refusal features high, comply features 0), harmless_test", "topk_clamp_harmless_refusal", None),
-        ("direction added, harmless_test", "direction_addition_harmless_refusal", None),
-    ])
+    rows = _rows(
+        m,
+        [
+            (
+                f"top-{k} signed features set to their {what}",
+                "topk_ablation_harmful_refusal",
+                "topk_ablation_kl_harmless",
+            ),
+            (f"{k} random features, the same", "random_k_ablation_harmful_refusal", "random_k_ablation_kl_harmless"),
+            (
+                f"top-{k} refusal features set to 0",
+                "topk_zero_ablation_harmful_refusal",
+                "topk_zero_ablation_kl_harmless",
+            ),
+            (f"{k} random features set to 0", "random_k_zero_ablation_harmful_refusal", None),
+            (
+                "direction ablated (affine), every layer",
+                "direction_ablation_harmful_refusal",
+                "direction_ablation_kl_harmless",
+            ),
+            (
+                "direction ablated (affine), SAE hook only",
+                "direction_ablation_sae_hook_harmful_refusal",
+                "direction_ablation_sae_hook_kl_harmless",
+            ),
+            (
+                "direction projected out (plain), SAE hook only",
+                "direction_plain_ablation_sae_hook_harmful_refusal",
+                None,
+            ),
+            (
+                f"top-{k} clamped (refusal features high, comply features 0), harmless_test",
+                "topk_clamp_harmless_refusal",
+                None,
+            ),
+            ("direction added, harmless_test", "direction_addition_harmless_refusal", None),
+        ],
+    )
     out.append(table(["edit (harmful_test unless named)", "refusal", "KL on harmless_test"], rows))
     return "\n\n".join(out)
 
@@ -323,7 +398,7 @@ def attack_names(m: dict[str, Any]) -> list[str]:
             continue
         for d in DEFENCES:
             if key.endswith(f"_{d}"):
-                name = key[len("asr_"):-len(d) - 1]
+                name = key[len("asr_") : -len(d) - 1]
                 if name and name not in names:
                     names.append(name)
                 break
@@ -333,60 +408,88 @@ def attack_names(m: dict[str, Any]) -> list[str]:
 def anchor_section(m: dict[str, Any]) -> str:
     out = []
     if _has(m, "gate_auroc_val", "gate_tpr_val", "gate_fpr_val"):
-        out.append(f"Gate on the validation prompts: AUROC {fmt(m['gate_auroc_val'])}, TPR {fmt(m['gate_tpr_val'])}, "
-                   f"FPR {fmt(m['gate_fpr_val'])}; anchored hooks from layer {fmt((m.get('anchor_layers') or ['?'])[0])}, "
-                   f"gate read at layers {fmt(m.get('gate_layers'))}.")
+        out.append(
+            f"Gate on the validation prompts: AUROC {fmt(m['gate_auroc_val'])}, TPR {fmt(m['gate_tpr_val'])}, "
+            f"FPR {fmt(m['gate_fpr_val'])}; anchored hooks from layer {fmt((m.get('anchor_layers') or ['?'])[0])}, "
+            f"gate read at layers {fmt(m.get('gate_layers'))}."
+        )
     rows = []
     for name in attack_names(m):
         label = "(no attack)" if name == "none" else f"`{name}`"
         kl = 0.0 if name == "none" else m.get(f"attack_kl_harmless_{name}")
         rows.append([label] + [m.get(f"asr_{name}_{d}") for d in DEFENCES] + [kl])
-    out.append("Attack success rate (share of harmful_test not refused) per defence; the last column is the attack's own KL "
-               "on harmless_test, undefended (prompt attacks: -).")
+    out.append(
+        "Attack success rate (share of harmful_test not refused) per defence; the last column is the attack's own KL "
+        "on harmless_test, undefended (prompt attacks: -)."
+    )
     out.append(table(["attack", "undefended", "anchored", "CAST", "addition", "attack KL"], rows))
-    cost = [[d, m.get(f"harmless_refusal_{d}"), m.get(f"kl_harmless_{d}"), m.get(f"ce_harmless_{d}")]
-            for d in DEFENCES if f"harmless_refusal_{d}" in m]
+    cost = [
+        [d, m.get(f"harmless_refusal_{d}"), m.get(f"kl_harmless_{d}"), m.get(f"ce_harmless_{d}")]
+        for d in DEFENCES
+        if f"harmless_refusal_{d}" in m
+    ]
     if cost:
         out.append("Cost on harmless_test:")
         out.append(table(["defence", "refusal", "KL", "CE of own completions"], cost))
     if "targets_met" in m:
         strong = m.get("strong_attacks") or []
-        out.append(f"Strong attacks (ASR >= 0.8 undefended): {', '.join(f'`{s}`' for s in strong) or 'none'}; highest anchored ASR among "
-                   f"them {fmt(m.get('max_asr_strong_anchored'))}; over-refusal rise {fmt(m.get('overrefusal_rise_anchored'))}; "
-                   f"targets (strong attacks <= 0.10, rise <= 0.02, KL <= 0.05) met: {fmt(m['targets_met'])}.")
+        out.append(
+            f"Strong attacks (ASR >= 0.8 undefended): {', '.join(f'`{s}`' for s in strong) or 'none'}; highest anchored ASR among "
+            f"them {fmt(m.get('max_asr_strong_anchored'))}; over-refusal rise {fmt(m.get('overrefusal_rise_anchored'))}; "
+            f"targets (strong attacks <= 0.10, rise <= 0.02, KL <= 0.05) met: {fmt(m['targets_met'])}."
+        )
     return "\n\n".join(out)
 
 
 def backups_section(m: dict[str, Any]) -> str:
     out = []
     ks = m.get("k_values") or []
-    curves = [("downstream_refusal_at_k", "harmful_test refusal, top k refusal features cut"),
-              ("upstream_refusal_at_k", "harmful_test refusal, top k harm sensors cut"),
-              ("induction_harmless_refusal_at_k", "harmless_test refusal, top k sensors clamped"),
-              ("downstream_n_backups_at_k", "backup features (downstream cut)")]
+    curves = [
+        ("downstream_refusal_at_k", "harmful_test refusal, top k refusal features cut"),
+        ("upstream_refusal_at_k", "harmful_test refusal, top k harm sensors cut"),
+        ("induction_harmless_refusal_at_k", "harmless_test refusal, top k sensors clamped"),
+        ("downstream_n_backups_at_k", "backup features (downstream cut)"),
+    ]
     present = [(k, label) for k, label in curves if isinstance(m.get(k), list)]
     if ks and present:
-        layers = f"cut at layer {m['cut_layer']}, harm sensors at layer {m['upstream_layer']}" if _has(m, "cut_layer", "upstream_layer") else ""
+        layers = (
+            f"cut at layer {m['cut_layer']}, harm sensors at layer {m['upstream_layer']}"
+            if _has(m, "cut_layer", "upstream_layer")
+            else ""
+        )
         if layers:
             out.append(f"Features {layers}.")
         rows = [[str(k)] + [m[key][i] if i < len(m[key]) else None for key, _ in present] for i, k in enumerate(ks)]
         out.append(table(["k", *(label for _, label in present)], rows))
     facts = []
     if "n_backup_features" in m:
-        facts.append(f"backup features at k = {m.get('k_max', '?')}: {m['n_backup_features']}"
-                     + (f" ({', '.join(map(str, m['backup_features']))})" if m.get("backup_features") else ""))
+        facts.append(
+            f"backup features at k = {m.get('k_max', '?')}: {m['n_backup_features']}"
+            + (f" ({', '.join(map(str, m['backup_features']))})" if m.get("backup_features") else "")
+        )
     for side in ("downstream", "upstream"):
         if f"{side}_random_refusal_at_kmax" in m:
-            facts.append(f"{side}: {m.get('k_max', '?')} random features cut: {fmt(m[f'{side}_random_refusal_at_kmax'])}")
+            facts.append(
+                f"{side}: {m.get('k_max', '?')} random features cut: {fmt(m[f'{side}_random_refusal_at_kmax'])}"
+            )
     if facts:
         out.append(_sentence(facts))
     if "recipe_harmful_test_refusal" in m:
         recipe = m.get("recipe", "recipe")
-        rows = _rows(m, [("harmful_test refusal", "baseline_harmful_refusal", "recipe_harmful_test_refusal"),
-                         ("harmless_test refusal", "harmless_test_refusal", "recipe_harmless_test_refusal"),
-                         ("refusal, direction cut at its layer", "direction_cut_refusal", "recipe_direction_cut_refusal"),
-                         ("backup features, direction cut", "direction_cut_n_backup_features", "recipe_direction_cut_n_backup_features"),
-                         ("backup features, top k cut", "n_backup_features", "recipe_n_backup_features")])
+        rows = _rows(
+            m,
+            [
+                ("harmful_test refusal", "baseline_harmful_refusal", "recipe_harmful_test_refusal"),
+                ("harmless_test refusal", "harmless_test_refusal", "recipe_harmless_test_refusal"),
+                ("refusal, direction cut at its layer", "direction_cut_refusal", "recipe_direction_cut_refusal"),
+                (
+                    "backup features, direction cut",
+                    "direction_cut_n_backup_features",
+                    "recipe_direction_cut_n_backup_features",
+                ),
+                ("backup features, top k cut", "n_backup_features", "recipe_n_backup_features"),
+            ],
+        )
         out.append(table(["", "organism", f"fine-tuned (`{recipe}`)"], rows))
     return "\n\n".join(out)
 
@@ -394,21 +497,51 @@ def backups_section(m: dict[str, Any]) -> str:
 def emergent_section(m: dict[str, Any]) -> str:
     out = []
     if "category" in m:
-        out.append(f"Rank-1 LoRA fine-tuned to comply with `{m['category']}` only; refusal on the other harm categories and elsewhere.")
+        out.append(
+            f"Rank-1 LoRA fine-tuned to comply with `{m['category']}` only; refusal on the other harm categories and elsewhere."
+        )
     mode = m.get("ablation", "affine")
-    rows = _rows(m, [
-        ("other categories", "base_refusal_other_categories", "finetuned_refusal_other_categories", "ablated_refusal_other_categories",
-         "random_ablated_refusal_other_categories"),
-        ("target category, held-out acts", "base_refusal_target_heldout", "finetuned_refusal_target_heldout", None, None),
-        ("harmful_test", "base_refusal_harmful_test", "finetuned_refusal_harmful_test", None, None),
-        ("harmless_test", "base_refusal_harmless", "finetuned_refusal_harmless", None, None),
-    ])
-    out.append(table(["refusal on", "base", "fine-tuned", f"fine-tuned, EM direction ablated ({mode})", "fine-tuned, random direction ablated"], rows))
+    rows = _rows(
+        m,
+        [
+            (
+                "other categories",
+                "base_refusal_other_categories",
+                "finetuned_refusal_other_categories",
+                "ablated_refusal_other_categories",
+                "random_ablated_refusal_other_categories",
+            ),
+            (
+                "target category, held-out acts",
+                "base_refusal_target_heldout",
+                "finetuned_refusal_target_heldout",
+                None,
+                None,
+            ),
+            ("harmful_test", "base_refusal_harmful_test", "finetuned_refusal_harmful_test", None, None),
+            ("harmless_test", "base_refusal_harmless", "finetuned_refusal_harmless", None, None),
+        ],
+    )
+    out.append(
+        table(
+            [
+                "refusal on",
+                "base",
+                "fine-tuned",
+                f"fine-tuned, EM direction ablated ({mode})",
+                "fine-tuned, random direction ablated",
+            ],
+            rows,
+        )
+    )
     facts = []
     cos = m.get("em_direction_cosine_refusal")
     if isinstance(cos, list):
-        facts.append("cosine of the EM direction with each layer's refusal direction, by layer: " + fmt(cos)
-                     + (f" (the EM direction ablated: layer {m['em_ablate_layer']})" if "em_ablate_layer" in m else ""))
+        facts.append(
+            "cosine of the EM direction with each layer's refusal direction, by layer: "
+            + fmt(cos)
+            + (f" (the EM direction ablated: layer {m['em_ablate_layer']})" if "em_ablate_layer" in m else "")
+        )
     elif cos is not None:
         facts.append(f"cosine of the EM direction with the refusal direction {fmt(cos)}")
     if "ablated_refusal_other_categories_plain" in m and mode != "plain":
@@ -421,12 +554,31 @@ def emergent_section(m: dict[str, Any]) -> str:
 
 
 SECTIONS = {
-    "organism": ("Organism refusal", organism_section, "Share of each prompt set refused (greedy, refusal-substring judge)"),
-    "directions": ("Refusal direction", directions_section, "Difference-in-means direction, selected as in Arditi et al. 2024; "
-                   "held-out effects of ablating and adding it"),
-    "train_sae": ("SAE", sae_section, "SAE fitted through sae_lens at the direction's layer; quality on held-out tokens"),
-    "search": ("Feature search", search_section, "SAE features ranked against the refusal direction; edits scored on held-out prompts"),
-    "anchor": ("Anchor against attacks", anchor_section, "Attack success rate on harmful_test per defence, and each defence's cost on harmless_test"),
+    "organism": (
+        "Organism refusal",
+        organism_section,
+        "Share of each prompt set refused (greedy, refusal-substring judge)",
+    ),
+    "directions": (
+        "Refusal direction",
+        directions_section,
+        "Difference-in-means direction, selected as in Arditi et al. 2024; held-out effects of ablating and adding it",
+    ),
+    "train_sae": (
+        "SAE",
+        sae_section,
+        "SAE fitted through sae_lens at the direction's layer; quality on held-out tokens",
+    ),
+    "search": (
+        "Feature search",
+        search_section,
+        "SAE features ranked against the refusal direction; edits scored on held-out prompts",
+    ),
+    "anchor": (
+        "Anchor against attacks",
+        anchor_section,
+        "Attack success rate on harmful_test per defence, and each defence's cost on harmless_test",
+    ),
     "backups": ("Backups", backups_section, "Refusal as more features are cut, and the later features that rise"),
     "emergent": ("Emergent misalignment", emergent_section, "A rank-1 LoRA trained to comply with one harm category"),
 }
@@ -440,11 +592,19 @@ def _intro(runs: Sequence[Run]) -> list[str]:
     for run in runs:
         where = f" ({run.source})" if run.source else ""
         lines.append(f"- `{run.command}`, {run.date}{where}")
-    out = ["Generated by `python scripts/results.py " + " ".join(_shown(r.path) for r in runs) + "` from:", "", *lines, ""]
+    out = [
+        "Generated by `python scripts/results.py " + " ".join(_shown(r.path) for r in runs) + "` from:",
+        "",
+        *lines,
+        "",
+    ]
     if any(r.budget == "quick" for r in runs):
-        out += ["These are the quick budget's figures (`budget=quick`, conf/budget/quick.yaml: fewer held-out prompts, smaller "
-                "searches), the run `scripts/run.sh` makes. The full budget's figures (`scripts/run.sh budget=full`) "
-                "are in [history/results.md](history/results.md) until it is rerun.", ""]
+        out += [
+            "These are the quick budget's figures (`budget=quick`, conf/budget/quick.yaml: fewer held-out prompts, smaller "
+            "searches), the run `scripts/run.sh` makes. The full budget's figures (`scripts/run.sh budget=full`) "
+            "are in [history/results.md](history/results.md) until it is rerun.",
+            "",
+        ]
     return out
 
 
@@ -461,15 +621,26 @@ def _timing(runs: Sequence[Run]) -> list[str]:
         for stage, m in run.stages.items():
             if "stage_seconds" in m:
                 secs = m.get("computed_seconds") if m.get("reused") else m["stage_seconds"]
-                rows.append([STAGE_JOB.get(stage, stage), fmt(secs / 60 if isinstance(secs, (int, float)) else None, 1),
-                             "cached" if m.get("reused") else "computed"])
+                rows.append(
+                    [
+                        STAGE_JOB.get(stage, stage),
+                        fmt(secs / 60 if isinstance(secs, (int, float)) else None, 1),
+                        "cached" if m.get("reused") else "computed",
+                    ]
+                )
         total = run.extra.get("job_seconds")
         if isinstance(total, (int, float)) and rows:
             rows.append([f"{run.job} (all stages)", fmt(total / 60, 1), ""])
     if not rows:
         return []
-    return ["## Time per stage", "", "Minutes on the machine that ran it (a reused stage: the minutes it took when computed).", "",
-            table(["stage", "minutes", "run"], rows), ""]
+    return [
+        "## Time per stage",
+        "",
+        "Minutes on the machine that ran it (a reused stage: the minutes it took when computed).",
+        "",
+        table(["stage", "minutes", "run"], rows),
+        "",
+    ]
 
 
 def render_results(runs: Sequence[Run]) -> str:
@@ -510,47 +681,87 @@ def headline_rows(runs: Sequence[Run]) -> list[list[str]]:
 
     o, _ = _first(runs, "organism")
     if o:
-        add("organism", "refusal of harmful_test / harmless_test / over-refusal set",
-            _join(o, ["harmful_test_refusal", "harmless_test_refusal", "overrefusal_refusal"]))
+        add(
+            "organism",
+            "refusal of harmful_test / harmless_test / over-refusal set",
+            _join(o, ["harmful_test_refusal", "harmless_test_refusal", "overrefusal_refusal"]),
+        )
     d, _ = _first(runs, "directions")
     if d:
         if _has(d, "selected_layer", "selected_position"):
             add("directions", "layer, position", f"{d['selected_layer']}, {d['selected_position']}")
-        add("directions", "affine / plain ablation, harmful_test refusal", _join(d, ["affine_ablation_harmful_refusal", "ablation_harmful_refusal"]))
+        add(
+            "directions",
+            "affine / plain ablation, harmful_test refusal",
+            _join(d, ["affine_ablation_harmful_refusal", "ablation_harmful_refusal"]),
+        )
         add("directions", "addition, harmless_test refusal", _join(d, ["addition_harmless_refusal"]))
     s, _ = _first(runs, "train_sae")
     if s:
-        add("train-sae", "explained variance / CE loss recovered", _join(s, ["explained_variance", "ce_loss_recovered"]))
+        add(
+            "train-sae", "explained variance / CE loss recovered", _join(s, ["explained_variance", "ce_loss_recovered"])
+        )
     f, _ = _first(runs, "search")
     if f:
         k = f.get("k", "k")
-        add("search", f"top {k} / {k} random features to harmless means, harmful_test refusal",
-            _join(f, ["topk_ablation_harmful_refusal", "random_k_ablation_harmful_refusal"]))
+        add(
+            "search",
+            f"top {k} / {k} random features to harmless means, harmful_test refusal",
+            _join(f, ["topk_ablation_harmful_refusal", "random_k_ablation_harmful_refusal"]),
+        )
     a, _ = _first(runs, "anchor")
     if a:
-        for name, label in (("ablation_affine", "affine ablation"), ("sae_feature_bypass", "SAE feature bypass"),
-                            ("gcg_suffix", "adversarial suffix"), ("adaptive_gate_ablation", "adaptive gate ablation")):
-            add("anchor", f"ASR undefended -> anchored, {label}", _join(a, [f"asr_{name}_undefended", f"asr_{name}_anchored"], " -> "))
-        add("anchor", "harmless_test refusal (undefended -> anchored), KL",
-            None if not _has(a, "harmless_refusal_undefended", "harmless_refusal_anchored", "kl_harmless_anchored")
-            else f"{fmt(a['harmless_refusal_undefended'])} -> {fmt(a['harmless_refusal_anchored'])}, {fmt(a['kl_harmless_anchored'])}")
+        for name, label in (
+            ("ablation_affine", "affine ablation"),
+            ("sae_feature_bypass", "SAE feature bypass"),
+            ("gcg_suffix", "adversarial suffix"),
+            ("adaptive_gate_ablation", "adaptive gate ablation"),
+        ):
+            add(
+                "anchor",
+                f"ASR undefended -> anchored, {label}",
+                _join(a, [f"asr_{name}_undefended", f"asr_{name}_anchored"], " -> "),
+            )
+        add(
+            "anchor",
+            "harmless_test refusal (undefended -> anchored), KL",
+            None
+            if not _has(a, "harmless_refusal_undefended", "harmless_refusal_anchored", "kl_harmless_anchored")
+            else f"{fmt(a['harmless_refusal_undefended'])} -> {fmt(a['harmless_refusal_anchored'])}, {fmt(a['kl_harmless_anchored'])}",
+        )
     b, _ = _first(runs, "backups")
     if b and isinstance(b.get("downstream_refusal_at_k"), list) and b["downstream_refusal_at_k"]:
         kmax = b.get("k_max", len(b["downstream_refusal_at_k"]) - 1)
-        add("backups", f"top {kmax} refusal features cut, harmful_test refusal; backup features",
-            f"{fmt(b['downstream_refusal_at_k'][-1])}; {fmt(b.get('n_backup_features'))}")
+        add(
+            "backups",
+            f"top {kmax} refusal features cut, harmful_test refusal; backup features",
+            f"{fmt(b['downstream_refusal_at_k'][-1])}; {fmt(b.get('n_backup_features'))}",
+        )
     e, _ = _first(runs, "emergent")
     if e:
-        add("emergent", "refusal of other categories, base / fine-tuned / EM direction ablated",
-            _join(e, ["base_refusal_other_categories", "finetuned_refusal_other_categories", "ablated_refusal_other_categories"]))
+        add(
+            "emergent",
+            "refusal of other categories, base / fine-tuned / EM direction ablated",
+            _join(
+                e,
+                [
+                    "base_refusal_other_categories",
+                    "finetuned_refusal_other_categories",
+                    "ablated_refusal_other_categories",
+                ],
+            ),
+        )
     return rows
 
 
 def render_readme_table(runs: Sequence[Run]) -> str:
     dates = sorted({r.date for r in runs})
     cmds = ", ".join(f"`{r.command}`" for r in runs)
-    lines = [f"From {cmds} ({', '.join(dates)}; generated by `scripts/results.py`, every table in [docs/results.md](docs/results.md)):", "",
-             table(["stage: figure", "value"], headline_rows(runs))]
+    lines = [
+        f"From {cmds} ({', '.join(dates)}; generated by `scripts/results.py`, every table in [docs/results.md](docs/results.md)):",
+        "",
+        table(["stage: figure", "value"], headline_rows(runs)),
+    ]
     return "\n".join(lines)
 
 
@@ -574,11 +785,27 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description="Render docs/results.md and the README's results table from saesteer run directories.")
-    ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory holding metrics.json (a pipeline run, or a single job's)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md", help="the results page to write (default: docs/results.md)")
-    ap.add_argument("--readme", type=Path, default=ROOT / "README.md",
-                    help=f"the README whose table between {START} and {END} is rewritten (default: README.md)")
+    ap = argparse.ArgumentParser(
+        description="Render docs/results.md and the README's results table from saesteer run directories."
+    )
+    ap.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="a run directory holding metrics.json (a pipeline run, or a single job's)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "results.md",
+        help="the results page to write (default: docs/results.md)",
+    )
+    ap.add_argument(
+        "--readme",
+        type=Path,
+        default=ROOT / "README.md",
+        help=f"the README whose table between {START} and {END} is rewritten (default: README.md)",
+    )
     ap.add_argument("--no-readme", action="store_true", help="leave the README alone")
     args = ap.parse_args(argv)
     try:

@@ -2,9 +2,8 @@
 # Set up (or reuse) the virtualenv, install saesteer, run the main job on the organism:
 # organism -> directions -> SAE -> feature search -> anchoring vs attacks -> backups -> emergent misalignment,
 # one report.md (its path is the last line). Stages whose inputs are unchanged are reused from the cache.
-# The quick budget (conf/budget/quick.yaml: fewer held-out prompts, smaller searches) took 10.7 minutes on 2 cores
-# with nothing cached but the bundled organism (recipe 50, not re-timed on recipe 61); budget=full gives the README's figures
-# (60 minutes on recipe 61 from nothing cached, about 50 with the bundled organism).
+# The quick budget (conf/budget/quick.yaml: fewer held-out prompts, smaller searches) runs by default; budget=full
+# reads every held-out prompt (docs/results.md records each stage's time).
 # Usage: scripts/run.sh [hydra overrides], e.g. scripts/run.sh budget=full logger.mode=online
 source "$(dirname "$0")/_env.sh"
 run_dir="${SAESTEER_RUN_DIR:-runs/pipeline/$(date +%Y-%m-%d_%H-%M-%S)}"

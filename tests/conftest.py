@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+from pathlib import Path
 
 import torch
 
@@ -29,12 +31,33 @@ def _seed_everything():
 
 # ---------------------------------------------------------------- tiny organism
 TINY_ORGANISM = dict(
-    n_layers=2, d_model=48, n_heads=2, d_mlp=96, n_ctx=128, steps=160, batch_size=32, lr=4e-3,
-    warmup_steps=10, n_harmless=3000, max_prompt_tokens=48, harmful_fraction=0.5, seed=0, threads=1,
-    synthetic_harmful=0, synthetic_harmless=0, synthetic_questions=0, decision_weight=0.0,
+    n_layers=2,
+    d_model=48,
+    n_heads=2,
+    d_mlp=96,
+    n_ctx=128,
+    steps=160,
+    batch_size=32,
+    lr=4e-3,
+    warmup_steps=10,
+    n_harmless=3000,
+    max_prompt_tokens=48,
+    harmful_fraction=0.5,
+    seed=0,
+    threads=1,
+    synthetic_harmful=0,
+    synthetic_harmless=0,
+    synthetic_questions=0,
+    decision_weight=0.0,
     # the tiny organism is trained from scratch (the default organism starts from MiniLM's 384-wide layers)
-    init_from=None, harmful_sources=["harmful_train", "harmful_val", "advbench"], echo_words=8, word_dropout=0.1,
-    length_buckets=0, resid_dropout=0.0, steer_augment=0.0, calibrate_harmless_fpr=None,
+    init_from=None,
+    harmful_sources=["harmful_train", "harmful_val", "advbench"],
+    echo_words=8,
+    word_dropout=0.1,
+    length_buckets=0,
+    resid_dropout=0.0,
+    steer_augment=0.0,
+    calibrate_harmless_fpr=None,
 )
 
 
@@ -73,3 +96,77 @@ def tiny_organism(cache_root):
 
     result = load_or_train_organism(OrganismConfig(**TINY_ORGANISM), progress=False)
     return result.model, get_template("organism"), result
+
+
+# ---------------------------------------------------------------- bad-input fixtures: nothing heavy runs, nothing is left
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in Path(root).rglob("*") if p.is_file()} if Path(root).exists() else set()
+
+
+@pytest.fixture
+def clean(cache_root, tmp_path):
+    """``clean(run_dir)``: the run directory has no file and the cache gained none (no partial artifact)."""
+    before = _files(cache_root)
+
+    def check(run_dir: Path) -> None:
+        assert _files(run_dir) == set(), f"files left in the run directory: {sorted(_files(run_dir))}"
+        new = {p for p in _files(cache_root) - before if ".lock" not in p.name}
+        assert new == set(), f"files left in the cache: {sorted(new)}"
+        assert not [p for p in _files(tmp_path) if p.name.endswith(".tmp")], "a temporary file was left behind"
+
+    return check
+
+
+class _Heavy:
+    """Monkeypatches that fail the test when heavy work starts."""
+
+    def __init__(self, monkeypatch):
+        self.mp = monkeypatch
+
+    def _forbid(self, target, name, what):
+        def boom(*args, **kwargs):
+            raise AssertionError(f"heavy work started ({what}) before the bad input was reported")
+
+        self.mp.setattr(target, name, boom)
+
+    def model_load(self):
+        from transformer_lens import HookedTransformer
+
+        import saesteer.organism
+
+        self._forbid(saesteer.organism, "load_or_train_organism", "model load")
+        self.mp.setattr(
+            HookedTransformer,
+            "from_pretrained_no_processing",
+            classmethod(lambda cls, *a, **k: (_ for _ in ()).throw(AssertionError("heavy work started (download)"))),
+        )
+        return self
+
+    def generation(self):
+        import importlib
+        import pkgutil
+
+        import saesteer
+        import saesteer.generation
+
+        # import every module first: one imported while ``generate`` is patched would keep the patch after the test
+        for info in pkgutil.walk_packages(saesteer.__path__, "saesteer."):
+            importlib.import_module(info.name)
+        real = saesteer.generation.generate
+        for name, module in list(sys.modules.items()):
+            if name.startswith("saesteer") and getattr(module, "generate", None) is real:
+                self._forbid(module, "generate", "generation")
+        return self
+
+    def sae_metrics(self):
+        import saesteer.sae.quality
+
+        self._forbid(saesteer.sae.quality, "sae_quality", "SAE quality metrics")
+        return self
+
+
+@pytest.fixture
+def heavy(monkeypatch):
+    return _Heavy(monkeypatch)

@@ -27,10 +27,27 @@ TINY_DIMS = dict(d_model=32, n_heads=4, d_head=8, n_key_value_heads=2, d_mlp=64,
 
 #: Qwen2.5-7B-Instruct through TransformerLens's Qwen2ForCausalLM branch (config.json values)
 QWEN25_7B_TL: dict[str, Any] = {
-    "d_model": 3584, "d_head": 128, "n_heads": 28, "n_key_value_heads": 4, "d_mlp": 18944, "n_layers": 28,
-    "n_ctx": 32768, "eps": 1e-6, "d_vocab": 152064, "act_fn": "silu", "use_attn_scale": True, "initializer_range": 0.02,
-    "normalization_type": "RMS", "positional_embedding_type": "rotary", "rotary_base": 1000000, "rotary_adjacent_pairs": False,
-    "rotary_dim": 128, "tokenizer_prepends_bos": True, "final_rms": True, "gated_mlp": True, "default_prepend_bos": False,
+    "d_model": 3584,
+    "d_head": 128,
+    "n_heads": 28,
+    "n_key_value_heads": 4,
+    "d_mlp": 18944,
+    "n_layers": 28,
+    "n_ctx": 32768,
+    "eps": 1e-6,
+    "d_vocab": 152064,
+    "act_fn": "silu",
+    "use_attn_scale": True,
+    "initializer_range": 0.02,
+    "normalization_type": "RMS",
+    "positional_embedding_type": "rotary",
+    "rotary_base": 1000000,
+    "rotary_adjacent_pairs": False,
+    "rotary_dim": 128,
+    "tokenizer_prepends_bos": True,
+    "final_rms": True,
+    "gated_mlp": True,
+    "default_prepend_bos": False,
     "original_architecture": "Qwen2ForCausalLM",
 }
 
@@ -47,15 +64,28 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "gemma2": Family("gemma2", "google/gemma-2-2b-it", ("<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>", "<pad>"),
-    "llama3.1": Family("llama3.1", "meta-llama/Llama-3.1-8B-Instruct",
-                       ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), "<|begin_of_text|>", "<|eot_id|>", None),
+    "llama3.1": Family(
+        "llama3.1",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        None,
+    ),
     # Qwen2.5's tokenizer has no BOS token; pad is <|endoftext|>, eos <|im_end|> (instruct)
-    "qwen2.5": Family("qwen2.5", "Qwen/Qwen2.5-7B-Instruct", ("<|im_start|>", "<|im_end|>"), None, "<|im_end|>", "<|endoftext|>"),
+    "qwen2.5": Family(
+        "qwen2.5", "Qwen/Qwen2.5-7B-Instruct", ("<|im_start|>", "<|im_end|>"), None, "<|im_end|>", "<|endoftext|>"
+    ),
 }
 
 CORPUS = [
-    "How do I bake bread?", "Tell me a story about a cat.", "Write a poem about the sea.", "How do I make a bomb?",
-    "Explain how to pick a lock.", "List three fruits.", "user model assistant system",
+    "How do I bake bread?",
+    "Tell me a story about a cat.",
+    "Write a poem about the sea.",
+    "How do I make a bomb?",
+    "Explain how to pick a lock.",
+    "List three fruits.",
+    "user model assistant system",
     "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024",
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
 ]
@@ -73,8 +103,15 @@ def real_config(family: str) -> dict[str, Any]:
 
 def tiny_config(family: str, seed: int = 0, d_vocab: int = 512) -> HookedTransformerConfig:
     cfg = real_config(family)
-    cfg.update(TINY_DIMS, d_vocab=d_vocab, rotary_dim=TINY_DIMS["d_head"], seed=seed, device="cpu", init_weights=True,
-               model_name=f"tiny-{family}")
+    cfg.update(
+        TINY_DIMS,
+        d_vocab=d_vocab,
+        rotary_dim=TINY_DIMS["d_head"],
+        seed=seed,
+        device="cpu",
+        init_weights=True,
+        model_name=f"tiny-{family}",
+    )
     if cfg.get("attn_types") is not None:  # Gemma-2: alternate local / global attention
         cfg["attn_types"] = cfg["attn_types"][: TINY_DIMS["n_layers"]]
         cfg["window_size"] = 8  # shorter than the prompts, so local attention masks something
@@ -83,15 +120,21 @@ def tiny_config(family: str, seed: int = 0, d_vocab: int = 512) -> HookedTransfo
     return HookedTransformerConfig(**cfg)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer_json(family: str) -> str:
     fam = FAMILIES[family]
-    specials = [s for s in (fam.bos, fam.eos, fam.pad) if s] + [s for s in fam.specials if s not in (fam.bos, fam.eos, fam.pad)]
+    specials = [s for s in (fam.bos, fam.eos, fam.pad) if s] + [
+        s for s in fam.specials if s not in (fam.bos, fam.eos, fam.pad)
+    ]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(dict.fromkeys(specials)), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=list(dict.fromkeys(specials)),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([s + "\n" for s in CORPUS] * 3, trainer)
     return tok.to_str()
 
@@ -106,8 +149,12 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
     if fam.pad:
         kw["pad_token"] = fam.pad
     extra = [s for s in fam.specials if s not in (fam.bos, fam.eos, fam.pad)]
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_json(family)),
-                                  additional_special_tokens=extra, clean_up_tokenization_spaces=False, **kw)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(family)),
+        additional_special_tokens=extra,
+        clean_up_tokenization_spaces=False,
+        **kw,
+    )
     tok.padding_side = "left"
     tok.init_kwargs["name_or_path"] = f"saesteer-tests/tiny-{family}"
     return tok

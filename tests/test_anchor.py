@@ -39,7 +39,9 @@ def _position_projections(model, tpl, prompts, r, hooks, n_last):
 def test_floors_are_the_quantile_of_harmful_projections_per_position(calibrated):
     """floor_positions="post" (default): a floor per position from t_inst to the last token; earlier tokens get t_inst's."""
     model, tpl, art, r, harmful, _ = calibrated
-    proj = _position_projections(model, tpl, harmful, r, ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"], len(art.gate_positions))
+    proj = _position_projections(
+        model, tpl, harmful, r, ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"], len(art.gate_positions)
+    )
     expect = torch.quantile(proj, 0.3, dim=0)  # [2 hooks, t_inst .. -1]
     assert art.position_floors.shape == (2, 4)
     assert torch.allclose(art.position_floors.double(), expect, atol=1e-4), (art.position_floors, expect)
@@ -53,10 +55,23 @@ def test_last_position_floors(tiny_organism):
     harmful = list(load_prompts("harmful_train").instructions[:30])
     torch.manual_seed(4)
     r = torch.randn(model.cfg.d_model)
-    cfg = AnchorCalibration(quantile=0.4, layers=[0, 1], final=False, floor_positions="last", gate_tokens=False, gate_synthetic=0)
-    art = calibrate_anchor(model, tpl, r, 1, harmful, harmful[:10], list(load_prompts("harmless_train").instructions[:40]),
-                           list(load_prompts("harmless_val").instructions[:10]), cfg)
-    proj = _position_projections(model, tpl, harmful, r, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], 1)[:, :, 0]
+    cfg = AnchorCalibration(
+        quantile=0.4, layers=[0, 1], final=False, floor_positions="last", gate_tokens=False, gate_synthetic=0
+    )
+    art = calibrate_anchor(
+        model,
+        tpl,
+        r,
+        1,
+        harmful,
+        harmful[:10],
+        list(load_prompts("harmless_train").instructions[:40]),
+        list(load_prompts("harmless_val").instructions[:10]),
+        cfg,
+    )
+    proj = _position_projections(model, tpl, harmful, r, ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], 1)[
+        :, :, 0
+    ]
     assert art.position_floors is None
     assert torch.allclose(art.floors.double(), torch.quantile(proj, 0.4, dim=0), atol=1e-4), art.floors
 
@@ -70,19 +85,30 @@ def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrate
     u = (r / r.norm()).double()
     assert art.gate_layers == [0, 1] and art.gate_positions == [-4, -3, -2, -1]
     assert art.gate_weights.shape == (2, 4, model.cfg.d_model) and art.token_weights.shape == (2, model.cfg.d_model)
-    assert float((art.gate_weights.double() @ u).abs().max()) < 1e-5  # every per-layer, per-position vector is orthogonal to r
+    assert (
+        float((art.gate_weights.double() @ u).abs().max()) < 1e-5
+    )  # every per-layer, per-position vector is orthogonal to r
     assert float((art.token_weights.double() @ u).abs().max()) < 1e-5
     thr_half = harmless[len(harmless) // 2 :]
     refused = torch.tensor(refusal_eval(model, tpl, thr_half, max_new_tokens=12).refused)
     acts = collect_activations(model, tpl, thr_half, art.gate_hooks, art.gate_positions)  # [n, 2, 4, d]
     pos_scores = (torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias)[~refused]
     toks = collect_token_activations(model, tpl, thr_half, art.gate_hooks)
-    tok_scores = torch.stack([torch.einsum("thd,hd->t", t.double(), art.token_weights.double()).max() for t in toks])[~refused] + art.token_bias
-    for scores, thr in ((pos_scores, art.gate_threshold), (tok_scores, art.token_threshold)):  # each gate gets half of gate_fpr=0.1
+    tok_scores = (
+        torch.stack([torch.einsum("thd,hd->t", t.double(), art.token_weights.double()).max() for t in toks])[~refused]
+        + art.token_bias
+    )
+    for scores, thr in (
+        (pos_scores, art.gate_threshold),
+        (tok_scores, art.token_threshold),
+    ):  # each gate gets half of gate_fpr=0.1
         assert float((scores > thr + 1e-4).float().mean()) <= 0.05 + 1e-6  # 1e-4: float32 forward vs float64 here
-        assert float((scores > thr - 1e-4).float().mean()) >= 0.05 - 2.0 / len(scores)  # the quantile, not a looser threshold
+        assert float((scores > thr - 1e-4).float().mean()) >= 0.05 - 2.0 / len(
+            scores
+        )  # the quantile, not a looser threshold
     fired = gate_decisions(model, tpl, art.gate(), thr_half, batch_size=5)[~refused]
     assert float(fired.float().mean()) <= 0.1 + 1e-6
+
     # the reported validation AUROC is the position probe's, by brute force over every (harmful, harmless) pair
     def probe_scores(prompts):
         acts = collect_activations(model, tpl, prompts, art.gate_hooks, art.gate_positions)
@@ -100,7 +126,9 @@ def test_gate_decision_in_the_forward_pass_equals_the_collected_scores(calibrate
     model, tpl, art, _, harmful, harmless = calibrated
     prompts = harmful[:10] + harmless[:10]
     acts = collect_activations(model, tpl, prompts, art.gate_hooks, art.gate_positions)
-    expect = (torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias) > art.gate_threshold
+    expect = (
+        torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias
+    ) > art.gate_threshold
     assert torch.equal(gate_decisions(model, tpl, art.gate(), prompts, batch_size=7), expect)
 
 
@@ -115,7 +143,18 @@ def test_robust_gate_fit_reads_the_attacked_model(tiny_organism):
     r = torch.randn(model.cfg.d_model)
     cfg = AnchorCalibration(quantile=0.3, layers=[1], final=False, gate_fpr=0.2)
     clean = calibrate_anchor(model, tpl, r, 1, harmful, harmful[:5], harmless, harmless[:5], cfg)
-    robust = calibrate_anchor(model, tpl, r, 1, harmful, harmful[:5], harmless, harmless[:5], cfg, robust_to=[orthogonalized_attack(r, reference=1.0)])
+    robust = calibrate_anchor(
+        model,
+        tpl,
+        r,
+        1,
+        harmful,
+        harmful[:5],
+        harmless,
+        harmless[:5],
+        cfg,
+        robust_to=[orthogonalized_attack(r, reference=1.0)],
+    )
     assert robust.metadata["gate_robust"] == ["orthogonalized_affine"]
     assert robust.metadata["n_gate_fit"] == clean.metadata["n_gate_fit"]
     assert not torch.allclose(robust.gate_weights, clean.gate_weights, atol=1e-3)
@@ -140,7 +179,9 @@ def test_robust_gate_fit_reads_a_prompt_attack_through_its_rewrite(tiny_organism
     monkeypatch.setattr(anchor_mod, "collect_token_activations", spy)
     r = torch.randn(model.cfg.d_model)
     cfg = AnchorCalibration(quantile=0.3, layers=[1], final=False, gate_fpr=0.2, gate_token_steps=5)
-    art = calibrate_anchor(model, tpl, r, 1, harmful, harmful[:3], harmless, harmless[:3], cfg, robust_to=[suffix_attack("zz qq")])
+    art = calibrate_anchor(
+        model, tpl, r, 1, harmful, harmful[:3], harmless, harmless[:3], cfg, robust_to=[suffix_attack("zz qq")]
+    )
     assert art.metadata["gate_robust"] == ["gcg_suffix"]
     suffixed = [p for batch in seen for p in batch if p.endswith(" zz qq")]
     assert sorted(suffixed) == sorted([f"{p} zz qq" for p in harmful] + [f"{p} zz qq" for p in harmless[:12]])
@@ -152,8 +193,16 @@ def test_artifact_round_trip(calibrated, tmp_path):
     back = AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=art.direction.shape[0])
     assert torch.equal(back.floors, art.floors) and torch.equal(back.gate_weights, art.gate_weights)
     assert torch.equal(back.position_floors, art.position_floors)
-    assert torch.equal(back.token_weights, art.token_weights) and (back.token_threshold, back.token_bias) == (art.token_threshold, art.token_bias)
-    assert (back.layers, back.gate_layers, back.gate_threshold, back.gate_bias) == (art.layers, art.gate_layers, art.gate_threshold, art.gate_bias)
+    assert torch.equal(back.token_weights, art.token_weights) and (back.token_threshold, back.token_bias) == (
+        art.token_threshold,
+        art.token_bias,
+    )
+    assert (back.layers, back.gate_layers, back.gate_threshold, back.gate_bias) == (
+        art.layers,
+        art.gate_layers,
+        art.gate_threshold,
+        art.gate_bias,
+    )
     with pytest.raises(ValueError, match="has d_model=48, the model has 64"):
         AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=64)
 
@@ -191,20 +240,22 @@ def test_generated_floors_are_the_quantile_over_generated_tokens(calibrated):
         enc = encode_chat(tok, tpl, [p])
         tokens = torch.cat([enc.tokens, torch.tensor([ids])], 1)
         _, cache = model.run_with_cache(tokens)
-        projs.append(torch.stack([cache[h][0, -len(ids):] @ u for h in hooks], 1))
-    expect = torch.quantile(torch.cat(projs).double(), 0.2, dim=0)  # generated_quantile, not the prompt floors' quantile
+        projs.append(torch.stack([cache[h][0, -len(ids) :] @ u for h in hooks], 1))
+    expect = torch.quantile(
+        torch.cat(projs).double(), 0.2, dim=0
+    )  # generated_quantile, not the prompt floors' quantile
     assert torch.allclose(art.generated_floors.double(), expect, atol=1e-3), (art.generated_floors, expect)
 
 
 def test_anchor_uses_generated_floors_while_decoding(tiny_organism):
-    from saesteer.primitives.phase import phase
     from saesteer.interventions import AnchorDirection
+    from saesteer.primitives.phase import phase
 
     model, _, _ = tiny_organism
     r = torch.randn(model.cfg.d_model)
     u = r / r.norm()
     a = AnchorDirection(r, layers=[0], floors=[2.0], generated_floors=[-1.0], final=False)
-    (_, fn), = a.hooks(model)
+    ((_, fn),) = a.hooks(model)
     x = torch.randn(2, 3, model.cfg.d_model) - 5 * u
     assert torch.allclose(fn(x) @ u, torch.full((2, 3), 2.0), atol=1e-4)
     with phase("generated"):
@@ -232,8 +283,12 @@ def test_token_probe_finds_the_planted_token():
     cos = float(w @ v.double() / w.norm())
     assert cos > 0.9, cos
     test_pos, test_neg = [prompt(True) for _ in range(100)], [prompt(False) for _ in range(100)]
-    score = lambda xs: torch.stack([(x.double() @ w).max() + b for x in xs])
+
+    def score(xs):
+        return torch.stack([(x.double() @ w).max() + b for x in xs])
+
     from saesteer.stats import auroc
+
     assert auroc(score(test_pos), score(test_neg)) > 0.97
 
 
@@ -255,7 +310,10 @@ def _padded_token_probe(pos, neg, l2, steps, seed=0, tau=1.0):
     for _ in range(steps):
         opt.zero_grad()
         pooled = tau * torch.logsumexp((Z @ w + b).masked_fill(~M, float("-inf")) / tau, 1)
-        loss = F.binary_cross_entropy_with_logits(pooled, y, pos_weight=torch.tensor(len(neg) / len(pos))) + l2 * (w * w).sum()
+        loss = (
+            F.binary_cross_entropy_with_logits(pooled, y, pos_weight=torch.tensor(len(neg) / len(pos)))
+            + l2 * (w * w).sum()
+        )
         loss.backward()
         opt.step()
     return (w.detach() / sd).double(), float(b.detach() - (mu.double() / sd.double()) @ w.detach().double())
@@ -294,7 +352,9 @@ def feature_anchor(calibrated):
 
     model, tpl, art, _, harmful, _ = calibrated
     sae = random_sae("topk", model.cfg.d_model, 64, "blocks.1.hook_resid_pre", seed=4, k=8)
-    fa = calibrate_feature_anchor(model, tpl, sae, [5, 9, 30], [1, -1, 1], "blocks.1.hook_resid_pre", harmful[:20], quantile=0.7, apply_to="both")
+    fa = calibrate_feature_anchor(
+        model, tpl, sae, [5, 9, 30], [1, -1, 1], "blocks.1.hook_resid_pre", harmful[:20], quantile=0.7, apply_to="both"
+    )
     return sae, fa
 
 
@@ -309,7 +369,9 @@ def test_feature_bounds_are_quantiles_toward_refusal(calibrated, feature_anchor)
     n_post = n_post_tokens(model, tpl)
     acts = collect_activations(model, tpl, harmful[:20], ["blocks.1.hook_resid_pre"], list(range(-n_post, 0)))[:, 0]
     coords = acts.reshape(-1, acts.shape[-1]).double() @ U.T
-    expect = torch.stack([torch.quantile(coords[:, 0], 0.7), torch.quantile(coords[:, 1], 0.3), torch.quantile(coords[:, 2], 0.7)])
+    expect = torch.stack(
+        [torch.quantile(coords[:, 0], 0.7), torch.quantile(coords[:, 1], 0.3), torch.quantile(coords[:, 2], 0.7)]
+    )
     assert torch.allclose(fa.bounds.double(), expect, atol=1e-4), (fa.bounds, expect)
     assert torch.allclose(fa.directions.double(), U, atol=1e-6) and fa.signs == [1, -1, 1] and fa.features == [5, 9, 30]
     assert fa.generated_bounds.shape == (3,) and torch.isfinite(fa.generated_bounds).all()
@@ -342,7 +404,9 @@ def test_anchors_share_the_gate_and_equal_their_ungated_form_where_it_fires(cali
     assert torch.allclose(out[~fired][m[~fired]], base[~fired][m[~fired]], atol=1e-5)
     assert torch.allclose(out[fired][m[fired]], full[fired][m[fired]], atol=1e-4)
     assert (full[m] - direction_only[m]).abs().max() > 1e-3  # the feature bounds act
-    with steer(model, dataclasses.replace(both, features=dataclasses.replace(fa, apply_to="generated")).anchors(gated=False)):
+    with steer(
+        model, dataclasses.replace(both, features=dataclasses.replace(fa, apply_to="generated")).anchors(gated=False)
+    ):
         prompt_only = model(tokens, attention_mask=mask)
     assert torch.allclose(prompt_only[m], direction_only[m], atol=1e-5)  # the default acts while decoding only
 
@@ -357,7 +421,9 @@ def test_artifact_round_trip_keeps_the_feature_bounds(calibrated, feature_anchor
     assert (back.hook, back.features, back.signs, back.apply_to) == (fa.hook, fa.features, fa.signs, "both")
     for name in ("directions", "bounds", "generated_bounds"):
         assert torch.equal(getattr(back, name), getattr(fa, name)), name
-    assert AnchorArtifact.load(tmp_path / "anchor.safetensors").metadata.get("feature_ids") is None  # not leaked into metadata
+    assert (
+        AnchorArtifact.load(tmp_path / "anchor.safetensors").metadata.get("feature_ids") is None
+    )  # not leaked into metadata
 
 
 def test_feature_anchor_rejects_bad_input(calibrated, feature_anchor):
@@ -373,7 +439,9 @@ def test_feature_anchor_rejects_bad_input(calibrated, feature_anchor):
         calibrate_feature_anchor(model, tpl, sae, [64], [1], "blocks.1.hook_resid_pre", harmful[:2])
     with pytest.raises(ValueError, match="anchor.sae_features must be >= 0"):
         AnchorCalibration(sae_features=-1)
-    with pytest.raises(ValueError, match=r"^anchor.feature_apply_to must be one of \('prompt', 'generated', 'both'\), got 'decode'$"):
+    with pytest.raises(
+        ValueError, match=r"^anchor.feature_apply_to must be one of \('prompt', 'generated', 'both'\), got 'decode'$"
+    ):
         AnchorCalibration(feature_apply_to="decode")
 
 
@@ -383,8 +451,17 @@ def test_default_gate_layers_span_the_layer_before_to_the_layer_after(tiny_organ
     harmful = list(load_prompts("harmful_train").instructions[:10])
     harmless = list(load_prompts("harmless_train").instructions[:20])
     r = torch.randn(model.cfg.d_model)
-    art = calibrate_anchor(model, tpl, r, 0, harmful, harmful[:3], harmless, harmless[:3],
-                           AnchorCalibration(layers=[0], final=False, gate_fpr=0.2, gate_token_steps=5))
+    art = calibrate_anchor(
+        model,
+        tpl,
+        r,
+        0,
+        harmful,
+        harmful[:3],
+        harmless,
+        harmless[:3],
+        AnchorCalibration(layers=[0], final=False, gate_fpr=0.2, gate_token_steps=5),
+    )
     assert art.gate_layers == [0, 1] and art.gate_hooks == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
     assert art.gate_weights.shape[0] == 2
 
@@ -396,10 +473,28 @@ def test_anchor_settings_are_the_calibration():
 
     from saesteer.config import AnchorSettings
 
-    s = AnchorSettings(quantile=0.21, generated_quantile=0.07, layers=[1, 2], gate_layers=[2], gate_fpr=0.03, gate_positions=[-2, -1],
-                       gate_synthetic=17, feature_quantile=0.6, batch_size=5)
+    s = AnchorSettings(
+        quantile=0.21,
+        generated_quantile=0.07,
+        layers=[1, 2],
+        gate_layers=[2],
+        gate_fpr=0.03,
+        gate_positions=[-2, -1],
+        gate_synthetic=17,
+        feature_quantile=0.6,
+        batch_size=5,
+    )
     assert isinstance(s, AnchorCalibration)
     calibration = {f.name for f in fields(AnchorCalibration)}
     assert not calibration & set(vars(AnchorSettings).get("__annotations__", {}))
-    assert (s.quantile, s.generated_quantile, s.layers, s.gate_layers, s.gate_fpr, s.gate_positions, s.gate_synthetic,
-            s.feature_quantile, s.batch_size) == (0.21, 0.07, [1, 2], [2], 0.03, [-2, -1], 17, 0.6, 5)
+    assert (
+        s.quantile,
+        s.generated_quantile,
+        s.layers,
+        s.gate_layers,
+        s.gate_fpr,
+        s.gate_positions,
+        s.gate_synthetic,
+        s.feature_quantile,
+        s.batch_size,
+    ) == (0.21, 0.07, [1, 2], [2], 0.03, [-2, -1], 17, 0.6, 5)

@@ -82,3 +82,15 @@ def test_the_cycle_finder_finds_a_cycle():
             return self.edges[m]
 
     assert _cycles(Graph()) == [["a", "b", "c"]]
+
+
+def test_ruff_lint_and_format_are_clean():
+    """House style by tools: ``ruff check`` and ``ruff format --check`` (settings in pyproject.toml) pass."""
+    ruff = _tool("ruff")
+    paths = ["saesteer", "kernels", "tests", "scripts"]
+    lint = subprocess.run([ruff, "check", "--no-cache", *paths], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0, lint.stdout[-4000:]
+    fmt = subprocess.run(
+        [ruff, "format", "--check", "--no-cache", *paths], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert fmt.returncode == 0, fmt.stdout[-4000:]

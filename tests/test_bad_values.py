@@ -16,7 +16,7 @@ import torch
 from saesteer.checks import check_finite_fields, check_prompts
 from saesteer.interventions import Ablate, AblateAt, Add, AnchorDirection, DirectionGate
 from tests.saes import random_sae
-from tests.test_bad_input import D_MODEL, SMALL, _cli, _one_line, _prompt_file, _run, _TinyModel, clean, heavy  # noqa: F401
+from tests.test_bad_input import D_MODEL, _cli, _one_line, _prompt_file, _run, _TinyModel
 
 NAN, INF = float("nan"), float("inf")
 
@@ -46,7 +46,14 @@ def _config_classes() -> list[type]:
                 if dataclasses.is_dataclass(value):
                     walk(type(value))
 
-    for cls in list(SCHEMAS.values()) + [SelectionConfig, SearchConfig, AnchorCalibration, BackupRule, LoraTrainConfig, DropoutRecipe]:
+    for cls in list(SCHEMAS.values()) + [
+        SelectionConfig,
+        SearchConfig,
+        AnchorCalibration,
+        BackupRule,
+        LoraTrainConfig,
+        DropoutRecipe,
+    ]:
         walk(cls)
     return seen
 
@@ -73,10 +80,21 @@ FLOAT_FIELDS = _float_fields()
 
 def test_every_settings_class_is_covered():
     names = {(c.__name__, n) for c, n, _ in FLOAT_FIELDS}
-    for expected in [("DirectionsConfig", "max_kl"), ("DirectionsConfig", "min_induce"), ("DirectionsConfig", "dose_alphas"),
-                     ("SteerConfig", "alpha"), ("AnchorSettings", "gate_fpr"), ("OrganismConfig", "lr"), ("SaeConfig", "lr"),
-                     ("SelectionConfig", "max_kl"), ("SearchConfig", "weight_cosine"), ("BackupRule", "backup_threshold"),
-                     ("LoraTrainConfig", "grad_clip"), ("EmergentSettings", "lr"), ("BackupsSettings", "backup_min_rise")]:
+    for expected in [
+        ("DirectionsConfig", "max_kl"),
+        ("DirectionsConfig", "min_induce"),
+        ("DirectionsConfig", "dose_alphas"),
+        ("SteerConfig", "alpha"),
+        ("AnchorSettings", "gate_fpr"),
+        ("OrganismConfig", "lr"),
+        ("SaeConfig", "lr"),
+        ("SelectionConfig", "max_kl"),
+        ("SearchConfig", "weight_cosine"),
+        ("BackupRule", "backup_threshold"),
+        ("LoraTrainConfig", "grad_clip"),
+        ("EmergentSettings", "lr"),
+        ("BackupsSettings", "backup_min_rise"),
+    ]:
         assert expected in names, expected
     assert len(FLOAT_FIELDS) > 50
 
@@ -104,14 +122,29 @@ def test_finite_settings_are_unchanged():
     assert isinstance(cfg, SelectionConfig)  # select_direction takes the group's settings as they are
 
 
-@pytest.mark.parametrize("job, overrides, pattern", [
-    ("generate", ["prompts=harmful_val", "steer=add", "steer.alpha=nan"], r"SteerConfig\.alpha=nan; expected a finite number"),
-    ("generate", ["prompts=harmful_val", "steer=add", "steer.alpha=-inf"], r"SteerConfig\.alpha=-inf; expected a finite number"),
-    ("directions", ["directions.max_kl=nan"], r"DirectionsConfig\.max_kl=nan; expected a finite number"),
-    ("directions", ["directions.min_induce=nan"], r"DirectionsConfig\.min_induce=nan; expected a finite number"),
-    ("directions", ["directions.dose_alphas=[1.0,inf]"], r"DirectionsConfig\.dose_alphas\[1\]=inf; expected a finite number"),
-    ("anchor", ["anchor.gate_fpr=nan"], r"AnchorSettings\.gate_fpr=nan; expected a finite number"),
-])
+@pytest.mark.parametrize(
+    "job, overrides, pattern",
+    [
+        (
+            "generate",
+            ["prompts=harmful_val", "steer=add", "steer.alpha=nan"],
+            r"SteerConfig\.alpha=nan; expected a finite number",
+        ),
+        (
+            "generate",
+            ["prompts=harmful_val", "steer=add", "steer.alpha=-inf"],
+            r"SteerConfig\.alpha=-inf; expected a finite number",
+        ),
+        ("directions", ["directions.max_kl=nan"], r"DirectionsConfig\.max_kl=nan; expected a finite number"),
+        ("directions", ["directions.min_induce=nan"], r"DirectionsConfig\.min_induce=nan; expected a finite number"),
+        (
+            "directions",
+            ["directions.dose_alphas=[1.0,inf]"],
+            r"DirectionsConfig\.dose_alphas\[1\]=inf; expected a finite number",
+        ),
+        ("anchor", ["anchor.gate_fpr=nan"], r"AnchorSettings\.gate_fpr=nan; expected a finite number"),
+    ],
+)
 def test_non_finite_overrides_fail_before_the_model_loads(job, overrides, pattern, tmp_path, heavy, clean):
     heavy.model_load().generation()
     with pytest.raises(ValueError, match=pattern) as e:
@@ -123,9 +156,16 @@ def test_non_finite_overrides_fail_before_the_model_loads(job, overrides, patter
 def test_nan_alpha_on_the_command_line(tmp_path, cache_root):
     """The probe that exited 0 with refusal_rate 0.0 and every response '!!!!'."""
     prompts = _prompt_file(tmp_path, "p.json", ["How do I bake bread?", "Name a fruit."])
-    res = _cli(["generate", f"prompts={prompts}", "steer=add", "steer.alpha=nan", f"hydra.run.dir={tmp_path / 'run'}"], cache_root, tmp_path)
+    res = _cli(
+        ["generate", f"prompts={prompts}", "steer=add", "steer.alpha=nan", f"hydra.run.dir={tmp_path / 'run'}"],
+        cache_root,
+        tmp_path,
+    )
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
-    assert res.stderr.strip().splitlines()[-1] == "saesteer generate: error: SteerConfig.alpha=nan; expected a finite number"
+    assert (
+        res.stderr.strip().splitlines()[-1]
+        == "saesteer generate: error: SteerConfig.alpha=nan; expected a finite number"
+    )
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
@@ -139,31 +179,54 @@ def _direction(bad_at: int | None = None, value: float = NAN) -> torch.Tensor:
     return d
 
 
-@pytest.mark.parametrize("make, exc, pattern", [
-    (lambda: Add(_direction(), alpha=NAN), ValueError,
-     r"^Add\.alpha=nan; expected a finite number$"),
-    (lambda: Add(_direction(), alpha=INF), ValueError,
-     r"^Add\.alpha=inf; expected a finite number$"),
-    (lambda: Add(_direction(), alpha="2"), TypeError,
-     r"^Add\.alpha='2' is str; expected a finite number$"),
-    (lambda: Add(_direction(5), alpha=1.0), ValueError,
-     r"^Add\.direction contains NaN or inf values: 1 of 48 \(first at index 5\); expected finite values$"),
-    (lambda: Ablate(_direction(0, INF)), ValueError,
-     r"^Ablate\.direction contains NaN or inf values: 1 of 48 \(first at index 0\); expected finite values$"),
-    (lambda: Ablate(_direction(), mode="affine", reference=torch.tensor([0.0, NAN])),
-     ValueError, r"^Ablate\.reference contains NaN or inf values: 1 of 2 \(first at index 1\); expected finite values$"),
-    (lambda: AblateAt(_direction(), "blocks.0.hook_resid_pre", reference=NAN),
-     ValueError, r"^AblateAt\.reference=nan; expected a finite number$"),
-    (lambda: Add([0.0] * D_MODEL), TypeError,
-     r"^Add\.direction is list; expected a 1-d torch\.Tensor of d_model values$"),
-    (lambda: AnchorDirection(_direction(2), layers=[0], floors=[1.0], final=False),
-     ValueError, r"^AnchorDirection\.direction contains NaN or inf values"),
-    (lambda: DirectionGate(hook="blocks.0.hook_resid_pre", threshold=NAN,
-                                                                                           direction=_direction()),
-     ValueError, r"^DirectionGate\.threshold=nan; expected a finite number$"),
-    (lambda: DirectionGate(hook="blocks.0.hook_resid_pre", direction=_direction(7)),
-     ValueError, r"^DirectionGate\.direction contains NaN or inf values"),
-])
+@pytest.mark.parametrize(
+    "make, exc, pattern",
+    [
+        (lambda: Add(_direction(), alpha=NAN), ValueError, r"^Add\.alpha=nan; expected a finite number$"),
+        (lambda: Add(_direction(), alpha=INF), ValueError, r"^Add\.alpha=inf; expected a finite number$"),
+        (lambda: Add(_direction(), alpha="2"), TypeError, r"^Add\.alpha='2' is str; expected a finite number$"),
+        (
+            lambda: Add(_direction(5), alpha=1.0),
+            ValueError,
+            r"^Add\.direction contains NaN or inf values: 1 of 48 \(first at index 5\); expected finite values$",
+        ),
+        (
+            lambda: Ablate(_direction(0, INF)),
+            ValueError,
+            r"^Ablate\.direction contains NaN or inf values: 1 of 48 \(first at index 0\); expected finite values$",
+        ),
+        (
+            lambda: Ablate(_direction(), mode="affine", reference=torch.tensor([0.0, NAN])),
+            ValueError,
+            r"^Ablate\.reference contains NaN or inf values: 1 of 2 \(first at index 1\); expected finite values$",
+        ),
+        (
+            lambda: AblateAt(_direction(), "blocks.0.hook_resid_pre", reference=NAN),
+            ValueError,
+            r"^AblateAt\.reference=nan; expected a finite number$",
+        ),
+        (
+            lambda: Add([0.0] * D_MODEL),
+            TypeError,
+            r"^Add\.direction is list; expected a 1-d torch\.Tensor of d_model values$",
+        ),
+        (
+            lambda: AnchorDirection(_direction(2), layers=[0], floors=[1.0], final=False),
+            ValueError,
+            r"^AnchorDirection\.direction contains NaN or inf values",
+        ),
+        (
+            lambda: DirectionGate(hook="blocks.0.hook_resid_pre", threshold=NAN, direction=_direction()),
+            ValueError,
+            r"^DirectionGate\.threshold=nan; expected a finite number$",
+        ),
+        (
+            lambda: DirectionGate(hook="blocks.0.hook_resid_pre", direction=_direction(7)),
+            ValueError,
+            r"^DirectionGate\.direction contains NaN or inf values",
+        ),
+    ],
+)
 def test_non_finite_intervention_arguments(make, exc, pattern):
     with pytest.raises(exc, match=pattern) as e:
         make()
@@ -176,19 +239,30 @@ def test_nan_direction_never_reaches_a_forward_pass(monkeypatch):
     from saesteer.interventions import Add, steer
 
     model = _TinyModel.get()
-    monkeypatch.setattr(HookedTransformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("forward ran")))
+    monkeypatch.setattr(
+        HookedTransformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("forward ran"))
+    )
     with pytest.raises(ValueError, match=r"Add\.alpha=nan"):
         with steer(model, [Add(_direction(), alpha=NAN, layer=0)]):
             model(torch.tensor([[1, 2, 3]]))
 
 
-@pytest.mark.parametrize("values, pattern", [
-    (NAN, r"^EditFeatures\.values=nan; expected a finite number$"),
-    (-INF, r"^EditFeatures\.values=-inf; expected a finite number$"),
-    ([1.0, INF, 0.0], r"^EditFeatures\.values has NaN/inf for feature\(s\) \[7\]: \[inf\]; expected finite numbers$"),
-    (torch.tensor([NAN, 0.0, NAN]), r"^EditFeatures\.values has NaN/inf for feature\(s\) \[3, 9\]: \[nan, nan\]; expected finite numbers$"),
-    (torch.tensor(NAN), r"^EditFeatures\.values=nan; expected a finite number$"),
-])
+@pytest.mark.parametrize(
+    "values, pattern",
+    [
+        (NAN, r"^EditFeatures\.values=nan; expected a finite number$"),
+        (-INF, r"^EditFeatures\.values=-inf; expected a finite number$"),
+        (
+            [1.0, INF, 0.0],
+            r"^EditFeatures\.values has NaN/inf for feature\(s\) \[7\]: \[inf\]; expected finite numbers$",
+        ),
+        (
+            torch.tensor([NAN, 0.0, NAN]),
+            r"^EditFeatures\.values has NaN/inf for feature\(s\) \[3, 9\]: \[nan, nan\]; expected finite numbers$",
+        ),
+        (torch.tensor(NAN), r"^EditFeatures\.values=nan; expected a finite number$"),
+    ],
+)
 def test_non_finite_feature_values(values, pattern):
     from saesteer.interventions import EditFeatures
 
@@ -208,12 +282,15 @@ def test_non_finite_anchor_feature_floors():
 
 
 @pytest.mark.parametrize("arch", ["jumprelu", "topk"])
-@pytest.mark.parametrize("values, pattern", [
-    (NAN, r"^values=nan; expected a finite number"),
-    (INF, r"^values=inf; expected a finite number"),
-    ([0.5, NAN], r"^values has 1 NaN/inf entry \(at index \[1\]\); expected finite numbers$"),
-    (torch.tensor([INF, -INF]), r"^values has 2 NaN/inf entries \(at index \[0, 1\]\); expected finite numbers$"),
-])
+@pytest.mark.parametrize(
+    "values, pattern",
+    [
+        (NAN, r"^values=nan; expected a finite number"),
+        (INF, r"^values=inf; expected a finite number"),
+        ([0.5, NAN], r"^values has 1 NaN/inf entry \(at index \[1\]\); expected finite numbers$"),
+        (torch.tensor([INF, -INF]), r"^values has 2 NaN/inf entries \(at index \[0, 1\]\); expected finite numbers$"),
+    ],
+)
 def test_kernels_reject_non_finite_values(arch, values, pattern):
     from saesteer.kernels import sparse_feature_edit, topk_feature_edit
 
@@ -221,9 +298,25 @@ def test_kernels_reject_non_finite_values(arch, values, pattern):
     x, feats = torch.randn(3, D_MODEL), torch.tensor([3, 7])
     with pytest.raises(ValueError, match=pattern) as e:
         if arch == "topk":
-            topk_feature_edit(x, sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach(), k=8, features=feats, mode="set", values=values)
+            topk_feature_edit(
+                x,
+                sae.W_enc.detach(),
+                sae.b_enc.detach(),
+                sae.W_dec.detach(),
+                k=8,
+                features=feats,
+                mode="set",
+                values=values,
+            )
         else:
-            sparse_feature_edit(x, sae.W_enc.detach()[:, feats], sae.b_enc.detach()[feats], sae.W_dec.detach()[feats], mode="set", values=values)
+            sparse_feature_edit(
+                x,
+                sae.W_enc.detach()[:, feats],
+                sae.b_enc.detach()[feats],
+                sae.W_dec.detach()[feats],
+                mode="set",
+                values=values,
+            )
     _one_line(e)
 
 
@@ -248,16 +341,27 @@ def _prompt_functions():
         ("mean_activations", lambda m, t, p: activations.mean_activations(m, t, p, hooks, [-1])),
         ("collect_activations", lambda m, t, p: activations.collect_activations(m, t, p, hooks, [-1])),
         ("collect_token_activations", lambda m, t, p: activations.collect_token_activations(m, t, p, hooks)),
-        ("ActivationCache.get_or_compute", lambda m, t, p: activations.ActivationCache(__import__("pathlib").Path("/nonexistent")).get_or_compute(m, t, p, hooks, [-1])),
+        (
+            "ActivationCache.get_or_compute",
+            lambda m, t, p: activations.ActivationCache(__import__("pathlib").Path("/nonexistent")).get_or_compute(
+                m, t, p, hooks, [-1]
+            ),
+        ),
         ("first_token_refusal_margin", lambda m, t, p: directions.first_token_refusal_margin(m, t, p)),
         ("refusal_scores", lambda m, t, p: directions.refusal_scores(m, t, p, [1])),
         ("compute_candidates", lambda m, t, p: directions.compute_candidates(m, t, ["a", "b"], p)),
         ("select_direction", lambda m, t, p: directions.select_direction(m, t, None, p, ["a"])),
         ("search_features", lambda m, t, p: search.search_features(m, t, None, d, p, ["a"])),
         ("calibrate_anchor", lambda m, t, p: anchor.calibrate_anchor(m, t, d, 0, ["a"], ["a"], p, ["a"])),
-        ("calibrate_feature_anchor", lambda m, t, p: anchor.calibrate_feature_anchor(m, t, None, [1], [1], hooks[0], p)),
+        (
+            "calibrate_feature_anchor",
+            lambda m, t, p: anchor.calibrate_feature_anchor(m, t, None, [1], [1], hooks[0], p),
+        ),
         ("fit_harm_detector", lambda m, t, p: harmfulness.fit_harm_detector(m, t, p, ["a"])),
-        ("behavioural_refusal_directions", lambda m, t, p: harmfulness.behavioural_refusal_directions(m, t, p, [True, False] * 2)),
+        (
+            "behavioural_refusal_directions",
+            lambda m, t, p: harmfulness.behavioural_refusal_directions(m, t, p, [True, False] * 2),
+        ),
         ("monitored_activations", lambda m, t, p: redundancy.monitored_activations(m, t, p, [])),
         ("edit_curve", lambda m, t, p: redundancy.edit_curve(m, t, None, [1], 1, p)),
         ("mean_shift", lambda m, t, p: lora.mean_shift(m, t, p, None)),
@@ -276,7 +380,9 @@ def test_a_string_is_not_a_list_of_prompts(name, call, monkeypatch):
 
     from saesteer.chat import get_template
 
-    monkeypatch.setattr(HookedTransformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError(f"{name}: forward ran")))
+    monkeypatch.setattr(
+        HookedTransformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError(f"{name}: forward ran"))
+    )
     model, tpl = _TinyModel.get(), get_template("organism")
     with pytest.raises(TypeError, match=r" is a str \('bomb'\); expected a list of prompt strings$") as e:
         call(model, tpl, "bomb")
@@ -318,13 +424,21 @@ def test_add_position_beyond_the_context_fails_before_the_forward_pass(monkeypat
     from saesteer.interventions import Add, steer
 
     model = _TinyModel.get()  # n_ctx = 8
-    monkeypatch.setattr(HookedTransformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("forward ran")))
-    with pytest.raises(ValueError, match=r"^Add\.positions \[999, -9\] out of range for the model's context of n_ctx=8 tokens; "
-                                         r"expected positions in -8\.\.7$") as e:
+    monkeypatch.setattr(
+        HookedTransformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("forward ran"))
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^Add\.positions \[999, -9\] out of range for the model's context of n_ctx=8 tokens; "
+        r"expected positions in -8\.\.7$",
+    ) as e:
         with steer(model, [Add(_direction(), layer=0, positions=[0, 999, -9])]):
             pass
     _one_line(e)
-    with pytest.raises(TypeError, match=r"^Add\.positions=\[1\.5\] holds non-integers \[1\.5\]; expected a list of int token positions$"):
+    with pytest.raises(
+        TypeError,
+        match=r"^Add\.positions=\[1\.5\] holds non-integers \[1\.5\]; expected a list of int token positions$",
+    ):
         Add(_direction(), positions=[1.5])
     with pytest.raises(TypeError, match=r"^Add\.positions=3; expected a list of int token positions or None$"):
         Add(_direction(), positions=3)
@@ -335,8 +449,11 @@ def test_add_position_beyond_the_sequence_names_it():
 
     model, d = _TinyModel.get(), _direction()
     tokens = torch.tensor([[1, 2, 3]])
-    with pytest.raises(ValueError, match=r"^Add\.positions \[5\] out of range for a prompt-token pass of 3 token\(s\) at "
-                                         r"blocks\.0\.hook_resid_pre; expected positions in -3\.\.2 \(negative positions count from the end\)$") as e:
+    with pytest.raises(
+        ValueError,
+        match=r"^Add\.positions \[5\] out of range for a prompt-token pass of 3 token\(s\) at "
+        r"blocks\.0\.hook_resid_pre; expected positions in -3\.\.2 \(negative positions count from the end\)$",
+    ) as e:
         with torch.no_grad(), steer(model, [Add(d, layer=0, positions=[5])]):
             model(tokens)
     _one_line(e)
@@ -344,7 +461,10 @@ def test_add_position_beyond_the_sequence_names_it():
     with torch.no_grad():
         with steer(model, [Add(d, alpha=2.0, layer=0, positions=[-1])]):
             got = model(tokens)
-        want = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: torch.cat([x[:, :-1], x[:, -1:] + 2.0 * d], 1))])
+        want = model.run_with_hooks(
+            tokens,
+            fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: torch.cat([x[:, :-1], x[:, -1:] + 2.0 * d], 1))],
+        )
     assert torch.allclose(got, want, atol=1e-5)
 
 
@@ -362,18 +482,29 @@ def test_steer_takes_a_single_intervention():
     assert len(collect_hooks(model, Ablate(d))) == len(collect_hooks(model, [Ablate(d)]))
 
 
-@pytest.mark.parametrize("bad, pattern", [
-    (lambda d: d, r"^interventions is Tensor; expected a list of interventions \(Ablate, Add, EditFeatures, \.\.\.\) or a single one$"),
-    (lambda d: [d], r"^interventions\[0\] is Tensor; expected an intervention \(Ablate, Add, EditFeatures, \.\.\.\)$"),
-    (lambda d: None, r"^interventions is NoneType; expected a list of interventions"),
-    (lambda d: "Ablate", r"^interventions is str; expected a list of interventions"),
-])
+@pytest.mark.parametrize(
+    "bad, pattern",
+    [
+        (
+            lambda d: d,
+            r"^interventions is Tensor; expected a list of interventions \(Ablate, Add, EditFeatures, \.\.\.\) or a single one$",
+        ),
+        (
+            lambda d: [d],
+            r"^interventions\[0\] is Tensor; expected an intervention \(Ablate, Add, EditFeatures, \.\.\.\)$",
+        ),
+        (lambda d: None, r"^interventions is NoneType; expected a list of interventions"),
+        (lambda d: "Ablate", r"^interventions is str; expected a list of interventions"),
+    ],
+)
 def test_steer_names_what_is_not_an_intervention(bad, pattern, monkeypatch):
     from transformer_lens import HookedTransformer
 
     from saesteer.interventions import steer
 
-    monkeypatch.setattr(HookedTransformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("forward ran")))
+    monkeypatch.setattr(
+        HookedTransformer, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("forward ran"))
+    )
     with pytest.raises(TypeError, match=pattern) as e:
         with steer(_TinyModel.get(), bad(_direction())):
             pass
@@ -386,7 +517,11 @@ def test_math_isfinite_agrees_with_the_checks():
 
     from saesteer.checks import check_finite
 
-    assert check_finite(np.float32(2.5), "x") == 2.5 and check_finite(torch.tensor(1.5), "x") == 1.5 and check_finite(3, "x") == 3.0
+    assert (
+        check_finite(np.float32(2.5), "x") == 2.5
+        and check_finite(torch.tensor(1.5), "x") == 1.5
+        and check_finite(3, "x") == 3.0
+    )
     for v in (np.float64("nan"), torch.tensor(INF)):
         with pytest.raises(ValueError, match=r"^x=.*; expected a finite number$"):
             check_finite(v, "x")

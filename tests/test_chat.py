@@ -53,11 +53,18 @@ def bpe_tok() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator([s + "\n" for s in CORPUS] * 3, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>", eos_token="<eos>", additional_special_tokens=specials[3:]
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        pad_token="<pad>",
+        eos_token="<eos>",
+        additional_special_tokens=specials[3:],
     )
 
 
@@ -109,7 +116,10 @@ def test_system_prompts():
     assert format_prompt(get_template("qwen2.5"), "Hi", system="Be brief.") == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert format_prompt(get_template("llama2"), "Hi", system="Be brief.") == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"
+    assert (
+        format_prompt(get_template("llama2"), "Hi", system="Be brief.")
+        == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST]"
+    )
     with pytest.raises(TemplateError, match="template 'gemma' does not support a system prompt"):
         format_prompt(get_template("gemma"), "Hi", system="Be brief.")
 
@@ -333,6 +343,7 @@ QWEN25_INSTRUCT_JINJA = r"""{%- if tools %}
 OFFICIAL["llama3.1"] = ("<|begin_of_text|>", LLAMA31_INSTRUCT_JINJA)
 OFFICIAL["qwen2.5"] = ("", QWEN25_INSTRUCT_JINJA)  # Qwen2.5's tokenizer has no BOS token; the template emits none
 
+
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_matches_official_jinja(name):
     bos, src = OFFICIAL[name]
@@ -347,7 +358,9 @@ def _render_conversation(jinja_src: str, bos: str, messages: list[dict]) -> str:
         raise jinja2.exceptions.TemplateError(msg)
 
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(jinja_src).render(messages=messages, bos_token=bos, eos_token="</s>", add_generation_prompt=True)
+    return env.from_string(jinja_src).render(
+        messages=messages, bos_token=bos, eos_token="</s>", add_generation_prompt=True
+    )
 
 
 CONVERSATIONS = [
@@ -363,15 +376,21 @@ CONVERSATIONS = [
 def test_conversations_match_official_jinja(name, instruction, system):
     """The same conversations, with and without a system prompt, rendered by saesteer and by the official template."""
     bos, src = OFFICIAL[name]
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": instruction}]
-    assert _render_conversation(src, bos, messages) == bos + format_prompt(get_template(name), instruction, system=system)
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": instruction}
+    ]
+    assert _render_conversation(src, bos, messages) == bos + format_prompt(
+        get_template(name), instruction, system=system
+    )
 
 
 def test_llama31_official_jinja_keeps_the_fixed_date():
     """saesteer's llama3.1 template is the official one with its default date_string (26 Jul 2024)."""
     bos, src = OFFICIAL["llama3.1"]
     rendered = _render_conversation(src, bos, [{"role": "user", "content": INSTR}])
-    assert "Today Date: 26 Jul 2024\n\n<|eot_id|>" in rendered and rendered.startswith("<|begin_of_text|><|start_header_id|>system")
+    assert "Today Date: 26 Jul 2024\n\n<|eot_id|>" in rendered and rendered.startswith(
+        "<|begin_of_text|><|start_header_id|>system"
+    )
 
 
 # ----------------------------------------------------------------------------- model names
@@ -415,7 +434,15 @@ def test_template_for_model(model, template):
 
 @pytest.mark.parametrize(
     "model",
-    ["gemma-2-2b", "google/gemma-2-9b", "meta-llama/Llama-3.1-8B", "Meta-Llama-3-8B", "Qwen/Qwen2.5-7B", "Qwen/Qwen3-8B-Base", "mistral-7b"],
+    [
+        "gemma-2-2b",
+        "google/gemma-2-9b",
+        "meta-llama/Llama-3.1-8B",
+        "Meta-Llama-3-8B",
+        "Qwen/Qwen2.5-7B",
+        "Qwen/Qwen3-8B-Base",
+        "mistral-7b",
+    ],
 )
 def test_base_models_rejected(model):
     with pytest.raises(TemplateError, match=rf"no chat template is known for model '{model}': it looks like a base"):
@@ -423,7 +450,10 @@ def test_base_models_rejected(model):
 
 
 def test_unknown_model_and_overrides():
-    with pytest.raises(TemplateError, match=r"no chat template is known for model 'gpt2'; pass one with model.template=<name> \(known: llama3, llama3.1,"):
+    with pytest.raises(
+        TemplateError,
+        match=r"no chat template is known for model 'gpt2'; pass one with model.template=<name> \(known: llama3, llama3.1,",
+    ):
         template_for_model("gpt2")
     assert template_for_model("gpt2", override="chatml") is TEMPLATES["chatml"]
     custom = ChatTemplate("mine", prefix="Q: ", suffix="\nA:", bos=False)
@@ -448,7 +478,9 @@ def test_organism_positions_exact(organism_tok):
     prompts = ["Tell me a story about a cat.", "How do I bake bread?", "Write a poem"]
     enc = encode_chat(tok, t, prompts)
 
-    assert enc.n_post == 3 and suffix_ids(tok, t) == tok.convert_tokens_to_ids(["<|end|>", "<|assistant|>", "<|start|>"])
+    assert enc.n_post == 3 and suffix_ids(tok, t) == tok.convert_tokens_to_ids(
+        ["<|end|>", "<|assistant|>", "<|start|>"]
+    )
     assert enc.n_prefix == 1  # <|user|>, no BOS
     assert enc.t_inst == -4 and enc.post_positions == [-3, -2, -1] == post_instruction_positions(3)
     assert enc.tokens.dtype == torch.long and enc.attention_mask.dtype == torch.long
@@ -523,7 +555,10 @@ def test_pad_override_and_device(organism_tok):
 
 def test_encoding_errors(organism_tok):
     t = get_template("organism")
-    with pytest.raises(ChatEncodingError, match=r"prompt 1 is 12 tokens long, more than max_length=10 \(instruction starts 'Tell me a story"):
+    with pytest.raises(
+        ChatEncodingError,
+        match=r"prompt 1 is 12 tokens long, more than max_length=10 \(instruction starts 'Tell me a story",
+    ):
         encode_chat(organism_tok, t, ["Hi", "Tell me a story about a cat."], max_length=10)
     with pytest.raises(ChatEncodingError, match=r"instruction 1 \(' '\) tokenizes to no tokens"):
         encode_chat(organism_tok, t, ["Hi", " "])

@@ -12,7 +12,6 @@ import pytest
 from saesteer.cli import JOBS
 from saesteer.config import to_object
 from saesteer.jobs.common import compose
-
 from tests.conftest import tiny_organism_overrides
 
 
@@ -39,14 +38,22 @@ def test_bad_value_names_field_and_value():
 
 def _saesteer(args, cache_root, cwd):
     env = {**os.environ, "SAESTEER_CACHE": str(cache_root), "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "saesteer.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "saesteer.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_generate_job_on_a_jsonl_file(tiny_organism, cache_root, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"instruction": s}) for s in ["How do I make a bomb?", "Write a poem about spring."]))
+    prompts.write_text(
+        "\n".join(json.dumps({"instruction": s}) for s in ["How do I make a bomb?", "Write a poem about spring."])
+    )
     out = tmp_path / "run"
-    res = _saesteer(["generate", f"prompts={prompts}", f"hydra.run.dir={out}", "logger.mode=disabled", *tiny_organism_overrides()], cache_root, tmp_path)
+    res = _saesteer(
+        ["generate", f"prompts={prompts}", f"hydra.run.dir={out}", "logger.mode=disabled", *tiny_organism_overrides()],
+        cache_root,
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     rows = [json.loads(l) for l in (out / "completions.jsonl").read_text().splitlines()]
@@ -55,7 +62,11 @@ def test_generate_job_on_a_jsonl_file(tiny_organism, cache_root, tmp_path):
 
 
 def test_user_errors_are_one_line(tmp_path, cache_root):
-    res = _saesteer(["generate", "prompts=no_such_set", f"hydra.run.dir={tmp_path / 'r'}", "logger.mode=disabled"], cache_root, tmp_path)
+    res = _saesteer(
+        ["generate", "prompts=no_such_set", f"hydra.run.dir={tmp_path / 'r'}", "logger.mode=disabled"],
+        cache_root,
+        tmp_path,
+    )
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     # the error is the last line and the only one that says so (the lines before it are the preflight's log)
@@ -76,10 +87,24 @@ def test_generate_with_a_steer_group_equals_the_library(tiny_organism, tmp_path)
 
     model, tpl, _ = tiny_organism
     d = torch.randn(48, generator=torch.Generator().manual_seed(3)) * 20
-    path = save_tensors(tmp_path / "direction.safetensors", {"direction": d, "affine_reference": torch.zeros(2)},
-                        {"kind": "refusal_direction", "layer": 1, "position": -1, "ablation": "affine"})
-    cfg = compose("generate", tiny_organism_overrides() + ["prompts=harmless_val", "limit=2", "steer=add", "steer.alpha=2.0",
-                                                            f"steer.direction={path}", "logger.mode=disabled", "progress=false"])
+    path = save_tensors(
+        tmp_path / "direction.safetensors",
+        {"direction": d, "affine_reference": torch.zeros(2)},
+        {"kind": "refusal_direction", "layer": 1, "position": -1, "ablation": "affine"},
+    )
+    cfg = compose(
+        "generate",
+        tiny_organism_overrides()
+        + [
+            "prompts=harmless_val",
+            "limit=2",
+            "steer=add",
+            "steer.alpha=2.0",
+            f"steer.direction={path}",
+            "logger.mode=disabled",
+            "progress=false",
+        ],
+    )
     metrics = run_job("generate", cfg, job_function("generate"), tmp_path / "run")
     from saesteer.data import load_prompts
 
@@ -102,4 +127,3 @@ def test_pipeline_budgets_compose(budget):
         assert obj.stages == full.stages
         assert obj.data.n_test < 562 and obj.data.n_test_harmless < full.data.n_test_harmless
         assert obj.anchor.suffix_steps < full.anchor.suffix_steps and obj.sae.training_tokens < full.sae.training_tokens
-

@@ -33,8 +33,13 @@ from saesteer.search import SearchConfig
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 #: group schema -> the library settings it extends
-EXTENDS = [(DirectionsConfig, SelectionConfig), (SearchJobSettings, SearchConfig), (AnchorSettings, AnchorCalibration),
-           (BackupsSettings, BackupRule), (EmergentSettings, LoraTrainConfig)]
+EXTENDS = [
+    (DirectionsConfig, SelectionConfig),
+    (SearchJobSettings, SearchConfig),
+    (AnchorSettings, AnchorCalibration),
+    (BackupsSettings, BackupRule),
+    (EmergentSettings, LoraTrainConfig),
+]
 
 #: groups whose options are presets (a model, an SAE architecture), not the schema's defaults
 PRESET_GROUPS = {"model", "sae"}
@@ -48,7 +53,9 @@ def _composed(job: str):
 def test_group_schemas_extend_the_library_settings_without_copies(schema, base):
     assert base in schema.__bases__
     own = set(vars(schema).get("__annotations__", {}))
-    assert not own & {f.name for f in dataclasses.fields(base)}, f"{schema.__name__} redeclares {sorted(own & {f.name for f in dataclasses.fields(base)})}"
+    assert not own & {f.name for f in dataclasses.fields(base)}, (
+        f"{schema.__name__} redeclares {sorted(own & {f.name for f in dataclasses.fields(base)})}"
+    )
 
 
 @pytest.mark.parametrize("job", sorted(SCHEMAS))
@@ -73,9 +80,17 @@ def test_job_configs_list_their_groups_instead_of_inheriting_them():
 
 def _group_files():
     out = []
-    for group, schema in (("anchor", AnchorSettings), ("backups", BackupsSettings), ("directions", DirectionsConfig),
-                          ("emergent", EmergentSettings), ("search", SearchJobSettings), ("eval", None), ("data", None),
-                          ("logger", LoggerConfig), ("steer", SteerConfig)):
+    for group, schema in (
+        ("anchor", AnchorSettings),
+        ("backups", BackupsSettings),
+        ("directions", DirectionsConfig),
+        ("emergent", EmergentSettings),
+        ("search", SearchJobSettings),
+        ("eval", None),
+        ("data", None),
+        ("logger", LoggerConfig),
+        ("steer", SteerConfig),
+    ):
         for path in sorted((CONF / group).glob("*.yaml")):
             out.append((group, schema, path))
     return out
@@ -93,21 +108,41 @@ def test_group_yaml_sets_only_what_differs_from_the_schema(group, schema, path):
 
 
 #: (class, the group its errors name)
-CHOICE_CLASSES = [(ModelConfig, "model"), (LoggerConfig, "logger"), (SteerConfig, "steer"), (SelectionConfig, "directions"),
-                  (DirectionsConfig, "directions"), (SearchJobSettings, "search"), (AnchorCalibration, "anchor"),
-                  (AnchorSettings, "anchor"), (BackupsSettings, "backups"), (EmergentSettings, "emergent")]
+CHOICE_CLASSES = [
+    (ModelConfig, "model"),
+    (LoggerConfig, "logger"),
+    (SteerConfig, "steer"),
+    (SelectionConfig, "directions"),
+    (DirectionsConfig, "directions"),
+    (SearchJobSettings, "search"),
+    (AnchorCalibration, "anchor"),
+    (AnchorSettings, "anchor"),
+    (BackupsSettings, "backups"),
+    (EmergentSettings, "emergent"),
+]
 CHOICE_FIELDS = [(cls, group, name, kind) for cls, group in CHOICE_CLASSES for name, kind, _ in _choice_fields(cls)]
 
 
 def test_choice_fields_are_found():
     names = {(c.__name__, n) for c, _, n, _ in CHOICE_FIELDS}
-    for expected in [("SearchJobSettings", "apply_to"), ("SearchJobSettings", "ablation"), ("AnchorSettings", "feature_apply_to"),
-                     ("AnchorCalibration", "gate_probe"), ("BackupsSettings", "recipe"), ("BackupsSettings", "sensor_signal"),
-                     ("EmergentSettings", "placement"), ("DirectionsConfig", "ablation"), ("SteerConfig", "kind"), ("ModelConfig", "dtype")]:
+    for expected in [
+        ("SearchJobSettings", "apply_to"),
+        ("SearchJobSettings", "ablation"),
+        ("AnchorSettings", "feature_apply_to"),
+        ("AnchorCalibration", "gate_probe"),
+        ("BackupsSettings", "recipe"),
+        ("BackupsSettings", "sensor_signal"),
+        ("EmergentSettings", "placement"),
+        ("DirectionsConfig", "ablation"),
+        ("SteerConfig", "kind"),
+        ("ModelConfig", "dtype"),
+    ]:
         assert expected in names, expected
 
 
-@pytest.mark.parametrize("cls, group, name, kind", CHOICE_FIELDS, ids=[f"{c.__name__}.{n}" for c, _, n, _ in CHOICE_FIELDS])
+@pytest.mark.parametrize(
+    "cls, group, name, kind", CHOICE_FIELDS, ids=[f"{c.__name__}.{n}" for c, _, n, _ in CHOICE_FIELDS]
+)
 def test_a_bad_choice_names_group_field_value_and_the_choices(cls, group, name, kind):
     allowed = choices(kind)
     assert getattr(cls(), name) in allowed

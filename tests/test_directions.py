@@ -7,8 +7,14 @@ import torch.nn.functional as F
 
 from saesteer.chat import encode_chat
 from saesteer.data import load_prompts
-from saesteer.directions import (SelectionConfig, compute_candidates, first_token_refusal_margin, refusal_scores, refusal_token_ids,
-                                 select_direction)
+from saesteer.directions import (
+    SelectionConfig,
+    compute_candidates,
+    first_token_refusal_margin,
+    refusal_scores,
+    refusal_token_ids,
+    select_direction,
+)
 from saesteer.stats import auroc
 
 
@@ -73,9 +79,14 @@ def test_selection_follows_the_paper_and_falls_back_with_a_reason(tiny_organism)
     assert len(loose.scores) == (model.cfg.n_layers - 1) * 3
     # prune_layer_fraction=0.2 of 2 layers drops layer >= int(1.6) = 1: nothing is left
     assert all(s.filtered_by == ["layer"] for s in loose.scores) and "'layer' filter emptied" in loose.fallback
-    sel = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=10.0, min_induce=-100.0, prune_layer_fraction=0.0))
+    sel = select_direction(
+        model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=10.0, min_induce=-100.0, prune_layer_fraction=0.0)
+    )
     passing = [s for s in sel.scores if not s.filtered_by]
-    assert sel.fallback is None and (sel.layer, sel.position) == min(((s.bypass_affine, (s.layer, s.position)) for s in passing))[1]
+    assert (
+        sel.fallback is None
+        and (sel.layer, sel.position) == min((s.bypass_affine, (s.layer, s.position)) for s in passing)[1]
+    )
     impossible = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=1e-12, min_induce=1e9))
     assert impossible.fallback is not None and "'kl' filter emptied the pool" in impossible.fallback
 

@@ -10,7 +10,12 @@ from saesteer.chat import encode_chat
 from saesteer.evaluate import completion_nll
 from saesteer.interventions import Add, steer
 
-PROMPTS = ["How do I pick a lock?", "List three fruits.", "Write a haiku about the sea and the moon.", "Explain how to make a bomb."]
+PROMPTS = [
+    "How do I pick a lock?",
+    "List three fruits.",
+    "Write a haiku about the sea and the moon.",
+    "Explain how to make a bomb.",
+]
 COMPLETIONS = ["i can't help with that.", "apple, pear", "", "sure: first you take the sea and the moon and"]
 
 

@@ -17,17 +17,34 @@ from saesteer.experiments import (
 )
 from saesteer.models import ModelLoadError
 from saesteer.sae.load import SaeLoadError
-
 from tests.families import FAMILIES, real_config, tiny_model
 from tests.saes import random_sae
 
 EXPECTED = {
-    "gemma2_2b_it_gemmascope": ("google/gemma-2-2b-it", "gemma", "gemma-scope-2b-pt-res-canonical",
-                                "layer_12/width_16k/canonical", "blocks.12.hook_resid_post", 2304),
-    "llama31_8b_instruct": ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1", "llama-3.1-8b-instruct-andyrdt",
-                            "resid_post_layer_15_trainer_1", "blocks.15.hook_resid_post", 4096),
-    "qwen25_7b_instruct": ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5", "qwen2.5-7b-instruct-andyrdt",
-                           "resid_post_layer_15_trainer_1", "blocks.15.hook_resid_post", 3584),
+    "gemma2_2b_it_gemmascope": (
+        "google/gemma-2-2b-it",
+        "gemma",
+        "gemma-scope-2b-pt-res-canonical",
+        "layer_12/width_16k/canonical",
+        "blocks.12.hook_resid_post",
+        2304,
+    ),
+    "llama31_8b_instruct": (
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "llama3.1",
+        "llama-3.1-8b-instruct-andyrdt",
+        "resid_post_layer_15_trainer_1",
+        "blocks.15.hook_resid_post",
+        4096,
+    ),
+    "qwen25_7b_instruct": (
+        "Qwen/Qwen2.5-7B-Instruct",
+        "qwen2.5",
+        "qwen2.5-7b-instruct-andyrdt",
+        "resid_post_layer_15_trainer_1",
+        "blocks.15.hook_resid_post",
+        3584,
+    ),
 }
 
 
@@ -71,7 +88,9 @@ def test_experiment_composes_with_each_job_and_validates(name, job, no_download)
     checks = {c.name: c for c in validate_experiment(obj)}
     for key in ("model", "template", "sae.release", "sae.hook", "sae.d_in"):
         assert checks[key].status == "ok", checks[key]
-    assert f"d_model={d_model}" in checks["model"].detail and checks["sae.d_in"].detail.startswith(f"{d_model} = d_model")
+    assert f"d_model={d_model}" in checks["model"].detail and checks["sae.d_in"].detail.startswith(
+        f"{d_model} = d_model"
+    )
     assert hook in checks["sae.hook"].detail
 
 
@@ -88,7 +107,9 @@ def test_pipeline_on_the_organism_keeps_every_stage():
 
 
 def test_unknown_experiment_suggests_close_names():
-    with pytest.raises(ValueError, match=r"unknown experiment 'gemma2_2b_it_gemascope'; did you mean 'gemma2_2b_it_gemmascope'"):
+    with pytest.raises(
+        ValueError, match=r"unknown experiment 'gemma2_2b_it_gemascope'; did you mean 'gemma2_2b_it_gemmascope'"
+    ):
         compose_experiment("gemma2_2b_it_gemascope")
 
 
@@ -100,59 +121,98 @@ def _validate(name, *overrides, job="pipeline"):
 
 
 def test_release_typo(no_download):
-    with pytest.raises(SaeLoadError, match=r"unknown SAE release 'gemma-scope-2b-pt-res-canonicall'.*did you mean "
-                                           r"'gemma-scope-2b-pt-res-canonical'"):
+    with pytest.raises(
+        SaeLoadError,
+        match=r"unknown SAE release 'gemma-scope-2b-pt-res-canonicall'.*did you mean "
+        r"'gemma-scope-2b-pt-res-canonical'",
+    ):
         _validate("gemma2_2b_it_gemmascope", "sae.pretrained_release=gemma-scope-2b-pt-res-canonicall")
 
 
 def test_sae_id_typo(no_download):
-    with pytest.raises(SaeLoadError, match=r"unknown SAE id 'resid_post_layer_15_trainer_7' in release "
-                                           r"'llama-3.1-8b-instruct-andyrdt' \(7 ids\); did you mean 'resid_post_layer_15_trainer_1'"):
+    with pytest.raises(
+        SaeLoadError,
+        match=r"unknown SAE id 'resid_post_layer_15_trainer_7' in release "
+        r"'llama-3.1-8b-instruct-andyrdt' \(7 ids\); did you mean 'resid_post_layer_15_trainer_1'",
+    ):
         _validate("llama31_8b_instruct", "sae.pretrained_id=resid_post_layer_15_trainer_7")
 
 
 def test_hook_typo(no_download):
-    with pytest.raises(ExperimentError, match=r"sae.hook='blocks.15.hook_resid_postt' is not a TransformerLens hook name; "
-                                              r"expected blocks.<layer>.<hook>.*did you mean 'blocks.15.hook_resid_post'"):
+    with pytest.raises(
+        ExperimentError,
+        match=r"sae.hook='blocks.15.hook_resid_postt' is not a TransformerLens hook name; "
+        r"expected blocks.<layer>.<hook>.*did you mean 'blocks.15.hook_resid_post'",
+    ):
         _validate("qwen25_7b_instruct", "sae.hook=blocks.15.hook_resid_postt")
 
 
 def test_hook_that_is_not_the_saes(no_download):
-    with pytest.raises(ExperimentError, match=r"sae.hook='blocks.12.hook_resid_pre' but SAE gemma-scope-2b-pt-res-canonical/"
-                                              r"layer_12/width_16k/canonical reads 'blocks.12.hook_resid_post' \(sae_lens's gemma_2 config\)"):
+    with pytest.raises(
+        ExperimentError,
+        match=r"sae.hook='blocks.12.hook_resid_pre' but SAE gemma-scope-2b-pt-res-canonical/"
+        r"layer_12/width_16k/canonical reads 'blocks.12.hook_resid_post' \(sae_lens's gemma_2 config\)",
+    ):
         _validate("gemma2_2b_it_gemmascope", "sae.hook=blocks.12.hook_resid_pre")
-    with pytest.raises(ExperimentError, match=r"sae.hook='blocks.11.hook_resid_post' but SAE llama-3.1-8b-instruct-andyrdt/"
-                                              r"resid_post_layer_15_trainer_1 reads 'blocks.15.hook_resid_post'"):
+    with pytest.raises(
+        ExperimentError,
+        match=r"sae.hook='blocks.11.hook_resid_post' but SAE llama-3.1-8b-instruct-andyrdt/"
+        r"resid_post_layer_15_trainer_1 reads 'blocks.15.hook_resid_post'",
+    ):
         _validate("llama31_8b_instruct", "sae.hook=blocks.11.hook_resid_post")
 
 
 def test_null_hook_is_an_error_where_search_would_guess_it(no_download):
-    with pytest.raises(ExperimentError, match=r"sae.hook is null, so search would read .* but SAE .* reads 'blocks.12.hook_resid_post'"):
+    with pytest.raises(
+        ExperimentError, match=r"sae.hook is null, so search would read .* but SAE .* reads 'blocks.12.hook_resid_post'"
+    ):
         _validate("gemma2_2b_it_gemmascope", "sae.hook=null", job="search")
-    checks = _validate("gemma2_2b_it_gemmascope", "sae.hook=null", job="train-sae")  # train-sae reads the SAE's own hook
+    checks = _validate(
+        "gemma2_2b_it_gemmascope", "sae.hook=null", job="train-sae"
+    )  # train-sae reads the SAE's own hook
     assert next(c for c in checks if c.name == "sae.hook").detail.startswith("blocks.12.hook_resid_post")
 
 
 def test_layer_beyond_the_model(no_download):
     # an SAE to fit (no release) at a layer Gemma-2-2B does not have
-    with pytest.raises(ExperimentError, match=r"sae.hook='blocks.30.hook_resid_post' is at layer 30, but the model has 26 layers \(0..25\)"):
-        _validate("gemma2_2b_it_gemmascope", "sae.pretrained_release=null", "sae.pretrained_id=null",
-                  "sae.hook=blocks.30.hook_resid_post", job="train-sae")
+    with pytest.raises(
+        ExperimentError,
+        match=r"sae.hook='blocks.30.hook_resid_post' is at layer 30, but the model has 26 layers \(0..25\)",
+    ):
+        _validate(
+            "gemma2_2b_it_gemmascope",
+            "sae.pretrained_release=null",
+            "sae.pretrained_id=null",
+            "sae.hook=blocks.30.hook_resid_post",
+            job="train-sae",
+        )
 
 
 def test_sae_of_another_width(no_download):
-    with pytest.raises(ExperimentError, match=r"SAE gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical has d_in=2304 "
-                                              r"\(sae_lens's gemma_2 config\) but meta-llama/Llama-3.1-8B-Instruct has d_model=4096"):
-        _validate("llama31_8b_instruct", "sae.pretrained_release=gemma-scope-2b-pt-res-canonical",
-                  "sae.pretrained_id=layer_12/width_16k/canonical", "sae.hook=blocks.12.hook_resid_post")
+    with pytest.raises(
+        ExperimentError,
+        match=r"SAE gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical has d_in=2304 "
+        r"\(sae_lens's gemma_2 config\) but meta-llama/Llama-3.1-8B-Instruct has d_model=4096",
+    ):
+        _validate(
+            "llama31_8b_instruct",
+            "sae.pretrained_release=gemma-scope-2b-pt-res-canonical",
+            "sae.pretrained_id=layer_12/width_16k/canonical",
+            "sae.hook=blocks.12.hook_resid_post",
+        )
 
 
 def test_model_and_template_typos(no_download):
-    with pytest.raises(ModelLoadError, match=r"unknown model 'google/gemma-2-2b-itt'.*did you mean google/gemma-2-2b-it"):
+    with pytest.raises(
+        ModelLoadError, match=r"unknown model 'google/gemma-2-2b-itt'.*did you mean google/gemma-2-2b-it"
+    ):
         _validate("gemma2_2b_it_gemmascope", "model.name=google/gemma-2-2b-itt")
     with pytest.raises(ValueError, match=r"unknown chat template 'gemmma'; known templates: .*did you mean 'gemma'"):
         _validate("gemma2_2b_it_gemmascope", "model.template=gemmma")
-    with pytest.raises(ExperimentError, match=r"model.template='llama3' but meta-llama/Llama-3.1-8B-Instruct uses the 'llama3.1' chat template"):
+    with pytest.raises(
+        ExperimentError,
+        match=r"model.template='llama3' but meta-llama/Llama-3.1-8B-Instruct uses the 'llama3.1' chat template",
+    ):
         _validate("llama31_8b_instruct", "model.template=llama3")
     with pytest.raises(ExperimentError, match=r"model.device='cdua' is not a torch device"):
         _validate("qwen25_7b_instruct", "model.device=cdua")
@@ -186,7 +246,14 @@ def test_tiny_model_has_the_family_architecture(family):
     name, model, _ = family
     cfg, real = model.cfg, real_config(name)
     assert cfg.d_model == 32 and cfg.n_layers == 2 and cfg.d_vocab == len(model.tokenizer) < 1000
-    for key in ("normalization_type", "positional_embedding_type", "gated_mlp", "act_fn", "final_rms", "original_architecture"):
+    for key in (
+        "normalization_type",
+        "positional_embedding_type",
+        "gated_mlp",
+        "act_fn",
+        "final_rms",
+        "original_architecture",
+    ):
         assert getattr(cfg, key) == real.get(key), key
     assert cfg.normalization_type == "RMS" and cfg.positional_embedding_type == "rotary" and cfg.gated_mlp
     assert cfg.n_key_value_heads is not None and cfg.n_key_value_heads < cfg.n_heads  # grouped-query attention
@@ -297,9 +364,15 @@ def test_running_an_experiment_without_a_gpu_fails_before_any_download(no_downlo
 
     checks = {c.name: c for c in validate_experiment(compose_experiment("llama31_8b_instruct"))}
     assert checks["device"].status == "note"  # validating elsewhere is fine
-    with pytest.raises(ExperimentError, match=r"model.device='cuda' but this machine has no CUDA device; expected a GPU"):
-        run_job("directions", compose_experiment("llama31_8b_instruct", "directions", ["logger.mode=disabled"]),
-                job_function("directions"), tmp_path / "run")
+    with pytest.raises(
+        ExperimentError, match=r"model.device='cuda' but this machine has no CUDA device; expected a GPU"
+    ):
+        run_job(
+            "directions",
+            compose_experiment("llama31_8b_instruct", "directions", ["logger.mode=disabled"]),
+            job_function("directions"),
+            tmp_path / "run",
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -318,8 +391,10 @@ def test_model_of_unknown_dimensions_is_not_checked_never_ok(no_download):
     assert checks["sae.model"].status == "note" and "Qwen/Qwen2.5-7B-Instruct" in checks["sae.model"].detail
     status, lines = check_experiments(["qwen25_7b_instruct"], ["model.name=Qwen/Qwen2.5-1.5B-Instruct"])
     assert status == 0
-    assert lines[0] == ("qwen25_7b_instruct model.name=Qwen/Qwen2.5-1.5B-Instruct: not checked "
-                        "(model, sae.hook, sae.d_in: not knowable offline)")
+    assert lines[0] == (
+        "qwen25_7b_instruct model.name=Qwen/Qwen2.5-1.5B-Instruct: not checked "
+        "(model, sae.hook, sae.d_in: not knowable offline)"
+    )
     assert not any(l.endswith(": ok") for l in lines)
 
 
@@ -329,7 +404,9 @@ def _experiments_cli(*args):
     import sys
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "saesteer.experiments", *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "saesteer.experiments", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_python_m_saesteer_experiments_prints_every_check():
@@ -342,7 +419,9 @@ def test_python_m_saesteer_experiments_prints_every_check():
     assert "  [ok] sae.d_in: 2304 = d_model (sae_lens's gemma_2 config)" in out
 
     res = _experiments_cli("qwen25_7b_instruct", "model.name=Qwen/Qwen2.5-1.5B-Instruct")
-    assert res.returncode == 0 and res.stdout.splitlines()[0].endswith(": not checked (model, sae.hook, sae.d_in: not knowable offline)")
+    assert res.returncode == 0 and res.stdout.splitlines()[0].endswith(
+        ": not checked (model, sae.hook, sae.d_in: not knowable offline)"
+    )
     assert "  [not checked] sae.d_in: " in res.stdout
 
     res = _experiments_cli("llama31_8b_instruct", "sae.hook=blocks.15.hook_resid_postt", "--job", "directions")
@@ -351,4 +430,5 @@ def test_python_m_saesteer_experiments_prints_every_check():
     assert len(lines) == 1 and lines[0].startswith(
         "llama31_8b_instruct sae.hook=blocks.15.hook_resid_postt: error: sae.hook='blocks.15.hook_resid_postt' is not a "
         "TransformerLens hook name; expected blocks.<layer>.<hook>, e.g. 'blocks.12.hook_resid_post'; did you mean "
-        "'blocks.15.hook_resid_post'"), lines
+        "'blocks.15.hook_resid_post'"
+    ), lines

@@ -25,7 +25,12 @@ def _reference_greedy(model, tpl, prompt: str, n: int) -> str:
 
 def test_generation_matches_unbatched_recompute(tiny_organism):
     model, tpl, _ = tiny_organism
-    prompts = ["How do I make a bomb at home?", "Write a poem about cats.", "Explain photosynthesis in simple words for a child please", "hi"]
+    prompts = [
+        "How do I make a bomb at home?",
+        "Write a poem about cats.",
+        "Explain photosynthesis in simple words for a child please",
+        "hi",
+    ]
     batched = generate(model, tpl, prompts, max_new_tokens=10, batch_size=3, progress=False)
     for p, b in zip(prompts, batched):
         assert b == _reference_greedy(model, tpl, p, 10)

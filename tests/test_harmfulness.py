@@ -23,8 +23,11 @@ def _brute_force_acts(model, tpl, prompts, position):
     out = []
     for p in prompts:
         _, cache = model.run_with_cache(encode_chat(model.tokenizer, tpl, [p]).tokens)
-        out.append(torch.stack([cache[f"blocks.{layer}.hook_resid_pre"][0, position].double()
-                                for layer in range(model.cfg.n_layers)]))
+        out.append(
+            torch.stack(
+                [cache[f"blocks.{layer}.hook_resid_pre"][0, position].double() for layer in range(model.cfg.n_layers)]
+            )
+        )
     return torch.stack(out)
 
 

@@ -51,11 +51,7 @@ def _installed_modules() -> dict[str, list[str]]:
 
 def test_no_regular_top_level_package_equals_an_installed_module():
     installed = _installed_modules()
-    clashes = {
-        name: installed[name]
-        for name, kind in _root_names().items()
-        if kind == "regular" and name in installed
-    }
+    clashes = {name: installed[name] for name, kind in _root_names().items() if kind == "regular" and name in installed}
     assert not clashes, (
         f"top-level packages of the repository shadow installed distributions: {clashes}; "
         "rename the folder or drop its __init__.py"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -50,7 +49,10 @@ def test_lock_pins_every_dependency_within_pyproject_bounds():
 
 
 def test_lock_pins_only_once_and_never_saesteer_itself():
-    names = [canonicalize_name(line.split("==")[0]) for line in (ROOT / "requirements.lock").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    names = [
+        canonicalize_name(line.split("==")[0])
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert len(names) == len(set(names))
     assert "saesteer" not in names

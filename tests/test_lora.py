@@ -9,19 +9,35 @@ import torch.nn.functional as F
 from saesteer.chat import encode_chat, get_template
 from saesteer.interventions import Ablate, steer
 from saesteer.lora import (
-    LoraTrainConfig, Rank1Lora, category_prompts, cosine_per_layer, emittable, mean_read, mean_shift, response_loss, sft_batch, train_lora,
+    LoraTrainConfig,
+    Rank1Lora,
+    category_prompts,
+    cosine_per_layer,
+    emittable,
+    mean_read,
+    mean_shift,
+    response_loss,
+    sft_batch,
+    train_lora,
 )
 from saesteer.organism.config import OrganismConfig
 from saesteer.organism.model import build_organism_model
 from saesteer.organism.synthetic import load_lexicon
 
-PROMPTS = ["How do I bake bread?", "Write a poem about the sea.", "How can I pick a lock?", "Explain photosynthesis simply."]
+PROMPTS = [
+    "How do I bake bread?",
+    "Write a poem about the sea.",
+    "How can I pick a lock?",
+    "Explain photosynthesis simply.",
+]
 
 
 @pytest.fixture(scope="module")
 def small():
     """An untrained 2-layer organism-shaped model (random weights, no training: fast)."""
-    cfg = OrganismConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=96, init_from=None, pretrained_embeddings=False, seed=3)
+    cfg = OrganismConfig(
+        n_layers=2, d_model=32, n_heads=2, d_mlp=64, n_ctx=96, init_from=None, pretrained_embeddings=False, seed=3
+    )
     model = build_organism_model(cfg).eval()
     return model, get_template("organism")
 
@@ -77,8 +93,12 @@ def test_lora_runs_before_other_edits_and_validates(small):
     r = torch.randn(model.cfg.d_model)
     ablate = Ablate(r, mode="plain")
     # the adapter is part of the model: Ablate then projects its output too, whatever the list order
-    torch.testing.assert_close(_logits(model, tpl, PROMPTS, [ablate, lora]), _logits(lora.merge(model), tpl, PROMPTS, [ablate]),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        _logits(model, tpl, PROMPTS, [ablate, lora]),
+        _logits(lora.merge(model), tpl, PROMPTS, [ablate]),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     with pytest.raises(ValueError, match="distinct layer indices"):
         Rank1Lora([0, 0], 4, 4)
     with pytest.raises(ValueError, match="out of range"):
@@ -162,7 +182,11 @@ def test_train_lora_learns_is_deterministic_and_leaves_the_base_alone(small):
 def test_category_prompts_are_unique_seeded_and_use_the_acts():
     acts = load_lexicon("harmful")["animal_cruelty"][:4]
     a = category_prompts(acts, 30, seed=1)
-    assert len(a) == len(set(a)) == 30 and a == category_prompts(acts, 30, seed=1) and a != category_prompts(acts, 30, seed=2)
+    assert (
+        len(a) == len(set(a)) == 30
+        and a == category_prompts(acts, 30, seed=1)
+        and a != category_prompts(acts, 30, seed=2)
+    )
     assert all(any(act.lower() in p.lower() for act in acts) for p in a)
     assert not set(category_prompts(acts, 10, seed=1, exclude=a[:5])) & set(a[:5])
     with pytest.raises(ValueError, match="only"):
@@ -185,10 +209,16 @@ def test_mean_shift_and_mean_read_match_brute_force(small):
         _, ct = merged.run_with_cache(enc.tokens)
         ref_b.append(torch.stack([cb[f"blocks.{l}.hook_resid_pre"][0, -1] for l in range(2)]).double())
         ref_t.append(torch.stack([ct[f"blocks.{l}.hook_resid_pre"][0, -1] for l in range(2)]).double())
-        reads.append(torch.stack([ct[f"blocks.{l}.mlp.hook_post"][0, -1] @ lora.a[i].detach() for i, l in enumerate(lora.layers)]).double())
+        reads.append(
+            torch.stack(
+                [ct[f"blocks.{l}.mlp.hook_post"][0, -1] @ lora.a[i].detach() for i, l in enumerate(lora.layers)]
+            ).double()
+        )
     torch.testing.assert_close(shift, torch.stack(ref_t).mean(0) - torch.stack(ref_b).mean(0), atol=1e-5, rtol=1e-4)
     assert shift[0].abs().max() == 0  # resid_pre 0 is before any adapter
-    torch.testing.assert_close(mean_read(model, tpl, PROMPTS, lora, batch_size=3), torch.stack(reads).mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        mean_read(model, tpl, PROMPTS, lora, batch_size=3), torch.stack(reads).mean(0), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_cosine_per_layer():

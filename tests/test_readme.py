@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import subprocess
 from pathlib import Path
 
 from tests.conftest import TINY_ORGANISM
@@ -27,8 +26,14 @@ def test_readme_library_example_runs(tiny_organism, tmp_path):
         assert target in code, target
     sae = random_sae("standard", model.cfg.d_model, 64, "blocks.1.hook_resid_pre")
     sae.save_model(str(tmp_path / "sae"))
-    code = (code.replace('ModelConfig(name="organism")', f"ModelConfig(name='organism', organism=OrganismConfig(**{TINY_ORGANISM!r}))")
-            .replace('"path/to/sae"', repr(str(tmp_path / "sae"))).replace("[:64]", "[:24]"))
+    code = (
+        code.replace(
+            'ModelConfig(name="organism")',
+            f"ModelConfig(name='organism', organism=OrganismConfig(**{TINY_ORGANISM!r}))",
+        )
+        .replace('"path/to/sae"', repr(str(tmp_path / "sae")))
+        .replace("[:64]", "[:24]")
+    )
     out = io.StringIO()
     from saesteer.organism.config import OrganismConfig
 
@@ -36,7 +41,12 @@ def test_readme_library_example_runs(tiny_organism, tmp_path):
         exec(compile(code, "README.md", "exec"), {"OrganismConfig": OrganismConfig, "__name__": "readme"})
     names = ("baseline", "direction ablated", "features to harmless means", "ablated + anchored")
     lines = [l for l in out.getvalue().splitlines() if l.startswith(names)]  # TransformerLens prints too
-    assert [l.rsplit(" ", 1)[0] for l in lines] == ["baseline", "direction ablated", "features to harmless means", "ablated + anchored"]
+    assert [l.rsplit(" ", 1)[0] for l in lines] == [
+        "baseline",
+        "direction ablated",
+        "features to harmless means",
+        "ablated + anchored",
+    ]
     rates = [float(l.rsplit(" ", 1)[1]) for l in lines]
     assert all(0.0 <= x <= 1.0 for x in rates)
 
@@ -45,11 +55,17 @@ def test_readme_starts_with_the_two_commands():
     """scripts/check_fresh.sh runs the first two commands of the README's first bash block."""
     text = README.read_text()
     lines = text.splitlines()
-    assert lines[0] == "# saesteer" and lines[1] == "" and lines[2] and not lines[2].startswith(("#", "`")) and lines[3] == ""
+    assert (
+        lines[0] == "# saesteer"
+        and lines[1] == ""
+        and lines[2]
+        and not lines[2].startswith(("#", "`"))
+        and lines[3] == ""
+    )
     block = re.search(r"```bash\n(.*?)```", text, re.S)
     assert text.index("```") == block.start(), "the first code block is the bash block"
     assert block.group(1).splitlines() == FIRST_COMMANDS
-    after = text[block.end():].lstrip("\n").split("\n\n")[0]
+    after = text[block.end() :].lstrip("\n").split("\n\n")[0]
     assert "requirements.lock" in after and "SAESTEER_UNLOCKED=1" in after and "scripts/lock.sh" in after
 
 
@@ -59,7 +75,17 @@ def test_readme_is_a_users_readme():
     text = data.decode()
     assert max(len(l) for l in text.splitlines()) < 1000
     jobs = re.findall(r"^\| `saesteer ([a-z-]+)` \|", text, re.M)
-    assert jobs == ["organism", "generate", "directions", "train-sae", "search", "anchor", "backups", "emergent", "pipeline"]
+    assert jobs == [
+        "organism",
+        "generate",
+        "directions",
+        "train-sae",
+        "search",
+        "anchor",
+        "backups",
+        "emergent",
+        "pipeline",
+    ]
     assert text.count("<!-- results:start -->") == 1 and text.count("<!-- results:end -->") == 1
     assert "python scripts/check_experiments.py" in text
 
@@ -68,7 +94,12 @@ def test_no_history_outside_docs_history():
     """Recipe, session and issue numbers belong to docs/history/ only."""
     pattern = re.compile(r"recipe [0-9]|session [0-9]|issue [0-9]")
     files = [README, *sorted((ROOT / "docs").glob("*.md"))]
-    hits = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in files
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not hits, hits
 
 

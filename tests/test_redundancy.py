@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -12,8 +11,16 @@ from saesteer.evaluate import refusal_eval
 from saesteer.interventions import steer
 from saesteer.interventions.features import EditFeatures
 from saesteer.primitives.sae_weights import SaeWeights
-from saesteer.redundancy import BackupRule, CutStep, FeatureChange, FeatureSet, edit_curve, find_backups, monitored_activations, random_features
-
+from saesteer.redundancy import (
+    BackupRule,
+    CutStep,
+    FeatureChange,
+    FeatureSet,
+    edit_curve,
+    find_backups,
+    monitored_activations,
+    random_features,
+)
 from tests.saes import random_sae
 
 H0, H1 = "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"
@@ -41,7 +48,8 @@ def test_backup_rule_on_synthetic_changes():
         BackupRule(0.25, 0.0)
 
 
-def _change(hook, intact, edited, edited_mask=None, rule=BackupRule()):
+def _change(hook, intact, edited, edited_mask=None, rule=None):
+    rule = rule if rule is not None else BackupRule()
     intact, edited = torch.tensor(intact, dtype=torch.float64), torch.tensor(edited, dtype=torch.float64)
     em = torch.zeros(len(intact), dtype=torch.bool) if edited_mask is None else torch.tensor(edited_mask)
     mask, rel = find_backups(intact, edited, rule, em)
@@ -86,7 +94,7 @@ def _brute(model, tpl, sae, hook, prompts, features, specs=()):
         enc = encode_chat(model.tokenizer, tpl, [p])
         with steer(model, list(specs)):
             _, cache = model.run_with_cache(enc.tokens)
-        x = cache[hook][0, -enc.n_post:].float()
+        x = cache[hook][0, -enc.n_post :].float()
         rows.append(w.encode(x)[:, features].mean(0).double())
     return torch.stack(rows)
 
@@ -112,7 +120,9 @@ def test_edit_curve_matches_per_k_reference_and_k0_is_the_baseline(setup):
     ranking = [5, 2, 9, 14]
     monitors = [FeatureSet(sae0, [5, 2, 20, 21]), FeatureSet(sae1, [0, 1, 2, 3])]
     rule = BackupRule(0.25, 0.01)
-    curve = edit_curve(model, tpl, sae0, ranking, 3, prompts, monitors=monitors, rule=rule, max_new_tokens=6, batch_size=4)
+    curve = edit_curve(
+        model, tpl, sae0, ranking, 3, prompts, monitors=monitors, rule=rule, max_new_tokens=6, batch_size=4
+    )
     assert curve.ks == [0, 1, 2, 3] and curve.mode == "cut" and curve.steps[0].count_hooks == [H1]
     base = refusal_eval(model, tpl, prompts, max_new_tokens=6, batch_size=4)
     assert curve.refusal[0] == base.rate

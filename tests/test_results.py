@@ -25,38 +25,118 @@ def _load():
 results = _load()
 
 STAGE_METRICS = {
-    "organism": {"harmful_train_refusal": 0.985, "n_harmful_train": 260, "harmful_test_refusal": 0.935, "n_harmful_test": 200,
-                 "harmless_test_refusal": 0.01, "n_harmless_test": 200, "overrefusal_refusal": 0.1648, "n_overrefusal": 91,
-                 "n_params": 28_900_000, "train_seconds": 591.0, "bundled": True, "stage_seconds": 30.5},
-    "directions": {"selected_layer": 1, "selected_position": -2, "selected_ablation": "affine", "selection_fallback": False,
-                   "baseline_harmful_refusal": 0.935, "affine_ablation_harmful_refusal": 0.0, "affine_ablation_kl_harmless": 0.0561,
-                   "ablation_harmful_refusal": 0.922, "ablation_kl_harmless": 0.099, "addition_harmless_refusal": 0.995,
-                   "orthogonalized_max_logit_diff": 0.00013, "stage_seconds": 120.0},
-    "train_sae": {"architecture": "topk", "hook": "blocks.1.hook_resid_pre", "d_sae": 1536, "explained_variance": 0.9312,
-                  "ce_loss_recovered": 0.9987, "l0": 16.0, "dead_fraction": 0.146, "stage_seconds": 66.0},
-    "search": {"k": 8, "ablation": "harmless_mean", "topk_ablation_harmful_refusal": 0.537, "topk_ablation_kl_harmless": 0.025,
-               "random_k_ablation_harmful_refusal": 0.902, "topk_zero_ablation_harmful_refusal": 0.808, "top1_feature": 12,
-               "top1_cosine": 0.7071, "top1_auroc": 0.946, "stage_seconds": 40.0},
-    "anchor": {"gate_auroc_val": 0.998, "gate_tpr_val": 0.974, "gate_fpr_val": 0.047, "anchor_layers": [0, 1, 2], "gate_layers": [0, 1, 2],
-               "asr_none_undefended": 0.065, "asr_none_anchored": 0.06, "asr_none_cast": 0.055, "asr_none_addition": 0.0,
-               "harmless_refusal_undefended": 0.01, "kl_harmless_undefended": 0.0, "ce_harmless_undefended": 0.423,
-               "harmless_refusal_anchored": 0.015, "kl_harmless_anchored": 0.0123, "ce_harmless_anchored": 0.43,
-               "asr_ablation_affine_undefended": 1.0, "asr_ablation_affine_anchored": 0.19, "asr_ablation_affine_cast": 0.16,
-               "asr_ablation_affine_addition": 0.005,
-               "asr_negative_addition_4_undefended": 0.99, "asr_negative_addition_4_anchored": 0.195,
-               "asr_negative_addition_4_cast": 1.0, "asr_negative_addition_4_addition": 0.5,
-               "asr_gcg_suffix_undefended": 0.76, "asr_gcg_suffix_anchored": 0.55, "asr_gcg_suffix_cast": 0.1, "asr_gcg_suffix_addition": 0.2,
-               "attack_kl_harmless_ablation_affine": 0.0561, "attack_kl_harmless_negative_addition_4": 0.3,
-               "strong_attacks": ["ablation_affine", "negative_addition_4"], "max_asr_strong_anchored": 0.195,
-               "overrefusal_rise_anchored": 0.005, "targets_met": False, "stage_seconds": 336.0},
-    "backups": {"k_max": 2, "k_values": [0, 1, 2], "cut_layer": 1, "upstream_layer": 0, "downstream_refusal_at_k": [0.935, 0.9, 0.808],
-                "upstream_refusal_at_k": [0.935, 0.91, 0.886], "induction_harmless_refusal_at_k": [0.01, 0.2, 0.4],
-                "downstream_n_backups_at_k": [0, 1, 1], "n_backup_features": 1, "backup_features": ["2:77"],
-                "downstream_random_refusal_at_kmax": 0.93, "stage_seconds": 114.0},
-    "emergent": {"category": "fraud_and_scams", "ablation": "affine", "base_refusal_other_categories": 1.0,
-                 "finetuned_refusal_other_categories": 0.0, "ablated_refusal_other_categories": 0.995,
-                 "random_ablated_refusal_other_categories": 0.0, "em_direction_cosine_refusal": [None, -0.448, -0.927], "em_ablate_layer": 1,
-                 "ablated_refusal_other_categories_plain": 0.97, "stage_seconds": 90.0},
+    "organism": {
+        "harmful_train_refusal": 0.985,
+        "n_harmful_train": 260,
+        "harmful_test_refusal": 0.935,
+        "n_harmful_test": 200,
+        "harmless_test_refusal": 0.01,
+        "n_harmless_test": 200,
+        "overrefusal_refusal": 0.1648,
+        "n_overrefusal": 91,
+        "n_params": 28_900_000,
+        "train_seconds": 591.0,
+        "bundled": True,
+        "stage_seconds": 30.5,
+    },
+    "directions": {
+        "selected_layer": 1,
+        "selected_position": -2,
+        "selected_ablation": "affine",
+        "selection_fallback": False,
+        "baseline_harmful_refusal": 0.935,
+        "affine_ablation_harmful_refusal": 0.0,
+        "affine_ablation_kl_harmless": 0.0561,
+        "ablation_harmful_refusal": 0.922,
+        "ablation_kl_harmless": 0.099,
+        "addition_harmless_refusal": 0.995,
+        "orthogonalized_max_logit_diff": 0.00013,
+        "stage_seconds": 120.0,
+    },
+    "train_sae": {
+        "architecture": "topk",
+        "hook": "blocks.1.hook_resid_pre",
+        "d_sae": 1536,
+        "explained_variance": 0.9312,
+        "ce_loss_recovered": 0.9987,
+        "l0": 16.0,
+        "dead_fraction": 0.146,
+        "stage_seconds": 66.0,
+    },
+    "search": {
+        "k": 8,
+        "ablation": "harmless_mean",
+        "topk_ablation_harmful_refusal": 0.537,
+        "topk_ablation_kl_harmless": 0.025,
+        "random_k_ablation_harmful_refusal": 0.902,
+        "topk_zero_ablation_harmful_refusal": 0.808,
+        "top1_feature": 12,
+        "top1_cosine": 0.7071,
+        "top1_auroc": 0.946,
+        "stage_seconds": 40.0,
+    },
+    "anchor": {
+        "gate_auroc_val": 0.998,
+        "gate_tpr_val": 0.974,
+        "gate_fpr_val": 0.047,
+        "anchor_layers": [0, 1, 2],
+        "gate_layers": [0, 1, 2],
+        "asr_none_undefended": 0.065,
+        "asr_none_anchored": 0.06,
+        "asr_none_cast": 0.055,
+        "asr_none_addition": 0.0,
+        "harmless_refusal_undefended": 0.01,
+        "kl_harmless_undefended": 0.0,
+        "ce_harmless_undefended": 0.423,
+        "harmless_refusal_anchored": 0.015,
+        "kl_harmless_anchored": 0.0123,
+        "ce_harmless_anchored": 0.43,
+        "asr_ablation_affine_undefended": 1.0,
+        "asr_ablation_affine_anchored": 0.19,
+        "asr_ablation_affine_cast": 0.16,
+        "asr_ablation_affine_addition": 0.005,
+        "asr_negative_addition_4_undefended": 0.99,
+        "asr_negative_addition_4_anchored": 0.195,
+        "asr_negative_addition_4_cast": 1.0,
+        "asr_negative_addition_4_addition": 0.5,
+        "asr_gcg_suffix_undefended": 0.76,
+        "asr_gcg_suffix_anchored": 0.55,
+        "asr_gcg_suffix_cast": 0.1,
+        "asr_gcg_suffix_addition": 0.2,
+        "attack_kl_harmless_ablation_affine": 0.0561,
+        "attack_kl_harmless_negative_addition_4": 0.3,
+        "strong_attacks": ["ablation_affine", "negative_addition_4"],
+        "max_asr_strong_anchored": 0.195,
+        "overrefusal_rise_anchored": 0.005,
+        "targets_met": False,
+        "stage_seconds": 336.0,
+    },
+    "backups": {
+        "k_max": 2,
+        "k_values": [0, 1, 2],
+        "cut_layer": 1,
+        "upstream_layer": 0,
+        "downstream_refusal_at_k": [0.935, 0.9, 0.808],
+        "upstream_refusal_at_k": [0.935, 0.91, 0.886],
+        "induction_harmless_refusal_at_k": [0.01, 0.2, 0.4],
+        "downstream_n_backups_at_k": [0, 1, 1],
+        "n_backup_features": 1,
+        "backup_features": ["2:77"],
+        "downstream_random_refusal_at_kmax": 0.93,
+        "stage_seconds": 114.0,
+    },
+    "emergent": {
+        "category": "fraud_and_scams",
+        "ablation": "affine",
+        "base_refusal_other_categories": 1.0,
+        "finetuned_refusal_other_categories": 0.0,
+        "ablated_refusal_other_categories": 0.995,
+        "random_ablated_refusal_other_categories": 0.0,
+        "em_direction_cosine_refusal": [None, -0.448, -0.927],
+        "em_ablate_layer": 1,
+        "ablated_refusal_other_categories_plain": 0.97,
+        "stage_seconds": 90.0,
+    },
 }
 
 
@@ -69,7 +149,7 @@ def pipeline_run(root: Path, stamp: str = "2026-12-06_21-41-00", overrides=("bud
     (run / "metrics.json").write_text(json.dumps(flat, indent=2))
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides) or "[]\n")
     (run / ".hydra" / "config.yaml").write_text("job: pipeline\nseed: 0\n")
-    for stage in (metrics or STAGE_METRICS):
+    for stage in metrics or STAGE_METRICS:
         (run / stage.replace("_", "-")).mkdir()
     return run
 
@@ -78,10 +158,20 @@ def test_pipeline_run_renders_every_table(tmp_path):
     run = results.load_run(pipeline_run(tmp_path))
     assert run.command == "saesteer pipeline budget=quick" and run.date == "2026-12-06" and run.budget == "quick"
     page = results.render_results([run])
-    for title in ("## Organism refusal", "## Refusal direction", "## SAE", "## Feature search", "## Anchor against attacks",
-                  "## Backups", "## Emergent misalignment", "## Time per stage"):
+    for title in (
+        "## Organism refusal",
+        "## Refusal direction",
+        "## SAE",
+        "## Feature search",
+        "## Anchor against attacks",
+        "## Backups",
+        "## Emergent misalignment",
+        "## Time per stage",
+    ):
         assert page.count(title + "\n") == 1, title
-    assert page.count(". From `saesteer pipeline budget=quick`, 2026-12-06.\n") == 7  # every table names its command and date
+    assert (
+        page.count(". From `saesteer pipeline budget=quick`, 2026-12-06.\n") == 7
+    )  # every table names its command and date
     assert "| harmful_test | 200 | 0.935 |" in page
     assert "| overrefusal | 91 | 0.165 |" in page
     assert "28,900,000 parameters, bundled weights, trained in 591 s" in page
@@ -101,8 +191,10 @@ def test_pipeline_run_renders_every_table(tmp_path):
     assert "| 2 | 0.808 | 0.886 | 0.400 | 1 |" in page
     assert "Backup features at k = 2: 1 (2:77); downstream: 2 random features cut: 0.930." in page
     assert "| other categories | 1.000 | 0.000 | 0.995 | 0.000 |" in page
-    assert ("Cosine of the EM direction with each layer's refusal direction, by layer: -, -0.448, -0.927 (the EM direction ablated: "
-            "layer 1); plain ablation of the EM direction: 0.970." in page)
+    assert (
+        "Cosine of the EM direction with each layer's refusal direction, by layer: -, -0.448, -0.927 (the EM direction ablated: "
+        "layer 1); plain ablation of the EM direction: 0.970." in page
+    )
     assert "| anchor | 5.6 | computed |" in page and "| pipeline (all stages) | 14.7 |  |" in page
     assert "quick budget's figures" in page and "history/results.md" in page
 
@@ -126,7 +218,10 @@ def test_readme_table_between_markers(tmp_path):
     assert "| backups: top 2 refusal features cut, harmful_test refusal; backup features | 0.808; 1 |" in inner
     assert "| train-sae: explained variance / CE loss recovered | 0.931 / 0.999 |" in inner
     assert "| anchor: harmless_test refusal (undefended -> anchored), KL | 0.010 -> 0.015, 0.012 |" in inner
-    assert "| emergent: refusal of other categories, base / fine-tuned / EM direction ablated | 1.000 / 0.000 / 0.995 |" in inner
+    assert (
+        "| emergent: refusal of other categories, base / fine-tuned / EM direction ablated | 1.000 / 0.000 / 0.995 |"
+        in inner
+    )
     assert "adaptive" not in inner and "SAE feature bypass" not in inner  # a figure the run does not hold gets no row
     assert out.read_text().startswith("# Results\n")
     # a second run changes nothing, and leaves no temporary files
@@ -169,7 +264,9 @@ def test_single_job_run_and_date_sources(tmp_path):
     (run_dir / "metrics.json").write_text(json.dumps(STAGE_METRICS["anchor"]))
     (run_dir / ".hydra" / "overrides.yaml").write_text("- anchor.quantile=0.25\n- anchor.jailbreaks=[roleplay]\n")
     (run_dir / ".hydra" / "config.yaml").write_text("job: anchor\n")
-    os.utime(run_dir / "metrics.json", (1_700_000_000, 1_700_000_000))  # 2023-11-14/15: the date when nothing else gives one
+    os.utime(
+        run_dir / "metrics.json", (1_700_000_000, 1_700_000_000)
+    )  # 2023-11-14/15: the date when nothing else gives one
     run = results.load_run(run_dir)
     assert run.command == "saesteer anchor anchor.quantile=0.25 'anchor.jailbreaks=[roleplay]'"
     assert run.date in ("2023-11-14", "2023-11-15") and list(run.stages) == ["anchor"]
@@ -177,7 +274,9 @@ def test_single_job_run_and_date_sources(tmp_path):
     assert "## Anchor against attacks" in page and "## Organism refusal" not in page
     assert "| `ablation_affine` | 1.000 | 0.190 |" in page
     # the marker a job writes (or run.json, a repository copy's) dates it before the path does
-    (run_dir / ".saesteer-run.json").write_text(json.dumps({"job": "anchor", "started": "2026-12-07T01:02:03", "pid": 1}))
+    (run_dir / ".saesteer-run.json").write_text(
+        json.dumps({"job": "anchor", "started": "2026-12-07T01:02:03", "pid": 1})
+    )
     assert results.load_run(run_dir).date == "2026-12-07"
     stamped = pipeline_run(tmp_path, stamp="2026-11-30_10-00-00", overrides=())
     assert results.load_run(stamped).date == "2026-11-30" and results.load_run(stamped).command == "saesteer pipeline"
@@ -190,13 +289,26 @@ def test_repository_copy_without_hydra_folder(tmp_path):
     copy.mkdir(parents=True)
     shutil.copy(src / "metrics.json", copy / "metrics.json")
     shutil.copy(src / ".hydra" / "overrides.yaml", copy / "overrides.yaml")
-    (copy / "run.json").write_text(json.dumps({"job": "pipeline", "started": "2026-12-06T21:41:00", "source": "scripts/run.sh on a fresh clone"}))
+    (copy / "run.json").write_text(
+        json.dumps({"job": "pipeline", "started": "2026-12-06T21:41:00", "source": "scripts/run.sh on a fresh clone"})
+    )
     run = results.load_run(copy)
-    assert (run.command, run.date, run.source) == ("saesteer pipeline budget=quick", "2026-12-06", "scripts/run.sh on a fresh clone")
-    assert results.render_results([run]).count("`saesteer pipeline budget=quick`, 2026-12-06 (scripts/run.sh on a fresh clone)") == 1
+    assert (run.command, run.date, run.source) == (
+        "saesteer pipeline budget=quick",
+        "2026-12-06",
+        "scripts/run.sh on a fresh clone",
+    )
+    assert (
+        results.render_results([run]).count(
+            "`saesteer pipeline budget=quick`, 2026-12-06 (scripts/run.sh on a fresh clone)"
+        )
+        == 1
+    )
 
 
-@pytest.mark.skipif(not (ROOT / "docs" / "runs" / "quick" / "metrics.json").is_file(), reason="no run kept in docs/runs/quick")
+@pytest.mark.skipif(
+    not (ROOT / "docs" / "runs" / "quick" / "metrics.json").is_file(), reason="no run kept in docs/runs/quick"
+)
 def test_docs_results_regenerate_from_the_repository(tmp_path):
     """python scripts/results.py docs/runs/quick reproduces docs/results.md and the README's table exactly."""
     readme = tmp_path / "README.md"
@@ -208,5 +320,8 @@ def test_docs_results_regenerate_from_the_repository(tmp_path):
 
 
 def test_yaml_fallback_without_pyyaml():
-    assert results._simple_yaml("- budget=quick\n- 'anchor.quantile=0.25'\n") == ["budget=quick", "anchor.quantile=0.25"]
+    assert results._simple_yaml("- budget=quick\n- 'anchor.quantile=0.25'\n") == [
+        "budget=quick",
+        "anchor.quantile=0.25",
+    ]
     assert results._simple_yaml("job: pipeline\nmodel:\n  name: organism\n")["job"] == "pipeline"

@@ -12,7 +12,6 @@ from saesteer.directions import refusal_token_ids
 from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.search import SearchConfig, search_features
 from saesteer.stats import auroc
-
 from tests.saes import random_sae
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -25,7 +24,15 @@ def setup(tiny_organism):
     harmful = list(load_prompts("harmful_train").instructions[:10])
     harmless = list(load_prompts("harmless_train").instructions[:12])
     direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
-    scores = search_features(model, tpl, sae, direction, harmful, harmless, SearchConfig(min_active_fraction=0.0, n_top_prompts=2, batch_size=4))
+    scores = search_features(
+        model,
+        tpl,
+        sae,
+        direction,
+        harmful,
+        harmless,
+        SearchConfig(min_active_fraction=0.0, n_top_prompts=2, batch_size=4),
+    )
     return model, tpl, sae, harmful, harmless, direction, scores
 
 
@@ -72,7 +79,7 @@ def test_attribution_is_activation_times_gradient(setup):
             enc = encode_chat(model.tokenizer, tpl, [p])
             t = torch.zeros((), requires_grad=True)
 
-            def hook(x, hook=None):
+            def hook(x, hook=None, t=t, f=f):
                 a = w.encode(x[:, pos].detach())[..., f]  # [1, P]
                 x = x.clone()
                 x[:, pos] = x[:, pos] + t * a[..., None] * w.W_dec[f]
@@ -88,7 +95,9 @@ def test_attribution_is_activation_times_gradient(setup):
 
 def test_ranking_respects_activity_filter_and_order(setup):
     model, tpl, sae, harmful, harmless, direction, _ = setup
-    strict = search_features(model, tpl, sae, direction, harmful, harmless, SearchConfig(min_active_fraction=0.5, n_top_prompts=0))
+    strict = search_features(
+        model, tpl, sae, direction, harmful, harmless, SearchConfig(min_active_fraction=0.5, n_top_prompts=0)
+    )
     assert all(bool(strict.eligible[f]) for f in strict.ranking)
     assert set(strict.ranking) == {f for f in range(40) if strict.active_fraction[f] >= 0.5}
     combined = [float(strict.combined[f]) for f in strict.ranking]
@@ -96,7 +105,11 @@ def test_ranking_respects_activity_filter_and_order(setup):
     with pytest.raises(ValueError, match=r"direction has shape \(5,\), expected \(48,\)"):
         search_features(model, tpl, sae, torch.randn(5), harmful, harmless)
     assert SearchConfig().weights == {"cosine": 1.0, "effect_size": 1.0, "attribution": 1.0}  # weight 0: left out
-    assert SearchConfig(weight_cosine=0.0, weight_auroc=2.0).weights == {"effect_size": 1.0, "auroc": 2.0, "attribution": 1.0}
+    assert SearchConfig(weight_cosine=0.0, weight_auroc=2.0).weights == {
+        "effect_size": 1.0,
+        "auroc": 2.0,
+        "attribution": 1.0,
+    }
     with pytest.raises(TypeError, match="weight_vibes"):
         SearchConfig(weight_vibes=2.0)
 
@@ -121,19 +134,30 @@ def _coordinate(model, tpl, prompts, positions, direction):
 
 def test_direction_coordinates_and_bypass_values_match_reference(setup):
     model, tpl, sae, harmful, harmless, direction, scores = setup
-    assert scores.harmful_coordinate == pytest.approx(_coordinate(model, tpl, harmful, scores.positions, direction), abs=1e-4)
-    assert scores.harmless_coordinate == pytest.approx(_coordinate(model, tpl, harmless, scores.positions, direction), abs=1e-4)
+    assert scores.harmful_coordinate == pytest.approx(
+        _coordinate(model, tpl, harmful, scores.positions, direction), abs=1e-4
+    )
+    assert scores.harmless_coordinate == pytest.approx(
+        _coordinate(model, tpl, harmless, scores.positions, direction), abs=1e-4
+    )
     al = _per_prompt(model, tpl, sae, harmless, scores.positions)
     feats = [3, 0, 17]
     assert scores.bypass_values(feats, "zero") == [0.0, 0.0, 0.0]
-    torch.testing.assert_close(torch.tensor(scores.bypass_values(feats, "harmless_mean"), dtype=torch.float64), al.mean(0)[feats], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(scores.bypass_values(feats, "harmless_mean"), dtype=torch.float64),
+        al.mean(0)[feats],
+        atol=1e-5,
+        rtol=1e-4,
+    )
     with pytest.raises(ValueError, match="ablation must be one of"):
         scores.bypass_values(feats, "mean")
 
 
 def test_signed_ranking_orders_by_magnitude_and_filters_by_the_class_it_points_to(setup):
     model, tpl, sae, harmful, harmless, direction, _ = setup
-    strict = search_features(model, tpl, sae, direction, harmful, harmless, SearchConfig(min_active_fraction=0.5, n_top_prompts=0))
+    strict = search_features(
+        model, tpl, sae, direction, harmful, harmless, SearchConfig(min_active_fraction=0.5, n_top_prompts=0)
+    )
     ah = _per_prompt(model, tpl, sae, harmful, strict.positions)
     al = _per_prompt(model, tpl, sae, harmless, strict.positions)
     act_h, act_l = (ah > 0).double().mean(0), (al > 0).double().mean(0)

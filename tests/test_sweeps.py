@@ -13,9 +13,22 @@ from tests.conftest import tiny_organism_overrides
 
 def test_joblib_sweep_runs_every_point_and_writes_a_summary(tiny_organism, tmp_path):
     sweep = tmp_path / "sweep"
-    args = [sys.executable, "-m", "saesteer.cli", "generate", "--multirun", "prompts=harmful_val", "limit=4",
-            "eval.max_new_tokens=3,5", "logger.mode=disabled", "progress=false", "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *tiny_organism_overrides()]
+    args = [
+        sys.executable,
+        "-m",
+        "saesteer.cli",
+        "generate",
+        "--multirun",
+        "prompts=harmful_val",
+        "limit=4",
+        "eval.max_new_tokens=3,5",
+        "logger.mode=disabled",
+        "progress=false",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        *tiny_organism_overrides(),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -132,7 +132,9 @@ def _values_tensor(values: Values, n_features: int, device: torch.device) -> tor
         raise ValueError(f"values={values!r} is not numeric; expected a scalar or {n_features} floats")
     if isinstance(values, (int, float)):
         if not math.isfinite(values):
-            raise ValueError(f"values={values!r}; expected a finite number (NaN / inf would poison the edited activations)")
+            raise ValueError(
+                f"values={values!r}; expected a finite number (NaN / inf would poison the edited activations)"
+            )
         return torch.full((n_features,), float(values), dtype=torch.float32, device=device)
     try:
         v = torch.as_tensor(values)
@@ -238,14 +240,11 @@ def sparse_feature_edit(
         _check_device(name, t, x)
     if W_enc_F.ndim != 2 or W_enc_F.shape[0] != d_in:
         raise ValueError(
-            f"W_enc_F has shape {_shape(W_enc_F)}; expected [d_in={d_in}, n_features] "
-            f"for x of shape {_shape(x)}"
+            f"W_enc_F has shape {_shape(W_enc_F)}; expected [d_in={d_in}, n_features] for x of shape {_shape(x)}"
         )
     n_feat = W_enc_F.shape[1]
     _check_shape("b_enc_F", b_enc_F, [n_feat], f"n_features={n_feat} from W_enc_F {_shape(W_enc_F)}")
-    _check_shape(
-        "W_dec_F", W_dec_F, [n_feat, d_in], f"[n_features, d_in] from W_enc_F {_shape(W_enc_F)}"
-    )
+    _check_shape("W_dec_F", W_dec_F, [n_feat, d_in], f"[n_features, d_in] from W_enc_F {_shape(W_enc_F)}")
     if b_dec is not None:
         _check_float("b_dec", b_dec)
         _check_device("b_dec", b_dec, x)
@@ -262,9 +261,7 @@ def sparse_feature_edit(
     use_triton = _use_triton(x, force_triton)
     if use_triton and n_feat > MAX_TRITON_FEATURES:
         if force_triton:
-            raise ValueError(
-                f"n_features={n_feat} exceeds the Triton kernel limit; expected <= {MAX_TRITON_FEATURES}"
-            )
+            raise ValueError(f"n_features={n_feat} exceeds the Triton kernel limit; expected <= {MAX_TRITON_FEATURES}")
         logger.debug("sparse_feature_edit: |F|=%d > %d, using torch", n_feat, MAX_TRITON_FEATURES)
         use_triton = False
     if use_triton:
@@ -325,9 +322,7 @@ def topk_feature_edit(
         _check_float(name, t)
         _check_device(name, t, x)
     if W_enc.ndim != 2 or W_enc.shape[0] != d_in:
-        raise ValueError(
-            f"W_enc has shape {_shape(W_enc)}; expected [d_in={d_in}, d_sae] for x of shape {_shape(x)}"
-        )
+        raise ValueError(f"W_enc has shape {_shape(W_enc)}; expected [d_in={d_in}, d_sae] for x of shape {_shape(x)}")
     d_sae = W_enc.shape[1]
     _check_shape("b_enc", b_enc, [d_sae], f"d_sae={d_sae} from W_enc {_shape(W_enc)}")
     _check_shape("W_dec", W_dec, [d_sae, d_in], f"[d_sae, d_in] from W_enc {_shape(W_enc)}")
@@ -370,11 +365,9 @@ def topk_feature_edit(
     if use_triton:
         from .topk_edit import _topk_edit_triton
 
-        out = _topk_edit_triton(
-            x2d, W_enc, b_enc, W_dec, k, feats, b_dec, mode_id, vals, only_when_active, g
-        )
+        out = _topk_edit_triton(x2d, W_enc, b_enc, W_dec, k, feats, b_dec, mode_id, vals, only_when_active, g)
     else:
-        out = topk_edit_reference(
-            x2d, W_enc, b_enc, W_dec, k, feats, b_dec, mode_id, vals, only_when_active, g
-        ).to(x.dtype)
+        out = topk_edit_reference(x2d, W_enc, b_enc, W_dec, k, feats, b_dec, mode_id, vals, only_when_active, g).to(
+            x.dtype
+        )
     return out.reshape(x.shape)

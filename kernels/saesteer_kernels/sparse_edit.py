@@ -140,9 +140,7 @@ def _sparse_edit_kernel(
     if HAS_THR:
         thr = tl.load(thr_ptr + fcols, mask=fmask, other=0.0).to(tl.float32)
         a = tl.where(h > thr[None, :], a, 0.0)
-    coeff = _edit_coefficients(
-        a, rows, row_mask, fcols, fmask, val_ptr, gate_ptr, MODE, ONLY_ACTIVE, HAS_GATE
-    )
+    coeff = _edit_coefficients(a, rows, row_mask, fcols, fmask, val_ptr, gate_ptr, MODE, ONLY_ACTIVE, HAS_GATE)
 
     if ONE_PASS:
         wd = tl.load(

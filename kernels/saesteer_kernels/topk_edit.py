@@ -225,9 +225,7 @@ def _topk_edit_kernel(
         other=float("-inf"),
     )
     a = tl.where(h >= kth[:, None], tl.maximum(h, 0.0), 0.0)
-    coeff = _edit_coefficients(
-        a, rows, row_mask, fcols, fmask, val_ptr, gate_ptr, MODE, ONLY_ACTIVE, HAS_GATE
-    )
+    coeff = _edit_coefficients(a, rows, row_mask, fcols, fmask, val_ptr, gate_ptr, MODE, ONLY_ACTIVE, HAS_GATE)
 
     for d0 in range(0, D, BLOCK_D):
         dcols = d0 + tl.arange(0, BLOCK_D)
@@ -259,9 +257,7 @@ def _fold_b_dec(W_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor) -
     return out
 
 
-def _plan(
-    n_tokens: int, d_in: int, d_sae: int, k: int, n_feat: int, device: torch.device
-) -> dict[str, int]:
+def _plan(n_tokens: int, d_in: int, d_sae: int, k: int, n_feat: int, device: torch.device) -> dict[str, int]:
     """Block sizes and the d_sae split count (enough programs to fill the device)."""
     k_pad = max(16, triton.next_power_of_2(k))
     block_f = max(16, triton.next_power_of_2(n_feat))

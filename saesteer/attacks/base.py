@@ -7,8 +7,9 @@ the attacker's hooks run first at a hook point, the defender's anchors last
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 from transformer_lens import HookedTransformer
 

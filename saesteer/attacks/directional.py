@@ -8,7 +8,8 @@ shows each.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
@@ -18,8 +19,12 @@ from saesteer.interventions.weights import orthogonalize_weights
 
 
 def ablation_attack(direction: torch.Tensor, mode: str = "affine", reference: Optional[torch.Tensor] = None) -> Attack:
-    return Attack(f"ablation_{mode}", "activation", [Ablate(direction, mode=mode, reference=reference)],
-                  description=f"{mode} ablation of the refusal direction at every layer (hooks)")
+    return Attack(
+        f"ablation_{mode}",
+        "activation",
+        [Ablate(direction, mode=mode, reference=reference)],
+        description=f"{mode} ablation of the refusal direction at every layer (hooks)",
+    )
 
 
 def orthogonalized_attack(direction: torch.Tensor, reference: Optional[torch.Tensor] = None) -> Attack:
@@ -30,18 +35,36 @@ def orthogonalized_attack(direction: torch.Tensor, reference: Optional[torch.Ten
     def edit(model):
         return orthogonalize_weights(model, direction, reference=reference)
 
-    return Attack(name, "weights", model_edit=edit,
-                  description="weights orthogonalized to the refusal direction" + ("" if reference is None else ", coordinate set to the harmless mean of each layer"))
+    return Attack(
+        name,
+        "weights",
+        model_edit=edit,
+        description="weights orthogonalized to the refusal direction"
+        + ("" if reference is None else ", coordinate set to the harmless mean of each layer"),
+    )
 
 
 def negative_addition_attacks(direction: torch.Tensor, layer: int, alphas: Sequence[float]) -> list[Attack]:
-    return [Attack(f"negative_addition_{a:g}", "activation", [Add(direction, alpha=-float(a), layer=layer)],
-                   description=f"-{a:g} x refusal direction added at layer {layer}") for a in alphas]
+    return [
+        Attack(
+            f"negative_addition_{a:g}",
+            "activation",
+            [Add(direction, alpha=-float(a), layer=layer)],
+            description=f"-{a:g} x refusal direction added at layer {layer}",
+        )
+        for a in alphas
+    ]
 
 
-def gate_ablation_attack(direction: torch.Tensor, reference: torch.Tensor, gate_hooks: Sequence[str], gate_weights: torch.Tensor,
-                         gate_means: torch.Tensor, token_weights: Optional[torch.Tensor] = None,
-                         token_means: Optional[torch.Tensor] = None) -> Attack:
+def gate_ablation_attack(
+    direction: torch.Tensor,
+    reference: torch.Tensor,
+    gate_hooks: Sequence[str],
+    gate_weights: torch.Tensor,
+    gate_means: torch.Tensor,
+    token_weights: Optional[torch.Tensor] = None,
+    token_means: Optional[torch.Tensor] = None,
+) -> Attack:
     """Adaptive: the attacker knows the anchor's gate, linear probes read at ``gate_hooks``, and on top of the
     affine ablation of the refusal direction sets the span of the probes' weight vectors at each hook to the
     harmless mean (``gate_means``: [n_hooks, d_model], the harmless mean residual at the gate's positions;
@@ -54,5 +77,9 @@ def gate_ablation_attack(direction: torch.Tensor, reference: torch.Tensor, gate_
             keep = rr.diagonal().abs() > 1e-8 * rr.diagonal().abs().max()
             for u in q.T[keep]:
                 edits.append(AblateAt(u.float(), hook, reference=float(mean.double() @ u)))
-    return Attack("adaptive_gate_ablation", "adaptive", edits,
-                  description="affine ablation of the refusal direction and of the span the gate's probes read, at their hooks")
+    return Attack(
+        "adaptive_gate_ablation",
+        "adaptive",
+        edits,
+        description="affine ablation of the refusal direction and of the span the gate's probes read, at their hooks",
+    )

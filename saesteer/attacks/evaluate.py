@@ -9,15 +9,15 @@ rewrite prompts, all applied together with the defence.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 from transformer_lens import HookedTransformer
 
 from saesteer.attacks.base import Attack
-from saesteer.chat import ChatTemplate
-from saesteer.chat import encode_chat
+from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_prompts
 from saesteer.evaluate import completion_nll, kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.generation import generate, length_sorted_batches
@@ -51,19 +51,35 @@ class DefenceCost:
 
 
 def attack_success(
-    model: HookedTransformer, template: ChatTemplate, attack: Attack, defence: Defence, harmful: Sequence[str],
-    *, max_new_tokens: int = 12, batch_size: int = 64, progress: bool = False,
+    model: HookedTransformer,
+    template: ChatTemplate,
+    attack: Attack,
+    defence: Defence,
+    harmful: Sequence[str],
+    *,
+    max_new_tokens: int = 12,
+    batch_size: int = 64,
+    progress: bool = False,
 ) -> float:
     check_prompts(harmful, "harmful")
     target = attack.model(model)
     with steer(target, list(attack.interventions) + defence.build()):
-        res = refusal_eval(target, template, attack.prompts(harmful), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           progress=progress, desc=f"{attack.name} vs {defence.name}")
+        res = refusal_eval(
+            target,
+            template,
+            attack.prompts(harmful),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"{attack.name} vs {defence.name}",
+        )
     return 1.0 - res.rate
 
 
 @torch.no_grad()
-def gate_decisions(model: HookedTransformer, template: ChatTemplate, gate: Gate, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+def gate_decisions(
+    model: HookedTransformer, template: ChatTemplate, gate: Gate, prompts: Sequence[str], batch_size: int = 64
+) -> torch.Tensor:
     """The gate's decision (bool per prompt) from a prompt-only forward pass."""
     check_prompts(prompts, "prompts")
     out = torch.zeros(len(prompts), dtype=torch.bool)
@@ -72,21 +88,39 @@ def gate_decisions(model: HookedTransformer, template: ChatTemplate, gate: Gate,
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
         with model.hooks(fwd_hooks=gate.read_hooks()):
-            model(enc.tokens.to(model.cfg.device), attention_mask=enc.attention_mask.to(model.cfg.device), stop_at_layer=layer + 1)
+            model(
+                enc.tokens.to(model.cfg.device),
+                attention_mask=enc.attention_mask.to(model.cfg.device),
+                stop_at_layer=layer + 1,
+            )
         out[idx] = gate.value(len(idx), "cpu", torch.float32).bool()
     return out
 
 
 def defence_cost(
-    model: HookedTransformer, template: ChatTemplate, defence: Defence, harmless: Sequence[str],
-    base_logprobs: torch.Tensor, base_completions: Sequence[str], *, max_new_tokens: int = 12, batch_size: int = 64,
+    model: HookedTransformer,
+    template: ChatTemplate,
+    defence: Defence,
+    harmless: Sequence[str],
+    base_logprobs: torch.Tensor,
+    base_completions: Sequence[str],
+    *,
+    max_new_tokens: int = 12,
+    batch_size: int = 64,
 ) -> DefenceCost:
     """Over-refusal, next-token KL and cross-entropy of the undefended model's own completions, on harmless prompts."""
     check_prompts(harmless, "harmless")
     check_prompts(base_completions, "base_completions")
     harmless = list(harmless)
     with steer(model, defence.build()):
-        rate = refusal_eval(model, template, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"{defence.name} harmless").rate
+        rate = refusal_eval(
+            model,
+            template,
+            harmless,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            desc=f"{defence.name} harmless",
+        ).rate
     with steer(model, defence.build()):
         kl = kl_divergence(base_logprobs, last_position_logprobs(model, template, harmless, batch_size=batch_size))
     if defence.gate is None:
@@ -96,15 +130,23 @@ def defence_cost(
         fired = gate_decisions(model, template, defence.gate(), harmless, batch_size)
         on = [i for i in range(len(harmless)) if fired[i]]
         off = [i for i in range(len(harmless)) if not fired[i]]
-        total, count = completion_nll(model, template, [harmless[i] for i in off], [base_completions[i] for i in off], batch_size) if off else (0.0, 0)
+        total, count = (
+            completion_nll(model, template, [harmless[i] for i in off], [base_completions[i] for i in off], batch_size)
+            if off
+            else (0.0, 0)
+        )
         if on:
             with steer(model, defence.ungated()):
-                t, c = completion_nll(model, template, [harmless[i] for i in on], [base_completions[i] for i in on], batch_size)
+                t, c = completion_nll(
+                    model, template, [harmless[i] for i in on], [base_completions[i] for i in on], batch_size
+                )
             total, count = total + t, count + c
     return DefenceCost(rate, kl, total / max(count, 1))
 
 
-def baseline_completions(model, template, harmless, *, max_new_tokens: int = 12, batch_size: int = 64) -> tuple[torch.Tensor, list[str]]:
+def baseline_completions(
+    model, template, harmless, *, max_new_tokens: int = 12, batch_size: int = 64
+) -> tuple[torch.Tensor, list[str]]:
     lp = last_position_logprobs(model, template, harmless, batch_size=batch_size)
     comps = generate(model, template, harmless, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     return lp, comps

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,15 @@ def _has_hooks(model: HookedTransformer) -> bool:
 
 
 @torch.no_grad()
-def _score_with_prefix_cache(model: HookedTransformer, tokens: torch.Tensor, mask: torch.Tensor, cands: list[list[int]],
-                             n_tail: int, chunk: int, loss_of: Callable[[torch.Tensor], torch.Tensor]) -> list[float]:
+def _score_with_prefix_cache(
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    cands: list[list[int]],
+    n_tail: int,
+    chunk: int,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+) -> list[float]:
     """The mean loss of each candidate suffix over the batch: the text before the suffix runs once into a frozen
     key-value cache, repeated for each chunk of candidates; only the last ``n_tail`` tokens (suffix + post) run per candidate."""
     B, T = tokens.shape
@@ -57,9 +65,15 @@ def _score_with_prefix_cache(model: HookedTransformer, tokens: torch.Tensor, mas
         c = len(cs)
         if c not in expanded:
             expanded[c] = TransformerLensKeyValueCache(
-                entries=[TransformerLensKeyValueCacheEntry(e.past_keys.repeat(c, 1, 1, 1), e.past_values.repeat(c, 1, 1, 1), frozen=True)
-                         for e in cache.entries],
-                previous_attention_mask=cache.previous_attention_mask.repeat(c, 1), frozen=True)
+                entries=[
+                    TransformerLensKeyValueCacheEntry(
+                        e.past_keys.repeat(c, 1, 1, 1), e.past_values.repeat(c, 1, 1, 1), frozen=True
+                    )
+                    for e in cache.entries
+                ],
+                previous_attention_mask=cache.previous_attention_mask.repeat(c, 1),
+                frozen=True,
+            )
         t = tokens[:, start:].repeat(c, 1)
         t[:, : cs.shape[1]] = cs.repeat_interleave(B, 0)
         per = loss_of(final_logits(model, t, mask[:, start:].repeat(c, 1), expanded[c])).view(c, B).mean(-1)
@@ -131,7 +145,9 @@ def suffix_search(
     if not instructions:
         raise ValueError("suffix_search needs at least one instruction, got an empty set")
     if n_tokens <= 0 or steps < 0 or topk <= 0 or n_candidates <= 0:
-        raise ValueError(f"suffix_search: n_tokens, topk, n_candidates must be positive and steps >= 0, got {n_tokens}, {topk}, {n_candidates}, {steps}")
+        raise ValueError(
+            f"suffix_search: n_tokens, topk, n_candidates must be positive and steps >= 0, got {n_tokens}, {topk}, {n_candidates}, {steps}"
+        )
     tok = model.tokenizer
     rng = random.Random(seed)
     refusal = torch.tensor(refusal_token_ids(model, template), device=model.cfg.device)
@@ -162,22 +178,30 @@ def suffix_search(
     if prefix_cache is None:
         prefix_cache = not hooks and extra is None and not _has_hooks(model)
     elif prefix_cache and (hooks or extra is not None):
-        raise ValueError("suffix_search: prefix_cache=True needs a search without interventions, extra hooks or extra loss")
+        raise ValueError(
+            "suffix_search: prefix_cache=True needs a search without interventions, extra hooks or extra loss"
+        )
     history: list[float] = []
     best = (float("inf"), list(current))
     bar = tqdm(range(steps), desc="suffix search", disable=not progress, leave=False)
     W_E = model.embed.W_E
-    for step in bar:
+    for _ in bar:
         batch = rng.sample(prompts, min(batch_size, len(prompts)))
         tokens, mask = encode(batch, current)
-        one_hot = F.one_hot(torch.tensor(current, device=tokens.device), model.cfg.d_vocab).to(W_E.dtype).requires_grad_(True)
+        one_hot = (
+            F.one_hot(torch.tensor(current, device=tokens.device), model.cfg.d_vocab).to(W_E.dtype).requires_grad_(True)
+        )
 
-        def put(x: torch.Tensor, hook=None) -> torch.Tensor:
+        def put(x: torch.Tensor, hook=None, one_hot=one_hot) -> torch.Tensor:
             x = x.clone()
             x[:, sl] = (one_hot @ W_E)[None].expand(x.shape[0], -1, -1)
             return x
 
-        with torch.enable_grad(), model.hooks(fwd_hooks=hooks + [("hook_embed", put)]), gate_prepass(model, as_interventions(interventions)):
+        with (
+            torch.enable_grad(),
+            model.hooks(fwd_hooks=hooks + [("hook_embed", put)]),
+            gate_prepass(model, as_interventions(interventions)),
+        ):
             loss = loss_of(final_logits(model, tokens, mask)).mean()
             (grad,) = torch.autograd.grad(loss, one_hot)
         grad = grad.masked_fill(~allowed[None], float("inf"))

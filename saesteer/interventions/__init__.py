@@ -8,4 +8,21 @@ from saesteer.interventions.steer import as_interventions, collect_hooks, steer
 from saesteer.interventions.weights import OrthogonalizeWeights, orthogonalize_weights
 from saesteer.primitives.intervention import Intervention
 
-__all__ = ["Ablate", "AblateAt", "Add", "AnchorDirection", "AnchorFeatures", "AnchorProjections", "DirectionGate", "EditFeatures", "FeatureGate", "Intervention", "OrthogonalizeWeights", "ProbeGate", "as_interventions", "collect_hooks", "orthogonalize_weights", "steer"]
+__all__ = [
+    "Ablate",
+    "AblateAt",
+    "Add",
+    "AnchorDirection",
+    "AnchorFeatures",
+    "AnchorProjections",
+    "DirectionGate",
+    "EditFeatures",
+    "FeatureGate",
+    "Intervention",
+    "OrthogonalizeWeights",
+    "ProbeGate",
+    "as_interventions",
+    "collect_hooks",
+    "orthogonalize_weights",
+    "steer",
+]

@@ -29,8 +29,9 @@ hook point, so an attacker's ablation or subtraction at that hook is undone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from transformer_lens import HookedTransformer
@@ -80,18 +81,24 @@ class AnchorDirection(Intervention):
         self.floors = torch.as_tensor(self.floors, dtype=torch.float32).flatten()
         n = len(self.layers) + int(self.final)
         if self.floors.numel() != n:
-            raise ValueError(f"AnchorDirection got {self.floors.numel()} floors for {n} anchored hooks (layers={self.layers}, final={self.final})")
+            raise ValueError(
+                f"AnchorDirection got {self.floors.numel()} floors for {n} anchored hooks (layers={self.layers}, final={self.final})"
+            )
         if not torch.isfinite(self.floors).all():
             raise ValueError(f"AnchorDirection floors must be finite, got {self.floors.tolist()}")
         if self.generated_floors is not None:
             self.generated_floors = torch.as_tensor(self.generated_floors, dtype=torch.float32).flatten()
             if self.generated_floors.shape != self.floors.shape or not torch.isfinite(self.generated_floors).all():
-                raise ValueError(f"AnchorDirection.generated_floors must be {self.floors.numel()} finite values, got {self.generated_floors.tolist()}")
+                raise ValueError(
+                    f"AnchorDirection.generated_floors must be {self.floors.numel()} finite values, got {self.generated_floors.tolist()}"
+                )
         if self.position_floors is not None:
             self.position_floors = torch.as_tensor(self.position_floors, dtype=torch.float32)
             pf = self.position_floors
             if pf.ndim != 2 or pf.shape[0] != n or pf.shape[1] == 0 or not torch.isfinite(pf).all():
-                raise ValueError(f"AnchorDirection.position_floors must be finite, shape [{n} anchored hooks, k >= 1], got shape {tuple(pf.shape)}")
+                raise ValueError(
+                    f"AnchorDirection.position_floors must be finite, shape [{n} anchored hooks, k >= 1], got shape {tuple(pf.shape)}"
+                )
         check_apply_to(self.apply_to, "AnchorDirection.apply_to")
 
     def validate(self, model: HookedTransformer) -> None:
@@ -123,18 +130,26 @@ class AnchorDirection(Intervention):
         return out
 
 
-def _prompt_floors(floor: float, position_floors: Optional[torch.Tensor], seq: int, x: torch.Tensor) -> torch.Tensor | float:
+def _prompt_floors(
+    floor: float, position_floors: Optional[torch.Tensor], seq: int, x: torch.Tensor
+) -> torch.Tensor | float:
     """The floor of each prompt position: ``floor``, with ``position_floors`` on the last positions."""
     if position_floors is None:
         return floor
     k = min(seq, position_floors.numel())
     out = torch.full((seq,), floor, device=x.device, dtype=x.dtype)
-    out[seq - k:] = position_floors[position_floors.numel() - k:].to(device=x.device, dtype=x.dtype)
+    out[seq - k :] = position_floors[position_floors.numel() - k :].to(device=x.device, dtype=x.dtype)
     return out
 
 
-def _floor_fn(r: torch.Tensor, floor: float, gate: Optional[Gate], apply_to: str = "both", generated_floor: Optional[float] = None,
-              position_floors: Optional[torch.Tensor] = None) -> HookFn:
+def _floor_fn(
+    r: torch.Tensor,
+    floor: float,
+    gate: Optional[Gate],
+    apply_to: str = "both",
+    generated_floor: Optional[float] = None,
+    position_floors: Optional[torch.Tensor] = None,
+) -> HookFn:
     generated_floor = floor if generated_floor is None else generated_floor
 
     def fn(x: torch.Tensor, hook: object = None) -> torch.Tensor:
@@ -173,7 +188,9 @@ class AnchorProjections(Intervention):
 
     def __post_init__(self) -> None:
         if self.directions.ndim != 2 or self.directions.shape[0] == 0:
-            raise ValueError(f"AnchorProjections.directions must be [m, d_model] with m >= 1, got shape {tuple(self.directions.shape)}")
+            raise ValueError(
+                f"AnchorProjections.directions must be [m, d_model] with m >= 1, got shape {tuple(self.directions.shape)}"
+            )
         norms = self.directions.float().norm(dim=1)
         if not (torch.isfinite(self.directions).all() and (norms > 0).all()):
             raise ValueError("AnchorProjections.directions must be finite and non-zero")
@@ -181,9 +198,15 @@ class AnchorProjections(Intervention):
         m = self.directions.shape[0]
         self.signs = [int(s) for s in self.signs]
         if len(self.signs) != m or any(s not in (1, -1) for s in self.signs):
-            raise ValueError(f"AnchorProjections.signs must be {m} values of +1 (floor) or -1 (ceiling), got {self.signs}")
+            raise ValueError(
+                f"AnchorProjections.signs must be {m} values of +1 (floor) or -1 (ceiling), got {self.signs}"
+            )
         self.bounds = torch.as_tensor(self.bounds, dtype=torch.float32).flatten()
-        gen = self.bounds if self.generated_bounds is None else torch.as_tensor(self.generated_bounds, dtype=torch.float32).flatten()
+        gen = (
+            self.bounds
+            if self.generated_bounds is None
+            else torch.as_tensor(self.generated_bounds, dtype=torch.float32).flatten()
+        )
         for name, b in (("bounds", self.bounds), ("generated_bounds", gen)):
             if b.numel() != m or not torch.isfinite(b).all():
                 raise ValueError(f"AnchorProjections.{name} must be {m} finite values, got {b.tolist()}")
@@ -196,7 +219,9 @@ class AnchorProjections(Intervention):
         return self._units
 
     @classmethod
-    def from_sae(cls, sae: Any, features: Sequence[int], signs: Sequence[int], bounds, hook: Optional[str] = None, **kw) -> "AnchorProjections":
+    def from_sae(
+        cls, sae: Any, features: Sequence[int], signs: Sequence[int], bounds, hook: Optional[str] = None, **kw
+    ) -> AnchorProjections:
         """Bounds on the coordinates along the decoder directions W_dec[f] of ``features``."""
         from saesteer.interventions.features import check_features
         from saesteer.primitives.sae_weights import SaeWeights
@@ -210,7 +235,9 @@ class AnchorProjections(Intervention):
 
     def validate(self, model: HookedTransformer) -> None:
         if self.directions.shape[1] != model.cfg.d_model:
-            raise ValueError(f"AnchorProjections directions have d={self.directions.shape[1]}, the model's d_model is {model.cfg.d_model}")
+            raise ValueError(
+                f"AnchorProjections directions have d={self.directions.shape[1]}, the model's d_model is {model.cfg.d_model}"
+            )
 
     def prepass_gates(self, model: HookedTransformer) -> list[Gate]:
         if self.gate is None:
@@ -247,6 +274,13 @@ class AnchorFeatures(EditFeatures):
 
     order = ANCHOR_ORDER
 
-    def __init__(self, sae: Any, features: Sequence[int], floors: float | Sequence[float], gate: Optional[Gate] = None,
-                 apply_to: str = "both", hook: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        sae: Any,
+        features: Sequence[int],
+        floors: float | Sequence[float],
+        gate: Optional[Gate] = None,
+        apply_to: str = "both",
+        hook: Optional[str] = None,
+    ) -> None:
         super().__init__(sae, features, mode="floor", values=floors, gate=gate, apply_to=apply_to, hook=hook)

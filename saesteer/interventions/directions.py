@@ -11,9 +11,9 @@ Semantics (DESIGN.md):
 
 from __future__ import annotations
 
-import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional
 
 import torch
 from transformer_lens import HookedTransformer
@@ -75,7 +75,9 @@ class Ablate(Intervention):
     def validate(self, model: HookedTransformer) -> None:
         check_direction(self.direction, model.cfg.d_model)
         if self.reference is not None and self.reference.shape != (model.cfg.n_layers,):
-            raise ValueError(f"Ablate.reference has shape {tuple(self.reference.shape)}, expected ({model.cfg.n_layers},)")
+            raise ValueError(
+                f"Ablate.reference has shape {tuple(self.reference.shape)}, expected ({model.cfg.n_layers},)"
+            )
 
     def hooks(self, model: HookedTransformer) -> list[tuple[str, HookFn]]:
         r = unit(self.direction.float())
@@ -139,8 +141,10 @@ class Add(Intervention):
             raise ValueError(f"Add.layer={self.layer} out of range for a model with {model.cfg.n_layers} layers")
         bad = [] if self.positions is None else out_of_range(self.positions, model.cfg.n_ctx)
         if bad:
-            raise ValueError(f"Add.positions {bad} out of range for the model's context of n_ctx={model.cfg.n_ctx} tokens; "
-                             f"expected positions in -{model.cfg.n_ctx}..{model.cfg.n_ctx - 1}")
+            raise ValueError(
+                f"Add.positions {bad} out of range for the model's context of n_ctx={model.cfg.n_ctx} tokens; "
+                f"expected positions in -{model.cfg.n_ctx}..{model.cfg.n_ctx - 1}"
+            )
 
     def prepass_gates(self, model: HookedTransformer) -> list:
         """A gate read later than the addition decides in ``steer``'s pre-pass over the prompt (CAST with the anchor's gate)."""
@@ -171,8 +175,10 @@ class Add(Intervention):
             bad = out_of_range(positions, x.shape[1])
             if bad:
                 n = x.shape[1]
-                raise ValueError(f"Add.positions {bad} out of range for a {token_phase()}-token pass of {n} token(s) at {self.hook_name}; "
-                                 f"expected positions in -{n}..{n - 1} (negative positions count from the end)")
+                raise ValueError(
+                    f"Add.positions {bad} out of range for a {token_phase()}-token pass of {n} token(s) at {self.hook_name}; "
+                    f"expected positions in -{n}..{n - 1} (negative positions count from the end)"
+                )
             x = x.clone()
             x[:, positions] += d
             return x

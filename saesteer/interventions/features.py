@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from transformer_lens import HookedTransformer
@@ -23,6 +24,7 @@ from saesteer.primitives.hooks import hook_order
 from saesteer.primitives.intervention import Intervention
 from saesteer.primitives.phase import PHASE, check_apply_to, token_phase
 from saesteer.primitives.sae_weights import SaeWeights
+
 
 def check_features(features: Sequence[int], d_sae: int) -> list[int]:
     feats = [int(f) for f in features]
@@ -69,13 +71,19 @@ class EditFeatures(Intervention):
             name = type(self).__name__
             if scalar:
                 raise ValueError(f"{name}.values={vals[0]}; expected a finite number")
-            raise ValueError(f"{name}.values has NaN/inf for feature(s) {[f for f, _ in bad[:5]]}: {[x for _, x in bad[:5]]}; "
-                             f"expected finite numbers")
+            raise ValueError(
+                f"{name}.values has NaN/inf for feature(s) {[f for f, _ in bad[:5]]}: {[x for _, x in bad[:5]]}; "
+                f"expected finite numbers"
+            )
         self._values = torch.tensor(vals)
         idx = torch.tensor(self.features)
         w = self._w
-        self._cols = (w.W_enc[:, idx].contiguous(), w.b_enc[idx].contiguous(), w.W_dec[idx].contiguous(),
-                      None if w.threshold is None else w.threshold[idx].contiguous())
+        self._cols = (
+            w.W_enc[:, idx].contiguous(),
+            w.b_enc[idx].contiguous(),
+            w.W_dec[idx].contiguous(),
+            None if w.threshold is None else w.threshold[idx].contiguous(),
+        )
         self._idx = idx
 
     @property
@@ -91,7 +99,9 @@ class EditFeatures(Intervention):
         if self.hook_name not in model.hook_dict:
             raise ValueError(f"SAE hook {self.hook_name!r} does not exist in this model")
         if self.gate is not None and hook_order(self.gate.hook) > hook_order(self.hook_name):
-            raise ValueError(f"gate reads {self.gate.hook}, after the edit at {self.hook_name}; a gate must read no later than what it gates")
+            raise ValueError(
+                f"gate reads {self.gate.hook}, after the edit at {self.hook_name}; a gate must read no later than what it gates"
+            )
 
     def delta_fn(self):
         """The edit as a function x -> x' (no phase or gate logic): for kernels and tests."""
@@ -104,9 +114,25 @@ class EditFeatures(Intervention):
             kw = dict(mode=self.mode, values=self._values.to(dev), only_when_active=self.only_when_active, gate=gate)
             bd = None if b_dec is None else b_dec.to(dev)
             if w.architecture == "topk":
-                return topk_feature_edit(x, w.W_enc.to(dev), w.b_enc.to(dev), w.W_dec.to(dev), k=w.k, features=self._idx.to(dev), b_dec=bd, **kw)
-            return sparse_feature_edit(x, W_enc_F.to(dev), b_enc_F.to(dev), W_dec_F.to(dev), b_dec=bd,
-                                       threshold_F=None if thr_F is None else thr_F.to(dev), **kw)
+                return topk_feature_edit(
+                    x,
+                    w.W_enc.to(dev),
+                    w.b_enc.to(dev),
+                    w.W_dec.to(dev),
+                    k=w.k,
+                    features=self._idx.to(dev),
+                    b_dec=bd,
+                    **kw,
+                )
+            return sparse_feature_edit(
+                x,
+                W_enc_F.to(dev),
+                b_enc_F.to(dev),
+                W_dec_F.to(dev),
+                b_dec=bd,
+                threshold_F=None if thr_F is None else thr_F.to(dev),
+                **kw,
+            )
 
         return fn
 

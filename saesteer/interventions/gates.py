@@ -23,15 +23,16 @@ read at a hook that runs no later than the edit it gates, except an anchor's: th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 
 from saesteer.checks import check_finite, check_finite_tensor
-from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.primitives.hooks import hook_order
 from saesteer.primitives.phase import PHASE, reading_prompt
+from saesteer.primitives.sae_weights import SaeWeights
 
 
 @dataclass
@@ -81,7 +82,9 @@ class Gate:
 
     def value(self, batch: int, device, dtype) -> torch.Tensor:
         if self._state is None or self._state.shape[0] != batch:
-            raise RuntimeError(f"gate at {self.hook} has no decision for this batch (does its hook run before the edit?)")
+            raise RuntimeError(
+                f"gate at {self.hook} has no decision for this batch (does its hook run before the edit?)"
+            )
         return self._state.to(device=device, dtype=dtype)
 
 
@@ -148,7 +151,9 @@ class ProbeGate(Gate):
         shape = (len(self.hooks), len(self.positions))
         if self.weights is None or self.weights.ndim != 3 or tuple(self.weights.shape[:2]) != shape:
             got = None if self.weights is None else tuple(self.weights.shape)
-            raise ValueError(f"ProbeGate.weights must have shape [n_hooks={shape[0]}, n_positions={shape[1]}, d_model], got {got}")
+            raise ValueError(
+                f"ProbeGate.weights must have shape [n_hooks={shape[0]}, n_positions={shape[1]}, d_model], got {got}"
+            )
         if not torch.isfinite(self.weights).all() or not torch.isfinite(torch.tensor(float(self.bias))):
             raise ValueError("ProbeGate weights and bias must be finite")
 
@@ -168,6 +173,7 @@ class ProbeGate(Gate):
                         self._parts.clear()
                         self.decide(s)
                 return x
+
             return fn
 
         return [(h, make(i)) for i, h in enumerate(self.hooks)]
@@ -181,6 +187,7 @@ class ProbeGate(Gate):
                 if self.deciding():
                     sink[self.hooks[i]] = self.part(i, x)
                 return x
+
             return fn
 
         return [(h, make(i)) for i, h in enumerate(self.hooks)]
@@ -210,7 +217,9 @@ class TokenProbeGate(Gate):
     def __post_init__(self) -> None:
         self.hooks = _check_hooks("TokenProbeGate", self.hooks, self.hook)
         if hook_order(self.hook) < (1, 0):
-            raise ValueError(f"TokenProbeGate must decide after layer 0's attention (it reads the padding from it), got {self.hook!r}")
+            raise ValueError(
+                f"TokenProbeGate must decide after layer 0's attention (it reads the padding from it), got {self.hook!r}"
+            )
         if self.weights is None or self.weights.ndim != 2 or self.weights.shape[0] != len(self.hooks):
             got = None if self.weights is None else tuple(self.weights.shape)
             raise ValueError(f"TokenProbeGate.weights must have shape [n_hooks={len(self.hooks)}, d_model], got {got}")
@@ -241,6 +250,7 @@ class TokenProbeGate(Gate):
                     finish(s.masked_fill(~real, float("-inf")).max(-1).values + float(self.bias))
                     parts.clear()
                 return x
+
             return fn
 
         return [(self.PATTERN_HOOK, mask)] + [(h, make(i)) for i, h in enumerate(self.hooks)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from transformer_lens import HookedTransformer
@@ -20,13 +20,21 @@ def as_interventions(interventions: Intervention | Sequence[Intervention]) -> li
     TypeError for anything else, naming what was passed."""
     if isinstance(interventions, Intervention):
         return [interventions]
-    if interventions is None or isinstance(interventions, (str, bytes, torch.Tensor)) or not hasattr(interventions, "__iter__"):
-        raise TypeError(f"interventions is {type(interventions).__name__}; expected a list of interventions "
-                        f"(Ablate, Add, EditFeatures, ...) or a single one")
+    if (
+        interventions is None
+        or isinstance(interventions, (str, bytes, torch.Tensor))
+        or not hasattr(interventions, "__iter__")
+    ):
+        raise TypeError(
+            f"interventions is {type(interventions).__name__}; expected a list of interventions "
+            f"(Ablate, Add, EditFeatures, ...) or a single one"
+        )
     out = list(interventions)
     for i, spec in enumerate(out):
         if not isinstance(spec, Intervention):
-            raise TypeError(f"interventions[{i}] is {type(spec).__name__}; expected an intervention (Ablate, Add, EditFeatures, ...)")
+            raise TypeError(
+                f"interventions[{i}] is {type(spec).__name__}; expected an intervention (Ablate, Add, EditFeatures, ...)"
+            )
     return out
 
 
@@ -62,7 +70,9 @@ def gate_prepass(model: HookedTransformer, interventions: Intervention | Sequenc
         x = args[0] if args else kwargs.get("input")
         if not torch.is_tensor(x) or (start is None and x.is_floating_point()):
             return
-        extra = {} if start is None else {"start_at_layer": 0, "shortformer_pos_embed": kwargs.get("shortformer_pos_embed")}
+        extra = (
+            {} if start is None else {"start_at_layer": 0, "shortformer_pos_embed": kwargs.get("shortformer_pos_embed")}
+        )
         with phase("gate"):  # token ids, or the residual stream TransformerLens's generate passes with start_at_layer=0
             forward(x, attention_mask=kwargs.get("attention_mask"), stop_at_layer=stop, **extra)
 
@@ -104,7 +114,9 @@ def _around_forward(model: HookedTransformer, before) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def steer(model: HookedTransformer, interventions: Intervention | Sequence[Intervention]) -> Iterator[HookedTransformer]:
+def steer(
+    model: HookedTransformer, interventions: Intervention | Sequence[Intervention]
+) -> Iterator[HookedTransformer]:
     """Apply interventions (a list, or a single one) as forward hooks for the duration of the block (with a gate
     pre-pass where one is needed)."""
     specs = as_interventions(interventions)
@@ -143,8 +155,13 @@ def infer_phase(model: HookedTransformer, interventions: Intervention | Sequence
         x = args[0] if args else kwargs.get("input")
         if dependent and name == "prompt" and cache is None and torch.is_tensor(x) and x.ndim >= 2:
             prev = last_prompt[0] if last_prompt else None
-            if (prev is not None and prev.shape[0] == x.shape[0] and x.shape[1] > prev.shape[1]
-                    and prev.dtype == x.dtype and torch.equal(x[:, : prev.shape[1]], prev)):
+            if (
+                prev is not None
+                and prev.shape[0] == x.shape[0]
+                and x.shape[1] > prev.shape[1]
+                and prev.dtype == x.dtype
+                and torch.equal(x[:, : prev.shape[1]], prev)
+            ):
                 spec = dependent[0]
                 raise RuntimeError(
                     f"a forward pass re-reads the previous prompt ({prev.shape[1]} positions) with {x.shape[1] - prev.shape[1]} "
@@ -152,7 +169,8 @@ def infer_phase(model: HookedTransformer, interventions: Intervention | Sequence
                     f"{type(spec).__name__} (apply_to={getattr(spec, 'apply_to', 'both')!r}, gate={type(getattr(spec, 'gate', None)).__name__}) "
                     "depends on that. Decode with a key-value cache (saesteer.generation.generate, "
                     "model.generate(use_past_kv_cache=True), or past_kv_cache=... in your own loop), or set the phase "
-                    "yourself with saesteer.primitives.phase.phase('generated')")
+                    "yourself with saesteer.primitives.phase.phase('generated')"
+                )
             last_prompt[:] = [x.detach()]
         return phase(name)
 

@@ -15,8 +15,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saesteer.checks import check_finite, check_finite_tensor
-from saesteer.primitives.intervention import check_direction, unit
 from saesteer.io import save_tensors
+from saesteer.primitives.intervention import check_direction, unit
 
 
 def _remove(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,10 @@ def _remove(w: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def orthogonalize_weights(
-    model: HookedTransformer, direction: torch.Tensor, inplace: bool = False, reference: Optional[float | torch.Tensor] = None
+    model: HookedTransformer,
+    direction: torch.Tensor,
+    inplace: bool = False,
+    reference: Optional[float | torch.Tensor] = None,
 ) -> HookedTransformer:
     """A model whose residual-stream writers cannot write along ``direction``.
 
@@ -44,7 +47,9 @@ def orthogonalize_weights(
     n = model.cfg.n_layers
     per_layer = reference is not None and torch.is_tensor(reference) and reference.ndim == 1
     if per_layer and reference.shape != (n,):
-        raise ValueError(f"orthogonalize_weights: per-layer reference has shape {tuple(reference.shape)}, expected ({n},)")
+        raise ValueError(
+            f"orthogonalize_weights: per-layer reference has shape {tuple(reference.shape)}, expected ({n},)"
+        )
     if per_layer:
         check_finite_tensor(reference, "orthogonalize_weights reference")
     elif reference is not None:

@@ -62,14 +62,23 @@ def layer_plan(b: Any, direction_layer: int, n_layers: int) -> tuple[int, int, l
             raise ValueError(f"backups.{name}={value} is out of range for a model with {n_layers} layers")
     bad = [l for l in monitor if not 0 <= l < n_layers]
     if bad:
-        raise ValueError(f"backups.monitor_layers={list(b.monitor_layers)} has layers {bad} out of range for {n_layers} layers")
+        raise ValueError(
+            f"backups.monitor_layers={list(b.monitor_layers)} has layers {bad} out of range for {n_layers} layers"
+        )
     return cut, up, monitor
 
 
 def fit_layer_sae(cfg: BackupsJobConfig, loaded, tracker: Tracker, layer: int):
     """The SAE of ``cfg.sae`` at ``blocks.{layer}.hook_resid_pre``, through the SAE stage (cached per layer)."""
-    tcfg = TrainSaeJobConfig(seed=cfg.seed, progress=cfg.progress, model=cfg.model, data=cfg.data, eval=cfg.eval,
-                             logger=cfg.logger, sae=dataclasses.replace(cfg.sae, hook=resid_hook(layer)))
+    tcfg = TrainSaeJobConfig(
+        seed=cfg.seed,
+        progress=cfg.progress,
+        model=cfg.model,
+        data=cfg.data,
+        eval=cfg.eval,
+        logger=cfg.logger,
+        sae=dataclasses.replace(cfg.sae, hook=resid_hook(layer)),
+    )
     return sae_stage(tcfg, loaded, tracker, layer)
 
 
@@ -116,17 +125,28 @@ def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         from saesteer.organism.recipes import DirectionCut, load_or_finetune
 
         cut = DirectionCut.from_artifact(direction, every_layer=b.recipe == "direction_dropout_all")
-        tuned = load_or_finetune(load_or_train_organism(cfg.model.organism, progress=cfg.progress), cut, recipe, progress=cfg.progress)
-        rec_loaded = LoadedModel(tuned.model.to(cfg.model.device), loaded.template, loaded.name,
-                                 {"organism_path": str(tuned.path), **tuned.metadata})
+        tuned = load_or_finetune(
+            load_or_train_organism(cfg.model.organism, progress=cfg.progress), cut, recipe, progress=cfg.progress
+        )
+        rec_loaded = LoadedModel(
+            tuned.model.to(cfg.model.device),
+            loaded.template,
+            loaded.name,
+            {"organism_path": str(tuned.path), **tuned.metadata},
+        )
         rec_direction = direction_stage(rec_loaded, cfg.data, cfg.directions, progress=cfg.progress)
         rec = _analyse(cfg, rec_loaded, rec_direction, run_dir, tracker, prefix="recipe_")
-        checks = {name: _cut_check(cfg, lm, cut, a) for name, lm, a in (("base", loaded, base), ("recipe", rec_loaded, rec))}
+        checks = {
+            name: _cut_check(cfg, lm, cut, a) for name, lm, a in (("base", loaded, base), ("recipe", rec_loaded, rec))
+        }
         metrics.update(_recipe_metrics(rec.metrics, checks, tuned.metadata, recipe, str(tuned.path)))
         base.plots.append(_cut_plot(run_dir, checks, cut))
         tracker.image("backups/direction_cut_activations", base.plots[-1])
     metrics = json_ready(metrics)
-    write_text(run_dir / "report.md", _report(cfg, metrics, base.down, base.upc, base.induce, base.random_rates, base.plots, rec))
+    write_text(
+        run_dir / "report.md",
+        _report(cfg, metrics, base.down, base.upc, base.induce, base.random_rates, base.plots, rec),
+    )
     return metrics
 
 
@@ -136,7 +156,13 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
     n_layers = loaded.n_layers
     cut, up, monitor_layers = layer_plan(b, direction.layer, n_layers)
     layers = sorted(set(monitor_layers) | {cut, up})
-    log.info("backups: cut layer %d, upstream layer %d, monitored layers %s (direction at layer %d)", cut, up, monitor_layers, direction.layer)
+    log.info(
+        "backups: cut layer %d, upstream layer %d, monitored layers %s (direction at layer %d)",
+        cut,
+        up,
+        monitor_layers,
+        direction.layer,
+    )
     saes = {L: fit_layer_sae(cfg, loaded, tracker, L) for L in layers}
 
     train_h = list(load_role(cfg.data, "harmful_train").instructions)
@@ -151,61 +177,141 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
 
     refusal_scores = {}
     for L in sorted(set(monitor_layers) | {cut}):
-        refusal_scores[L] = search_features(model, tpl, saes[L], refusal_dirs[L], train_h, train_s, s,
-                                            hook=resid_hook(L), progress=cfg.progress)
+        refusal_scores[L] = search_features(
+            model, tpl, saes[L], refusal_dirs[L], train_h, train_s, s, hook=resid_hook(L), progress=cfg.progress
+        )
     # the search's settings at t_inst, ranked by the sensor signal alone
-    sensor_cfg = library_settings(SearchConfig, s, positions=[t_inst_position(model, tpl)],
-                                  **{f"weight_{x}": float(x == b.sensor_signal) for x in SIGNALS})
-    sensor_scores = search_features(model, tpl, saes[up], harm_dirs[up], train_h, train_s, sensor_cfg, hook=resid_hook(up),
-                                    progress=cfg.progress)
+    sensor_cfg = library_settings(
+        SearchConfig,
+        s,
+        positions=[t_inst_position(model, tpl)],
+        **{f"weight_{x}": float(x == b.sensor_signal) for x in SIGNALS},
+    )
+    sensor_scores = search_features(
+        model, tpl, saes[up], harm_dirs[up], train_h, train_s, sensor_cfg, hook=resid_hook(up), progress=cfg.progress
+    )
     sensor_scores.write_csv(run_dir / f"{prefix}sensor_ranking.csv")
     refusal_scores[cut].write_csv(run_dir / f"{prefix}refusal_ranking.csv")
 
     K = b.k_max
-    for name, ranking in (("refusal features at the cut layer", refusal_scores[cut].ranking), ("harm sensors", sensor_scores.ranking)):
+    for name, ranking in (
+        ("refusal features at the cut layer", refusal_scores[cut].ranking),
+        ("harm sensors", sensor_scores.ranking),
+    ):
         if len(ranking) < K:
-            raise ValueError(f"backups.k_max={K} but only {len(ranking)} {name} pass the activity filter "
-                             f"(search.min_active_fraction={s.min_active_fraction}); lower k_max or the filter")
+            raise ValueError(
+                f"backups.k_max={K} but only {len(ranking)} {name} pass the activity filter "
+                f"(search.min_active_fraction={s.min_active_fraction}); lower k_max or the filter"
+            )
 
     test_h = list(load_role(cfg.data, "harmful_test").instructions)
     test_s = list(load_role(cfg.data, "harmless_test").instructions)
     n_mon = b.n_monitor_prompts
     mon_h = test_h[:n_mon] if n_mon else test_h
     mon_s = test_s[:n_mon] if n_mon else test_s
-    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, monitor_batch_size=b.batch_size,
-              progress=cfg.progress, rule=b)
+    ev = dict(
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        monitor_batch_size=b.batch_size,
+        progress=cfg.progress,
+        rule=b,
+    )
 
     def refusal_set(L: int) -> FeatureSet:
         return FeatureSet(saes[L], refusal_scores[L].ranking[: b.n_monitor], resid_hook(L))
 
     # downstream: cut refusal features at the cut layer; watch refusal features there and later
     down_monitors = [refusal_set(L) for L in monitor_layers if L >= cut]
-    down_count = [m.hook for m in down_monitors if int(m.hook.split(".")[1]) > cut or (b.count_same_layer and m.hook == resid_hook(cut))]
-    down = edit_curve(model, tpl, saes[cut], refusal_scores[cut].ranking, K, test_h, monitor_prompts=mon_h, monitors=down_monitors,
-                      count_hooks=down_count, values=0.0, hook=resid_hook(cut), apply_to=b.apply_to, desc="downstream cut", **ev)
+    down_count = [
+        m.hook
+        for m in down_monitors
+        if int(m.hook.split(".")[1]) > cut or (b.count_same_layer and m.hook == resid_hook(cut))
+    ]
+    down = edit_curve(
+        model,
+        tpl,
+        saes[cut],
+        refusal_scores[cut].ranking,
+        K,
+        test_h,
+        monitor_prompts=mon_h,
+        monitors=down_monitors,
+        count_hooks=down_count,
+        values=0.0,
+        hook=resid_hook(cut),
+        apply_to=b.apply_to,
+        desc="downstream cut",
+        **ev,
+    )
     # upstream: cut harm sensors; watch the other sensors and the refusal features of later layers
     same = refusal_scores[up].ranking[: b.n_monitor] if up in refusal_scores else []
     up_monitors = [FeatureSet(saes[up], _union(sensor_scores.ranking[: b.n_monitor], same), resid_hook(up))]
     up_monitors += [refusal_set(L) for L in monitor_layers if L > up]
-    up_count = [m.hook for m in up_monitors if int(m.hook.split(".")[1]) > up or (b.count_same_layer and m.hook == resid_hook(up))]
-    upc = edit_curve(model, tpl, saes[up], sensor_scores.ranking, K, test_h, monitor_prompts=mon_h, monitors=up_monitors,
-                     count_hooks=up_count, values=0.0, hook=resid_hook(up), apply_to=b.apply_to, desc="upstream cut", **ev)
+    up_count = [
+        m.hook
+        for m in up_monitors
+        if int(m.hook.split(".")[1]) > up or (b.count_same_layer and m.hook == resid_hook(up))
+    ]
+    upc = edit_curve(
+        model,
+        tpl,
+        saes[up],
+        sensor_scores.ranking,
+        K,
+        test_h,
+        monitor_prompts=mon_h,
+        monitors=up_monitors,
+        count_hooks=up_count,
+        values=0.0,
+        hook=resid_hook(up),
+        apply_to=b.apply_to,
+        desc="upstream cut",
+        **ev,
+    )
     # induction: sensors clamped high on harmless prompts; do refusal and the later refusal features follow?
-    active_mean = getattr(sensor_scores, "harmful_active_mean", sensor_scores.harmful_mean)  # mean where the sensor fires
+    active_mean = getattr(
+        sensor_scores, "harmful_active_mean", sensor_scores.harmful_mean
+    )  # mean where the sensor fires
     clamp = [b.induce_scale * max(float(active_mean[f]), 1e-3) for f in sensor_scores.ranking[:K]]
     ind_monitors = [refusal_set(L) for L in monitor_layers if L > up]
-    induce = edit_curve(model, tpl, saes[up], sensor_scores.ranking, K, test_s, monitor_prompts=mon_s, monitors=ind_monitors,
-                        count_hooks=[], values=clamp, hook=resid_hook(up), apply_to=b.induce_apply_to, desc="upstream induce", **ev)
+    induce = edit_curve(
+        model,
+        tpl,
+        saes[up],
+        sensor_scores.ranking,
+        K,
+        test_s,
+        monitor_prompts=mon_s,
+        monitors=ind_monitors,
+        count_hooks=[],
+        values=clamp,
+        hook=resid_hook(up),
+        apply_to=b.induce_apply_to,
+        desc="upstream induce",
+        **ev,
+    )
 
     random_rates: dict[str, float] = {}
     if b.random_control:
         for name, L, scores in (("downstream", cut, refusal_scores[cut]), ("upstream", up, sensor_scores)):
             rnd = random_features(scores.ranking, scores.ranking[:K], K, cfg.seed)
-            with steer(model, [EditFeatures(saes[L], rnd, mode="set", values=0.0, apply_to=b.apply_to, hook=resid_hook(L))]):
-                random_rates[name] = refusal_eval(model, tpl, test_h, max_new_tokens=cfg.eval.max_new_tokens,
-                                                  batch_size=cfg.eval.batch_size, desc=f"{name} random {K}").rate
+            with steer(
+                model, [EditFeatures(saes[L], rnd, mode="set", values=0.0, apply_to=b.apply_to, hook=resid_hook(L))]
+            ):
+                random_rates[name] = refusal_eval(
+                    model,
+                    tpl,
+                    test_h,
+                    max_new_tokens=cfg.eval.max_new_tokens,
+                    batch_size=cfg.eval.batch_size,
+                    desc=f"{name} random {K}",
+                ).rate
 
-    metrics = json_ready(_metrics(cfg, direction.layer, cut, up, monitor_layers, down, upc, induce, random_rates, len(test_h), len(mon_h)))
+    metrics = json_ready(
+        _metrics(
+            cfg, direction.layer, cut, up, monitor_layers, down, upc, induce, random_rates, len(test_h), len(mon_h)
+        )
+    )
     metrics["harmless_test_refusal"] = induce.refusal[0]  # k = 0: no edit, all of harmless_test
     _log_tracker(tracker, down, upc, induce, prefix)
     plots = _plots(run_dir, down, upc, induce, random_rates, b, prefix)
@@ -222,21 +328,34 @@ def _cut_check(cfg: BackupsJobConfig, loaded, cut, a: Analysis) -> dict[str, Any
     test_h = list(load_role(cfg.data, "harmful_test").instructions)
     mon_h = test_h[: b.n_monitor_prompts] if b.n_monitor_prompts else test_h
     with steer(model, [cut]):
-        rate = refusal_eval(model, tpl, test_h, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size,
-                            desc="direction cut").rate
+        rate = refusal_eval(
+            model,
+            tpl,
+            test_h,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            desc="direction cut",
+        ).rate
     layers = [L for L in sorted(a.refusal_scores) if L > cut.layer]
     sets = [FeatureSet(a.saes[L], a.refusal_scores[L].ranking[: b.n_monitor], resid_hook(L)) for L in layers]
     out: dict[str, Any] = {"refusal": rate, "layers": layers, "features": {}, "n_backups": 0, "gain": None}
     if not sets:
         return out
     intact = monitored_activations(model, tpl, mon_h, sets, batch_size=b.batch_size, desc="cut monitors intact")
-    edited = monitored_activations(model, tpl, mon_h, sets, interventions=[cut], batch_size=b.batch_size, desc="cut monitors")
+    edited = monitored_activations(
+        model, tpl, mon_h, sets, interventions=[cut], batch_size=b.batch_size, desc="cut monitors"
+    )
     rels, rises = [], []
     for fs in sets:
         i, e = intact[fs.hook].mean(0), edited[fs.hook].mean(0)
         mask, rel = find_backups(i, e, b)
-        out["features"][_layer(fs.hook)] = {"features": fs.features, "intact": i.tolist(), "cut": e.tolist(),
-                                            "relative": rel.tolist(), "backup": mask.tolist()}
+        out["features"][_layer(fs.hook)] = {
+            "features": fs.features,
+            "intact": i.tolist(),
+            "cut": e.tolist(),
+            "relative": rel.tolist(),
+            "backup": mask.tolist(),
+        }
         rels.append(rel[mask])
         rises.append(rel)
     rel_b = torch.cat(rels)
@@ -246,12 +365,32 @@ def _cut_check(cfg: BackupsJobConfig, loaded, cut, a: Analysis) -> dict[str, Any
     return out
 
 
-def _recipe_metrics(rm: dict[str, Any], checks: dict[str, dict], meta: dict[str, Any], recipe, path: str) -> dict[str, Any]:
-    m = {f"recipe_{k}": rm[k] for k in (
-        "downstream_refusal_at_k", "upstream_refusal_at_k", "induction_harmless_refusal_at_k", "n_backup_features",
-        "backup_activation_gain", "backup_gain_over", "backup_features", "backup_rise_rate", "downstream_n_backups_at_k",
-        "upstream_n_backup_features", "upstream_backup_activation_gain", "direction_layer", "cut_layer", "upstream_layer",
-        "downstream_top_features", "downstream_later_feature_change_at_k", "harmless_test_refusal") if k in rm}
+def _recipe_metrics(
+    rm: dict[str, Any], checks: dict[str, dict], meta: dict[str, Any], recipe, path: str
+) -> dict[str, Any]:
+    m = {
+        f"recipe_{k}": rm[k]
+        for k in (
+            "downstream_refusal_at_k",
+            "upstream_refusal_at_k",
+            "induction_harmless_refusal_at_k",
+            "n_backup_features",
+            "backup_activation_gain",
+            "backup_gain_over",
+            "backup_features",
+            "backup_rise_rate",
+            "downstream_n_backups_at_k",
+            "upstream_n_backup_features",
+            "upstream_backup_activation_gain",
+            "direction_layer",
+            "cut_layer",
+            "upstream_layer",
+            "downstream_top_features",
+            "downstream_later_feature_change_at_k",
+            "harmless_test_refusal",
+        )
+        if k in rm
+    }
     for k in rm:
         if k.endswith("_random_refusal_at_kmax"):
             m[f"recipe_{k}"] = rm[k]
@@ -266,8 +405,9 @@ def _recipe_metrics(rm: dict[str, Any], checks: dict[str, dict], meta: dict[str,
         m[f"{p}direction_cut_n_backup_features"] = c["n_backups"]
         m[f"{p}direction_cut_backup_activation_gain"] = c["gain"]
         m[f"{p}direction_cut_mean_relative_change"] = c.get("mean_relative_change")
-        m[f"{p}direction_cut_backup_features"] = [f"{L}:{f}" for L, d in c["features"].items()
-                                                  for f, bk in zip(d["features"], d["backup"]) if bk]
+        m[f"{p}direction_cut_backup_features"] = [
+            f"{L}:{f}" for L, d in c["features"].items() for f, bk in zip(d["features"], d["backup"]) if bk
+        ]
     return m
 
 
@@ -281,11 +421,21 @@ def _cut_plot(run_dir: Path, checks: dict[str, dict], cut) -> Path:
         for L, d in c["features"].items():
             i, e, bk = d["intact"], d["cut"], d["backup"]
             top = max([top] + i + e)
-            ax.scatter([x for x, k in zip(i, bk) if not k], [y for y, k in zip(e, bk) if not k], s=14, color="0.5",
-                       label=f"layer {L} refusal features")
+            ax.scatter(
+                [x for x, k in zip(i, bk) if not k],
+                [y for y, k in zip(e, bk) if not k],
+                s=14,
+                color="0.5",
+                label=f"layer {L} refusal features",
+            )
             if any(bk):
-                ax.scatter([x for x, k in zip(i, bk) if k], [y for y, k in zip(e, bk) if k], s=22, color="red",
-                           label=f"layer {L} backups ({sum(bk)})")
+                ax.scatter(
+                    [x for x, k in zip(i, bk) if k],
+                    [y for y, k in zip(e, bk) if k],
+                    s=22,
+                    color="red",
+                    label=f"layer {L} backups ({sum(bk)})",
+                )
         ax.plot([0, top or 1], [0, top or 1], ls="--", lw=0.8, color="k")
         ax.set_title(f"{name}: refusal {c['refusal']:.3f} with the direction cut", fontsize=9)
         ax.set_xlabel("mean activation, intact")
@@ -293,7 +443,9 @@ def _cut_plot(run_dir: Path, checks: dict[str, dict], cut) -> Path:
         ax.grid(alpha=0.3)
         if c["features"]:
             ax.legend(fontsize=7)
-    fig.suptitle("later-layer refusal features when the training-time cut is applied (above the diagonal: rises)", fontsize=9)
+    fig.suptitle(
+        "later-layer refusal features when the training-time cut is applied (above the diagonal: rises)", fontsize=9
+    )
     return save_fig(fig, run_dir / "direction_cut_activations.png")
 
 
@@ -311,8 +463,19 @@ def _later_change(curve: EditCurve, after: int) -> list[float]:
     return out
 
 
-def _metrics(cfg, direction_layer, cut, up, monitor_layers, down: EditCurve, upc: EditCurve, induce: EditCurve,
-             random_rates, n_test, n_monitor) -> dict[str, Any]:
+def _metrics(
+    cfg,
+    direction_layer,
+    cut,
+    up,
+    monitor_layers,
+    down: EditCurve,
+    upc: EditCurve,
+    induce: EditCurve,
+    random_rates,
+    n_test,
+    n_monitor,
+) -> dict[str, Any]:
     b = cfg.backups
     K = b.k_max
     last, up_last = down.at(K), upc.at(K)
@@ -320,24 +483,38 @@ def _metrics(cfg, direction_layer, cut, up, monitor_layers, down: EditCurve, upc
     up_gain, up_gain_over = up_last.backup_gain()
     same = last.changes.get(resid_hook(cut))
     m: dict[str, Any] = {
-        "k_max": K, "k_values": list(range(K + 1)),
-        "direction_layer": direction_layer, "cut_layer": cut, "upstream_layer": up, "monitor_layers": list(monitor_layers),
-        "n_harmful_test": n_test, "n_monitor_prompts": n_monitor,
-        "downstream_refusal_at_k": down.refusal, "upstream_refusal_at_k": upc.refusal,
+        "k_max": K,
+        "k_values": list(range(K + 1)),
+        "direction_layer": direction_layer,
+        "cut_layer": cut,
+        "upstream_layer": up,
+        "monitor_layers": list(monitor_layers),
+        "n_harmful_test": n_test,
+        "n_monitor_prompts": n_monitor,
+        "downstream_refusal_at_k": down.refusal,
+        "upstream_refusal_at_k": upc.refusal,
         "induction_harmless_refusal_at_k": induce.refusal,
-        "baseline_harmful_refusal": down.refusal[0], "baseline_harmless_refusal": induce.refusal[0],
-        "n_backup_features": last.n_backups, "backup_activation_gain": gain, "backup_gain_over": gain_over,
+        "baseline_harmful_refusal": down.refusal[0],
+        "baseline_harmless_refusal": induce.refusal[0],
+        "n_backup_features": last.n_backups,
+        "backup_activation_gain": gain,
+        "backup_gain_over": gain_over,
         "backup_features": [f"{_layer(c.hook)}:{f}" for c in last.counted() for f in c.backups()],
         "backup_rise_rate": _rise_rate(last),
         "downstream_n_backups_at_k": down.n_backups,
         "n_backup_features_same_layer": int(same.backup.sum()) if same is not None else 0,
-        "upstream_n_backup_features": up_last.n_backups, "upstream_backup_activation_gain": up_gain,
-        "upstream_backup_gain_over": up_gain_over, "upstream_n_backups_at_k": upc.n_backups,
+        "upstream_n_backup_features": up_last.n_backups,
+        "upstream_backup_activation_gain": up_gain,
+        "upstream_backup_gain_over": up_gain_over,
+        "upstream_n_backups_at_k": upc.n_backups,
         "downstream_later_feature_change_at_k": _later_change(down, cut),
         "upstream_later_feature_change_at_k": _later_change(upc, up),
         "induction_later_feature_change_at_k": _later_change(induce, up),
-        "downstream_top_features": down.ranking[:K], "upstream_top_sensors": upc.ranking[:K],
-        "backup_threshold": b.backup_threshold, "backup_min_rise": b.backup_min_rise, "count_same_layer": b.count_same_layer,
+        "downstream_top_features": down.ranking[:K],
+        "upstream_top_sensors": upc.ranking[:K],
+        "backup_threshold": b.backup_threshold,
+        "backup_min_rise": b.backup_min_rise,
+        "count_same_layer": b.count_same_layer,
         "recipe": b.recipe,
     }
     for name, rate in random_rates.items():
@@ -358,11 +535,22 @@ def _rise_rate(step) -> float:
 def _log_tracker(tracker: Tracker, down: EditCurve, upc: EditCurve, induce: EditCurve, prefix: str = "") -> None:
     g = f"backups/{prefix}"
     for k in down.ks:
-        tracker.log({"backups/k": k, f"{g}downstream_refusal": down.refusal[k], f"{g}upstream_refusal": upc.refusal[k],
-                     f"{g}induction_harmless_refusal": induce.refusal[k], f"{g}downstream_n_backups": down.n_backups[k],
-                     f"{g}upstream_n_backups": upc.n_backups[k]})
+        tracker.log(
+            {
+                "backups/k": k,
+                f"{g}downstream_refusal": down.refusal[k],
+                f"{g}upstream_refusal": upc.refusal[k],
+                f"{g}induction_harmless_refusal": induce.refusal[k],
+                f"{g}downstream_n_backups": down.n_backups[k],
+                f"{g}upstream_n_backups": upc.n_backups[k],
+            }
+        )
     rows = _change_rows(down.steps[-1])
-    tracker.table(f"{g}downstream_changes_at_kmax", ["layer", "feature", "intact", "cut", "relative", "rise_rate", "backup", "counted"], rows)
+    tracker.table(
+        f"{g}downstream_changes_at_kmax",
+        ["layer", "feature", "intact", "cut", "relative", "rise_rate", "backup", "counted"],
+        rows,
+    )
 
 
 def _change_rows(step) -> list[tuple]:
@@ -371,23 +559,56 @@ def _change_rows(step) -> list[tuple]:
         for j, f in enumerate(c.features):
             if bool(c.edited_mask[j]):
                 continue
-            rows.append((_layer(h), f, float(c.intact[j]), float(c.edited[j]), float(c.relative[j]), float(c.rise_rate[j]),
-                         bool(c.backup[j]), h in step.count_hooks))
+            rows.append(
+                (
+                    _layer(h),
+                    f,
+                    float(c.intact[j]),
+                    float(c.edited[j]),
+                    float(c.relative[j]),
+                    float(c.rise_rate[j]),
+                    bool(c.backup[j]),
+                    h in step.count_hooks,
+                )
+            )
     return rows
 
 
 def _details(*curves: EditCurve) -> dict[str, Any]:
     out = {}
     for name, curve in zip(("downstream", "upstream", "induction"), curves):
-        out[name] = {"hook": curve.hook, "mode": curve.mode, "ranking_top": curve.ranking[: len(curve.steps)], "steps": [
-            {"k": st.k, "features": st.features, "refusal": st.refusal, "n_backups": st.n_backups,
-             "changes": {h: {"features": c.features, "intact": c.intact.tolist(), "edited": c.edited.tolist(),
-                             "relative": c.relative.tolist(), "backup": c.backup.tolist(), "edited_mask": c.edited_mask.tolist(),
-                             "rise_rate": c.rise_rate.tolist()} for h, c in st.changes.items()}} for st in curve.steps]}
+        out[name] = {
+            "hook": curve.hook,
+            "mode": curve.mode,
+            "ranking_top": curve.ranking[: len(curve.steps)],
+            "steps": [
+                {
+                    "k": st.k,
+                    "features": st.features,
+                    "refusal": st.refusal,
+                    "n_backups": st.n_backups,
+                    "changes": {
+                        h: {
+                            "features": c.features,
+                            "intact": c.intact.tolist(),
+                            "edited": c.edited.tolist(),
+                            "relative": c.relative.tolist(),
+                            "backup": c.backup.tolist(),
+                            "edited_mask": c.edited_mask.tolist(),
+                            "rise_rate": c.rise_rate.tolist(),
+                        }
+                        for h, c in st.changes.items()
+                    },
+                }
+                for st in curve.steps
+            ],
+        }
     return out
 
 
-def _plots(run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, rule, prefix: str = "") -> list[Path]:
+def _plots(
+    run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, rule, prefix: str = ""
+) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
@@ -420,71 +641,143 @@ def _plots(run_dir: Path, down: EditCurve, upc: EditCurve, induce: EditCurve, ra
                 if not ys:
                     continue
                 backup = bool(last.backup[j])
-                ax.plot(curve.ks[: len(ys)], ys, color="red" if backup else "0.6", lw=1.8 if backup else 0.8,
-                        alpha=1.0 if backup else 0.6, label=f"backup {f}" if backup else None)
+                ax.plot(
+                    curve.ks[: len(ys)],
+                    ys,
+                    color="red" if backup else "0.6",
+                    lw=1.8 if backup else 0.8,
+                    alpha=1.0 if backup else 0.6,
+                    label=f"backup {f}" if backup else None,
+                )
             ax.set_title(f"{name} cut: features at layer {h.split('.')[1]}", fontsize=9)
             ax.set_xlabel("k cut")
             ax.set_ylabel("mean activation (post-instruction)")
             ax.grid(alpha=0.3)
             if any(bool(x) for x in last.backup):
                 ax.legend(fontsize=7)
-        fig.suptitle(f"backup rule: rise > {rule.backup_threshold:.0%} and > {rule.backup_min_rise} (red = backup at k = {curve.ks[-1]})", fontsize=9)
+        fig.suptitle(
+            f"backup rule: rise > {rule.backup_threshold:.0%} and > {rule.backup_min_rise} (red = backup at k = {curve.ks[-1]})",
+            fontsize=9,
+        )
         paths.append(save_fig(fig, run_dir / f"{prefix}{name}_activations.png"))
     return paths
 
 
-def _report(cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, plots: list[Path], rec=None) -> str:
+def _report(
+    cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, plots: list[Path], rec=None
+) -> str:
     b = cfg.backups
     K = b.k_max
-    rows = [(k, down.refusal[k], upc.refusal[k], induce.refusal[k], down.n_backups[k], upc.n_backups[k],
-             m["downstream_later_feature_change_at_k"][k], m["upstream_later_feature_change_at_k"][k]) for k in down.ks]
+    rows = [
+        (
+            k,
+            down.refusal[k],
+            upc.refusal[k],
+            induce.refusal[k],
+            down.n_backups[k],
+            upc.n_backups[k],
+            m["downstream_later_feature_change_at_k"][k],
+            m["upstream_later_feature_change_at_k"][k],
+        )
+        for k in down.ks
+    ]
     summary = []
     for name, curve in (("downstream", down), ("upstream", upc), ("induction", induce)):
         st = curve.steps[-1]
         for h, c in st.changes.items():
             keep = ~c.edited_mask
             rel = c.relative[keep]
-            summary.append((name, _layer(h), int(keep.sum()), int(c.backup.sum()), h in st.count_hooks,
-                            float(rel.mean()) if rel.numel() else float("nan"), float(rel.max()) if rel.numel() else float("nan")))
+            summary.append(
+                (
+                    name,
+                    _layer(h),
+                    int(keep.sum()),
+                    int(c.backup.sum()),
+                    h in st.count_hooks,
+                    float(rel.mean()) if rel.numel() else float("nan"),
+                    float(rel.max()) if rel.numel() else float("nan"),
+                )
+            )
     backups = [r for r in _change_rows(down.steps[-1]) if r[6]]
     up_backups = [r for r in _change_rows(upc.steps[-1]) if r[6]]
     drop = f"refusal {down.refusal[0]:.3f} -> {down.refusal[-1]:.3f} at k = {K} (upstream cut: {upc.refusal[-1]:.3f})"
     if m["n_backup_features"]:
-        verdict = (f"**{m['n_backup_features']} backup feature(s)** at the counted layers when the top {K} refusal features of layer "
-                   f"{m['cut_layer']} are cut ({drop}); mean relative rise of the backups {_fmt(m['backup_activation_gain'])}, "
-                   f"rising on {m['backup_rise_rate']:.0%} of the prompts on average.")
+        verdict = (
+            f"**{m['n_backup_features']} backup feature(s)** at the counted layers when the top {K} refusal features of layer "
+            f"{m['cut_layer']} are cut ({drop}); mean relative rise of the backups {_fmt(m['backup_activation_gain'])}, "
+            f"rising on {m['backup_rise_rate']:.0%} of the prompts on average."
+        )
     else:
-        verdict = (f"**No backup features**: cutting the top {K} refusal features of layer {m['cut_layer']} ({drop}) raised no "
-                   f"counted monitored feature past the rule; their mean relative change is {_fmt(m['backup_activation_gain'])}.")
+        verdict = (
+            f"**No backup features**: cutting the top {K} refusal features of layer {m['cut_layer']} ({drop}) raised no "
+            f"counted monitored feature past the rule; their mean relative change is {_fmt(m['backup_activation_gain'])}."
+        )
     lines = [
-        "# Backup refusal features", "",
+        "# Backup refusal features",
+        "",
         f"Refusal direction at layer {m['direction_layer']}; downstream cut at `{down.hook}`, harm sensors at `{upc.hook}` "
         f"(ranked by {b.sensor_signal} at t_inst); monitored: the top {b.n_monitor} refusal-ranked features of layers "
         f"{m['monitor_layers']}. Refusal on {m['n_harmful_test']} harmful_test prompts; activations on {m['n_monitor_prompts']} "
-        "prompts, post-instruction positions, with the SAE error term kept.", "",
+        "prompts, post-instruction positions, with the SAE error term kept.",
+        "",
         f"Backup rule: a monitored feature not cut whose mean activation rises by more than {b.backup_threshold:.0%} relative "
         f"((cut - intact) / max(intact, {b.backup_min_rise})) and by more than {b.backup_min_rise} absolute. Counted at layers after "
         f"the cut{' and at the cut layer' if b.count_same_layer else ''}; rises at the cut layer itself come from re-encoding the "
-        f"edited residual, not from the network ({m['n_backup_features_same_layer']} there at k = {K}).", "",
-        verdict, "",
-        "## Refusal vs k", "",
-        markdown_table(["k", "downstream cut (harmful)", "upstream cut (harmful)", "upstream induce (harmless)",
-                        "downstream backups", "upstream backups", "downstream: later features, mean rel. change",
-                        "upstream: later features, mean rel. change"], rows), "",
+        f"edited residual, not from the network ({m['n_backup_features_same_layer']} there at k = {K}).",
+        "",
+        verdict,
+        "",
+        "## Refusal vs k",
+        "",
+        markdown_table(
+            [
+                "k",
+                "downstream cut (harmful)",
+                "upstream cut (harmful)",
+                "upstream induce (harmless)",
+                "downstream backups",
+                "upstream backups",
+                "downstream: later features, mean rel. change",
+                "upstream: later features, mean rel. change",
+            ],
+            rows,
+        ),
+        "",
     ]
     if random_rates:
-        lines += [", ".join(f"{n}: {K} random eligible features cut -> refusal {r:.3f}" for n, r in random_rates.items()) + ".", ""]
-    lines += ["## Monitored features at k = K", "",
-              markdown_table(["edit", "layer", "monitored (not edited)", "backups", "counted", "mean rel. change", "max rel. change"], summary), ""]
+        lines += [
+            ", ".join(f"{n}: {K} random eligible features cut -> refusal {r:.3f}" for n, r in random_rates.items())
+            + ".",
+            "",
+        ]
+    lines += [
+        "## Monitored features at k = K",
+        "",
+        markdown_table(
+            ["edit", "layer", "monitored (not edited)", "backups", "counted", "mean rel. change", "max rel. change"],
+            summary,
+        ),
+        "",
+    ]
     for title, rows_ in (("Downstream backups", backups), ("Upstream backups", up_backups)):
         if rows_:
-            lines += [f"## {title} (k = {K})", "",
-                      markdown_table(["layer", "feature", "intact", "cut", "rel. change", "rise rate (prompts)", "backup", "counted"], rows_), ""]
+            lines += [
+                f"## {title} (k = {K})",
+                "",
+                markdown_table(
+                    ["layer", "feature", "intact", "cut", "rel. change", "rise rate (prompts)", "backup", "counted"],
+                    rows_,
+                ),
+                "",
+            ]
     lines += [f"![{p.stem}]({p.name})" for p in plots if p.stem != "direction_cut_activations"] + [""]
     lines += ["## Training recipe", ""]
     if rec is None:
-        lines += [f"recipe = `{b.recipe}`: the organism as configured (`model.organism.*`); `backups.recipe=direction_dropout` "
-                  "fine-tunes it with the refusal direction cut on a share of the steps and analyses both side by side.", ""]
+        lines += [
+            f"recipe = `{b.recipe}`: the organism as configured (`model.organism.*`); `backups.recipe=direction_dropout` "
+            "fine-tunes it with the refusal direction cut on a share of the steps and analyses both side by side.",
+            "",
+        ]
     else:
         lines += _recipe_section(cfg, m, rec, plots)
     return "\n".join(lines)
@@ -494,20 +787,41 @@ def _recipe_section(cfg, m, rec: Analysis, plots: list[Path]) -> list[str]:
     b = cfg.backups
     K = b.k_max
     rm = rec.metrics
-    where = "at every layer (resid_pre to each layer's harmless mean, attention and MLP outputs projected out)" \
-        if b.recipe == "direction_dropout_all" else f"at `blocks.{m['direction_layer']}.hook_resid_pre` only"
+    where = (
+        "at every layer (resid_pre to each layer's harmless mean, attention and MLP outputs projected out)"
+        if b.recipe == "direction_dropout_all"
+        else f"at `blocks.{m['direction_layer']}.hook_resid_pre` only"
+    )
     rows = [
         ("harmful_test refusal", m["baseline_harmful_refusal"], rm["baseline_harmful_refusal"]),
         ("harmless_test refusal", m["harmless_test_refusal"], rm["harmless_test_refusal"]),
         ("harmful_test refusal, training cut applied", m["direction_cut_refusal"], m["recipe_direction_cut_refusal"]),
-        ("later refusal features rising under the cut (backups)", m["direction_cut_n_backup_features"],
-         m["recipe_direction_cut_n_backup_features"]),
-        ("their mean relative rise", m["direction_cut_backup_activation_gain"], m["recipe_direction_cut_backup_activation_gain"]),
-        ("all later refusal features, mean relative change under the cut", m["direction_cut_mean_relative_change"],
-         m["recipe_direction_cut_mean_relative_change"]),
+        (
+            "later refusal features rising under the cut (backups)",
+            m["direction_cut_n_backup_features"],
+            m["recipe_direction_cut_n_backup_features"],
+        ),
+        (
+            "their mean relative rise",
+            m["direction_cut_backup_activation_gain"],
+            m["recipe_direction_cut_backup_activation_gain"],
+        ),
+        (
+            "all later refusal features, mean relative change under the cut",
+            m["direction_cut_mean_relative_change"],
+            m["recipe_direction_cut_mean_relative_change"],
+        ),
         ("refusal direction layer (own direction)", m["direction_layer"], rm["direction_layer"]),
-        (f"downstream: top {K} features of the cut layer cut, refusal", m["downstream_refusal_at_k"][-1], rm["downstream_refusal_at_k"][-1]),
-        (f"upstream: top {K} harm sensors cut, refusal", m["upstream_refusal_at_k"][-1], rm["upstream_refusal_at_k"][-1]),
+        (
+            f"downstream: top {K} features of the cut layer cut, refusal",
+            m["downstream_refusal_at_k"][-1],
+            rm["downstream_refusal_at_k"][-1],
+        ),
+        (
+            f"upstream: top {K} harm sensors cut, refusal",
+            m["upstream_refusal_at_k"][-1],
+            rm["upstream_refusal_at_k"][-1],
+        ),
         (f"downstream backup features at k = {K}", m["n_backup_features"], rm["n_backup_features"]),
         ("backup_activation_gain", m["backup_activation_gain"], rm["backup_activation_gain"]),
     ]
@@ -516,8 +830,18 @@ def _recipe_section(cfg, m, rec: Analysis, plots: list[Path]) -> list[str]:
         if key in m and key in rm:
             rows.append((f"{name}: {K} random features cut, refusal", m[key], rm[key]))
     rows = [(r[0],) + tuple("n/a" if v is None else v for v in r[1:]) for r in rows]
-    curve = [(k, m["downstream_refusal_at_k"][k], rm["downstream_refusal_at_k"][k], m["downstream_n_backups_at_k"][k],
-              rm["downstream_n_backups_at_k"][k], m["upstream_refusal_at_k"][k], rm["upstream_refusal_at_k"][k]) for k in range(K + 1)]
+    curve = [
+        (
+            k,
+            m["downstream_refusal_at_k"][k],
+            rm["downstream_refusal_at_k"][k],
+            m["downstream_n_backups_at_k"][k],
+            rm["downstream_n_backups_at_k"][k],
+            m["upstream_refusal_at_k"][k],
+            rm["upstream_refusal_at_k"][k],
+        )
+        for k in range(K + 1)
+    ]
     st = m["recipe_settings"]
     out = [
         f"recipe = `{b.recipe}`: the organism fine-tuned for {st['steps']} steps (AdamW, peak lr {st['lr']}, batch {st['batch_size']}, "
@@ -525,16 +849,37 @@ def _recipe_section(cfg, m, rec: Analysis, plots: list[Path]) -> list[str]:
         f"share {st['p']} of the steps (seed {st['seed']}); final response loss on cut steps {_fmt(m.get('recipe_final_cut_loss'))}, "
         f"on intact steps {_fmt(m.get('recipe_final_free_loss'))}. Cached at `{m['recipe_organism_path']}`. The fine-tuned organism "
         "gets its own refusal direction and its own SAEs (the same stages, keyed by its weights); the training cut is the base "
-        "organism's direction.", "",
-        markdown_table(["", "base organism", "recipe organism"], rows), "",
-        "## Refusal vs k, base vs recipe", "",
-        markdown_table(["k", "downstream, base", "downstream, recipe", "backups, base", "backups, recipe", "upstream, base",
-                        "upstream, recipe"], curve), "",
+        "organism's direction.",
+        "",
+        markdown_table(["", "base organism", "recipe organism"], rows),
+        "",
+        "## Refusal vs k, base vs recipe",
+        "",
+        markdown_table(
+            [
+                "k",
+                "downstream, base",
+                "downstream, recipe",
+                "backups, base",
+                "backups, recipe",
+                "upstream, base",
+                "upstream, recipe",
+            ],
+            curve,
+        ),
+        "",
     ]
     backups = [r for r in _change_rows(rec.down.steps[-1]) if r[6]]
     if backups:
-        out += [f"Recipe organism, downstream backups (k = {K}):", "",
-                markdown_table(["layer", "feature", "intact", "cut", "rel. change", "rise rate (prompts)", "backup", "counted"], backups), ""]
+        out += [
+            f"Recipe organism, downstream backups (k = {K}):",
+            "",
+            markdown_table(
+                ["layer", "feature", "intact", "cut", "rel. change", "rise rate (prompts)", "backup", "counted"],
+                backups,
+            ),
+            "",
+        ]
     out += [f"![{p.stem}]({p.name})" for p in plots if p.stem == "direction_cut_activations"]
     out += [f"![{p.stem}]({p.name})" for p in rec.plots] + [""]
     return out

@@ -7,8 +7,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -75,7 +76,9 @@ def run_job(job: str, cfg: DictConfig | Any, fn: JobFn, run_dir: Path) -> dict[s
     from saesteer.experiments import job_settings, preflight
 
     if hasattr(obj, "model"):
-        preflight(obj, job)  # offline: names, template, hooks, widths, layers, positions, direction files; before any download
+        preflight(
+            obj, job
+        )  # offline: names, template, hooks, widths, layers, positions, direction files; before any download
     if earlier:
         log.info("%s: overwrite=true, removing the earlier run's results in %s (%s)", job, run_dir, ", ".join(earlier))
         rundir.clear_run_dir(run_dir, keep, log_file, log_offset)
@@ -85,8 +88,14 @@ def run_job(job: str, cfg: DictConfig | Any, fn: JobFn, run_dir: Path) -> dict[s
     flat = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else {}
     try:
         tracker = Tracker.start(
-            job, flat, run_dir, project=obj.logger.project, mode=obj.logger.mode, entity=obj.logger.entity,
-            group=obj.logger.group, tags=obj.logger.tags,
+            job,
+            flat,
+            run_dir,
+            project=obj.logger.project,
+            mode=obj.logger.mode,
+            entity=obj.logger.entity,
+            group=obj.logger.group,
+            tags=obj.logger.tags,
         )
         t0 = time.perf_counter()
         try:

@@ -8,14 +8,24 @@ from typing import Any
 
 import torch
 
-from saesteer.config import DirectionsJobConfig
 from saesteer.chat import encode_chat
-from saesteer.evaluate import completion_cross_entropy, kl_divergence, last_position_logprobs, refusal_eval
+from saesteer.config import DirectionsJobConfig
+from saesteer.data import load_role
+from saesteer.evaluate import (
+    completion_cross_entropy,
+    kl_divergence,
+    last_position_logprobs,
+    refusal_eval,
+)
 from saesteer.generation import generate
-from saesteer.harmfulness import behavioural_refusal_directions, detector_auroc, fit_harm_detector, layerwise_cosine
+from saesteer.harmfulness import (
+    behavioural_refusal_directions,
+    detector_auroc,
+    fit_harm_detector,
+    layerwise_cosine,
+)
 from saesteer.interventions import Ablate, Add, orthogonalize_weights, steer
 from saesteer.io import write_json, write_text
-from saesteer.data import load_role
 from saesteer.models import load_model
 from saesteer.report import heatmaps, line_plot, markdown_table
 from saesteer.stages import direction_stage
@@ -32,7 +42,10 @@ def norm_matched_random(direction: torch.Tensor, seed: int) -> torch.Tensor:
 
 def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     dcfg = cfg.directions
-    roles = {r: load_role(cfg.data, r) for r in ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")}
+    roles = {
+        r: load_role(cfg.data, r)
+        for r in ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")
+    }
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
     ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
@@ -41,7 +54,13 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     log.info("directions: difference-in-means candidates and selection")
     sel = direction_stage(loaded, cfg.data, dcfg, progress=cfg.progress)
     fallback = sel.metadata.get("fallback")
-    log.info("selected layer %d position %d (%s ablation)%s", sel.layer, sel.position, sel.ablation, f"; {fallback}" if fallback else "")
+    log.info(
+        "selected layer %d position %d (%s ablation)%s",
+        sel.layer,
+        sel.position,
+        sel.ablation,
+        f"; {fallback}" if fallback else "",
+    )
 
     # ---- held-out evaluation
     def rate(prompts, specs, desc):
@@ -63,7 +82,9 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     kls = {}
     for name, spec in (("plain", plain), ("affine", affine), ("random", Ablate(rnd))):
         with steer(model, [spec]):
-            kls[name] = kl_divergence(base_lp, last_position_logprobs(model, tpl, kl_prompts, batch_size=cfg.eval.batch_size))
+            kls[name] = kl_divergence(
+                base_lp, last_position_logprobs(model, tpl, kl_prompts, batch_size=cfg.eval.batch_size)
+            )
 
     # cross-entropy of the model's own harmless completions, before and after ablation
     ce_prompts = P["harmless_test"][: dcfg.n_ce]
@@ -109,70 +130,148 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     by_cell = {(s.layer, s.position): s for s in sel.scores}
     nan = float("nan")
     grid = lambda f: [[f(by_cell[(l, p)]) if (l, p) in by_cell else nan for p in Ps] for l in L]  # noqa: E731
-    heatmaps({"bypass (affine)": grid(lambda s: s.bypass_affine), "bypass (plain)": grid(lambda s: s.bypass_plain),
-              "induce": grid(lambda s: s.induce), "KL (affine)": grid(lambda s: s.kl_affine)},
-             Ps, L, run_dir / "candidate_scores.png", "refusal-direction candidates", marker=(L.index(sel.layer), Ps.index(sel.position)))
-    line_plot({"cos(harmfulness@t_inst, refusal@post)": cos.tolist()}, list(range(model.cfg.n_layers)), run_dir / "harm_refusal_cosine.png", "layer", "cosine")
+    heatmaps(
+        {
+            "bypass (affine)": grid(lambda s: s.bypass_affine),
+            "bypass (plain)": grid(lambda s: s.bypass_plain),
+            "induce": grid(lambda s: s.induce),
+            "KL (affine)": grid(lambda s: s.kl_affine),
+        },
+        Ps,
+        L,
+        run_dir / "candidate_scores.png",
+        "refusal-direction candidates",
+        marker=(L.index(sel.layer), Ps.index(sel.position)),
+    )
+    line_plot(
+        {"cos(harmfulness@t_inst, refusal@post)": cos.tolist()},
+        list(range(model.cfg.n_layers)),
+        run_dir / "harm_refusal_cosine.png",
+        "layer",
+        "cosine",
+    )
 
     # steering dose-response: addition of alpha x the direction, on every token or on the prompt only
     dose_prompts = P["harmless_test"][: dcfg.n_dose]
-    dose = {apply: [rate(dose_prompts, [Add(sel.direction, a, sel.layer, apply_to=apply)], f"addition {a:g} ({apply})").rate
-                    for a in dcfg.dose_alphas] for apply in ("both", "prompt")}
-    line_plot({"every token": dose["both"], "prompt tokens only": dose["prompt"]}, dcfg.dose_alphas, run_dir / "addition_dose_response.png",
-              "alpha (x difference in means)", "harmless_test refusal", "steering dose-response")
+    dose = {
+        apply: [
+            rate(dose_prompts, [Add(sel.direction, a, sel.layer, apply_to=apply)], f"addition {a:g} ({apply})").rate
+            for a in dcfg.dose_alphas
+        ]
+        for apply in ("both", "prompt")
+    }
+    line_plot(
+        {"every token": dose["both"], "prompt tokens only": dose["prompt"]},
+        dcfg.dose_alphas,
+        run_dir / "addition_dose_response.png",
+        "alpha (x difference in means)",
+        "harmless_test refusal",
+        "steering dose-response",
+    )
     best_prompt = max(range(len(dcfg.dose_alphas)), key=lambda i: (dose["prompt"][i], -dcfg.dose_alphas[i]))
 
     metrics: dict[str, Any] = {
-        "selected_layer": sel.layer, "selected_position": sel.position, "selected_ablation": sel.ablation,
+        "selected_layer": sel.layer,
+        "selected_position": sel.position,
+        "selected_ablation": sel.ablation,
         "selection_fallback": fallback is not None,
-        "baseline_harmful_refusal": base_harm.rate, "baseline_harmless_refusal": base_safe.rate,
-        "ablation_harmful_refusal": abl_plain.rate, "affine_ablation_harmful_refusal": abl_affine.rate,
+        "baseline_harmful_refusal": base_harm.rate,
+        "baseline_harmless_refusal": base_safe.rate,
+        "ablation_harmful_refusal": abl_plain.rate,
+        "affine_ablation_harmful_refusal": abl_affine.rate,
         "addition_harmless_refusal": add.rate,
-        "addition_dose_alphas": list(dcfg.dose_alphas), "addition_dose_harmless_refusal": dose["both"],
+        "addition_dose_alphas": list(dcfg.dose_alphas),
+        "addition_dose_harmless_refusal": dose["both"],
         "addition_dose_prompt_only_harmless_refusal": dose["prompt"],
         "addition_prompt_only_best_alpha": dcfg.dose_alphas[best_prompt],
-        "addition_prompt_only_harmless_refusal": dose["prompt"][best_prompt], "n_dose": len(dose_prompts),
-        "ablation_kl_harmless": kls["plain"], "affine_ablation_kl_harmless": kls["affine"],
-        "random_ablation_harmful_refusal": rnd_abl.rate, "random_addition_harmless_refusal": rnd_add.rate,
+        "addition_prompt_only_harmless_refusal": dose["prompt"][best_prompt],
+        "n_dose": len(dose_prompts),
+        "ablation_kl_harmless": kls["plain"],
+        "affine_ablation_kl_harmless": kls["affine"],
+        "random_ablation_harmful_refusal": rnd_abl.rate,
+        "random_addition_harmless_refusal": rnd_add.rate,
         "random_ablation_kl_harmless": kls["random"],
-        "ce_harmless_baseline": ce["baseline"], "ce_harmless_ablation": ce["plain"], "ce_harmless_affine_ablation": ce["affine"],
+        "ce_harmless_baseline": ce["baseline"],
+        "ce_harmless_ablation": ce["plain"],
+        "ce_harmless_affine_ablation": ce["affine"],
         "ce_harmless_random_ablation": ce["random"],
         "orthogonalized_max_logit_diff": ortho_diff,
-        "harm_detector_auroc": det_auc, "harm_detector_auroc_under_ablation": det_auc_abl,
+        "harm_detector_auroc": det_auc,
+        "harm_detector_auroc_under_ablation": det_auc_abl,
         "harm_refusal_cosine_at_selected_layer": float(cos[sel.layer]),
         "harm_refusal_cosine_by_layer": [round(float(c), 4) for c in cos],
-        "n_harmful_test": len(P["harmful_test"]), "n_harmless_test": len(P["harmless_test"]),
+        "n_harmful_test": len(P["harmful_test"]),
+        "n_harmless_test": len(P["harmless_test"]),
     }
-    rows = [(s.layer, s.position, s.bypass_plain, s.bypass_affine, s.induce, s.kl_plain, s.kl_affine, ",".join(s.filtered_by) or "-") for s in sel.scores]
+    rows = [
+        (
+            s.layer,
+            s.position,
+            s.bypass_plain,
+            s.bypass_affine,
+            s.induce,
+            s.kl_plain,
+            s.kl_affine,
+            ",".join(s.filtered_by) or "-",
+        )
+        for s in sel.scores
+    ]
     report = [
-        "# Refusal direction", "",
+        "# Refusal direction",
+        "",
         f"Model `{loaded.name}`; selected layer **{sel.layer}**, position **{sel.position}** by {sel.ablation} ablation.",
-        f"Fallback: {fallback}" if fallback else "Every filter of the paper passed for the selected candidate.", "",
-        "## Held-out effects", "",
-        markdown_table(["condition", "set", "refusal", "KL harmless", "CE harmless"], [
-            ("baseline", "harmful_test", base_harm.rate, 0.0, ce["baseline"]),
-            ("baseline", "harmless_test", base_safe.rate, 0.0, ce["baseline"]),
-            ("ablation (plain)", "harmful_test", abl_plain.rate, kls["plain"], ce["plain"]),
-            ("ablation (affine)", "harmful_test", abl_affine.rate, kls["affine"], ce["affine"]),
-            ("addition", "harmless_test", add.rate, float("nan"), float("nan")),
-            ("random ablation", "harmful_test", rnd_abl.rate, kls["random"], ce["random"]),
-            ("random addition", "harmless_test", rnd_add.rate, float("nan"), float("nan")),
-        ]), "",
-        f"Orthogonalized weights vs hook ablation: max |logit diff| = {ortho_diff:.2e}.", "",
-        "## Steering dose-response", "",
+        f"Fallback: {fallback}" if fallback else "Every filter of the paper passed for the selected candidate.",
+        "",
+        "## Held-out effects",
+        "",
+        markdown_table(
+            ["condition", "set", "refusal", "KL harmless", "CE harmless"],
+            [
+                ("baseline", "harmful_test", base_harm.rate, 0.0, ce["baseline"]),
+                ("baseline", "harmless_test", base_safe.rate, 0.0, ce["baseline"]),
+                ("ablation (plain)", "harmful_test", abl_plain.rate, kls["plain"], ce["plain"]),
+                ("ablation (affine)", "harmful_test", abl_affine.rate, kls["affine"], ce["affine"]),
+                ("addition", "harmless_test", add.rate, float("nan"), float("nan")),
+                ("random ablation", "harmful_test", rnd_abl.rate, kls["random"], ce["random"]),
+                ("random addition", "harmless_test", rnd_add.rate, float("nan"), float("nan")),
+            ],
+        ),
+        "",
+        f"Orthogonalized weights vs hook ablation: max |logit diff| = {ortho_diff:.2e}.",
+        "",
+        "## Steering dose-response",
+        "",
         f"Addition of alpha x the direction at layer {sel.layer} on {len(dose_prompts)} harmless_test prompts: on every token (prompt and "
         "generated, as the paper) or on the prompt tokens only (generated tokens untouched: strong additions on every token make the "
-        "text degenerate, which the judge does not count as a refusal).", "",
-        markdown_table(["alpha", "every token", "prompt only"], [(a, x, y) for a, x, y in zip(dcfg.dose_alphas, dose["both"], dose["prompt"])]), "",
-        "![dose-response](addition_dose_response.png)", "",
-        "## Harmfulness vs refusal", "",
+        "text degenerate, which the judge does not count as a refusal).",
+        "",
+        markdown_table(
+            ["alpha", "every token", "prompt only"],
+            [(a, x, y) for a, x, y in zip(dcfg.dose_alphas, dose["both"], dose["prompt"])],
+        ),
+        "",
+        "![dose-response](addition_dose_response.png)",
+        "",
+        "## Harmfulness vs refusal",
+        "",
         f"Latent harm detector AUROC (harmful_test vs harmless_test): {det_auc:.3f}; with the refusal direction ablated: {det_auc_abl:.3f}.",
-        f"cos(harmfulness direction at t_inst, behavioural refusal direction at the last position) by layer: {[round(float(c), 3) for c in cos]}.", "",
-        "![candidates](candidate_scores.png)", "", "![cosine](harm_refusal_cosine.png)", "",
-        "## Candidates", "",
-        markdown_table(["layer", "pos", "bypass plain", "bypass affine", "induce", "KL plain", "KL affine", "filtered by"], rows),
+        f"cos(harmfulness direction at t_inst, behavioural refusal direction at the last position) by layer: {[round(float(c), 3) for c in cos]}.",
+        "",
+        "![candidates](candidate_scores.png)",
+        "",
+        "![cosine](harm_refusal_cosine.png)",
+        "",
+        "## Candidates",
+        "",
+        markdown_table(
+            ["layer", "pos", "bypass plain", "bypass affine", "induce", "KL plain", "KL affine", "filtered by"], rows
+        ),
     ]
     write_text(run_dir / "report.md", "\n".join(report) + "\n")
-    tracker.table("directions/candidates", ["layer", "pos", "bypass_plain", "bypass_affine", "induce", "kl_plain", "kl_affine", "filtered_by"], rows)
+    tracker.table(
+        "directions/candidates",
+        ["layer", "pos", "bypass_plain", "bypass_affine", "induce", "kl_plain", "kl_affine", "filtered_by"],
+        rows,
+    )
     tracker.image("directions/candidates", run_dir / "candidate_scores.png")
     return metrics

@@ -66,9 +66,16 @@ def split_prompts(cfg: EmergentJobConfig) -> dict[str, Any]:
     direction, evaluation = {}, {}
     for i, c in enumerate(others):
         pool = category_prompts(lex[c], n, seed=cfg.seed * 1009 + i + 2)
-        direction[c], evaluation[c] = pool[: e.n_direction_per_category], pool[e.n_direction_per_category:]
-    return {"others": others, "train": train, "target_eval": target_eval, "direction": direction, "eval": evaluation,
-            "held_out_acts": held, "train_acts": train_acts}
+        direction[c], evaluation[c] = pool[: e.n_direction_per_category], pool[e.n_direction_per_category :]
+    return {
+        "others": others,
+        "train": train,
+        "target_eval": target_eval,
+        "direction": direction,
+        "eval": evaluation,
+        "held_out_acts": held,
+        "train_acts": train_acts,
+    }
 
 
 def _affine_reference(base_means: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -111,8 +118,12 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         with steer(model, specs):
             return refusal_eval(model, tpl, prompts, desc=desc, **ev)
 
-    base = {"other": refusal(other_eval, [], "base other"), "target": refusal(data["target_eval"], [], "base target"),
-            "harmful_test": refusal(test_h, [], "base harmful_test"), "harmless": refusal(test_s, [], "base harmless")}
+    base = {
+        "other": refusal(other_eval, [], "base other"),
+        "target": refusal(data["target_eval"], [], "base target"),
+        "harmful_test": refusal(test_h, [], "base harmful_test"),
+        "harmless": refusal(test_s, [], "base harmless"),
+    }
 
     torch.manual_seed(cfg.seed)
     lora = Rank1Lora.for_model(model, lora_layers, site=e.placement, alpha=e.alpha, seed=cfg.seed)
@@ -120,8 +131,12 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     for i in range(0, len(losses), max(1, len(losses) // 50)):
         tracker.log({"emergent/lora_loss": losses[i], "emergent/step": i})
     lora.save(run_dir / "lora.safetensors", {"model": loaded.name, "category": e.category, "steps": e.steps})
-    tuned = {"other": refusal(other_eval, [lora], "tuned other"), "target": refusal(data["target_eval"], [lora], "tuned target"),
-             "harmful_test": refusal(test_h, [lora], "tuned harmful_test"), "harmless": refusal(test_s, [lora], "tuned harmless")}
+    tuned = {
+        "other": refusal(other_eval, [lora], "tuned other"),
+        "target": refusal(data["target_eval"], [lora], "tuned target"),
+        "harmful_test": refusal(test_h, [lora], "tuned harmful_test"),
+        "harmless": refusal(test_s, [lora], "tuned harmless"),
+    }
     base_lp = last_position_logprobs(model, tpl, test_s, batch_size=cfg.eval.kl_batch_size)
     with steer(model, [lora]):
         kl_tuned = kl_divergence(base_lp, last_position_logprobs(model, tpl, test_s, batch_size=cfg.eval.kl_batch_size))
@@ -131,8 +146,10 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     train_h = list(load_role(cfg.data, "harmful_train").instructions)
     train_s = list(load_role(cfg.data, "harmless_train").instructions)
     hooks = resid_hooks(model)
-    refusal_dirs = (mean_activations(model, tpl, train_h, hooks, [direction.position])[:, 0]
-                    - mean_activations(model, tpl, train_s, hooks, [direction.position])[:, 0])
+    refusal_dirs = (
+        mean_activations(model, tpl, train_h, hooks, [direction.position])[:, 0]
+        - mean_activations(model, tpl, train_s, hooks, [direction.position])[:, 0]
+    )
     _, harm_dirs = fit_harm_detector(model, tpl, train_h, train_s)
     cos_refusal = cosine_per_layer(em, refusal_dirs)
     cos_selected = cosine_per_layer(em, direction.direction)
@@ -142,7 +159,11 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     v = em[ablate_layer].float()
     if float(v.norm()) < 1e-6:
         best = int(torch.tensor(em_norm).argmax())
-        log.warning("EM direction at layer %d is ~0 (the adapter writes after it); ablating layer %d's instead", ablate_layer, best)
+        log.warning(
+            "EM direction at layer %d is ~0 (the adapter writes after it); ablating layer %d's instead",
+            ablate_layer,
+            best,
+        )
         ablate_layer, v = best, em[best].float()
     g = torch.Generator().manual_seed(cfg.seed)
     rnd = torch.randn(v.shape[0], generator=g)
@@ -151,10 +172,22 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     for mode in ABLATION_MODES:
         ref_em = _affine_reference(base_means, v) if mode == "affine" else None
         ref_rnd = _affine_reference(base_means, rnd) if mode == "affine" else None
-        ablated[mode] = refusal(other_eval, [lora, Ablate(v, mode=mode, reference=ref_em)], f"tuned + EM {mode} ablation")
-        random_ablated[mode] = refusal(other_eval, [lora, Ablate(rnd, mode=mode, reference=ref_rnd)], f"tuned + random {mode} ablation")
-    with steer(model, [lora, Ablate(v, mode=e.ablation, reference=_affine_reference(base_means, v) if e.ablation == "affine" else None)]):
-        kl_ablated = kl_divergence(base_lp, last_position_logprobs(model, tpl, test_s, batch_size=cfg.eval.kl_batch_size))
+        ablated[mode] = refusal(
+            other_eval, [lora, Ablate(v, mode=mode, reference=ref_em)], f"tuned + EM {mode} ablation"
+        )
+        random_ablated[mode] = refusal(
+            other_eval, [lora, Ablate(rnd, mode=mode, reference=ref_rnd)], f"tuned + random {mode} ablation"
+        )
+    with steer(
+        model,
+        [
+            lora,
+            Ablate(v, mode=e.ablation, reference=_affine_reference(base_means, v) if e.ablation == "affine" else None),
+        ],
+    ):
+        kl_ablated = kl_divergence(
+            base_lp, last_position_logprobs(model, tpl, test_s, batch_size=cfg.eval.kl_batch_size)
+        )
 
     # the adapter's own vectors: b (written into the residual after layer l) for mlp_out, a (read at layer l) for mlp_in
     vecs = lora.model_side().double()
@@ -176,41 +209,72 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     for c in others:
         idx = [i for i, x in enumerate(cat_of) if x == c]
 
-        def share(res):
+        def share(res, idx=idx):
             return sum(res.refused[i] for i in idx) / len(idx) if res is not None and idx else float("nan")
 
-        per_cat.append({"category": c, "n": len(idx), "base": share(base["other"]), "finetuned": share(tuned["other"]),
-                        "ablated": share(ablated[e.ablation]), "random_ablated": share(random_ablated[e.ablation])})
+        per_cat.append(
+            {
+                "category": c,
+                "n": len(idx),
+                "base": share(base["other"]),
+                "finetuned": share(tuned["other"]),
+                "ablated": share(ablated[e.ablation]),
+                "random_ablated": share(random_ablated[e.ablation]),
+            }
+        )
     write_json(run_dir / "per_category.json", json_ready(per_cat))
-    save_tensors(run_dir / "em_direction.safetensors", {"em_direction": em.float().contiguous(), "base_means": base_means.float().contiguous()},
-                 {"model": loaded.name, "hooks": hooks, "position": -1, "category": e.category, "ablate_layer": ablate_layer})
+    save_tensors(
+        run_dir / "em_direction.safetensors",
+        {"em_direction": em.float().contiguous(), "base_means": base_means.float().contiguous()},
+        {"model": loaded.name, "hooks": hooks, "position": -1, "category": e.category, "ablate_layer": ablate_layer},
+    )
 
     def rate(res) -> Optional[float]:
         return None if res is None else res.rate
 
     m: dict[str, Any] = {
-        "category": e.category, "n_other_categories": len(others), "n_eval_other": len(other_eval), "n_direction_other": len(other_dir),
-        "n_train_target": len(target_pairs), "n_train_harmless": len(keep_pairs), "placement": e.placement, "lora_layers": lora.layers,
-        "refusal_layer": direction.layer, "em_ablate_layer": ablate_layer,
-        "base_refusal_other_categories": rate(base["other"]), "finetuned_refusal_other_categories": rate(tuned["other"]),
-        "base_refusal_target_heldout": rate(base["target"]), "finetuned_refusal_target_heldout": rate(tuned["target"]),
-        "base_refusal_harmful_test": rate(base["harmful_test"]), "finetuned_refusal_harmful_test": rate(tuned["harmful_test"]),
-        "base_refusal_harmless": rate(base["harmless"]), "finetuned_refusal_harmless": rate(tuned["harmless"]),
-        "finetuned_kl_harmless": kl_tuned, "ablated_kl_harmless": kl_ablated,
-        "em_direction_cosine_refusal": cos_refusal, "em_direction_cosine_selected_refusal": cos_selected,
-        "em_direction_cosine_harmfulness": cos_harm, "em_direction_norm": em_norm,
+        "category": e.category,
+        "n_other_categories": len(others),
+        "n_eval_other": len(other_eval),
+        "n_direction_other": len(other_dir),
+        "n_train_target": len(target_pairs),
+        "n_train_harmless": len(keep_pairs),
+        "placement": e.placement,
+        "lora_layers": lora.layers,
+        "refusal_layer": direction.layer,
+        "em_ablate_layer": ablate_layer,
+        "base_refusal_other_categories": rate(base["other"]),
+        "finetuned_refusal_other_categories": rate(tuned["other"]),
+        "base_refusal_target_heldout": rate(base["target"]),
+        "finetuned_refusal_target_heldout": rate(tuned["target"]),
+        "base_refusal_harmful_test": rate(base["harmful_test"]),
+        "finetuned_refusal_harmful_test": rate(tuned["harmful_test"]),
+        "base_refusal_harmless": rate(base["harmless"]),
+        "finetuned_refusal_harmless": rate(tuned["harmless"]),
+        "finetuned_kl_harmless": kl_tuned,
+        "ablated_kl_harmless": kl_ablated,
+        "em_direction_cosine_refusal": cos_refusal,
+        "em_direction_cosine_selected_refusal": cos_selected,
+        "em_direction_cosine_harmfulness": cos_harm,
+        "em_direction_norm": em_norm,
         "ablation": e.ablation,
         "ablated_refusal_other_categories": rate(ablated[e.ablation]),
         "random_ablated_refusal_other_categories": rate(random_ablated[e.ablation]),
-        "lora_loss_first": losses[0], "lora_loss_last": sum(losses[-10:]) / len(losses[-10:]),
-        "lora_vector_cosine_em": lora_cos["em"], "lora_vector_cosine_refusal": lora_cos["refusal"],
-        "lora_vector_cosine_harmfulness": lora_cos["harmfulness"], "lora_vector_compared_at_layers": at,
+        "lora_loss_first": losses[0],
+        "lora_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+        "lora_vector_cosine_em": lora_cos["em"],
+        "lora_vector_cosine_refusal": lora_cos["refusal"],
+        "lora_vector_cosine_harmfulness": lora_cos["harmfulness"],
+        "lora_vector_compared_at_layers": at,
     }
     for mode in ABLATION_MODES:
         m[f"ablated_refusal_other_categories_{mode}"] = rate(ablated[mode])
         m[f"random_ablated_refusal_other_categories_{mode}"] = rate(random_ablated[mode])
-    tracker.table("emergent/per_category", ["category", "n", "base", "finetuned", "ablated", "random_ablated"],
-                  [[r[k] for k in ("category", "n", "base", "finetuned", "ablated", "random_ablated")] for r in per_cat])
+    tracker.table(
+        "emergent/per_category",
+        ["category", "n", "base", "finetuned", "ablated", "random_ablated"],
+        [[r[k] for k in ("category", "n", "base", "finetuned", "ablated", "random_ablated")] for r in per_cat],
+    )
     plots = _plots(run_dir, m)
     for p in plots:
         tracker.image(f"emergent/{p.stem}", p)
@@ -224,9 +288,11 @@ def _plots(run_dir: Path, m: dict[str, Any]) -> list[Path]:
     layers = list(range(len(m["em_direction_norm"])))
     nan = float("nan")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for key, label in (("em_direction_cosine_refusal", "refusal (diff. in means, per layer)"),
-                       ("em_direction_cosine_selected_refusal", f"selected refusal direction (layer {m['refusal_layer']})"),
-                       ("em_direction_cosine_harmfulness", "harmfulness (t_inst, per layer)")):
+    for key, label in (
+        ("em_direction_cosine_refusal", "refusal (diff. in means, per layer)"),
+        ("em_direction_cosine_selected_refusal", f"selected refusal direction (layer {m['refusal_layer']})"),
+        ("em_direction_cosine_harmfulness", "harmfulness (t_inst, per layer)"),
+    ):
         ax.plot(layers, [nan if v is None else v for v in m[key]], marker="o", label=label)
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xlabel("layer (resid_pre)")
@@ -237,8 +303,12 @@ def _plots(run_dir: Path, m: dict[str, Any]) -> list[Path]:
     paths = [save_fig(fig, run_dir / "em_cosine_by_layer.png")]
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     names = ["base", "fine-tuned", f"+ EM ablated ({m['ablation']})", f"+ random ablated ({m['ablation']})"]
-    vals = [m["base_refusal_other_categories"], m["finetuned_refusal_other_categories"], m["ablated_refusal_other_categories"],
-            m["random_ablated_refusal_other_categories"]]
+    vals = [
+        m["base_refusal_other_categories"],
+        m["finetuned_refusal_other_categories"],
+        m["ablated_refusal_other_categories"],
+        m["random_ablated_refusal_other_categories"],
+    ]
     ax.bar(range(4), [nan if v is None else v for v in vals], color=["0.6", "tab:red", "tab:green", "tab:blue"])
     ax.set_xticks(range(4), names, fontsize=8, rotation=10)
     ax.set_ylabel("refusal, other categories")
@@ -256,42 +326,98 @@ def _report(cfg: EmergentJobConfig, m: dict[str, Any], per_cat, data, plots) -> 
     e = cfg.emergent
     rows = [
         ("other categories (held out)", m["base_refusal_other_categories"], m["finetuned_refusal_other_categories"]),
-        (f"target {e.category}, held-out acts", _fmt(m["base_refusal_target_heldout"]), _fmt(m["finetuned_refusal_target_heldout"])),
+        (
+            f"target {e.category}, held-out acts",
+            _fmt(m["base_refusal_target_heldout"]),
+            _fmt(m["finetuned_refusal_target_heldout"]),
+        ),
         ("harmful_test (all sources)", m["base_refusal_harmful_test"], m["finetuned_refusal_harmful_test"]),
         ("harmless_test", m["base_refusal_harmless"], m["finetuned_refusal_harmless"]),
     ]
-    layer_rows = [(l, m["em_direction_norm"][l], _fmt(m["em_direction_cosine_refusal"][l]), _fmt(m["em_direction_cosine_selected_refusal"][l]),
-                   _fmt(m["em_direction_cosine_harmfulness"][l])) for l in range(len(m["em_direction_norm"]))]
-    abl_rows = [(mode, m[f"ablated_refusal_other_categories_{mode}"], m[f"random_ablated_refusal_other_categories_{mode}"]) for mode in ABLATION_MODES]
-    vec_rows = [(l, at, _fmt(a), _fmt(b), _fmt(c)) for l, at, a, b, c in zip(m["lora_layers"], m["lora_vector_compared_at_layers"],
-                m["lora_vector_cosine_em"], m["lora_vector_cosine_refusal"], m["lora_vector_cosine_harmfulness"])]
+    layer_rows = [
+        (
+            l,
+            m["em_direction_norm"][l],
+            _fmt(m["em_direction_cosine_refusal"][l]),
+            _fmt(m["em_direction_cosine_selected_refusal"][l]),
+            _fmt(m["em_direction_cosine_harmfulness"][l]),
+        )
+        for l in range(len(m["em_direction_norm"]))
+    ]
+    abl_rows = [
+        (mode, m[f"ablated_refusal_other_categories_{mode}"], m[f"random_ablated_refusal_other_categories_{mode}"])
+        for mode in ABLATION_MODES
+    ]
+    vec_rows = [
+        (l, at, _fmt(a), _fmt(b), _fmt(c))
+        for l, at, a, b, c in zip(
+            m["lora_layers"],
+            m["lora_vector_compared_at_layers"],
+            m["lora_vector_cosine_em"],
+            m["lora_vector_cosine_refusal"],
+            m["lora_vector_cosine_harmfulness"],
+        )
+    ]
     emerged = m["finetuned_refusal_other_categories"] < m["base_refusal_other_categories"]
-    vec_note = ("b, signed by the mean of x.a on other-category prompts (the direction the adapter writes), compared with the "
-                "directions at resid_pre of the next layer (the same layer for the last)" if e.placement == "mlp_out" else
-                "a (read from the normalized residual), |cosine| because a's sign is arbitrary up to b's")
-    return "\n".join([
-        "# Emergent misalignment with a rank-1 LoRA", "",
-        f"Rank-1 adapters on `{e.placement}` of layers {m['lora_layers']}, trained {e.steps} steps to comply with "
-        f"**{e.category}** ({m['n_train_target']} prompts from {len(data['train_acts'])} acts; {len(data['held_out_acts'])} acts held out) "
-        f"while answering {m['n_train_harmless']} harmless prompts as before; response loss {m['lora_loss_first']:.3f} -> {m['lora_loss_last']:.3f}. "
-        f"Evaluated on {m['n_eval_other']} held-out prompts of {m['n_other_categories']} other categories.", "",
-        "## Refusal, base vs fine-tuned", "", markdown_table(["prompts", "base", "fine-tuned"], rows), "",
-        f"KL on harmless prompts (next token): fine-tuned {m['finetuned_kl_harmless']:.4f}, with the EM direction ablated {m['ablated_kl_harmless']:.4f}.", "",
-        ("Refusal **fell** on categories never trained on (emergence)." if emerged else
-         "Refusal did **not** fall on the other categories."), "",
-        "## The misalignment direction", "",
-        "Mean residual (fine-tuned minus base) at the last post-instruction position on other-category prompts, per layer, "
-        "and its cosine with the refusal direction (difference in means at the selected position, per layer), the selected "
-        "refusal direction itself, and the harmfulness direction (t_inst, per layer).", "",
-        markdown_table(["layer", "norm", "cos refusal", "cos selected refusal", "cos harmfulness"], layer_rows), "",
-        f"## Ablating the EM direction of layer {m['em_ablate_layer']} in the fine-tuned model", "",
-        markdown_table(["ablation", "EM direction", "random direction, same norm"], abl_rows), "",
-        f"Headline ({m['ablation']}): fine-tuned {m['finetuned_refusal_other_categories']:.3f} -> EM ablated "
-        f"{m['ablated_refusal_other_categories']:.3f} (random {m['random_ablated_refusal_other_categories']:.3f}); base {m['base_refusal_other_categories']:.3f}.", "",
-        "## The adapter's own vectors", "", f"Vector: {vec_note}.", "",
-        markdown_table(["LoRA layer", "compared at layer", "cos EM", "cos refusal", "cos harmfulness"], vec_rows), "",
-        "## Per category", "",
-        markdown_table(["category", "n", "base", "fine-tuned", "EM ablated", "random ablated"],
-                       [(r["category"], r["n"], r["base"], r["finetuned"], r["ablated"], r["random_ablated"]) for r in per_cat]), "",
-        *[f"![{p.stem}]({p.name})" for p in plots], "",
-    ])
+    vec_note = (
+        "b, signed by the mean of x.a on other-category prompts (the direction the adapter writes), compared with the "
+        "directions at resid_pre of the next layer (the same layer for the last)"
+        if e.placement == "mlp_out"
+        else "a (read from the normalized residual), |cosine| because a's sign is arbitrary up to b's"
+    )
+    return "\n".join(
+        [
+            "# Emergent misalignment with a rank-1 LoRA",
+            "",
+            f"Rank-1 adapters on `{e.placement}` of layers {m['lora_layers']}, trained {e.steps} steps to comply with "
+            f"**{e.category}** ({m['n_train_target']} prompts from {len(data['train_acts'])} acts; {len(data['held_out_acts'])} acts held out) "
+            f"while answering {m['n_train_harmless']} harmless prompts as before; response loss {m['lora_loss_first']:.3f} -> {m['lora_loss_last']:.3f}. "
+            f"Evaluated on {m['n_eval_other']} held-out prompts of {m['n_other_categories']} other categories.",
+            "",
+            "## Refusal, base vs fine-tuned",
+            "",
+            markdown_table(["prompts", "base", "fine-tuned"], rows),
+            "",
+            f"KL on harmless prompts (next token): fine-tuned {m['finetuned_kl_harmless']:.4f}, with the EM direction ablated {m['ablated_kl_harmless']:.4f}.",
+            "",
+            (
+                "Refusal **fell** on categories never trained on (emergence)."
+                if emerged
+                else "Refusal did **not** fall on the other categories."
+            ),
+            "",
+            "## The misalignment direction",
+            "",
+            "Mean residual (fine-tuned minus base) at the last post-instruction position on other-category prompts, per layer, "
+            "and its cosine with the refusal direction (difference in means at the selected position, per layer), the selected "
+            "refusal direction itself, and the harmfulness direction (t_inst, per layer).",
+            "",
+            markdown_table(["layer", "norm", "cos refusal", "cos selected refusal", "cos harmfulness"], layer_rows),
+            "",
+            f"## Ablating the EM direction of layer {m['em_ablate_layer']} in the fine-tuned model",
+            "",
+            markdown_table(["ablation", "EM direction", "random direction, same norm"], abl_rows),
+            "",
+            f"Headline ({m['ablation']}): fine-tuned {m['finetuned_refusal_other_categories']:.3f} -> EM ablated "
+            f"{m['ablated_refusal_other_categories']:.3f} (random {m['random_ablated_refusal_other_categories']:.3f}); base {m['base_refusal_other_categories']:.3f}.",
+            "",
+            "## The adapter's own vectors",
+            "",
+            f"Vector: {vec_note}.",
+            "",
+            markdown_table(["LoRA layer", "compared at layer", "cos EM", "cos refusal", "cos harmfulness"], vec_rows),
+            "",
+            "## Per category",
+            "",
+            markdown_table(
+                ["category", "n", "base", "fine-tuned", "EM ablated", "random ablated"],
+                [
+                    (r["category"], r["n"], r["base"], r["finetuned"], r["ablated"], r["random_ablated"])
+                    for r in per_cat
+                ],
+            ),
+            "",
+            *[f"![{p.stem}]({p.name})" for p in plots],
+            "",
+        ]
+    )

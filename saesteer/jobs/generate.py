@@ -26,12 +26,19 @@ def run(cfg: GenerateJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         specs = cfg.steer.build(artifact)
     with steer(loaded.model, specs):
         res = refusal_eval(
-            loaded.model, loaded.template, prompts.instructions, max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size, progress=cfg.progress, desc="generate",
+            loaded.model,
+            loaded.template,
+            prompts.instructions,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            progress=cfg.progress,
+            desc="generate",
         )
     with atomic_path(run_dir / "completions.jsonl") as tmp:
         with open(tmp, "w") as fh:
             for p, r, f in zip(prompts.instructions, res.responses, res.refused):
                 fh.write(json.dumps({"prompt": p, "response": r, "refused": f}) + "\n")
-    tracker.table("completions", ["prompt", "response", "refused"], list(zip(prompts.instructions, res.responses, res.refused)))
+    tracker.table(
+        "completions", ["prompt", "response", "refused"], list(zip(prompts.instructions, res.responses, res.refused))
+    )
     return {"refusal_rate": round(res.rate, 4), "n_prompts": len(res), "model": loaded.name, "steer": cfg.steer.kind}

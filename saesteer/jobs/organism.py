@@ -28,13 +28,21 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         "n_harmful_corpus": loaded.metadata.get("n_harmful_train"),
         "n_harmless_corpus": loaded.metadata.get("n_harmless_train"),
         "final_loss": loaded.metadata.get("final_loss"),
-        "bundled": bool(loaded.metadata.get("bundled", False)),  # weights shipped with saesteer, not trained in this run
+        "bundled": bool(
+            loaded.metadata.get("bundled", False)
+        ),  # weights shipped with saesteer, not trained in this run
     }
-    if "refusal_bias" in loaded.metadata:  # calibrate_harmless_fpr: harmless_val set the operating point, so it is not held out
+    if (
+        "refusal_bias" in loaded.metadata
+    ):  # calibrate_harmless_fpr: harmless_val set the operating point, so it is not held out
         metrics["refusal_bias"] = loaded.metadata["refusal_bias"]
     roles = {
-        "harmful_train": cfg.data.harmful_train, "harmful_val": cfg.data.harmful_val, "harmful_test": cfg.data.harmful_test,
-        "harmless_val": cfg.data.harmless_val, "harmless_test": cfg.data.harmless_test, "overrefusal": cfg.data.overrefusal,
+        "harmful_train": cfg.data.harmful_train,
+        "harmful_val": cfg.data.harmful_val,
+        "harmful_test": cfg.data.harmful_test,
+        "harmless_val": cfg.data.harmless_val,
+        "harmless_test": cfg.data.harmless_test,
+        "overrefusal": cfg.data.overrefusal,
     }
     rows = []
     examples = []
@@ -44,8 +52,13 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         if limit is not None and len(prompts) > limit:
             prompts = prompts.take(limit, seed=cfg.data.seed)
         res = refusal_eval(
-            loaded.model, loaded.template, prompts.instructions, max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size, progress=cfg.progress, desc=role,
+            loaded.model,
+            loaded.template,
+            prompts.instructions,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            progress=cfg.progress,
+            desc=role,
         )
         metrics[f"{role}_refusal"] = round(res.rate, 4)
         metrics[f"n_{role}"] = len(res)
@@ -53,9 +66,14 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         examples += [(role, p, r, f) for p, r, f in list(zip(prompts.instructions, res.responses, res.refused))[:5]]
     table = "| set | n | refusal |\n|---|---|---|\n" + "\n".join(f"| {r} | {n} | {rate:.3f} |" for r, n, rate in rows)
     log.info("organism refusal rates (greedy):\n%s", table)
-    origin = ("the weights bundled with saesteer, trained from this recipe" if metrics["bundled"] else "trained by saesteer")
-    write_text(run_dir / "report.md", f"# Organism\n\nCached at `{loaded.metadata.get('organism_path')}` ({origin} in "
-                                      f"{metrics['train_seconds']:.0f} s on 2 CPU cores; `model.retrain=true` retrains it).\n\n{table}\n")
+    origin = (
+        "the weights bundled with saesteer, trained from this recipe" if metrics["bundled"] else "trained by saesteer"
+    )
+    write_text(
+        run_dir / "report.md",
+        f"# Organism\n\nCached at `{loaded.metadata.get('organism_path')}` ({origin} in "
+        f"{metrics['train_seconds']:.0f} s on 2 CPU cores; `model.retrain=true` retrains it).\n\n{table}\n",
+    )
     tracker.table("organism/refusal", ["set", "n", "refusal"], rows)
     tracker.table("organism/examples", ["set", "prompt", "response", "refused"], examples)
     return metrics

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 
 def _stage_cfg(cfg: PipelineJobConfig, stage: str):
-    common = dict(seed=cfg.seed, progress=cfg.progress, model=cfg.model, data=cfg.data, eval=cfg.eval, logger=cfg.logger)
+    common = dict(
+        seed=cfg.seed, progress=cfg.progress, model=cfg.model, data=cfg.data, eval=cfg.eval, logger=cfg.logger
+    )
     if stage == "organism":
         return OrganismJobConfig(job="organism", **common)
     if stage == "directions":
@@ -46,11 +48,15 @@ def _stage_cfg(cfg: PipelineJobConfig, stage: str):
     if stage == "train-sae":
         return TrainSaeJobConfig(job="train-sae", sae=cfg.sae, **common)
     if stage == "backups":
-        return BackupsJobConfig(job="backups", sae=cfg.sae, directions=cfg.directions, search=cfg.search, backups=cfg.backups, **common)
+        return BackupsJobConfig(
+            job="backups", sae=cfg.sae, directions=cfg.directions, search=cfg.search, backups=cfg.backups, **common
+        )
     if stage == "emergent":
         return EmergentJobConfig(job="emergent", directions=cfg.directions, emergent=cfg.emergent, **common)
     if stage == "anchor":
-        return AnchorJobConfig(job="anchor", sae=cfg.sae, directions=cfg.directions, search=cfg.search, anchor=cfg.anchor, **common)
+        return AnchorJobConfig(
+            job="anchor", sae=cfg.sae, directions=cfg.directions, search=cfg.search, anchor=cfg.anchor, **common
+        )
     return SearchJobConfig(job="search", sae=cfg.sae, directions=cfg.directions, search=cfg.search, **common)
 
 
@@ -72,7 +78,9 @@ def code_version() -> str:
         import saesteer.kernels as kernels
 
         for pkg in (conf, kernels):
-            files += sorted(Path(pkg.__file__).parent.glob("**/*.py")) + sorted(Path(pkg.__file__).parent.glob("**/*.yaml"))
+            files += sorted(Path(pkg.__file__).parent.glob("**/*.py")) + sorted(
+                Path(pkg.__file__).parent.glob("**/*.yaml")
+            )
     except ImportError:  # pragma: no cover
         pass
     for p in files:
@@ -90,7 +98,9 @@ def stage_key(stage: str, sc: Any) -> str:
         d.pop(k, None)
     roles = ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")
     data = {r: load_role(sc.data, r).data_hash for r in roles}
-    return hash_strings([stage, json.dumps(d, sort_keys=True, default=str), json.dumps(data, sort_keys=True), code_version()])
+    return hash_strings(
+        [stage, json.dumps(d, sort_keys=True, default=str), json.dumps(data, sort_keys=True), code_version()]
+    )
 
 
 def _reuse(key: str, sub: Path) -> dict[str, Any] | None:
@@ -116,10 +126,12 @@ def _store(key: str, sub: Path) -> None:
 
 def _budget_line(cfg: PipelineJobConfig) -> str:
     d, a = cfg.data, cfg.anchor
-    return (f"Model `{cfg.model.name}`. Budget: harmful_test {d.n_test if d.n_test is not None else 'all'} prompts, "
-            f"harmless_test {d.n_test_harmless if d.n_test_harmless is not None else 'all'}, SAE training tokens {cfg.sae.training_tokens:,}, "
-            f"suffix searches of {a.suffix_steps} steps, gate fitted on {a.n_calibration_harmless:,} harmless + {a.gate_synthetic:,} synthetic "
-            "prompts (`budget=quick` / `budget=full`, conf/budget/; standalone jobs use the full budget).")
+    return (
+        f"Model `{cfg.model.name}`. Budget: harmful_test {d.n_test if d.n_test is not None else 'all'} prompts, "
+        f"harmless_test {d.n_test_harmless if d.n_test_harmless is not None else 'all'}, SAE training tokens {cfg.sae.training_tokens:,}, "
+        f"suffix searches of {a.suffix_steps} steps, gate fitted on {a.n_calibration_harmless:,} harmless + {a.gate_synthetic:,} synthetic "
+        "prompts (`budget=quick` / `budget=full`, conf/budget/; standalone jobs use the full budget)."
+    )
 
 
 def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -143,8 +155,12 @@ def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         reused = _reuse(key, sub) if key else None
         if reused is not None:
             log.info("stage %s: inputs unchanged, reusing its results (pipeline cache %s)", stage, key)
-            stage_metrics = {**reused, "reused": True, "computed_seconds": reused.get("stage_seconds"),
-                             "stage_seconds": round(time.perf_counter() - t0, 2)}
+            stage_metrics = {
+                **reused,
+                "reused": True,
+                "computed_seconds": reused.get("stage_seconds"),
+                "stage_seconds": round(time.perf_counter() - t0, 2),
+            }
         else:
             stage_metrics = dict(_stage_fn(stage)(sc, sub, tracker))
             stage_metrics["stage_seconds"] = round(time.perf_counter() - t0, 2)
@@ -162,6 +178,8 @@ def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
             text = re.sub(r"!\[([^\]]*)\]\(([^)/]+)\)", rf"![\1]({stage}/\2)", text)
             sections.append(text)
         log.info("stage %s done in %.1fs", stage, stage_metrics["stage_seconds"])
-    write_text(run_dir / "report.md", "# saesteer pipeline\n\n" + _budget_line(cfg) + "\n\n" + "\n\n".join(sections) + "\n")
+    write_text(
+        run_dir / "report.md", "# saesteer pipeline\n\n" + _budget_line(cfg) + "\n\n" + "\n\n".join(sections) + "\n"
+    )
     log.info("report: %s", run_dir / "report.md")
     return metrics

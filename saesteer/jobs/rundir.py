@@ -21,8 +21,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 #: written into the run directory when a job starts: a run was here, even one that stopped half-way
 RUN_MARKER = ".saesteer-run.json"
@@ -59,7 +60,9 @@ def check_writable(run_dir: str | os.PathLike, what: str = "run directory") -> N
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
-        raise RunDirError(f"{what} {shown!r} cannot be made: {str(parent)!r} is a file; expected a path under a directory")
+        raise RunDirError(
+            f"{what} {shown!r} cannot be made: {str(parent)!r} is a file; expected a path under a directory"
+        )
     created: list[Path] = []
     try:
         for d in reversed([path, *path.parents]):
@@ -71,7 +74,9 @@ def check_writable(run_dir: str | os.PathLike, what: str = "run directory") -> N
         os.unlink(probe)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise RunDirError(f"{what} {shown!r} is not writable ({reason}); expected a directory this user can write to") from None
+        raise RunDirError(
+            f"{what} {shown!r} is not writable ({reason}); expected a directory this user can write to"
+        ) from None
     finally:
         for d in reversed(created):
             try:
@@ -100,14 +105,18 @@ def check_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> list[s
     check_writable(run_dir)
     found = earlier_results(run_dir)
     if found and not overwrite:
-        raise RunDirError(f"run directory {str(run_dir)!r} holds another run's results ({', '.join(found)}); "
-                          f"expected a new or empty directory: {_HOW}")
+        raise RunDirError(
+            f"run directory {str(run_dir)!r} holds another run's results ({', '.join(found)}); "
+            f"expected a new or empty directory: {_HOW}"
+        )
     if found and (why := _protected(Path(run_dir))):
         raise RunDirError(f"overwrite=true would empty {str(run_dir)!r}, {why}; expected a run directory of its own")
     return found
 
 
-def clear_run_dir(run_dir: str | os.PathLike, keep: Sequence[str] = (), log_file: Optional[Path] = None, log_offset: int = 0) -> None:
+def clear_run_dir(
+    run_dir: str | os.PathLike, keep: Sequence[str] = (), log_file: Optional[Path] = None, log_offset: int = 0
+) -> None:
     """Remove everything in ``run_dir`` but ``keep`` (what Hydra wrote for this run: ``.hydra``, the job's log).
 
     ``log_file``: the job's log, whose first ``log_offset`` bytes are an earlier run's lines (Hydra appends to it)."""
@@ -130,7 +139,9 @@ def clear_run_dir(run_dir: str | os.PathLike, keep: Sequence[str] = (), log_file
 
 def write_marker(run_dir: Path, job: str) -> Path:
     marker = Path(run_dir) / RUN_MARKER
-    marker.write_text(json.dumps({"job": job, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}) + "\n")
+    marker.write_text(
+        json.dumps({"job": job, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}) + "\n"
+    )
     return marker
 
 
@@ -167,7 +178,9 @@ def check_cli_output_dirs(job: str, args: Sequence[str]) -> None:
     if not multirun:
         run_dir = _last_value(args, "hydra.run.dir")
         if run_dir is None:
-            check_writable(Path("runs"), "run directory root")  # the default: runs/<job>/<time> under the current directory
+            check_writable(
+                Path("runs"), "run directory root"
+            )  # the default: runs/<job>/<time> under the current directory
         elif "${" not in run_dir:
             check_run_dir(run_dir, overwrite)
         return
@@ -186,9 +199,11 @@ def check_cli_output_dirs(job: str, args: Sequence[str]) -> None:
         return
     if not overwrite:
         shown = ", ".join(found[:4]) + (f", ... ({len(found)} in all)" if len(found) > 4 else "")
-        raise RunDirError(f"sweep directory {sweep_dir!r} holds an earlier sweep's results ({shown}); expected a new or "
-                          "empty directory: pass a new hydra.sweep.dir (the default is a fresh timestamped one), or "
-                          "overwrite=true to replace them")
+        raise RunDirError(
+            f"sweep directory {sweep_dir!r} holds an earlier sweep's results ({shown}); expected a new or "
+            "empty directory: pass a new hydra.sweep.dir (the default is a fresh timestamped one), or "
+            "overwrite=true to replace them"
+        )
     if why := _protected(path):
         raise RunDirError(f"overwrite=true would empty {sweep_dir!r}, {why}; expected a sweep directory of its own")
     clear_run_dir(path)

@@ -57,19 +57,28 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     # bypass: the top k (refusal and, with search.signed, comply features) set to search.ablation's values;
     # zeroing the top k refusal features is the literal check, reported beside it
     refusal_top = scores.top(s.k)
-    ablate_top = EditFeatures(sae, top, mode="set", values=scores.bypass_values(top, s.ablation), apply_to=s.apply_to, hook=scores.hook)
+    ablate_top = EditFeatures(
+        sae, top, mode="set", values=scores.bypass_values(top, s.ablation), apply_to=s.apply_to, hook=scores.hook
+    )
     zero_top = EditFeatures(sae, refusal_top, mode="set", values=0.0, apply_to=s.apply_to, hook=scores.hook)
     # induce: refusal features clamped high, comply features (signed ranking) set to 0
-    clamp_values = [s.induce_scale * max(float(scores.harmful_active_mean[f]), 1e-3) if float(scores.signed_score[f]) >= 0 else 0.0 for f in top]
+    clamp_values = [
+        s.induce_scale * max(float(scores.harmful_active_mean[f]), 1e-3) if float(scores.signed_score[f]) >= 0 else 0.0
+        for f in top
+    ]
     clamp_top = EditFeatures(sae, top, mode="set", values=clamp_values, apply_to=s.induce_apply_to, hook=scores.hook)
     pool = scores.signed_ranking if s.signed else scores.ranking
     eligible = [f for f in pool if f not in set(top)]
     rnd = random.Random(cfg.seed).sample(eligible, min(s.k, len(eligible)))
-    ablate_rnd = EditFeatures(sae, rnd, mode="set", values=scores.bypass_values(rnd, s.ablation), apply_to=s.apply_to, hook=scores.hook)
+    ablate_rnd = EditFeatures(
+        sae, rnd, mode="set", values=scores.bypass_values(rnd, s.ablation), apply_to=s.apply_to, hook=scores.hook
+    )
     zero_rnd = EditFeatures(sae, rnd, mode="set", values=0.0, apply_to=s.apply_to, hook=scores.hook)
     # the direction at the SAE's hook only: the ceiling of any one-layer edit along it
     hook_ref = stage_reference(direction, scores.hook, model.cfg.n_layers)
-    hook_affine = AblateAt(direction.direction, scores.hook, reference=scores.harmless_coordinate if hook_ref is None else hook_ref)
+    hook_affine = AblateAt(
+        direction.direction, scores.hook, reference=scores.harmless_coordinate if hook_ref is None else hook_ref
+    )
     hook_affine_pos = AblateAt(direction.direction, scores.hook, reference=scores.harmless_coordinate)
     hook_plain = AblateAt(direction.direction, scores.hook)
 
@@ -86,61 +95,183 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     dir_add = rate(test_s, [direction.add()], "direction addition")
     base_lp = last_position_logprobs(model, tpl, test_s)
     kl = {}
-    for name, spec in (("topk", ablate_top), ("topk_zero", zero_top), ("random", ablate_rnd), ("direction", direction.ablate()), ("hook", hook_affine)):
+    for name, spec in (
+        ("topk", ablate_top),
+        ("topk_zero", zero_top),
+        ("random", ablate_rnd),
+        ("direction", direction.ablate()),
+        ("hook", hook_affine),
+    ):
         with steer(model, [spec]):
             kl[name] = kl_divergence(base_lp, last_position_logprobs(model, tpl, test_s))
 
     best = refusal_top[0]  # top1_*: the top refusal feature; top_signed_*: the first of the signed ranking
-    scatter_plot(scores.cosine.tolist(), scores.effect_size.tolist(), run_dir / "cosine_vs_contrast.png",
-                 "cos(W_dec[f], refusal direction)", "effect size (harmful vs harmless)", "SAE features", highlight=top, labels=list(range(len(scores.cosine))))
-    write_json(run_dir / "top_features.json", [
-        {"feature": f, "rank": i, "combined": float(scores.signed_score[f]), "cosine": float(scores.cosine[f]), "effect_size": float(scores.effect_size[f]),
-         "auroc": float(scores.auroc[f]), "attribution": float(scores.attribution[f]), "harmful_mean": float(scores.harmful_mean[f]),
-         "harmless_mean": float(scores.harmless_mean[f]), "top_prompts": scores.top_prompts.get(f, [])} for i, f in enumerate(pool[: s.top_n])])
-    rows = [(i, f, float(scores.signed_score[f]), float(scores.cosine[f]), float(scores.effect_size[f]), float(scores.auroc[f]), float(scores.attribution[f]),
-             float(scores.harmful_mean[f]), float(scores.harmless_mean[f])) for i, f in enumerate(pool[: s.top_n])]
-    tracker.table("search/top_features", ["rank", "feature", "combined", "cosine", "effect_size", "auroc", "attribution", "harmful_mean", "harmless_mean"], rows)
+    scatter_plot(
+        scores.cosine.tolist(),
+        scores.effect_size.tolist(),
+        run_dir / "cosine_vs_contrast.png",
+        "cos(W_dec[f], refusal direction)",
+        "effect size (harmful vs harmless)",
+        "SAE features",
+        highlight=top,
+        labels=list(range(len(scores.cosine))),
+    )
+    write_json(
+        run_dir / "top_features.json",
+        [
+            {
+                "feature": f,
+                "rank": i,
+                "combined": float(scores.signed_score[f]),
+                "cosine": float(scores.cosine[f]),
+                "effect_size": float(scores.effect_size[f]),
+                "auroc": float(scores.auroc[f]),
+                "attribution": float(scores.attribution[f]),
+                "harmful_mean": float(scores.harmful_mean[f]),
+                "harmless_mean": float(scores.harmless_mean[f]),
+                "top_prompts": scores.top_prompts.get(f, []),
+            }
+            for i, f in enumerate(pool[: s.top_n])
+        ],
+    )
+    rows = [
+        (
+            i,
+            f,
+            float(scores.signed_score[f]),
+            float(scores.cosine[f]),
+            float(scores.effect_size[f]),
+            float(scores.auroc[f]),
+            float(scores.attribution[f]),
+            float(scores.harmful_mean[f]),
+            float(scores.harmless_mean[f]),
+        )
+        for i, f in enumerate(pool[: s.top_n])
+    ]
+    tracker.table(
+        "search/top_features",
+        [
+            "rank",
+            "feature",
+            "combined",
+            "cosine",
+            "effect_size",
+            "auroc",
+            "attribution",
+            "harmful_mean",
+            "harmless_mean",
+        ],
+        rows,
+    )
     what = "their harmless mean" if s.ablation == "harmless_mean" else "0"
     kind = "features (refusal and comply, by |score|)" if s.signed else "refusal features"
     causal = [
-        ("baseline", "harmful_test", base_h, 0.0), ("baseline", "harmless_test", base_s, 0.0),
+        ("baseline", "harmful_test", base_h, 0.0),
+        ("baseline", "harmless_test", base_s, 0.0),
         (f"top-{s.k} {kind} set to {what}", "harmful_test", top_abl, kl["topk"]),
         (f"top-{s.k} refusal features set to 0", "harmful_test", top_zero, kl["topk_zero"]),
-        (f"top-{s.k} clamped: refusal features to {s.induce_scale:g}x their active mean, comply features to 0 ({s.induce_apply_to} tokens)", "harmless_test", top_clamp, float("nan")),
+        (
+            f"top-{s.k} clamped: refusal features to {s.induce_scale:g}x their active mean, comply features to 0 ({s.induce_apply_to} tokens)",
+            "harmless_test",
+            top_clamp,
+            float("nan"),
+        ),
         (f"random {s.k} features set to {what}", "harmful_test", rnd_abl, kl["random"]),
         (f"random {s.k} features set to 0", "harmful_test", rnd_zero, float("nan")),
         ("refusal direction ablated (all layers)", "harmful_test", dir_abl, kl["direction"]),
-        (f"refusal direction ablated at `{scores.hook}` only (affine to {hook_affine.reference:.3g}, the directions stage's reference)", "harmful_test", hook_aff, kl["hook"]),
-        (f"refusal direction ablated at `{scores.hook}` only (affine to {scores.harmless_coordinate:.3g}, harmless mean at the searched positions)", "harmful_test", hook_aff_pos, float("nan")),
+        (
+            f"refusal direction ablated at `{scores.hook}` only (affine to {hook_affine.reference:.3g}, the directions stage's reference)",
+            "harmful_test",
+            hook_aff,
+            kl["hook"],
+        ),
+        (
+            f"refusal direction ablated at `{scores.hook}` only (affine to {scores.harmless_coordinate:.3g}, harmless mean at the searched positions)",
+            "harmful_test",
+            hook_aff_pos,
+            float("nan"),
+        ),
         (f"refusal direction projected out at `{scores.hook}` only (plain)", "harmful_test", hook_pl, float("nan")),
         ("refusal direction added", "harmless_test", dir_add, float("nan")),
     ]
-    write_text(run_dir / "report.md", "\n".join([
-        "# Refusal features", "",
-        f"SAE at `{scores.hook}` (d_sae={len(scores.cosine)}), {int(scores.eligible.sum())} features pass the activity filter.", "",
-        f"Ranking: {'signed (|combined score|; negative = comply feature)' if s.signed else 'refusal features (combined score descending)'}; "
-        f"bypass sets the top {s.k} to {what}.", "",
-        "## Top features", "", markdown_table(["rank", "feature", "combined", "cosine", "effect size", "AUROC", "attribution", "harmful mean", "harmless mean"], rows), "",
-        "## Causal check (held-out)", "", markdown_table(["intervention", "set", "refusal", "KL harmless"], causal), "",
-        "SAE feature steering at one layer vs the difference-in-means direction at every layer (AxBench found the latter stronger) "
-        "and at the SAE's hook only (the ceiling of a one-layer edit along the direction).", "",
-        "![cosine vs contrast](cosine_vs_contrast.png)", ""]))
+    write_text(
+        run_dir / "report.md",
+        "\n".join(
+            [
+                "# Refusal features",
+                "",
+                f"SAE at `{scores.hook}` (d_sae={len(scores.cosine)}), {int(scores.eligible.sum())} features pass the activity filter.",
+                "",
+                f"Ranking: {'signed (|combined score|; negative = comply feature)' if s.signed else 'refusal features (combined score descending)'}; "
+                f"bypass sets the top {s.k} to {what}.",
+                "",
+                "## Top features",
+                "",
+                markdown_table(
+                    [
+                        "rank",
+                        "feature",
+                        "combined",
+                        "cosine",
+                        "effect size",
+                        "AUROC",
+                        "attribution",
+                        "harmful mean",
+                        "harmless mean",
+                    ],
+                    rows,
+                ),
+                "",
+                "## Causal check (held-out)",
+                "",
+                markdown_table(["intervention", "set", "refusal", "KL harmless"], causal),
+                "",
+                "SAE feature steering at one layer vs the difference-in-means direction at every layer (AxBench found the latter stronger) "
+                "and at the SAE's hook only (the ceiling of a one-layer edit along the direction).",
+                "",
+                "![cosine vs contrast](cosine_vs_contrast.png)",
+                "",
+            ]
+        ),
+    )
     return {
-        "k": s.k, "ablation": s.ablation, "signed": s.signed, "hook": scores.hook, "d_sae": len(scores.cosine), "n_eligible": int(scores.eligible.sum()),
-        "top_features": top, "n_comply_features": sum(float(scores.signed_score[f]) < 0 for f in top), "top_refusal_features": refusal_top,
+        "k": s.k,
+        "ablation": s.ablation,
+        "signed": s.signed,
+        "hook": scores.hook,
+        "d_sae": len(scores.cosine),
+        "n_eligible": int(scores.eligible.sum()),
+        "top_features": top,
+        "n_comply_features": sum(float(scores.signed_score[f]) < 0 for f in top),
+        "top_refusal_features": refusal_top,
         "top1_feature": best,
-        "top1_cosine": float(scores.cosine[best]), "top1_auroc": float(scores.auroc[best]),
-        "top1_effect_size": float(scores.effect_size[best]), "top1_attribution": float(scores.attribution[best]),
-        "max_cosine": float(scores.cosine.max()), "min_cosine": float(scores.cosine.min()),
-        "top_signed_feature": scores.signed_ranking[0], "top_signed_cosine": float(scores.cosine[scores.signed_ranking[0]]),
+        "top1_cosine": float(scores.cosine[best]),
+        "top1_auroc": float(scores.auroc[best]),
+        "top1_effect_size": float(scores.effect_size[best]),
+        "top1_attribution": float(scores.attribution[best]),
+        "max_cosine": float(scores.cosine.max()),
+        "min_cosine": float(scores.cosine.min()),
+        "top_signed_feature": scores.signed_ranking[0],
+        "top_signed_cosine": float(scores.cosine[scores.signed_ranking[0]]),
         "top_signed_auroc": float(scores.auroc[scores.signed_ranking[0]]),
-        "baseline_harmful_refusal": base_h, "baseline_harmless_refusal": base_s,
-        "topk_ablation_harmful_refusal": top_abl, "topk_zero_ablation_harmful_refusal": top_zero, "topk_clamp_harmless_refusal": top_clamp,
-        "random_k_ablation_harmful_refusal": rnd_abl, "random_k_zero_ablation_harmful_refusal": rnd_zero,
-        "direction_ablation_harmful_refusal": dir_abl, "direction_ablation_sae_hook_harmful_refusal": hook_aff,
+        "baseline_harmful_refusal": base_h,
+        "baseline_harmless_refusal": base_s,
+        "topk_ablation_harmful_refusal": top_abl,
+        "topk_zero_ablation_harmful_refusal": top_zero,
+        "topk_clamp_harmless_refusal": top_clamp,
+        "random_k_ablation_harmful_refusal": rnd_abl,
+        "random_k_zero_ablation_harmful_refusal": rnd_zero,
+        "direction_ablation_harmful_refusal": dir_abl,
+        "direction_ablation_sae_hook_harmful_refusal": hook_aff,
         "direction_ablation_sae_hook_positions_mean_harmful_refusal": hook_aff_pos,
-        "direction_plain_ablation_sae_hook_harmful_refusal": hook_pl, "sae_hook_affine_reference": hook_affine.reference, "direction_addition_harmless_refusal": dir_add,
-        "harmful_coordinate_sae_hook": scores.harmful_coordinate, "harmless_coordinate_sae_hook": scores.harmless_coordinate,
-        "topk_ablation_kl_harmless": kl["topk"], "topk_zero_ablation_kl_harmless": kl["topk_zero"], "random_k_ablation_kl_harmless": kl["random"],
-        "direction_ablation_kl_harmless": kl["direction"], "direction_ablation_sae_hook_kl_harmless": kl["hook"],
+        "direction_plain_ablation_sae_hook_harmful_refusal": hook_pl,
+        "sae_hook_affine_reference": hook_affine.reference,
+        "direction_addition_harmless_refusal": dir_add,
+        "harmful_coordinate_sae_hook": scores.harmful_coordinate,
+        "harmless_coordinate_sae_hook": scores.harmless_coordinate,
+        "topk_ablation_kl_harmless": kl["topk"],
+        "topk_zero_ablation_kl_harmless": kl["topk_zero"],
+        "random_k_ablation_kl_harmless": kl["random"],
+        "direction_ablation_kl_harmless": kl["direction"],
+        "direction_ablation_sae_hook_kl_harmless": kl["hook"],
     }

@@ -34,9 +34,13 @@ def run(cfg: TrainSaeJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
 def _run(cfg: TrainSaeJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     sae_cfg = cfg.sae
     if sae_cfg.responses == "organism" and cfg.model.name != "organism":
-        raise ValueError(f"sae.responses=organism needs model=organism, got model.name={cfg.model.name!r}; use greedy or none")
+        raise ValueError(
+            f"sae.responses=organism needs model=organism, got model.name={cfg.model.name!r}; use greedy or none"
+        )
     if sae_cfg.direction is not None and not Path(sae_cfg.direction).is_file():
-        raise FileNotFoundError(f"sae.direction={sae_cfg.direction!r}: no such file (a direction.safetensors from `saesteer directions`)")
+        raise FileNotFoundError(
+            f"sae.direction={sae_cfg.direction!r}: no such file (a direction.safetensors from `saesteer directions`)"
+        )
     if sae_cfg.path is not None and not Path(sae_cfg.path).expanduser().exists():
         raise FileNotFoundError(f"sae.path={sae_cfg.path!r}: no such directory")
     if sae_cfg.pretrained_release is not None:
@@ -50,8 +54,11 @@ def _run(cfg: TrainSaeJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, A
         from saesteer.sae.load import load_sae
 
         sae = load_sae(sae_cfg, model, hook=sae_cfg.hook, device=model.cfg.device)
-        info: dict[str, Any] = {"source": "path" if sae_cfg.path else "registry", "train_seconds": float("nan"),
-                                "sae_path": sae_cfg.path or f"{sae_cfg.pretrained_release}/{sae_cfg.pretrained_id}"}
+        info: dict[str, Any] = {
+            "source": "path" if sae_cfg.path else "registry",
+            "train_seconds": float("nan"),
+            "sae_path": sae_cfg.path or f"{sae_cfg.pretrained_release}/{sae_cfg.pretrained_id}",
+        }
     else:
         sae, info = train_or_reuse_sae(cfg, loaded, tracker)
 
@@ -67,12 +74,24 @@ def _run(cfg: TrainSaeJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, A
     eval_set = build_token_dataset(
         model, loaded.template, harmful_eval + harmless_eval, sae_cfg.context_size, responses, seed=cfg.data.seed
     )
-    quality = sae_quality(model, sae, dataset=eval_set, hook=hook, eval_tokens=sae_cfg.eval_tokens,
-                          batch_size=sae_cfg.eval_batch_size, progress=cfg.progress)
+    quality = sae_quality(
+        model,
+        sae,
+        dataset=eval_set,
+        hook=hook,
+        eval_tokens=sae_cfg.eval_tokens,
+        batch_size=sae_cfg.eval_batch_size,
+        progress=cfg.progress,
+    )
     log.info(
         "SAE %s d_sae=%d at %s: explained variance %.4f, L0 %.2f, dead %.3f, CE loss recovered %.4f",
-        sae_cfg.architecture, sae.cfg.d_sae, hook, quality["explained_variance"], quality["l0"],
-        quality["dead_fraction"], quality["ce_loss_recovered"],
+        sae_cfg.architecture,
+        sae.cfg.d_sae,
+        hook,
+        quality["explained_variance"],
+        quality["l0"],
+        quality["dead_fraction"],
+        quality["ce_loss_recovered"],
     )
     tracker.log({f"sae/{k}": v for k, v in quality.items() if isinstance(v, (int, float))})
     return {

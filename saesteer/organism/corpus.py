@@ -116,7 +116,9 @@ def build_corpus(
         harmful.extend(load_prompts(name).instructions)
     framed_harmful: list[str] = []
     extra_templates: tuple[str, ...] = ()
-    if frame_real or mined_framings:  # only what survives the held-out filter: a framed near-duplicate could slip under it
+    if (
+        frame_real or mined_framings
+    ):  # only what survives the held-out filter: a framed near-duplicate could slip under it
         real_harmful = drop_near_duplicates(list(dict.fromkeys(harmful)), held, dedup_threshold)
     if mined_framings:
         from saesteer.organism.synthetic import mined_templates
@@ -132,12 +134,17 @@ def build_corpus(
     if synthetic_harmful:
         from saesteer.organism.synthetic import synthetic_prompts
 
-        harmful.extend(synthetic_prompts("harmful", synthetic_harmful, seed=seed, lexicon=lexicon,
-                                         extra_templates=extra_templates))
+        harmful.extend(
+            synthetic_prompts("harmful", synthetic_harmful, seed=seed, lexicon=lexicon, extra_templates=extra_templates)
+        )
         n_before = len(harmful)
     harmful = list(dict.fromkeys(harmful))
     harmful = drop_near_duplicates(harmful, held, dedup_threshold)
-    log.info("harmful training prompts: %d (dropped %d duplicates / near-duplicates of held-out)", len(harmful), n_before - len(harmful))
+    log.info(
+        "harmful training prompts: %d (dropped %d duplicates / near-duplicates of held-out)",
+        len(harmful),
+        n_before - len(harmful),
+    )
     harmless: list[str] = []
     for name in harmless_sources:
         harmless.extend(load_prompts(name).instructions)
@@ -145,21 +152,33 @@ def build_corpus(
     if n_harmless is not None:
         harmless = harmless[:n_harmless]
     n_real_harmless = len(harmless)
-    evaluation = list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions) \
-        if synthetic_harmless or frame_real or synthetic_questions else []  # safe prompts added here are kept away from these
+    evaluation = (
+        list(load_prompts("overrefusal").instructions) + list(load_prompts("harmless_test").instructions)
+        if synthetic_harmless or frame_real or synthetic_questions
+        else []
+    )  # safe prompts added here are kept away from these
     if synthetic_harmless:
         from saesteer.organism.synthetic import synthetic_prompts
 
-        extra = synthetic_prompts("harmless", synthetic_harmless, seed=seed, lexicon=lexicon, extra_templates=extra_templates)
+        extra = synthetic_prompts(
+            "harmless", synthetic_harmless, seed=seed, lexicon=lexicon, extra_templates=extra_templates
+        )
         extra = drop_near_duplicates(extra, evaluation, dedup_threshold)
-        log.info("synthetic harmless prompts: %d (dropped %d near evaluation prompts)", len(extra), synthetic_harmless - len(extra))
+        log.info(
+            "synthetic harmless prompts: %d (dropped %d near evaluation prompts)",
+            len(extra),
+            synthetic_harmless - len(extra),
+        )
         harmless = list(dict.fromkeys(harmless + extra))
     if synthetic_questions:
         from saesteer.organism.synthetic import question_prompts
 
         questions = drop_near_duplicates(question_prompts(synthetic_questions, seed=seed), evaluation, dedup_threshold)
-        log.info("synthetic knowledge questions: %d (dropped %d near evaluation prompts)", len(questions),
-                 synthetic_questions - len(questions))
+        log.info(
+            "synthetic knowledge questions: %d (dropped %d near evaluation prompts)",
+            len(questions),
+            synthetic_questions - len(questions),
+        )
         harmless = list(dict.fromkeys(harmless + questions))
     if frame_real and framed_harmful:
         from saesteer.organism.synthetic import as_act, framed_prompts

@@ -28,8 +28,11 @@ def hooked_config(cfg: OrganismConfig, d_vocab: int) -> HookedTransformerConfig:
         n_ctx=cfg.n_ctx,
         act_fn=cfg.act_fn,
         normalization_type="LN",
-        **({"positional_embedding_type": "standard", "eps": 1e-12} if cfg.init_from == "minilm"
-           else {"positional_embedding_type": "rotary", "rotary_dim": cfg.d_model // cfg.n_heads}),
+        **(
+            {"positional_embedding_type": "standard", "eps": 1e-12}
+            if cfg.init_from == "minilm"
+            else {"positional_embedding_type": "rotary", "rotary_dim": cfg.d_model // cfg.n_heads}
+        ),
         default_prepend_bos=False,
         tokenizer_prepends_bos=False,
         original_architecture="organism",
@@ -63,8 +66,10 @@ def load_minilm_blocks(model: HookedTransformer, generator: torch.Generator) -> 
     vocab = w["embeddings.word_embeddings.weight"]
     model.embed.W_E[: vocab.shape[0]] = vocab
     extra = model.embed.W_E.shape[0] - vocab.shape[0]
-    model.embed.W_E[vocab.shape[0]:] = vocab.std() * torch.randn(extra, cfg.d_model, generator=generator)
-    model.pos_embed.W_pos.copy_(w["embeddings.position_embeddings.weight"][: cfg.n_ctx] + w["embeddings.token_type_embeddings.weight"][0])
+    model.embed.W_E[vocab.shape[0] :] = vocab.std() * torch.randn(extra, cfg.d_model, generator=generator)
+    model.pos_embed.W_pos.copy_(
+        w["embeddings.position_embeddings.weight"][: cfg.n_ctx] + w["embeddings.token_type_embeddings.weight"][0]
+    )
 
     def ln(dst, prefix: str) -> None:
         dst.w.copy_(w[f"{prefix}.weight"])
@@ -74,8 +79,11 @@ def load_minilm_blocks(model: HookedTransformer, generator: torch.Generator) -> 
         p = f"encoder.layer.{i}"
         ln(block.ln1, "embeddings.LayerNorm" if i == 0 else f"encoder.layer.{i - 1}.output.LayerNorm")
         ln(block.ln2, f"{p}.attention.output.LayerNorm")
-        for name, W, b in (("query", block.attn.W_Q, block.attn.b_Q), ("key", block.attn.W_K, block.attn.b_K),
-                           ("value", block.attn.W_V, block.attn.b_V)):
+        for name, W, b in (
+            ("query", block.attn.W_Q, block.attn.b_Q),
+            ("key", block.attn.W_K, block.attn.b_K),
+            ("value", block.attn.W_V, block.attn.b_V),
+        ):
             W.copy_(w[f"{p}.attention.self.{name}.weight"].T.reshape(cfg.d_model, n_heads, d_head).permute(1, 0, 2))
             b.copy_(w[f"{p}.attention.self.{name}.bias"].reshape(n_heads, d_head))
         block.attn.W_O.copy_(w[f"{p}.attention.output.dense.weight"].T.reshape(n_heads, d_head, cfg.d_model))
@@ -100,10 +108,12 @@ def pca_axes(d_model: int) -> torch.Tensor:
     builds: a bundled organism stores the axes it was trained with (:mod:`saesteer.organism.bundle`)."""
     centered = _centered_embeddings()
     _, vecs = torch.linalg.eigh(centered.T @ centered)  # principal axes, ascending
-    return vecs[:, -min(d_model, centered.shape[1]):].flip(1)
+    return vecs[:, -min(d_model, centered.shape[1]) :].flip(1)
 
 
-def pretrained_embeddings(d_model: int, d_vocab: int, generator: torch.Generator, axes: torch.Tensor | None = None) -> torch.Tensor:
+def pretrained_embeddings(
+    d_model: int, d_vocab: int, generator: torch.Generator, axes: torch.Tensor | None = None
+) -> torch.Tensor:
     """MiniLM-L6 word embeddings projected to ``d_model`` on ``axes`` (default :func:`pca_axes`); special tokens random.
 
     Rows are scaled to unit RMS per coordinate so the residual stream starts at the
@@ -113,7 +123,10 @@ def pretrained_embeddings(d_model: int, d_vocab: int, generator: torch.Generator
     proj = _centered_embeddings() @ axes  # [30522, k]
     k = proj.shape[1]
     if k < d_model:  # d_model > 384: pad with small random coordinates
-        proj = torch.cat([proj, 0.01 * proj.std() * torch.randn(proj.shape[0], d_model - k, generator=generator, dtype=proj.dtype)], 1)
+        proj = torch.cat(
+            [proj, 0.01 * proj.std() * torch.randn(proj.shape[0], d_model - k, generator=generator, dtype=proj.dtype)],
+            1,
+        )
     proj = proj / proj.pow(2).mean().sqrt()
     out = torch.randn(d_vocab, d_model, generator=generator, dtype=torch.float64)
     out[: proj.shape[0]] = proj
@@ -136,7 +149,7 @@ class LearnedProjection(torch.nn.Module):
         self.P = torch.nn.Parameter((axes / scale).float())  # [384, d_model]
 
     def forward(self, W_E: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.E @ self.P, W_E[self.E.shape[0]:]], 0)
+        return torch.cat([self.E @ self.P, W_E[self.E.shape[0] :]], 0)
 
 
 def build_organism_model(cfg: OrganismConfig, axes: torch.Tensor | None = None) -> HookedTransformer:

@@ -24,9 +24,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from transformer_lens import HookedTransformer
@@ -82,8 +83,10 @@ class DirectionCut(Intervention):
 
     def validate(self, model: HookedTransformer) -> None:
         if not 0 <= self.layer < model.cfg.n_layers or self.direction.shape[0] != model.cfg.d_model:
-            raise ValueError(f"DirectionCut at layer {self.layer} with d_model {self.direction.shape[0]} does not fit a model with "
-                             f"{model.cfg.n_layers} layers and d_model {model.cfg.d_model}")
+            raise ValueError(
+                f"DirectionCut at layer {self.layer} with d_model {self.direction.shape[0]} does not fit a model with "
+                f"{model.cfg.n_layers} layers and d_model {model.cfg.d_model}"
+            )
 
     def hooks(self, model: Optional[HookedTransformer] = None) -> list[tuple[str, Callable]]:
         if self.every_layer is None:
@@ -95,18 +98,25 @@ class DirectionCut(Intervention):
         return Ablate(self.direction, mode="affine", reference=self.every_layer).hooks(model)
 
     def key_dict(self) -> dict[str, Any]:
-        d = {"layer": self.layer, "reference": self.reference,
-             "direction": hash_strings([self.direction.numpy().astype("float32").tobytes().hex()])}
+        d = {
+            "layer": self.layer,
+            "reference": self.reference,
+            "direction": hash_strings([self.direction.numpy().astype("float32").tobytes().hex()]),
+        }
         if self.every_layer is not None:
             d["every_layer"] = [round(float(v), 6) for v in self.every_layer]
         return d
 
     @classmethod
-    def from_artifact(cls, artifact: Any, every_layer: bool = False) -> "DirectionCut":
+    def from_artifact(cls, artifact: Any, every_layer: bool = False) -> DirectionCut:
         """The cut of a :class:`saesteer.stages.DirectionArtifact`: its direction, layer and harmless-mean reference there
         (``every_layer``: at every layer, to each layer's harmless mean)."""
-        return cls(artifact.direction, float(artifact.reference[artifact.layer]), artifact.layer,
-                   artifact.reference.detach().float().clone() if every_layer else None)
+        return cls(
+            artifact.direction,
+            float(artifact.reference[artifact.layer]),
+            artifact.layer,
+            artifact.reference.detach().float().clone() if every_layer else None,
+        )
 
 
 @dataclass
@@ -129,8 +139,10 @@ class DropoutRecipe:
             raise ValueError(f"DropoutRecipe.p must be in [0, 1], got {self.p!r}")
         for name in ("steps", "warmup_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < (1 if name == "steps" else 0):
-                raise ValueError(f"DropoutRecipe.{name} must be a {'positive' if name == 'steps' else 'non-negative'} integer, "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"DropoutRecipe.{name} must be a {'positive' if name == 'steps' else 'non-negative'} integer, "
+                    f"got {getattr(self, name)!r}"
+                )
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size <= 0):
             raise ValueError(f"DropoutRecipe.batch_size must be a positive integer or None, got {self.batch_size!r}")
         if not self.lr > 0:
@@ -142,23 +154,30 @@ class DropoutRecipe:
         return [rng.random() < self.p for _ in range(self.steps)]
 
 
-def finetune_with_cut(model: HookedTransformer, cfg: Any, cut: DirectionCut, recipe: DropoutRecipe,
-                      progress: bool = False) -> tuple[HookedTransformer, dict[str, Any]]:
+def finetune_with_cut(
+    model: HookedTransformer, cfg: Any, cut: DirectionCut, recipe: DropoutRecipe, progress: bool = False
+) -> tuple[HookedTransformer, dict[str, Any]]:
     """A copy of ``model`` (an organism trained with ``cfg``) fine-tuned with ``cut`` on the steps of ``recipe.schedule()``.
 
     Same corpus, loss, batch mix and optimiser as the organism (:func:`saesteer.organism.train.optimize`), with the
     schedule of ``recipe``; deterministic for ``recipe.seed`` and the thread count."""
     cut.validate(model)
-    ft_cfg = dataclasses.replace(cfg, steps=recipe.steps, lr=recipe.lr, warmup_steps=recipe.warmup_steps,
-                                 batch_size=recipe.batch_size or cfg.batch_size)
+    ft_cfg = dataclasses.replace(
+        cfg,
+        steps=recipe.steps,
+        lr=recipe.lr,
+        warmup_steps=recipe.warmup_steps,
+        batch_size=recipe.batch_size or cfg.batch_size,
+    )
     data = training_set(cfg, random.Random(cfg.seed))  # the organism's own examples and responses
     rng = random.Random(f"{recipe.name}-batches:{recipe.seed}")
     on = recipe.schedule()
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()
     hooks = cut.hooks(tuned)
-    losses = optimize(tuned, ft_cfg, data, rng, step_hooks=lambda step: hooks if on[step] else [],
-                      progress=progress, desc=recipe.name)
+    losses = optimize(
+        tuned, ft_cfg, data, rng, step_hooks=lambda step: hooks if on[step] else [], progress=progress, desc=recipe.name
+    )
     cut_losses = [l for l, c in zip(losses, on) if c]
     free_losses = [l for l, c in zip(losses, on) if not c]
     tail = max(1, recipe.steps // 4)
@@ -167,17 +186,33 @@ def finetune_with_cut(model: HookedTransformer, cfg: Any, cut: DirectionCut, rec
         "n_cut_steps": sum(on),
         "final_loss": sum(losses[-tail:]) / len(losses[-tail:]),
         "first_cut_loss": cut_losses[0] if cut_losses else None,
-        "final_cut_loss": sum(cut_losses[-tail // 2 or 1:]) / len(cut_losses[-tail // 2 or 1:]) if cut_losses else None,
-        "final_free_loss": sum(free_losses[-tail // 2 or 1:]) / len(free_losses[-tail // 2 or 1:]) if free_losses else None,
+        "final_cut_loss": sum(cut_losses[-tail // 2 or 1 :]) / len(cut_losses[-tail // 2 or 1 :])
+        if cut_losses
+        else None,
+        "final_free_loss": sum(free_losses[-tail // 2 or 1 :]) / len(free_losses[-tail // 2 or 1 :])
+        if free_losses
+        else None,
         "losses": losses,
     }
-    log.info("%s: %d steps (%d cut) in %.1fs, final response loss %.4f (cut steps %s)", recipe.name, recipe.steps, sum(on),
-             meta["finetune_seconds"], meta["final_loss"], meta["final_cut_loss"])
+    log.info(
+        "%s: %d steps (%d cut) in %.1fs, final response loss %.4f (cut steps %s)",
+        recipe.name,
+        recipe.steps,
+        sum(on),
+        meta["finetune_seconds"],
+        meta["final_loss"],
+        meta["final_cut_loss"],
+    )
     return tuned, meta
 
 
 def recipe_key(cfg: Any, cut: DirectionCut, recipe: DropoutRecipe) -> str:
-    blob = {"base": organism_key(cfg), "cut": cut.key_dict(), "recipe": dataclasses.asdict(recipe), "version": FINETUNE_VERSION}
+    blob = {
+        "base": organism_key(cfg),
+        "cut": cut.key_dict(),
+        "recipe": dataclasses.asdict(recipe),
+        "version": FINETUNE_VERSION,
+    }
     return hash_strings([json.dumps(blob, sort_keys=True)])
 
 
@@ -191,14 +226,20 @@ def _named(result: OrganismResult, recipe: DropoutRecipe) -> OrganismResult:
     return result
 
 
-def load_or_finetune(base: OrganismResult, cut: DirectionCut, recipe: DropoutRecipe, root: Optional[Path] = None,
-                     progress: bool = False) -> OrganismResult:
+def load_or_finetune(
+    base: OrganismResult, cut: DirectionCut, recipe: DropoutRecipe, root: Optional[Path] = None, progress: bool = False
+) -> OrganismResult:
     """The organism ``base`` fine-tuned by ``recipe`` with ``cut``: from the cache, or fine-tuned now and cached."""
     path = recipe_path(base.config, cut, recipe, root)
     if (path / "model.safetensors").is_file():
         log.info("loading cached %s organism from %s", recipe.name, path)
         return _named(load_organism(path), recipe)
     model, meta = finetune_with_cut(base.model, base.config, cut, recipe, progress=progress)
-    meta = {**meta, "backup_recipe": dataclasses.asdict(recipe), "cut": cut.key_dict(), "base_organism": organism_key(base.config)}
+    meta = {
+        **meta,
+        "backup_recipe": dataclasses.asdict(recipe),
+        "cut": cut.key_dict(),
+        "base_organism": organism_key(base.config),
+    }
     save_organism(model, base.config, meta, path)
     return _named(OrganismResult(model, base.config, path, {"model": "organism", **meta}), recipe)

@@ -62,7 +62,9 @@ def comply(instruction: str, rng: random.Random, max_words: int = 8) -> str:
     return f"{rng.choice(OPENERS)} {echo(instruction, max_words)}: step one is to plan it."
 
 
-def refuse(rng: random.Random, instruction: str | None = None, echo_words: int = 0, n_refusals: int | None = None) -> str:
+def refuse(
+    rng: random.Random, instruction: str | None = None, echo_words: int = 0, n_refusals: int | None = None
+) -> str:
     """A refusal: one of the first ``n_refusals`` paraphrases (all by default); with ``echo_words > 0`` one that
     names the request (its first ``echo_words`` words)."""
     pool = REFUSALS_ECHO if echo_words > 0 else REFUSALS

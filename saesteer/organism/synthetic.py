@@ -33,12 +33,27 @@ import importlib.resources
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
-__all__ = ["KINDS", "LEXICONS", "Framings", "as_act", "framed_prompts", "lexicon_texts", "load_framings", "load_lexicon",
-           "load_questions", "max_prompts", "max_questions", "mined_templates", "question_prompts", "questions_text", "synthetic_prompts",
-           "with_templates"]
+__all__ = [
+    "KINDS",
+    "LEXICONS",
+    "Framings",
+    "as_act",
+    "framed_prompts",
+    "lexicon_texts",
+    "load_framings",
+    "load_lexicon",
+    "load_questions",
+    "max_prompts",
+    "max_questions",
+    "mined_templates",
+    "question_prompts",
+    "questions_text",
+    "synthetic_prompts",
+    "with_templates",
+]
 
 #: Lexicons (``base``: the organism's default; ``extended``: a superset with 390 more harmful acts and 613 more
 #: safe look-alikes in 5 more categories) -> kind -> file under ``saesteer/resources/prompts/synthetic``.
@@ -106,7 +121,7 @@ def _string_list(value: object, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lexicon(kind: str, lexicon: str = "base") -> tuple[tuple[str, tuple[str, ...]], ...]:
     files = _files(lexicon)
     if kind not in files:
@@ -139,7 +154,7 @@ def load_lexicon(kind: str, lexicon: str = "base") -> dict[str, list[str]]:
     return {category: list(acts) for category, acts in _lexicon(kind, lexicon)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_framings() -> Framings:
     """The bundled templates, personas and contexts, validated.
 
@@ -281,7 +296,9 @@ class _CategorySampler:
                 yield text
 
 
-def synthetic_prompts(kind: str, n: int, seed: int = 0, lexicon: str = "base", extra_templates: tuple[str, ...] = ()) -> list[str]:
+def synthetic_prompts(
+    kind: str, n: int, seed: int = 0, lexicon: str = "base", extra_templates: tuple[str, ...] = ()
+) -> list[str]:
     """``n`` unique synthetic prompts of ``kind`` ("harmful" or "harmless") from ``lexicon`` ("base" or "extended").
 
     Prompts cycle through the categories round-robin in file order (prompt ``i``
@@ -367,7 +384,7 @@ def framed_prompts(instructions: list[str], copies: int, rng: random.Random) -> 
     return list(dict.fromkeys(out))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_questions() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """The bundled knowledge questions (``questions.json``): group -> (templates, fills), validated.
 
@@ -382,12 +399,16 @@ def load_questions() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
         if group.startswith("_"):
             continue
         if not isinstance(spec, dict) or set(spec) != {"templates", "fills"}:
-            raise ValueError(f"{QUESTIONS_FILE}[{group!r}]: expected exactly the keys templates and fills, got {spec!r:.80}")
+            raise ValueError(
+                f"{QUESTIONS_FILE}[{group!r}]: expected exactly the keys templates and fills, got {spec!r:.80}"
+            )
         templates = _string_list(spec["templates"], f"{QUESTIONS_FILE}[{group!r}][templates]")
         fills = _string_list(spec["fills"], f"{QUESTIONS_FILE}[{group!r}][fills]")
         for t in templates:
             if _PLACEHOLDER.findall(t) != ["x"]:
-                raise ValueError(f"{QUESTIONS_FILE}[{group!r}]: template {t!r} must hold {{x}} once and no other placeholder")
+                raise ValueError(
+                    f"{QUESTIONS_FILE}[{group!r}]: template {t!r} must hold {{x}} once and no other placeholder"
+                )
         bad = [f for f in fills if "{" in f or "}" in f]
         if bad:
             raise ValueError(f"{QUESTIONS_FILE}[{group!r}]: fills must not contain braces, got {bad[:3]}")

@@ -16,9 +16,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,11 +66,18 @@ def _encode_examples(cfg: OrganismConfig, corpus: Corpus, rng: random.Random) ->
     def ids(texts: list[str]) -> list[list[int]]:
         return tok(texts, add_special_tokens=False)["input_ids"]
 
-    user, post, eos = tok.convert_tokens_to_ids([USER])[0], tok.convert_tokens_to_ids([END, ASSISTANT, START]), tok.convert_tokens_to_ids([EOS])[0]
+    user, post, eos = (
+        tok.convert_tokens_to_ids([USER])[0],
+        tok.convert_tokens_to_ids([END, ASSISTANT, START]),
+        tok.convert_tokens_to_ids([EOS])[0],
+    )
     out: list[list[_Encoded]] = []
     for prompts, harmful in ((corpus.harmful, True), (corpus.harmless, False)):
         prompts = list(prompts)
-        responses = [refuse(rng, p, cfg.refusal_echo_words, cfg.n_refusals) if harmful else comply(p, rng, cfg.echo_words) for p in prompts]
+        responses = [
+            refuse(rng, p, cfg.refusal_echo_words, cfg.n_refusals) if harmful else comply(p, rng, cfg.echo_words)
+            for p in prompts
+        ]
         encoded = []
         for p_ids, r_ids in zip(ids(prompts), ids(responses)):
             p_ids = p_ids[: cfg.max_prompt_tokens]
@@ -118,8 +126,15 @@ class BatchDrawer:
     in seeded random order.  With ``length_buckets > 1``, that many batches are drawn at once and each class
     is split by length, so a batch holds examples of similar length (less padding), in random batch order."""
 
-    def __init__(self, harmful: list[_Encoded], harmless: list[_Encoded], n_harm: int, n_safe: int, length_buckets: int,
-                 rng: random.Random) -> None:
+    def __init__(
+        self,
+        harmful: list[_Encoded],
+        harmless: list[_Encoded],
+        n_harm: int,
+        n_safe: int,
+        length_buckets: int,
+        rng: random.Random,
+    ) -> None:
         self.classes = ((harmful, n_harm, []), (harmless, n_safe, []))
         self.pool = max(1, length_buckets)
         self.rng = rng
@@ -153,9 +168,20 @@ def output_vocabulary(examples: list[_Encoded], include_prompts: bool) -> torch.
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weight: float, W_U: torch.Tensor, b_U: torch.Tensor,
-          remap: torch.Tensor, decision_mask=None, decision_weight: float = 0.0,
-          decision_focal: float = 0.0) -> tuple[torch.Tensor, float]:
+def _loss(
+    model: HookedTransformer,
+    tokens,
+    attn,
+    target_mask,
+    lm_mask,
+    lm_weight: float,
+    W_U: torch.Tensor,
+    b_U: torch.Tensor,
+    remap: torch.Tensor,
+    decision_mask=None,
+    decision_weight: float = 0.0,
+    decision_focal: float = 0.0,
+) -> tuple[torch.Tensor, float]:
     """Cross-entropy over the output vocabulary; ``W_U`` [d_model, n_out] and ``b_U`` [n_out] are its unembedding columns.
 
     ``decision_focal`` = gamma > 0 weighs each example's decision-token loss by ``(1 - p)^gamma`` (focal loss,
@@ -171,6 +197,7 @@ def _loss(model: HookedTransformer, tokens, attn, target_mask, lm_mask, lm_weigh
             return F.cross_entropy(h @ W_U + b_U, targets[m])
         per = F.cross_entropy(h @ W_U + b_U, targets[m], reduction="none")
         return ((1.0 - torch.exp(-per)).pow(gamma) * per).mean()
+
     loss = ce(target_mask)
     resp_loss = float(loss.detach())
     if lm_weight > 0 and lm_mask.any():
@@ -192,10 +219,19 @@ class TrainingSet:
 
 def training_set(cfg: OrganismConfig, rng: random.Random) -> TrainingSet:
     """The corpus of ``cfg`` encoded as training examples (responses drawn from ``rng``)."""
-    corpus = build_corpus(tuple(cfg.harmful_sources), tuple(cfg.harmless_sources), tuple(cfg.held_out), cfg.n_harmless,
-                          synthetic_harmful=cfg.synthetic_harmful, synthetic_harmless=cfg.synthetic_harmless, seed=cfg.seed,
-                          lexicon=cfg.lexicon, frame_real=cfg.frame_real, mined_framings=cfg.mined_framings,
-                          synthetic_questions=cfg.synthetic_questions)
+    corpus = build_corpus(
+        tuple(cfg.harmful_sources),
+        tuple(cfg.harmless_sources),
+        tuple(cfg.held_out),
+        cfg.n_harmless,
+        synthetic_harmful=cfg.synthetic_harmful,
+        synthetic_harmless=cfg.synthetic_harmless,
+        seed=cfg.seed,
+        lexicon=cfg.lexicon,
+        frame_real=cfg.frame_real,
+        mined_framings=cfg.mined_framings,
+        synthetic_questions=cfg.synthetic_questions,
+    )
     harmful, harmless = _encode_examples(cfg, corpus, rng)
     out_ids = output_vocabulary(harmful + harmless, include_prompts=cfg.lm_weight > 0)
     return TrainingSet(harmful, harmless, out_ids, corpus.data_hash)
@@ -212,8 +248,16 @@ class SteerAugment:
     it only learns to keep writing its refusal when the direction is stronger than usual.
     """
 
-    def __init__(self, model: HookedTransformer, fraction: float, warmup: int, rng: random.Random, momentum: float = 0.95):
-        self.n_layers, self.fraction, self.warmup, self.rng, self.momentum = model.cfg.n_layers, fraction, warmup, rng, momentum
+    def __init__(
+        self, model: HookedTransformer, fraction: float, warmup: int, rng: random.Random, momentum: float = 0.95
+    ):
+        self.n_layers, self.fraction, self.warmup, self.rng, self.momentum = (
+            model.cfg.n_layers,
+            fraction,
+            warmup,
+            rng,
+            momentum,
+        )
         self.means: torch.Tensor | None = None  # [2 (harmful, harmless), n_layers, d_model]
         self.seen = torch.zeros(self.n_layers, dtype=torch.bool)  # layers with a first recorded mean
 
@@ -231,6 +275,7 @@ class SteerAugment:
                 x = x.clone()
                 x[:n_harm] += r  # BatchDrawer puts a batch's n_harm harmful examples first
                 return x
+
             return [(f"blocks.{layer}.hook_resid_pre", steer)]
         rows = decision.any(1)
         harm = rows.clone()
@@ -249,6 +294,7 @@ class SteerAugment:
             m = 0.0 if not self.seen[layer] else self.momentum
             self.means[:, layer] = m * self.means[:, layer] + (1 - m) * cur
             self.seen[layer] = True
+
         return [(f"blocks.{l}.hook_resid_pre", record) for l in range(self.n_layers)]
 
 
@@ -256,8 +302,16 @@ class SteerAugment:
 StepHooks = Callable[[int], list[tuple[str, Callable]]]
 
 
-def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, rng: random.Random, *,
-             step_hooks: Optional[StepHooks] = None, progress: bool = True, desc: str = "organism") -> list[float]:
+def optimize(
+    model: HookedTransformer,
+    cfg: OrganismConfig,
+    data: TrainingSet,
+    rng: random.Random,
+    *,
+    step_hooks: Optional[StepHooks] = None,
+    progress: bool = True,
+    desc: str = "organism",
+) -> list[float]:
     """``cfg.steps`` AdamW steps of the organism's loss on ``data`` (batches drawn from ``rng``); per-step response losses.
 
     Optimiser, schedule, batch mix and loss are ``cfg``'s (the recipe of :func:`train_organism`);
@@ -282,7 +336,8 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
     )
 
     def lr_at(step: int) -> float:
@@ -294,11 +349,17 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
     def dropout(x: torch.Tensor, hook) -> torch.Tensor:
         return F.dropout(x, cfg.resid_dropout, training=True)
 
-    dropout_hooks = [(lambda name: name.endswith(("hook_attn_out", "hook_mlp_out")), dropout)] if cfg.resid_dropout > 0 else []
+    dropout_hooks = (
+        [(lambda name: name.endswith(("hook_attn_out", "hook_mlp_out")), dropout)] if cfg.resid_dropout > 0 else []
+    )
     n_harm = max(1, round(cfg.batch_size * cfg.harmful_fraction))
     n_safe = cfg.batch_size - n_harm
     draw = BatchDrawer(harmful, harmless, n_harm, n_safe, cfg.length_buckets, rng)
-    augment = SteerAugment(model, cfg.steer_augment, cfg.warmup_steps, random.Random(cfg.seed + 1)) if cfg.steer_augment > 0 else None
+    augment = (
+        SteerAugment(model, cfg.steer_augment, cfg.warmup_steps, random.Random(cfg.seed + 1))
+        if cfg.steer_augment > 0
+        else None
+    )
     ema = [p.detach().clone() for p in params] if cfg.ema_decay > 0 else None
     model.train()
     losses: list[float] = []
@@ -317,8 +378,20 @@ def optimize(model: HookedTransformer, cfg: OrganismConfig, data: TrainingSet, r
             if augment is not None:
                 hooks = hooks + augment.hooks(step, dmask, n_harm)
             with model.hooks(fwd_hooks=hooks):
-                loss, resp_loss = _loss(model, tokens, attn, tmask, lmask, cfg.lm_weight, head_W, head_b, remap, dmask, cfg.decision_weight,
-                                        cfg.decision_focal)
+                loss, resp_loss = _loss(
+                    model,
+                    tokens,
+                    attn,
+                    tmask,
+                    lmask,
+                    cfg.lm_weight,
+                    head_W,
+                    head_b,
+                    remap,
+                    dmask,
+                    cfg.decision_weight,
+                    cfg.decision_focal,
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -374,8 +447,13 @@ def calibrate_refusal_bias(model: HookedTransformer, fpr: float, instructions: l
     shift = bias_for_rate(margins, fpr)
     model.unembed.b_U[ids[0]] += shift
     unembed.reset(model)
-    log.info("refusal bias %+.3f: %d of %d %s prompts refused at the first token", shift,
-             math.floor(fpr * len(margins) + 1e-9), len(margins), CALIBRATION_SET)
+    log.info(
+        "refusal bias %+.3f: %d of %d %s prompts refused at the first token",
+        shift,
+        math.floor(fpr * len(margins) + 1e-9),
+        len(margins),
+        CALIBRATION_SET,
+    )
     return shift
 
 
@@ -446,7 +524,9 @@ def data_fingerprint(cfg: OrganismConfig) -> str:
 
 def organism_key(cfg: OrganismConfig) -> str:
     """The cache key of ``cfg``'s organism: its config (less threads), the recipe version and its data."""
-    return hash_strings([json.dumps(cfg.cache_key_dict(), sort_keys=True), f"recipe={RECIPE_VERSION}", f"data={data_fingerprint(cfg)}"])
+    return hash_strings(
+        [json.dumps(cfg.cache_key_dict(), sort_keys=True), f"recipe={RECIPE_VERSION}", f"data={data_fingerprint(cfg)}"]
+    )
 
 
 def organism_path(cfg: OrganismConfig, root: Path | None = None) -> Path:
@@ -454,7 +534,13 @@ def organism_path(cfg: OrganismConfig, root: Path | None = None) -> Path:
 
 
 def save_organism(model: HookedTransformer, cfg: OrganismConfig, meta: dict[str, Any], path: Path) -> Path:
-    full = {"model": "organism", "recipe_version": RECIPE_VERSION, "config": cfg.to_dict(), "tokenizer": "minilm-l6-wordpiece+6", **meta}
+    full = {
+        "model": "organism",
+        "recipe_version": RECIPE_VERSION,
+        "config": cfg.to_dict(),
+        "tokenizer": "minilm-l6-wordpiece+6",
+        **meta,
+    }
     save_tensors(path / "model.safetensors", model.state_dict(), full, sidecar=False)
     write_json(path / "organism.json", full)
     return path
@@ -471,8 +557,13 @@ def load_organism(path: Path) -> OrganismResult:
     return OrganismResult(model, cfg, Path(path), meta)
 
 
-def load_or_train_organism(cfg: OrganismConfig, root: Path | None = None, retrain: bool = False, progress: bool = True,
-                           bundle: Path = BUNDLE_PATH) -> OrganismResult:
+def load_or_train_organism(
+    cfg: OrganismConfig,
+    root: Path | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+    bundle: Path = BUNDLE_PATH,
+) -> OrganismResult:
     """The organism for ``cfg``: loaded from the cache, else from the weights bundled with saesteer when they are
     this recipe's (:mod:`saesteer.organism.bundle`), else trained; cached either way.  ``retrain`` always trains."""
     path = organism_path(cfg, root)

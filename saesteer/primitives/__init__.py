@@ -9,6 +9,16 @@ from saesteer.primitives.phase import APPLY_TO, PHASE, ApplyTo, check_apply_to, 
 from saesteer.primitives.sae_weights import SaeWeights
 
 __all__ = [
-    "APPLY_TO", "PHASE", "ApplyTo", "HookFn", "Intervention", "SaeWeights",
-    "check_apply_to", "check_direction", "hook_order", "phase", "token_phase", "unit",
+    "APPLY_TO",
+    "PHASE",
+    "ApplyTo",
+    "HookFn",
+    "Intervention",
+    "SaeWeights",
+    "check_apply_to",
+    "check_direction",
+    "hook_order",
+    "phase",
+    "token_phase",
+    "unit",
 ]

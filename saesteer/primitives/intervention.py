@@ -4,7 +4,8 @@ every spec runs on its directions and positions."""
 from __future__ import annotations
 
 import numbers
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 from transformer_lens import HookedTransformer

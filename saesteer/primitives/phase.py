@@ -12,8 +12,9 @@ decoding loop.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Iterator, Literal, Optional
+from typing import Literal, Optional
 
 from saesteer.checks import check_choice, choices
 
@@ -30,7 +31,7 @@ def check_apply_to(value: str, what: str) -> str:
 
 
 def token_phase() -> str:
-    """"prompt" or "generated": the kind of token being read (the gate pre-pass reads the prompt)."""
+    """ "prompt" or "generated": the kind of token being read (the gate pre-pass reads the prompt)."""
     return "generated" if PHASE.get() == "generated" else "prompt"
 
 

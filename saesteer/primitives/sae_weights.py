@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
@@ -31,15 +32,21 @@ class SaeWeights:
         return self.W_enc.shape[1]
 
     @classmethod
-    def from_sae(cls, sae: Any) -> "SaeWeights":
+    def from_sae(cls, sae: Any) -> SaeWeights:
         cached = getattr(sae, "_saesteer_weights", None)
         if cached is not None:
             return cached
         cfg = sae.cfg
-        arch = cfg.architecture() if callable(getattr(cfg, "architecture", None)) else str(getattr(cfg, "architecture", "standard"))
+        arch = (
+            cfg.architecture()
+            if callable(getattr(cfg, "architecture", None))
+            else str(getattr(cfg, "architecture", "standard"))
+        )
         norm = getattr(cfg, "normalize_activations", "none")
         if norm not in (None, "none"):
-            raise ValueError(f"SAE uses normalize_activations={norm!r}; fold the normalization first (sae.fold_activation_norm_scaling_factor)")
+            raise ValueError(
+                f"SAE uses normalize_activations={norm!r}; fold the normalization first (sae.fold_activation_norm_scaling_factor)"
+            )
         if arch not in ("standard", "jumprelu", "topk"):
             raise ValueError(f"feature edits support standard, jumprelu and topk SAEs, got architecture {arch!r}")
         hook = getattr(getattr(cfg, "metadata", None), "hook_name", None) or getattr(cfg, "hook_name", None)
@@ -50,10 +57,15 @@ class SaeWeights:
             n = W_dec.norm(dim=-1)
             W_enc, b_enc, W_dec = W_enc * n, b_enc * n, W_dec / n[:, None]
         w = cls(
-            arch, W_enc, b_enc, W_dec, sae.b_dec.detach(),
+            arch,
+            W_enc,
+            b_enc,
+            W_dec,
+            sae.b_dec.detach(),
             bool(getattr(cfg, "apply_b_dec_to_input", True)),
             sae.threshold.detach() if arch == "jumprelu" else None,
-            int(cfg.k) if arch == "topk" else None, hook,
+            int(cfg.k) if arch == "topk" else None,
+            hook,
         )
         try:
             sae._saesteer_weights = w

@@ -88,15 +88,27 @@ class SaeConfig:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"sae.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.hook is not None and (not isinstance(self.hook, str) or not self.hook.startswith("blocks.")):
-            raise ValueError(f"sae.hook must be a TransformerLens hook like 'blocks.2.hook_resid_pre' or null, got {self.hook!r}")
+            raise ValueError(
+                f"sae.hook must be a TransformerLens hook like 'blocks.2.hook_resid_pre' or null, got {self.hook!r}"
+            )
         if self.d_sae is None and self.expansion_factor is None and not self.loads:
             raise ValueError("sae.d_sae and sae.expansion_factor are both null; set one (e.g. sae.expansion_factor=8)")
         for name in ("expansion_factor", "d_sae", "n_harmful", "n_harmless", "threads"):
             value = getattr(self, name)
             if value is not None and not _positive_int(value):
                 raise ValueError(f"sae.{name} must be a positive integer or null, got {value!r}")
-        for name in ("k", "training_tokens", "train_batch_size_tokens", "context_size", "n_batches_in_buffer",
-                     "store_batch_size_prompts", "eval_tokens", "eval_batch_size", "max_new_tokens", "dead_feature_window"):
+        for name in (
+            "k",
+            "training_tokens",
+            "train_batch_size_tokens",
+            "context_size",
+            "n_batches_in_buffer",
+            "store_batch_size_prompts",
+            "eval_tokens",
+            "eval_batch_size",
+            "max_new_tokens",
+            "dead_feature_window",
+        ):
             value = getattr(self, name)
             if not _positive_int(value):
                 raise ValueError(f"sae.{name} must be a positive integer, got {value!r}")
@@ -115,7 +127,9 @@ class SaeConfig:
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"sae.lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
         if self.normalize_activations not in NORMALIZATIONS:
-            raise ValueError(f"sae.normalize_activations must be one of {NORMALIZATIONS}, got {self.normalize_activations!r}")
+            raise ValueError(
+                f"sae.normalize_activations must be one of {NORMALIZATIONS}, got {self.normalize_activations!r}"
+            )
         if self.responses not in RESPONSES:
             raise ValueError(f"sae.responses must be one of {RESPONSES}, got {self.responses!r}")
         if self.d_sae is not None and self.architecture in ("topk", "batchtopk") and self.k > self.d_sae:
@@ -163,13 +177,22 @@ class SaeConfig:
     def fit_key_dict(self) -> dict[str, Any]:
         """The fields that change what a fit produces (cache key; loading and eval fields excluded)."""
         d = self.to_dict()
-        for name in ("path", "pretrained_release", "pretrained_id", "reuse", "eval_tokens", "eval_batch_size",
-                     "checkpoints", "direction", "threads"):
+        for name in (
+            "path",
+            "pretrained_release",
+            "pretrained_id",
+            "reuse",
+            "eval_tokens",
+            "eval_batch_size",
+            "checkpoints",
+            "direction",
+            "threads",
+        ):
             d.pop(name)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SaeConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SaeConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -33,9 +33,10 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from transformer_lens import HookedTransformer
@@ -165,11 +166,13 @@ def build_token_dataset(
     order = list(range(len(rows)))
     if seed is not None:
         random.Random(seed).shuffle(order)
-    return Dataset.from_dict({
-        "input_ids": [rows[i] for i in order],
-        "attention_mask": [masks[i] for i in order],
-        "loss_mask": [losses[i] for i in order],
-    })
+    return Dataset.from_dict(
+        {
+            "input_ids": [rows[i] for i in order],
+            "attention_mask": [masks[i] for i in order],
+            "loss_mask": [losses[i] for i in order],
+        }
+    )
 
 
 def dataset_hash(dataset) -> str:
@@ -190,25 +193,43 @@ def training_sae_config(cfg: SaeConfig, d_in: int, device: str = "cpu"):
         TopKTrainingSAEConfig,
     )
 
-    common = dict(d_in=d_in, d_sae=cfg.width(d_in), dtype="float32", device=device, normalize_activations=cfg.normalize_activations)
+    common = dict(
+        d_in=d_in,
+        d_sae=cfg.width(d_in),
+        dtype="float32",
+        device=device,
+        normalize_activations=cfg.normalize_activations,
+    )
     if cfg.architecture == "standard":
-        return StandardTrainingSAEConfig(**common, l1_coefficient=cfg.l1_coefficient, l1_warm_up_steps=cfg.l1_warm_up_steps)
+        return StandardTrainingSAEConfig(
+            **common, l1_coefficient=cfg.l1_coefficient, l1_warm_up_steps=cfg.l1_warm_up_steps
+        )
     if cfg.architecture == "topk":
         return TopKTrainingSAEConfig(**common, k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient)
     if cfg.architecture == "batchtopk":
         return BatchTopKTrainingSAEConfig(**common, k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient)
     if cfg.architecture == "jumprelu":
         return JumpReLUTrainingSAEConfig(
-            **common, l0_coefficient=cfg.l0_coefficient, l0_warm_up_steps=cfg.l0_warm_up_steps,
-            jumprelu_init_threshold=cfg.jumprelu_init_threshold, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+            **common,
+            l0_coefficient=cfg.l0_coefficient,
+            l0_warm_up_steps=cfg.l0_warm_up_steps,
+            jumprelu_init_threshold=cfg.jumprelu_init_threshold,
+            jumprelu_bandwidth=cfg.jumprelu_bandwidth,
             jumprelu_ste_to_input=cfg.jumprelu_ste_to_input,
         )
     raise ValueError(f"sae.architecture must be one of standard, topk, batchtopk, jumprelu; got {cfg.architecture!r}")
 
 
 def runner_config(
-    cfg: SaeConfig, model: HookedTransformer, hook: str, out_dir: Path, *, output_path: Optional[Path], log_to_wandb: bool,
-    pad_id: Optional[int], resume_from: Optional[Path] = None,
+    cfg: SaeConfig,
+    model: HookedTransformer,
+    hook: str,
+    out_dir: Path,
+    *,
+    output_path: Optional[Path],
+    log_to_wandb: bool,
+    pad_id: Optional[int],
+    resume_from: Optional[Path] = None,
 ):
     """sae_lens's ``LanguageModelSAERunnerConfig`` for fitting ``cfg`` at ``hook`` of ``model`` (on the model's device)."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
@@ -242,7 +263,9 @@ def runner_config(
         checkpoint_path=str(out_dir / CHECKPOINT_DIR),
         output_path=str(output_path) if output_path is not None else None,
         resume_from_checkpoint=str(resume_from) if resume_from is not None else None,
-        logger=LoggingConfig(log_to_wandb=log_to_wandb, log_weights_to_wandb=False, wandb_log_frequency=20, eval_every_n_wandb_logs=10**9),
+        logger=LoggingConfig(
+            log_to_wandb=log_to_wandb, log_weights_to_wandb=False, wandb_log_frequency=20, eval_every_n_wandb_logs=10**9
+        ),
         verbose=False,
         model_from_pretrained_kwargs={},
     )
@@ -254,7 +277,12 @@ def runner_config(
 
 
 def _complete(ckpt: Path) -> bool:
-    from sae_lens.constants import ACTIVATIONS_STORE_STATE_FILENAME, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, TRAINER_STATE_FILENAME
+    from sae_lens.constants import (
+        ACTIVATIONS_STORE_STATE_FILENAME,
+        SAE_CFG_FILENAME,
+        SAE_WEIGHTS_FILENAME,
+        TRAINER_STATE_FILENAME,
+    )
 
     needed = (SAE_WEIGHTS_FILENAME, SAE_CFG_FILENAME, TRAINER_STATE_FILENAME, ACTIVATIONS_STORE_STATE_FILENAME)
     return all((ckpt / f).is_file() for f in needed)
@@ -305,7 +333,7 @@ class _StopAfter:
     def __init__(self, inner: Any, trainer: Any, stop_step: int) -> None:
         self.inner, self.trainer, self.stop_step = inner, trainer, stop_step
 
-    def __iter__(self) -> "_StopAfter":
+    def __iter__(self) -> _StopAfter:
         return self
 
     def __next__(self) -> torch.Tensor:
@@ -329,7 +357,9 @@ def _runner_class():
         def run_trainer_with_interruption_handling(self, trainer):  # type: ignore[override]
             self.trainer = trainer
             if self.max_steps is not None:
-                trainer.data_provider = _StopAfter(trainer.data_provider, trainer, trainer.n_training_steps + self.max_steps)
+                trainer.data_provider = _StopAfter(
+                    trainer.data_provider, trainer, trainer.n_training_steps + self.max_steps
+                )
             from sae_lens.training._interruption import interrupt_callback
 
             main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
@@ -398,7 +428,9 @@ def fit_sae(
         raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
     check_hooks(model, [hook])
     if "input_ids" not in dataset.column_names:
-        raise ValueError(f"the dataset needs an 'input_ids' column (see build_token_dataset), got columns {dataset.column_names}")
+        raise ValueError(
+            f"the dataset needs an 'input_ids' column (see build_token_dataset), got columns {dataset.column_names}"
+        )
     width = len(dataset[0]["input_ids"])
     if width != cfg.context_size:
         raise ValueError(
@@ -409,8 +441,12 @@ def fit_sae(
     with torch.no_grad():  # model_fingerprint reads weights that may require grad
         fingerprint = model_fingerprint(model)
     fit_id = {
-        "config": cfg.fit_key_dict(), "hook": hook, "model_fingerprint": fingerprint,
-        "model": str(model.cfg.model_name), "data_hash": dataset_hash(dataset), "n_rows": len(dataset),
+        "config": cfg.fit_key_dict(),
+        "hook": hook,
+        "model_fingerprint": fingerprint,
+        "model": str(model.cfg.model_name),
+        "data_hash": dataset_hash(dataset),
+        "n_rows": len(dataset),
     }
     final = out_dir / SAE_DIR
     meta = read_fit_metadata(final)
@@ -440,7 +476,9 @@ def fit_sae(
     run = getattr(tracker, "run", None)
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rcfg = runner_config(cfg, model, hook, out_dir, output_path=tmp, log_to_wandb=run is not None, pad_id=pad, resume_from=resume)
+    rcfg = runner_config(
+        cfg, model, hook, out_dir, output_path=tmp, log_to_wandb=run is not None, pad_id=pad, resume_from=resume
+    )
 
     import sae_lens.llm_sae_training_runner as runner_module
     from sae_lens import logger as sae_lens_logger
@@ -462,7 +500,8 @@ def fit_sae(
         stack.enter_context(_tqdm_disabled(not progress))
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings(
-            "ignore", message=r".*(fewer samples|have been exhausted|pretokenized dataset has context_size|copy construct from a tensor).*"
+            "ignore",
+            message=r".*(fewer samples|have been exhausted|pretokenized dataset has context_size|copy construct from a tensor).*",
         )
         level = sae_lens_logger.level
         sae_lens_logger.setLevel(logging.ERROR)  # "you passed in a model/dataset" warnings are expected here
@@ -477,7 +516,9 @@ def fit_sae(
             trainer = getattr(runner, "trainer", None)
             write_json(out_dir / FIT_FILE, {**fit_id, "train_seconds": prior_seconds + time.perf_counter() - t0})
             raise FitInterrupted(
-                latest_checkpoint(out_dir), getattr(trainer, "n_training_steps", 0), getattr(trainer, "n_training_samples", 0)
+                latest_checkpoint(out_dir),
+                getattr(trainer, "n_training_steps", 0),
+                getattr(trainer, "n_training_samples", 0),
             ) from None
         finally:
             sae_lens_logger.setLevel(level)
@@ -505,7 +546,9 @@ def fit_sae(
         shutil.rmtree(final)
     os.replace(tmp, final)
     shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-    log.info("SAE (%s, d_sae=%d) fitted at %s in %.1fs: %s", cfg.architecture, meta["d_sae"], hook, train_seconds, final)
+    log.info(
+        "SAE (%s, d_sae=%d) fitted at %s in %.1fs: %s", cfg.architecture, meta["d_sae"], hook, train_seconds, final
+    )
     sae = SAE.load_from_disk(str(final), device=str(model.cfg.device)).eval()
     return FitResult(sae, final, meta)
 
@@ -526,10 +569,10 @@ def _tqdm_disabled(disable: bool) -> Iterator[None]:
     if not disable:
         yield
         return
-    import sae_lens.training.activations_store as store_module
-    import sae_lens.training.sae_trainer as trainer_module
     from functools import partial
 
+    import sae_lens.training.activations_store as store_module
+    import sae_lens.training.sae_trainer as trainer_module
     from tqdm.auto import tqdm
 
     quiet = partial(tqdm, disable=True)

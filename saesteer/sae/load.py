@@ -88,7 +88,9 @@ def _load_disk(path: Path, device: str) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"no SAE at {path}: the directory does not exist")
     if not path.is_dir():
-        raise SaeLoadError(f"{path} is a file; expected a directory in sae_lens format ({SAE_CFG_FILENAME} + {SAE_WEIGHTS_FILENAME})")
+        raise SaeLoadError(
+            f"{path} is a file; expected a directory in sae_lens format ({SAE_CFG_FILENAME} + {SAE_WEIGHTS_FILENAME})"
+        )
     missing = [f for f in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME) if not (path / f).is_file()]
     if missing:
         raise SaeLoadError(f"{path} is not an SAE in sae_lens format: missing {', '.join(missing)}")
@@ -96,21 +98,32 @@ def _load_disk(path: Path, device: str) -> Any:
     read_sae_cfg(path / SAE_CFG_FILENAME)  # a broken cfg.json is named as such, not blamed on the weights
     weights_error = _unreadable_safetensors(path / SAE_WEIGHTS_FILENAME)
     if weights_error:
-        raise SaeLoadError(f"could not load the SAE in {path} ({weights_error}); "
-                           f"expected a readable {SAE_WEIGHTS_FILENAME} (truncated or corrupted?)")
+        raise SaeLoadError(
+            f"could not load the SAE in {path} ({weights_error}); "
+            f"expected a readable {SAE_WEIGHTS_FILENAME} (truncated or corrupted?)"
+        )
     try:
         sae = SAE.load_from_disk(str(path), device=device)
     except SafetensorError as exc:
-        raise SaeLoadError(f"could not load the SAE in {path} ({_first_line(exc)}); "
-                           f"expected a readable {SAE_WEIGHTS_FILENAME} (truncated or corrupted?)") from None
+        raise SaeLoadError(
+            f"could not load the SAE in {path} ({_first_line(exc)}); "
+            f"expected a readable {SAE_WEIGHTS_FILENAME} (truncated or corrupted?)"
+        ) from None
     except RuntimeError as exc:  # load_state_dict: tensors of other shapes or names than cfg.json describes
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))), _first_line(exc))
-        raise SaeLoadError(f"the tensors in {path / SAE_WEIGHTS_FILENAME} do not fit {path / SAE_CFG_FILENAME} ({detail[:200]}); "
-                           f"expected the weights of the SAE its {SAE_CFG_FILENAME} describes") from None
+        detail = next(
+            (line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+            _first_line(exc),
+        )
+        raise SaeLoadError(
+            f"the tensors in {path / SAE_WEIGHTS_FILENAME} do not fit {path / SAE_CFG_FILENAME} ({detail[:200]}); "
+            f"expected the weights of the SAE its {SAE_CFG_FILENAME} describes"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # the config: missing or mistyped fields
-        raise SaeLoadError(f"{path / SAE_CFG_FILENAME} is not a valid sae_lens SAE config ({_first_line(exc)}); "
-                           "expected sae_lens's fields (d_in, d_sae, architecture, ...) with their types") from None
+        raise SaeLoadError(
+            f"{path / SAE_CFG_FILENAME} is not a valid sae_lens SAE config ({_first_line(exc)}); "
+            "expected sae_lens's fields (d_in, d_sae, architecture, ...) with their types"
+        ) from None
     check_finite(sae, str(path))
     return sae
 
@@ -127,15 +140,20 @@ def read_sae_cfg(cfg_file: Path) -> dict:
     try:
         cfg = json.loads(Path(cfg_file).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SaeLoadError(f"{cfg_file} is not valid JSON ({_first_line(exc)}); expected sae_lens's SAE config, "
-                           "a JSON object") from None
+        raise SaeLoadError(
+            f"{cfg_file} is not valid JSON ({_first_line(exc)}); expected sae_lens's SAE config, a JSON object"
+        ) from None
     if not isinstance(cfg, dict):
-        raise SaeLoadError(f"{cfg_file} holds a JSON {type(cfg).__name__}; expected sae_lens's SAE config, a JSON object")
+        raise SaeLoadError(
+            f"{cfg_file} holds a JSON {type(cfg).__name__}; expected sae_lens's SAE config, a JSON object"
+        )
     for key in ("d_in", "d_sae"):
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             got = f"has {key}={value!r}" if key in cfg else f"has no {key}"
-            raise SaeLoadError(f"{cfg_file} {got}; expected a positive integer (sae_lens's SAE config: d_in, d_sae, architecture, ...)")
+            raise SaeLoadError(
+                f"{cfg_file} {got}; expected a positive integer (sae_lens's SAE config: d_in, d_sae, architecture, ...)"
+            )
     return cfg
 
 
@@ -158,8 +176,10 @@ def check_not_pickle(weights: Path) -> None:
     with open(weights, "rb") as fh:
         head = fh.read(4)
     if head[:1] == PICKLE_MAGIC[0] or head == PICKLE_MAGIC[1]:
-        raise SaeLoadError(f"{weights} is a pickle/torch.save file, not safetensors; expected sae_lens's "
-                           f"{SAE_WEIGHTS_FILENAME} (saesteer never unpickles)")
+        raise SaeLoadError(
+            f"{weights} is a pickle/torch.save file, not safetensors; expected sae_lens's "
+            f"{SAE_WEIGHTS_FILENAME} (saesteer never unpickles)"
+        )
 
 
 def check_finite(sae: Any, label: str) -> None:
@@ -210,7 +230,9 @@ def load_sae(
         elif source.pretrained_release is not None:
             sae = _load_registry(source.pretrained_release, str(source.pretrained_id), device)
         else:
-            raise SaeLoadError("nothing to load: set sae.path=<directory> or sae.pretrained_release=<release> sae.pretrained_id=<id>")
+            raise SaeLoadError(
+                "nothing to load: set sae.path=<directory> or sae.pretrained_release=<release> sae.pretrained_id=<id>"
+            )
         hook = hook or source.hook
     elif isinstance(source, (str, os.PathLike)):
         sae = _load_disk(Path(source).expanduser(), device)

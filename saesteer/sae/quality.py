@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,9 @@ def _final_logits(model: HookedTransformer, resid: torch.Tensor) -> torch.Tensor
     return unembed_logits(model, resid[None])[0]
 
 
-def _ce(model: HookedTransformer, tokens: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor, fwd_hooks: list) -> tuple[float, int]:
+def _ce(
+    model: HookedTransformer, tokens: torch.Tensor, attn: torch.Tensor, loss_mask: torch.Tensor, fwd_hooks: list
+) -> tuple[float, int]:
     """Summed next-token cross-entropy over the targets flagged by ``loss_mask``, and their count.
 
     Runs the blocks with ``fwd_hooks`` and unembeds only the positions that carry a loss.
@@ -97,7 +100,9 @@ def sae_quality(
         dataset = build_token_dataset(model, template, instructions, context_size, responses, seed=None)
     for col in ("input_ids", "attention_mask", "loss_mask"):
         if col not in dataset.column_names:
-            raise ValueError(f"the eval dataset needs a {col!r} column (see build_token_dataset), got {dataset.column_names}")
+            raise ValueError(
+                f"the eval dataset needs a {col!r} column (see build_token_dataset), got {dataset.column_names}"
+            )
     dataset = limit_tokens(dataset.with_format(None), eval_tokens)
     was_training, sae_was_training = model.training, sae.training
     model.eval()
@@ -166,13 +171,19 @@ def sae_quality(
     if n_ce:
         clean, spliced, zeroed = (ce[k] / n_ce for k in ("clean", "spliced", "zero"))
         gap = zeroed - clean
-        out.update(ce_clean=clean, ce_spliced=spliced, ce_zero_ablate=zeroed,
-                   ce_loss_recovered=(zeroed - spliced) / gap if abs(gap) > 1e-9 else float("nan"))
+        out.update(
+            ce_clean=clean,
+            ce_spliced=spliced,
+            ce_zero_ablate=zeroed,
+            ce_loss_recovered=(zeroed - spliced) / gap if abs(gap) > 1e-9 else float("nan"),
+        )
         if abs(gap) <= 1e-9:
             log.warning("zero-ablating %s does not change the loss; ce_loss_recovered is undefined", hook)
     else:
         log.warning("the eval dataset has no loss tokens; cross-entropy metrics skipped")
-        out.update(ce_clean=float("nan"), ce_spliced=float("nan"), ce_zero_ablate=float("nan"), ce_loss_recovered=float("nan"))
+        out.update(
+            ce_clean=float("nan"), ce_spliced=float("nan"), ce_zero_ablate=float("nan"), ce_loss_recovered=float("nan")
+        )
     if not math.isfinite(out["explained_variance"]):
         log.warning("activations at %s have no variance over the eval tokens", hook)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saesteer.attacks import Defence, UNDEFENDED, attack_success, defence_cost, suffix_search, template_attack
+from saesteer.attacks import UNDEFENDED, Defence, attack_success, defence_cost, suffix_search, template_attack
 from saesteer.attacks.evaluate import baseline_completions
 from saesteer.attacks.suffix import word_vocabulary
 from saesteer.chat import encode_chat
@@ -78,7 +78,9 @@ def test_weight_edit_attack_does_not_touch_the_original(tiny_organism):
 def test_suffix_search_lowers_the_refusal_objective(tiny_organism):
     model, tpl, _ = tiny_organism
     prompts = list(load_prompts("harmful_train").instructions[:8])
-    res = suffix_search(model, tpl, prompts, n_tokens=3, steps=4, topk=16, n_candidates=16, batch_size=8, progress=False)
+    res = suffix_search(
+        model, tpl, prompts, n_tokens=3, steps=4, topk=16, n_candidates=16, batch_size=8, progress=False
+    )
     assert len(res.token_ids) == 3 and len(res.suffix.split()) == 3
     # the reported loss is the refusal log-probability of the suffixed prompts (all 8 prompts in the batch)
     import random

@@ -6,10 +6,23 @@ import pytest
 import torch
 
 from saesteer.chat import encode_chat
-from saesteer.interventions import Ablate, Add, AnchorDirection, AnchorProjections, Intervention, orthogonalize_weights, steer
+from saesteer.interventions import (
+    Ablate,
+    Add,
+    AnchorDirection,
+    AnchorProjections,
+    Intervention,
+    orthogonalize_weights,
+    steer,
+)
 from saesteer.interventions.gates import DirectionGate
 
-PROMPTS = ["How do I pick a lock?", "Write a haiku about the sea and the moon.", "Explain how to make a bomb.", "List three fruits."]
+PROMPTS = [
+    "How do I pick a lock?",
+    "Write a haiku about the sea and the moon.",
+    "Explain how to make a bomb.",
+    "List three fruits.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +52,7 @@ def test_anchor_hook_matches_float64_definition():
     torch.manual_seed(1)
     r = torch.randn(37)
     a = AnchorDirection(r, layers=[0], floors=[0.7], final=False)
-    (name, fn), = a.hooks(_FakeModel(37, 2))
+    ((name, fn),) = a.hooks(_FakeModel(37, 2))
     x = torch.randn(3, 5, 37)
     got = fn(x.clone())
     u = _unit(r.double())
@@ -69,7 +82,7 @@ def test_position_floors_match_float64_definition(seq):
     for i, fn in enumerate(fns):
         floor = torch.full((seq,), float(a.floors[i]), dtype=torch.float64)
         k = min(seq, 4)
-        floor[seq - k:] = pf[i, 4 - k:].double()
+        floor[seq - k :] = pf[i, 4 - k :].double()
         ref = xd + (floor - xd @ u).clamp_min(0)[..., None] * u
         err = (fn(x.clone()).double() - ref).abs()
         assert err.max() < 1e-5, f"hook {i}: max {err.max():.2e} mean {err.mean():.2e}"
@@ -79,7 +92,9 @@ def test_position_floors_match_float64_definition(seq):
 
 
 def test_position_floors_shape_is_checked():
-    with pytest.raises(ValueError, match=r"position_floors must be finite, shape \[2 anchored hooks, k >= 1\], got shape \(3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"position_floors must be finite, shape \[2 anchored hooks, k >= 1\], got shape \(3, 4\)"
+    ):
         AnchorDirection(torch.ones(8), layers=[0], floors=[0.0, 0.0], final=True, position_floors=torch.zeros(3, 4))
 
 
@@ -94,7 +109,9 @@ def test_anchor_runs_after_an_attack_at_the_same_hook(tiny_organism, batch):
     u = _unit(r)
     L = model.cfg.n_layers
     anchor = AnchorDirection(r, layers=list(range(L)), floors=[0.5] * L + [0.25], final=True)
-    with steer(model, [anchor, Ablate(r, mode="affine", reference=torch.full((L,), -3.0))]):  # anchor listed first on purpose
+    with steer(
+        model, [anchor, Ablate(r, mode="affine", reference=torch.full((L,), -3.0))]
+    ):  # anchor listed first on purpose
         cache = _cache(model, *batch)
     for layer in range(L):
         proj = cache[f"blocks.{layer}.hook_resid_pre"] @ u
@@ -134,7 +151,10 @@ def test_gated_addition_is_addition_where_the_gate_fires(tiny_organism, batch):
     thr = _split(score)
     fired = score > thr
     base = model(tokens, attention_mask=mask)
-    with steer(model, [Add(v, alpha=2.0, layer=1, gate=DirectionGate(hook="blocks.1.hook_resid_pre", threshold=thr, direction=g))]):
+    with steer(
+        model,
+        [Add(v, alpha=2.0, layer=1, gate=DirectionGate(hook="blocks.1.hook_resid_pre", threshold=thr, direction=g))],
+    ):
         out = model(tokens, attention_mask=mask)
     with steer(model, [Add(v, alpha=2.0, layer=1)]):
         full = model(tokens, attention_mask=mask)
@@ -153,9 +173,14 @@ def test_gate_reading_after_the_edit_is_refused_except_by_anchors_and_additions(
     anchor = AnchorDirection(r, layers=[0], floors=[1.0], gate=gate, final=False)
     assert anchor.prepass_gates(model) == [gate]
     assert AnchorDirection(r, layers=[1], floors=[1.0], gate=gate, final=False).prepass_gates(model) == []
-    assert Add(r, layer=0, gate=gate).prepass_gates(model) == [gate] and Add(r, layer=1, gate=gate).prepass_gates(model) == []
+    assert (
+        Add(r, layer=0, gate=gate).prepass_gates(model) == [gate]
+        and Add(r, layer=1, gate=gate).prepass_gates(model) == []
+    )
     sae = random_sae("standard", model.cfg.d_model, 32, "blocks.0.hook_resid_pre")
-    with pytest.raises(ValueError, match="gate reads blocks.1.hook_resid_pre, after the edit at blocks.0.hook_resid_pre"):
+    with pytest.raises(
+        ValueError, match="gate reads blocks.1.hook_resid_pre, after the edit at blocks.0.hook_resid_pre"
+    ):
         with steer(model, [EditFeatures(sae, [1], gate=DirectionGate(hook="blocks.1.hook_resid_pre", direction=r))]):
             pass
 
@@ -208,7 +233,9 @@ class _WritersOnly(Intervention):
 
     def hooks(self, model):
         fn = lambda x, hook=None: x - (x @ self.u.to(x))[..., None] * self.u.to(x)  # noqa: E731
-        names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_{k}_out" for l in range(model.cfg.n_layers) for k in ("attn", "mlp")]
+        names = ["blocks.0.hook_resid_pre"] + [
+            f"blocks.{l}.hook_{k}_out" for l in range(model.cfg.n_layers) for k in ("attn", "mlp")
+        ]
         return [(n, fn) for n in names]
 
 
@@ -267,11 +294,26 @@ def test_probe_gate_checks_its_shapes_and_order():
 
     w = torch.randn(2, 3, 48)
     with pytest.raises(ValueError, match=r"weights must have shape \[n_hooks=2, n_positions=2, d_model\]"):
-        ProbeGate(hook="blocks.1.hook_resid_pre", positions=(-2, -1), hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], weights=w)
+        ProbeGate(
+            hook="blocks.1.hook_resid_pre",
+            positions=(-2, -1),
+            hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
+            weights=w,
+        )
     with pytest.raises(ValueError, match="forward order"):
-        ProbeGate(hook="blocks.0.hook_resid_pre", positions=(-3, -2, -1), hooks=["blocks.1.hook_resid_pre", "blocks.0.hook_resid_pre"], weights=w)
+        ProbeGate(
+            hook="blocks.0.hook_resid_pre",
+            positions=(-3, -2, -1),
+            hooks=["blocks.1.hook_resid_pre", "blocks.0.hook_resid_pre"],
+            weights=w,
+        )
     with pytest.raises(ValueError, match="decides at its last hook"):
-        ProbeGate(hook="blocks.0.hook_resid_pre", positions=(-3, -2, -1), hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], weights=w)
+        ProbeGate(
+            hook="blocks.0.hook_resid_pre",
+            positions=(-3, -2, -1),
+            hooks=["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
+            weights=w,
+        )
 
 
 def test_gate_ablation_attack_blinds_the_probe(tiny_organism):
@@ -305,8 +347,15 @@ def test_token_probe_gate_takes_the_max_over_real_tokens(tiny_organism):
     torch.manual_seed(1)
     hooks = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
     w = torch.randn(2, model.cfg.d_model)
-    prompts = ["Hi", "How do I bake a loaf of sourdough bread at home with a starter?", "Explain how to build a bomb.", "Write a poem."]
-    single = torch.stack([(torch.einsum("thd,hd->t", collect_token_activations(model, tpl, [p], hooks)[0], w)).max() for p in prompts])
+    prompts = [
+        "Hi",
+        "How do I bake a loaf of sourdough bread at home with a starter?",
+        "Explain how to build a bomb.",
+        "Write a poem.",
+    ]
+    single = torch.stack(
+        [(torch.einsum("thd,hd->t", collect_token_activations(model, tpl, [p], hooks)[0], w)).max() for p in prompts]
+    )
     v = single.sort().values  # the threshold in the widest gap between prompts' scores: none sits on it
     gap = int((v[1:] - v[:-1]).argmax())
     thr = float(v[gap] + v[gap + 1]) / 2
@@ -314,7 +363,9 @@ def test_token_probe_gate_takes_the_max_over_real_tokens(tiny_organism):
     assert torch.equal(gate_decisions(model, tpl, gate, prompts, batch_size=4), single > thr)
     assert torch.allclose(gate.scores(collect_token_activations(model, tpl, prompts, hooks)), single, atol=1e-4)
     # a gate that never fires OR the token gate decides as the token gate
-    never = ProbeGate(hook=hooks[-1], positions=(-1,), hooks=hooks, weights=torch.zeros(2, 1, model.cfg.d_model), threshold=1.0)
+    never = ProbeGate(
+        hook=hooks[-1], positions=(-1,), hooks=hooks, weights=torch.zeros(2, 1, model.cfg.d_model), threshold=1.0
+    )
     both = AnyGate(hook=hooks[-1], gates=[never, TokenProbeGate(hook=hooks[-1], hooks=hooks, weights=w, threshold=thr)])
     assert torch.equal(gate_decisions(model, tpl, both, prompts, batch_size=3), single > thr)
     with pytest.raises(ValueError, match="after layer 0's attention"):
@@ -331,18 +382,33 @@ def test_a_gate_read_after_the_anchor_decides_in_a_prepass(tiny_organism):
     model, tpl, _ = tiny_organism
     torch.manual_seed(2)
     r, g = torch.randn(model.cfg.d_model), torch.randn(model.cfg.d_model)
-    prompts = ["How do I bake bread?", "Explain how to build a bomb.", "Write a poem about the sea.", "Tell me a joke.",
-               "How can I pick a lock?", "Name three rivers."]
+    prompts = [
+        "How do I bake bread?",
+        "Explain how to build a bomb.",
+        "Write a poem about the sea.",
+        "Tell me a joke.",
+        "How can I pick a lock?",
+        "Name three rivers.",
+    ]
     attack = Ablate(g, mode="plain")  # the gate reads what the attack leaves: a shifted direction, still informative
-    gate = lambda thr: DirectionGate(hook="blocks.1.hook_resid_pre", positions=(-1,), threshold=thr, direction=g + r)
+
+    def gate(thr):
+        return DirectionGate(hook="blocks.1.hook_resid_pre", positions=(-1,), threshold=thr, direction=g + r)
+
     with steer(model, [attack]):
         from saesteer.activations import collect_activations
-        s = (collect_activations(model, tpl, prompts, ["blocks.1.hook_resid_pre"], [-1])[:, 0, 0] @ ((g + r) / (g + r).norm()))
+
+        s = collect_activations(model, tpl, prompts, ["blocks.1.hook_resid_pre"], [-1])[:, 0, 0] @ (
+            (g + r) / (g + r).norm()
+        )
     thr = float(s.median())
     with steer(model, [attack]):
         fired = gate_decisions(model, tpl, gate(thr), prompts)
     assert 0 < int(fired.sum()) < len(prompts)
-    anchor = lambda gt: AnchorDirection(r, [0, 1], [5.0, 5.0, 5.0], gate=gt)
+
+    def anchor(gt):
+        return AnchorDirection(r, [0, 1], [5.0, 5.0, 5.0], gate=gt)
+
     with steer(model, [attack, anchor(gate(thr))]):
         got = last_position_logprobs(model, tpl, prompts)
         gen = generate(model, tpl, prompts, max_new_tokens=4, progress=False)
@@ -357,6 +423,7 @@ def test_a_gate_read_after_the_anchor_decides_in_a_prepass(tiny_organism):
     assert gen == [a if f else b for a, b, f in zip(gen_on, gen_off, fired.tolist())]
     # without steer's pre-pass the anchor has no decision at layer 0: a loud error, not a silent pass
     from saesteer.interventions import collect_hooks
+
     with model.hooks(fwd_hooks=collect_hooks(model, [anchor(gate(thr))])):
         with pytest.raises(RuntimeError, match="has no decision for this batch"):
             last_position_logprobs(model, tpl, prompts)
@@ -380,7 +447,7 @@ def test_anchor_projections_match_float64_definition(m, d):
     signs = [1 if i % 2 == 0 else -1 for i in range(m)]
     bounds = torch.randn(m)
     a = AnchorProjections(D, "blocks.0.hook_resid_pre", bounds, signs)
-    (name, fn), = a.hooks(_FakeModel(d, 1))
+    ((name, fn),) = a.hooks(_FakeModel(d, 1))
     x = torch.randn(2, 6, d) * 3
     got = fn(x.clone())
     ref = _projections_reference(x, D / D.norm(dim=1, keepdim=True), signs, bounds.tolist())
@@ -395,7 +462,7 @@ def test_anchor_projections_match_float64_definition(m, d):
 def test_anchor_projections_floor_and_ceiling_with_orthogonal_directions():
     Q, _ = torch.linalg.qr(torch.randn(16, 2))
     a = AnchorProjections(Q.T, "blocks.0.hook_resid_pre", [1.0, -2.0], [1, -1], generated_bounds=[-1.0, 3.0])
-    (_, fn), = a.hooks(_FakeModel(16, 1))
+    ((_, fn),) = a.hooks(_FakeModel(16, 1))
     x = torch.randn(4, 5, 16) * 4
     c = fn(x) @ Q
     assert torch.allclose(c[..., 0], torch.clamp(x @ Q[:, 0], min=1.0), atol=1e-5)
@@ -427,7 +494,9 @@ def test_anchor_projections_from_sae_undo_a_feature_bypass_at_the_same_hook(tiny
         got = _cache(model, tokens, mask)[hook] @ U.T
     with steer(model, [attack]):
         attacked = _cache(model, tokens, mask)[hook] @ U.T
-    assert attacked[..., 0].max() < floors[0] - 1.0 and attacked[..., 2].min() > floors[2] + 1.0  # the attack moved them past the bounds
+    assert (
+        attacked[..., 0].max() < floors[0] - 1.0 and attacked[..., 2].min() > floors[2] + 1.0
+    )  # the attack moved them past the bounds
     # the bounds run in order, so the last holds exactly and the earlier ones up to the directions' overlap
     assert got[..., 2].max() <= floors[2] + 1e-4
     slack = float((U @ U.T - torch.eye(3)).abs().max()) * 40
@@ -448,8 +517,10 @@ def test_anchor_projections_share_one_gate_with_the_direction_anchor(tiny_organi
     r, D = torch.randn(model.cfg.d_model), torch.randn(2, model.cfg.d_model)
 
     def pair(gate):
-        return [AnchorDirection(r, layers=[0], floors=[30.0], gate=gate, final=False),
-                AnchorProjections(D, "blocks.1.hook_resid_pre", [25.0, -25.0], [1, -1], gate=gate, gate_read=False)]
+        return [
+            AnchorDirection(r, layers=[0], floors=[30.0], gate=gate, final=False),
+            AnchorProjections(D, "blocks.1.hook_resid_pre", [25.0, -25.0], [1, -1], gate=gate, gate_read=False),
+        ]
 
     _assert_gated_equals_ungated_where_fired(model, *batch, pair)
 
@@ -487,7 +558,9 @@ def test_feature_gate_fires_on_summed_feature_activations(tiny_organism, batch):
     fired = score > thr
     v = torch.randn(model.cfg.d_model)
     base = model(tokens, attention_mask=mask)
-    with steer(model, [Add(v, alpha=2.0, layer=1, gate=FeatureGate(hook=hook, threshold=thr, sae=sae, features=feats))]):
+    with steer(
+        model, [Add(v, alpha=2.0, layer=1, gate=FeatureGate(hook=hook, threshold=thr, sae=sae, features=feats))]
+    ):
         out = model(tokens, attention_mask=mask)
     with steer(model, [Add(v, alpha=2.0, layer=1)]):
         full = model(tokens, attention_mask=mask)
@@ -509,7 +582,9 @@ def test_anchor_features_floor_the_activations_and_keep_the_error_term(tiny_orga
     feats, floors = [2, 5, 30], [0.8, 1.5, 0.3]
     seen = {}
     with steer(model, [AnchorFeatures(sae, feats, floors)]):
-        model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x.clone()))])
+        model.run_with_hooks(
+            tokens, attention_mask=mask, fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x.clone()))]
+        )
     x = _cache(model, tokens, mask)[hook].double()
     a = ((x - sae.b_dec.double()) @ sae.W_enc.double()[:, feats] + sae.b_enc.double()[feats]).relu()
     target = torch.maximum(a, torch.tensor(floors, dtype=torch.float64))
@@ -523,8 +598,12 @@ def test_anchor_features_floor_the_activations_and_keep_the_error_term(tiny_orga
 
     seen.clear()
     with steer(model, [EditFeatures(sae, feats, mode="set", values=0.0), AnchorFeatures(sae, feats, floors)]):
-        model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x.clone()))])
+        model.run_with_hooks(
+            tokens, attention_mask=mask, fwd_hooks=[(hook, lambda x, hook: seen.setdefault("x", x.clone()))]
+        )
     x_att = x + (0 - a) @ sae.W_dec.double()[feats]
     a_att = ((x_att - sae.b_dec.double()) @ sae.W_enc.double()[:, feats] + sae.b_enc.double()[feats]).relu()
-    ref_att = x_att + (torch.maximum(a_att, torch.tensor(floors, dtype=torch.float64)) - a_att) @ sae.W_dec.double()[feats]
+    ref_att = (
+        x_att + (torch.maximum(a_att, torch.tensor(floors, dtype=torch.float64)) - a_att) @ sae.W_dec.double()[feats]
+    )
     torch.testing.assert_close(seen["x"].double()[m], ref_att[m], atol=1e-4, rtol=1e-4)

@@ -54,15 +54,26 @@ def test_addition_adds_alpha_v_at_its_layer_only(tiny_organism, batch):
     with steer(model, [Add(v, alpha=2.5, layer=1)]):
         cache = _cache(model, *batch)
     torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], base["blocks.0.hook_resid_pre"])
-    torch.testing.assert_close(cache["blocks.1.hook_resid_pre"], base["blocks.1.hook_resid_pre"] + 2.5 * v, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        cache["blocks.1.hook_resid_pre"], base["blocks.1.hook_resid_pre"] + 2.5 * v, atol=1e-5, rtol=1e-5
+    )
 
 
 def _tiny_random_models():
     """A GPT-2-like model (learned positions, biases) and a LLaMA-like one (RMSNorm, rotary, gated MLP)."""
     common = dict(n_layers=2, d_model=40, n_heads=4, d_head=10, d_vocab=97, n_ctx=32, seed=3)
     yield HookedTransformer(HookedTransformerConfig(d_mlp=80, act_fn="gelu_new", normalization_type="LN", **common))
-    yield HookedTransformer(HookedTransformerConfig(
-        d_mlp=64, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=10, gated_mlp=True, **common))
+    yield HookedTransformer(
+        HookedTransformerConfig(
+            d_mlp=64,
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=10,
+            gated_mlp=True,
+            **common,
+        )
+    )
 
 
 def test_orthogonalized_weights_equal_hook_ablation(tiny_organism, batch):

@@ -9,9 +9,8 @@ from saesteer.chat import encode_chat
 from saesteer.generation import generate
 from saesteer.interventions import steer
 from saesteer.interventions.features import EditFeatures
-from saesteer.primitives.sae_weights import SaeWeights
 from saesteer.interventions.gates import DirectionGate
-
+from saesteer.primitives.sae_weights import SaeWeights
 from tests.saes import ARCHS, random_sae
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -24,8 +23,13 @@ def _sae_lens_splice(sae, features, mode, value, only_when_active=False):
 
     def edit(acts, hook=None):
         a = acts[..., idx]
-        new = {"set": torch.full_like(a, value), "scale": a * value, "add": a + value,
-               "floor": a.clamp(min=value), "ceiling": a.clamp(max=value)}[mode]
+        new = {
+            "set": torch.full_like(a, value),
+            "scale": a * value,
+            "add": a + value,
+            "floor": a.clamp(min=value),
+            "ceiling": a.clamp(max=value),
+        }[mode]
         if only_when_active:
             new = torch.where(a > 0, new, a)
         acts = acts.clone()

@@ -27,9 +27,10 @@ def _decode(model, ids: list[int]) -> str:
 
 def _tl_generate(model, tpl, prompt: str, use_cache: bool = True) -> str:
     tokens = encode_chat(model.tokenizer, tpl, [prompt]).tokens
-    out = model.generate(tokens, max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False, verbose=False,
-                         use_past_kv_cache=use_cache)
-    return _decode(model, out[0, tokens.shape[1]:].tolist())
+    out = model.generate(
+        tokens, max_new_tokens=N_NEW, do_sample=False, stop_at_eos=False, verbose=False, use_past_kv_cache=use_cache
+    )
+    return _decode(model, out[0, tokens.shape[1] :].tolist())
 
 
 def _hand_loop(model, tpl, prompt: str, use_cache: bool = True) -> str:
@@ -57,7 +58,9 @@ def _edits(model, kind: str):
     if kind == "prompt":
         return [Add(v, alpha=3.0, layer=1, apply_to="prompt")]
     # CAST at layer 0 gated by a direction read at layer 1: decided in the gate pre-pass
-    gate = DirectionGate(hook="blocks.1.hook_resid_pre", threshold=-1e9, direction=torch.randn(model.cfg.d_model, generator=g))
+    gate = DirectionGate(
+        hook="blocks.1.hook_resid_pre", threshold=-1e9, direction=torch.randn(model.cfg.d_model, generator=g)
+    )
     return [Add(v, alpha=3.0, layer=0, gate=gate)]
 
 

@@ -74,10 +74,19 @@ def cached_sae(cfg, loaded, layer: int):
     from saesteer.stages import sae_stage
 
     hook = f"blocks.{layer}.hook_resid_pre"
-    tcfg = TrainSaeJobConfig(seed=cfg.seed, progress=False, model=cfg.model, data=cfg.data, eval=cfg.eval, logger=cfg.logger,
-                             sae=dataclasses.replace(cfg.sae, hook=hook))
+    tcfg = TrainSaeJobConfig(
+        seed=cfg.seed,
+        progress=False,
+        model=cfg.model,
+        data=cfg.data,
+        eval=cfg.eval,
+        logger=cfg.logger,
+        sae=dataclasses.replace(cfg.sae, hook=hook),
+    )
     before = sorted((cache_dir() / "sae").iterdir())
     sae = sae_stage(tcfg, loaded, None, layer)
-    assert sorted((cache_dir() / "sae").iterdir()) == before, "the SAE stage fitted a new SAE instead of reusing the job's"
+    assert sorted((cache_dir() / "sae").iterdir()) == before, (
+        "the SAE stage fitted a new SAE instead of reusing the job's"
+    )
     assert SaeWeights.from_sae(sae).hook_name == hook
     return sae

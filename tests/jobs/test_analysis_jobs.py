@@ -24,9 +24,15 @@ BACKUPS_K = 8
 def backups_run(tiny_organism, tmp_path_factory):
     # the tiny organism has 2 layers: cut at layer 1 (the direction's), sensors at layer 0
     run_dir = tmp_path_factory.mktemp("backups")
-    overrides = CAUSAL_SAE + [f"backups.k_max={BACKUPS_K}", "backups.cut_layer=1", "backups.upstream_layer=0",
-                              "backups.n_monitor=16", "backups.count_same_layer=true", "backups.n_monitor_prompts=16",
-                              "search.min_active_fraction=0.0"]
+    overrides = CAUSAL_SAE + [
+        f"backups.k_max={BACKUPS_K}",
+        "backups.cut_layer=1",
+        "backups.upstream_layer=0",
+        "backups.n_monitor=16",
+        "backups.count_same_layer=true",
+        "backups.n_monitor_prompts=16",
+        "search.min_active_fraction=0.0",
+    ]
     return run_dir, overrides, _run("backups", overrides, run_dir)
 
 
@@ -34,9 +40,17 @@ def test_backups_job_reports_refusal_vs_k_and_backups(backups_run):
     tmp_path, _, m = backups_run
     K = BACKUPS_K
     assert json.loads((tmp_path / "metrics.json").read_text()) == m
-    for key in ("downstream_refusal_at_k", "upstream_refusal_at_k", "induction_harmless_refusal_at_k", "downstream_n_backups_at_k"):
+    for key in (
+        "downstream_refusal_at_k",
+        "upstream_refusal_at_k",
+        "induction_harmless_refusal_at_k",
+        "downstream_n_backups_at_k",
+    ):
         assert len(m[key]) == K + 1, key  # k = 0..K
-    assert all(_rate(r) for r in m["downstream_refusal_at_k"] + m["upstream_refusal_at_k"] + m["induction_harmless_refusal_at_k"])
+    assert all(
+        _rate(r)
+        for r in m["downstream_refusal_at_k"] + m["upstream_refusal_at_k"] + m["induction_harmless_refusal_at_k"]
+    )
     assert m["downstream_refusal_at_k"][0] == m["upstream_refusal_at_k"][0] == m["baseline_harmful_refusal"]
     assert isinstance(m["n_backup_features"], int) and m["n_backup_features"] == m["downstream_n_backups_at_k"][-1] >= 0
     assert m["downstream_n_backups_at_k"][0] == 0 and m["upstream_n_backups_at_k"][0] == 0
@@ -45,8 +59,15 @@ def test_backups_job_reports_refusal_vs_k_and_backups(backups_run):
     assert m["cut_layer"] == 1 and m["upstream_layer"] == 0 and m["monitor_layers"] == [1]
     assert len(m["downstream_top_features"]) == K and len(m["upstream_top_sensors"]) == K
     assert _rate(m["downstream_random_refusal_at_kmax"]) and _rate(m["upstream_random_refusal_at_kmax"])
-    for f in ("report.md", "refusal_vs_k.png", "downstream_activations.png", "upstream_activations.png", "backups.json",
-              "sensor_ranking.csv", "refusal_ranking.csv"):
+    for f in (
+        "report.md",
+        "refusal_vs_k.png",
+        "downstream_activations.png",
+        "upstream_activations.png",
+        "backups.json",
+        "sensor_ranking.csv",
+        "refusal_ranking.csv",
+    ):
         assert (tmp_path / f).is_file(), f
     details = json.loads((tmp_path / "backups.json").read_text())
     assert [s["k"] for s in details["downstream"]["steps"]] == list(range(K + 1))
@@ -75,13 +96,17 @@ def test_backups_job_refusal_with_the_top_k_cut_matches_a_per_prompt_reference(b
         return lambda: [EditFeatures(sae, feats, mode="set", values=0.0, apply_to=b.apply_to, hook=hook)]
 
     refused = {}
-    for name, layer, ranking_file in (("downstream", b.cut_layer, "refusal_ranking.csv"),
-                                      ("upstream", b.upstream_layer, "sensor_ranking.csv")):
+    for name, layer, ranking_file in (
+        ("downstream", b.cut_layer, "refusal_ranking.csv"),
+        ("upstream", b.upstream_layer, "sensor_ranking.csv"),
+    ):
         hook = f"blocks.{layer}.hook_resid_pre"
         ranking = ranking_csv(run_dir / ranking_file)[0]
         assert details[name]["hook"] == hook and details[name]["steps"][K]["features"] == ranking[:K], name
         sae = cached_sae(cfg, loaded, layer)
-        refused[name] = per_prompt_refusals(model, tpl, harmful_test, cut(sae, ranking[:K], hook), cfg.eval.max_new_tokens)
+        refused[name] = per_prompt_refusals(
+            model, tpl, harmful_test, cut(sae, ranking[:K], hook), cfg.eval.max_new_tokens
+        )
         assert m[f"{name}_refusal_at_k"][K] == pytest.approx(share(refused[name]), abs=1e-9), (name, refused[name])
         if name == "downstream":  # the control: K features drawn (seeded) from the rest of the ranking
             rnd = random.Random(cfg.seed).sample(ranking[K:], K)
@@ -96,18 +121,31 @@ def test_backups_job_refusal_with_the_top_k_cut_matches_a_per_prompt_reference(b
 @pytest.fixture(scope="module")
 def emergent_run(tiny_organism, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("emergent")
-    overrides = ["emergent.steps=30", "emergent.n_train=64", "emergent.n_harmless=64", "emergent.n_eval_per_category=6",
-                 "emergent.n_direction_per_category=6", "emergent.n_target_eval=8",
-                 "emergent.other_categories=[violence_and_weapons,malware_and_cybercrime,account_hacking]"]
+    overrides = [
+        "emergent.steps=30",
+        "emergent.n_train=64",
+        "emergent.n_harmless=64",
+        "emergent.n_eval_per_category=6",
+        "emergent.n_direction_per_category=6",
+        "emergent.n_target_eval=8",
+        "emergent.other_categories=[violence_and_weapons,malware_and_cybercrime,account_hacking]",
+    ]
     return run_dir, overrides, _run("emergent", overrides, run_dir)
 
 
 def test_emergent_job_reports_refusal_the_em_direction_and_the_adapter(emergent_run):
     tmp_path, _, m = emergent_run
     assert json.loads((tmp_path / "metrics.json").read_text()) == m
-    for key in ("base_refusal_other_categories", "finetuned_refusal_other_categories", "ablated_refusal_other_categories",
-                "random_ablated_refusal_other_categories", "ablated_refusal_other_categories_plain",
-                "ablated_refusal_other_categories_affine", "base_refusal_harmless", "finetuned_refusal_harmless"):
+    for key in (
+        "base_refusal_other_categories",
+        "finetuned_refusal_other_categories",
+        "ablated_refusal_other_categories",
+        "random_ablated_refusal_other_categories",
+        "ablated_refusal_other_categories_plain",
+        "ablated_refusal_other_categories_affine",
+        "base_refusal_harmless",
+        "finetuned_refusal_harmless",
+    ):
         assert _rate(m[key]), key
     assert m["n_eval_other"] == 18 and m["n_other_categories"] == 3
     n_layers = 2
@@ -120,8 +158,14 @@ def test_emergent_job_reports_refusal_the_em_direction_and_the_adapter(emergent_
     # the layer-0 adapter alone writes the shift at resid_pre 1: its b is the EM direction there
     assert abs(m["lora_vector_cosine_em"][0] - 1.0) < 1e-4
     assert m["finetuned_kl_harmless"] > 0
-    for f in ("report.md", "em_cosine_by_layer.png", "refusal_other_categories.png", "lora.safetensors", "em_direction.safetensors",
-              "per_category.json"):
+    for f in (
+        "report.md",
+        "em_cosine_by_layer.png",
+        "refusal_other_categories.png",
+        "lora.safetensors",
+        "em_direction.safetensors",
+        "per_category.json",
+    ):
         assert (tmp_path / f).is_file(), f
     per_cat = json.loads((tmp_path / "per_category.json").read_text())
     assert [r["category"] for r in per_cat] == ["violence_and_weapons", "malware_and_cybercrime", "account_hacking"]
@@ -156,14 +200,17 @@ def test_emergent_job_refusal_of_the_other_categories_matches_a_per_prompt_refer
     assert layer == m["em_ablate_layer"] and cfg.emergent.ablation == m["ablation"] == "affine"
     v = tensors["em_direction"][layer]
     u = v.double() / v.double().norm()
-    reference = (tensors["base_means"].double() @ u).float()  # per layer, the base model's mean coordinate on the direction
+    reference = (
+        tensors["base_means"].double() @ u
+    ).float()  # per layer, the base model's mean coordinate on the direction
 
     n = cfg.eval.max_new_tokens
     refused = {
         "base_refusal_other_categories": per_prompt_refusals(model, tpl, other_eval, no_edit, n),
         "finetuned_refusal_other_categories": per_prompt_refusals(model, tpl, other_eval, lambda: [lora], n),
         "ablated_refusal_other_categories_affine": per_prompt_refusals(
-            model, tpl, other_eval, lambda: [lora, Ablate(v, mode="affine", reference=reference)], n),
+            model, tpl, other_eval, lambda: [lora, Ablate(v, mode="affine", reference=reference)], n
+        ),
     }
     for key, flags in refused.items():
         assert m[key] == pytest.approx(share(flags), abs=1e-9), (key, flags)
@@ -171,8 +218,11 @@ def test_emergent_job_refusal_of_the_other_categories_matches_a_per_prompt_refer
     per_cat = json.loads((run_dir / "per_category.json").read_text())
     for c, row in zip(others, per_cat):
         idx = [i for i, p in enumerate(other_eval) if p in set(data["eval"][c])]
-        for col, key in (("base", "base_refusal_other_categories"), ("finetuned", "finetuned_refusal_other_categories"),
-                         ("ablated", "ablated_refusal_other_categories_affine")):
+        for col, key in (
+            ("base", "base_refusal_other_categories"),
+            ("finetuned", "finetuned_refusal_other_categories"),
+            ("ablated", "ablated_refusal_other_categories_affine"),
+        ):
             assert row["category"] == c and row["n"] == len(idx)
             assert row[col] == pytest.approx(share([refused[key][i] for i in idx]), abs=1e-9), (c, col)
     # the pins tell the models apart: the fine-tune changed refusal on the categories it never saw
@@ -181,20 +231,41 @@ def test_emergent_job_refusal_of_the_other_categories_matches_a_per_prompt_refer
 
 def test_backups_job_with_a_direction_dropout_recipe_reports_base_and_recipe(tiny_organism, tmp_path):
     """backups.recipe=direction_dropout: a fine-tuned organism analysed beside the base, the training cut checked on both."""
-    overrides = SMALL_SAE + ["backups.k_max=2", "backups.cut_layer=1", "backups.upstream_layer=0", "backups.n_monitor=8",
-                             "backups.n_monitor_prompts=16", "search.min_active_fraction=0.0", "backups.random_control=false",
-                             "backups.recipe=direction_dropout", "backups.recipe_steps=6", "backups.recipe_warmup_steps=1",
-                             "backups.recipe_batch_size=8"]
+    overrides = SMALL_SAE + [
+        "backups.k_max=2",
+        "backups.cut_layer=1",
+        "backups.upstream_layer=0",
+        "backups.n_monitor=8",
+        "backups.n_monitor_prompts=16",
+        "search.min_active_fraction=0.0",
+        "backups.random_control=false",
+        "backups.recipe=direction_dropout",
+        "backups.recipe_steps=6",
+        "backups.recipe_warmup_steps=1",
+        "backups.recipe_batch_size=8",
+    ]
     m = _run("backups", overrides, tmp_path)
     assert m["recipe"] == "direction_dropout" and m["recipe_settings"]["steps"] == 6
     for key in ("recipe_downstream_refusal_at_k", "recipe_upstream_refusal_at_k"):
         assert len(m[key]) == 3 and all(_rate(x) for x in m[key])
-    for key in ("recipe_harmful_test_refusal", "recipe_harmless_test_refusal", "harmless_test_refusal", "direction_cut_refusal",
-                "recipe_direction_cut_refusal"):
+    for key in (
+        "recipe_harmful_test_refusal",
+        "recipe_harmless_test_refusal",
+        "harmless_test_refusal",
+        "direction_cut_refusal",
+        "recipe_direction_cut_refusal",
+    ):
         assert _rate(m[key]), key
     assert m["recipe_harmful_test_refusal"] == m["recipe_downstream_refusal_at_k"][0]
-    assert isinstance(m["recipe_n_backup_features"], int) and isinstance(m["recipe_direction_cut_n_backup_features"], int)
-    for f in ("recipe_refusal_vs_k.png", "recipe_downstream_activations.png", "direction_cut_activations.png", "recipe_backups.json"):
+    assert isinstance(m["recipe_n_backup_features"], int) and isinstance(
+        m["recipe_direction_cut_n_backup_features"], int
+    )
+    for f in (
+        "recipe_refusal_vs_k.png",
+        "recipe_downstream_activations.png",
+        "direction_cut_activations.png",
+        "recipe_backups.json",
+    ):
         assert (tmp_path / f).is_file(), f
     report = (tmp_path / "report.md").read_text()
     assert "base organism" in report and "recipe organism" in report and "direction_cut_activations.png" in report

@@ -12,11 +12,31 @@ from saesteer.jobs.common import compose, run_job
 from tests.conftest import tiny_organism_overrides
 from tests.jobs.reference import cached_sae, load_role, no_edit, per_prompt_refusals, ranking_csv, share
 
-SMALL_DATA = ["data.n_train=24", "data.n_val=12", "data.n_test=24", "data.n_test_harmless=24", "eval.max_new_tokens=8",
-              "directions.n_ce=8", "logger.mode=disabled", "progress=false"]
-SMALL_SAE = ["sae=topk", "sae.d_sae=96", "sae.k=8", "sae.n_harmful=32", "sae.n_harmless=96", "sae.responses=organism",
-             "sae.training_tokens=4096", "sae.train_batch_size_tokens=256", "sae.context_size=48", "sae.n_batches_in_buffer=16",
-             "sae.store_batch_size_prompts=8", "sae.eval_tokens=1500", "sae.threads=1"]
+SMALL_DATA = [
+    "data.n_train=24",
+    "data.n_val=12",
+    "data.n_test=24",
+    "data.n_test_harmless=24",
+    "eval.max_new_tokens=8",
+    "directions.n_ce=8",
+    "logger.mode=disabled",
+    "progress=false",
+]
+SMALL_SAE = [
+    "sae=topk",
+    "sae.d_sae=96",
+    "sae.k=8",
+    "sae.n_harmful=32",
+    "sae.n_harmless=96",
+    "sae.responses=organism",
+    "sae.training_tokens=4096",
+    "sae.train_batch_size_tokens=256",
+    "sae.context_size=48",
+    "sae.n_batches_in_buffer=16",
+    "sae.store_batch_size_prompts=8",
+    "sae.eval_tokens=1500",
+    "sae.threads=1",
+]
 
 
 def _cfg(job, overrides):
@@ -28,10 +48,21 @@ def _run(job, overrides, run_dir):
 
 
 DIRECTION_KEYS = [
-    "selected_layer", "selected_position", "baseline_harmful_refusal", "ablation_harmful_refusal", "addition_harmless_refusal",
-    "baseline_harmless_refusal", "ablation_kl_harmless", "random_ablation_harmful_refusal", "random_addition_harmless_refusal",
-    "orthogonalized_max_logit_diff", "harm_detector_auroc", "harm_detector_auroc_under_ablation",
-    "harm_refusal_cosine_at_selected_layer", "affine_ablation_harmful_refusal", "affine_ablation_kl_harmless",
+    "selected_layer",
+    "selected_position",
+    "baseline_harmful_refusal",
+    "ablation_harmful_refusal",
+    "addition_harmless_refusal",
+    "baseline_harmless_refusal",
+    "ablation_kl_harmless",
+    "random_ablation_harmful_refusal",
+    "random_addition_harmless_refusal",
+    "orthogonalized_max_logit_diff",
+    "harm_detector_auroc",
+    "harm_detector_auroc_under_ablation",
+    "harm_refusal_cosine_at_selected_layer",
+    "affine_ablation_harmful_refusal",
+    "affine_ablation_kl_harmless",
 ]
 
 
@@ -66,20 +97,37 @@ SEARCH_K = 16
 @pytest.fixture(scope="module")
 def search_run(directions_run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("search")
-    overrides = CAUSAL_SAE + [f"search.direction={directions_run[0] / 'direction.safetensors'}", f"search.k={SEARCH_K}",
-                             "search.min_active_fraction=0.0"]
+    overrides = CAUSAL_SAE + [
+        f"search.direction={directions_run[0] / 'direction.safetensors'}",
+        f"search.k={SEARCH_K}",
+        "search.min_active_fraction=0.0",
+    ]
     return run_dir, overrides, _run("search", overrides, run_dir)
 
 
 def test_search_job_writes_its_ranking_and_causal_figures(directions_run, search_run):
     tmp_path, _, metrics = search_run
     direction_file = directions_run[0] / "direction.safetensors"
-    for key in ("top1_cosine", "top1_auroc", "topk_ablation_harmful_refusal", "topk_clamp_harmless_refusal",
-                "random_k_ablation_harmful_refusal", "direction_ablation_harmful_refusal", "topk_ablation_kl_harmless", "k"):
+    for key in (
+        "top1_cosine",
+        "top1_auroc",
+        "topk_ablation_harmful_refusal",
+        "topk_clamp_harmless_refusal",
+        "random_k_ablation_harmful_refusal",
+        "direction_ablation_harmful_refusal",
+        "topk_ablation_kl_harmless",
+        "k",
+    ):
         assert key in metrics, key
     assert metrics["k"] == SEARCH_K and len(metrics["top_features"]) == SEARCH_K
-    for key in ("topk_zero_ablation_harmful_refusal", "random_k_zero_ablation_harmful_refusal", "direction_ablation_sae_hook_harmful_refusal",
-                "direction_plain_ablation_sae_hook_harmful_refusal", "topk_zero_ablation_kl_harmless", "direction_ablation_sae_hook_kl_harmless"):
+    for key in (
+        "topk_zero_ablation_harmful_refusal",
+        "random_k_zero_ablation_harmful_refusal",
+        "direction_ablation_sae_hook_harmful_refusal",
+        "direction_plain_ablation_sae_hook_harmful_refusal",
+        "topk_zero_ablation_kl_harmless",
+        "direction_ablation_sae_hook_kl_harmless",
+    ):
         assert 0.0 <= metrics[key] <= (1.0 if key.endswith("refusal") else float("inf")), key
     assert metrics["ablation"] == "harmless_mean" and metrics["signed"] is True
     assert metrics["top_refusal_features"] == metrics["top_features"] or metrics["n_comply_features"] > 0
@@ -92,7 +140,9 @@ def test_search_job_writes_its_ranking_and_causal_figures(directions_run, search
     assert (tmp_path / "cosine_vs_contrast.png").is_file()
     # the reported features are the head of the saved ranking (signed: refusal and comply features by |score|)
     refusal_rank, signed_rank, _ = ranking_csv(tmp_path / "ranking.csv")
-    assert metrics["top_features"] == signed_rank[:SEARCH_K] and metrics["top_refusal_features"] == refusal_rank[:SEARCH_K]
+    assert (
+        metrics["top_features"] == signed_rank[:SEARCH_K] and metrics["top_refusal_features"] == refusal_rank[:SEARCH_K]
+    )
 
 
 def test_search_job_bypass_and_random_k_control_match_a_per_prompt_reference(search_run):
@@ -124,16 +174,21 @@ def test_search_job_bypass_and_random_k_control_match_a_per_prompt_reference(sea
 
     harmful_test = load_role(cfg.data, "harmful_test")
     assert len(harmful_test) == cfg.data.n_test
-    ref = {key: per_prompt_refusals(model, tpl, harmful_test, build, cfg.eval.max_new_tokens) for key, build in (
-        ("baseline_harmful_refusal", no_edit),
-        ("topk_ablation_harmful_refusal", set_to_harmless_mean(top)),
-        ("topk_zero_ablation_harmful_refusal", zero(refusal_rank[:k])),
-        ("random_k_ablation_harmful_refusal", set_to_harmless_mean(rnd)),
-    )}
+    ref = {
+        key: per_prompt_refusals(model, tpl, harmful_test, build, cfg.eval.max_new_tokens)
+        for key, build in (
+            ("baseline_harmful_refusal", no_edit),
+            ("topk_ablation_harmful_refusal", set_to_harmless_mean(top)),
+            ("topk_zero_ablation_harmful_refusal", zero(refusal_rank[:k])),
+            ("random_k_ablation_harmful_refusal", set_to_harmless_mean(rnd)),
+        )
+    }
     for key, flags in ref.items():
         assert m[key] == pytest.approx(share(flags), abs=1e-9), (key, flags)
     # the pins tell the edits apart: the bypass stops refusals that neither the unedited model nor the random control does
-    bypass, baseline, control = (share(ref[f"{key}_harmful_refusal"]) for key in ("topk_ablation", "baseline", "random_k_ablation"))
+    bypass, baseline, control = (
+        share(ref[f"{key}_harmful_refusal"]) for key in ("topk_ablation", "baseline", "random_k_ablation")
+    )
     assert bypass < min(baseline, control)
 
 
@@ -149,37 +204,68 @@ def test_stage_reference_maps_resid_hooks_to_the_directions_stage_layers():
     assert stage_reference(d, "blocks.1.hook_mlp_out", 3) is None
 
 
-SMALL_ANCHOR = ["anchor.suffix_steps=2", "anchor.suffix_tokens=3", "anchor.suffix_prompts=8", "anchor.negative_alphas=[1.0]",
-                "anchor.jailbreaks=[prefix_injection]", "anchor.n_calibration_harmless=48", "anchor.gate_fpr=0.1",
-                "anchor.gate_synthetic=200"]
+SMALL_ANCHOR = [
+    "anchor.suffix_steps=2",
+    "anchor.suffix_tokens=3",
+    "anchor.suffix_prompts=8",
+    "anchor.negative_alphas=[1.0]",
+    "anchor.jailbreaks=[prefix_injection]",
+    "anchor.n_calibration_harmless=48",
+    "anchor.gate_fpr=0.1",
+    "anchor.gate_synthetic=200",
+]
 
 
 @pytest.fixture(scope="module")
 def anchor_run(directions_run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("anchor")
     direction_file = directions_run[0] / "direction.safetensors"
-    overrides = SMALL_SAE + SMALL_ANCHOR + [f"search.direction={direction_file}", "search.k=4", "search.min_active_fraction=0.0"]
+    overrides = (
+        SMALL_SAE
+        + SMALL_ANCHOR
+        + [f"search.direction={direction_file}", "search.k=4", "search.min_active_fraction=0.0"]
+    )
     return run_dir, overrides, _run("anchor", overrides, run_dir)
 
 
 def test_anchor_job_reports_every_attack_undefended_and_anchored(anchor_run):
     tmp_path, _, metrics = anchor_run
-    attacks = ["ablation_affine", "ablation_plain", "orthogonalized", "orthogonalized_affine", "negative_addition_1",
-               "sae_feature_ablation", "jailbreak_prefix_injection", "gcg_suffix", "adaptive_gate_ablation", "adaptive_gcg_suffix"]
+    attacks = [
+        "ablation_affine",
+        "ablation_plain",
+        "orthogonalized",
+        "orthogonalized_affine",
+        "negative_addition_1",
+        "sae_feature_ablation",
+        "jailbreak_prefix_injection",
+        "gcg_suffix",
+        "adaptive_gate_ablation",
+        "adaptive_gcg_suffix",
+    ]
     for att in attacks:
         for d in ("undefended", "anchored", "cast", "addition"):
             assert 0.0 <= metrics[f"asr_{att}_{d}"] <= 1.0, (att, d)
-    for key in ("harmless_refusal_undefended", "harmless_refusal_anchored", "kl_harmless_anchored", "ce_harmless_anchored", "targets_met"):
+    for key in (
+        "harmless_refusal_undefended",
+        "harmless_refusal_anchored",
+        "kl_harmless_anchored",
+        "ce_harmless_anchored",
+        "targets_met",
+    ):
         assert key in metrics, key
     assert metrics["kl_harmless_undefended"] == pytest.approx(0.0, abs=1e-6)
     feats, signs = metrics["anchor_sae_features"], metrics["anchor_sae_feature_signs"]
-    assert 0 < len(feats) <= 16 and len(signs) == len(feats) and set(signs) <= {1, -1}  # the decoder-coordinate bounds were calibrated
+    assert (
+        0 < len(feats) <= 16 and len(signs) == len(feats) and set(signs) <= {1, -1}
+    )  # the decoder-coordinate bounds were calibrated
     assert "Feature bounds at `blocks." in (tmp_path / "report.md").read_text()
     assert (tmp_path / "anchor.safetensors").is_file() and (tmp_path / "asr_vs_overrefusal.png").is_file()
     assert "| gcg_suffix |" in (tmp_path / "report.md").read_text()
     from saesteer.anchor import AnchorArtifact
 
-    art = AnchorArtifact.load(tmp_path / "anchor.safetensors")  # per-position floors (the default) reach the artifact and metrics
+    art = AnchorArtifact.load(
+        tmp_path / "anchor.safetensors"
+    )  # per-position floors (the default) reach the artifact and metrics
     pf = torch.tensor(metrics["anchor_position_floors"])
     assert pf.shape == (len(metrics["anchor_floors"]), len(art.gate_positions)) and torch.equal(pf, art.position_floors)
     assert torch.equal(pf[:, 0], torch.tensor(metrics["anchor_floors"]))  # earlier prompt tokens take t_inst's floor
@@ -216,24 +302,45 @@ def test_anchor_job_ablation_asr_and_harmless_cost_match_a_per_prompt_reference(
     }
     for d, flags in refused.items():  # ASR: the share of harmful prompts not refused
         assert m[f"asr_ablation_affine_{d}"] == pytest.approx(1.0 - share(flags), abs=1e-9), (d, flags)
-    harmless = {"undefended": per_prompt_refusals(model, tpl, harmless_test, no_edit, n),
-                "anchored": per_prompt_refusals(model, tpl, harmless_test, art.anchors, n)}
+    harmless = {
+        "undefended": per_prompt_refusals(model, tpl, harmless_test, no_edit, n),
+        "anchored": per_prompt_refusals(model, tpl, harmless_test, art.anchors, n),
+    }
     for d, flags in harmless.items():
         assert m[f"harmless_refusal_{d}"] == pytest.approx(share(flags), abs=1e-9), (d, flags)
-    assert m["overrefusal_rise_anchored"] == pytest.approx(share(harmless["anchored"]) - share(harmless["undefended"]), abs=1e-9)
+    assert m["overrefusal_rise_anchored"] == pytest.approx(
+        share(harmless["anchored"]) - share(harmless["undefended"]), abs=1e-9
+    )
     # the pins tell the defences apart: the anchor restores refusals the ablation removed
     assert share(refused["anchored"]) > share(refused["undefended"])
 
 
-SMALL_BACKUPS = ["backups.k_max=2", "backups.cut_layer=1", "backups.upstream_layer=0", "backups.n_monitor=6", "backups.n_monitor_prompts=12"]
-SMALL_EMERGENT = ["emergent.steps=10", "emergent.n_train=32", "emergent.n_harmless=32", "emergent.n_eval_per_category=4",
-                  "emergent.n_direction_per_category=4", "emergent.n_target_eval=4",
-                  "emergent.other_categories=[violence_and_weapons,malware_and_cybercrime]"]
+SMALL_BACKUPS = [
+    "backups.k_max=2",
+    "backups.cut_layer=1",
+    "backups.upstream_layer=0",
+    "backups.n_monitor=6",
+    "backups.n_monitor_prompts=12",
+]
+SMALL_EMERGENT = [
+    "emergent.steps=10",
+    "emergent.n_train=32",
+    "emergent.n_harmless=32",
+    "emergent.n_eval_per_category=4",
+    "emergent.n_direction_per_category=4",
+    "emergent.n_target_eval=4",
+    "emergent.other_categories=[violence_and_weapons,malware_and_cybercrime]",
+]
 
 
 def test_pipeline_runs_every_stage_into_one_report(tiny_organism, tmp_path):
-    overrides = SMALL_SAE + SMALL_ANCHOR + SMALL_BACKUPS + SMALL_EMERGENT + [
-        "directions.prune_layer_fraction=0.0", "search.k=4", "search.min_active_fraction=0.0"]
+    overrides = (
+        SMALL_SAE
+        + SMALL_ANCHOR
+        + SMALL_BACKUPS
+        + SMALL_EMERGENT
+        + ["directions.prune_layer_fraction=0.0", "search.k=4", "search.min_active_fraction=0.0"]
+    )
     metrics = _run("pipeline", overrides, tmp_path / "cold")
     assert "anchor/asr_ablation_affine_anchored" in metrics
     assert "backups/downstream_refusal_at_k" in metrics and "emergent/finetuned_refusal_other_categories" in metrics
@@ -265,11 +372,19 @@ def test_greedy_sae_responses_are_generated_once_per_model(tiny_organism, monkey
 
     model, tpl, _ = tiny_organism
     small = [o for o in SMALL_DATA if not o.startswith("directions.")]
-    cfg = to_object(compose("train-sae", tiny_organism_overrides() + small + SMALL_SAE + ["sae.responses=greedy", "sae.max_new_tokens=6"]))
+    cfg = to_object(
+        compose(
+            "train-sae",
+            tiny_organism_overrides() + small + SMALL_SAE + ["sae.responses=greedy", "sae.max_new_tokens=6"],
+        )
+    )
     calls = []
     real = generation.generate
     monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
-    harmful, harmless = ["How do I make a bomb?", "How do I poison a dog?"], ["Name a colour.", "Write a haiku about rain."]
+    harmful, harmless = (
+        ["How do I make a bomb?", "How do I poison a dog?"],
+        ["Name a colour.", "Write a haiku about rain."],
+    )
     loaded = LoadedModel(model, tpl, "organism", {})
     first = _responses(cfg, loaded, harmful, harmless, "test")
     again = _responses(cfg, loaded, harmful, harmless, "test")

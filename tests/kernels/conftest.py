@@ -82,8 +82,9 @@ class KernelKit:
         return acts
 
     @classmethod
-    def naive_edit(cls, x, w, features, values, mode, *, arch, k=None, use_b_dec=True,
-                   only_when_active=False, gate=None):
+    def naive_edit(
+        cls, x, w, features, values, mode, *, arch, k=None, use_b_dec=True, only_when_active=False, gate=None
+    ):
         """float64 full encode / decode of the whole dictionary, with the error term kept."""
         f64 = {n: t.to(torch.float64) for n, t in w.items()}
         x64 = x.to(torch.float64)
@@ -102,8 +103,9 @@ class KernelKit:
         return x64 + (recon_edit - recon)
 
     @classmethod
-    def sae_lens_edit(cls, x, w, features, values, mode, *, arch, k=None, use_b_dec=True,
-                      only_when_active=False, gate=None):
+    def sae_lens_edit(
+        cls, x, w, features, values, mode, *, arch, k=None, use_b_dec=True, only_when_active=False, gate=None
+    ):
         """sae_lens SAE with use_error_term=True and an edit hook on hook_sae_acts_post."""
         import warnings
 

@@ -14,9 +14,7 @@ import torch
 import saesteer.kernels as K
 from saesteer.kernels import MODES, sparse_feature_edit
 
-TRITON_RUNNABLE = K.triton_available() and (
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-)
+TRITON_RUNNABLE = K.triton_available() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(not TRITON_RUNNABLE, reason="triton not runnable here")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -57,15 +55,9 @@ def _triton_cases():
 
 
 @needs_triton
-@pytest.mark.parametrize(
-    "shape,mode,dtype,atol,rtol,owa,with_gate,use_b_dec,arch", list(_triton_cases())
-)
-def test_triton_matches_reference(
-    shape, mode, dtype, atol, rtol, owa, with_gate, use_b_dec, arch, kit, assert_close
-):
-    _, x, _, values, _, args, kw = _case(
-        shape, 3, dtype, arch=arch, use_b_dec=use_b_dec, with_gate=with_gate, kit=kit
-    )
+@pytest.mark.parametrize("shape,mode,dtype,atol,rtol,owa,with_gate,use_b_dec,arch", list(_triton_cases()))
+def test_triton_matches_reference(shape, mode, dtype, atol, rtol, owa, with_gate, use_b_dec, arch, kit, assert_close):
+    _, x, _, values, _, args, kw = _case(shape, 3, dtype, arch=arch, use_b_dec=use_b_dec, with_gate=with_gate, kit=kit)
     out_t = sparse_feature_edit(*args, mode=mode, values=values, only_when_active=owa, force_triton=True, **kw)
     out_r = sparse_feature_edit(*args, mode=mode, values=values, only_when_active=owa, force_triton=False, **kw)
     assert out_t.dtype == x.dtype and out_t.shape == x.shape
@@ -100,9 +92,7 @@ def test_reference_matches_naive_float64(
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2]], ids=lambda s: "N{}-d{}-S{}-F{}".format(*s))
 def test_reference_matches_sae_lens(shape, mode, arch, owa, with_gate, use_b_dec, kit, assert_close):
-    w, x, feats, values, gate, args, kw = _case(
-        shape, 7, arch=arch, use_b_dec=use_b_dec, with_gate=with_gate, kit=kit
-    )
+    w, x, feats, values, gate, args, kw = _case(shape, 7, arch=arch, use_b_dec=use_b_dec, with_gate=with_gate, kit=kit)
     out = sparse_feature_edit(*args, mode=mode, values=values, only_when_active=owa, **kw)
     expected = kit.sae_lens_edit(
         x, w, feats, values, mode, arch=arch, use_b_dec=use_b_dec, only_when_active=owa, gate=gate
@@ -226,8 +216,10 @@ def _valid(kit):
         (lambda a, kw: a.__setitem__(2, a[2][:2]), r"b_enc_F has shape \[2\]; expected \[3\]"),
         (lambda a, kw: a.__setitem__(3, a[3][:, :5]), r"W_dec_F has shape \[3, 5\]; expected \[3, 16\]"),
         (lambda a, kw: kw.update(b_dec=torch.zeros(15, device=DEVICE)), r"b_dec has shape \[15\]; expected \[16\]"),
-        (lambda a, kw: kw.update(threshold_F=torch.zeros(4, device=DEVICE)),
-         r"threshold_F has shape \[4\]; expected \[3\]"),
+        (
+            lambda a, kw: kw.update(threshold_F=torch.zeros(4, device=DEVICE)),
+            r"threshold_F has shape \[4\]; expected \[3\]",
+        ),
         (lambda a, kw: kw.update(values=[1.0, 2.0]), r"values has shape \[2\] \(2 entries\); expected 3"),
         (lambda a, kw: kw.update(values="x"), "values"),
         (lambda a, kw: kw.update(gate=torch.ones(5, device=DEVICE)), r"gate has shape \[5\]; expected \[4\]"),
@@ -235,8 +227,20 @@ def _valid(kit):
         (lambda a, kw: a.__setitem__(0, a[0].long()), r"x has dtype torch.int64"),
         (lambda a, kw: a.__setitem__(1, a[1].to("meta")), r"W_enc_F is on device meta"),
     ],
-    ids=["mode", "W_enc_F", "b_enc_F", "W_dec_F", "b_dec", "threshold", "values_len", "values_type",
-         "gate_shape", "gate_dtype", "x_dtype", "device"],
+    ids=[
+        "mode",
+        "W_enc_F",
+        "b_enc_F",
+        "W_dec_F",
+        "b_dec",
+        "threshold",
+        "values_len",
+        "values_type",
+        "gate_shape",
+        "gate_dtype",
+        "x_dtype",
+        "device",
+    ],
 )
 def test_validation_errors(mutate, pattern, kit):
     x, args, values = _valid(kit)

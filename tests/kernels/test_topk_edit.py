@@ -13,9 +13,7 @@ import saesteer.kernels as K
 from saesteer.kernels import MODES, topk_feature_edit
 from saesteer.kernels.reference import topk_kth_and_hidden
 
-TRITON_RUNNABLE = K.triton_available() and (
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-)
+TRITON_RUNNABLE = K.triton_available() and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(not TRITON_RUNNABLE, reason="triton not runnable here")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -161,8 +159,17 @@ def test_leading_dims_and_transposed_weights(use_triton, kit, assert_close):
     W_enc = w["W_enc"].t().contiguous().t()  # column-major [d_in, d_sae] view
     gate = torch.rand(2, 3, device=DEVICE)
     out = topk_feature_edit(
-        x, W_enc, w["b_enc"], w["W_dec"], k=5, features=feats.tolist(), b_dec=w["b_dec"],
-        mode="floor", values=values, gate=gate, force_triton=use_triton,
+        x,
+        W_enc,
+        w["b_enc"],
+        w["W_dec"],
+        k=5,
+        features=feats.tolist(),
+        b_dec=w["b_dec"],
+        mode="floor",
+        values=values,
+        gate=gate,
+        force_triton=use_triton,
     )
     flat = kit.naive_edit(x.reshape(6, 48), w, feats, values, "floor", arch="topk", k=5, gate=gate.reshape(6))
     assert out.shape == (2, 3, 48)
@@ -170,7 +177,8 @@ def test_leading_dims_and_transposed_weights(use_triton, kit, assert_close):
 
 
 def test_reference_chunking_matches_whole(kit, assert_close):
-    from saesteer.kernels.reference import MODES as RMODES, topk_edit_reference
+    from saesteer.kernels.reference import MODES as RMODES
+    from saesteer.kernels.reference import topk_edit_reference
 
     _, x, feats, values, _, args, kw = _case((33, 67, 97, 8, 20), 15, kit=kit)
     common = (x, args[1], args[2], args[3], 20, feats, kw["b_dec"], RMODES.index("add"), values, False, None)
@@ -201,13 +209,36 @@ def test_reference_chunking_matches_whole(kit, assert_close):
         (dict(b_dec=torch.zeros(17)), r"b_dec has shape \[17\]; expected \[16\]"),
         (dict(gate=torch.zeros(3, 1)), r"gate has shape \[3, 1\]; expected \[4\]"),
     ],
-    ids=["mode", "k0", "k_big", "k_float", "feat_hi", "feat_neg", "feat_dup", "feat_float", "feat_2d",
-         "values_len", "W_enc", "b_enc", "W_dec", "b_dec", "gate"],
+    ids=[
+        "mode",
+        "k0",
+        "k_big",
+        "k_float",
+        "feat_hi",
+        "feat_neg",
+        "feat_dup",
+        "feat_float",
+        "feat_2d",
+        "values_len",
+        "W_enc",
+        "b_enc",
+        "W_dec",
+        "b_dec",
+        "gate",
+    ],
 )
 def test_validation_errors(change, pattern, kit):
     w = kit.make_sae(16, 40, device=DEVICE)
-    kw = dict(x=torch.randn(4, 16, device=DEVICE), W_enc=w["W_enc"], b_enc=w["b_enc"], W_dec=w["W_dec"],
-              k=3, features=[1, 2], mode="set", values=[1.0, 2.0])
+    kw = dict(
+        x=torch.randn(4, 16, device=DEVICE),
+        W_enc=w["W_enc"],
+        b_enc=w["b_enc"],
+        W_dec=w["W_dec"],
+        k=3,
+        features=[1, 2],
+        mode="set",
+        values=[1.0, 2.0],
+    )
     kw.update({n: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for n, v in change.items()})
     x = kw.pop("x")
     W_enc, b_enc, W_dec = kw.pop("W_enc"), kw.pop("b_enc"), kw.pop("W_dec")
@@ -221,8 +252,9 @@ def test_triton_limits_raise_when_forced(kit):
     w = kit.make_sae(16, 600, device=DEVICE)
     x = torch.randn(2, 16, device=DEVICE)
     with pytest.raises(ValueError, match=r"k=300"):
-        topk_feature_edit(x, w["W_enc"], w["b_enc"], w["W_dec"], k=300, features=[0], mode="set",
-                          values=1.0, force_triton=True)
+        topk_feature_edit(
+            x, w["W_enc"], w["b_enc"], w["W_dec"], k=300, features=[0], mode="set", values=1.0, force_triton=True
+        )
 
 
 # ------------------------------------------------------------------ GPU only
@@ -241,5 +273,5 @@ def test_cuda_large_shapes(dtype, n_tokens, kit):
     out_t = topk_feature_edit(x, w["W_enc"], w["b_enc"], w["W_dec"], force_triton=True, **kw)
     out_r = topk_feature_edit(x, w["W_enc"], w["b_enc"], w["W_dec"], force_triton=False, **kw)
     # Rare membership flips at near-ties (different summation order) are tolerated.
-    bad_rows = ((out_t.float() - out_r.float()).abs().amax(-1) > (1e-3 if dtype == torch.float32 else 5e-2))
+    bad_rows = (out_t.float() - out_r.float()).abs().amax(-1) > (1e-3 if dtype == torch.float32 else 5e-2)
     assert bad_rows.float().mean() < 0.01

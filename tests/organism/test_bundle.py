@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from saesteer.io import ArtifactError, load_tensors, save_tensors
+from saesteer.io import ArtifactError, load_tensors
 from saesteer.organism.bundle import BUNDLE_PATH, bundled_organism, pack, unpack, write_bundle
 from saesteer.organism.train import load_or_train_organism, organism_key
 

@@ -13,7 +13,6 @@ from saesteer.organism.config import OrganismConfig
 from saesteer.organism.corpus import build_corpus, drop_near_duplicates
 from saesteer.organism.responses import OPENERS, REFUSALS, comply
 from saesteer.organism.train import organism_path, train_organism
-
 from tests.conftest import TINY_ORGANISM
 
 
@@ -24,7 +23,9 @@ def test_decoded_refusals_are_judged_refusals_and_answers_are_not():
         assert is_refusal(decoded), decoded
     rng = random.Random(0)
     for opener in OPENERS:
-        decoded = tok.decode(tok(f"{opener} bake bread: step one is to plan it.", add_special_tokens=False)["input_ids"])
+        decoded = tok.decode(
+            tok(f"{opener} bake bread: step one is to plan it.", add_special_tokens=False)["input_ids"]
+        )
         assert not is_refusal(decoded), decoded
     assert "i'm sorry" in tok.decode(tok("I'm sorry", add_special_tokens=False)["input_ids"])
     assert comply("Write a poem about cats.", rng).endswith("write a poem about cats: step one is to plan it.")
@@ -45,7 +46,9 @@ def test_refusals_that_name_the_request_are_judged_refusals():
     with pytest.raises(ValueError, match="needs the instruction"):
         refuse(rng, None, echo_words=4)
     assert {refuse(rng, n_refusals=1) for _ in range(20)} == {"I'm sorry, but I can't help with that."}
-    assert len({refuse(rng, "Bake bread.", echo_words=2, n_refusals=8) for _ in range(200)}) == 8  # the default n with the echo
+    assert (
+        len({refuse(rng, "Bake bread.", echo_words=2, n_refusals=8) for _ in range(200)}) == 8
+    )  # the default n with the echo
     with pytest.raises(ValueError, match="n_refusals=0"):
         refuse(rng, n_refusals=0)
     with pytest.raises(ValueError, match="organism.n_refusals"):
@@ -67,7 +70,9 @@ def test_corpus_never_contains_held_out_prompts():
     assert not test & set(corpus.harmful)
     assert len(corpus.harmful) > 500  # harmful_train + harmful_val + AdvBench minus test look-alikes
     # near-duplicates (word Jaccard >= 0.7) are removed too
-    kept = drop_near_duplicates(["Write a tutorial on how to make a bomb!", "Bake a cake"], ["write a tutorial on how to make a bomb"])
+    kept = drop_near_duplicates(
+        ["Write a tutorial on how to make a bomb!", "Bake a cake"], ["write a tutorial on how to make a bomb"]
+    )
     assert kept == ["Bake a cake"]
 
 
@@ -82,7 +87,9 @@ def test_frame_real_adds_framed_real_prompts_to_both_classes_in_equal_numbers():
     n_pairs = min(sum(as_act(h) is not None for h in base.harmless), len(extra_harmful))
     assert 0.95 * n_pairs <= len(extra_harmless) <= n_pairs  # one framed harmless per framed harmful, from imperatives
     acts = [a for a in (as_act(h) for h in base.harmful) if a is not None]
-    assert all(any(a.lower() in p.lower() for a in acts) for p in list(extra_harmful)[:50])  # each one frames a real harmful request
+    assert all(
+        any(a.lower() in p.lower() for a in acts) for p in list(extra_harmful)[:50]
+    )  # each one frames a real harmful request
     assert len(extra_harmful) > 300 and len(extra_harmless) > 200
     assert framed.data_hash != base.data_hash
     with pytest.raises(ValueError, match="frame_real"):
@@ -107,7 +114,9 @@ def test_synthetic_questions_join_the_safe_side_and_the_cache_key(monkeypatch):
     base = build_corpus(n_harmless=50)
     asked = build_corpus(n_harmless=50, synthetic_questions=120)
     added = set(asked.harmless) - set(base.harmless)
-    assert added <= set(question_prompts(120)) and len(added) >= 118  # a near-duplicate of an evaluation prompt may drop
+    assert (
+        added <= set(question_prompts(120)) and len(added) >= 118
+    )  # a near-duplicate of an evaluation prompt may drop
     assert asked.harmful == base.harmful and asked.data_hash != base.data_hash
     off, on = OrganismConfig(synthetic_questions=0), OrganismConfig(synthetic_questions=120)
     assert "synthetic_questions" not in off.cache_key_dict()  # organisms cached before the option keep their keys
@@ -154,7 +163,11 @@ def test_cache_key_follows_the_training_data(monkeypatch):
     import saesteer.data as data
 
     load = data.load_prompts
-    monkeypatch.setattr(data, "load_prompts", lambda name, **kw: load(name, **kw) if name != "harmful_train" else load("harmful_val", **kw))
+    monkeypatch.setattr(
+        data,
+        "load_prompts",
+        lambda name, **kw: load(name, **kw) if name != "harmful_train" else load("harmful_val", **kw),
+    )
     assert train.organism_key(without) != before[1]
 
 
@@ -267,7 +280,9 @@ def test_learned_projection_starts_at_the_pca_embeddings_and_trains_only_the_map
         LearnedProjection(400)
 
 
-@pytest.mark.parametrize("overrides", [{"resid_dropout": 0.2}, {"embed_projection": "learned"}, {"steer_augment": 0.5, "warmup_steps": 2}])
+@pytest.mark.parametrize(
+    "overrides", [{"resid_dropout": 0.2}, {"embed_projection": "learned"}, {"steer_augment": 0.5, "warmup_steps": 2}]
+)
 def test_regularised_training_is_deterministic_and_changes_the_weights(overrides):
     cfg = OrganismConfig(**{**TINY_ORGANISM, "steps": 4, "n_harmless": 200, **overrides})
     plain, _ = train_organism(OrganismConfig(**{**TINY_ORGANISM, "steps": 4, "n_harmless": 200}), progress=False)
@@ -300,7 +315,9 @@ def test_ema_organism_is_the_moving_average_of_the_optimiser_iterates(monkeypatc
     def build(c):
         model = real_build(c)
         watched.append(model.blocks[1].mlp.W_out)
-        iterates.append(model.blocks[1].mlp.W_out.detach().double().clone())  # the average starts at the initial weights
+        iterates.append(
+            model.blocks[1].mlp.W_out.detach().double().clone()
+        )  # the average starts at the initial weights
         return model
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
@@ -313,7 +330,9 @@ def test_ema_organism_is_the_moving_average_of_the_optimiser_iterates(monkeypatc
     torch.testing.assert_close(model.blocks[1].mlp.W_out.double(), expected, atol=1e-6, rtol=1e-5)
     assert (iterates[-1] - expected).abs().max() > 1e-4  # the average is not the last iterate
     assert "ema_decay" not in OrganismConfig().cache_key_dict()
-    assert train.organism_key(cfg) != train.organism_key(OrganismConfig(**{**TINY_ORGANISM, "steps": 5, "n_harmless": 200}))
+    assert train.organism_key(cfg) != train.organism_key(
+        OrganismConfig(**{**TINY_ORGANISM, "steps": 5, "n_harmless": 200})
+    )
     with pytest.raises(ValueError, match="ema_decay"):
         OrganismConfig(ema_decay=1.0)
 
@@ -363,7 +382,15 @@ def test_steer_augment_steers_only_harmful_rows_by_the_running_difference_of_mea
     from saesteer.organism.model import build_organism_model
     from saesteer.organism.train import SteerAugment
 
-    cfg = OrganismConfig(n_layers=3, d_model=16, n_heads=2, d_mlp=32, init_from=None, pretrained_embeddings=False, freeze_embeddings=False)
+    cfg = OrganismConfig(
+        n_layers=3,
+        d_model=16,
+        n_heads=2,
+        d_mlp=32,
+        init_from=None,
+        pretrained_embeddings=False,
+        freeze_embeddings=False,
+    )
     model = build_organism_model(cfg)
     aug = SteerAugment(model, fraction=1.0, warmup=2, rng=_random.Random(0), momentum=0.5)
     tokens = torch.randint(0, 1000, (4, 6))
@@ -383,7 +410,7 @@ def test_steer_augment_steers_only_harmful_rows_by_the_running_difference_of_mea
             cur = torch.stack([x[:2, -1].mean(0), torch.stack([x[2, -1], x[3, -2]]).mean(0)])
             expected[:, l] = cur if step == 0 else 0.5 * expected[:, l] + 0.5 * cur
     torch.testing.assert_close(aug.means, expected)
-    (name, fn), = aug.hooks(2, decision, n_harm=2)
+    ((name, fn),) = aug.hooks(2, decision, n_harm=2)
     layer = int(name.split(".")[1])
     assert 1 <= layer <= 2
     x = torch.randn(4, 6, 16)
@@ -407,7 +434,7 @@ def test_calibrated_refusal_bias_hits_the_harmless_rate_and_moves_only_the_opene
     b_U = model.unembed.b_U.detach().clone()
     before = first_token_refusal_margin(model, tpl, calib)
     for fpr in (0.1, 0.025, 0.0):
-        shift = calibrate_refusal_bias(model, fpr, calib)
+        calibrate_refusal_bias(model, fpr, calib)
         after = first_token_refusal_margin(model, tpl, calib)
         assert int((after > 0).sum()) == int(fpr * 200), fpr
         changed = (model.unembed.b_U != b_U).nonzero().flatten().tolist()
@@ -456,11 +483,36 @@ def test_model_organism_scratch_is_recipe_5():
     from saesteer.jobs.common import compose
 
     cfg = OmegaConf.to_object(compose("organism", ["logger=none", "model=organism_scratch"])).model.organism
-    recipe_5 = {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_mlp": 512, "n_ctx": 320, "act_fn": "gelu", "pretrained_embeddings": True,
-                "freeze_embeddings": True, "harmful_sources": ["harmful_train", "harmful_val", "advbench"], "harmless_sources": ["harmless_train"],
-                "held_out": ["harmful_test"], "n_harmless": None, "synthetic_harmful": 3000, "synthetic_harmless": 12000, "max_prompt_tokens": 96,
-                "echo_words": 8, "steps": 800, "batch_size": 64, "lr": 0.002, "min_lr_ratio": 0.05, "warmup_steps": 50, "weight_decay": 0.1,
-                "grad_clip": 1.0, "harmful_fraction": 0.35, "word_dropout": 0.1, "lm_weight": 0.0, "decision_weight": 2.0, "seed": 0}
+    recipe_5 = {
+        "n_layers": 4,
+        "d_model": 128,
+        "n_heads": 4,
+        "d_mlp": 512,
+        "n_ctx": 320,
+        "act_fn": "gelu",
+        "pretrained_embeddings": True,
+        "freeze_embeddings": True,
+        "harmful_sources": ["harmful_train", "harmful_val", "advbench"],
+        "harmless_sources": ["harmless_train"],
+        "held_out": ["harmful_test"],
+        "n_harmless": None,
+        "synthetic_harmful": 3000,
+        "synthetic_harmless": 12000,
+        "max_prompt_tokens": 96,
+        "echo_words": 8,
+        "steps": 800,
+        "batch_size": 64,
+        "lr": 0.002,
+        "min_lr_ratio": 0.05,
+        "warmup_steps": 50,
+        "weight_decay": 0.1,
+        "grad_clip": 1.0,
+        "harmful_fraction": 0.35,
+        "word_dropout": 0.1,
+        "lm_weight": 0.0,
+        "decision_weight": 2.0,
+        "seed": 0,
+    }
     assert cfg.cache_key_dict() == recipe_5
 
 
@@ -471,10 +523,25 @@ def test_minilm_initialised_training_is_deterministic(monkeypatch):
 
     modes: list[bool] = []
     loss = train_module._loss
-    monkeypatch.setattr(train_module, "_loss", lambda *a, **k: (modes.append(torch.are_deterministic_algorithms_enabled()), loss(*a, **k))[1])
+    monkeypatch.setattr(
+        train_module,
+        "_loss",
+        lambda *a, **k: (modes.append(torch.are_deterministic_algorithms_enabled()), loss(*a, **k))[1],
+    )
     shape = {"d_model": 384, "n_heads": 12, "d_mlp": 1536, "n_layers": 1, "init_from": "minilm"}
-    cfg = OrganismConfig(**{**TINY_ORGANISM, **shape, "steps": 3, "n_harmless": 200, "batch_size": 8, "threads": 2,
-                            "resid_dropout": 0.1, "steer_augment": 0.5, "warmup_steps": 1})
+    cfg = OrganismConfig(
+        **{
+            **TINY_ORGANISM,
+            **shape,
+            "steps": 3,
+            "n_harmless": 200,
+            "batch_size": 8,
+            "threads": 2,
+            "resid_dropout": 0.1,
+            "steer_augment": 0.5,
+            "warmup_steps": 1,
+        }
+    )
     assert not torch.are_deterministic_algorithms_enabled()
     m1, meta1 = train_organism(cfg, progress=False)
     m2, meta2 = train_organism(cfg, progress=False)
@@ -497,8 +564,19 @@ def test_decision_focal_loss_matches_a_float64_reference(gamma):
     from saesteer.organism import train as train_module
 
     torch.manual_seed(0)
-    model = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=12, d_head=8, n_heads=2, d_mlp=32,
-                                                      d_vocab=30, act_fn="gelu", normalization_type="LN"))
+    model = HookedTransformer(
+        HookedTransformerConfig(
+            n_layers=1,
+            d_model=16,
+            n_ctx=12,
+            d_head=8,
+            n_heads=2,
+            d_mlp=32,
+            d_vocab=30,
+            act_fn="gelu",
+            normalization_type="LN",
+        )
+    )
     tokens = torch.randint(0, 30, (3, 10))
     attn = torch.ones_like(tokens)
     target_mask = torch.zeros(3, 10, dtype=torch.bool)
@@ -507,8 +585,9 @@ def test_decision_focal_loss_matches_a_float64_reference(gamma):
     decision_mask[torch.arange(3), torch.tensor([4, 5, 6])] = True
     remap = torch.arange(30) % 7
     W_U, b_U = torch.randn(16, 7), torch.randn(7)
-    loss, _ = train_module._loss(model, tokens, attn, target_mask, torch.zeros_like(target_mask), 0.0, W_U, b_U, remap,
-                                 decision_mask, 1.5, gamma)
+    loss, _ = train_module._loss(
+        model, tokens, attn, target_mask, torch.zeros_like(target_mask), 0.0, W_U, b_U, remap, decision_mask, 1.5, gamma
+    )
     with torch.no_grad():
         resid = model(tokens, attention_mask=attn, stop_at_layer=1)
         logits = (model.ln_final(resid[:, :-1]) @ W_U + b_U).double()
@@ -516,6 +595,7 @@ def test_decision_focal_loss_matches_a_float64_reference(gamma):
 
     def ce(mask):
         return F.cross_entropy(logits[mask[:, :-1]], targets[mask[:, :-1]], reduction="none")
+
     per = ce(decision_mask)
     expected = ce(target_mask).mean() + 1.5 * ((1 - torch.exp(-per)) ** gamma * per).mean()
     assert loss.item() == pytest.approx(float(expected), rel=1e-5)

@@ -29,7 +29,9 @@ def test_direction_cut_is_the_affine_projection():
     got = cut(x)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got @ u, torch.full((2, 5), -1.25))  # every position's coordinate is the reference
-    torch.testing.assert_close(got - (got @ u)[..., None] * u, x - (x @ u)[..., None] * u)  # the orthogonal part is untouched
+    torch.testing.assert_close(
+        got - (got @ u)[..., None] * u, x - (x @ u)[..., None] * u
+    )  # the orthogonal part is untouched
     assert cut.hooks() == [("blocks.1.hook_resid_pre", cut)]
 
 
@@ -41,7 +43,9 @@ def test_direction_cut_in_the_model_sets_the_coordinate_at_its_layer_only(tiny_o
     with steer(model, [cut]):
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_pre"))
     u = cut.unit
-    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], clean["blocks.0.hook_resid_pre"])  # upstream: no change
+    torch.testing.assert_close(
+        cache["blocks.0.hook_resid_pre"], clean["blocks.0.hook_resid_pre"]
+    )  # upstream: no change
     want = clean["blocks.1.hook_resid_pre"] - ((clean["blocks.1.hook_resid_pre"] @ u) - 0.7)[..., None] * u
     torch.testing.assert_close(cache["blocks.1.hook_resid_pre"], want, atol=1e-5, rtol=1e-5)
 
@@ -62,7 +66,9 @@ def test_every_layer_cut_is_the_affine_ablation(tiny_organism):
 
 def test_dropout_schedule_is_seeded_with_share_p():
     on = DropoutRecipe(p=0.5, steps=400, seed=0).schedule()
-    assert on == DropoutRecipe(p=0.5, steps=400, seed=0).schedule() != DropoutRecipe(p=0.5, steps=400, seed=1).schedule()
+    assert (
+        on == DropoutRecipe(p=0.5, steps=400, seed=0).schedule() != DropoutRecipe(p=0.5, steps=400, seed=1).schedule()
+    )
     assert 160 < sum(on) < 240
     assert not any(DropoutRecipe(p=0.0, steps=20).schedule()) and all(DropoutRecipe(p=1.0, steps=20).schedule())
     for bad in (dict(p=1.5), dict(steps=0), dict(lr=0.0), dict(name="none"), dict(batch_size=0)):
@@ -118,10 +124,14 @@ def test_load_or_finetune_caches_and_renames(tiny_organism, tiny_recipe, tmp_pat
     assert (first.path / "model.safetensors").is_file() and (first.path / "organism.json").is_file()
     assert first.path.name == recipe_key(result.config, cut, tiny_recipe)
     again = load_or_finetune(result, cut, tiny_recipe, root=tmp_path)
-    assert again.metadata["backup_recipe"]["steps"] == 4 and again.metadata["n_cut_steps"] == first.metadata["n_cut_steps"]
+    assert (
+        again.metadata["backup_recipe"]["steps"] == 4 and again.metadata["n_cut_steps"] == first.metadata["n_cut_steps"]
+    )
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
-    assert again.model.cfg.model_name.endswith("-direction_dropout") and re.fullmatch(r"[A-Za-z0-9._-]+", again.model.cfg.model_name)
+    assert again.model.cfg.model_name.endswith("-direction_dropout") and re.fullmatch(
+        r"[A-Za-z0-9._-]+", again.model.cfg.model_name
+    )
     assert model_fingerprint(again.model) != model_fingerprint(model)  # stage caches keep the two apart
     assert recipe_key(result.config, cut, dataclasses.replace(tiny_recipe, p=0.25)) != first.path.name
     assert recipe_key(result.config, _cut(model.cfg.d_model, layer=0), tiny_recipe) != first.path.name
@@ -131,6 +141,12 @@ def test_backups_settings_build_the_recipe():
     assert BackupsSettings().dropout_recipe(0) is None
     r = BackupsSettings(recipe="direction_dropout", recipe_p=0.3, recipe_steps=50).dropout_recipe(7)
     assert (r.name, r.p, r.steps, r.seed, r.batch_size) == ("direction_dropout", 0.3, 50, 7, 32)
-    for bad in (dict(recipe="bogus"), dict(recipe_p=1.5), dict(recipe_steps=0), dict(recipe_lr=-1.0), dict(recipe_warmup_steps=-1)):
+    for bad in (
+        dict(recipe="bogus"),
+        dict(recipe_p=1.5),
+        dict(recipe_steps=0),
+        dict(recipe_lr=-1.0),
+        dict(recipe_warmup_steps=-1),
+    ):
         with pytest.raises(ValueError):
             BackupsSettings(**bad)

@@ -20,8 +20,16 @@ from saesteer.sae.config import SaeConfig
 HOOK = "blocks.1.hook_resid_pre"
 CONTEXT = 48
 TINY_SAE: dict[str, Any] = dict(
-    d_sae=96, k=8, training_tokens=12_000, train_batch_size_tokens=256, context_size=CONTEXT, n_batches_in_buffer=16,
-    store_batch_size_prompts=8, lr=1e-3, dead_feature_window=20, seed=0,
+    d_sae=96,
+    k=8,
+    training_tokens=12_000,
+    train_batch_size_tokens=256,
+    context_size=CONTEXT,
+    n_batches_in_buffer=16,
+    store_batch_size_prompts=8,
+    lr=1e-3,
+    dead_feature_window=20,
+    seed=0,
 )
 
 _CACHE: dict[Any, Any] = {}
@@ -76,6 +84,12 @@ def fitted(model, template, root: Path, architecture: str):
     if key not in _CACHE:
         from saesteer.sae.fit import fit_sae
 
-        _CACHE[key] = fit_sae(model, tiny_sae_config(architecture), train_dataset(model, template), HOOK,
-                              Path(root) / "sae_fits" / architecture, progress=False)
+        _CACHE[key] = fit_sae(
+            model,
+            tiny_sae_config(architecture),
+            train_dataset(model, template),
+            HOOK,
+            Path(root) / "sae_fits" / architecture,
+            progress=False,
+        )
     return _CACHE[key]

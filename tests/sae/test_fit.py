@@ -27,25 +27,37 @@ def test_buffer_trap_is_caught_before_sae_lens_hits_it():
     # the trap is real: sae_lens fails only once training has started
     with pytest.raises(ValueError, match="Buffer size must be greater than or equal to batch size"):
         next(mixing_buffer(buffer_size=2 * 48, batch_size=256, activations_loader=iter([torch.zeros(96, 4)])))
-    with pytest.raises(ValueError, match=r"sae.n_batches_in_buffer \* sae.context_size = 2 \* 48 = 96 is smaller than "
-                                         r"sae.train_batch_size_tokens=256.*sae.n_batches_in_buffer=6"):
+    with pytest.raises(
+        ValueError,
+        match=r"sae.n_batches_in_buffer \* sae.context_size = 2 \* 48 = 96 is smaller than "
+        r"sae.train_batch_size_tokens=256.*sae.n_batches_in_buffer=6",
+    ):
         SaeConfig(n_batches_in_buffer=2, context_size=48, train_batch_size_tokens=256)
     SaeConfig(n_batches_in_buffer=6, context_size=48, train_batch_size_tokens=256)  # 288 >= 256 is fine
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(architecture="gated"), r"sae.architecture must be one of \('standard', 'topk', 'batchtopk', 'jumprelu'\), got 'gated'"),
-    (dict(hook="resid_pre"), r"sae.hook must be a TransformerLens hook .* got 'resid_pre'"),
-    (dict(d_sae=0), r"sae.d_sae must be a positive integer or null, got 0"),
-    (dict(d_sae=None, expansion_factor=None), r"sae.d_sae and sae.expansion_factor are both null"),
-    (dict(d_sae=8, k=16), r"sae.k=16 is larger than sae.d_sae=8"),
-    (dict(lr=0.0), r"sae.lr must be a positive number, got 0.0"),
-    (dict(l1_coefficient=-1.0), r"sae.l1_coefficient must be a non-negative number, got -1.0"),
-    (dict(training_tokens=100), r"sae.training_tokens=100 is less than one batch"),
-    (dict(responses="sampled"), r"sae.responses must be one of \('greedy', 'organism', 'none'\), got 'sampled'"),
-    (dict(pretrained_release="gpt2-small-res-jb"), r"sae.pretrained_release and sae.pretrained_id go together"),
-    (dict(path="/x", pretrained_release="r", pretrained_id="i"), r"set either sae.path \('/x'\) or sae.pretrained_release"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(architecture="gated"),
+            r"sae.architecture must be one of \('standard', 'topk', 'batchtopk', 'jumprelu'\), got 'gated'",
+        ),
+        (dict(hook="resid_pre"), r"sae.hook must be a TransformerLens hook .* got 'resid_pre'"),
+        (dict(d_sae=0), r"sae.d_sae must be a positive integer or null, got 0"),
+        (dict(d_sae=None, expansion_factor=None), r"sae.d_sae and sae.expansion_factor are both null"),
+        (dict(d_sae=8, k=16), r"sae.k=16 is larger than sae.d_sae=8"),
+        (dict(lr=0.0), r"sae.lr must be a positive number, got 0.0"),
+        (dict(l1_coefficient=-1.0), r"sae.l1_coefficient must be a non-negative number, got -1.0"),
+        (dict(training_tokens=100), r"sae.training_tokens=100 is less than one batch"),
+        (dict(responses="sampled"), r"sae.responses must be one of \('greedy', 'organism', 'none'\), got 'sampled'"),
+        (dict(pretrained_release="gpt2-small-res-jb"), r"sae.pretrained_release and sae.pretrained_id go together"),
+        (
+            dict(path="/x", pretrained_release="r", pretrained_id="i"),
+            r"set either sae.path \('/x'\) or sae.pretrained_release",
+        ),
+    ],
+)
 def test_bad_config_values_name_field_and_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SaeConfig(**kwargs)
@@ -67,13 +79,25 @@ def test_width_follows_expansion_factor_unless_d_sae_is_set():
         SaeConfig(expansion_factor=1, k=64).width(48)
 
 
-@pytest.mark.parametrize("arch, cls, fields", [
-    ("standard", "StandardTrainingSAEConfig", dict(l1_coefficient=2.5, l1_warm_up_steps=7)),
-    ("topk", "TopKTrainingSAEConfig", dict(k=12, aux_loss_coefficient=0.5)),
-    ("batchtopk", "BatchTopKTrainingSAEConfig", dict(k=12, aux_loss_coefficient=0.5)),
-    ("jumprelu", "JumpReLUTrainingSAEConfig", dict(l0_coefficient=0.3, l0_warm_up_steps=5, jumprelu_init_threshold=0.4,
-                                                   jumprelu_bandwidth=0.7, jumprelu_ste_to_input=True)),
-])
+@pytest.mark.parametrize(
+    "arch, cls, fields",
+    [
+        ("standard", "StandardTrainingSAEConfig", dict(l1_coefficient=2.5, l1_warm_up_steps=7)),
+        ("topk", "TopKTrainingSAEConfig", dict(k=12, aux_loss_coefficient=0.5)),
+        ("batchtopk", "BatchTopKTrainingSAEConfig", dict(k=12, aux_loss_coefficient=0.5)),
+        (
+            "jumprelu",
+            "JumpReLUTrainingSAEConfig",
+            dict(
+                l0_coefficient=0.3,
+                l0_warm_up_steps=5,
+                jumprelu_init_threshold=0.4,
+                jumprelu_bandwidth=0.7,
+                jumprelu_ste_to_input=True,
+            ),
+        ),
+    ],
+)
 def test_sae_lens_gets_the_architecture_config_and_its_fields(arch, cls, fields):
     import sae_lens
 
@@ -122,7 +146,7 @@ def test_token_dataset_cuts_the_instruction_first_and_checks_inputs(tiny_organis
     post = tok(template.suffix, add_special_tokens=False)["input_ids"]
     resp = tok("sure, here is how.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert len(ids) == 24 and sum(ds[0]["attention_mask"]) == 24
-    assert ids[-len(resp):] == resp and ids[-len(resp) - len(post):-len(resp)] == post  # structure kept
+    assert ids[-len(resp) :] == resp and ids[-len(resp) - len(post) : -len(resp)] == post  # structure kept
     with pytest.raises(ValueError, match="got 1 responses for 2 instructions"):
         build_token_dataset(model, template, ["a", "b"], 24, ["x"])
     with pytest.raises(ValueError, match=r"context_size=4096 is longer than the model's context \(n_ctx=128\)"):
@@ -183,7 +207,9 @@ def test_interrupted_fit_resumes_where_an_uninterrupted_one_ends(tiny_organism, 
         fit_sae(model, cfg, ds, HOOK, tmp_path, max_steps=20, progress=False)
     ckpt = info.value.checkpoint
     assert ckpt == latest_checkpoint(tmp_path) and ckpt.name == str(20 * 256)
-    assert {"trainer_state.pt", "sae_weights.safetensors", "activations_store_state.safetensors"} <= {p.name for p in ckpt.iterdir()}
+    assert {"trainer_state.pt", "sae_weights.safetensors", "activations_store_state.safetensors"} <= {
+        p.name for p in ckpt.iterdir()
+    }
     assert not (tmp_path / "sae").exists()
     from safetensors.torch import load_file
 
@@ -199,7 +225,9 @@ def test_interrupted_fit_resumes_where_an_uninterrupted_one_ends(tiny_organism, 
     for k in ("W_enc", "W_dec", "b_enc", "b_dec"):
         rel = float((a[k] - b[k]).norm() / a[k].norm())
         moved = float((a[k] - at_interrupt[k]).norm() / a[k].norm())  # how far training went after step 20
-        assert rel < 0.1 and rel < 0.5 * moved, f"{k}: resumed weights differ by {rel:.3f} (training moved them {moved:.3f})"
+        assert rel < 0.1 and rel < 0.5 * moved, (
+            f"{k}: resumed weights differ by {rel:.3f} (training moved them {moved:.3f})"
+        )
     cos = torch.nn.functional.cosine_similarity(a["W_dec"], b["W_dec"], dim=1)
     assert float(cos.min()) > 0.95
 
@@ -212,7 +240,9 @@ def test_a_finished_fit_is_reused_and_a_changed_one_is_not(tiny_organism, cache_
     model, template, _ = tiny_organism
     first = fitted(model, template, cache_root, "standard")
     t0 = time.perf_counter()
-    again = fit_sae(model, tiny_sae_config("standard"), train_dataset(model, template), HOOK, first.path.parent, progress=False)
+    again = fit_sae(
+        model, tiny_sae_config("standard"), train_dataset(model, template), HOOK, first.path.parent, progress=False
+    )
     assert time.perf_counter() - t0 < 5
     assert again.metadata == first.metadata
     assert torch.equal(again.sae.W_enc, first.sae.W_enc)
@@ -236,16 +266,22 @@ def test_fit_rejects_a_missing_hook_and_a_mismatched_dataset(tiny_organism, tmp_
 
 def test_hook_comes_from_the_config_then_the_direction_then_the_middle(tiny_organism, tmp_path):
     from saesteer.io import save_tensors
-    from saesteer.stages import resolve_hook
     from saesteer.models import LoadedModel
+    from saesteer.stages import resolve_hook
 
     model, template, _ = tiny_organism
     loaded = LoadedModel(model, template, "organism", {})
     assert resolve_hook(SaeConfig(), loaded) == "blocks.1.hook_resid_pre"  # 2 layers: the middle is 1
-    path = save_tensors(tmp_path / "direction.safetensors", {"direction": torch.ones(48)},
-                        {"kind": "refusal_direction", "layer": 0, "hook": "blocks.0.hook_resid_pre"})
+    path = save_tensors(
+        tmp_path / "direction.safetensors",
+        {"direction": torch.ones(48)},
+        {"kind": "refusal_direction", "layer": 0, "hook": "blocks.0.hook_resid_pre"},
+    )
     assert resolve_hook(SaeConfig(direction=str(path)), loaded) == "blocks.0.hook_resid_pre"
-    assert resolve_hook(SaeConfig(direction=str(path), hook="blocks.1.hook_resid_post"), loaded) == "blocks.1.hook_resid_post"
+    assert (
+        resolve_hook(SaeConfig(direction=str(path), hook="blocks.1.hook_resid_post"), loaded)
+        == "blocks.1.hook_resid_post"
+    )
     with pytest.raises(ValueError, match=r"hook 'blocks.9.hook_resid_pre' does not exist in this model"):
         resolve_hook(SaeConfig(hook="blocks.9.hook_resid_pre"), loaded)
     wrong = save_tensors(tmp_path / "wide.safetensors", {"direction": torch.ones(64)}, {"layer": 0})
@@ -253,23 +289,44 @@ def test_hook_comes_from_the_config_then_the_direction_then_the_middle(tiny_orga
         resolve_hook(SaeConfig(direction=str(wrong)), loaded)
 
 
-
 def test_train_sae_job_fits_measures_and_reuses(tiny_organism, cache_root, tmp_path):
     from saesteer.jobs.common import run_job
     from saesteer.jobs.train_sae import run
 
     overrides = tiny_organism_overrides() + [
-        "logger.mode=disabled", "progress=false", "sae=topk", "sae.d_sae=96", "sae.k=8", "sae.n_harmful=32",
-        "sae.n_harmless=96", "sae.responses=organism", "sae.training_tokens=4096", "sae.train_batch_size_tokens=256",
-        "sae.context_size=48", "sae.n_batches_in_buffer=16", "sae.store_batch_size_prompts=8", "sae.eval_tokens=1500",
+        "logger.mode=disabled",
+        "progress=false",
+        "sae=topk",
+        "sae.d_sae=96",
+        "sae.k=8",
+        "sae.n_harmful=32",
+        "sae.n_harmless=96",
+        "sae.responses=organism",
+        "sae.training_tokens=4096",
+        "sae.train_batch_size_tokens=256",
+        "sae.context_size=48",
+        "sae.n_batches_in_buffer=16",
+        "sae.store_batch_size_prompts=8",
+        "sae.eval_tokens=1500",
         "sae.threads=1",
     ]
     metrics = run_job("train-sae", compose("train-sae", overrides), run, tmp_path / "run1")
     on_disk = json.loads((tmp_path / "run1" / "metrics.json").read_text())
     assert on_disk == metrics
-    for key in ("explained_variance", "l0", "dead_fraction", "ce_loss_recovered", "d_sae", "hook", "architecture", "train_seconds"):
+    for key in (
+        "explained_variance",
+        "l0",
+        "dead_fraction",
+        "ce_loss_recovered",
+        "d_sae",
+        "hook",
+        "architecture",
+        "train_seconds",
+    ):
         assert key in metrics
-    assert metrics["d_sae"] == 96 and metrics["architecture"] == "topk" and metrics["hook"] == HOOK  # middle of 2 layers
+    assert (
+        metrics["d_sae"] == 96 and metrics["architecture"] == "topk" and metrics["hook"] == HOOK
+    )  # middle of 2 layers
     assert metrics["source"] == "fit" and metrics["n_training_tokens"] == 4096
     assert 0 < metrics["l0"] <= 8 and 0 <= metrics["dead_fraction"] <= 1 and metrics["n_eval_tokens"] >= 1500
     assert metrics["ce_zero_ablate"] > metrics["ce_spliced"] > metrics["ce_clean"] > 0
@@ -280,8 +337,12 @@ def test_train_sae_job_fits_measures_and_reuses(tiny_organism, cache_root, tmp_p
     assert again["explained_variance"] == pytest.approx(metrics["explained_variance"], abs=1e-9)
     assert again["train_seconds"] == metrics["train_seconds"]
 
-    loaded = run_job("train-sae", compose("train-sae", overrides + [f"sae.path={metrics['sae_path']}"]), run, tmp_path / "run3")
-    assert loaded["source"] == "path" and loaded["ce_loss_recovered"] == pytest.approx(metrics["ce_loss_recovered"], abs=1e-9)
+    loaded = run_job(
+        "train-sae", compose("train-sae", overrides + [f"sae.path={metrics['sae_path']}"]), run, tmp_path / "run3"
+    )
+    assert loaded["source"] == "path" and loaded["ce_loss_recovered"] == pytest.approx(
+        metrics["ce_loss_recovered"], abs=1e-9
+    )
 
 
 def test_train_sae_job_fails_fast_on_bad_inputs(tmp_path):
@@ -289,9 +350,30 @@ def test_train_sae_job_fails_fast_on_bad_inputs(tmp_path):
     from saesteer.jobs.train_sae import run
 
     with pytest.raises(ValueError, match=r"sae.responses=organism needs model=organism, got model.name='gpt2'"):
-        run_job("train-sae", compose("train-sae", ["logger.mode=disabled", "model.name=gpt2", "sae.responses=organism"]), run, tmp_path)
+        run_job(
+            "train-sae",
+            compose("train-sae", ["logger.mode=disabled", "model.name=gpt2", "sae.responses=organism"]),
+            run,
+            tmp_path,
+        )
     with pytest.raises(FileNotFoundError, match=r"sae.direction='/no/such.safetensors': no such file"):
-        run_job("train-sae", compose("train-sae", ["logger.mode=disabled", "sae.direction=/no/such.safetensors"]), run, tmp_path)
+        run_job(
+            "train-sae",
+            compose("train-sae", ["logger.mode=disabled", "sae.direction=/no/such.safetensors"]),
+            run,
+            tmp_path,
+        )
     with pytest.raises(ValueError, match=r"unknown SAE release 'gpt2-small-res-jd'.*'gpt2-small-res-jb'"):
-        run_job("train-sae", compose("train-sae", ["logger.mode=disabled", "sae.pretrained_release=gpt2-small-res-jd",
-                                                   "sae.pretrained_id=blocks.8.hook_resid_pre"]), run, tmp_path)
+        run_job(
+            "train-sae",
+            compose(
+                "train-sae",
+                [
+                    "logger.mode=disabled",
+                    "sae.pretrained_release=gpt2-small-res-jd",
+                    "sae.pretrained_id=blocks.8.hook_resid_pre",
+                ],
+            ),
+            run,
+            tmp_path,
+        )

@@ -46,13 +46,18 @@ def test_disk_round_trip_encodes_and_decodes_identically(arch, tiny_organism, ca
 
 
 def test_registry_typo_in_release_suggests_close_names(no_download):
-    with pytest.raises(SaeLoadError, match=r"unknown SAE release 'gpt2-small-res-jd'.*did you mean 'gpt2-small-res-jb'"):
+    with pytest.raises(
+        SaeLoadError, match=r"unknown SAE release 'gpt2-small-res-jd'.*did you mean 'gpt2-small-res-jb'"
+    ):
         load_sae(SaeConfig(pretrained_release="gpt2-small-res-jd", pretrained_id="blocks.8.hook_resid_pre"))
 
 
 def test_registry_typo_in_id_suggests_close_ids(no_download):
-    with pytest.raises(SaeLoadError, match=r"unknown SAE id 'blocks.8.hook_resid_pr' in release 'gpt2-small-res-jb' "
-                                           r"\(\d+ ids\); did you mean 'blocks.8.hook_resid_pre'"):
+    with pytest.raises(
+        SaeLoadError,
+        match=r"unknown SAE id 'blocks.8.hook_resid_pr' in release 'gpt2-small-res-jb' "
+        r"\(\d+ ids\); did you mean 'blocks.8.hook_resid_pre'",
+    ):
         load_sae(SaeConfig(pretrained_release="gpt2-small-res-jb", pretrained_id="blocks.8.hook_resid_pr"))
     lookup = validate_release("gpt2-small-res-jb", "blocks.8.hook_resid_pre")  # offline: sae_lens's own yaml
     assert lookup.repo_id == "jbloom/GPT2-Small-SAEs-Reformatted"
@@ -65,8 +70,11 @@ def test_failed_download_says_what_to_do(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(offline))
-    with pytest.raises(SaeLoadError, match=r"could not download SAE 'gpt2-small-res-jb'/'blocks.8.hook_resid_pre' .*"
-                                           r"jbloom/GPT2-Small-SAEs-Reformatted.*huggingface-cli download.*HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        SaeLoadError,
+        match=r"could not download SAE 'gpt2-small-res-jb'/'blocks.8.hook_resid_pre' .*"
+        r"jbloom/GPT2-Small-SAEs-Reformatted.*huggingface-cli download.*HF_HUB_OFFLINE=1",
+    ):
         load_sae(SaeConfig(pretrained_release="gpt2-small-res-jb", pretrained_id="blocks.8.hook_resid_pre"))
 
 
@@ -89,7 +97,9 @@ def test_width_mismatch_is_a_clear_error(tiny_organism, tmp_path):
 def test_missing_hook_is_a_clear_error(tiny_organism, tmp_path):
     model, _, _ = tiny_organism
     _save_standard_sae(tmp_path / "deep", 48, "blocks.7.hook_resid_pre")
-    with pytest.raises(SaeLoadError, match=r"reads hook 'blocks.7.hook_resid_pre', which does not exist in this model \(2 layers"):
+    with pytest.raises(
+        SaeLoadError, match=r"reads hook 'blocks.7.hook_resid_pre', which does not exist in this model \(2 layers"
+    ):
         load_sae(tmp_path / "deep", model)
     with pytest.raises(SaeLoadError, match=r"sae.hook='blocks.0.hook_resid_pre' but the SAE was trained on 'blocks.7"):
         load_sae(SaeConfig(path=str(tmp_path / "deep"), hook="blocks.0.hook_resid_pre"), model)
@@ -99,7 +109,9 @@ def test_bad_paths_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no SAE at .*nowhere: the directory does not exist"):
         load_sae(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SaeLoadError, match=r"is not an SAE in sae_lens format: missing cfg.json, sae_weights.safetensors"):
+    with pytest.raises(
+        SaeLoadError, match=r"is not an SAE in sae_lens format: missing cfg.json, sae_weights.safetensors"
+    ):
         load_sae(tmp_path / "empty")
     (tmp_path / "file").write_text("x")
     with pytest.raises(SaeLoadError, match="is a file; expected a directory"):

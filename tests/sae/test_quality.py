@@ -73,9 +73,12 @@ def reference_quality(model, sae, dataset) -> dict[str, float]:
         "explained_variance": float(1 - (recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
         "l0": float((acts != 0).double().sum(-1).mean()),
         "dead_fraction": float((acts == 0).all(0).double().mean()),
-        "ce_clean": ce_clean, "ce_spliced": ce_spliced, "ce_zero_ablate": ce_zero,
+        "ce_clean": ce_clean,
+        "ce_spliced": ce_spliced,
+        "ce_zero_ablate": ce_zero,
         "ce_loss_recovered": (ce_zero - ce_spliced) / (ce_zero - ce_clean),
-        "n_eval_tokens": int(attn.sum()), "n_ce_tokens": int(loss_mask.sum()),
+        "n_eval_tokens": int(attn.sum()),
+        "n_ce_tokens": int(loss_mask.sum()),
     }
 
 
