@@ -356,8 +356,22 @@ def _validate(name: str, instructions: list[str], categories: list[str | None]) 
     return PromptSet(name, tuple(kept_text), tuple(kept_cat))
 
 
+#: the prompt roles a data config names (each a bundled set, a local file or a dataset)
+ROLES = (
+    "harmful_train",
+    "harmless_train",
+    "harmful_val",
+    "harmless_val",
+    "harmful_test",
+    "harmless_test",
+    "overrefusal",
+)
+
+
 def load_role(data_cfg: Any, role: str):
     """The prompt set for a data role (``harmful_train`` ...), limited as the data config says."""
+    if role not in ROLES:
+        raise ValueError(f"unknown data role {role!r}; expected one of {', '.join(ROLES)}")
     source = getattr(data_cfg, role)
     limit = {
         "harmful_train": data_cfg.n_train,

@@ -128,3 +128,27 @@ def _anchors(path: Path) -> set[str]:
             slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
             out.add(slug)
     return out
+
+
+def test_the_package_exports_its_entry_points_lazily():
+    """``import saesteer as ss; ss.load_model`` is the function of saesteer.models, loaded on first use."""
+    import subprocess
+    import sys
+
+    import saesteer
+    from saesteer.interventions import steer
+    from saesteer.models import load_model
+
+    assert saesteer.load_model is load_model and saesteer.steer is steer
+    assert set(saesteer.__all__) <= set(dir(saesteer))
+    code = (
+        "import sys, saesteer; assert 'saesteer.models' not in sys.modules and 'torch' not in sys.modules; print('ok')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "ok", res.stderr[-2000:]
+    try:
+        saesteer.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")
