@@ -287,7 +287,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         ).instructions
     )
     ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
-    direction = direction_stage(loaded, cfg.data, cfg.directions, progress=cfg.progress)
+    direction = direction_stage(loaded, cfg.data, cfg.directions, path=cfg.search.direction, progress=cfg.progress)
 
     log.info("anchor: calibrating floors and gate on train/val prompts")
     train_ref = refusal_eval(model, tpl, P["harmful_train"], desc="harmful_train", **ev)
