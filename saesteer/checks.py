@@ -27,7 +27,7 @@ import math
 import numbers
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, Optional, Union
 
 __all__ = [
@@ -60,6 +60,14 @@ def non_finite(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     elif isinstance(value, dict):
         for k, v in value.items():
             yield from non_finite(v, f"{path}[{k!r}]")
+
+
+def check_known_keys(cls: type, d: Mapping[str, Any], group: str) -> None:
+    """A ValueError naming the keys of ``d`` that are not fields of the dataclass ``cls`` (the ``group`` config)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown {group} config keys {sorted(unknown)}; expected some of {sorted(known)}")
 
 
 def check_finite_fields(obj: Any, name: str | None = None) -> None:

@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from saesteer.activations import mean_activations, n_post_tokens, resid_hooks
-from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.chat import ChatTemplate
 from saesteer.checks import check_choice_fields, check_finite_fields, check_prompts
 from saesteer.evaluate import kl_divergence, last_position_logprobs
-from saesteer.generation import final_logits, length_sorted_batches
+from saesteer.generation import last_position_logits
 from saesteer.interventions import Ablate, Add, Intervention, steer
 from saesteer.interventions.directions import ABLATION_MODES, AblationMode
 from saesteer.io import ArtifactError, load_tensors, save_tensors
@@ -86,17 +86,7 @@ def refusal_scores(
     logprobs = torch.empty(len(instructions), model.cfg.d_vocab_out) if return_logprobs else None
     ids = torch.tensor(list(refusal_ids))
     with steer(model, interventions):
-        for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-            enc = encode_chat(
-                model.tokenizer,
-                template,
-                [instructions[i] for i in idx],
-                pad_token_id=model.tokenizer.pad_token_id,
-                max_length=model.cfg.n_ctx,
-                length_note="the model's context, n_ctx",
-                indices=idx,
-            )
-            logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
+        for idx, logits in last_position_logits(model, template, instructions, batch_size):
             lp = F.log_softmax(logits.double().cpu(), -1)
             p = lp[:, ids].exp().sum(-1).clamp(1e-12, 1 - 1e-12)
             scores[idx] = torch.log(p) - torch.log1p(-p)

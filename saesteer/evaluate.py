@@ -12,7 +12,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_prompts
-from saesteer.generation import final_logits, generate, length_sorted_batches
+from saesteer.generation import final_logits, generate, last_position_logits, length_sorted_batches
 from saesteer.judge import RefusalJudge
 
 log = logging.getLogger(__name__)
@@ -64,17 +64,7 @@ def last_position_logprobs(
     """log-softmax of the next-token logits at the last prompt position: [n, d_vocab] (float32, CPU)."""
     check_prompts(instructions, "instructions")
     out = torch.empty(len(instructions), model.cfg.d_vocab_out)
-    for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
-        enc = encode_chat(
-            model.tokenizer,
-            template,
-            [instructions[i] for i in idx],
-            pad_token_id=model.tokenizer.pad_token_id,
-            max_length=model.cfg.n_ctx,
-            length_note="the model's context, n_ctx",
-            indices=idx,
-        )
-        logits = final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
+    for idx, logits in last_position_logits(model, template, instructions, batch_size):
         out[idx] = F.log_softmax(logits.float(), -1).cpu()
     return out
 

@@ -9,7 +9,7 @@ original order.  A key-value cache makes each new token cost one position.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -46,6 +46,26 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def last_position_logits(
+    model: HookedTransformer, template: ChatTemplate, instructions: Sequence[str], batch_size: int = 64
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Next-token logits at the last prompt position, a length-sorted batch at a time: (the batch's prompt
+    indices, logits [batch, d_vocab]). A prompt longer than the model's context is a clear error naming it."""
+    check_prompts(instructions, "instructions")
+    for idx in length_sorted_batches([len(s) for s in instructions], batch_size):
+        enc = encode_chat(
+            model.tokenizer,
+            template,
+            [instructions[i] for i in idx],
+            pad_token_id=model.tokenizer.pad_token_id,
+            max_length=model.cfg.n_ctx,
+            length_note="the model's context, n_ctx",
+            indices=idx,
+        )
+        yield idx, final_logits(model, enc.tokens.to(model.cfg.device), enc.attention_mask.to(model.cfg.device))
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from saesteer.checks import check_finite_fields
+from saesteer.checks import check_finite_fields, check_known_keys
 
 #: recipe options added after organisms were cached, with the value that reproduces the earlier recipe
 _NEUTRAL: dict[str, Any] = {
@@ -220,8 +220,5 @@ class OrganismConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OrganismConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown organism config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        check_known_keys(cls, d, "organism")
         return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()})

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from saesteer.checks import check_finite_fields
+from saesteer.checks import check_finite_fields, check_known_keys
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 RESPONSES = ("greedy", "organism", "none")
@@ -193,8 +193,5 @@ class SaeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SaeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown sae config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        check_known_keys(cls, d, "sae")
         return cls(**d)
