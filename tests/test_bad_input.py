@@ -364,14 +364,16 @@ def test_bad_overrides_are_one_line_config_errors(override, pattern):
 def test_corrupted_safetensors(tmp_path, heavy, clean):
     heavy.model_load().generation()
     path = tmp_path / "direction.safetensors"
-    path.write_bytes(os.urandom(4096))
+    # junk that is neither safetensors nor pickle (random bytes start with pickle's 0x80 one time in 256)
+    junk = bytes(range(1, 128)) * 32
+    path.write_bytes(junk)
     with pytest.raises(
         ArtifactError, match=r"direction.safetensors is not a readable safetensors file \(truncated or corrupted\?\)"
     ) as e:
         _run("generate", ["prompts=harmful_val", "steer=ablate", f"steer.direction={path}"], tmp_path / "run")
     _one_line(e)
     random_sae("topk", D_MODEL, 96, "blocks.1.hook_resid_pre").save_model(str(tmp_path / "sae"))
-    (tmp_path / "sae" / "sae_weights.safetensors").write_bytes(os.urandom(4096))
+    (tmp_path / "sae" / "sae_weights.safetensors").write_bytes(junk)
     heavy.sae_metrics()
     with pytest.raises(
         SaeLoadError,
