@@ -624,13 +624,13 @@ def _timing(runs: Sequence[Run]) -> list[str]:
                 rows.append(
                     [
                         STAGE_JOB.get(stage, stage),
-                        fmt(secs / 60 if isinstance(secs, (int, float)) else None, 1),
+                        f"{secs / 60:.1f}" if isinstance(secs, (int, float)) else "-",
                         "cached" if m.get("reused") else "computed",
                     ]
                 )
         total = run.extra.get("job_seconds")
         if isinstance(total, (int, float)) and rows:
-            rows.append([f"{run.job} (all stages)", fmt(total / 60, 1), ""])
+            rows.append([f"{run.job} (all stages)", f"{total / 60:.1f}", ""])
     if not rows:
         return []
     return [
