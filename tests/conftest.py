@@ -69,6 +69,24 @@ def _override_value(v) -> str:
     return str(v)
 
 
+#: Hydra overrides of a tiny TopK SAE fitted in seconds on the tiny organism's own training texts
+SMALL_SAE = [
+    "sae=topk",
+    "sae.d_sae=96",
+    "sae.k=8",
+    "sae.n_harmful=32",
+    "sae.n_harmless=96",
+    "sae.responses=organism",
+    "sae.training_tokens=4096",
+    "sae.train_batch_size_tokens=256",
+    "sae.context_size=48",
+    "sae.n_batches_in_buffer=16",
+    "sae.store_batch_size_prompts=8",
+    "sae.eval_tokens=1500",
+    "sae.threads=1",
+]
+
+
 def tiny_organism_overrides() -> list[str]:
     """Hydra overrides that select the tiny test organism."""
     return [f"model.organism.{k}={_override_value(v)}" for k, v in TINY_ORGANISM.items()]

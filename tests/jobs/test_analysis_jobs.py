@@ -7,8 +7,9 @@ import random
 
 import pytest
 
+from tests.conftest import SMALL_SAE
 from tests.jobs.reference import cached_sae, load_role, no_edit, per_prompt_refusals, ranking_csv, share
-from tests.jobs.test_jobs import CAUSAL_SAE, SMALL_SAE, _cfg, _run
+from tests.jobs.test_jobs import CAUSAL_SAE, _cfg, _run
 
 
 def _rate(x):

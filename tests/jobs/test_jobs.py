@@ -9,7 +9,7 @@ import torch
 
 from saesteer.cli import job_function
 from saesteer.jobs.common import compose, run_job
-from tests.conftest import tiny_organism_overrides
+from tests.conftest import SMALL_SAE, tiny_organism_overrides
 from tests.jobs.reference import cached_sae, load_role, no_edit, per_prompt_refusals, ranking_csv, share
 
 SMALL_DATA = [
@@ -21,21 +21,6 @@ SMALL_DATA = [
     "directions.n_ce=8",
     "logger.mode=disabled",
     "progress=false",
-]
-SMALL_SAE = [
-    "sae=topk",
-    "sae.d_sae=96",
-    "sae.k=8",
-    "sae.n_harmful=32",
-    "sae.n_harmless=96",
-    "sae.responses=organism",
-    "sae.training_tokens=4096",
-    "sae.train_batch_size_tokens=256",
-    "sae.context_size=48",
-    "sae.n_batches_in_buffer=16",
-    "sae.store_batch_size_prompts=8",
-    "sae.eval_tokens=1500",
-    "sae.threads=1",
 ]
 
 

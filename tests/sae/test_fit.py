@@ -12,7 +12,7 @@ from saesteer.chat import encode_chat
 from saesteer.config import to_object
 from saesteer.jobs.common import compose
 from saesteer.sae.config import SaeConfig
-from tests.conftest import tiny_organism_overrides
+from tests.conftest import SMALL_SAE, tiny_organism_overrides
 from tests.sae import CONTEXT, HOOK, fitted, one_thread, tiny_sae_config, train_dataset  # noqa: F401
 
 ARCHS = ["standard", "topk", "batchtopk", "jumprelu"]
@@ -293,23 +293,7 @@ def test_train_sae_job_fits_measures_and_reuses(tiny_organism, cache_root, tmp_p
     from saesteer.jobs.common import run_job
     from saesteer.jobs.train_sae import run
 
-    overrides = tiny_organism_overrides() + [
-        "logger.mode=disabled",
-        "progress=false",
-        "sae=topk",
-        "sae.d_sae=96",
-        "sae.k=8",
-        "sae.n_harmful=32",
-        "sae.n_harmless=96",
-        "sae.responses=organism",
-        "sae.training_tokens=4096",
-        "sae.train_batch_size_tokens=256",
-        "sae.context_size=48",
-        "sae.n_batches_in_buffer=16",
-        "sae.store_batch_size_prompts=8",
-        "sae.eval_tokens=1500",
-        "sae.threads=1",
-    ]
+    overrides = tiny_organism_overrides() + ["logger.mode=disabled", "progress=false"] + SMALL_SAE
     metrics = run_job("train-sae", compose("train-sae", overrides), run, tmp_path / "run1")
     on_disk = json.loads((tmp_path / "run1" / "metrics.json").read_text())
     assert on_disk == metrics
