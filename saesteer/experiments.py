@@ -704,7 +704,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m saesteer.experiments [NAME ...] [key=value ...] [--job JOB]``: print the checks, 1 on an error."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
-        print(USAGE)
+        sys.stdout.write(USAGE + "\n")
         return 0
     job = "pipeline"
     rest: list[str] = []
@@ -715,7 +715,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif a.startswith("--job="):
             job = a.split("=", 1)[1]
         elif a.startswith("-"):
-            print(f"saesteer.experiments: error: unknown option {a!r}\n{USAGE}", file=sys.stderr)
+            sys.stderr.write(f"saesteer.experiments: error: unknown option {a!r}\n{USAGE}\n")
             return 2
         else:
             rest.append(a)
@@ -723,7 +723,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = [a for a in rest if "=" in a]
     logging.basicConfig(level=logging.ERROR)  # the report is the output, not the library's log
     status, lines = check_experiments(names, overrides, job)
-    print("\n".join(lines))
+    sys.stdout.write("\n".join(lines) + "\n")  # the command's output, as saesteer.cli writes its own
     return status
 
 
