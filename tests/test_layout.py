@@ -92,3 +92,11 @@ def test_heavy_dependencies_import_from_the_repository_root():
     code = "import saesteer, saesteer.kernels, transformer_lens, transformers, sae_lens; print('ok')"
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+def test_every_package_of_saesteer_is_installed():
+    """pyproject's explicit package list names every folder of saesteer/ with an __init__.py (a wheel installs no other)."""
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "saesteer").rglob("__init__.py")}
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
