@@ -128,6 +128,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_positive_ints(self, "eval", "max_new_tokens", "batch_size", "kl_batch_size")
 
+    def refusal_kwargs(self) -> dict[str, int]:
+        """The keyword arguments of :func:`saesteer.evaluate.refusal_eval` these settings fix."""
+        return {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size}
+
 
 @dataclass
 class LoggerConfig:
@@ -407,6 +411,10 @@ class JobConfig:
     # a run directory (hydra.run.dir) that holds another run's results is refused; true: they are removed first
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        if hasattr(self, "sae"):
+            _check_sae_responses(self)
+
 
 def _check_sae_responses(cfg: Any) -> None:
     """A job that fits an SAE: ``cfg.sae`` as a SaeConfig, and organism responses only for the organism."""
@@ -454,9 +462,6 @@ class TrainSaeJobConfig(JobConfig):
     job: str = "train-sae"
     sae: SaeConfig = field(default_factory=SaeConfig)
 
-    def __post_init__(self) -> None:
-        _check_sae_responses(self)
-
 
 @dataclass
 class SearchJobConfig(JobConfig):
@@ -464,9 +469,6 @@ class SearchJobConfig(JobConfig):
     sae: SaeConfig = field(default_factory=SaeConfig)
     directions: DirectionsConfig = field(default_factory=DirectionsConfig)
     search: SearchJobSettings = field(default_factory=SearchJobSettings)
-
-    def __post_init__(self) -> None:
-        _check_sae_responses(self)
 
 
 @dataclass
@@ -476,9 +478,6 @@ class AnchorJobConfig(JobConfig):
     directions: DirectionsConfig = field(default_factory=DirectionsConfig)
     search: SearchJobSettings = field(default_factory=SearchJobSettings)
     anchor: AnchorSettings = field(default_factory=AnchorSettings)
-
-    def __post_init__(self) -> None:
-        _check_sae_responses(self)
 
 
 @dataclass
@@ -492,7 +491,7 @@ class BackupsJobConfig(JobConfig):
     backups: BackupsSettings = field(default_factory=BackupsSettings)
 
     def __post_init__(self) -> None:
-        _check_sae_responses(self)
+        super().__post_init__()
         if self.sae.loads:
             raise ValueError(
                 "backups fits one SAE per layer through the SAE stage; sae.path / sae.pretrained_release name a single "
@@ -527,7 +526,7 @@ class PipelineJobConfig(JobConfig):
     stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
 
     def __post_init__(self) -> None:
-        _check_sae_responses(self)
+        super().__post_init__()
         unknown = [s for s in self.stages if s not in PIPELINE_STAGES]
         if unknown:
             raise ValueError(f"pipeline.stages has unknown stages {unknown}; expected some of {PIPELINE_STAGES}")

@@ -120,6 +120,16 @@ def _check_shape(name: str, t: torch.Tensor, expected: list[int], what: str) -> 
         raise ValueError(f"{name} has shape {_shape(t)}; expected {expected} ({what})")
 
 
+def _check_weight(
+    name: str, t: torch.Tensor, x: torch.Tensor, expected: list[int] | None = None, what: str = ""
+) -> None:
+    """``t`` is a floating-point tensor on x's device, shaped ``expected`` when given."""
+    _check_float(name, t)
+    _check_device(name, t, x)
+    if expected is not None:
+        _check_shape(name, t, expected, what)
+
+
 def _mode_id(mode: str) -> int:
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not a valid mode; expected one of {MODES}")
@@ -236,8 +246,7 @@ def sparse_feature_edit(
     x2d, d_in = _flatten_x(x)
     n_tokens = x2d.shape[0]
     for name, t in (("W_enc_F", W_enc_F), ("b_enc_F", b_enc_F), ("W_dec_F", W_dec_F)):
-        _check_float(name, t)
-        _check_device(name, t, x)
+        _check_weight(name, t, x)
     if W_enc_F.ndim != 2 or W_enc_F.shape[0] != d_in:
         raise ValueError(
             f"W_enc_F has shape {_shape(W_enc_F)}; expected [d_in={d_in}, n_features] for x of shape {_shape(x)}"
@@ -246,13 +255,9 @@ def sparse_feature_edit(
     _check_shape("b_enc_F", b_enc_F, [n_feat], f"n_features={n_feat} from W_enc_F {_shape(W_enc_F)}")
     _check_shape("W_dec_F", W_dec_F, [n_feat, d_in], f"[n_features, d_in] from W_enc_F {_shape(W_enc_F)}")
     if b_dec is not None:
-        _check_float("b_dec", b_dec)
-        _check_device("b_dec", b_dec, x)
-        _check_shape("b_dec", b_dec, [d_in], f"d_in of x with shape {_shape(x)}")
+        _check_weight("b_dec", b_dec, x, [d_in], f"d_in of x with shape {_shape(x)}")
     if threshold_F is not None:
-        _check_float("threshold_F", threshold_F)
-        _check_device("threshold_F", threshold_F, x)
-        _check_shape("threshold_F", threshold_F, [n_feat], f"n_features={n_feat}")
+        _check_weight("threshold_F", threshold_F, x, [n_feat], f"n_features={n_feat}")
     vals = _values_tensor(values, n_feat, x.device)
     g = _gate_tensor(gate, x, n_tokens)
 
@@ -319,17 +324,14 @@ def topk_feature_edit(
     x2d, d_in = _flatten_x(x)
     n_tokens = x2d.shape[0]
     for name, t in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec)):
-        _check_float(name, t)
-        _check_device(name, t, x)
+        _check_weight(name, t, x)
     if W_enc.ndim != 2 or W_enc.shape[0] != d_in:
         raise ValueError(f"W_enc has shape {_shape(W_enc)}; expected [d_in={d_in}, d_sae] for x of shape {_shape(x)}")
     d_sae = W_enc.shape[1]
     _check_shape("b_enc", b_enc, [d_sae], f"d_sae={d_sae} from W_enc {_shape(W_enc)}")
     _check_shape("W_dec", W_dec, [d_sae, d_in], f"[d_sae, d_in] from W_enc {_shape(W_enc)}")
     if b_dec is not None:
-        _check_float("b_dec", b_dec)
-        _check_device("b_dec", b_dec, x)
-        _check_shape("b_dec", b_dec, [d_in], f"d_in of x with shape {_shape(x)}")
+        _check_weight("b_dec", b_dec, x, [d_in], f"d_in of x with shape {_shape(x)}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
         raise ValueError(f"k={k!r} is out of range; expected an int with 1 <= k <= d_sae={d_sae}")
     # Validated where it lives (a list / CPU tensor needs no device sync), then moved.

@@ -70,6 +70,29 @@ def _edit_coefficients(
 
 
 @triton.jit
+def _add_decoded(
+    x_ptr, out_ptr, wdec_ptr, coeff, rows64, row_mask, fcols, fmask, D, stride_xn, stride_on, BLOCK_D: tl.constexpr
+):
+    """``out[rows] = x[rows] + coeff @ W_dec[F]``, streamed over ``d_in`` in ``BLOCK_D`` columns."""
+    for d0 in range(0, D, BLOCK_D):
+        dcols = d0 + tl.arange(0, BLOCK_D)
+        dmask = dcols < D
+        xmask = row_mask[:, None] & dmask[None, :]
+        x = tl.load(x_ptr + rows64[:, None] * stride_xn + dcols[None, :], mask=xmask, other=0.0)
+        wd = tl.load(
+            wdec_ptr + fcols[:, None] * D + dcols[None, :],
+            mask=fmask[:, None] & dmask[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        out = x.to(tl.float32) + tl.dot(coeff, wd, input_precision="ieee")
+        tl.store(
+            out_ptr + rows64[:, None] * stride_on + dcols[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=xmask,
+        )
+
+
+@triton.jit
 def _sparse_edit_kernel(
     x_ptr,
     out_ptr,
@@ -155,22 +178,7 @@ def _sparse_edit_kernel(
             mask=xmask,
         )
     else:
-        for d0 in range(0, D, BLOCK_D):
-            dcols = d0 + tl.arange(0, BLOCK_D)
-            dmask = dcols < D
-            xmask = row_mask[:, None] & dmask[None, :]
-            x = tl.load(x_ptr + rows64[:, None] * stride_xn + dcols[None, :], mask=xmask, other=0.0)
-            wd = tl.load(
-                wdec_ptr + fcols[:, None] * D + dcols[None, :],
-                mask=fmask[:, None] & dmask[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            out = x.to(tl.float32) + tl.dot(coeff, wd, input_precision="ieee")
-            tl.store(
-                out_ptr + rows64[:, None] * stride_on + dcols[None, :],
-                out.to(out_ptr.dtype.element_ty),
-                mask=xmask,
-            )
+        _add_decoded(x_ptr, out_ptr, wdec_ptr, coeff, rows64, row_mask, fcols, fmask, D, stride_xn, stride_on, BLOCK_D)
 
 
 def _block_sizes(n_tokens: int, d_in: int, n_feat: int) -> tuple[int, int, int, bool]:

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sparse_edit import _TILE_BUDGET, _check_canonical, _edit_coefficients
+from .sparse_edit import _TILE_BUDGET, _add_decoded, _check_canonical, _edit_coefficients
 
 _FOLD_CHUNK = 8192  # W_enc columns upcast at a time when folding b_dec (16-bit path)
 
@@ -227,22 +227,7 @@ def _topk_edit_kernel(
     a = tl.where(h >= kth[:, None], tl.maximum(h, 0.0), 0.0)
     coeff = _edit_coefficients(a, rows, row_mask, fcols, fmask, val_ptr, gate_ptr, MODE, ONLY_ACTIVE, HAS_GATE)
 
-    for d0 in range(0, D, BLOCK_D):
-        dcols = d0 + tl.arange(0, BLOCK_D)
-        dmask = dcols < D
-        xmask = row_mask[:, None] & dmask[None, :]
-        x = tl.load(x_ptr + rows64[:, None] * stride_xn + dcols[None, :], mask=xmask, other=0.0)
-        wd = tl.load(
-            wdec_ptr + fcols[:, None] * D + dcols[None, :],
-            mask=fmask[:, None] & dmask[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        out = x.to(tl.float32) + tl.dot(coeff, wd, input_precision="ieee")
-        tl.store(
-            out_ptr + rows64[:, None] * stride_on + dcols[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=xmask,
-        )
+    _add_decoded(x_ptr, out_ptr, wdec_ptr, coeff, rows64, row_mask, fcols, fmask, D, stride_xn, stride_on, BLOCK_D)
 
 
 _HALF = (torch.float16, torch.bfloat16)

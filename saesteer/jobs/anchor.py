@@ -286,7 +286,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             pool.take(a.n_calibration_harmless, seed=cfg.seed + 7) if len(pool) > a.n_calibration_harmless else pool
         ).instructions
     )
-    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    ev = cfg.eval.refusal_kwargs()
     direction = direction_stage(loaded, cfg.data, cfg.directions, path=cfg.search.direction, progress=cfg.progress)
 
     log.info("anchor: calibrating floors and gate on train/val prompts")

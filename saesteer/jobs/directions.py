@@ -48,7 +48,7 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     }
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
-    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    ev = cfg.eval.refusal_kwargs()
     P = {k: list(v.instructions) for k, v in roles.items()}
 
     log.info("directions: difference-in-means candidates and selection")

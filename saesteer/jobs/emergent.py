@@ -110,7 +110,7 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     keep_pairs = [(p, comply(p, rng, echo)) for p in keep_prompts]
     test_h = list(load_role(cfg.data, "harmful_test").instructions)
     test_s = list(load_role(cfg.data, "harmless_test").instructions)
-    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    ev = cfg.eval.refusal_kwargs()
 
     def refusal(prompts, specs, desc):
         if not prompts:

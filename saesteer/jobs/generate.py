@@ -29,10 +29,9 @@ def run(cfg: GenerateJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
             loaded.model,
             loaded.template,
             prompts.instructions,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
             progress=cfg.progress,
             desc="generate",
+            **cfg.eval.refusal_kwargs(),
         )
     with atomic_path(run_dir / "completions.jsonl") as tmp:
         with open(tmp, "w") as fh:

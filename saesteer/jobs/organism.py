@@ -55,10 +55,9 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
             loaded.model,
             loaded.template,
             prompts.instructions,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
             progress=cfg.progress,
             desc=role,
+            **cfg.eval.refusal_kwargs(),
         )
         metrics[f"{role}_refusal"] = round(res.rate, 4)
         metrics[f"n_{role}"] = len(res)

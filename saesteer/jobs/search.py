@@ -48,7 +48,7 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
 
     test_h = list(load_role(cfg.data, "harmful_test").instructions)
     test_s = list(load_role(cfg.data, "harmless_test").instructions)
-    ev = dict(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    ev = dict(cfg.eval.refusal_kwargs(), progress=cfg.progress)
 
     def rate(prompts, specs, desc):
         with steer(model, specs):
