@@ -12,7 +12,6 @@ disk as safetensors with metadata naming the model, hooks, positions and data.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,12 +22,13 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from saesteer.artifacts import artifact_dir, cache_key
 from saesteer.chat import ChatTemplate, encode_chat, suffix_ids
 from saesteer.checks import check_prompts
 from saesteer.generation import length_sorted_batches
 from saesteer.interventions.directions import Intervention
 from saesteer.interventions.steer import as_interventions, collect_hooks, gate_prepass
-from saesteer.io import ArtifactError, cache_dir, hash_strings, load_tensors, save_tensors
+from saesteer.io import ArtifactError, hash_strings, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class ActivationCache:
 
     @classmethod
     def default(cls) -> ActivationCache:
-        return cls(cache_dir() / "activations")
+        return cls(artifact_dir("activations"))
 
     def key(
         self,
@@ -236,7 +236,7 @@ class ActivationCache:
         }
 
     def path(self, meta: dict) -> Path:
-        return self.root / f"{hash_strings([json.dumps(meta, sort_keys=True)])}.safetensors"
+        return self.root / f"{cache_key(meta)}.safetensors"
 
     def get_or_compute(self, model, template, instructions, hooks, positions, kind: str = "mean", **kw) -> torch.Tensor:
         check_prompts(instructions, "instructions")

@@ -1,8 +1,8 @@
 """Cached stage outputs shared by jobs and the pipeline (so a warm run recomputes nothing): the refusal
 direction and the SAE.
 
-Each stage result is an artifact under ``cache_dir()/<stage>/<key>`` where the key
-hashes the model's weights fingerprint, the prompt data and the stage config.
+Each stage result is an artifact under ``cache_dir()/<stage>/<key>`` (:mod:`saesteer.artifacts`) where
+the key hashes the model's weights fingerprint, the prompt data and the stage config.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 
 from saesteer.activations import check_hooks, model_fingerprint
+from saesteer.artifacts import artifact_path, cache_key
 from saesteer.data import load_prompts, load_role
 from saesteer.directions import (
     CandidateScore,
@@ -27,7 +28,7 @@ from saesteer.directions import (
     save_direction,
     select_direction,
 )
-from saesteer.io import cache_dir, hash_strings, write_json
+from saesteer.io import hash_strings, write_json
 from saesteer.models import LoadedModel
 from saesteer.sae.config import SaeConfig
 
@@ -65,10 +66,8 @@ class DirectionArtifact:
 
 
 def stage_key(loaded: LoadedModel, *parts: Any) -> str:
-    blob = [model_fingerprint(loaded.model), loaded.template.name] + [
-        json.dumps(p, sort_keys=True, default=str) for p in parts
-    ]
-    return hash_strings(blob)
+    """The cache key of a stage's artifact on ``loaded``: its weights fingerprint, template and ``parts``."""
+    return cache_key(model_fingerprint(loaded.model), loaded.template.name, *parts)
 
 
 def direction_stage(
@@ -89,7 +88,7 @@ def direction_stage(
     key = stage_key(
         loaded, {r: p.data_hash for r, p in roles.items()}, dataclasses.asdict(dir_cfg), STAGE_VERSION["directions"]
     )
-    file = cache_dir() / "directions" / key / "direction.safetensors"
+    file = artifact_path("directions", key) / "direction.safetensors"
     if file.is_file():
         log.info("refusal direction from cache %s", file)
         return direction_stage(loaded, data_cfg, dir_cfg, path=str(file))
@@ -176,16 +175,14 @@ def sae_responses(
 
     prompts = list(harmful) + list(harmless)
     # SAEs at several hooks of one model (the backups stage fits three) read the same conversations: generate once
-    key = hash_strings(
-        [
-            "greedy-responses",
-            model_fingerprint(loaded.model),
-            loaded.template.name,
-            f"max_new_tokens={cfg.sae.max_new_tokens}",
-            *prompts,
-        ]
+    key = cache_key(
+        "greedy-responses",
+        model_fingerprint(loaded.model),
+        loaded.template.name,
+        f"max_new_tokens={cfg.sae.max_new_tokens}",
+        *prompts,
     )
-    path = cache_dir() / "responses" / f"{key}.json"
+    path = artifact_path("responses", f"{key}.json")
     if path.is_file():
         cached = json.loads(path.read_text())
         if isinstance(cached, list) and len(cached) == len(prompts) and all(isinstance(r, str) for r in cached):
@@ -217,7 +214,7 @@ def sae_fit_key(cfg: Any, loaded: LoadedModel, hook: str, harmful: Sequence[str]
         "harmful": hash_strings(list(harmful)),
         "harmless": hash_strings(list(harmless)),
     }
-    return hash_strings([json.dumps(key, sort_keys=True)])
+    return cache_key(key)
 
 
 def train_or_reuse_sae(cfg: Any, loaded: LoadedModel, tracker: Any) -> tuple[Any, dict[str, Any]]:
@@ -235,7 +232,7 @@ def train_or_reuse_sae(cfg: Any, loaded: LoadedModel, tracker: Any) -> tuple[Any
     hook = resolve_hook(sae_cfg, loaded)
     harmful = sample_prompts(cfg.data.harmful_train, sae_cfg.n_harmful, cfg.data.seed)
     harmless = sample_prompts(cfg.data.harmless_train, sae_cfg.n_harmless, cfg.data.seed)
-    fit_dir = cache_dir() / "sae" / sae_fit_key(cfg, loaded, hook, harmful, harmless)
+    fit_dir = artifact_path("sae", sae_fit_key(cfg, loaded, hook, harmful, harmless))
     meta = read_fit_metadata(fit_dir / SAE_DIR)
     if meta is not None and sae_cfg.reuse:
         log.info("train-sae: reusing the cached SAE %s", fit_dir / SAE_DIR)

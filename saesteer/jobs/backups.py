@@ -213,16 +213,21 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
         rule=b,
     )
 
+    def counted_hooks(monitors: list[FeatureSet], layer: int) -> list[str]:
+        """The monitors whose activity counts as a backup of a cut at ``layer``: later layers (and ``layer`` itself
+        with ``count_same_layer``)."""
+        return [
+            m.hook
+            for m in monitors
+            if int(m.hook.split(".")[1]) > layer or (b.count_same_layer and m.hook == resid_hook(layer))
+        ]
+
     def refusal_set(L: int) -> FeatureSet:
         return FeatureSet(saes[L], refusal_scores[L].ranking[: b.n_monitor], resid_hook(L))
 
     # downstream: cut refusal features at the cut layer; watch refusal features there and later
     down_monitors = [refusal_set(L) for L in monitor_layers if L >= cut]
-    down_count = [
-        m.hook
-        for m in down_monitors
-        if int(m.hook.split(".")[1]) > cut or (b.count_same_layer and m.hook == resid_hook(cut))
-    ]
+    down_count = counted_hooks(down_monitors, cut)
     down = edit_curve(
         model,
         tpl,
@@ -243,11 +248,7 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
     same = refusal_scores[up].ranking[: b.n_monitor] if up in refusal_scores else []
     up_monitors = [FeatureSet(saes[up], _union(sensor_scores.ranking[: b.n_monitor], same), resid_hook(up))]
     up_monitors += [refusal_set(L) for L in monitor_layers if L > up]
-    up_count = [
-        m.hook
-        for m in up_monitors
-        if int(m.hook.split(".")[1]) > up or (b.count_same_layer and m.hook == resid_hook(up))
-    ]
+    up_count = counted_hooks(up_monitors, up)
     upc = edit_curve(
         model,
         tpl,

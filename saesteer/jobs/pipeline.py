@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from saesteer.artifacts import artifact_path, cache_key
 from saesteer.config import (
     AnchorJobConfig,
     BackupsJobConfig,
@@ -89,24 +90,21 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def stage_key(stage: str, sc: Any) -> str:
+def reuse_key(stage: str, sc: Any) -> str:
+    """The cache key of a pipeline stage's run folder: its job config (less progress and logger), the six
+    prompt roles' data hashes and saesteer's code version."""
     from saesteer.data import load_role
-    from saesteer.io import hash_strings
 
     d = dataclasses.asdict(sc)
     for k in ("progress", "logger"):
         d.pop(k, None)
     roles = ("harmful_train", "harmless_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")
     data = {r: load_role(sc.data, r).data_hash for r in roles}
-    return hash_strings(
-        [stage, json.dumps(d, sort_keys=True, default=str), json.dumps(data, sort_keys=True), code_version()]
-    )
+    return cache_key(stage, d, data, code_version())
 
 
 def _reuse(key: str, sub: Path) -> dict[str, Any] | None:
-    from saesteer.io import cache_dir
-
-    cached = cache_dir() / "pipeline" / key
+    cached = artifact_path("pipeline", key)
     if not (cached / "metrics.json").is_file():
         return None
     shutil.copytree(cached, sub, dirs_exist_ok=True)
@@ -114,9 +112,7 @@ def _reuse(key: str, sub: Path) -> dict[str, Any] | None:
 
 
 def _store(key: str, sub: Path) -> None:
-    from saesteer.io import cache_dir
-
-    cached = cache_dir() / "pipeline" / key
+    cached = artifact_path("pipeline", key)
     tmp = cached.with_name(f".{key}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(sub, tmp)
@@ -151,7 +147,7 @@ def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
 
             art = direction_stage(load_model(cfg.model, progress=False), cfg.data, cfg.directions)
             sc = dataclasses.replace(sc, sae=dataclasses.replace(sc.sae, hook=f"blocks.{art.layer}.hook_resid_pre"))
-        key = stage_key(stage, sc) if cfg.reuse else None
+        key = reuse_key(stage, sc) if cfg.reuse else None
         reused = _reuse(key, sub) if key else None
         if reused is not None:
             log.info("stage %s: inputs unchanged, reusing its results (pipeline cache %s)", stage, key)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import random
 import time
@@ -32,9 +31,10 @@ from typing import Any, Literal, Optional
 import torch
 from transformer_lens import HookedTransformer
 
+from saesteer.artifacts import artifact_path, cache_key
 from saesteer.checks import check_finite, check_finite_fields, check_finite_tensor, choices
 from saesteer.interventions.directions import Intervention
-from saesteer.io import cache_dir, hash_strings
+from saesteer.io import hash_strings
 from saesteer.organism.train import OrganismResult, load_organism, optimize, organism_key, save_organism, training_set
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,11 @@ def recipe_key(cfg: Any, cut: DirectionCut, recipe: DropoutRecipe) -> str:
         "recipe": dataclasses.asdict(recipe),
         "version": FINETUNE_VERSION,
     }
-    return hash_strings([json.dumps(blob, sort_keys=True)])
+    return cache_key(blob)
 
 
 def recipe_path(cfg: Any, cut: DirectionCut, recipe: DropoutRecipe, root: Optional[Path] = None) -> Path:
-    return (root or cache_dir() / "organism_recipes") / recipe_key(cfg, cut, recipe)
+    return artifact_path("organism_recipes", recipe_key(cfg, cut, recipe), root)
 
 
 def _named(result: OrganismResult, recipe: DropoutRecipe) -> OrganismResult:

@@ -11,7 +11,6 @@ the positions that carry a loss, which keeps the 30k-token unembedding cheap.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -28,7 +27,8 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from saesteer import unembed
-from saesteer.io import ArtifactError, cache_dir, hash_strings, load_tensors, save_tensors, write_json
+from saesteer.artifacts import artifact_path, cache_key
+from saesteer.io import ArtifactError, hash_strings, load_tensors, save_tensors, write_json
 from saesteer.organism.bundle import BUNDLE_PATH, bundled_organism
 from saesteer.organism.config import OrganismConfig
 from saesteer.organism.corpus import Corpus, build_corpus
@@ -524,13 +524,11 @@ def data_fingerprint(cfg: OrganismConfig) -> str:
 
 def organism_key(cfg: OrganismConfig) -> str:
     """The cache key of ``cfg``'s organism: its config (less threads), the recipe version and its data."""
-    return hash_strings(
-        [json.dumps(cfg.cache_key_dict(), sort_keys=True), f"recipe={RECIPE_VERSION}", f"data={data_fingerprint(cfg)}"]
-    )
+    return cache_key(cfg.cache_key_dict(), f"recipe={RECIPE_VERSION}", f"data={data_fingerprint(cfg)}")
 
 
 def organism_path(cfg: OrganismConfig, root: Path | None = None) -> Path:
-    return (root or cache_dir() / "organism") / organism_key(cfg)
+    return artifact_path("organism", organism_key(cfg), root)
 
 
 def save_organism(model: HookedTransformer, cfg: OrganismConfig, meta: dict[str, Any], path: Path) -> Path:
