@@ -6,7 +6,8 @@ behaviour the line implements; the test must fail.  Nothing in the working tree 
     python scripts/break_job_tests.py            # every mutation
     python scripts/break_job_tests.py search     # the ones whose name contains "search"
 
-Prints one row per mutation (test outcome, seconds) and exits 1 when a broken job still passes its test.
+Each test runs twice, on the job as written (it must pass) and broken (it must fail with an assertion).
+Prints one row per mutation and exits 1 unless every test passes unchanged and fails broken.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ MUTATIONS = [
 ]
 
 
-def run(name: str, file: str, old: str, new: str, test: str) -> tuple[bool, float]:
-    """True when ``test`` fails on HEAD with ``old`` replaced by ``new`` in ``file``."""
+def run(name: str, file: str, old: str, new: str | None, test: str) -> tuple[str, float]:
+    """How ``test`` ends on HEAD with ``old`` replaced by ``new`` in ``file`` (``new=None``: unchanged):
+    ``passed``, ``failed`` (an assertion of the test) or ``error`` (anything else: a broken setup proves nothing)."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), "HEAD"], cwd=ROOT, check=True)
@@ -63,7 +65,8 @@ def run(name: str, file: str, old: str, new: str, test: str) -> tuple[bool, floa
             text = path.read_text()
             if text.count(old) != 1:
                 raise SystemExit(f"{name}: expected one {old!r} in {file}, found {text.count(old)}")
-            path.write_text(text.replace(old, new))
+            if new is not None:
+                path.write_text(text.replace(old, new))
             env = dict(os.environ, PYTHONPATH=str(tree))
             t0 = time.time()
             proc = subprocess.run(
@@ -73,24 +76,30 @@ def run(name: str, file: str, old: str, new: str, test: str) -> tuple[bool, floa
                 capture_output=True,
                 text=True,
             )
-            return proc.returncode != 0, time.time() - t0
+            out = proc.stdout + proc.stderr
+            if proc.returncode == 0:
+                outcome = "passed"
+            elif "1 failed" in out and "AssertionError" in out and " error" not in out.splitlines()[-1]:
+                outcome = "failed"
+            else:
+                outcome = "error"
+            return outcome, time.time() - t0
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
 
 
 def main() -> int:
     pick = sys.argv[1] if len(sys.argv) > 1 else ""
-    survived = 0
-    print("| mutation | test | test outcome | seconds |\n|---|---|---|---|")
+    bad = 0
+    print("| mutation | test | unchanged job | broken job | seconds |\n|---|---|---|---|---|")
     for name, file, old, new, test in MUTATIONS:
         if pick not in name:
             continue
-        failed, secs = run(name, file, old, new, test)
-        survived += not failed
-        print(
-            f"| {name} | `{test.split('::')[1]}` | {'fails (caught)' if failed else 'PASSES (not caught)'} | {secs:.0f} |"
-        )
-    return 1 if survived else 0
+        control, s0 = run(name, file, old, None, test)
+        broken, s1 = run(name, file, old, new, test)
+        bad += not (control == "passed" and broken == "failed")
+        print(f"| {name} | `{test.split('::')[1]}` | {control} | {broken} | {s0 + s1:.0f} |", flush=True)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from saesteer.harmfulness import (
 from saesteer.interventions import Ablate, Add, orthogonalize_weights, steer
 from saesteer.io import write_json, write_text
 from saesteer.models import load_model
-from saesteer.report import heatmaps, line_plot, markdown_table
+from saesteer.report.directions import candidate_rows, render_report, save_plots
 from saesteer.stages import direction_stage
 from saesteer.tracking import Tracker
 
@@ -125,31 +125,6 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     shutil.copyfile(sel.path, run_dir / "direction.safetensors")
     shutil.copyfile(sel.path.with_suffix(".json"), run_dir / "direction.json")
     write_json(run_dir / "candidates.json", [s.__dict__ for s in sel.scores])
-    L = sorted({s.layer for s in sel.scores})
-    Ps = sorted({s.position for s in sel.scores})
-    by_cell = {(s.layer, s.position): s for s in sel.scores}
-    nan = float("nan")
-    grid = lambda f: [[f(by_cell[(l, p)]) if (l, p) in by_cell else nan for p in Ps] for l in L]  # noqa: E731
-    heatmaps(
-        {
-            "bypass (affine)": grid(lambda s: s.bypass_affine),
-            "bypass (plain)": grid(lambda s: s.bypass_plain),
-            "induce": grid(lambda s: s.induce),
-            "KL (affine)": grid(lambda s: s.kl_affine),
-        },
-        Ps,
-        L,
-        run_dir / "candidate_scores.png",
-        "refusal-direction candidates",
-        marker=(L.index(sel.layer), Ps.index(sel.position)),
-    )
-    line_plot(
-        {"cos(harmfulness@t_inst, refusal@post)": cos.tolist()},
-        list(range(model.cfg.n_layers)),
-        run_dir / "harm_refusal_cosine.png",
-        "layer",
-        "cosine",
-    )
 
     # steering dose-response: addition of alpha x the direction, on every token or on the prompt only
     dose_prompts = P["harmless_test"][: dcfg.n_dose]
@@ -160,14 +135,6 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
         ]
         for apply in ("both", "prompt")
     }
-    line_plot(
-        {"every token": dose["both"], "prompt tokens only": dose["prompt"]},
-        dcfg.dose_alphas,
-        run_dir / "addition_dose_response.png",
-        "alpha (x difference in means)",
-        "harmless_test refusal",
-        "steering dose-response",
-    )
     best_prompt = max(range(len(dcfg.dose_alphas)), key=lambda i: (dose["prompt"][i], -dcfg.dose_alphas[i]))
 
     metrics: dict[str, Any] = {
@@ -203,71 +170,9 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
         "n_harmful_test": len(P["harmful_test"]),
         "n_harmless_test": len(P["harmless_test"]),
     }
-    rows = [
-        (
-            s.layer,
-            s.position,
-            s.bypass_plain,
-            s.bypass_affine,
-            s.induce,
-            s.kl_plain,
-            s.kl_affine,
-            ",".join(s.filtered_by) or "-",
-        )
-        for s in sel.scores
-    ]
-    report = [
-        "# Refusal direction",
-        "",
-        f"Model `{loaded.name}`; selected layer **{sel.layer}**, position **{sel.position}** by {sel.ablation} ablation.",
-        f"Fallback: {fallback}" if fallback else "Every filter of the paper passed for the selected candidate.",
-        "",
-        "## Held-out effects",
-        "",
-        markdown_table(
-            ["condition", "set", "refusal", "KL harmless", "CE harmless"],
-            [
-                ("baseline", "harmful_test", base_harm.rate, 0.0, ce["baseline"]),
-                ("baseline", "harmless_test", base_safe.rate, 0.0, ce["baseline"]),
-                ("ablation (plain)", "harmful_test", abl_plain.rate, kls["plain"], ce["plain"]),
-                ("ablation (affine)", "harmful_test", abl_affine.rate, kls["affine"], ce["affine"]),
-                ("addition", "harmless_test", add.rate, float("nan"), float("nan")),
-                ("random ablation", "harmful_test", rnd_abl.rate, kls["random"], ce["random"]),
-                ("random addition", "harmless_test", rnd_add.rate, float("nan"), float("nan")),
-            ],
-        ),
-        "",
-        f"Orthogonalized weights vs hook ablation: max |logit diff| = {ortho_diff:.2e}.",
-        "",
-        "## Steering dose-response",
-        "",
-        f"Addition of alpha x the direction at layer {sel.layer} on {len(dose_prompts)} harmless_test prompts: on every token (prompt and "
-        "generated, as the paper) or on the prompt tokens only (generated tokens untouched: strong additions on every token make the "
-        "text degenerate, which the judge does not count as a refusal).",
-        "",
-        markdown_table(
-            ["alpha", "every token", "prompt only"],
-            [(a, x, y) for a, x, y in zip(dcfg.dose_alphas, dose["both"], dose["prompt"])],
-        ),
-        "",
-        "![dose-response](addition_dose_response.png)",
-        "",
-        "## Harmfulness vs refusal",
-        "",
-        f"Latent harm detector AUROC (harmful_test vs harmless_test): {det_auc:.3f}; with the refusal direction ablated: {det_auc_abl:.3f}.",
-        f"cos(harmfulness direction at t_inst, behavioural refusal direction at the last position) by layer: {[round(float(c), 3) for c in cos]}.",
-        "",
-        "![candidates](candidate_scores.png)",
-        "",
-        "![cosine](harm_refusal_cosine.png)",
-        "",
-        "## Candidates",
-        "",
-        markdown_table(
-            ["layer", "pos", "bypass plain", "bypass affine", "induce", "KL plain", "KL affine", "filtered by"], rows
-        ),
-    ]
-    write_text(run_dir / "report.md", "\n".join(report) + "\n")
+    save_plots(run_dir, sel, cos, dose, dcfg.dose_alphas)
+    write_text(run_dir / "report.md", render_report(loaded.name, sel, metrics))
+    rows = candidate_rows(sel)
     tracker.table(
         "directions/candidates",
         ["layer", "pos", "bypass_plain", "bypass_affine", "induce", "kl_plain", "kl_affine", "filtered_by"],
