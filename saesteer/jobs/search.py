@@ -15,7 +15,7 @@ from saesteer.interventions import AblateAt, steer
 from saesteer.interventions.features import EditFeatures
 from saesteer.io import write_json, write_text
 from saesteer.models import load_model
-from saesteer.report import markdown_table, scatter_plot
+from saesteer.report.search import FEATURE_COLUMNS, feature_record, render_report, save_plot
 from saesteer.search import search_features
 from saesteer.stages import direction_stage, sae_stage
 from saesteer.tracking import Tracker
@@ -106,135 +106,7 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             kl[name] = kl_divergence(base_lp, last_position_logprobs(model, tpl, test_s))
 
     best = refusal_top[0]  # top1_*: the top refusal feature; top_signed_*: the first of the signed ranking
-    scatter_plot(
-        scores.cosine.tolist(),
-        scores.effect_size.tolist(),
-        run_dir / "cosine_vs_contrast.png",
-        "cos(W_dec[f], refusal direction)",
-        "effect size (harmful vs harmless)",
-        "SAE features",
-        highlight=top,
-        labels=list(range(len(scores.cosine))),
-    )
-    write_json(
-        run_dir / "top_features.json",
-        [
-            {
-                "feature": f,
-                "rank": i,
-                "combined": float(scores.signed_score[f]),
-                "cosine": float(scores.cosine[f]),
-                "effect_size": float(scores.effect_size[f]),
-                "auroc": float(scores.auroc[f]),
-                "attribution": float(scores.attribution[f]),
-                "harmful_mean": float(scores.harmful_mean[f]),
-                "harmless_mean": float(scores.harmless_mean[f]),
-                "top_prompts": scores.top_prompts.get(f, []),
-            }
-            for i, f in enumerate(pool[: s.top_n])
-        ],
-    )
-    rows = [
-        (
-            i,
-            f,
-            float(scores.signed_score[f]),
-            float(scores.cosine[f]),
-            float(scores.effect_size[f]),
-            float(scores.auroc[f]),
-            float(scores.attribution[f]),
-            float(scores.harmful_mean[f]),
-            float(scores.harmless_mean[f]),
-        )
-        for i, f in enumerate(pool[: s.top_n])
-    ]
-    tracker.table(
-        "search/top_features",
-        [
-            "rank",
-            "feature",
-            "combined",
-            "cosine",
-            "effect_size",
-            "auroc",
-            "attribution",
-            "harmful_mean",
-            "harmless_mean",
-        ],
-        rows,
-    )
-    what = "their harmless mean" if s.ablation == "harmless_mean" else "0"
-    kind = "features (refusal and comply, by |score|)" if s.signed else "refusal features"
-    causal = [
-        ("baseline", "harmful_test", base_h, 0.0),
-        ("baseline", "harmless_test", base_s, 0.0),
-        (f"top-{s.k} {kind} set to {what}", "harmful_test", top_abl, kl["topk"]),
-        (f"top-{s.k} refusal features set to 0", "harmful_test", top_zero, kl["topk_zero"]),
-        (
-            f"top-{s.k} clamped: refusal features to {s.induce_scale:g}x their active mean, comply features to 0 ({s.induce_apply_to} tokens)",
-            "harmless_test",
-            top_clamp,
-            float("nan"),
-        ),
-        (f"random {s.k} features set to {what}", "harmful_test", rnd_abl, kl["random"]),
-        (f"random {s.k} features set to 0", "harmful_test", rnd_zero, float("nan")),
-        ("refusal direction ablated (all layers)", "harmful_test", dir_abl, kl["direction"]),
-        (
-            f"refusal direction ablated at `{scores.hook}` only (affine to {hook_affine.reference:.3g}, the directions stage's reference)",
-            "harmful_test",
-            hook_aff,
-            kl["hook"],
-        ),
-        (
-            f"refusal direction ablated at `{scores.hook}` only (affine to {scores.harmless_coordinate:.3g}, harmless mean at the searched positions)",
-            "harmful_test",
-            hook_aff_pos,
-            float("nan"),
-        ),
-        (f"refusal direction projected out at `{scores.hook}` only (plain)", "harmful_test", hook_pl, float("nan")),
-        ("refusal direction added", "harmless_test", dir_add, float("nan")),
-    ]
-    write_text(
-        run_dir / "report.md",
-        "\n".join(
-            [
-                "# Refusal features",
-                "",
-                f"SAE at `{scores.hook}` (d_sae={len(scores.cosine)}), {int(scores.eligible.sum())} features pass the activity filter.",
-                "",
-                f"Ranking: {'signed (|combined score|; negative = comply feature)' if s.signed else 'refusal features (combined score descending)'}; "
-                f"bypass sets the top {s.k} to {what}.",
-                "",
-                "## Top features",
-                "",
-                markdown_table(
-                    [
-                        "rank",
-                        "feature",
-                        "combined",
-                        "cosine",
-                        "effect size",
-                        "AUROC",
-                        "attribution",
-                        "harmful mean",
-                        "harmless mean",
-                    ],
-                    rows,
-                ),
-                "",
-                "## Causal check (held-out)",
-                "",
-                markdown_table(["intervention", "set", "refusal", "KL harmless"], causal),
-                "",
-                "SAE feature steering at one layer vs the difference-in-means direction at every layer (AxBench found the latter stronger) "
-                "and at the SAE's hook only (the ceiling of a one-layer edit along the direction).",
-                "",
-                "![cosine vs contrast](cosine_vs_contrast.png)",
-                "",
-            ]
-        ),
-    )
-    return {
+    m = {
         "k": s.k,
         "ablation": s.ablation,
         "signed": s.signed,
@@ -275,3 +147,10 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         "direction_ablation_kl_harmless": kl["direction"],
         "direction_ablation_sae_hook_kl_harmless": kl["hook"],
     }
+    records = [feature_record(scores, f, rank) for rank, f in enumerate(pool[: s.top_n])]
+    write_json(run_dir / "top_features.json", records)
+    rows = [[r[c] for c in FEATURE_COLUMNS] for r in records]
+    tracker.table("search/top_features", FEATURE_COLUMNS, rows)
+    save_plot(scores, top, run_dir / "cosine_vs_contrast.png")
+    write_text(run_dir / "report.md", render_report(s, scores, m, rows))
+    return m
