@@ -21,7 +21,7 @@ __all__ = ["KINDS", "artifact_dir", "artifact_path", "cache_key"]
 #: The kinds of cached artifacts, each a folder of ``cache_dir()``.
 KINDS: dict[str, str] = {
     "organism": "trained organisms (model.safetensors + organism.json)",
-    "organism_recipes": "organisms fine-tuned to spread refusal over dormant backups",
+    "organism_finetunes": "organisms fine-tuned to spread refusal over dormant backups",
     "models": "downloaded model files and their float32 conversions",
     "directions": "selected refusal directions with their candidate scores",
     "responses": "greedy responses used as SAE training text",

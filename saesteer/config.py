@@ -39,9 +39,10 @@ from saesteer.directions import SelectionConfig
 from saesteer.interventions.directions import AblationMode
 from saesteer.lora import LoraSite, LoraTrainConfig
 from saesteer.organism.config import OrganismConfig
-from saesteer.organism.recipes import DropoutRecipe, Recipe
+from saesteer.organism.dropout import DropoutFinetune, Finetune
 from saesteer.primitives.phase import ApplyTo
 from saesteer.redundancy import BackupRule
+from saesteer.safety.tune import SafetyTrainConfig
 from saesteer.sae.config import SaeConfig
 from saesteer.search import BypassValue, SearchConfig
 
@@ -275,7 +276,7 @@ class AnchorSettings(AnchorCalibration):
 @dataclass
 class BackupsSettings(BackupRule):
     """``saesteer backups``: refusal vs k features cut, downstream and upstream, and which features rise past the
-    backup rule (BackupRule); optionally on a fine-tuned organism too (``recipe``)."""
+    backup rule (BackupRule); optionally on a fine-tuned organism too (``finetune``)."""
 
     GROUP: ClassVar[str] = "backups"
 
@@ -302,14 +303,14 @@ class BackupsSettings(BackupRule):
         None  # harmful_test prompts for the activation measurements; None = all of data.n_test
     )
     batch_size: int = 32
-    # a fine-tuned organism analysed side by side with the base: the fine-tune (DropoutRecipe) of this recipe;
-    # recipe_<field> is DropoutRecipe's <field>, with its default
-    recipe: Annotated[str, Recipe] = "none"
-    recipe_p: float = DropoutRecipe.p
-    recipe_steps: int = DropoutRecipe.steps
-    recipe_lr: float = DropoutRecipe.lr
-    recipe_warmup_steps: int = DropoutRecipe.warmup_steps
-    recipe_batch_size: int = DropoutRecipe.batch_size
+    # a fine-tuned organism analysed side by side with the base: the fine-tune (DropoutFinetune) of this kind;
+    # finetune_<field> is DropoutFinetune's <field>, with its default
+    finetune: Annotated[str, Finetune] = "none"
+    finetune_p: float = DropoutFinetune.p
+    finetune_steps: int = DropoutFinetune.steps
+    finetune_lr: float = DropoutFinetune.lr
+    finetune_warmup_steps: int = DropoutFinetune.warmup_steps
+    finetune_batch_size: int = DropoutFinetune.batch_size
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -319,19 +320,19 @@ class BackupsSettings(BackupRule):
         check_layers("backups", "upstream_layer", self.upstream_layer)
         check_layers("backups", "monitor_layers", self.monitor_layers)
         check_number(self, "backups", "induce_scale", low=0.0)
-        check_positive_ints(self, "backups", "recipe_steps", "recipe_batch_size")
-        check_number(self, "backups", "recipe_p", low=0.0, strict=False, high=1.0)
-        check_number(self, "backups", "recipe_lr", low=0.0)
-        if not isinstance(self.recipe_warmup_steps, int) or self.recipe_warmup_steps < 0:
+        check_positive_ints(self, "backups", "finetune_steps", "finetune_batch_size")
+        check_number(self, "backups", "finetune_p", low=0.0, strict=False, high=1.0)
+        check_number(self, "backups", "finetune_lr", low=0.0)
+        if not isinstance(self.finetune_warmup_steps, int) or self.finetune_warmup_steps < 0:
             raise ValueError(
-                f"backups.recipe_warmup_steps must be a non-negative integer, got {self.recipe_warmup_steps!r}"
+                f"backups.finetune_warmup_steps must be a non-negative integer, got {self.finetune_warmup_steps!r}"
             )
 
-    def dropout_recipe(self, seed: int) -> Optional[DropoutRecipe]:
-        """The fine-tune of ``recipe`` (None for ``none``): DropoutRecipe's fields from ``recipe_<field>``."""
-        if self.recipe == "none":
+    def dropout_finetune(self, seed: int) -> Optional[DropoutFinetune]:
+        """The fine-tune of ``finetune`` (None for ``none``): DropoutFinetune's fields from ``finetune_<field>``."""
+        if self.finetune == "none":
             return None
-        return library_settings(DropoutRecipe, self, prefix="recipe_", name=self.recipe, seed=seed)
+        return library_settings(DropoutFinetune, self, prefix="finetune_", name=self.finetune, seed=seed)
 
 
 @dataclass
@@ -392,6 +393,47 @@ class EmergentSettings(LoraTrainConfig):
                 raise ValueError(
                     f"emergent.other_categories must not hold the target category {self.category!r}, got {others!r}"
                 )
+
+
+@dataclass
+class SafetySettings(SafetyTrainConfig):
+    """``saesteer safety-tune``: a low-rank adapter (trained as SafetyTrainConfig says) that teaches a chat model
+    to refuse harmful requests while it keeps its own answers to harmless ones; the prompts of the mix
+    (:func:`saesteer.safety.data.build_mix`) and of the evaluation."""
+
+    GROUP: ClassVar[str] = "safety"
+
+    n_harmful_synthetic: int = 260  # synthetic harmful requests refused (besides data.harmful_train)
+    n_harmless: int = 320  # data.harmless_train prompts answered as the base model answers them
+    n_harmless_synthetic: int = 200  # synthetic harmless requests in the harmful ones' framings (look-alikes)
+    n_questions: int = 120  # safe knowledge questions with alarming words
+    n_harmless_val: int = 64  # data.harmless_val prompts evaluated
+    n_lookalike_val: int = 64  # held-out synthetic look-alikes and questions evaluated (not trained on)
+    n_harmful_test: Optional[int] = None  # data.harmful_test prompts evaluated (a seeded sample); None = all
+    n_harmless_test: int = 200  # data.harmless_test prompts evaluated (a seeded sample)
+    eval_tokens: int = 32  # greedy tokens per answer judged (and, for harmless prompts, scored for CE)
+    eval_batch_size: int = 32
+    n_examples: int = 4  # example answers per prompt set in the report
+    threads: Optional[int] = 1  # torch threads while the job runs (None: unchanged)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_ints(
+            self,
+            "safety",
+            "n_harmless",
+            "n_harmless_val",
+            "n_lookalike_val",
+            "n_harmful_test",
+            "n_harmless_test",
+            "eval_tokens",
+            "eval_batch_size",
+            "threads",
+        )
+        for name in ("n_harmful_synthetic", "n_harmless_synthetic", "n_questions", "n_examples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"safety.{name} must be >= 0, got {getattr(self, name)}")
+        check_layers("safety", "layers", self.layers)
 
 
 # ---------------------------------------------------------------- jobs: each lists the config groups it reads
@@ -532,6 +574,12 @@ class PipelineJobConfig(JobConfig):
             raise ValueError(f"pipeline.stages has unknown stages {unknown}; expected some of {PIPELINE_STAGES}")
 
 
+@dataclass
+class SafetyTuneJobConfig(JobConfig):
+    job: str = "safety-tune"
+    safety: SafetySettings = field(default_factory=SafetySettings)
+
+
 SCHEMAS: dict[str, type] = {
     "pipeline": PipelineJobConfig,
     "anchor": AnchorJobConfig,
@@ -542,6 +590,7 @@ SCHEMAS: dict[str, type] = {
     "train-sae": TrainSaeJobConfig,
     "backups": BackupsJobConfig,
     "emergent": EmergentJobConfig,
+    "safety-tune": SafetyTuneJobConfig,
 }
 
 

@@ -1,4 +1,4 @@
-"""Train organism recipes and compare them on held-out refusal (issue 4's recipe log).
+"""Train organism variants (OrganismConfig overrides) and compare them on held-out refusal (the log behind docs/history/organism-recipes.md).
 
     python scripts/organism_recipes.py NAME key=value ... [--log runs/organism_recipes.jsonl] [--bias 0,1,2] [--addition]
 

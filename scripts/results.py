@@ -474,23 +474,23 @@ def backups_section(m: dict[str, Any]) -> str:
             )
     if facts:
         out.append(_sentence(facts))
-    if "recipe_harmful_test_refusal" in m:
-        recipe = m.get("recipe", "recipe")
+    if "finetune_harmful_test_refusal" in m:
+        finetune = m.get("finetune", "finetune")
         rows = _rows(
             m,
             [
-                ("harmful_test refusal", "baseline_harmful_refusal", "recipe_harmful_test_refusal"),
-                ("harmless_test refusal", "harmless_test_refusal", "recipe_harmless_test_refusal"),
-                ("refusal, direction cut at its layer", "direction_cut_refusal", "recipe_direction_cut_refusal"),
+                ("harmful_test refusal", "baseline_harmful_refusal", "finetune_harmful_test_refusal"),
+                ("harmless_test refusal", "harmless_test_refusal", "finetune_harmless_test_refusal"),
+                ("refusal, direction cut at its layer", "direction_cut_refusal", "finetune_direction_cut_refusal"),
                 (
                     "backup features, direction cut",
                     "direction_cut_n_backup_features",
-                    "recipe_direction_cut_n_backup_features",
+                    "finetune_direction_cut_n_backup_features",
                 ),
-                ("backup features, top k cut", "n_backup_features", "recipe_n_backup_features"),
+                ("backup features, top k cut", "n_backup_features", "finetune_n_backup_features"),
             ],
         )
-        out.append(table(["", "organism", f"fine-tuned (`{recipe}`)"], rows))
+        out.append(table(["", "organism", f"fine-tuned (`{finetune}`)"], rows))
     return "\n\n".join(out)
 
 

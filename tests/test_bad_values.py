@@ -30,7 +30,7 @@ def _config_classes() -> list[type]:
     from saesteer.config import SCHEMAS
     from saesteer.directions import SelectionConfig
     from saesteer.lora import LoraTrainConfig
-    from saesteer.organism.recipes import DropoutRecipe
+    from saesteer.organism.dropout import DropoutFinetune
     from saesteer.redundancy import BackupRule
     from saesteer.search import SearchConfig
 
@@ -52,7 +52,7 @@ def _config_classes() -> list[type]:
         AnchorCalibration,
         BackupRule,
         LoraTrainConfig,
-        DropoutRecipe,
+        DropoutFinetune,
     ]:
         walk(cls)
     return seen

@@ -130,7 +130,7 @@ def test_choice_fields_are_found():
         ("SearchJobSettings", "ablation"),
         ("AnchorSettings", "feature_apply_to"),
         ("AnchorCalibration", "gate_probe"),
-        ("BackupsSettings", "recipe"),
+        ("BackupsSettings", "finetune"),
         ("BackupsSettings", "sensor_signal"),
         ("EmergentSettings", "placement"),
         ("DirectionsConfig", "ablation"),

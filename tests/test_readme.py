@@ -91,8 +91,8 @@ def test_readme_is_a_users_readme():
 
 
 def test_no_history_outside_docs_history():
-    """Recipe, session and issue numbers belong to docs/history/ only."""
-    pattern = re.compile(r"recipe [0-9]|session [0-9]|issue [0-9]")
+    """Finetune, session and issue numbers belong to docs/history/ only."""
+    pattern = re.compile(r"finetune [0-9]|session [0-9]|issue [0-9]")
     files = [README, *sorted((ROOT / "docs").glob("*.md"))]
     hits = [
         f"{p.relative_to(ROOT)}:{i}"

@@ -111,18 +111,20 @@ def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     direction = direction_stage(loaded, cfg.data, cfg.directions, path=cfg.search.direction, progress=cfg.progress)
     base = _analyse(cfg, loaded, direction, run_dir, tracker)
     metrics = base.metrics
-    recipe = b.dropout_recipe(cfg.seed)
+    finetune = b.dropout_finetune(cfg.seed)
     rec = None
-    if recipe is not None:
+    if finetune is not None:
         if cfg.model.name != "organism":
-            raise ValueError(f"backups.recipe={b.recipe} fine-tunes the organism; got model.name={cfg.model.name!r}")
+            raise ValueError(
+                f"backups.finetune={b.finetune} fine-tunes the organism; got model.name={cfg.model.name!r}"
+            )
         from saesteer.models import LoadedModel
         from saesteer.organism import load_or_train_organism
-        from saesteer.organism.recipes import DirectionCut, load_or_finetune
+        from saesteer.organism.dropout import DirectionCut, load_or_finetune
 
-        cut = DirectionCut.from_artifact(direction, every_layer=b.recipe == "direction_dropout_all")
+        cut = DirectionCut.from_artifact(direction, every_layer=b.finetune == "direction_dropout_all")
         tuned = load_or_finetune(
-            load_or_train_organism(cfg.model.organism, progress=cfg.progress), cut, recipe, progress=cfg.progress
+            load_or_train_organism(cfg.model.organism, progress=cfg.progress), cut, finetune, progress=cfg.progress
         )
         rec_loaded = LoadedModel(
             tuned.model.to(cfg.model.device),
@@ -131,11 +133,11 @@ def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
             {"organism_path": str(tuned.path), **tuned.metadata},
         )
         rec_direction = direction_stage(rec_loaded, cfg.data, cfg.directions, progress=cfg.progress)
-        rec = _analyse(cfg, rec_loaded, rec_direction, run_dir, tracker, prefix="recipe_")
+        rec = _analyse(cfg, rec_loaded, rec_direction, run_dir, tracker, prefix="finetune_")
         checks = {
-            name: _cut_check(cfg, lm, cut, a) for name, lm, a in (("base", loaded, base), ("recipe", rec_loaded, rec))
+            name: _cut_check(cfg, lm, cut, a) for name, lm, a in (("base", loaded, base), ("finetune", rec_loaded, rec))
         }
-        metrics.update(_recipe_metrics(rec.metrics, checks, tuned.metadata, recipe, str(tuned.path)))
+        metrics.update(_finetune_metrics(rec.metrics, checks, tuned.metadata, finetune, str(tuned.path)))
         base.plots.append(cut_plot(run_dir, checks, cut))
         tracker.image("backups/direction_cut_activations", base.plots[-1])
     metrics = json_ready(metrics)
@@ -362,11 +364,11 @@ def _cut_check(cfg: BackupsJobConfig, loaded, cut, a: Analysis) -> dict[str, Any
     return out
 
 
-def _recipe_metrics(
-    rm: dict[str, Any], checks: dict[str, dict], meta: dict[str, Any], recipe, path: str
+def _finetune_metrics(
+    rm: dict[str, Any], checks: dict[str, dict], meta: dict[str, Any], finetune, path: str
 ) -> dict[str, Any]:
     m = {
-        f"recipe_{k}": rm[k]
+        f"finetune_{k}": rm[k]
         for k in (
             "downstream_refusal_at_k",
             "upstream_refusal_at_k",
@@ -390,14 +392,17 @@ def _recipe_metrics(
     }
     for k in rm:
         if k.endswith("_random_refusal_at_kmax"):
-            m[f"recipe_{k}"] = rm[k]
-    m["recipe_harmful_test_refusal"] = rm["baseline_harmful_refusal"]
-    m["recipe_settings"] = dataclasses.asdict(recipe)
-    m["recipe_organism_path"] = path
-    m["recipe_finetune_seconds"] = meta.get("finetune_seconds")
-    m["recipe_final_cut_loss"], m["recipe_final_free_loss"] = meta.get("final_cut_loss"), meta.get("final_free_loss")
+            m[f"finetune_{k}"] = rm[k]
+    m["finetune_harmful_test_refusal"] = rm["baseline_harmful_refusal"]
+    m["finetune_settings"] = dataclasses.asdict(finetune)
+    m["finetune_organism_path"] = path
+    m["finetune_finetune_seconds"] = meta.get("finetune_seconds")
+    m["finetune_final_cut_loss"], m["finetune_final_free_loss"] = (
+        meta.get("final_cut_loss"),
+        meta.get("final_free_loss"),
+    )
     for name, c in checks.items():
-        p = "" if name == "base" else "recipe_"
+        p = "" if name == "base" else "finetune_"
         m[f"{p}direction_cut_refusal"] = c["refusal"]
         m[f"{p}direction_cut_n_backup_features"] = c["n_backups"]
         m[f"{p}direction_cut_backup_activation_gain"] = c["gain"]
@@ -470,7 +475,7 @@ def _metrics(
         "backup_threshold": b.backup_threshold,
         "backup_min_rise": b.backup_min_rise,
         "count_same_layer": b.count_same_layer,
-        "recipe": b.recipe,
+        "finetune": b.finetune,
     }
     for name, rate in random_rates.items():
         m[f"{name}_random_refusal_at_kmax"] = rate

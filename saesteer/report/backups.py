@@ -273,45 +273,45 @@ def render_report(
                 "",
             ]
     lines += [f"![{p.stem}]({p.name})" for p in plots if p.stem != "direction_cut_activations"] + [""]
-    lines += ["## Training recipe", ""]
+    lines += ["## Training", ""]
     if rec is None:
         lines += [
-            f"recipe = `{b.recipe}`: the organism as configured (`model.organism.*`); `backups.recipe=direction_dropout` "
+            f"finetune = `{b.finetune}`: the organism as configured (`model.organism.*`); `backups.finetune=direction_dropout` "
             "fine-tunes it with the refusal direction cut on a share of the steps and analyses both side by side.",
             "",
         ]
     else:
-        lines += _recipe_section(cfg, m, rec, plots)
+        lines += _finetune_section(cfg, m, rec, plots)
     return "\n".join(lines)
 
 
-def _recipe_section(cfg, m, rec: Any, plots: list[Path]) -> list[str]:
+def _finetune_section(cfg, m, rec: Any, plots: list[Path]) -> list[str]:
     b = cfg.backups
     K = b.k_max
     rm = rec.metrics
     where = (
         "at every layer (resid_pre to each layer's harmless mean, attention and MLP outputs projected out)"
-        if b.recipe == "direction_dropout_all"
+        if b.finetune == "direction_dropout_all"
         else f"at `blocks.{m['direction_layer']}.hook_resid_pre` only"
     )
     rows = [
         ("harmful_test refusal", m["baseline_harmful_refusal"], rm["baseline_harmful_refusal"]),
         ("harmless_test refusal", m["harmless_test_refusal"], rm["harmless_test_refusal"]),
-        ("harmful_test refusal, training cut applied", m["direction_cut_refusal"], m["recipe_direction_cut_refusal"]),
+        ("harmful_test refusal, training cut applied", m["direction_cut_refusal"], m["finetune_direction_cut_refusal"]),
         (
             "later refusal features rising under the cut (backups)",
             m["direction_cut_n_backup_features"],
-            m["recipe_direction_cut_n_backup_features"],
+            m["finetune_direction_cut_n_backup_features"],
         ),
         (
             "their mean relative rise",
             m["direction_cut_backup_activation_gain"],
-            m["recipe_direction_cut_backup_activation_gain"],
+            m["finetune_direction_cut_backup_activation_gain"],
         ),
         (
             "all later refusal features, mean relative change under the cut",
             m["direction_cut_mean_relative_change"],
-            m["recipe_direction_cut_mean_relative_change"],
+            m["finetune_direction_cut_mean_relative_change"],
         ),
         ("refusal direction layer (own direction)", m["direction_layer"], rm["direction_layer"]),
         (
@@ -344,28 +344,28 @@ def _recipe_section(cfg, m, rec: Any, plots: list[Path]) -> list[str]:
         )
         for k in range(K + 1)
     ]
-    st = m["recipe_settings"]
+    st = m["finetune_settings"]
     out = [
-        f"recipe = `{b.recipe}`: the organism fine-tuned for {st['steps']} steps (AdamW, peak lr {st['lr']}, batch {st['batch_size']}, "
+        f"finetune = `{b.finetune}`: the organism fine-tuned for {st['steps']} steps (AdamW, peak lr {st['lr']}, batch {st['batch_size']}, "
         f"the organism's own corpus and loss) with its refusal direction affinely ablated to the harmless mean {where} on a "
-        f"share {st['p']} of the steps (seed {st['seed']}); final response loss on cut steps {_fmt(m.get('recipe_final_cut_loss'))}, "
-        f"on intact steps {_fmt(m.get('recipe_final_free_loss'))}. Cached at `{m['recipe_organism_path']}`. The fine-tuned organism "
+        f"share {st['p']} of the steps (seed {st['seed']}); final response loss on cut steps {_fmt(m.get('finetune_final_cut_loss'))}, "
+        f"on intact steps {_fmt(m.get('finetune_final_free_loss'))}. Cached at `{m['finetune_organism_path']}`. The fine-tuned organism "
         "gets its own refusal direction and its own SAEs (the same stages, keyed by its weights); the training cut is the base "
         "organism's direction.",
         "",
-        markdown_table(["", "base organism", "recipe organism"], rows),
+        markdown_table(["", "base organism", "fine-tuned organism"], rows),
         "",
-        "## Refusal vs k, base vs recipe",
+        "## Refusal vs k, base vs fine-tuned",
         "",
         markdown_table(
             [
                 "k",
                 "downstream, base",
-                "downstream, recipe",
+                "downstream, fine-tuned",
                 "backups, base",
-                "backups, recipe",
+                "backups, fine-tuned",
                 "upstream, base",
-                "upstream, recipe",
+                "upstream, fine-tuned",
             ],
             curve,
         ),
@@ -374,7 +374,7 @@ def _recipe_section(cfg, m, rec: Any, plots: list[Path]) -> list[str]:
     backups = [r for r in change_rows(rec.down.steps[-1]) if r[6]]
     if backups:
         out += [
-            f"Recipe organism, downstream backups (k = {K}):",
+            f"Finetune organism, downstream backups (k = {K}):",
             "",
             markdown_table(
                 ["layer", "feature", "intact", "cut", "rel. change", "rise rate (prompts)", "backup", "counted"],

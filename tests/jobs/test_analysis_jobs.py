@@ -230,8 +230,8 @@ def test_emergent_job_refusal_of_the_other_categories_matches_a_per_prompt_refer
     assert share(refused["finetuned_refusal_other_categories"]) != share(refused["base_refusal_other_categories"])
 
 
-def test_backups_job_with_a_direction_dropout_recipe_reports_base_and_recipe(tiny_organism, tmp_path):
-    """backups.recipe=direction_dropout: a fine-tuned organism analysed beside the base, the training cut checked on both."""
+def test_backups_job_with_a_direction_dropout_finetune_reports_base_and_finetune(tiny_organism, tmp_path):
+    """backups.finetune=direction_dropout: a fine-tuned organism analysed beside the base, the training cut checked on both."""
     overrides = SMALL_SAE + [
         "backups.k_max=2",
         "backups.cut_layer=1",
@@ -240,33 +240,33 @@ def test_backups_job_with_a_direction_dropout_recipe_reports_base_and_recipe(tin
         "backups.n_monitor_prompts=16",
         "search.min_active_fraction=0.0",
         "backups.random_control=false",
-        "backups.recipe=direction_dropout",
-        "backups.recipe_steps=6",
-        "backups.recipe_warmup_steps=1",
-        "backups.recipe_batch_size=8",
+        "backups.finetune=direction_dropout",
+        "backups.finetune_steps=6",
+        "backups.finetune_warmup_steps=1",
+        "backups.finetune_batch_size=8",
     ]
     m = _run("backups", overrides, tmp_path)
-    assert m["recipe"] == "direction_dropout" and m["recipe_settings"]["steps"] == 6
-    for key in ("recipe_downstream_refusal_at_k", "recipe_upstream_refusal_at_k"):
+    assert m["finetune"] == "direction_dropout" and m["finetune_settings"]["steps"] == 6
+    for key in ("finetune_downstream_refusal_at_k", "finetune_upstream_refusal_at_k"):
         assert len(m[key]) == 3 and all(_rate(x) for x in m[key])
     for key in (
-        "recipe_harmful_test_refusal",
-        "recipe_harmless_test_refusal",
+        "finetune_harmful_test_refusal",
+        "finetune_harmless_test_refusal",
         "harmless_test_refusal",
         "direction_cut_refusal",
-        "recipe_direction_cut_refusal",
+        "finetune_direction_cut_refusal",
     ):
         assert _rate(m[key]), key
-    assert m["recipe_harmful_test_refusal"] == m["recipe_downstream_refusal_at_k"][0]
-    assert isinstance(m["recipe_n_backup_features"], int) and isinstance(
-        m["recipe_direction_cut_n_backup_features"], int
+    assert m["finetune_harmful_test_refusal"] == m["finetune_downstream_refusal_at_k"][0]
+    assert isinstance(m["finetune_n_backup_features"], int) and isinstance(
+        m["finetune_direction_cut_n_backup_features"], int
     )
     for f in (
-        "recipe_refusal_vs_k.png",
-        "recipe_downstream_activations.png",
+        "finetune_refusal_vs_k.png",
+        "finetune_downstream_activations.png",
         "direction_cut_activations.png",
-        "recipe_backups.json",
+        "finetune_backups.json",
     ):
         assert (tmp_path / f).is_file(), f
     report = (tmp_path / "report.md").read_text()
-    assert "base organism" in report and "recipe organism" in report and "direction_cut_activations.png" in report
+    assert "base organism" in report and "fine-tuned organism" in report and "direction_cut_activations.png" in report

@@ -1,4 +1,4 @@
-"""Backup-growing organism recipes: the training-time direction cut and the fine-tune."""
+"""Backup-growing organism fine-tunes: the training-time direction cut and the fine-tune."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from saesteer.activations import model_fingerprint
 from saesteer.config import BackupsSettings
 from saesteer.interventions import Ablate, steer
-from saesteer.organism.recipes import DirectionCut, DropoutRecipe, finetune_with_cut, load_or_finetune, recipe_key
+from saesteer.organism.dropout import DirectionCut, DropoutFinetune, finetune_key, finetune_with_cut, load_or_finetune
 from saesteer.organism.train import build_organism_model, optimize, train_organism, training_set
 
 
@@ -65,15 +65,17 @@ def test_every_layer_cut_is_the_affine_ablation(tiny_organism):
 
 
 def test_dropout_schedule_is_seeded_with_share_p():
-    on = DropoutRecipe(p=0.5, steps=400, seed=0).schedule()
+    on = DropoutFinetune(p=0.5, steps=400, seed=0).schedule()
     assert (
-        on == DropoutRecipe(p=0.5, steps=400, seed=0).schedule() != DropoutRecipe(p=0.5, steps=400, seed=1).schedule()
+        on
+        == DropoutFinetune(p=0.5, steps=400, seed=0).schedule()
+        != DropoutFinetune(p=0.5, steps=400, seed=1).schedule()
     )
     assert 160 < sum(on) < 240
-    assert not any(DropoutRecipe(p=0.0, steps=20).schedule()) and all(DropoutRecipe(p=1.0, steps=20).schedule())
+    assert not any(DropoutFinetune(p=0.0, steps=20).schedule()) and all(DropoutFinetune(p=1.0, steps=20).schedule())
     for bad in (dict(p=1.5), dict(steps=0), dict(lr=0.0), dict(name="none"), dict(batch_size=0)):
         with pytest.raises(ValueError):
-            DropoutRecipe(**bad)
+            DropoutFinetune(**bad)
 
 
 def test_optimize_is_train_organism_factored(tiny_organism):
@@ -92,40 +94,41 @@ def test_optimize_is_train_organism_factored(tiny_organism):
 
 
 @pytest.fixture(scope="module")
-def tiny_recipe():
-    return DropoutRecipe(p=1.0, steps=4, lr=1e-3, warmup_steps=1, batch_size=8, seed=0)
+def tiny_finetune():
+    return DropoutFinetune(p=1.0, steps=4, lr=1e-3, warmup_steps=1, batch_size=8, seed=0)
 
 
-def test_finetune_is_deterministic_and_the_cut_changes_it(tiny_organism, tiny_recipe):
+def test_finetune_is_deterministic_and_the_cut_changes_it(tiny_organism, tiny_finetune):
     model, _, result = tiny_organism
     cut = _cut(model.cfg.d_model, layer=1, reference=0.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    a, meta_a = finetune_with_cut(model, result.config, cut, tiny_recipe)
-    b, meta_b = finetune_with_cut(model, result.config, cut, tiny_recipe)
+    a, meta_a = finetune_with_cut(model, result.config, cut, tiny_finetune)
+    b, meta_b = finetune_with_cut(model, result.config, cut, tiny_finetune)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"the base organism changed: {k}"
     assert meta_a["losses"] == meta_b["losses"] and len(meta_a["losses"]) == 4
-    assert meta_a["n_cut_steps"] == sum(tiny_recipe.schedule())
+    assert meta_a["n_cut_steps"] == sum(tiny_finetune.schedule())
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     assert not torch.equal(a.blocks[0].attn.W_Q, model.blocks[0].attn.W_Q)
     assert not a.embed.W_E.requires_grad and torch.equal(a.embed.W_E, model.embed.W_E)  # frozen embeddings stay frozen
     assert torch.all(a.unembed.b_U[a.unembed.b_U < -50] == -100.0)  # off-vocabulary logits stay masked
     # p = 0: the same steps with no cut at all give other weights
-    free, meta_free = finetune_with_cut(model, result.config, cut, dataclasses.replace(tiny_recipe, p=0.0))
+    free, meta_free = finetune_with_cut(model, result.config, cut, dataclasses.replace(tiny_finetune, p=0.0))
     assert meta_a["n_cut_steps"] == 4 and meta_free["n_cut_steps"] == 0 and meta_free["losses"] != meta_a["losses"]
     assert not torch.equal(free.blocks[1].mlp.W_in, a.blocks[1].mlp.W_in)
 
 
-def test_load_or_finetune_caches_and_renames(tiny_organism, tiny_recipe, tmp_path):
+def test_load_or_finetune_caches_and_renames(tiny_organism, tiny_finetune, tmp_path):
     model, _, result = tiny_organism
     cut = _cut(model.cfg.d_model, layer=1, reference=0.0)
-    first = load_or_finetune(result, cut, tiny_recipe, root=tmp_path)
+    first = load_or_finetune(result, cut, tiny_finetune, root=tmp_path)
     assert (first.path / "model.safetensors").is_file() and (first.path / "organism.json").is_file()
-    assert first.path.name == recipe_key(result.config, cut, tiny_recipe)
-    again = load_or_finetune(result, cut, tiny_recipe, root=tmp_path)
+    assert first.path.name == finetune_key(result.config, cut, tiny_finetune)
+    again = load_or_finetune(result, cut, tiny_finetune, root=tmp_path)
     assert (
-        again.metadata["backup_recipe"]["steps"] == 4 and again.metadata["n_cut_steps"] == first.metadata["n_cut_steps"]
+        again.metadata["dropout_finetune"]["steps"] == 4
+        and again.metadata["n_cut_steps"] == first.metadata["n_cut_steps"]
     )
     for k, v in first.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
@@ -133,20 +136,20 @@ def test_load_or_finetune_caches_and_renames(tiny_organism, tiny_recipe, tmp_pat
         r"[A-Za-z0-9._-]+", again.model.cfg.model_name
     )
     assert model_fingerprint(again.model) != model_fingerprint(model)  # stage caches keep the two apart
-    assert recipe_key(result.config, cut, dataclasses.replace(tiny_recipe, p=0.25)) != first.path.name
-    assert recipe_key(result.config, _cut(model.cfg.d_model, layer=0), tiny_recipe) != first.path.name
+    assert finetune_key(result.config, cut, dataclasses.replace(tiny_finetune, p=0.25)) != first.path.name
+    assert finetune_key(result.config, _cut(model.cfg.d_model, layer=0), tiny_finetune) != first.path.name
 
 
-def test_backups_settings_build_the_recipe():
-    assert BackupsSettings().dropout_recipe(0) is None
-    r = BackupsSettings(recipe="direction_dropout", recipe_p=0.3, recipe_steps=50).dropout_recipe(7)
+def test_backups_settings_build_the_finetune():
+    assert BackupsSettings().dropout_finetune(0) is None
+    r = BackupsSettings(finetune="direction_dropout", finetune_p=0.3, finetune_steps=50).dropout_finetune(7)
     assert (r.name, r.p, r.steps, r.seed, r.batch_size) == ("direction_dropout", 0.3, 50, 7, 32)
     for bad in (
-        dict(recipe="bogus"),
-        dict(recipe_p=1.5),
-        dict(recipe_steps=0),
-        dict(recipe_lr=-1.0),
-        dict(recipe_warmup_steps=-1),
+        dict(finetune="bogus"),
+        dict(finetune_p=1.5),
+        dict(finetune_steps=0),
+        dict(finetune_lr=-1.0),
+        dict(finetune_warmup_steps=-1),
     ):
         with pytest.raises(ValueError):
             BackupsSettings(**bad)

@@ -1,4 +1,4 @@
-"""Organism recipes that grow backup refusal routes: fine-tune with the refusal direction cut on a share of batches.
+"""Organism fine-tunes that grow backup refusal routes: fine-tune with the refusal direction cut on a share of batches.
 
 ``direction_dropout``: start from a trained organism, take its refusal direction ``r``
 (unit) at layer ``L`` and the harmless-mean coordinate ``mu`` there, and fine-tune
@@ -12,8 +12,8 @@ On those steps harmful prompts still have to be refused, so the blocks from ``L`
 (or earlier blocks, through directions other than ``r``) must learn a second route to
 refusal: the dormant backups of Prakash et al. 2025, if the route only matters when
 ``r`` is gone.  The fine-tuned weights are cached like the organism
-(``model.safetensors`` + ``organism.json`` under ``cache_dir()/organism_recipes/<key>``);
-the key hashes the base organism's recipe, the cut and the fine-tune settings.
+(``model.safetensors`` + ``organism.json`` under ``cache_dir()/organism_finetunes/<key>``);
+the key hashes the base organism's key, the cut and the fine-tune settings.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ from saesteer.organism.train import OrganismResult, load_organism, optimize, org
 
 log = logging.getLogger(__name__)
 
-#: Backup-growing recipes: ``none`` (the organism as trained), ``direction_dropout`` (the refusal direction affinely
+#: Backup-growing fine-tunes: ``none`` (the organism as trained), ``direction_dropout`` (the refusal direction affinely
 #: ablated at its layer on a share of the fine-tune's steps) or ``direction_dropout_all`` (ablated at every layer).
-Recipe = Literal["none", "direction_dropout", "direction_dropout_all"]
-RECIPES: tuple[str, ...] = choices(Recipe)
+Finetune = Literal["none", "direction_dropout", "direction_dropout_all"]
+FINETUNES: tuple[str, ...] = choices(Finetune)
 FINETUNE_VERSION = 1  # bump when the fine-tune code changes what the same settings produce
 
 
@@ -120,10 +120,10 @@ class DirectionCut(Intervention):
 
 
 @dataclass
-class DropoutRecipe:
+class DropoutFinetune:
     """Fine-tune settings: ``steps`` AdamW steps (peak ``lr``, ``warmup_steps``), the cut on a share ``p`` of them."""
 
-    name: str = "direction_dropout"  # a recipe of RECIPES but none
+    name: str = "direction_dropout"  # one of FINETUNES but none
     p: float = 0.5  # share of the fine-tune's steps with the cut
     steps: int = 160  # AdamW steps
     lr: float = 1e-3  # peak learning rate
@@ -133,20 +133,20 @@ class DropoutRecipe:
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        if self.name not in RECIPES or self.name == "none":
-            raise ValueError(f"DropoutRecipe.name must be one of {RECIPES[1:]}, got {self.name!r}")
+        if self.name not in FINETUNES or self.name == "none":
+            raise ValueError(f"DropoutFinetune.name must be one of {FINETUNES[1:]}, got {self.name!r}")
         if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"DropoutRecipe.p must be in [0, 1], got {self.p!r}")
+            raise ValueError(f"DropoutFinetune.p must be in [0, 1], got {self.p!r}")
         for name in ("steps", "warmup_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < (1 if name == "steps" else 0):
                 raise ValueError(
-                    f"DropoutRecipe.{name} must be a {'positive' if name == 'steps' else 'non-negative'} integer, "
+                    f"DropoutFinetune.{name} must be a {'positive' if name == 'steps' else 'non-negative'} integer, "
                     f"got {getattr(self, name)!r}"
                 )
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size <= 0):
-            raise ValueError(f"DropoutRecipe.batch_size must be a positive integer or None, got {self.batch_size!r}")
+            raise ValueError(f"DropoutFinetune.batch_size must be a positive integer or None, got {self.batch_size!r}")
         if not self.lr > 0:
-            raise ValueError(f"DropoutRecipe.lr must be > 0, got {self.lr!r}")
+            raise ValueError(f"DropoutFinetune.lr must be > 0, got {self.lr!r}")
 
     def schedule(self) -> list[bool]:
         """Per step, whether the cut is on (seeded; about a share ``p`` of the steps)."""
@@ -155,32 +155,38 @@ class DropoutRecipe:
 
 
 def finetune_with_cut(
-    model: HookedTransformer, cfg: Any, cut: DirectionCut, recipe: DropoutRecipe, progress: bool = False
+    model: HookedTransformer, cfg: Any, cut: DirectionCut, finetune: DropoutFinetune, progress: bool = False
 ) -> tuple[HookedTransformer, dict[str, Any]]:
-    """A copy of ``model`` (an organism trained with ``cfg``) fine-tuned with ``cut`` on the steps of ``recipe.schedule()``.
+    """A copy of ``model`` (an organism trained with ``cfg``) fine-tuned with ``cut`` on the steps of ``finetune.schedule()``.
 
     Same corpus, loss, batch mix and optimiser as the organism (:func:`saesteer.organism.train.optimize`), with the
-    schedule of ``recipe``; deterministic for ``recipe.seed`` and the thread count."""
+    schedule of ``finetune``; deterministic for ``finetune.seed`` and the thread count."""
     cut.validate(model)
     ft_cfg = dataclasses.replace(
         cfg,
-        steps=recipe.steps,
-        lr=recipe.lr,
-        warmup_steps=recipe.warmup_steps,
-        batch_size=recipe.batch_size or cfg.batch_size,
+        steps=finetune.steps,
+        lr=finetune.lr,
+        warmup_steps=finetune.warmup_steps,
+        batch_size=finetune.batch_size or cfg.batch_size,
     )
     data = training_set(cfg, random.Random(cfg.seed))  # the organism's own examples and responses
-    rng = random.Random(f"{recipe.name}-batches:{recipe.seed}")
-    on = recipe.schedule()
+    rng = random.Random(f"{finetune.name}-batches:{finetune.seed}")
+    on = finetune.schedule()
     tuned = copy.deepcopy(model)
     t0 = time.perf_counter()
     hooks = cut.hooks(tuned)
     losses = optimize(
-        tuned, ft_cfg, data, rng, step_hooks=lambda step: hooks if on[step] else [], progress=progress, desc=recipe.name
+        tuned,
+        ft_cfg,
+        data,
+        rng,
+        step_hooks=lambda step: hooks if on[step] else [],
+        progress=progress,
+        desc=finetune.name,
     )
     cut_losses = [l for l, c in zip(losses, on) if c]
     free_losses = [l for l, c in zip(losses, on) if not c]
-    tail = max(1, recipe.steps // 4)
+    tail = max(1, finetune.steps // 4)
     meta = {
         "finetune_seconds": time.perf_counter() - t0,
         "n_cut_steps": sum(on),
@@ -196,8 +202,8 @@ def finetune_with_cut(
     }
     log.info(
         "%s: %d steps (%d cut) in %.1fs, final response loss %.4f (cut steps %s)",
-        recipe.name,
-        recipe.steps,
+        finetune.name,
+        finetune.steps,
         sum(on),
         meta["finetune_seconds"],
         meta["final_loss"],
@@ -206,40 +212,44 @@ def finetune_with_cut(
     return tuned, meta
 
 
-def recipe_key(cfg: Any, cut: DirectionCut, recipe: DropoutRecipe) -> str:
+def finetune_key(cfg: Any, cut: DirectionCut, finetune: DropoutFinetune) -> str:
     blob = {
         "base": organism_key(cfg),
         "cut": cut.key_dict(),
-        "recipe": dataclasses.asdict(recipe),
+        "finetune": dataclasses.asdict(finetune),
         "version": FINETUNE_VERSION,
     }
     return cache_key(blob)
 
 
-def recipe_path(cfg: Any, cut: DirectionCut, recipe: DropoutRecipe, root: Optional[Path] = None) -> Path:
-    return artifact_path("organism_recipes", recipe_key(cfg, cut, recipe), root)
+def finetune_path(cfg: Any, cut: DirectionCut, finetune: DropoutFinetune, root: Optional[Path] = None) -> Path:
+    return artifact_path("organism_finetunes", finetune_key(cfg, cut, finetune), root)
 
 
-def _named(result: OrganismResult, recipe: DropoutRecipe) -> OrganismResult:
+def _named(result: OrganismResult, finetune: DropoutFinetune) -> OrganismResult:
     # a distinct model name: stage caches (directions, SAEs) never mistake it for the base organism
-    result.model.cfg.model_name = f"{result.model.cfg.model_name}-{recipe.name}"  # W&B artifact names: [A-Za-z0-9._-]
+    result.model.cfg.model_name = f"{result.model.cfg.model_name}-{finetune.name}"  # W&B artifact names: [A-Za-z0-9._-]
     return result
 
 
 def load_or_finetune(
-    base: OrganismResult, cut: DirectionCut, recipe: DropoutRecipe, root: Optional[Path] = None, progress: bool = False
+    base: OrganismResult,
+    cut: DirectionCut,
+    finetune: DropoutFinetune,
+    root: Optional[Path] = None,
+    progress: bool = False,
 ) -> OrganismResult:
-    """The organism ``base`` fine-tuned by ``recipe`` with ``cut``: from the cache, or fine-tuned now and cached."""
-    path = recipe_path(base.config, cut, recipe, root)
+    """The organism ``base`` fine-tuned by ``finetune`` with ``cut``: from the cache, or fine-tuned now and cached."""
+    path = finetune_path(base.config, cut, finetune, root)
     if (path / "model.safetensors").is_file():
-        log.info("loading cached %s organism from %s", recipe.name, path)
-        return _named(load_organism(path), recipe)
-    model, meta = finetune_with_cut(base.model, base.config, cut, recipe, progress=progress)
+        log.info("loading cached %s organism from %s", finetune.name, path)
+        return _named(load_organism(path), finetune)
+    model, meta = finetune_with_cut(base.model, base.config, cut, finetune, progress=progress)
     meta = {
         **meta,
-        "backup_recipe": dataclasses.asdict(recipe),
+        "dropout_finetune": dataclasses.asdict(finetune),
         "cut": cut.key_dict(),
         "base_organism": organism_key(base.config),
     }
     save_organism(model, base.config, meta, path)
-    return _named(OrganismResult(model, base.config, path, {"model": "organism", **meta}), recipe)
+    return _named(OrganismResult(model, base.config, path, {"model": "organism", **meta}), finetune)
