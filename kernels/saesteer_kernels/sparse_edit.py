@@ -193,6 +193,15 @@ def _block_sizes(n_tokens: int, d_in: int, n_feat: int) -> tuple[int, int, int, 
     return block_n, block_d, block_f, False
 
 
+def _check_rows(x: torch.Tensor) -> tuple[int, int]:
+    """``(N, d_in)`` of ``x``, which must be ``[N, d_in]`` with unit stride on the last dim."""
+    if x.ndim != 2 or x.stride(-1) != 1:
+        raise ValueError(
+            f"x has shape {list(x.shape)} / strides {x.stride()}; expected [N, d_in] with unit last stride"
+        )
+    return x.shape[0], x.shape[1]
+
+
 def _check_canonical(name: str, t: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> None:
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} has shape {list(t.shape)}; expected {list(shape)}")
@@ -219,11 +228,7 @@ def _sparse_edit_triton(
     ``x`` is ``[N, d_in]`` with unit stride on the last dim; weights are made
     contiguous here (``[d_in, F]`` / ``[F, d_in]`` gathers are small).
     """
-    if x.ndim != 2 or x.stride(-1) != 1:
-        raise ValueError(
-            f"x has shape {list(x.shape)} / strides {x.stride()}; expected [N, d_in] with unit last stride"
-        )
-    n_tokens, d_in = x.shape
+    n_tokens, d_in = _check_rows(x)
     n_feat = W_enc_F.shape[1] if W_enc_F.ndim == 2 else -1
     dev = x.device
     _check_canonical("W_enc_F", W_enc_F, (d_in, n_feat), dev)

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sparse_edit import _TILE_BUDGET, _add_decoded, _check_canonical, _edit_coefficients
+from .sparse_edit import _TILE_BUDGET, _add_decoded, _check_canonical, _check_rows, _edit_coefficients
 
 _FOLD_CHUNK = 8192  # W_enc columns upcast at a time when folding b_dec (16-bit path)
 
@@ -293,11 +293,7 @@ def _topk_edit_triton(
 
     ``n_splits`` overrides the d_sae split count (tests use it to exercise the merge).
     """
-    if x.ndim != 2 or x.stride(-1) != 1:
-        raise ValueError(
-            f"x has shape {list(x.shape)} / strides {x.stride()}; expected [N, d_in] with unit last stride"
-        )
-    n_tokens, d_in = x.shape
+    n_tokens, d_in = _check_rows(x)
     d_sae = W_enc.shape[1] if W_enc.ndim == 2 else -1
     dev = x.device
     _check_canonical("W_enc", W_enc, (d_in, d_sae), dev)
