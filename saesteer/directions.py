@@ -149,10 +149,21 @@ class SelectionConfig:
         "affine"  # the ablation selection scores: plain (the paper) or affine (ACE); both are reported
     )
     add_alpha: float = 1.0  # scale of the addition that checks induction
+    # the layers whose candidates are scored (a coarser grid for deep models on a CPU); None: every layer
+    layers: Optional[list[int]] = None
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
         check_choice_fields(self, "directions")
+        if self.layers is not None:
+            layers = list(self.layers)
+            if not layers or any(isinstance(l, bool) or not isinstance(l, int) or l < 0 for l in layers):
+                raise ValueError(
+                    f"directions.layers must be null or a non-empty list of layer indices >= 0, got {layers}"
+                )
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"directions.layers has repeated layers: {layers}")
+            self.layers = sorted(layers)
         if not 0 <= self.prune_layer_fraction < 1:
             raise ValueError(f"directions.prune_layer_fraction must be in [0, 1), got {self.prune_layer_fraction}")
         if self.max_kl <= 0:
@@ -228,7 +239,16 @@ def score_candidates(
     base_harm = refusal_scores(model, template, harmful_val, ids, batch_size=batch_size)
     base_safe, base_lp = refusal_scores(model, template, harmless_val, ids, batch_size=batch_size, return_logprobs=True)
     scores: list[CandidateScore] = []
-    grid = [(l, p) for l in cands.layers for p in cands.positions]
+    layers = cands.layers
+    if cfg.layers is not None:
+        outside = [l for l in cfg.layers if l not in cands.layers]
+        if outside:
+            raise ValueError(
+                f"directions.layers has {outside}, outside the model's layers 0..{max(cands.layers)}; "
+                "expected layer indices of this model"
+            )
+        layers = list(cfg.layers)
+    grid = [(l, p) for l in layers for p in cands.positions]
     for layer, pos in tqdm(grid, desc="score candidates", disable=not progress, leave=False):
         d = cands.direction(layer, pos)
         if not torch.isfinite(d).all() or d.norm() == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -89,6 +90,27 @@ def test_selection_follows_the_paper_and_falls_back_with_a_reason(tiny_organism)
     )
     impossible = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=1e-12, min_induce=1e9))
     assert impossible.fallback is not None and "'kl' filter emptied the pool" in impossible.fallback
+
+
+def test_candidate_layers_restrict_the_grid_to_the_full_grid_scores_of_those_layers(tiny_organism):
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:16])
+    harmless = list(load_prompts("harmless_train").instructions[:16])
+    val_h = list(load_prompts("harmful_val").instructions[:8])
+    val_s = list(load_prompts("harmless_val").instructions[:8])
+    cands = compute_candidates(model, tpl, harmful, harmless)
+    loose = dict(max_kl=10.0, min_induce=-100.0, prune_layer_fraction=0.0)
+    full = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(**loose))
+    one = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(layers=[1], **loose))
+    assert [(s.layer, s.position) for s in one.scores] == [(1, p) for p in cands.positions]
+    by_cell = {(s.layer, s.position): s for s in full.scores}
+    for s in one.scores:
+        assert s == by_cell[(s.layer, s.position)]
+    with pytest.raises(ValueError, match=r"directions.layers has \[7\], outside the model's layers 0..1"):
+        select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(layers=[1, 7], **loose))
+    for bad in ([], [-1], [1, 1], [True]):
+        with pytest.raises(ValueError, match="directions.layers"):
+            SelectionConfig(layers=bad)
 
 
 def test_auroc_matches_pairwise_definition():
