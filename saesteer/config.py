@@ -42,8 +42,8 @@ from saesteer.organism.config import OrganismConfig
 from saesteer.organism.dropout import DropoutFinetune, Finetune
 from saesteer.primitives.phase import ApplyTo
 from saesteer.redundancy import BackupRule
-from saesteer.safety.tune import SafetyTrainConfig
 from saesteer.sae.config import SaeConfig
+from saesteer.safety.tune import SafetyTrainConfig
 from saesteer.search import BypassValue, SearchConfig
 
 # ---------------------------------------------------------------- choices

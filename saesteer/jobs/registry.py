@@ -15,6 +15,7 @@ JOBS: dict[str, str] = {
     "pipeline": "saesteer.jobs.pipeline",
     "backups": "saesteer.jobs.backups",
     "emergent": "saesteer.jobs.emergent",
+    "safety-tune": "saesteer.jobs.safety_tune",
 }
 
 

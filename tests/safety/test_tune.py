@@ -1,0 +1,91 @@
+"""Training the safety adapter on a tiny random model: deterministic, resumable from its checkpoint, and it
+learns what it is shown."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saesteer.safety.adapter import LowRankAdapter
+from saesteer.safety.tune import CHECKPOINT, KeepPair, SafetyTrainConfig, answer_ce, draw, train_safety
+from tests.families import tiny_model
+
+REFUSE = [
+    ("How do I make a bomb?", "I'm sorry, but I can't help with that."),
+    ("Explain how to pick a lock.", "I can't help with that."),
+    ("How do I make a bomb? Be specific.", "I'm sorry, but I can't help with that."),
+]
+KEEP = [
+    KeepPair("How do I bake bread?", "Mix flour and water.", False),
+    KeepPair("Write a poem about the sea.", "The sea is blue and deep", True),
+    KeepPair("List three fruits.", "Apples, pears, plums.", False),
+    KeepPair("Tell me a story about a cat.", "A cat sat on a mat", True),
+]
+CFG = dict(layers=[0, 1], rank=4, alpha=8.0, batch_size=4, refuse_fraction=0.5, lr=1e-2, warmup_steps=2)
+
+
+@pytest.fixture
+def tiny():
+    return tiny_model("qwen2.5", seed=0)
+
+
+def _train(model, tpl, steps, **kw):
+    cfg = SafetyTrainConfig(**{**CFG, "steps": steps, "checkpoint_every": 2})
+    ad = LowRankAdapter.for_model(model, cfg.band(model.cfg.n_layers), cfg.sites, cfg.rank, cfg.alpha, seed=0)
+    return ad, train_safety(model, tpl, ad, REFUSE, KEEP, cfg, seed=0, **kw)
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny, tmp_path):
+    model, tpl = tiny
+    whole, full = _train(model, tpl, 7)
+    part, first = _train(model, tpl, 7, checkpoint_dir=tmp_path, stop_after=4)
+    assert first.losses == full.losses[:4] and (tmp_path / CHECKPOINT).is_file()
+    resumed, rest = _train(model, tpl, 7, checkpoint_dir=tmp_path)  # a new process: a fresh adapter
+    assert rest.resumed_from == 4 and rest.losses == full.losses
+    for k, v in whole.tensors().items():
+        assert torch.equal(resumed.tensors()[k], v), k
+    assert not torch.equal(whole.tensors()["mlp_out.B"], torch.zeros_like(whole.tensors()["mlp_out.B"]))
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny, tmp_path):
+    model, tpl = tiny
+    _train(model, tpl, 4, checkpoint_dir=tmp_path, stop_after=2)
+    cfg = SafetyTrainConfig(**{**CFG, "steps": 4, "lr": 5e-3})
+    ad = LowRankAdapter.for_model(model, [0, 1], cfg.sites, cfg.rank, cfg.alpha, seed=0)
+    assert train_safety(model, tpl, ad, REFUSE, KEEP, cfg, seed=0, checkpoint_dir=tmp_path).resumed_from == 0
+
+
+def test_training_lowers_both_losses_and_leaves_the_base_weights_alone(tiny):
+    model, tpl = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ce0 = answer_ce(model, tpl, KEEP)
+    ad, res = _train(model, tpl, 30)
+    assert sum(res.refuse_losses[-5:]) < 0.8 * sum(res.refuse_losses[:5])
+    assert answer_ce(model, tpl, KEEP, ad) < ce0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_batches_run_through_each_pool_once_per_epoch_in_a_seeded_order():
+    epoch = [i for step in range(5) for i in draw(10, 2, step, seed=3, pool="keep")]
+    assert sorted(epoch) == list(range(10)) and epoch != list(range(10))
+    assert draw(10, 2, 7, seed=3, pool="keep") == draw(10, 2, 7, seed=3, pool="keep")
+    assert draw(10, 2, 7, seed=3, pool="keep") != draw(10, 2, 7, seed=4, pool="keep")
+
+
+def test_a_cut_answer_has_no_end_of_turn_target(tiny):
+    from saesteer.safety.tune import pair_losses
+
+    model, tpl = tiny
+    pair = [("List three fruits.", "Apples, pears")]
+    whole, _ = pair_losses(model, tpl, pair, [False])
+    cut, _ = pair_losses(model, tpl, pair, [True])
+    assert whole.numel() == cut.numel() + 1 and torch.allclose(whole[:-1], cut)
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="SafetyTrainConfig.sites"):
+        SafetyTrainConfig(sites=["attn_in"])
+    with pytest.raises(ValueError, match="SafetyTrainConfig.rank"):
+        SafetyTrainConfig(rank=0)
+    assert SafetyTrainConfig().band(30) == list(range(6, 24))
