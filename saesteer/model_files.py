@@ -303,8 +303,8 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     t0 = time.perf_counter()
     log.info("converting %s to a float32 checkpoint in %s (once)", gguf_path.name, out.parent)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    model = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True)
     tied = bool(model.config.tie_word_embeddings)
     state = {
         k: v.detach().contiguous()

@@ -78,6 +78,7 @@ def _load_local(cfg: ModelConfig) -> LoadedModel:
     """A model of LOCAL_MODELS: its checkpoint (fetched and converted at first use), as a HookedTransformer."""
     import time
 
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from saesteer.llama import hooked_from_hf
@@ -92,10 +93,16 @@ def _load_local(cfg: ModelConfig) -> LoadedModel:
     template = resolve_template(cfg.name, cfg.template)
     t0 = time.perf_counter()
     path = gguf_checkpoint(local.file)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    hf_model = LlamaForCausalLM.from_pretrained(
-        str(path), dtype=torch.float32, use_safetensors=True, local_files_only=True
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        hf_model = LlamaForCausalLM.from_pretrained(
+            str(path), dtype=torch.float32, use_safetensors=True, local_files_only=True
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise ModelLoadError(
+            f"the cached checkpoint {path} of {cfg.name} cannot be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); delete that folder and load again"
+        ) from None
     model = hooked_from_hf(hf_model, tokenizer, dtype=_DTYPES[cfg.dtype], device=cfg.device, n_ctx=local.n_ctx)
     del hf_model
     model.tokenizer.padding_side = "left"

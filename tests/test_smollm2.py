@@ -443,3 +443,23 @@ def test_real_checkpoint_equals_the_gguf_tensors():
                 w = w.reshape(n_heads, ref.shape[0] // n_heads // 2, 2, ref.shape[1]).swapaxes(1, 2).reshape(ref.shape)
             assert torch.equal(w, ref), gguf_name
     assert float(reader.fields["llama.rope.freq_base"].parts[-1][0]) == 100000.0
+
+
+def test_an_unreadable_cached_checkpoint_is_reported(tmp_path, monkeypatch, chatml_tok):
+    from transformers import LlamaConfig
+
+    from saesteer.config import ModelConfig
+    from saesteer.model_files import checkpoint_dir
+    from saesteer.model_names import ModelLoadError
+    from saesteer.models import load_model
+
+    folder = checkpoint_dir(SMOLLM2_GGUF, tmp_path)
+    folder.mkdir()
+    chatml_tok.save_pretrained(str(folder))
+    LlamaConfig(vocab_size=400, hidden_size=64, num_hidden_layers=1, num_attention_heads=4).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")  # truncated
+    monkeypatch.setenv("SAESTEER_CACHE", str(tmp_path))
+    with pytest.raises(
+        ModelLoadError, match=r"^the cached checkpoint .*float32-b179c9523d0e6a0f of smollm2 cannot be read"
+    ):
+        load_model(ModelConfig(name="smollm2"))
