@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from saesteer.io import cache_dir
+from saesteer.artifacts import artifact_path
 from saesteer.model_names import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ LOCAL_MODELS: dict[str, LocalModel] = {
 
 
 def model_cache_dir(name: str, root: Path | None = None) -> Path:
-    """``<root or saesteer's cache>/models/<name>/`` (created)."""
-    p = (root or cache_dir()) / "models" / name
+    """``<root or saesteer's cache>/models/<name>/`` (created; :mod:`saesteer.artifacts`)."""
+    p = artifact_path("models", name, None if root is None else root / "models")
     p.mkdir(parents=True, exist_ok=True)
     return p
 

@@ -41,7 +41,6 @@ from saesteer.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-
 def defences(art: AnchorArtifact, cast_alpha: float, add_alpha: float) -> list[Defence]:
     return [
         UNDEFENDED,
