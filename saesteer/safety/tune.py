@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Optional
 
@@ -253,9 +253,12 @@ def draw(n_pool: int, per_step: int, step: int, seed: int, pool: str) -> list[in
 
 
 def run_key(cfg: SafetyTrainConfig, adapter: LowRankAdapter, refuse, keep, seed: int) -> str:
+    """The name of a training run: its training settings (those that change the result), adapter, data and seed;
+    a checkpoint is resumed only by a run of the same name."""
+    settings = {f.name: getattr(cfg, f.name) for f in fields(SafetyTrainConfig) if f.name != "checkpoint_every"}
     text = json.dumps(
         [
-            asdict(cfg),
+            settings,
             adapter.spec(),
             seed,
             hash_strings([f"{p}\x01{r}" for p, r in refuse]),
