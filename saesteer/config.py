@@ -61,12 +61,14 @@ STEER_KINDS: tuple[str, ...] = choices(SteerKind)
 SensorSignal = Literal["effect_size", "mean_diff", "auroc"]
 SENSOR_SIGNALS: tuple[str, ...] = choices(SensorSignal)
 
-PIPELINE_STAGES = ("organism", "directions", "train-sae", "search", "anchor", "backups", "emergent")
+PIPELINE_STAGES = ("organism", "behaviour", "directions", "train-sae", "search", "anchor", "backups", "emergent")
 
 
 def default_pipeline_stages(model_name: str) -> list[str]:
-    """The pipeline's default stages for a model: the organism stage only for the organism (conf/pipeline.yaml)."""
-    return [s for s in PIPELINE_STAGES if s != "organism" or model_name == "organism"]
+    """The pipeline's default stages for a model (conf/pipeline.yaml): the organism stage (training or loading it,
+    then its behaviour) for the organism, the behaviour stage for any other model."""
+    first = "organism" if model_name == "organism" else "behaviour"
+    return [s for s in PIPELINE_STAGES if s not in ("organism", "behaviour") or s == first]
 
 
 def library_settings(cls: type, source: Any, prefix: str = "", **given: Any) -> Any:
@@ -474,6 +476,18 @@ class OrganismJobConfig(JobConfig):
 
 
 @dataclass
+class BehaviourJobConfig(JobConfig):
+    """``saesteer behaviour``: greedy refusal on every prompt set, with example answers."""
+
+    job: str = "behaviour"
+    n_examples: int = 5  # example answers per set in the report
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_ints(self, "behaviour", "n_examples")
+
+
+@dataclass
 class GenerateJobConfig(JobConfig):
     job: str = "generate"
     prompts: Optional[str] = None  # bundled name or a local json/jsonl/csv/parquet file
@@ -586,6 +600,7 @@ SCHEMAS: dict[str, type] = {
     "search": SearchJobConfig,
     "directions": DirectionsJobConfig,
     "organism": OrganismJobConfig,
+    "behaviour": BehaviourJobConfig,
     "generate": GenerateJobConfig,
     "train-sae": TrainSaeJobConfig,
     "backups": BackupsJobConfig,

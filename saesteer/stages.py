@@ -286,3 +286,48 @@ def sae_stage(cfg: Any, loaded: LoadedModel, tracker: Any, layer: int):
         return load_sae(cfg.sae, loaded.model, hook=cfg.sae.hook, device=loaded.model.cfg.device)
     sae, _ = train_or_reuse_sae(cfg, loaded, tracker)
     return sae
+
+
+#: the prompt sets the organism and behaviour jobs judge the model on
+EVAL_SETS = ("harmful_train", "harmful_val", "harmful_test", "harmless_val", "harmless_test", "overrefusal")
+
+
+@dataclass
+class SetRefusal:
+    """Greedy refusal of a model on one prompt set: the rate, the prompts judged and a few examples."""
+
+    role: str
+    rate: float
+    n: int
+    examples: list[tuple[str, str, bool]]  # (prompt, response, refused)
+
+
+def refusal_by_set(
+    loaded: LoadedModel, data_cfg: Any, eval_cfg: Any, *, n_examples: int = 5, progress: bool = False
+) -> list[SetRefusal]:
+    """The model's greedy refusal rate on every set of :data:`EVAL_SETS`: the harmless sets limited to
+    ``data.n_test_harmless``, the others (over-refusal included) to ``data.n_test`` (seeded samples)."""
+    from saesteer.evaluate import refusal_eval
+
+    out = []
+    for role in EVAL_SETS:
+        prompts = load_prompts(getattr(data_cfg, role))
+        limit = data_cfg.n_test_harmless if role.startswith("harmless") else data_cfg.n_test
+        if limit is not None and len(prompts) > limit:
+            prompts = prompts.take(limit, seed=data_cfg.seed)
+        res = refusal_eval(
+            loaded.model,
+            loaded.template,
+            prompts.instructions,
+            progress=progress,
+            desc=role,
+            **eval_cfg.refusal_kwargs(),
+        )
+        examples = list(zip(prompts.instructions, res.responses, res.refused))[:n_examples]
+        out.append(SetRefusal(role, res.rate, len(res), examples))
+    return out
+
+
+def refusal_table(rows: Sequence[SetRefusal]) -> str:
+    """A Markdown table of :func:`refusal_by_set`'s rates."""
+    return "| set | n | refusal |\n|---|---|---|\n" + "\n".join(f"| {r.role} | {r.n} | {r.rate:.3f} |" for r in rows)

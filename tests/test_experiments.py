@@ -84,7 +84,7 @@ def test_experiment_composes_with_each_job_and_validates(name, job, no_download)
     assert (obj.sae.pretrained_release, obj.sae.pretrained_id, obj.sae.hook) == (release, sae_id, hook)
     assert obj.data.n_train == 128 and obj.eval.batch_size >= 32
     if job == "pipeline":
-        assert "organism" not in obj.stages and obj.stages[:3] == ["directions", "train-sae", "search"]
+        assert "organism" not in obj.stages and obj.stages[:4] == ["behaviour", "directions", "train-sae", "search"]
     checks = {c.name: c for c in validate_experiment(obj)}
     for key in ("model", "template", "sae.release", "sae.hook", "sae.d_in"):
         assert checks[key].status == "ok", checks[key]
@@ -104,6 +104,9 @@ def test_pipeline_on_the_organism_keeps_every_stage():
     from saesteer.jobs.common import compose
 
     assert to_object(compose("pipeline")).stages[:4] == ["organism", "directions", "train-sae", "search"]
+    # any other model starts with its behaviour (no organism to train)
+    stages = to_object(compose("pipeline", ["model=smollm2"])).stages
+    assert stages[:3] == ["behaviour", "directions", "train-sae"] and "organism" not in stages
 
 
 def test_unknown_experiment_suggests_close_names():

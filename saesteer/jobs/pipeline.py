@@ -25,6 +25,7 @@ from saesteer.artifacts import artifact_path, cache_key
 from saesteer.config import (
     AnchorJobConfig,
     BackupsJobConfig,
+    BehaviourJobConfig,
     DirectionsJobConfig,
     EmergentJobConfig,
     OrganismJobConfig,
@@ -44,6 +45,8 @@ def _stage_cfg(cfg: PipelineJobConfig, stage: str):
     )
     if stage == "organism":
         return OrganismJobConfig(job="organism", **common)
+    if stage == "behaviour":
+        return BehaviourJobConfig(job="behaviour", **common)
     if stage == "directions":
         return DirectionsJobConfig(job="directions", directions=cfg.directions, **common)
     if stage == "train-sae":

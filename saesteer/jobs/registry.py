@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 JOBS: dict[str, str] = {
     "organism": "saesteer.jobs.organism",
+    "behaviour": "saesteer.jobs.behaviour",
     "generate": "saesteer.jobs.generate",
     "directions": "saesteer.jobs.directions",
     "search": "saesteer.jobs.search",

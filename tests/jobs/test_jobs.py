@@ -32,6 +32,38 @@ def _run(job, overrides, run_dir):
     return run_job(job, _cfg(job, overrides), job_function(job), run_dir)
 
 
+def test_behaviour_job_refusal_per_set_matches_a_per_prompt_reference(tiny_organism, tmp_path):
+    """Every set's refusal rate, the same prompts judged one at a time; the sizes the data config names."""
+    from saesteer.config import to_object
+    from saesteer.data import load_prompts
+    from saesteer.models import load_model
+
+    overrides = tiny_organism_overrides() + [
+        "data.n_test=10",
+        "data.n_test_harmless=12",
+        "eval.max_new_tokens=8",
+        "n_examples=2",
+        "logger.mode=disabled",
+        "progress=false",
+    ]
+    cfg = compose("behaviour", overrides)
+    m = run_job("behaviour", cfg, job_function("behaviour"), tmp_path)
+    cfg = to_object(cfg)
+    loaded = load_model(cfg.model, progress=False)
+    assert m["model"] == "organism"
+    assert (m["n_harmful_test"], m["n_harmless_test"], m["n_harmless_val"], m["n_overrefusal"]) == (10, 12, 12, 10)
+    for role in ("harmful_test", "harmless_test", "overrefusal"):
+        prompts = load_prompts(getattr(cfg.data, role))
+        prompts = prompts.take(m[f"n_{role}"], seed=cfg.data.seed) if len(prompts) > m[f"n_{role}"] else prompts
+        flags = per_prompt_refusals(
+            loaded.model, loaded.template, prompts.instructions, no_edit, cfg.eval.max_new_tokens
+        )
+        assert m[f"{role}_refusal"] == pytest.approx(round(share(flags), 4), abs=1e-9), role
+    assert m["harmful_test_refusal"] > m["harmless_test_refusal"]  # the tiny organism refuses harmful prompts more
+    report = (tmp_path / "report.md").read_text()
+    assert "| overrefusal | 10 |" in report and report.count("| harmful_test |") == 1 + 2  # the table and 2 examples
+
+
 DIRECTION_KEYS = [
     "selected_layer",
     "selected_position",
