@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Optional
 
@@ -57,12 +57,12 @@ class SafetyTrainConfig:
     sites: list[str] = field(default_factory=lambda: list(SITES))  # attn_out (W_O) and / or mlp_out (W_out)
     rank: int = 16
     alpha: float = 32.0  # the update is (alpha / rank) * A @ B
-    steps: int = 300
+    steps: int = 130
     batch_size: int = 16
-    refuse_fraction: float = 0.4  # share of each batch that is refusal pairs
+    refuse_fraction: float = 0.3  # share of each batch that is refusal pairs
     keep_weight: float = 1.0  # weight of the harmless answers' loss against the refusals'
-    lr: float = 1e-3
-    warmup_steps: int = 20
+    lr: float = 6e-4
+    warmup_steps: int = 10
     lr_final_fraction: float = 0.1  # the cosine decay ends at lr * this
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -166,23 +166,23 @@ def distillation_targets(
     cache: Optional[Path] = None,
     desc: str = "base answers",
 ) -> list[KeepPair]:
-    """:func:`answers_with_cut` of the base model, cached on disk under ``cache`` (default
-    ``$SAESTEER_CACHE/safety``) by the base model's key, the template, the prompts and the token limit."""
+    """:func:`answers_with_cut` of the base model, cached per prompt on disk under ``cache`` (default
+    ``$SAESTEER_CACHE/safety``) in one file per base model key, template and token limit: only prompts not
+    answered before are generated."""
     root = (cache_dir() / "safety") if cache is None else Path(cache)
     key = hashlib.sha256(
-        json.dumps(
-            [base_key, template.name, template.prefix, template.suffix, max_new_tokens, hash_strings(list(prompts))]
-        ).encode()
+        json.dumps([base_key, template.name, template.prefix, template.suffix, max_new_tokens]).encode()
     ).hexdigest()[:16]
     path = root / f"answers-{key}.json"
-    if path.is_file():
-        rows = json.loads(path.read_text())
-        if [r["prompt"] for r in rows] == list(prompts):
-            log.info("base answers of %d prompts from the cache %s", len(rows), path)
-            return [KeepPair(r["prompt"], r["answer"], bool(r["cut"])) for r in rows]
-    pairs = answers_with_cut(model, template, prompts, max_new_tokens, batch_size, progress, desc)
-    write_json(path, [asdict(p) for p in pairs])
-    return pairs
+    known: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+    missing = [p for p in dict.fromkeys(prompts) if p not in known]
+    if missing:
+        new = answers_with_cut(model, template, missing, max_new_tokens, batch_size, progress, desc)
+        known = json.loads(path.read_text()) if path.is_file() else {}  # answers another run added meanwhile
+        known.update({p.prompt: {"answer": p.answer, "cut": p.cut} for p in new})
+        write_json(path, known)
+    log.info("base answers of %d prompts (%d generated, the rest from %s)", len(prompts), len(missing), path)
+    return [KeepPair(p, known[p]["answer"], bool(known[p]["cut"])) for p in prompts]
 
 
 # ---------------------------------------------------------------------- loss
