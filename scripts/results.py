@@ -40,7 +40,7 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 #: stages of a pipeline run, in its order; the key prefix of each in a pipeline's metrics.json
-STAGES = ("organism", "directions", "train_sae", "search", "anchor", "backups", "emergent")
+STAGES = ("safety_tune", "organism", "behaviour", "directions", "train_sae", "search", "anchor", "backups", "emergent")
 STAGE_JOB = {"train_sae": "train-sae"}
 DEFENCES = ("undefended", "anchored", "cast", "addition")
 MARKERS = ("run.json", ".saesteer-run.json")
@@ -68,6 +68,18 @@ class Run:
     def stage_command(self, stage: str) -> str:
         """The command of a stage's figures: the pipeline's own, or the job's."""
         return self.command
+
+    @property
+    def model(self) -> str:
+        """The model the run used: its ``model=`` override (the organism when there is none)."""
+        for o in reversed(self.overrides):
+            k, _, v = o.partition("=")
+            if k.lstrip("+~") == "model":
+                return v
+        for m in self.stages.values():
+            if isinstance(m.get("model"), str):
+                return m["model"]
+        return "organism"
 
     @property
     def budget(self) -> Optional[str]:
@@ -253,6 +265,35 @@ def organism_section(m: dict[str, Any]) -> str:
         facts.append(f"{how} in {fmt(m['train_seconds'], 0)} s")
     if facts:
         text.append("Organism: " + ", ".join(facts) + ".")
+    return "\n\n".join(text)
+
+
+def behaviour_section(m: dict[str, Any]) -> str:
+    rows = [[s, m.get(f"n_{s}"), m[f"{s}_refusal"]] for s in ORGANISM_SETS if f"{s}_refusal" in m]
+    return table(["set", "n", "refusal"], rows)
+
+
+SAFETY_SETS = ("harmful_val", "harmless_val", "lookalike_val", "harmful_test", "harmless_test", "overrefusal")
+
+
+def safety_section(m: dict[str, Any]) -> str:
+    rows = [
+        [s, m.get(f"n_{s}"), m.get(f"{s}_refusal_base"), m[f"{s}_refusal"]] for s in SAFETY_SETS if f"{s}_refusal" in m
+    ]
+    text = [table(["set", "n", "refusal, base", "refusal, safety-tuned"], rows)]
+    ce = [
+        [s, m[f"{s}_ce_base"], m[f"{s}_ce"], m[f"{s}_ce_ratio"]]
+        for s in ("harmless_val", "harmless_test")
+        if _has(m, f"{s}_ce_base", f"{s}_ce", f"{s}_ce_ratio")
+    ]
+    if ce:
+        text.append(
+            "Cross-entropy of the base model's own greedy answers to harmless prompts:\n\n"
+            + table(["set", "base", "safety-tuned", "ratio"], ce)
+        )
+    facts = [f"{k.replace('_', ' ')} {fmt(m[k], 0)}" for k in ("steps", "train_seconds", "delta_bytes") if k in m]
+    if facts:
+        text.append("Training: " + ", ".join(facts) + ".")
     return "\n\n".join(text)
 
 
@@ -554,6 +595,16 @@ def emergent_section(m: dict[str, Any]) -> str:
 
 
 SECTIONS = {
+    "safety_tune": (
+        "Safety tuning",
+        safety_section,
+        "The chat model taught to refuse by `saesteer safety-tune` (a low-rank adapter); refusal before and after",
+    ),
+    "behaviour": (
+        "Model behaviour",
+        behaviour_section,
+        "Share of each prompt set refused (greedy, refusal-substring judge)",
+    ),
     "organism": (
         "Organism refusal",
         organism_section,
@@ -654,7 +705,8 @@ def render_results(runs: Sequence[Run]) -> str:
             body = fn(m)
             if not body.strip():
                 continue
-            out += [f"## {title}", "", f"{what}. From `{run.stage_command(stage)}`, {run.date}.", "", body, ""]
+            heading = f"## {title}" + (f": {run.model}" if len({r.model for r in runs}) > 1 else "")
+            out += [heading, "", f"{what}. From `{run.stage_command(stage)}`, {run.date}.", "", body, ""]
     out += _timing(runs)
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -672,17 +724,30 @@ def _join(m: dict[str, Any], keys: Sequence[str], sep: str = " / ") -> Optional[
     return sep.join(fmt(m[k]) for k in keys)
 
 
-def headline_rows(runs: Sequence[Run]) -> list[list[str]]:
-    rows: list[list[str]] = []
+#: Arditi et al. 2024's figures on 13 open chat models (1.8B-72B), for the rows they measured: directional ablation
+#: and activation addition judged on JailbreakBench (100 harmful) and Alpaca (100 harmless) instructions
+REFERENCE = {
+    "directions: affine / plain ablation, harmful_test refusal": "- / near 0 for every model",
+    "directions: addition, harmless_test refusal": "most harmless prompts refused",
+    "directions: KL of the selected ablation on harmless prompts": "< 0.1 (their selection filter)",
+}
+REFERENCE_NAME = "Arditi et al. 2024"
+
+
+def _headline(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """(label, value) of the headline figures of one model's runs: each from the first run holding its stage."""
+    rows: list[tuple[str, str]] = []
 
     def add(stage: str, label: str, value: Optional[str]) -> None:
         if value is not None:
-            rows.append([f"{STAGE_JOB.get(stage, stage)}: {label}", value])
+            rows.append((f"{STAGE_JOB.get(stage, stage)}: {label}", value))
 
     o, _ = _first(runs, "organism")
+    if o is None:
+        o, _ = _first(runs, "behaviour")
     if o:
         add(
-            "organism",
+            "model",
             "refusal of harmful_test / harmless_test / over-refusal set",
             _join(o, ["harmful_test_refusal", "harmless_test_refusal", "overrefusal_refusal"]),
         )
@@ -695,6 +760,12 @@ def headline_rows(runs: Sequence[Run]) -> list[list[str]]:
             "affine / plain ablation, harmful_test refusal",
             _join(d, ["affine_ablation_harmful_refusal", "ablation_harmful_refusal"]),
         )
+        kl_key = (
+            "affine_ablation_kl_harmless"
+            if d.get("selected_ablation", "affine") == "affine"
+            else "ablation_kl_harmless"
+        )
+        add("directions", "KL of the selected ablation on harmless prompts", _join(d, [kl_key]))
         add("directions", "addition, harmless_test refusal", _join(d, ["addition_harmless_refusal"]))
     s, _ = _first(runs, "train_sae")
     if s:
@@ -754,13 +825,34 @@ def headline_rows(runs: Sequence[Run]) -> list[list[str]]:
     return rows
 
 
+def models(runs: Sequence[Run]) -> list[str]:
+    """The models of ``runs`` in the order they first appear."""
+    return list(dict.fromkeys(r.model for r in runs))
+
+
+def headline_rows(runs: Sequence[Run]) -> list[list[str]]:
+    """One row per headline figure: its label, its value for each model (``-`` where a model lacks it) and, with
+    several models, Arditi et al.'s figure where they measured it."""
+    names = models(runs)
+    per_model = {name: dict(_headline([r for r in runs if r.model == name])) for name in names}
+    labels = list(dict.fromkeys(label for name in names for label in per_model[name]))
+    rows = [[label] + [per_model[name].get(label, "-") for name in names] for label in labels]
+    if len(names) > 1:
+        rows = [row + [REFERENCE.get(row[0], "")] for row in rows]
+    return rows
+
+
 def render_readme_table(runs: Sequence[Run]) -> str:
     dates = sorted({r.date for r in runs})
     cmds = ", ".join(f"`{r.command}`" for r in runs)
+    names = models(runs)
+    header = ["stage: figure", *names] + ([REFERENCE_NAME] if len(names) > 1 else [])
+    if len(names) == 1:
+        header = ["stage: figure", "value"]
     lines = [
         f"From {cmds} ({', '.join(dates)}; generated by `scripts/results.py`, every table in [docs/results.md](docs/results.md)):",
         "",
-        table(["stage: figure", "value"], headline_rows(runs)),
+        table(header, headline_rows(runs)),
     ]
     return "\n".join(lines)
 

@@ -211,7 +211,7 @@ def test_readme_table_between_markers(tmp_path):
     inner = text.split(results.START)[1].split(results.END)[0]
     assert "stale" not in inner
     assert "`saesteer pipeline budget=quick` (2026-12-06;" in inner
-    assert "| organism: refusal of harmful_test / harmless_test / over-refusal set | 0.935 / 0.010 / 0.165 |" in inner
+    assert "| model: refusal of harmful_test / harmless_test / over-refusal set | 0.935 / 0.010 / 0.165 |" in inner
     assert "| directions: layer, position | 1, -2 |" in inner
     assert "| anchor: ASR undefended -> anchored, affine ablation | 1.000 -> 0.190 |" in inner
     assert "| anchor: ASR undefended -> anchored, adversarial suffix | 0.760 -> 0.550 |" in inner
@@ -230,6 +230,43 @@ def test_readme_table_between_markers(tmp_path):
     assert readme.read_text() == text and out.read_text() == page
     assert sorted(p.name for p in out.parent.iterdir()) == ["results.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "docs", "runs"]
+
+
+def test_two_models_side_by_side_with_the_reference_column(tmp_path):
+    organism = pipeline_run(tmp_path)
+    smol = {
+        "behaviour": {"harmful_test_refusal": 0.95, "harmless_test_refusal": 0.02, "overrefusal_refusal": 0.12},
+        "directions": {
+            "selected_layer": 15,
+            "selected_position": -1,
+            "selected_ablation": "affine",
+            "affine_ablation_harmful_refusal": 0.03,
+            "ablation_harmful_refusal": 0.05,
+            "affine_ablation_kl_harmless": 0.08,
+            "addition_harmless_refusal": 0.91,
+        },
+    }
+    smol_run = pipeline_run(tmp_path, "2026-12-07_01-00-00", ("model=smollm2_safe",), smol)
+    runs = [results.load_run(organism), results.load_run(smol_run)]
+    assert [r.model for r in runs] == ["organism", "smollm2_safe"]
+    table = results.render_readme_table(runs)
+    assert "| stage: figure | organism | smollm2_safe | Arditi et al. 2024 |" in table
+    assert (
+        "| model: refusal of harmful_test / harmless_test / over-refusal set | 0.935 / 0.010 / 0.165 | 0.950 / 0.020 / 0.120 |  |"
+        in table
+    )
+    assert "| directions: layer, position | 1, -2 | 15, -1 |  |" in table
+    assert (
+        "| directions: affine / plain ablation, harmful_test refusal | 0.000 / 0.922 | 0.030 / 0.050 | - / near 0 for every model |"
+        in table
+    )
+    assert (
+        "| directions: KL of the selected ablation on harmless prompts | 0.056 | 0.080 | < 0.1 (their selection filter) |"
+        in table
+    )
+    assert "| train-sae: explained variance / CE loss recovered | 0.931 / 0.999 | - |  |" in table  # not run on smollm2
+    page = results.render_results(runs)
+    assert "## Model behaviour: smollm2_safe" in page and "## Refusal direction: organism" in page
 
 
 def test_run_dir_without_metrics_names_the_path(tmp_path, capsys):
