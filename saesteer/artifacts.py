@@ -28,6 +28,7 @@ KINDS: dict[str, str] = {
     "sae": "fitted SAEs with their checkpoints",
     "activations": "collected activation tensors",
     "pipeline": "pipeline stages' run folders, reused when nothing they depend on changed",
+    "safety": "safety tuning: the base model's answers, training checkpoints and fitted deltas",
 }
 
 

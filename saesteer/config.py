@@ -84,18 +84,22 @@ def library_settings(cls: type, source: Any, prefix: str = "", **given: Any) -> 
 
 @dataclass
 class ModelConfig:
-    """``name``: ``organism`` or a TransformerLens pretrained model name."""
+    """``name``: ``organism``, a saesteer-local model (``smollm2``, ``smollm2_safe``: docs/models.md) or a
+    TransformerLens pretrained model name."""
 
     name: str = "organism"
     template: Optional[str] = None  # chat template name; inferred from the model name when None
     device: str = "cpu"
     dtype: Annotated[str, Dtype] = "float32"
-    retrain: bool = False  # organism only: ignore the cache
+    retrain: bool = False  # the organism and smollm2_safe: train it again (cached) instead of loading what is bundled
+    safety_delta: Optional[str] = None  # smollm2_safe: a safety_delta.safetensors of `saesteer safety-tune` to merge
     organism: OrganismConfig = field(default_factory=OrganismConfig)
 
     def __post_init__(self) -> None:
         if not self.name:
-            raise ValueError("model.name must be 'organism' or a TransformerLens model name, got ''")
+            raise ValueError(
+                "model.name must be 'organism', 'smollm2', 'smollm2_safe' or a TransformerLens model name, got ''"
+            )
         check_choice_fields(self, "model")
         if isinstance(self.organism, dict):
             self.organism = OrganismConfig.from_dict(self.organism)

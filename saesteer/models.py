@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -106,10 +107,44 @@ def _load_local(cfg: ModelConfig) -> LoadedModel:
     model = hooked_from_hf(hf_model, tokenizer, dtype=_DTYPES[cfg.dtype], device=cfg.device, n_ctx=local.n_ctx)
     del hf_model
     model.tokenizer.padding_side = "left"
+    meta = {"model_name": cfg.name, "source": local.file.requirement, "sha256": local.file.sha256}
+    if local.safety_delta:
+        meta["safety_delta"] = str(_merge_safety_delta(model, template, cfg))
     log.info("loaded %s from %s in %.1f s", cfg.name, path, time.perf_counter() - t0)
     _check_settings(model, template, cfg.name)
-    meta = {"model_name": cfg.name, "source": local.file.requirement, "sha256": local.file.sha256}
     return LoadedModel(model, template, cfg.name, meta)
+
+
+def _merge_safety_delta(model: HookedTransformer, template: ChatTemplate, cfg: ModelConfig):
+    """Merge the safety delta into the base ``model``: ``cfg.safety_delta`` when set, else the bundled one;
+    ``cfg.retrain``: trained now with saesteer's default safety settings (cached), then merged."""
+    from saesteer.safety import SafetyDeltaError, bundled_delta_path, load_safety_delta
+
+    if cfg.retrain:
+        from saesteer.config import DataConfig, SafetySettings
+        from saesteer.safety.fit import fit_safety_delta
+
+        path = fit_safety_delta(
+            model,
+            template,
+            SafetySettings(),
+            DataConfig(),
+            base_name=cfg.name,
+            base_file_sha256=LOCAL_MODELS[cfg.name].file.sha256,
+            progress=True,
+        ).path
+    else:
+        path = Path(cfg.safety_delta) if cfg.safety_delta else bundled_delta_path()
+    if not path.is_file():
+        raise ModelLoadError(
+            f"model {cfg.name!r}: no safety delta at {path}; train one with `saesteer safety-tune` and load it with "
+            "model.safety_delta=<run dir>/safety_delta.safetensors, or retrain with model.retrain=true"
+        )
+    try:
+        load_safety_delta(model, path)
+    except SafetyDeltaError as exc:
+        raise ModelLoadError(f"model {cfg.name!r}: {exc}") from None
+    return path
 
 
 def _check_settings(model: HookedTransformer, template: ChatTemplate, name: str) -> None:
