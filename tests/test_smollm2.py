@@ -48,6 +48,30 @@ CONVERSATIONS = [
 #: saesteer's cache as the user has it, read when this module is imported (the suite points SAESTEER_CACHE elsewhere)
 REAL_CACHE = cache_dir()
 REAL_CHECKPOINT = cached_checkpoint(SMOLLM2_GGUF, REAL_CACHE)
+
+
+def _bundled_delta():
+    from saesteer.safety import bundled_delta_path
+
+    return bundled_delta_path()
+
+
+def load_cached(name: str, **kw):
+    """``load_model(ModelConfig(name, **kw))`` from the user's cache, failing rather than downloading."""
+    import saesteer.model_files as mf
+    from saesteer.config import ModelConfig
+    from saesteer.models import load_model
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SAESTEER_CACHE", str(REAL_CACHE))
+    mp.delenv(SMOLLM2_GGUF.env_var, raising=False)
+    mp.setattr(mf, "fetch_wheel_file", lambda *a, **k: pytest.fail("the test suite must not download"))
+    try:
+        return load_model(ModelConfig(name=name, **kw), progress=False)
+    finally:
+        mp.undo()
+
+
 needs_checkpoint = pytest.mark.skipif(
     REAL_CHECKPOINT is None,
     reason="SmolLM2's converted checkpoint is not in saesteer's cache (run `saesteer generate model=smollm2` once)",
@@ -300,13 +324,32 @@ def test_load_model_checks_the_named_file_before_anything_heavy(tmp_path, monkey
         load_model(ModelConfig(name="smollm2"))
 
 
-def test_smollm2_safe_is_reserved():
-    from saesteer.config import ModelConfig
+@needs_checkpoint
+def test_smollm2_safe_without_its_delta_names_the_file(tmp_path):
     from saesteer.model_names import ModelLoadError
-    from saesteer.models import load_model
 
-    with pytest.raises(ModelLoadError, match="^model 'smollm2_safe' is not available yet.*use model=smollm2"):
-        load_model(ModelConfig(name="smollm2_safe"))
+    missing = tmp_path / "none.safetensors"
+    with pytest.raises(ModelLoadError, match=rf"^model 'smollm2_safe': no safety delta at {missing}; train one"):
+        load_cached("smollm2_safe", safety_delta=str(missing))
+
+
+@needs_checkpoint
+@pytest.mark.skipif(not _bundled_delta().is_file(), reason="no bundled safety delta in this tree")
+def test_smollm2_safe_is_the_base_with_the_bundled_delta_merged():
+    import torch
+
+    from saesteer.safety import load_safety_delta
+
+    safe = load_cached("smollm2_safe")
+    base = load_cached("smollm2").model
+    base_sd = {k: v.clone() for k, v in base.state_dict().items()}
+    merged = load_safety_delta(base).state_dict()
+    assert safe.name == "smollm2_safe" and safe.template.name == "smollm2"
+    assert safe.metadata["safety_delta"] == str(_bundled_delta())
+    changed = [k for k, v in safe.model.state_dict().items() if not torch.equal(v, base_sd[k])]
+    assert changed and all(k.endswith(("attn.W_O", "mlp.W_out")) for k in changed)
+    for k, v in safe.model.state_dict().items():
+        assert torch.equal(v, merged[k]), k
 
 
 # ----------------------------------------------------------------------------- the offline preflight
