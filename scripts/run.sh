@@ -3,13 +3,14 @@
 # organism -> directions -> SAE -> feature search -> anchoring vs attacks -> backups -> emergent misalignment,
 # one report.md (its path is the last line). Stages whose inputs are unchanged are reused from the cache.
 # The quick budget (conf/budget/quick.yaml: fewer held-out prompts, smaller searches) runs by default; budget=full
-# reads every held-out prompt (docs/results.md records each stage's time).
-# Usage: scripts/run.sh [hydra overrides], e.g. scripts/run.sh budget=full logger.mode=online
+# reads every held-out prompt (docs/results.md records each stage's time).  With model=... the model's own config
+# sizes the run (model=smollm2_safe: about an hour on 2 cores) and no budget is added.
+# Usage: scripts/run.sh [hydra overrides], e.g. scripts/run.sh budget=full logger.mode=online, scripts/run.sh model=smollm2_safe
 source "$(dirname "$0")/_env.sh"
 run_dir="${SAESTEER_RUN_DIR:-runs/pipeline/$(date +%Y-%m-%d_%H-%M-%S)}"
 budget=budget=quick
 for arg in "$@"; do
-    case "$arg" in budget=*) budget= ;; esac
+    case "$arg" in budget=*|model=*) budget= ;; esac
 done
 saesteer pipeline "hydra.run.dir=$run_dir" $budget "$@"
 python - "$run_dir" <<'PY'
