@@ -249,7 +249,8 @@ def test_two_models_side_by_side_with_the_reference_column(tmp_path):
     smol_run = pipeline_run(tmp_path, "2026-12-07_01-00-00", ("model=smollm2_safe",), smol)
     runs = [results.load_run(organism), results.load_run(smol_run)]
     assert [r.model for r in runs] == ["organism", "smollm2_safe"]
-    table = results.render_readme_table(runs)
+    assert "Arditi" not in results.render_readme_table(runs)  # the README names the models only
+    table = results.render_results(runs)
     assert "| stage: figure | organism | smollm2_safe | Arditi et al. 2024 |" in table
     assert (
         "| model: refusal of harmful_test / harmless_test / over-refusal set | 0.935 / 0.010 / 0.165 | 0.950 / 0.020 / 0.120 |  |"
@@ -265,7 +266,8 @@ def test_two_models_side_by_side_with_the_reference_column(tmp_path):
         in table
     )
     assert "| train-sae: explained variance / CE loss recovered | 0.931 / 0.999 | - |  |" in table  # not run on smollm2
-    page = results.render_results(runs)
+    page = table
+    assert page.index("## Side by side") < page.index("## Organism refusal")
     assert "## Model behaviour: smollm2_safe" in page and "## Refusal direction: organism" in page
 
 
