@@ -20,6 +20,7 @@ from saesteer.config import (
     EmergentSettings,
     LoggerConfig,
     ModelConfig,
+    SafetySettings,
     SearchJobSettings,
     SteerConfig,
     compose,
@@ -28,6 +29,7 @@ from saesteer.config import (
 from saesteer.directions import SelectionConfig
 from saesteer.lora import LoraTrainConfig
 from saesteer.redundancy import BackupRule
+from saesteer.safety.tune import SafetyTrainConfig
 from saesteer.search import SearchConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -39,6 +41,7 @@ EXTENDS = [
     (AnchorSettings, AnchorCalibration),
     (BackupsSettings, BackupRule),
     (EmergentSettings, LoraTrainConfig),
+    (SafetySettings, SafetyTrainConfig),
 ]
 
 #: groups whose options are presets (a model, an SAE architecture), not the schema's defaults

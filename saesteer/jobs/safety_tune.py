@@ -23,14 +23,13 @@ from typing import Any
 
 from saesteer.config import SafetyTuneJobConfig
 from saesteer.data import load_prompts
-from saesteer.io import cache_dir, write_text
+from saesteer.io import write_text
 from saesteer.jobs.threads import torch_threads
 from saesteer.judge import RefusalJudge
 from saesteer.models import load_model
-from saesteer.safety.adapter import LowRankAdapter
-from saesteer.safety.data import build_mix
-from saesteer.safety.delta import base_fingerprint, fingerprint_key, load_safety_delta, model_key, save_safety_delta
-from saesteer.safety.tune import KeepPair, answer_ce, answers_with_cut, distillation_targets, run_key, train_safety
+from saesteer.safety.delta import base_fingerprint, fingerprint_key, load_safety_delta, model_key
+from saesteer.safety.fit import DELTA_NAME, fit_safety_delta
+from saesteer.safety.tune import KeepPair, answer_ce, answers_with_cut, distillation_targets
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,6 @@ EVAL_SETS = {
     "harmless_test": False,
     "overrefusal": False,
 }
-DELTA_NAME = "safety_delta.safetensors"
 
 
 def eval_prompts(cfg: SafetyTuneJobConfig, mix) -> dict[str, list[str]]:
@@ -76,37 +74,23 @@ def _run(cfg: SafetyTuneJobConfig, run_dir: Path, tracker: Tracker) -> dict[str,
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
     layers = s.band(loaded.n_layers)
-    mix = build_mix(
-        cfg.data,
-        n_harmful_synthetic=s.n_harmful_synthetic,
-        n_harmless=s.n_harmless,
-        n_harmless_synthetic=s.n_harmless_synthetic,
-        n_questions=s.n_questions,
-        n_harmless_val=s.n_harmless_val,
-        n_lookalike_val=s.n_lookalike_val,
-        seed=cfg.seed,
-    )
     base_key = fingerprint_key(base_fingerprint(model, layers, list(s.sites)))
-    answers_key = model_key(model)
     judge = RefusalJudge()
     gen = {"batch_size": s.eval_batch_size, "progress": cfg.progress}
 
-    # 1-2: the base model's answers (distillation targets, and every evaluation set), cached by the base's key
-    t0 = time.perf_counter()
-    keep = distillation_targets(model, tpl, mix.keep, s.distill_tokens, answers_key, desc="base answers (train)", **gen)
-    sets = eval_prompts(cfg, mix)
-    before = {
-        name: distillation_targets(model, tpl, prompts, s.eval_tokens, answers_key, desc=f"base {name}", **gen)
-        for name, prompts in sets.items()
-    }
-    base_seconds = time.perf_counter() - t0
-
-    # 3: training, checkpointed in the cache
-    adapter = LowRankAdapter.for_model(model, layers, s.sites, s.rank, s.alpha, seed=cfg.seed)
-    ckpt = cache_dir() / "safety" / "runs" / run_key(s, adapter, mix.refuse, keep, cfg.seed)
-    result = train_safety(
-        model, tpl, adapter, mix.refuse, keep, s, seed=cfg.seed, checkpoint_dir=ckpt, progress=cfg.progress
+    # 1-3: the mix, the base model's own answers (cached) and the adapter's training (checkpointed in the cache)
+    fit = fit_safety_delta(
+        model,
+        tpl,
+        s,
+        cfg.data,
+        seed=cfg.seed,
+        base_name=loaded.name,
+        base_file_sha256=loaded.metadata.get("sha256"),
+        out=run_dir / DELTA_NAME,
+        progress=cfg.progress,
     )
+    mix, result, delta_path = fit.mix, fit.result, fit.path
     for i in range(0, len(result.losses), max(1, len(result.losses) // 100)):
         tracker.log(
             {
@@ -117,15 +101,15 @@ def _run(cfg: SafetyTuneJobConfig, run_dir: Path, tracker: Tracker) -> dict[str,
             step=i,
         )
 
-    # 4: the delta as shipped (float16), merged into a copy of the base
-    delta_path = save_safety_delta(
-        run_dir / DELTA_NAME,
-        adapter,
-        model,
-        base_name=loaded.name,
-        base_file_sha256=loaded.metadata.get("sha256"),
-        metadata={"seed": cfg.seed, "steps": s.steps, "mix": mix.counts()},
-    )
+    # the base model on every evaluation set (cached answers), then the delta as shipped, merged into a copy
+    t0 = time.perf_counter()
+    sets = eval_prompts(cfg, mix)
+    answers_key = model_key(model)
+    before = {
+        name: distillation_targets(model, tpl, prompts, s.eval_tokens, answers_key, desc=f"base {name}", **gen)
+        for name, prompts in sets.items()
+    }
+    base_seconds = time.perf_counter() - t0
     tuned = load_safety_delta(copy.deepcopy(model), delta_path)
     after = {
         name: answers_with_cut(tuned, tpl, prompts, s.eval_tokens, desc=f"tuned {name}", **gen)
@@ -138,7 +122,7 @@ def _run(cfg: SafetyTuneJobConfig, run_dir: Path, tracker: Tracker) -> dict[str,
         "layers": layers,
         "sites": list(s.sites),
         "rank": s.rank,
-        "n_adapter_params": sum(p.numel() for p in adapter.parameters()),
+        "n_adapter_params": sum(p.numel() for p in fit.adapter.parameters()),
         "delta_bytes": delta_path.stat().st_size,
         "steps": s.steps,
         "resumed_from": result.resumed_from,

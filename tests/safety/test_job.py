@@ -11,6 +11,7 @@ import pytest
 from saesteer.config import compose, to_object
 from saesteer.judge import RefusalJudge
 from saesteer.models import LoadedModel
+from saesteer.safety.data import build_mix
 from saesteer.safety.delta import load_safety_delta
 from saesteer.safety.tune import answer_ce, answers_with_cut
 from saesteer.tracking import Tracker
@@ -58,11 +59,11 @@ def test_the_job_reports_every_figure_before_and_after_from_the_saved_delta(job,
     assert m["steps"] == 4 and m["layers"] == [0, 1] and m["resumed_from"] == 0
 
     # the figures again, from the delta file the job wrote merged into the base
-    mix = safety_tune.build_mix(
+    mix = build_mix(
         cfg.data, n_harmful_synthetic=8, n_harmless=8, n_harmless_synthetic=4, n_questions=4, n_harmless_val=6,
         n_lookalike_val=4, seed=0,
     )  # fmt: skip
-    sets = safety_tune.eval_prompts(cfg, mix)
+    sets = safety_tune.eval_prompts(cfg, mix)  # the job's own mix: the same seed and sizes
     tuned = load_safety_delta(copy.deepcopy(model), tmp_path / "run" / safety_tune.DELTA_NAME)
     judge = RefusalJudge()
     for name in ("harmful_test", "overrefusal"):
