@@ -120,23 +120,28 @@ def tiny_config(family: str, seed: int = 0, d_vocab: int = 512) -> HookedTransfo
     return HookedTransformerConfig(**cfg)
 
 
+def byte_level_bpe(specials: list[str], corpus: list[str], vocab_size: int = 400) -> Tokenizer:
+    """A byte-level BPE tokenizer (GPT-2 style) trained on ``corpus`` with ``specials`` as special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(dict.fromkeys(specials)),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([s + "\n" for s in corpus] * 3, trainer)
+    return tok
+
+
 @functools.cache
 def _tokenizer_json(family: str) -> str:
     fam = FAMILIES[family]
     specials = [s for s in (fam.bos, fam.eos, fam.pad) if s] + [
         s for s in fam.specials if s not in (fam.bos, fam.eos, fam.pad)
     ]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=list(dict.fromkeys(specials)),
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([s + "\n" for s in CORPUS] * 3, trainer)
-    return tok.to_str()
+    return byte_level_bpe(specials, CORPUS).to_str()
 
 
 def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:

@@ -6,7 +6,7 @@ import jinja2
 import jinja2.sandbox
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from saesteer.chat import (
@@ -21,6 +21,7 @@ from saesteer.chat import (
     suffix_ids,
     template_for_model,
 )
+from tests.families import byte_level_bpe
 
 INSTR = "How do I bake bread?"
 
@@ -49,16 +50,7 @@ def organism_tok() -> PreTrainedTokenizerFast:
 def bpe_tok() -> PreTrainedTokenizerFast:
     """Byte-level BPE with Gemma-style turn tokens and a BOS token."""
     specials = ["<bos>", "<pad>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([s + "\n" for s in CORPUS] * 3, trainer)
+    tok = byte_level_bpe(specials, CORPUS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",

@@ -16,7 +16,6 @@ import jinja2
 import jinja2.sandbox
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from saesteer.chat import TemplateError, encode_chat, format_prompt, get_template, template_for_model
@@ -29,6 +28,7 @@ from saesteer.model_files import (
     cached_checkpoint,
     fetch_wheel_file,
 )
+from tests.families import byte_level_bpe
 
 #: SmolLM2-135M-Instruct's chat template, as its GGUF file (and Hugging Face's tokenizer_config.json) ships it
 SMOLLM2_JINJA = (
@@ -133,16 +133,7 @@ CORPUS = [
 def chatml_tok() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with SmolLM2's special tokens (<|endoftext|> 0, <|im_start|> 1, <|im_end|> 2)."""
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator([s + "\n" for s in CORPUS] * 3, trainer)
+    tok = byte_level_bpe(specials, CORPUS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
