@@ -158,9 +158,9 @@ def test_backups_and_emergent_schemas_validate():
         BackupsSettings(backup_threshold=-0.1)
     with pytest.raises(ValueError, match=r"backups.apply_to must be one of .*, got 'all'"):
         BackupsSettings(apply_to="all")
-    with pytest.raises(ValueError, match=r"backups.recipe must be one of .*, got 'feature_dropout'"):
-        BackupsSettings(recipe="feature_dropout")
-    assert BackupsSettings(recipe="direction_dropout").recipe == "direction_dropout"
+    with pytest.raises(ValueError, match=r"backups.finetune must be one of .*, got 'feature_dropout'"):
+        BackupsSettings(finetune="feature_dropout")
+    assert BackupsSettings(finetune="direction_dropout").finetune == "direction_dropout"
     with pytest.raises(ValueError, match=r"backups.monitor_layers must be .*, got \[-1\]"):
         BackupsSettings(monitor_layers=[-1])
     with pytest.raises(ValueError, match=r"emergent.category must be a harmful lexicon category .*got 'nope'"):
