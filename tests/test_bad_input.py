@@ -343,7 +343,10 @@ def test_unknown_nested_config_key_on_the_command_line(tmp_path, cache_root, cle
             "eval.batch_size=many",
             r"^bad value for eval.batch_size: Value 'many' of type 'str' could not be converted to Integer$",
         ),
-        ("model=gemma", r"^unknown model option 'gemma' \(model=gemma\) \(available: organism, organism_scratch, smollm2, smollm2_safe\)$"),
+        (
+            "model=gemma",
+            r"^unknown model option 'gemma' \(model=gemma\) \(available: organism, organism_scratch, smollm2, smollm2_safe\)$",
+        ),
         (
             "experiment=llama31_8b",
             r"^unknown experiment option 'llama31_8b' .*did you mean experiment=llama31_8b_instruct\?",
