@@ -152,8 +152,11 @@ def _matmul_layouts(model: HookedTransformer) -> list[tuple[torch.nn.Parameter, 
     unembed = getattr(model, "unembed", None)
     if type(unembed) is Unembed:
         out.append((unembed._parameters["W_U"], (1, 0)))
-    seen: set[int] = set()
-    return [(p, o) for p, o in out if p.ndim == len(o) and not (id(p) in seen or seen.add(id(p)))]
+    unique: dict[int, tuple[torch.nn.Parameter, tuple[int, ...]]] = {}
+    for p, order in out:
+        if p.ndim == len(order):
+            unique.setdefault(id(p), (p, order))  # a parameter shared by two modules once
+    return list(unique.values())
 
 
 @contextlib.contextmanager
@@ -162,7 +165,10 @@ def matmul_layout(model: HookedTransformer) -> Iterator[int]:
     matmul reads, so TransformerLens's per-pass ``.contiguous()`` / rearrange copies of them return views (the
     tensors the matmuls receive are unchanged, hence so is every logit). Each parameter object stays the same;
     its original tensor is put back on exit, exception or not. Yields the number of weights re-laid out: none
-    when they total more than :data:`MAX_RELAYOUT_BYTES` (a second copy is held meanwhile)."""
+    when they total more than :data:`MAX_RELAYOUT_BYTES` (a second copy is held meanwhile).
+
+    Where a TransformerLens release reads one of these weights otherwise, the logits could change in their last
+    bits: ``tests/test_generation.py`` checks them bit for bit against the weights as stored."""
     todo = [(p, o) for p, o in _matmul_layouts(model) if not p.detach().permute(*o).is_contiguous()]
     if sum(p.numel() * p.element_size() for p, _ in todo) > MAX_RELAYOUT_BYTES:
         log.debug("weights too large to re-lay out for generation; TransformerLens copies them every pass")

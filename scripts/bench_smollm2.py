@@ -8,6 +8,8 @@ generation: greedy completions of ``--prompts`` harmless_test prompts, ``--max-n
 batches for both providers):
 
 * ``generate/saesteer``      :func:`saesteer.generation.generate` on the HookedTransformer (key-value cache)
+* ``generate/saesteer_plain`` the same with TransformerLens's own key-value cache and weight layout (saesteer's
+                             generate before its speed-ups: :func:`plain_generation`)
 * ``generate/transformers``  ``LlamaForCausalLM.generate(do_sample=False, use_cache=True)`` on the same tokens
 
 activations: the residual stream before block ``--layer`` (``blocks.L.hook_resid_pre``, transformers'
@@ -31,6 +33,7 @@ table and /proc/loadavg before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import statistics
 import time
@@ -39,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+import saesteer.generation as G
 from saesteer.activations import collect_activations
 from saesteer.chat import encode_chat
 from saesteer.config import ModelConfig
@@ -81,6 +85,23 @@ def batches(tok, template, prompts: list[str], batch_size: int) -> list[tuple[li
     return out
 
 
+@contextlib.contextmanager
+def plain_generation():
+    """Within the block, saesteer's generate decodes with TransformerLens's own key-value cache (concatenated at
+    every step) and the weights as stored (copied by TransformerLens at every pass): as before its speed-ups."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    saved = G.preallocated_cache, G.matmul_layout
+    G.preallocated_cache = lambda model, batch, capacity: TransformerLensKeyValueCache.init_cache(
+        model.cfg, model.cfg.device, batch
+    )
+    G.matmul_layout = lambda model: contextlib.nullcontext(0)
+    try:
+        yield
+    finally:
+        G.preallocated_cache, G.matmul_layout = saved
+
+
 def hf_generate(hf, tok, encoded, n_prompts: int, max_new_tokens: int) -> list[str]:
     """Greedy completions from transformers' generate, cut and decoded as saesteer's generate does."""
     from transformers import GenerationConfig
@@ -121,6 +142,12 @@ def hf_hidden(hf, layer: int, positions: list[int], encoded, n_prompts: int) -> 
     return out
 
 
+def plain_generate(*args, **kwargs) -> list[str]:
+    """saesteer's generate within :func:`plain_generation`."""
+    with plain_generation():
+        return generate(*args, **kwargs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=64, help="harmless_test prompts")
@@ -155,6 +182,9 @@ def main() -> None:
     providers = {}
     if "generate" in sections:
         providers["generate/saesteer"] = lambda: generate(
+            model, tpl, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False
+        )
+        providers["generate/saesteer_plain"] = lambda: plain_generate(
             model, tpl, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False
         )
         providers["generate/transformers"] = lambda: hf_generate(hf, tok, encoded, n, args.max_new_tokens)
@@ -218,6 +248,11 @@ def main() -> None:
         "(tokens/s: new tokens for generate, prompt tokens for activations; x saesteer: median of the per-round "
         "time ratios, > 1 faster than saesteer)"
     )
+    ratio = {f"{r['section']}/{r['provider']}": r["ratio_vs_saesteer"] for r in rows}
+    if "generate/saesteer_plain" in ratio:
+        print(f"generate against its plain TransformerLens path: {1 / ratio['generate/saesteer_plain']:.2f}x faster")
+    if "generate/transformers" in ratio:
+        print(f"transformers' generate against saesteer's: {ratio['generate/transformers']:.2f}x faster")
     print(f"loadavg before: {load_before}; after: {load_after}")
     print(f"wrote {out}")
 
