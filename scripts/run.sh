@@ -3,8 +3,8 @@
 # organism -> directions -> SAE -> feature search -> anchoring vs attacks -> backups -> emergent misalignment,
 # one report.md (its path is the last line). Stages whose inputs are unchanged are reused from the cache.
 # The quick budget (conf/budget/quick.yaml: fewer held-out prompts, smaller searches) runs by default; budget=full
-# reads every held-out prompt (docs/results.md records each stage's time).  With model=... the model's own config
-# sizes the run with its own budget: scripts/run.sh model=smollm2_safe budget=smollm2; no default budget is added.
+# reads every held-out prompt (docs/results.md records each stage's time).  With model=... no default budget is added;
+# give the model its own: scripts/run.sh model=smollm2_safe budget=smollm2.
 # Usage: scripts/run.sh [hydra overrides], e.g. scripts/run.sh budget=full logger.mode=online, scripts/run.sh model=smollm2_safe budget=smollm2
 source "$(dirname "$0")/_env.sh"
 run_dir="${SAESTEER_RUN_DIR:-runs/pipeline/$(date +%Y-%m-%d_%H-%M-%S)}"
