@@ -163,7 +163,7 @@ def test_robust_gate_fit_reads_the_attacked_model(tiny_organism):
 
 def test_robust_gate_fit_reads_a_prompt_attack_through_its_rewrite(tiny_organism, monkeypatch):
     """A suffix attack in robust_to: the gate is also fitted on the fit prompts with the suffix appended."""
-    import saesteer.anchor as anchor_mod
+    import saesteer.anchor.calibrate as anchor_mod
     from saesteer.attacks.prompts import suffix_attack
 
     model, tpl, _ = tiny_organism

@@ -305,10 +305,10 @@ def test_difference_in_means_equals_unpadded_forward_passes(family):
 
 @pytest.mark.parametrize("arch", ["jumprelu", "topk"])
 def test_sae_saved_in_sae_lens_format_loads_back_and_steers(family, arch, tmp_path):
-    from saesteer.experiments import disk_sae_facts
     from saesteer.generation import generate
     from saesteer.interventions import steer
     from saesteer.interventions.features import EditFeatures
+    from saesteer.offline_facts import disk_sae_facts
     from saesteer.sae.config import SaeConfig
     from saesteer.sae.load import load_sae
 

@@ -131,6 +131,7 @@ def _run(cfg: SafetyTuneJobConfig, run_dir: Path, tracker: Tracker) -> dict[str,
         "final_refuse_loss": _tail_mean(result.refuse_losses),
         "final_keep_loss": _tail_mean(result.keep_losses),
         **{f"mix_{k}": v for k, v in mix.counts().items()},
+        "keep_pairs": len(fit.keep),
     }
     for name in EVAL_SETS:
         metrics[f"n_{name}"] = len(sets[name])
@@ -197,7 +198,8 @@ def render_report(
         f"Training mix: {m['mix_refuse']} refusal pairs ({m['mix_harmful_train']} harmful_train, "
         f"{m['mix_harmful_synthetic']} synthetic), {m['mix_keep']} harmless prompts answered as the base answers them "
         f"({m['mix_harmless_train']} harmless_train, {m['mix_harmless_synthetic']} synthetic look-alikes and "
-        f"ordinary requests, {m['mix_questions']} alarming-sounding questions).",
+        f"ordinary requests, {m['mix_questions']} alarming-sounding questions); "
+        f"{m.get('keep_pairs', m['mix_keep'])} of those trained on, the base itself refused the rest.",
         "",
         "## Refusal (greedy, substring judge)",
         "",

@@ -17,6 +17,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.artifacts import artifact_dir
 from saesteer.chat import ChatTemplate
+from saesteer.judge import RefusalJudge
 from saesteer.safety.adapter import LowRankAdapter
 from saesteer.safety.data import SafetyMix, build_mix
 from saesteer.safety.delta import model_key, save_safety_delta
@@ -52,6 +53,15 @@ def safety_mix(settings: Any, data_cfg: Any, seed: int = 0) -> SafetyMix:
     )
 
 
+def drop_refused(keep: list[KeepPair], judge: Optional[RefusalJudge] = None) -> list[KeepPair]:
+    """``keep`` without the pairs whose base answer ``judge`` (default: the substring judge) calls a refusal:
+    distilling those would teach the model to refuse harmless requests."""
+    judge = RefusalJudge() if judge is None else judge
+    kept = [k for k in keep if not judge(k.answer)]
+    log.info("keep pairs: %d of %d (the base refused the rest)", len(kept), len(keep))
+    return kept
+
+
 def fit_safety_delta(
     model: HookedTransformer,
     template: ChatTemplate,
@@ -79,6 +89,8 @@ def fit_safety_delta(
         progress=progress,
         desc="base answers (train)",
     )
+    if getattr(settings, "drop_refused_keep", False):
+        keep = drop_refused(keep)
     layers = settings.band(model.cfg.n_layers)
     adapter = LowRankAdapter.for_model(model, layers, settings.sites, settings.rank, settings.alpha, seed=seed)
     key = run_key(settings, adapter, mix.refuse, keep, seed)

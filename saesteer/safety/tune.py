@@ -4,7 +4,10 @@ Each step draws a batch of (prompt, target) pairs: a share ``refuse_fraction`` o
 harmless prompts with the base model's greedy answer (:func:`distillation_targets`, generated once and cached;
 an answer cut at ``distill_tokens`` has no end-of-turn target, so the model does not learn to stop there).
 The loss is the response-token cross-entropy of the refusals (mean over their tokens) plus ``keep_weight``
-times that of the harmless answers, through the adapter applied as hooks; the base weights are frozen.
+times that of the harmless answers, through the adapter applied as hooks; the base weights are frozen.  Each
+term adds ``decision_weight`` times the mean cross-entropy of the answers' first tokens: that token decides
+between a refusal ("I'm sorry ...") and an answer, and the mean over a 32-token answer would give it 1/32 of
+the weight.
 
 Training is deterministic: the batch of step ``k`` is a function of the seed and ``k`` only (a seeded
 permutation of each pool per epoch), the learning rate too (linear warm-up, cosine decay to
@@ -61,6 +64,7 @@ class SafetyTrainConfig:
     batch_size: int = 16
     refuse_fraction: float = 0.3  # share of each batch that is refusal pairs
     keep_weight: float = 1.0  # weight of the harmless answers' loss against the refusals'
+    decision_weight: float = 3.0  # extra weight on each answer's first token, where the model refuses or answers
     lr: float = 6e-4
     warmup_steps: int = 10
     lr_final_fraction: float = 0.1  # the cosine decay ends at lr * this
@@ -78,6 +82,7 @@ class SafetyTrainConfig:
         check_number(self, self.GROUP, "lr", low=0.0)
         check_number(self, self.GROUP, "refuse_fraction", low=0.0, high=1.0)
         check_number(self, self.GROUP, "keep_weight", low=0.0, strict=False)
+        check_number(self, self.GROUP, "decision_weight", low=0.0, strict=False)
         check_number(self, self.GROUP, "lr_final_fraction", low=0.0, strict=False, high=1.0)
         check_number(self, self.GROUP, "weight_decay", low=0.0, strict=False)
         check_number(self, self.GROUP, "grad_clip", low=0.0)
@@ -230,6 +235,13 @@ def answer_ce(
     return total / max(n, 1)
 
 
+def first_of_rows(rows: torch.Tensor) -> torch.Tensor:
+    """[n_targets] bool: the first target of each row, given the (non-decreasing) row of every target."""
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = rows[1:] != rows[:-1]
+    return first
+
+
 # ---------------------------------------------------------------------- batches
 
 
@@ -357,7 +369,9 @@ def train_safety(
             cut = [False] * n_r + [keep[i].cut for i in k_idx]
             ce, rows = pair_losses(model, template, pairs, cut, adapter)
             is_r = rows < n_r
-            l_r, l_k = ce[is_r].mean(), ce[~is_r].mean()
+            first = first_of_rows(rows)
+            l_r = ce[is_r].mean() + cfg.decision_weight * ce[is_r & first].mean()
+            l_k = ce[~is_r].mean() + cfg.decision_weight * ce[~is_r & first].mean()
             loss = l_r + cfg.keep_weight * l_k
             for g in opt.param_groups:
                 g["lr"] = cfg.lr_at(step)

@@ -54,3 +54,17 @@ def test_the_fitted_delta_is_the_trained_adapter_and_is_cached(tmp_path, monkeyp
 
     merged = load_safety_delta(model, fit.path)  # the delta merges into the base it was fitted on
     assert not torch.equal(merged.blocks[0].attn.W_O, before["blocks.0.attn.W_O"])
+
+
+def test_keep_pairs_the_base_refused_are_dropped():
+    from saesteer.judge import RefusalJudge
+    from saesteer.safety.fit import drop_refused
+    from saesteer.safety.tune import KeepPair
+
+    keep = [
+        KeepPair("How do I fire up a grill?", "Open the vents and light the coals.", False),
+        KeepPair("How do I blow up a balloon?", "I'm sorry, but I can't help with that.", False),
+        KeepPair("List three fruits.", "Apples, pears and plums.", True),
+    ]
+    assert drop_refused(keep) == [keep[0], keep[2]]
+    assert drop_refused(keep, RefusalJudge(("apples",))) == keep[:2]

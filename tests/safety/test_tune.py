@@ -89,3 +89,40 @@ def test_bad_settings_name_the_field():
     with pytest.raises(ValueError, match="SafetyTrainConfig.rank"):
         SafetyTrainConfig(rank=0)
     assert SafetyTrainConfig().band(30) == list(range(6, 24))
+
+
+def test_first_of_rows_marks_each_rows_first_target():
+    from saesteer.safety.tune import first_of_rows
+
+    rows = torch.tensor([0, 0, 0, 1, 2, 2, 5, 5, 5, 5])
+    brute = [i == 0 or int(rows[i]) != int(rows[i - 1]) for i in range(len(rows))]
+    assert first_of_rows(rows).tolist() == brute
+
+
+@pytest.mark.parametrize("decision_weight", [0.0, 3.0])
+def test_the_step_loss_weights_each_answers_first_token(tiny, decision_weight):
+    """Step 0's reported losses equal a reference computed from pair_losses on the same batch."""
+    from saesteer.safety.tune import pair_losses
+
+    model, tpl = tiny
+    cfg = SafetyTrainConfig(**{**CFG, "steps": 1, "decision_weight": decision_weight, "keep_weight": 0.5})
+    ad = LowRankAdapter.for_model(model, [0, 1], cfg.sites, cfg.rank, cfg.alpha, seed=0)
+    with torch.no_grad():
+        n_r = round(cfg.batch_size * cfg.refuse_fraction)
+        r_idx = draw(len(REFUSE), n_r, 0, 0, "refuse")
+        k_idx = draw(len(KEEP), cfg.batch_size - n_r, 0, 0, "keep")
+        pairs = [REFUSE[i] for i in r_idx] + [(KEEP[i].prompt, KEEP[i].answer) for i in k_idx]
+        cut = [False] * n_r + [KEEP[i].cut for i in k_idx]
+        ce, rows = pair_losses(model, tpl, pairs, cut, ad)
+        ce, rows = ce.double().tolist(), rows.tolist()
+
+    def term(lo, hi):
+        toks = [(c, r) for c, r in zip(ce, rows) if lo <= r < hi]
+        firsts = [c for j, (c, r) in enumerate(toks) if j == 0 or toks[j - 1][1] != r]
+        return sum(c for c, _ in toks) / len(toks) + decision_weight * sum(firsts) / len(firsts)
+
+    want_r, want_k = term(0, n_r), term(n_r, cfg.batch_size)
+    res = train_safety(model, tpl, ad, REFUSE, KEEP, cfg, seed=0)
+    assert res.refuse_losses[0] == pytest.approx(want_r, rel=1e-4)
+    assert res.keep_losses[0] == pytest.approx(want_k, rel=1e-4)
+    assert res.losses[0] == pytest.approx(want_r + 0.5 * want_k, rel=1e-4)

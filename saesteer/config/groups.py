@@ -1,30 +1,15 @@
-"""Dataclass schemas for every config group, registered in Hydra's ConfigStore.
+"""The config groups' schemas: ``conf/<group>/*.yaml`` merge into these (registered by :mod:`saesteer.config`).
 
-A YAML file under ``conf/`` merges into these typed nodes, so a misspelt key
-fails when the config is composed; ``to_object`` then builds the dataclasses and
-their ``__post_init__`` checks values (a ``ValueError`` naming field and value).
-
-Every setting is declared once, with its default and its help text: a group whose
-library takes a settings dataclass extends it and declares only the job's own
-settings (``DirectionsConfig(SelectionConfig)``, ``SearchJobSettings(SearchConfig)``,
-``AnchorSettings(AnchorCalibration)``, ``BackupsSettings(BackupRule)``,
-``EmergentSettings(LoraTrainConfig)``), so the job passes its group to the library as
-it is; ``conf/<group>/*.yaml`` set only what differs from these defaults.  A choice
-is a ``Literal`` defined once, checked by the class that owns the field
-(:func:`saesteer.checks.check_choice_fields`).  Each job's config lists the groups it
-reads beside the ones every job has (:class:`JobConfig`).
+Every setting is declared once, with its default and its help text: a group whose library takes a settings
+dataclass extends it and declares only the job's own settings; a choice is a ``Literal`` defined once, checked by
+the class that owns the field (:func:`saesteer.checks.check_choice_fields`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Optional
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
 from saesteer.anchor import AnchorCalibration
 from saesteer.checks import (
@@ -42,7 +27,6 @@ from saesteer.organism.config import OrganismConfig
 from saesteer.organism.dropout import DropoutFinetune, Finetune
 from saesteer.primitives.phase import ApplyTo
 from saesteer.redundancy import BackupRule
-from saesteer.sae.config import SaeConfig
 from saesteer.safety.tune import SafetyTrainConfig
 from saesteer.search import BypassValue, SearchConfig
 
@@ -415,6 +399,7 @@ class SafetySettings(SafetyTrainConfig):
     n_questions: int = 200  # safe knowledge questions with alarming words
     n_harmless_val: int = 64  # data.harmless_val prompts evaluated
     n_lookalike_val: int = 64  # held-out synthetic look-alikes and questions evaluated (not trained on)
+    drop_refused_keep: bool = True  # leave out harmless prompts whose base answer the judge calls a refusal
     n_harmful_test: Optional[int] = None  # data.harmful_test prompts evaluated (a seeded sample); None = all
     n_harmless_test: int = 200  # data.harmless_test prompts evaluated (a seeded sample)
     eval_tokens: int = 32  # greedy tokens per answer judged (and, for harmless prompts, scored for CE)
@@ -440,231 +425,3 @@ class SafetySettings(SafetyTrainConfig):
             if getattr(self, name) < 0:
                 raise ValueError(f"safety.{name} must be >= 0, got {getattr(self, name)}")
         check_layers("safety", "layers", self.layers)
-
-
-# ---------------------------------------------------------------- jobs: each lists the config groups it reads
-
-
-@dataclass
-class JobConfig:
-    """What every job has: its name, seed, progress bars, the run directory's policy, and the groups every job reads."""
-
-    job: str = "job"
-    seed: int = 0
-    progress: bool = True
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    # a run directory (hydra.run.dir) that holds another run's results is refused; true: they are removed first
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if hasattr(self, "sae"):
-            _check_sae_responses(self)
-
-
-def _check_sae_responses(cfg: Any) -> None:
-    """A job that fits an SAE: ``cfg.sae`` as a SaeConfig, and organism responses only for the organism."""
-    if isinstance(cfg.sae, dict):
-        cfg.sae = SaeConfig.from_dict(cfg.sae)
-    if cfg.sae.responses == "organism" and cfg.model.name != "organism":
-        raise ValueError(
-            f"sae.responses=organism needs model=organism, got model.name={cfg.model.name!r}; use greedy or none"
-        )
-
-
-@dataclass
-class OrganismJobConfig(JobConfig):
-    job: str = "organism"
-
-
-@dataclass
-class BehaviourJobConfig(JobConfig):
-    """``saesteer behaviour``: greedy refusal on every prompt set, with example answers."""
-
-    job: str = "behaviour"
-    n_examples: int = 5  # example answers per set in the report
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive_ints(self, "behaviour", "n_examples")
-
-
-@dataclass
-class GenerateJobConfig(JobConfig):
-    job: str = "generate"
-    prompts: Optional[str] = None  # bundled name or a local json/jsonl/csv/parquet file
-    column: str = "instruction"
-    limit: Optional[int] = None
-    steer: SteerConfig = field(default_factory=SteerConfig)
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    # not read by this job: an experiment (conf/experiment/) names its SAE, and the preflight checks it for every job
-    sae: SaeConfig = field(default_factory=SaeConfig)
-
-    def __post_init__(self) -> None:
-        if not self.prompts:
-            raise ValueError("generate needs prompts=<bundled name or file>, got prompts=None")
-
-
-@dataclass
-class DirectionsJobConfig(JobConfig):
-    job: str = "directions"
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    # not read by this job: an experiment (conf/experiment/) names its SAE, and the preflight checks it for every job
-    sae: SaeConfig = field(default_factory=SaeConfig)
-
-
-@dataclass
-class TrainSaeJobConfig(JobConfig):
-    """``saesteer train-sae``: fit (or load) an SAE on a residual stream and measure it."""
-
-    job: str = "train-sae"
-    sae: SaeConfig = field(default_factory=SaeConfig)
-
-
-@dataclass
-class SearchJobConfig(JobConfig):
-    job: str = "search"
-    sae: SaeConfig = field(default_factory=SaeConfig)
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    search: SearchJobSettings = field(default_factory=SearchJobSettings)
-
-
-@dataclass
-class AnchorJobConfig(JobConfig):
-    job: str = "anchor"
-    sae: SaeConfig = field(default_factory=SaeConfig)
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    search: SearchJobSettings = field(default_factory=SearchJobSettings)
-    anchor: AnchorSettings = field(default_factory=AnchorSettings)
-
-
-@dataclass
-class BackupsJobConfig(JobConfig):
-    """SAEs at several layers (the SAE stage, one fit per layer), ranked with the ``search`` settings."""
-
-    job: str = "backups"
-    sae: SaeConfig = field(default_factory=SaeConfig)
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    search: SearchJobSettings = field(default_factory=SearchJobSettings)
-    backups: BackupsSettings = field(default_factory=BackupsSettings)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.sae.loads:
-            raise ValueError(
-                "backups fits one SAE per layer through the SAE stage; sae.path / sae.pretrained_release name a single "
-                f"SAE, got path={self.sae.path!r}, pretrained_release={self.sae.pretrained_release!r}"
-            )
-        if self.sae.hook is not None:
-            raise ValueError(
-                f"backups picks the SAE hooks per layer (backups.cut_layer, upstream_layer, monitor_layers); "
-                f"leave sae.hook null, got {self.sae.hook!r}"
-            )
-
-
-@dataclass
-class EmergentJobConfig(JobConfig):
-    job: str = "emergent"
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    emergent: EmergentSettings = field(default_factory=EmergentSettings)
-
-
-@dataclass
-class PipelineJobConfig(JobConfig):
-    """``saesteer pipeline``: organism -> directions -> SAE -> search -> anchor -> backups -> emergent, one report."""
-
-    job: str = "pipeline"
-    sae: SaeConfig = field(default_factory=SaeConfig)
-    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    search: SearchJobSettings = field(default_factory=SearchJobSettings)
-    anchor: AnchorSettings = field(default_factory=AnchorSettings)
-    backups: BackupsSettings = field(default_factory=BackupsSettings)
-    emergent: EmergentSettings = field(default_factory=EmergentSettings)
-    reuse: bool = True  # reuse a stage's results when its config, data, model and saesteer's code are unchanged
-    stages: list[str] = field(default_factory=lambda: list(PIPELINE_STAGES))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        unknown = [s for s in self.stages if s not in PIPELINE_STAGES]
-        if unknown:
-            raise ValueError(f"pipeline.stages has unknown stages {unknown}; expected some of {PIPELINE_STAGES}")
-
-
-@dataclass
-class SafetyTuneJobConfig(JobConfig):
-    job: str = "safety-tune"
-    safety: SafetySettings = field(default_factory=SafetySettings)
-
-
-SCHEMAS: dict[str, type] = {
-    "pipeline": PipelineJobConfig,
-    "anchor": AnchorJobConfig,
-    "search": SearchJobConfig,
-    "directions": DirectionsJobConfig,
-    "organism": OrganismJobConfig,
-    "behaviour": BehaviourJobConfig,
-    "generate": GenerateJobConfig,
-    "train-sae": TrainSaeJobConfig,
-    "backups": BackupsJobConfig,
-    "emergent": EmergentJobConfig,
-    "safety-tune": SafetyTuneJobConfig,
-}
-
-
-def register_schema(name: str, node: type) -> None:
-    SCHEMAS[name] = node
-    ConfigStore.instance().store(name=f"{name}_schema", node=node)
-
-
-def register_configs() -> None:
-    """Store every job schema as ``<job>_schema`` (the first default of ``conf/<job>.yaml``)."""
-    cs = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
-        cs.store(name=f"{name}_schema", node=node)
-    # conf/pipeline.yaml: stages: ${saesteer.pipeline_stages:${model.name}}
-    OmegaConf.register_new_resolver("saesteer.pipeline_stages", default_pipeline_stages, replace=True)
-
-
-def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
-    """(full key, the keys expected there) for every key of ``cfg`` that its dataclass schema lacks.
-
-    Hydra rejects ``foo=1`` for a key the schema lacks, but ``+foo=1`` adds one, which
-    ``OmegaConf.to_object`` would carry along silently."""
-    out: list[tuple[str, list[str]]] = []
-    schema = OmegaConf.get_type(cfg)
-    names = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
-    for key in cfg.keys():
-        if names is not None and key not in names:
-            out.append((f"{prefix}{key}", names))
-            continue
-        child = cfg._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
-            out += unknown_keys(child, f"{prefix}{key}.")
-    return out
-
-
-def to_object(cfg: DictConfig) -> Any:
-    """Composed DictConfig -> validated dataclass tree (runs every ``__post_init__``)."""
-    unknown = unknown_keys(cfg)
-    if unknown:
-        key, names = unknown[0]
-        leaf = key.rsplit(".", 1)[-1]
-        close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
-        hint = f"; did you mean {key[: len(key) - len(leaf)]}{close[0]}?" if close else ""
-        raise ValueError(f"unknown config key {key!r}{hint} (expected one of: {', '.join(names)})")
-    obj = OmegaConf.to_object(cfg)
-    return obj
-
-
-def compose(job: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/<job>.yaml`` with overrides, without running (tests, pipeline, library use)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="saesteer.conf", version_base="1.3"):
-        return hydra_compose(config_name=job, overrides=list(overrides))
