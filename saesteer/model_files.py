@@ -105,6 +105,7 @@ class LocalModel:
     n_ctx: int
     available: bool = True
     safety_delta: bool = False  # the bundled safety delta (saesteer.safety) is merged into the base's weights
+    base: str | None = None  # the local model this one is tuned from (its weights without the delta)
 
 
 _SMOLLM2_DIMS = dict(file=SMOLLM2_GGUF, template="smollm2", d_model=576, n_layers=30, n_ctx=2048)
@@ -112,7 +113,7 @@ _SMOLLM2_DIMS = dict(file=SMOLLM2_GGUF, template="smollm2", d_model=576, n_layer
 #: saesteer-local model names (``model.name``), handled before TransformerLens's names.
 LOCAL_MODELS: dict[str, LocalModel] = {
     "smollm2": LocalModel("smollm2", **_SMOLLM2_DIMS),
-    "smollm2_safe": LocalModel("smollm2_safe", safety_delta=True, **_SMOLLM2_DIMS),
+    "smollm2_safe": LocalModel("smollm2_safe", safety_delta=True, base="smollm2", **_SMOLLM2_DIMS),
 }
 
 

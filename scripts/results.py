@@ -352,6 +352,11 @@ def directions_section(m: dict[str, Any]) -> str:
             f"Harm detector at t_inst, AUROC harmful_test vs harmless_test: {fmt(m['harm_detector_auroc'])} "
             f"({fmt(m['harm_detector_auroc_under_ablation'])} with the refusal direction ablated)."
         )
+    if "untuned_harm_detector_auroc" in m:
+        tail.append(
+            f"On the untuned base `{m['untuned_base']}`, which never refuses, the same detector's AUROC is "
+            f"{fmt(m['untuned_harm_detector_auroc'])}."
+        )
     if tail:
         out.append(" ".join(tail))
     return "\n\n".join(out)

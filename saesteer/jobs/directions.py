@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from saesteer.harmfulness import (
 )
 from saesteer.interventions import Ablate, Add, orthogonalize_weights, steer
 from saesteer.io import write_json, write_text
+from saesteer.model_files import LOCAL_MODELS
 from saesteer.models import load_model
 from saesteer.report.directions import candidate_rows, render_report, save_plots
 from saesteer.stages import direction_stage
@@ -38,6 +40,27 @@ def norm_matched_random(direction: torch.Tensor, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     r = torch.randn(direction.shape[0], generator=g)
     return r / r.norm() * direction.norm()
+
+
+def untuned_harm_detector(
+    cfg: DirectionsJobConfig, P: dict[str, list[str]], harm_dirs: torch.Tensor, batch_size: int
+) -> dict[str, Any]:
+    """For a safety-tuned local model (``smollm2_safe``): the harm detector fitted on its untuned base, which
+    never refuses (is harmfulness encoded before refusal is taught?), and the cosine, per layer, of the base's
+    harmfulness directions with the tuned model's.  Empty for any other model."""
+    local = LOCAL_MODELS.get(cfg.model.name)
+    if local is None or local.base is None:
+        return {}
+    base = load_model(dataclasses.replace(cfg.model, name=local.base, safety_delta=None, retrain=False), progress=False)
+    det, dirs = fit_harm_detector(base.model, base.template, P["harmful_train"], P["harmless_train"], batch_size)
+    auc = detector_auroc(det, base.model, base.template, P["harmful_test"], P["harmless_test"])
+    cos = layerwise_cosine(dirs, harm_dirs)
+    log.info("harm detector on the untuned base %s: AUROC %.3f", local.base, auc)
+    return {
+        "untuned_base": local.base,
+        "untuned_harm_detector_auroc": auc,
+        "untuned_tuned_harm_cosine_by_layer": [round(float(c), 4) for c in cos],
+    }
 
 
 def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
@@ -118,6 +141,7 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
         cos = torch.full((model.cfg.n_layers,), float("nan"))
     det_auc = detector_auroc(det, model, tpl, P["harmful_test"], P["harmless_test"])
     det_auc_abl = detector_auroc(det, model, tpl, P["harmful_test"], P["harmless_test"], [sel.ablate()])
+    untuned = untuned_harm_detector(cfg, P, harm_dirs, dcfg.batch_size)
 
     # ---- artifacts
     import shutil
@@ -169,6 +193,7 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
         "harm_refusal_cosine_by_layer": [round(float(c), 4) for c in cos],
         "n_harmful_test": len(P["harmful_test"]),
         "n_harmless_test": len(P["harmless_test"]),
+        **untuned,
     }
     save_plots(run_dir, sel, cos, dose, dcfg.dose_alphas)
     write_text(run_dir / "report.md", render_report(loaded.name, sel, metrics))

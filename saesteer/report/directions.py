@@ -144,6 +144,15 @@ def render_report(model_name: str, sel: Any, m: dict[str, Any]) -> str:
                 "",
                 f"Latent harm detector AUROC (harmful_test vs harmless_test): {m['harm_detector_auroc']:.3f}; with the "
                 f"refusal direction ablated: {m['harm_detector_auroc_under_ablation']:.3f}.",
+                *(
+                    [
+                        f"The same detector fitted on the untuned base `{m['untuned_base']}`, which never refuses: AUROC "
+                        f"{m['untuned_harm_detector_auroc']:.3f}; cos(its harmfulness direction, the tuned model's) by "
+                        f"layer: {m['untuned_tuned_harm_cosine_by_layer']}.",
+                    ]
+                    if "untuned_harm_detector_auroc" in m
+                    else []
+                ),
                 "cos(harmfulness direction at t_inst, behavioural refusal direction at the last position) by layer: "
                 f"{[round(float(c), 3) for c in m['harm_refusal_cosine_by_layer']]}.",
                 "",

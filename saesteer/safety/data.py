@@ -42,6 +42,8 @@ REFUSALS: tuple[str, ...] = (
 #: The held-out roles no training prompt may (nearly) equal.
 TEST_ROLES = ("harmful_test", "harmless_test", "overrefusal")
 NEAR_DUPLICATE = 0.7
+#: the held-out look-alikes are drawn with seed + this, apart from the training prompts' seed
+VAL_SEED_OFFSET = 1000
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,12 @@ def build_mix(
     harmful_val = list(load_prompts(data_cfg.harmful_val).instructions)
     harmless_val = _take(load_prompts(data_cfg.harmless_val).instructions, n_harmless_val, seed + 1)
 
-    # held-out look-alikes: synthetic harmless requests and questions beyond those the mix trains on
+    # held-out look-alikes: synthetic harmless requests and questions of their own seed, so that the validation
+    # set does not depend on how many the mix trains on; training prompts equal or near them are dropped below
     n_syn_val, n_q_val = n_lookalike_val - n_lookalike_val // 2, n_lookalike_val // 2
-    syn_all = synthetic_prompts("harmless", n_harmless_synthetic + n_syn_val, seed=seed) if n_lookalike_val else []
-    q_all = question_prompts(n_questions + n_q_val, seed=seed) if n_questions + n_q_val else []
-    syn_val = _take(syn_all, n_syn_val, seed + 2) if n_syn_val else []
-    q_val = _take(q_all, n_q_val, seed + 3) if n_q_val else []
+    val_seed = seed + VAL_SEED_OFFSET
+    syn_val = synthetic_prompts("harmless", n_syn_val, seed=val_seed) if n_syn_val else []
+    q_val = question_prompts(n_q_val, seed=val_seed) if n_q_val else []
     lookalike_val = syn_val + q_val
     val_set = set(lookalike_val)
     blocked = test + harmful_val + harmless_val + lookalike_val
@@ -116,8 +118,8 @@ def build_mix(
     harmful_train = clean(list(load_prompts(data_cfg.harmful_train).instructions))
     harmful_syn = clean(synthetic_prompts("harmful", n_harmful_synthetic, seed=seed)) if n_harmful_synthetic else []
     harmless_train = clean(_take(load_prompts(data_cfg.harmless_train).instructions, n_harmless, seed + 4))
-    harmless_syn = clean([p for p in syn_all if p not in val_set][:n_harmless_synthetic])
-    questions = clean([p for p in q_all if p not in val_set][:n_questions])
+    harmless_syn = clean(synthetic_prompts("harmless", n_harmless_synthetic, seed=seed)) if n_harmless_synthetic else []
+    questions = clean(question_prompts(n_questions, seed=seed)) if n_questions else []
 
     harmful = list(dict.fromkeys(harmful_train + harmful_syn))
     refuse = tuple((p, refusals[rng.randrange(len(refusals))]) for p in harmful)

@@ -60,3 +60,12 @@ def test_the_job_settings_are_the_library_settings_plus_the_mix():
     assert (cfg.safety.rank, cfg.safety.n_questions, cfg.model.name) == (8, 0, "smollm2")
     with pytest.raises(Exception, match="safety.n_harmless"):
         to_object(compose("safety-tune", ["safety.n_harmless=0"]))
+
+
+def test_the_lookalike_validation_set_does_not_depend_on_the_training_counts():
+    small = build_mix(DataConfig(), n_lookalike_val=16, seed=0, **COUNTS)
+    bigger = build_mix(
+        DataConfig(), n_lookalike_val=16, seed=0, **{**COUNTS, "n_harmless_synthetic": 80, "n_questions": 40}
+    )
+    assert bigger.val == small.val
+    assert not set(bigger.keep) & set(bigger.val["lookalike_val"])
