@@ -393,10 +393,10 @@ class SafetySettings(SafetyTrainConfig):
 
     GROUP: ClassVar[str] = "safety"
 
-    n_harmful_synthetic: int = 200  # synthetic harmful requests refused (besides data.harmful_train)
+    n_harmful_synthetic: int = 400  # synthetic harmful requests refused (besides data.harmful_train)
     n_harmless: int = 320  # data.harmless_train prompts answered as the base model answers them
-    n_harmless_synthetic: int = 300  # synthetic harmless requests in the harmful ones' framings (look-alikes)
-    n_questions: int = 200  # safe knowledge questions with alarming words
+    n_harmless_synthetic: int = 600  # synthetic harmless requests in the harmful ones' framings (look-alikes)
+    n_questions: int = 400  # safe knowledge questions with alarming words
     n_harmless_val: int = 64  # data.harmless_val prompts evaluated
     n_lookalike_val: int = 64  # held-out synthetic look-alikes and questions evaluated (not trained on)
     drop_refused_keep: bool = True  # leave out harmless prompts whose base answer the judge calls a refusal

@@ -60,7 +60,7 @@ class SafetyTrainConfig:
     sites: list[str] = field(default_factory=lambda: list(SITES))  # attn_out (W_O) and / or mlp_out (W_out)
     rank: int = 16
     alpha: float = 32.0  # the update is (alpha / rank) * A @ B
-    steps: int = 200
+    steps: int = 300
     batch_size: int = 16
     refuse_fraction: float = 0.3  # share of each batch that is refusal pairs
     keep_weight: float = 1.0  # weight of the harmless answers' loss against the refusals'

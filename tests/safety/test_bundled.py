@@ -21,3 +21,15 @@ def test_the_bundled_delta_is_small_float16_and_names_its_base():
     assert adapter.dims == {"attn_out": (576, 576), "mlp_out": (1536, 576)}
     assert max(adapter.layers) < LOCAL_MODELS["smollm2"].n_layers
     assert any(float(adapter.B[s].abs().max()) > 0 for s in adapter.sites)  # trained, not the zero init
+
+
+def test_the_bundled_delta_is_what_the_default_settings_train():
+    """Its header's steps and training mix are those of ``saesteer safety-tune`` with the defaults, so
+    ``model.retrain=true`` retrains the same adapter."""
+    from saesteer.config import DataConfig, SafetySettings
+    from saesteer.safety.fit import safety_mix
+
+    _, meta = load_tensors(bundled_delta_path())
+    settings = SafetySettings()
+    assert meta["steps"] == settings.steps
+    assert meta["mix"] == safety_mix(settings, DataConfig(), seed=meta["seed"]).counts()
