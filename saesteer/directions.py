@@ -294,6 +294,19 @@ def apply_filters(scores: list[CandidateScore], n_layers: int, cfg: SelectionCon
             s.filtered_by.append("layer")
 
 
+def relax_kl(scores: Sequence[CandidateScore], cfg: SelectionConfig) -> Optional[tuple[float, list[CandidateScore]]]:
+    """When only the KL filter stands between candidates and the pool: the bound ``max_kl * 2**k`` for the
+    smallest ``k`` under which some candidate that passes every other filter also passes it, and those candidates.
+    None when no candidate passes the other filters (then the KL bound is not what empties the pool)."""
+    only_kl = [s for s in scores if s.filtered_by == ["kl"] and math.isfinite(s.kl(cfg.ablation))]
+    if not only_kl:
+        return None
+    bound = cfg.max_kl
+    while not any(s.kl(cfg.ablation) <= bound for s in only_kl):
+        bound *= 2
+    return bound, [s for s in only_kl if s.kl(cfg.ablation) <= bound]
+
+
 def select_direction(
     model: HookedTransformer,
     template: ChatTemplate,
@@ -305,7 +318,9 @@ def select_direction(
     batch_size: int = 64,
     progress: bool = False,
 ) -> Selection:
-    """Score every candidate and pick one by the paper's rule (with a stated fallback)."""
+    """Score every candidate and pick one by the paper's rule: the lowest bypass score among candidates that pass
+    every filter.  When none does, the fallback is stated in ``Selection.fallback``: if candidates fail the KL
+    filter alone, the KL bound is doubled until some pass (:func:`relax_kl`), else the fewest failed filters."""
     cfg = cfg if cfg is not None else SelectionConfig()
     check_prompts(harmful_val, "harmful_val")
     check_prompts(harmless_val, "harmless_val")
@@ -331,11 +346,23 @@ def select_direction(
                 emptied = name
                 break
             pool = nxt
-        best = min(scores, key=lambda s: (len(s.filtered_by), s.bypass(cfg.ablation)))
-        fallback = (
-            f"no candidate passed every filter (the '{emptied}' filter emptied the pool); fallback rule: fewest failed "
-            f"filters, then lowest bypass score -> layer {best.layer}, position {best.position} (fails {best.filtered_by})"
-        )
+        relaxed = relax_kl(scores, cfg)
+        if relaxed is not None:
+            bound, pool = relaxed
+            best = min(pool, key=lambda s: s.bypass(cfg.ablation))
+            fallback = (
+                f"no candidate passed every filter (the '{emptied}' filter emptied the pool); fallback rule: the KL "
+                f"bound doubled from {cfg.max_kl:g} to {bound:g}, the first bound under which candidates pass the "
+                f"other filters, then lowest bypass score -> layer {best.layer}, position {best.position} "
+                f"(KL {best.kl(cfg.ablation):.3f})"
+            )
+        else:
+            best = min(scores, key=lambda s: (len(s.filtered_by), s.bypass(cfg.ablation)))
+            fallback = (
+                f"no candidate passed every filter (the '{emptied}' filter emptied the pool); fallback rule: fewest "
+                f"failed filters, then lowest bypass score -> layer {best.layer}, position {best.position} "
+                f"(fails {best.filtered_by})"
+            )
         log.warning(fallback)
     d = cands.direction(best.layer, best.position)
     return Selection(

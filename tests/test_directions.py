@@ -90,6 +90,17 @@ def test_selection_follows_the_paper_and_falls_back_with_a_reason(tiny_organism)
     )
     impossible = select_direction(model, tpl, cands, val_h, val_s, SelectionConfig(max_kl=1e-12, min_induce=1e9))
     assert impossible.fallback is not None and "'kl' filter emptied the pool" in impossible.fallback
+    assert "fewest failed filters" in impossible.fallback  # the induce filter fails too: no KL relaxation
+
+    # only the KL filter fails: the bound doubles until candidates pass, then the lowest bypass among them
+    cfg = SelectionConfig(max_kl=1e-6, min_induce=-100.0, prune_layer_fraction=0.0)
+    relaxed = select_direction(model, tpl, cands, val_h, val_s, cfg)
+    kls = [s.kl_affine for s in relaxed.scores]
+    assert all(s.filtered_by == ["kl"] for s in relaxed.scores)
+    bound = next(1e-6 * 2**k for k in range(200) if min(kls) <= 1e-6 * 2**k)
+    want = min((s.bypass_affine, (s.layer, s.position)) for s in relaxed.scores if s.kl_affine <= bound)[1]
+    assert (relaxed.layer, relaxed.position) == want
+    assert f"to {bound:g}" in relaxed.fallback and "KL bound doubled" in relaxed.fallback
 
 
 def test_candidate_layers_restrict_the_grid_to_the_full_grid_scores_of_those_layers(tiny_organism):
