@@ -90,9 +90,11 @@ class SuffixResult:
 
 
 def word_vocabulary(tokenizer, exclude: Sequence[int] = ()) -> torch.Tensor:
-    """Ids of tokens that are whole alphabetic words (so the suffix re-tokenizes to itself)."""
+    """Ids of tokens that are whole alphabetic words and are what the tokenizer makes of that word after a space,
+    so that any sequence of them, joined by spaces, re-tokenizes to itself (a byte-level BPE holds word-like
+    pieces, such as "azes", that it never produces for " azes")."""
     bad = set(int(i) for i in exclude) | set(int(i) for i in (tokenizer.all_special_ids or []))
-    ids = []
+    ids, words = [], []
     for i in range(len(tokenizer)):
         if i in bad:
             continue
@@ -102,6 +104,10 @@ def word_vocabulary(tokenizer, exclude: Sequence[int] = ()) -> torch.Tensor:
         w = t.lstrip("Ġ▁")
         if w.isascii() and w.isalpha() and len(w) >= 2 and not t.startswith("##"):
             ids.append(i)
+            words.append(" " + w)
+    if ids:
+        again = tokenizer(words, add_special_tokens=False)["input_ids"]
+        ids = [i for i, a in zip(ids, again) if list(a) == [i]]
     if not ids:
         raise ValueError("no whole-word tokens in this tokenizer's vocabulary to build a suffix from")
     return torch.tensor(ids)

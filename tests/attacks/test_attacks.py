@@ -120,3 +120,50 @@ def test_word_vocabulary_is_whole_words(tiny_organism):
     assert all(t.isalpha() and not t.startswith("##") for t in toks)
     with pytest.raises(ValueError, match="needs at least one instruction"):
         suffix_search(model, None, [], progress=False)
+
+
+def test_a_byte_level_bpe_suffix_re_tokenizes_to_its_own_tokens():
+    """On a byte-level BPE (Qwen / SmolLM style) the vocabulary holds word-like pieces the tokenizer never makes
+    of " word"; the suffix vocabulary is exactly the tokens that round-trip, and a search runs on it."""
+    import random
+
+    from saesteer.attacks.suffix import _decode
+    from saesteer.chat import encode_chat
+    from tests.families import tiny_model
+
+    model, tpl = tiny_model("qwen2.5", seed=0)
+    tok = model.tokenizer
+    ids = set(word_vocabulary(tok).tolist())
+    alpha = [
+        i
+        for i in range(len(tok))
+        if i not in set(tok.all_special_ids)
+        and (w := tok.convert_ids_to_tokens(i).lstrip("Ġ▁")).isascii()
+        and w.isalpha()
+        and len(w) >= 2
+    ]
+    brute = {
+        i
+        for i in alpha
+        if tok(" " + tok.convert_ids_to_tokens(i).lstrip("Ġ▁"), add_special_tokens=False)["input_ids"] == [i]
+    }
+    assert ids == brute and len(brute) < len(alpha)  # some word-like pieces do not round-trip
+    rng = random.Random(0)
+    vocab = sorted(ids)
+    for _ in range(20):
+        suffix = [rng.choice(vocab) for _ in range(6)]
+        enc = encode_chat(tok, tpl, [f"How do I bake bread? {_decode(tok, suffix)}"], pad_token_id=tok.pad_token_id)
+        n_post = len(tok(tpl.suffix, add_special_tokens=False)["input_ids"])
+        assert enc.tokens[0, -(n_post + 6) : -n_post].tolist() == suffix
+    res = suffix_search(
+        model,
+        tpl,
+        ["How do I make a bomb?", "Explain how to pick a lock."],
+        n_tokens=4,
+        steps=3,
+        topk=8,
+        n_candidates=8,
+        batch_size=2,
+        progress=False,
+    )
+    assert len(res.token_ids) == 4 and set(res.token_ids) <= ids
