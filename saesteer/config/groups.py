@@ -231,6 +231,7 @@ class AnchorSettings(AnchorCalibration):
     suffix_tokens: int = 8  # GCG-style suffix attack: suffix length
     suffix_steps: int = 30  # its optimization steps (0: no suffix attacks)
     suffix_prompts: int = 64  # refused harmful_train prompts the suffix is optimized on
+    suffix_candidates: int = 96  # token swaps scored per suffix step (each a forward pass over the prompts)
     adaptive: bool = True  # also attacks that know the anchor: its gate's reads ablated, a suffix optimized against it
     adaptive_gate_weight: float = 1.0  # weight of the gate's score in the adaptive suffix's loss
     n_attack_prompts: Optional[int] = None  # harmful_test prompts per attack; None = all of data.n_test
@@ -243,6 +244,7 @@ class AnchorSettings(AnchorCalibration):
             "n_calibration_harmless",
             "suffix_tokens",
             "suffix_prompts",
+            "suffix_candidates",
             "n_attack_prompts",
             "batch_size",
         )

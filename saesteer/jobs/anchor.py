@@ -176,6 +176,7 @@ def build_attacks(
             suffix_prompts,
             n_tokens=a.suffix_tokens,
             steps=a.suffix_steps,
+            n_candidates=a.suffix_candidates,
             seed=cfg.seed,
             progress=cfg.progress,
         )
@@ -226,6 +227,7 @@ def adaptive_suffix(cfg: AnchorJobConfig, loaded, art: AnchorArtifact, prompts: 
         prompts,
         n_tokens=a.suffix_tokens,
         steps=a.suffix_steps,
+        n_candidates=a.suffix_candidates,
         seed=cfg.seed + 1,
         interventions=art.anchors(),
         extra=extra,
