@@ -349,11 +349,15 @@ def test_repository_copy_without_hydra_folder(tmp_path):
     not (ROOT / "docs" / "runs" / "quick" / "metrics.json").is_file(), reason="no run kept in docs/runs/quick"
 )
 def test_docs_results_regenerate_from_the_repository(tmp_path):
-    """python scripts/results.py docs/runs/quick reproduces docs/results.md and the README's table exactly."""
+    """python scripts/results.py docs/runs/quick docs/runs/smollm2_safe (every run kept in docs/runs, the organism's
+    first) reproduces docs/results.md and the README's table exactly."""
+    runs = ["quick", "smollm2_safe"]
+    assert sorted(runs) == sorted(p.name for p in (ROOT / "docs" / "runs").iterdir() if p.is_dir())
     readme = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", readme)
     out = tmp_path / "results.md"
-    assert results.main([str(ROOT / "docs" / "runs" / "quick"), "--out", str(out), "--readme", str(readme)]) == 0
+    args = [str(ROOT / "docs" / "runs" / r) for r in runs]
+    assert results.main([*args, "--out", str(out), "--readme", str(readme)]) == 0
     assert out.read_text() == (ROOT / "docs" / "results.md").read_text()
     assert readme.read_text() == (ROOT / "README.md").read_text()
 
