@@ -89,7 +89,7 @@ def fit_safety_delta(
         progress=progress,
         desc="base answers (train)",
     )
-    if getattr(settings, "drop_refused_keep", False):
+    if settings.drop_refused_keep:
         keep = drop_refused(keep)
     layers = settings.band(model.cfg.n_layers)
     adapter = LowRankAdapter.for_model(model, layers, settings.sites, settings.rank, settings.alpha, seed=seed)

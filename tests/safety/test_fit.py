@@ -68,3 +68,27 @@ def test_keep_pairs_the_base_refused_are_dropped():
     ]
     assert drop_refused(keep) == [keep[0], keep[2]]
     assert drop_refused(keep, RefusalJudge(("apples",))) == keep[:2]
+
+
+def test_the_fit_trains_only_on_answers_the_base_did_not_refuse(tmp_path, monkeypatch):
+    """With drop_refused_keep the keep pairs whose base answer is a refusal never reach training; without it they do."""
+    import saesteer.safety.fit as fit_mod
+    from saesteer.safety.tune import KeepPair
+
+    monkeypatch.setenv("SAESTEER_CACHE", str(tmp_path / "cache"))
+    model, tpl = tiny_model("qwen2.5", seed=0)
+
+    def fake_targets(model, template, prompts, *args, **kw):  # every third base answer is a refusal
+        return [
+            KeepPair(p, "I'm sorry, but I can't help." if i % 3 == 0 else "Sure: step one.", False)
+            for i, p in enumerate(prompts)
+        ]
+
+    monkeypatch.setattr(fit_mod, "distillation_targets", fake_targets)
+    dropped = fit_safety_delta(model, tpl, SafetySettings(**{**SMALL, "steps": 1}), DataConfig(), seed=0)
+    kept_all = fit_safety_delta(
+        model, tpl, SafetySettings(**{**SMALL, "steps": 1, "drop_refused_keep": False}), DataConfig(), seed=0
+    )
+    n = len(dropped.mix.keep)
+    assert len(kept_all.keep) == n and len(dropped.keep) == n - len(range(0, n, 3))
+    assert all(k.answer == "Sure: step one." for k in dropped.keep)
