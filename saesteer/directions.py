@@ -222,6 +222,34 @@ def affine_reference(cands: Candidates, direction: torch.Tensor, position: Optio
     return (means @ r).float()
 
 
+def refusal_subspace(
+    direction: torch.Tensor, harmful_acts: torch.Tensor, harmless_acts: torch.Tensor, k: int
+) -> torch.Tensor:
+    """An orthonormal basis [k, d_model] of a k-dimensional refusal subspace: the unit ``direction`` first, then the
+    top ``k - 1`` right singular vectors of the harmful activations minus the harmless mean (``harmful_acts``
+    [n, d_model], ``harmless_acts`` [m, d_model], one layer and position), with their component along the
+    direction removed: the directions along which harmful prompts sit furthest from the harmless mean besides the
+    direction itself.  Computed in float64; ``k = 1`` gives the unit direction alone."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"refusal_subspace(k={k!r}): expected a positive int")
+    d = direction.shape[-1]
+    for name, acts in (("harmful_acts", harmful_acts), ("harmless_acts", harmless_acts)):
+        if acts.ndim != 2 or acts.shape[1] != d or acts.shape[0] == 0:
+            raise ValueError(f"refusal_subspace: {name} has shape {tuple(acts.shape)}, expected (n > 0, {d})")
+    if k > min(d, harmful_acts.shape[0] + 1):
+        raise ValueError(
+            f"refusal_subspace(k={k}): at most min(d_model, n_harmful + 1) = {min(d, harmful_acts.shape[0] + 1)}"
+        )
+    r = direction.double() / direction.double().norm()
+    diffs = harmful_acts.double() - harmless_acts.double().mean(0)
+    diffs = diffs - (diffs @ r)[:, None] * r[None]
+    _, _, vh = torch.linalg.svd(diffs, full_matrices=False)
+    q, _ = torch.linalg.qr(torch.cat([r[None], vh[: k - 1]]).T)  # re-orthonormalized; the first column is +-r
+    basis = q.T.clone()
+    basis[0] = r
+    return basis.float()
+
+
 def score_candidates(
     model: HookedTransformer,
     template: ChatTemplate,

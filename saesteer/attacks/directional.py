@@ -83,3 +83,30 @@ def gate_ablation_attack(
         edits,
         description="affine ablation of the refusal direction and of the span the gate's probes read, at their hooks",
     )
+
+
+def subspace_ablation_attack(basis: torch.Tensor, harmless_means: Optional[torch.Tensor] = None) -> Attack:
+    """Ablation of a k-dimensional refusal subspace at every layer (``basis``: [k, d_model] orthonormal rows,
+    :func:`saesteer.directions.refusal_subspace`).  With ``harmless_means`` ([n_layers, d_model], the harmless mean
+    residual at each layer) the coordinates are set to the harmless mean's (affine), else to zero.  One ``Ablate``
+    per basis vector: on orthonormal vectors their composition is the projection onto the subspace's complement."""
+    if basis.ndim != 2 or basis.shape[0] < 1:
+        raise ValueError(f"subspace_ablation_attack: basis has shape {tuple(basis.shape)}, expected (k >= 1, d_model)")
+    gram = basis.double() @ basis.double().T
+    if not torch.allclose(gram, torch.eye(len(basis), dtype=torch.float64), atol=1e-4):
+        raise ValueError("subspace_ablation_attack: the basis rows are not orthonormal")
+    k = basis.shape[0]
+    mode = "plain" if harmless_means is None else "affine"
+    edits = [
+        Ablate(
+            u, mode=mode, reference=None if harmless_means is None else (harmless_means.double() @ u.double()).float()
+        )
+        for u in basis
+    ]
+    return Attack(
+        f"ablation_{mode}_top{k}",
+        "activation",
+        edits,
+        description=f"{mode} ablation of a {k}-dimensional refusal subspace (the direction and the top {k - 1} "
+        "directions of harmful activations minus the harmless mean) at every layer",
+    )

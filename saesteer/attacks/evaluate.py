@@ -219,7 +219,7 @@ def evaluate_defences(
     attack_kl = {
         att.name: attack_kl_harmless(model, template, att, harmless, base_lp, batch_size)
         for att in attacks
-        if att.family != "prompt"
+        if att.family not in ("prompt", "embedding")
     }
     return DefenceEvaluation(
         [d.name for d in defences], list(attacks), asr, no_attack, costs, attack_kl, len(harmful), len(harmless)

@@ -81,6 +81,11 @@ def _score_with_prefix_cache(
     return scores
 
 
+def refusal_opener_logprob(logits: torch.Tensor, refusal_ids: torch.Tensor) -> torch.Tensor:
+    """log P(the first response token is a refusal opener): [batch], from next-token ``logits`` [batch, d_vocab]."""
+    return torch.logsumexp(F.log_softmax(logits.float(), -1)[:, refusal_ids], -1)
+
+
 @dataclass
 class SuffixResult:
     suffix: str
@@ -175,8 +180,7 @@ def suffix_search(
         return t, enc.attention_mask.to(model.cfg.device)
 
     def loss_of(logits: torch.Tensor) -> torch.Tensor:
-        lp = F.log_softmax(logits.float(), -1)
-        out = torch.logsumexp(lp[:, refusal], -1)
+        out = refusal_opener_logprob(logits, refusal)
         if extra is not None:
             out = out + extra()
         return out

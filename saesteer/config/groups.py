@@ -232,7 +232,14 @@ class AnchorSettings(AnchorCalibration):
     suffix_steps: int = 30  # its optimization steps (0: no suffix attacks)
     suffix_prompts: int = 64  # refused harmful_train prompts the suffix is optimized on
     suffix_candidates: int = 96  # token swaps scored per suffix step (each a forward pass over the prompts)
-    adaptive: bool = True  # also attacks that know the anchor: its gate's reads ablated, a suffix optimized against it
+    subspace_ranks: list[int] = field(
+        default_factory=list
+    )  # attacks: affine ablation of a k-dim refusal subspace, per k
+    embedding_tokens: int = 8  # embedding-space attack: soft-suffix length
+    embedding_steps: int = 0  # its Adam steps (0: no embedding attacks)
+    embedding_lr: float = 0.1  # its step, in units of the token embeddings' RMS coordinate
+    embedding_radius: float = 1.0  # each soft token's norm <= this x the largest token-embedding norm
+    adaptive: bool = True  # also attacks that know the anchor: its gate's reads ablated, a suffix (and soft suffix) optimized against it
     adaptive_gate_weight: float = 1.0  # weight of the gate's score in the adaptive suffix's loss
     n_attack_prompts: Optional[int] = None  # harmful_test prompts per attack; None = all of data.n_test
 
@@ -245,11 +252,19 @@ class AnchorSettings(AnchorCalibration):
             "suffix_tokens",
             "suffix_prompts",
             "suffix_candidates",
+            "embedding_tokens",
             "n_attack_prompts",
             "batch_size",
         )
-        if self.suffix_steps < 0:
-            raise ValueError(f"anchor.suffix_steps must be >= 0, got {self.suffix_steps!r}")
+        for name in ("suffix_steps", "embedding_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"anchor.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("embedding_lr", "embedding_radius"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"anchor.{name} must be positive, got {getattr(self, name)!r}")
+        bad = [k for k in self.subspace_ranks if isinstance(k, bool) or not isinstance(k, int) or k < 2]
+        if bad:
+            raise ValueError(f"anchor.subspace_ranks must hold ints >= 2 (rank 1 is the direction), got {bad}")
         from saesteer.attacks.prompts import JAILBREAK_TEMPLATES
 
         unknown = [j for j in self.jailbreaks if j not in JAILBREAK_TEMPLATES]
@@ -399,6 +414,8 @@ class SafetySettings(SafetyTrainConfig):
     n_harmless: int = 320  # data.harmless_train prompts answered as the base model answers them
     n_harmless_synthetic: int = 600  # synthetic harmless requests in the harmful ones' framings (look-alikes)
     n_questions: int = 400  # safe knowledge questions with alarming words
+    lexicon: str = "base"  # synthetic lexicon of the trained requests, harmful and look-alike (base, extended, broad)
+    val_lexicon: str = "base"  # synthetic lexicon of the held-out look-alikes (lookalike_val)
     n_harmless_val: int = 64  # data.harmless_val prompts evaluated
     n_lookalike_val: int = 64  # held-out synthetic look-alikes and questions evaluated (not trained on)
     drop_refused_keep: bool = True  # leave out harmless prompts whose base answer the judge calls a refusal
@@ -427,3 +444,8 @@ class SafetySettings(SafetyTrainConfig):
             if getattr(self, name) < 0:
                 raise ValueError(f"safety.{name} must be >= 0, got {getattr(self, name)}")
         check_layers("safety", "layers", self.layers)
+        from saesteer.organism.synthetic import LEXICONS
+
+        for name in ("lexicon", "val_lexicon"):
+            if getattr(self, name) not in LEXICONS:
+                raise ValueError(f"safety.{name} must be one of {sorted(LEXICONS)}, got {getattr(self, name)!r}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from saesteer.activations import collect_token_activations
+from saesteer.activations import collect_activations, collect_token_activations, resid_hooks
 from saesteer.anchor import AnchorArtifact, calibrate_anchor, calibrate_feature_anchor
 from saesteer.attacks.base import Attack
 from saesteer.attacks.directional import (
@@ -23,13 +23,16 @@ from saesteer.attacks.directional import (
     gate_ablation_attack,
     negative_addition_attacks,
     orthogonalized_attack,
+    subspace_ablation_attack,
 )
+from saesteer.attacks.embedding import embedding_search
 from saesteer.attacks.evaluate import UNDEFENDED, Defence, DefenceEvaluation, evaluate_defences
 from saesteer.attacks.features import feature_ablation_attack
 from saesteer.attacks.prompts import suffix_attack, template_attack
 from saesteer.attacks.suffix import suffix_search
 from saesteer.config import AnchorJobConfig
 from saesteer.data import load_role
+from saesteer.directions import refusal_subspace
 from saesteer.evaluate import refusal_eval
 from saesteer.interventions.gates import AnyGate
 from saesteer.io import write_text
@@ -168,7 +171,11 @@ def build_attacks(
             )
         )
         attacks.append(feature_ablation_attack(sae, scores.top(cfg.search.k), hook=scores.hook))
+    if a.subspace_ranks:
+        attacks += subspace_attacks(cfg, loaded, direction)
     attacks += [template_attack(j) for j in a.jailbreaks]
+    if a.embedding_steps > 0:
+        attacks.append(soft_suffix(cfg, loaded, suffix_prompts).attack())
     if a.suffix_steps > 0:
         res = suffix_search(
             model,
@@ -182,6 +189,49 @@ def build_attacks(
         )
         attacks.append(suffix_attack(res.suffix))
     return attacks
+
+
+def subspace_attacks(cfg: AnchorJobConfig, loaded, direction) -> list[Attack]:
+    """Affine ablation of a k-dimensional refusal subspace for each k of ``anchor.subspace_ranks``: the subspace from
+    harmful_train and harmless_train at the direction's layer and position, the harmless means of every layer at
+    that position as the affine target."""
+    model, tpl = loaded.model, loaded.template
+    hooks = resid_hooks(model)
+    pos = [direction.position]
+    kw = dict(batch_size=cfg.anchor.batch_size, progress=cfg.progress)
+    harmful_prompts = list(load_role(cfg.data, "harmful_train").instructions)
+    harmless_prompts = list(load_role(cfg.data, "harmless_train").instructions)
+    harmful = collect_activations(model, tpl, harmful_prompts, [hooks[direction.layer]], pos, desc="harmful", **kw)
+    harmless = collect_activations(model, tpl, harmless_prompts, hooks, pos, desc="harmless", **kw)[:, :, 0]
+    harmful = harmful[:, 0, 0]  # [n, d_model]; harmless: [n, n_layers, d_model]
+    means = harmless.double().mean(0)
+    return [
+        subspace_ablation_attack(refusal_subspace(direction.direction, harmful, harmless[:, direction.layer], k), means)
+        for k in cfg.anchor.subspace_ranks
+    ]
+
+
+def soft_suffix(cfg: AnchorJobConfig, loaded, prompts: list[str], art: AnchorArtifact | None = None):
+    """The embedding-space attack's soft suffix, against the undefended model or (``art``) against the anchored one,
+    its loss then also pushing the gate's score under its threshold."""
+    a = cfg.anchor
+    kw: dict[str, Any] = {}
+    if art is not None:
+        extra, hooks = gate_objective(art, a.adaptive_gate_weight)
+        kw = dict(interventions=art.anchors(), extra=extra, extra_hooks=hooks)
+    return embedding_search(
+        loaded.model,
+        loaded.template,
+        prompts,
+        n_tokens=a.embedding_tokens,
+        steps=a.embedding_steps,
+        lr=a.embedding_lr,
+        radius=a.embedding_radius,
+        batch_size=a.batch_size,
+        seed=cfg.seed + (2 if art is None else 3),
+        progress=cfg.progress,
+        **kw,
+    )
 
 
 def adaptive_attacks(
@@ -205,22 +255,29 @@ def adaptive_attacks(
         out.append(
             suffix_attack(adaptive_suffix(cfg, loaded, art, suffix_prompts).suffix, "adaptive_gcg_suffix", "adaptive")
         )
+    if a.embedding_steps > 0:
+        out.append(soft_suffix(cfg, loaded, suffix_prompts, art).attack("adaptive_embedding_suffix", "adaptive"))
     return out
 
 
-def adaptive_suffix(cfg: AnchorJobConfig, loaded, art: AnchorArtifact, prompts: list[str]):
-    """A suffix optimized against the anchored model, also pushing the gate's score under its threshold."""
-    a = cfg.anchor
+def gate_objective(art: AnchorArtifact, weight: float):
+    """(extra, hooks): the adaptive attacker's extra loss, ``weight`` x how far each of the gate's probes scores
+    above its threshold, and the hooks that record those scores."""
     gate = art.gate()
     gates = list(gate.gates) if isinstance(gate, AnyGate) else [gate]
     sinks: list[dict[str, torch.Tensor]] = [{} for _ in gates]
     hooks = [pair for g, sink in zip(gates, sinks) for pair in g.score_hooks(sink)]
 
-    def extra() -> torch.Tensor:  # how far each of the gate's probes is above its threshold
-        return a.adaptive_gate_weight * sum(
-            (sum(sink.values()) - g.threshold).clamp_min(0.0) for g, sink in zip(gates, sinks)
-        )
+    def extra() -> torch.Tensor:
+        return weight * sum((sum(sink.values()) - g.threshold).clamp_min(0.0) for g, sink in zip(gates, sinks))
 
+    return extra, hooks
+
+
+def adaptive_suffix(cfg: AnchorJobConfig, loaded, art: AnchorArtifact, prompts: list[str]):
+    """A suffix optimized against the anchored model, also pushing the gate's score under its threshold."""
+    a = cfg.anchor
+    extra, hooks = gate_objective(art, a.adaptive_gate_weight)
     return suffix_search(
         loaded.model,
         loaded.template,

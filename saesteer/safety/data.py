@@ -90,11 +90,14 @@ def build_mix(
     n_harmless_val: int,
     n_lookalike_val: int,
     seed: int = 0,
+    lexicon: str = "base",
+    val_lexicon: str = "base",
     refusals: Sequence[str] = REFUSALS,
 ) -> SafetyMix:
     """The seeded training mix and validation sets (``data_cfg``: a :class:`saesteer.config.DataConfig`, whose
     role sources are read; its ``n_*`` limits are not used).  Counts are upper bounds: near-duplicates of
-    held-out prompts are dropped after sampling."""
+    held-out prompts are dropped after sampling.  ``lexicon`` names the synthetic lexicon of the training requests
+    (:data:`saesteer.organism.synthetic.LEXICONS`), ``val_lexicon`` that of the held-out look-alikes."""
     if not refusals:
         raise ValueError("build_mix needs at least one refusal text")
     rng = random.Random(seed)
@@ -106,7 +109,7 @@ def build_mix(
     # set does not depend on how many the mix trains on; training prompts equal or near them are dropped below
     n_syn_val, n_q_val = n_lookalike_val - n_lookalike_val // 2, n_lookalike_val // 2
     val_seed = seed + VAL_SEED_OFFSET
-    syn_val = synthetic_prompts("harmless", n_syn_val, seed=val_seed) if n_syn_val else []
+    syn_val = synthetic_prompts("harmless", n_syn_val, seed=val_seed, lexicon=val_lexicon) if n_syn_val else []
     q_val = question_prompts(n_q_val, seed=val_seed) if n_q_val else []
     lookalike_val = syn_val + q_val
     val_set = set(lookalike_val)
@@ -116,9 +119,17 @@ def build_mix(
         return drop_near_duplicates([c for c in candidates if c not in val_set], blocked, NEAR_DUPLICATE)
 
     harmful_train = clean(list(load_prompts(data_cfg.harmful_train).instructions))
-    harmful_syn = clean(synthetic_prompts("harmful", n_harmful_synthetic, seed=seed)) if n_harmful_synthetic else []
+    harmful_syn = (
+        clean(synthetic_prompts("harmful", n_harmful_synthetic, seed=seed, lexicon=lexicon))
+        if n_harmful_synthetic
+        else []
+    )
     harmless_train = clean(_take(load_prompts(data_cfg.harmless_train).instructions, n_harmless, seed + 4))
-    harmless_syn = clean(synthetic_prompts("harmless", n_harmless_synthetic, seed=seed)) if n_harmless_synthetic else []
+    harmless_syn = (
+        clean(synthetic_prompts("harmless", n_harmless_synthetic, seed=seed, lexicon=lexicon))
+        if n_harmless_synthetic
+        else []
+    )
     questions = clean(question_prompts(n_questions, seed=seed)) if n_questions else []
 
     harmful = list(dict.fromkeys(harmful_train + harmful_syn))

@@ -50,6 +50,8 @@ def safety_mix(settings: Any, data_cfg: Any, seed: int = 0) -> SafetyMix:
         n_harmless_val=settings.n_harmless_val,
         n_lookalike_val=settings.n_lookalike_val,
         seed=seed,
+        lexicon=settings.lexicon,
+        val_lexicon=settings.val_lexicon,
     )
 
 

@@ -10,7 +10,7 @@ from saesteer.attacks.evaluate import baseline_completions
 from saesteer.attacks.suffix import word_vocabulary
 from saesteer.chat import encode_chat
 from saesteer.data import load_prompts
-from saesteer.evaluate import completion_cross_entropy, refusal_eval
+from saesteer.evaluate import completion_cross_entropy, last_position_logprobs, refusal_eval
 from saesteer.interventions import Add, steer
 from saesteer.interventions.gates import DirectionGate
 
@@ -167,3 +167,68 @@ def test_a_byte_level_bpe_suffix_re_tokenizes_to_its_own_tokens():
         progress=False,
     )
     assert len(res.token_ids) == 4 and set(res.token_ids) <= ids
+
+
+def test_subspace_ablation_equals_a_float64_projection_and_k1_the_direction(tiny_organism):
+    from saesteer.attacks.directional import ablation_attack, subspace_ablation_attack
+    from saesteer.directions import refusal_subspace
+
+    model, tpl, _ = tiny_organism
+    d, L = model.cfg.d_model, model.cfg.n_layers
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(d, generator=g)
+    harmful, harmless = torch.randn(30, d, generator=g) + 2 * r, torch.randn(25, d, generator=g)
+    means = torch.randn(L, d, generator=g)
+    basis = refusal_subspace(r, harmful, harmless, 3)
+    prompts = list(load_prompts("harmful_val").instructions[:6])
+
+    def logprobs(interventions=(), hooks=()):
+        with steer(model, list(interventions)), model.hooks(fwd_hooks=list(hooks)):
+            return last_position_logprobs(model, tpl, prompts)
+
+    B = basis.double()
+    mu = means.double() @ B.T  # [L, k]
+
+    def project(layer, affine):
+        def fn(x, hook=None):
+            c = x.double() @ B.T - (mu[layer] if affine else 0)
+            return (x.double() - c @ B).to(x.dtype)
+
+        return fn
+
+    for affine in (False, True):
+        hooks = [
+            (f"blocks.{l}.{h}", project(l, affine and h == "hook_resid_pre"))
+            for l in range(L)
+            for h in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+        ]
+        att = subspace_ablation_attack(basis, means if affine else None)
+        assert att.name == f"ablation_{'affine' if affine else 'plain'}_top3"
+        assert (logprobs(att.interventions) - logprobs(hooks=hooks)).abs().max() < 1e-4
+    # k = 1 is the ablation of the direction itself
+    one = subspace_ablation_attack(refusal_subspace(r, harmful, harmless, 1), means)
+    ref = ablation_attack(r, "affine", means.double() @ (r.double() / r.double().norm()))
+    assert (logprobs(one.interventions) - logprobs(ref.interventions)).abs().max() < 1e-5
+
+
+def test_refusal_subspace_equals_a_brute_force():
+    from saesteer.directions import refusal_subspace
+
+    g = torch.Generator().manual_seed(1)
+    d = 12
+    r = torch.randn(d, generator=g)
+    harmful, harmless = torch.randn(40, d, generator=g) * torch.linspace(0.2, 3, d), torch.randn(30, d, generator=g)
+    basis = refusal_subspace(r, harmful, harmless, 4).double()
+    assert torch.allclose(basis @ basis.T, torch.eye(4, dtype=torch.float64), atol=1e-6)
+    u = r.double() / r.double().norm()
+    assert torch.allclose(basis[0], u, atol=1e-6)
+    # the rest span the top eigenvectors of the scatter of (harmful - harmless mean) with u projected out
+    D = harmful.double() - harmless.double().mean(0)
+    P = torch.eye(d, dtype=torch.float64) - torch.outer(u, u)
+    vals, vecs = torch.linalg.eigh(P @ D.T @ D @ P)
+    top = vecs[:, -3:]
+    assert torch.allclose(top @ top.T, basis[1:].T @ basis[1:], atol=1e-6)
+    with pytest.raises(ValueError, match=r"refusal_subspace\(k=0\): expected a positive int"):
+        refusal_subspace(r, harmful, harmless, 0)
+    with pytest.raises(ValueError, match=r"harmful_acts has shape \(40, 5\), expected \(n > 0, 12\)"):
+        refusal_subspace(r, harmful[:, :5], harmless, 2)

@@ -230,6 +230,9 @@ SMALL_ANCHOR = [
     "anchor.n_calibration_harmless=48",
     "anchor.gate_fpr=0.1",
     "anchor.gate_synthetic=200",
+    "anchor.subspace_ranks=[2]",
+    "anchor.embedding_steps=2",
+    "anchor.embedding_tokens=2",
 ]
 
 
@@ -258,6 +261,9 @@ def test_anchor_job_reports_every_attack_undefended_and_anchored(anchor_run):
         "gcg_suffix",
         "adaptive_gate_ablation",
         "adaptive_gcg_suffix",
+        "ablation_affine_top2",
+        "embedding_suffix",
+        "adaptive_embedding_suffix",
     ]
     for att in attacks:
         for d in ("undefended", "anchored", "cast", "addition"):
@@ -271,6 +277,9 @@ def test_anchor_job_reports_every_attack_undefended_and_anchored(anchor_run):
     ):
         assert key in metrics, key
     assert metrics["kl_harmless_undefended"] == pytest.approx(0.0, abs=1e-6)
+    # the model-editing attacks' own cost is measured; an input attack (prompt, soft suffix) leaves the model as it is
+    assert metrics["attack_kl_harmless_ablation_affine_top2"] >= 0.0
+    assert "attack_kl_harmless_embedding_suffix" not in metrics and "attack_kl_harmless_gcg_suffix" not in metrics
     feats, signs = metrics["anchor_sae_features"], metrics["anchor_sae_feature_signs"]
     assert (
         0 < len(feats) <= 16 and len(signs) == len(feats) and set(signs) <= {1, -1}
