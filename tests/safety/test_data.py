@@ -69,3 +69,23 @@ def test_the_lookalike_validation_set_does_not_depend_on_the_training_counts():
     )
     assert bigger.val == small.val
     assert not set(bigger.keep) & set(bigger.val["lookalike_val"])
+
+
+def test_the_lexicons_pick_the_synthetic_requests_and_the_held_out_look_alikes():
+    from saesteer.config import SafetySettings
+    from saesteer.organism.synthetic import synthetic_prompts
+
+    counts = {**COUNTS, "n_harmless_synthetic": 60}
+    mix = build_mix(DataConfig(), n_lookalike_val=16, seed=0, lexicon="broad", val_lexicon="extended", **counts)
+    broad = set(synthetic_prompts("harmless", 60, seed=0, lexicon="broad"))
+    base = set(synthetic_prompts("harmless", 60, seed=0))
+    kept = set(mix.keep)
+    assert len(kept & broad) >= 0.9 * 60 and not (kept & base) - broad
+    assert set(synthetic_prompts("harmful", 60, seed=0, lexicon="broad")) >= {p for p, _ in mix.refuse} - set(
+        load_prompts("harmful_train").instructions
+    )
+    val = set(mix.val["lookalike_val"])
+    assert set(synthetic_prompts("harmless", 8, seed=1000, lexicon="extended")) <= val
+    assert not kept & val
+    with pytest.raises(ValueError, match=r"safety.val_lexicon must be one of \['base', 'broad', 'extended'\], got 'x'"):
+        SafetySettings(val_lexicon="x")
