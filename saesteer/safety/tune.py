@@ -9,6 +9,13 @@ term adds ``decision_weight`` times the mean cross-entropy of the answers' first
 between a refusal ("I'm sorry ...") and an answer, and the mean over a 32-token answer would give it 1/32 of
 the weight.
 
+**Refusal-direction dropout** (``direction_dropout`` > 0; ReFAT, Yu et al. 2024, and DeepRefusal): every
+``dropout_every`` steps from ``dropout_start`` on, the model's current refusal direction is measured through the
+adapter (difference in means of ``resid_pre`` at ``dropout_layer``, last prompt token, ``dropout_prompts``
+harmful and harmless training prompts), and on a seeded share ``direction_dropout`` of the steps the refusal rows
+run with that direction ablated at every layer (after the adapter's edit), so that the model learns to refuse
+when an attacker removes it.
+
 Training is deterministic: the batch of step ``k`` is a function of the seed and ``k`` only (a seeded
 permutation of each pool per epoch), the learning rate too (linear warm-up, cosine decay to
 ``lr_final_fraction``), and the model has no dropout.  Every ``checkpoint_every`` steps the adapter and
@@ -35,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from saesteer.activations import mean_activations
 from saesteer.chat import ChatTemplate
 from saesteer.checks import check_finite_fields, check_number, check_positive_ints
 from saesteer.generation import generate
@@ -47,6 +55,8 @@ from saesteer.unembed import logits as unembed_logits
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
+#: the settings of the direction cut: they name a run only when the cut is on
+DROPOUT_FIELDS = ("direction_dropout", "dropout_layer", "dropout_start", "dropout_every", "dropout_prompts")
 
 
 @dataclass
@@ -72,12 +82,30 @@ class SafetyTrainConfig:
     grad_clip: float = 1.0
     distill_tokens: int = 32  # greedy tokens of the base model's answer kept as a harmless target
     checkpoint_every: int = 25
+    direction_dropout: float = 0.0  # share of steps whose refusal rows run with the refusal direction ablated (0: off)
+    dropout_layer: Optional[int] = None  # resid_pre layer the direction is measured at; None = 3 * n_layers // 5
+    dropout_start: int = 50  # steps before the first cut (refusal has to be learnt first)
+    dropout_every: int = 10  # steps between measurements of the direction through the current adapter
+    dropout_prompts: int = 32  # harmful and harmless training prompts (each) the direction is measured on
 
     def __post_init__(self) -> None:
         if self.sites is None:
             self.sites = list(SITES)
         check_finite_fields(self)
-        check_positive_ints(self, self.GROUP, "rank", "steps", "batch_size", "distill_tokens", "checkpoint_every")
+        check_positive_ints(
+            self,
+            self.GROUP,
+            "rank",
+            "steps",
+            "batch_size",
+            "distill_tokens",
+            "checkpoint_every",
+            "dropout_every",
+            "dropout_prompts",
+        )
+        check_number(self, self.GROUP, "direction_dropout", low=0.0, strict=False, high=1.0)
+        if self.dropout_start < 0:
+            raise ValueError(f"{self.GROUP}.dropout_start must be >= 0, got {self.dropout_start}")
         check_number(self, self.GROUP, "alpha", low=0.0)
         check_number(self, self.GROUP, "lr", low=0.0)
         check_number(self, self.GROUP, "refuse_fraction", low=0.0, high=1.0)
@@ -106,6 +134,21 @@ class SafetyTrainConfig:
             raise ValueError(f"{self.GROUP}.layers {bad} out of range for a model with {n_layers} layers")
         return [int(l) for l in layers]
 
+    def cut_layer(self, n_layers: int) -> int:
+        """The layer whose residual stream gives the direction cut during training."""
+        layer = 3 * n_layers // 5 if self.dropout_layer is None else self.dropout_layer
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"{self.GROUP}.dropout_layer={layer} out of range for a model with {n_layers} layers")
+        return layer
+
+    def cuts(self, step: int, seed: int) -> bool:
+        """Whether step ``step`` runs its refusal rows with the direction ablated (a function of the seed and step)."""
+        return (
+            self.direction_dropout > 0
+            and step >= self.dropout_start
+            and random.Random(f"{seed}:cut:{step}").random() < self.direction_dropout
+        )
+
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based): linear warm-up, then cosine decay to lr * lr_final_fraction."""
         if step < self.warmup_steps:
@@ -131,6 +174,7 @@ class TrainResult:
     keep_losses: list[float]
     seconds: float  # training time of this call (a resumed run: since the resume)
     resumed_from: int  # the step the run resumed from (0: a fresh start)
+    cut_steps: list[int] = field(default_factory=list)  # steps whose refusal rows ran with the direction ablated
 
 
 # ---------------------------------------------------------------------- targets
@@ -199,9 +243,12 @@ def pair_losses(
     pairs: Sequence[tuple[str, str]],
     cut: Sequence[bool],
     adapter: Optional[LowRankAdapter] = None,
+    ablate: Optional[tuple[torch.Tensor, int]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-token cross-entropy of the response tokens [n_targets], the row of each [n_targets]) given the
-    chat-formatted prompts; a ``cut`` row has no end-of-turn target."""
+    chat-formatted prompts; a ``cut`` row has no end-of-turn target.  ``ablate`` = (unit direction, n_rows): the
+    first ``n_rows`` rows run with the direction projected out of every layer's resid_pre, attn_out and mlp_out,
+    after the adapter's edit."""
     tokens, mask, target = sft_batch(model, template, pairs)
     for i, c in enumerate(cut):
         if c and model.tokenizer.eos_token_id is not None:
@@ -209,12 +256,50 @@ def pair_losses(
     dev = model.cfg.device
     tokens, mask, m = tokens.to(dev), mask.to(dev), target.to(dev)[:, :-1]
     hooks = collect_hooks(model, [adapter]) if adapter is not None else []
+    if ablate is not None:
+        hooks = hooks + row_ablation_hooks(model, *ablate)
     with model.hooks(fwd_hooks=hooks):
         resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
     targets = tokens[:, 1:][m]
     rows = torch.arange(tokens.shape[0], device=dev)[:, None].expand_as(m)[m]
     logits = unembed_logits(model, resid[:, :-1][m][None])[0]
     return F.cross_entropy(logits.float(), targets, reduction="none"), rows
+
+
+def row_ablation_hooks(model: HookedTransformer, direction: torch.Tensor, n_rows: int) -> list:
+    """Hooks that project unit ``direction`` out of the first ``n_rows`` rows of the batch at every layer's
+    resid_pre, attn_out and mlp_out."""
+
+    def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
+        r = direction.to(device=x.device, dtype=x.dtype)
+        head = x[:n_rows]
+        return torch.cat([head - (head @ r)[..., None] * r, x[n_rows:]])
+
+    return [
+        (f"blocks.{l}.{name}", fn)
+        for l in range(model.cfg.n_layers)
+        for name in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+    ]
+
+
+@torch.no_grad()
+def refusal_direction_now(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    adapter: LowRankAdapter,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    layer: int,
+) -> torch.Tensor:
+    """The unit difference in means (harmful minus harmless) of ``blocks.{layer}.hook_resid_pre`` at the last
+    prompt token, through ``adapter``: the model's refusal direction at this point of training."""
+    hook = [f"blocks.{layer}.hook_resid_pre"]
+    mean = [
+        mean_activations(model, template, list(p), hook, [-1], interventions=[adapter])[0, 0]
+        for p in (harmful, harmless)
+    ]
+    d = mean[0] - mean[1]
+    return (d / d.norm()).float()
 
 
 @torch.no_grad()
@@ -267,7 +352,8 @@ def draw(n_pool: int, per_step: int, step: int, seed: int, pool: str) -> list[in
 def run_key(cfg: SafetyTrainConfig, adapter: LowRankAdapter, refuse, keep, seed: int) -> str:
     """The name of a training run: its training settings (those that change the result), adapter, data and seed;
     a checkpoint is resumed only by a run of the same name."""
-    settings = {f.name: getattr(cfg, f.name) for f in fields(SafetyTrainConfig) if f.name != "checkpoint_every"}
+    skip = {"checkpoint_every"} | (set() if cfg.direction_dropout > 0 else set(DROPOUT_FIELDS))
+    settings = {f.name: getattr(cfg, f.name) for f in fields(SafetyTrainConfig) if f.name not in skip}
     text = json.dumps(
         [
             settings,
@@ -281,9 +367,17 @@ def run_key(cfg: SafetyTrainConfig, adapter: LowRankAdapter, refuse, keep, seed:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def save_checkpoint(path: Path, adapter: LowRankAdapter, opt: torch.optim.Optimizer, state: dict) -> None:
-    """The adapter, AdamW's moments and ``state`` (step, losses, run key) in one safetensors file."""
+def save_checkpoint(
+    path: Path,
+    adapter: LowRankAdapter,
+    opt: torch.optim.Optimizer,
+    state: dict,
+    extra: Optional[dict[str, torch.Tensor]] = None,
+) -> None:
+    """The adapter, AdamW's moments, ``extra`` tensors (saved as ``extra.<name>``) and ``state`` (step, losses,
+    run key) in one safetensors file."""
     tensors = {f"adapter.{k}": v for k, v in adapter.tensors().items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     for name, p in adapter.named_parameters():
         st = opt.state.get(p, {})
         for k in ("exp_avg", "exp_avg_sq", "step"):
@@ -293,8 +387,10 @@ def save_checkpoint(path: Path, adapter: LowRankAdapter, opt: torch.optim.Optimi
     save_tensors(path, tensors, state)
 
 
-def load_checkpoint(path: Path, adapter: LowRankAdapter, opt: torch.optim.Optimizer) -> dict:
-    """Restore what :func:`save_checkpoint` wrote; returns its state."""
+def load_checkpoint(
+    path: Path, adapter: LowRankAdapter, opt: torch.optim.Optimizer
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore what :func:`save_checkpoint` wrote; returns its state and extra tensors."""
     tensors, state = load_tensors(path)
     adapter.load_tensors({k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")})
     for name, p in adapter.named_parameters():
@@ -305,7 +401,7 @@ def load_checkpoint(path: Path, adapter: LowRankAdapter, opt: torch.optim.Optimi
                 st[k] = tensors[key].reshape(()) if k == "step" else tensors[key].to(p)
         if st:
             opt.state[p] = st
-    return state
+    return state, {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
 
 
 # ---------------------------------------------------------------------- training
@@ -341,12 +437,16 @@ def train_safety(
         p.requires_grad_(False)
     adapter.to(model.cfg.device)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"key": key, "step": 0, "losses": [], "refuse_losses": [], "keep_losses": []}
+    state = {"key": key, "step": 0, "losses": [], "refuse_losses": [], "keep_losses": [], "cut_steps": []}
+    direction: Optional[torch.Tensor] = None  # the refusal direction cut on dropout steps
+    layer = cfg.cut_layer(model.cfg.n_layers) if cfg.direction_dropout > 0 else -1
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     if ckpt is not None and ckpt.is_file():
         saved = load_tensors(ckpt)[1]
         if saved.get("key") == key:
-            state = load_checkpoint(ckpt, adapter, opt)
+            state, extra = load_checkpoint(ckpt, adapter, opt)
+            state.setdefault("cut_steps", [])
+            direction = extra.get("direction")
             log.info("resuming the safety fine-tune from step %d (%s)", state["step"], ckpt)
         else:
             log.warning(
@@ -367,7 +467,24 @@ def train_safety(
             k_idx = draw(len(keep), n_k, step, seed, "keep")
             pairs = [refuse[i] for i in r_idx] + [(keep[i].prompt, keep[i].answer) for i in k_idx]
             cut = [False] * n_r + [keep[i].cut for i in k_idx]
-            ce, rows = pair_losses(model, template, pairs, cut, adapter)
+            if (
+                cfg.direction_dropout > 0
+                and step >= cfg.dropout_start
+                and (step - cfg.dropout_start) % cfg.dropout_every == 0
+            ):
+                rng = random.Random(f"{seed}:direction:{step}")
+                direction = refusal_direction_now(
+                    model,
+                    template,
+                    adapter,
+                    rng.sample([p for p, _ in refuse], min(cfg.dropout_prompts, len(refuse))),
+                    rng.sample([k.prompt for k in keep], min(cfg.dropout_prompts, len(keep))),
+                    layer,
+                )
+            ablate = (direction, n_r) if direction is not None and cfg.cuts(step, seed) else None
+            if ablate is not None:
+                state["cut_steps"].append(step)
+            ce, rows = pair_losses(model, template, pairs, cut, adapter, ablate)
             is_r = rows < n_r
             first = first_of_rows(rows)
             l_r = ce[is_r].mean() + cfg.decision_weight * ce[is_r & first].mean()
@@ -385,7 +502,7 @@ def train_safety(
             state["step"] = step + 1
             bar.set_postfix(refuse=f"{state['refuse_losses'][-1]:.3f}", keep=f"{state['keep_losses'][-1]:.3f}")
             if ckpt is not None and (state["step"] % cfg.checkpoint_every == 0 or state["step"] == end):
-                save_checkpoint(ckpt, adapter, opt, state)
+                save_checkpoint(ckpt, adapter, opt, state, None if direction is None else {"direction": direction})
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
@@ -402,4 +519,6 @@ def train_safety(
             state["keep_losses"][0],
             state["keep_losses"][-1],
         )
-    return TrainResult(state["losses"], state["refuse_losses"], state["keep_losses"], seconds, start)
+    return TrainResult(
+        state["losses"], state["refuse_losses"], state["keep_losses"], seconds, start, list(state["cut_steps"])
+    )

@@ -57,6 +57,7 @@ def test_the_job_reports_every_figure_before_and_after_from_the_saved_delta(job,
         assert 0.0 <= m[f"{name}_refusal_base"] <= 1.0 and 0.0 <= m[f"{name}_refusal"] <= 1.0
     assert (m["n_harmful_test"], m["n_harmless_test"], m["n_overrefusal"], m["n_lookalike_val"]) == (6, 6, 91, 4)
     assert m["steps"] == 4 and m["layers"] == [0, 1] and m["resumed_from"] == 0
+    assert m["direction_dropout"] == 0.0 and m["n_cut_steps"] == 0
 
     # the figures again, from the delta file the job wrote merged into the base
     mix = build_mix(
@@ -86,3 +87,17 @@ def test_the_job_reports_every_figure_before_and_after_from_the_saved_delta(job,
     assert {k: v for k, v in again.items() if "seconds" not in k and k != "resumed_from"} == {
         k: v for k, v in m.items() if "seconds" not in k and k != "resumed_from"
     }
+
+
+def test_the_job_trains_with_the_direction_cut(job, tmp_path):
+    safety_tune, _, _ = job
+    over = [
+        "safety.direction_dropout=0.5",
+        "safety.dropout_start=1",
+        "safety.dropout_every=2",
+        "safety.dropout_prompts=3",
+    ]
+    cfg = to_object(compose("safety-tune", OVERRIDES + over))
+    m = safety_tune.run(cfg, tmp_path / "run", Tracker())
+    assert m["direction_dropout"] == 0.5
+    assert m["n_cut_steps"] == sum(cfg.safety.cuts(s, cfg.seed) for s in range(4))

@@ -126,3 +126,83 @@ def test_the_step_loss_weights_each_answers_first_token(tiny, decision_weight):
     assert res.refuse_losses[0] == pytest.approx(want_r, rel=1e-4)
     assert res.keep_losses[0] == pytest.approx(want_k, rel=1e-4)
     assert res.losses[0] == pytest.approx(want_r + 0.5 * want_k, rel=1e-4)
+
+
+def test_the_cut_ablates_the_first_rows_as_ablation_hooks_do(tiny):
+    from saesteer.interventions import Ablate, steer
+    from saesteer.safety.tune import pair_losses
+
+    model, tpl = tiny
+    r = torch.nn.functional.normalize(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)), dim=0)
+    pairs = [REFUSE[0], REFUSE[1], (KEEP[0].prompt, KEEP[0].answer), (KEEP[2].prompt, KEEP[2].answer)]
+    cut = [False] * 4
+    ce, rows = pair_losses(model, tpl, pairs, cut, ablate=(r, 2))
+    with steer(model, [Ablate(r, mode="plain")]):
+        ref_head, _ = pair_losses(model, tpl, pairs[:2], cut[:2])
+    ref_tail, _ = pair_losses(model, tpl, pairs[2:], cut[2:])
+    assert (ce[rows < 2] - ref_head).abs().max() < 1e-4
+    assert (ce[rows >= 2] - ref_tail).abs().max() < 1e-4
+    assert (ce[rows < 2] - pair_losses(model, tpl, pairs[:2], cut[:2])[0]).abs().max() > 1e-3  # the cut does act
+
+
+def test_the_direction_measured_in_training_is_a_difference_of_last_token_means(tiny):
+    from saesteer.chat import encode_chat
+    from saesteer.safety.tune import refusal_direction_now
+
+    model, tpl = tiny
+    cfg = SafetyTrainConfig(**CFG)
+    ad = LowRankAdapter.for_model(model, [0, 1], cfg.sites, cfg.rank, cfg.alpha, seed=0)
+    with torch.no_grad():
+        for p in ad.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a non-zero update, so the adapter's hooks matter
+    harmful, harmless = [p for p, _ in REFUSE], [k.prompt for k in KEEP]
+    got = refusal_direction_now(model, tpl, ad, harmful, harmless, 1)
+
+    def mean(prompts):
+        acts = []
+        for p in prompts:  # one prompt at a time: no padding
+            enc = encode_chat(model.tokenizer, tpl, [p])
+            with model.hooks(fwd_hooks=ad.hooks(model)):
+                _, cache = model.run_with_cache(enc.tokens, names_filter="blocks.1.hook_resid_pre")
+            acts.append(cache["blocks.1.hook_resid_pre"][0, -1].double())
+        return torch.stack(acts).mean(0)
+
+    want = mean(harmful) - mean(harmless)
+    assert torch.allclose(got.double(), want / want.norm(), atol=1e-5)
+
+
+def test_a_run_with_the_direction_cut_resumes_to_the_uninterrupted_weights(tiny, tmp_path):
+    model, tpl = tiny
+    kw = dict(direction_dropout=0.5, dropout_start=1, dropout_every=2, dropout_prompts=2, dropout_layer=1)
+    cfg = SafetyTrainConfig(**{**CFG, **kw, "steps": 7, "checkpoint_every": 2})
+
+    def train(**extra):
+        ad = LowRankAdapter.for_model(model, [0, 1], cfg.sites, cfg.rank, cfg.alpha, seed=0)
+        return ad, train_safety(model, tpl, ad, REFUSE, KEEP, cfg, seed=0, **extra)
+
+    whole, full = train()
+    assert full.cut_steps == [s for s in range(7) if cfg.cuts(s, 0)] and 0 < len(full.cut_steps) < 7
+    assert all(s >= 1 for s in full.cut_steps)
+    _, first = train(checkpoint_dir=tmp_path, stop_after=4)  # stops between two measurements (3 and 5)
+    resumed, rest = train(checkpoint_dir=tmp_path)
+    assert rest.resumed_from == 4 and rest.losses == full.losses and rest.cut_steps == full.cut_steps
+    for k, v in whole.tensors().items():
+        assert torch.equal(resumed.tensors()[k], v), k
+    # without the cut the same seed trains to other weights
+    plain = SafetyTrainConfig(**{**CFG, "steps": 7})
+    ad = LowRankAdapter.for_model(model, [0, 1], plain.sites, plain.rank, plain.alpha, seed=0)
+    assert train_safety(model, tpl, ad, REFUSE, KEEP, plain, seed=0).losses != full.losses
+
+
+def test_the_cut_settings_name_a_run_only_when_the_cut_is_on(tiny):
+    from saesteer.safety.tune import run_key
+
+    model, _ = tiny
+    ad = LowRankAdapter.for_model(model, [0, 1], ["attn_out"], 4, 8.0, seed=0)
+    key = lambda **kw: run_key(SafetyTrainConfig(**{**CFG, **kw}), ad, REFUSE, KEEP, 0)  # noqa: E731
+    assert key() == key(dropout_every=5)
+    assert key(direction_dropout=0.3) != key(direction_dropout=0.3, dropout_every=5)
+    with pytest.raises(ValueError, match="SafetyTrainConfig.direction_dropout"):
+        SafetyTrainConfig(direction_dropout=1.5)
+    with pytest.raises(ValueError, match=r"dropout_layer=9 out of range for a model with 2 layers"):
+        SafetyTrainConfig(dropout_layer=9).cut_layer(2)
