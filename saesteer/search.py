@@ -153,6 +153,18 @@ class FeatureScores:
     signed_ranking: list[int] = field(default_factory=list)  # signed-eligible features by |signed_score|, best first
     harmful_coordinate: float = float("nan")  # mean of x.r (unit r) at the positions, harmful prompts
     harmless_coordinate: float = float("nan")  # the same on harmless prompts
+    # mean over harmful prompts of sum_pos W_dec[f] . d score / d x: the first-order change of the refusal score per
+    # unit added to feature f at the positions (None when attribution was not computed)
+    grad_sum: Optional[torch.Tensor] = None
+    min_active_fraction: float = 0.0  # the activity filter the scores were computed with
+
+    def edit_attribution(self, values: torch.Tensor) -> torch.Tensor:
+        """The first-order drop of the refusal score (mean over harmful prompts) when each feature is set to its
+        value in ``values`` [d_sae] at the searched positions: sum_pos (a_f - v_f) (W_dec[f] . d score / d x).
+        ``values`` = 0 gives :attr:`attribution`."""
+        if self.grad_sum is None:
+            raise ValueError("these scores hold no gradients: search with weight_attribution != 0")
+        return self.attribution - values.double() * self.grad_sum
 
     @property
     def harmful_active_mean(self) -> torch.Tensor:
@@ -258,6 +270,7 @@ def search_features(
     d_sae = w.d_sae
     stats = {"harmful": _ClassStats(d_sae), "harmless": _ClassStats(d_sae)}
     attribution = torch.zeros(d_sae, dtype=torch.float64)
+    grad_sum = torch.zeros(d_sae, dtype=torch.float64)
     coordinate = {"harmful": 0.0, "harmless": 0.0}  # sum over prompts of the mean of x.r over positions
     r_unit = (direction.float() / direction.float().norm()).to(model.cfg.device)
     W_dec = w.W_dec.float()
@@ -290,7 +303,9 @@ def search_features(
                 score = (torch.log(p) - torch.log1p(-p)).sum()
                 (grad,) = torch.autograd.grad(score, captured["x"])
                 g = grad[:, positions].float()  # [B, P, d]
-                attribution += (acts * (g @ W_dec.T.to(g))).sum((0, 1)).double().cpu()
+                g_dec = g @ W_dec.T.to(g)  # [B, P, d_sae]
+                attribution += (acts * g_dec).sum((0, 1)).double().cpu()
+                grad_sum += g_dec.sum((0, 1)).double().cpu()
             captured.clear()
     hs, ls = stats["harmful"], stats["harmless"]
     r = direction.double() / direction.double().norm()
@@ -334,6 +349,8 @@ def search_features(
         signed_ranking=signed_ranking,
         harmful_coordinate=coordinate["harmful"] / max(hs.n, 1),
         harmless_coordinate=coordinate["harmless"] / max(ls.n, 1),
+        grad_sum=grad_sum / max(hs.n, 1) if cfg.weights.get("attribution", 0) != 0 else None,
+        min_active_fraction=cfg.min_active_fraction,
     )
     if ranking or signed_ranking:
         top = list(dict.fromkeys(ranking[: cfg.top_n] + signed_ranking[: cfg.top_n]))
