@@ -152,3 +152,14 @@ def test_k_at_bypass_is_the_smallest_k_within_both_bounds():
     assert k_at_bypass(pts, "cosine") == 4
     assert k_at_bypass(pts, "greedy") is None
     assert k_at_bypass(pts, "cosine", max_kl=1.0) == 2
+
+
+def test_the_curve_settings_reject_unknown_rankings_edits_and_ks():
+    from saesteer.config import SearchJobSettings
+
+    with pytest.raises(ValueError, match=r"search.curve_rankings has unknown entries \['vibes'\]"):
+        SearchJobSettings(curve_rankings=["cosine", "vibes"])
+    with pytest.raises(ValueError, match=r"search.curve_edits has unknown entries \['half'\]"):
+        SearchJobSettings(curve_edits=["half"])
+    with pytest.raises(ValueError, match=r"search.curve_ks must hold positive ints, got \[0\]"):
+        SearchJobSettings(curve_ks=[1, 0])

@@ -10,12 +10,14 @@ from typing import Any, Optional
 
 from saesteer.config import SearchJobConfig
 from saesteer.data import load_role
+from saesteer.directions import refusal_token_ids
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
+from saesteer.feature_rankings import greedy_selection, k_at_bypass, ranked_features, refusal_vs_k
 from saesteer.interventions import AblateAt, steer
 from saesteer.interventions.features import EditFeatures
 from saesteer.io import write_json, write_text
 from saesteer.models import load_model
-from saesteer.report.search import FEATURE_COLUMNS, feature_record, render_report, save_plot
+from saesteer.report.search import FEATURE_COLUMNS, feature_record, render_report, save_k_curve, save_plot
 from saesteer.search import search_features
 from saesteer.stages import direction_stage, sae_stage
 from saesteer.tracking import Tracker
@@ -147,10 +149,62 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         "direction_ablation_kl_harmless": kl["direction"],
         "direction_ablation_sae_hook_kl_harmless": kl["hook"],
     }
+    points = []
+    if s.curve_ks:
+        points = k_curve(cfg, loaded, sae, scores, train_h, test_h, test_s)
+        for p in points:
+            m[f"curve_refusal_{p.ranking}_{p.edit}_k{p.k}"] = p.refusal
+            m[f"curve_kl_{p.ranking}_{p.edit}_k{p.k}"] = p.kl
+        for r in s.curve_rankings:
+            m[f"k_at_bypass_{r}"] = k_at_bypass(points, r)
+        save_k_curve(points, {"direction at the SAE hook": hook_aff, "no edit": base_h}, run_dir / "refusal_vs_k.png")
     records = [feature_record(scores, f, rank) for rank, f in enumerate(pool[: s.top_n])]
     write_json(run_dir / "top_features.json", records)
     rows = [[r[c] for c in FEATURE_COLUMNS] for r in records]
     tracker.table("search/top_features", FEATURE_COLUMNS, rows)
     save_plot(scores, top, run_dir / "cosine_vs_contrast.png")
-    write_text(run_dir / "report.md", render_report(s, scores, m, rows))
+    write_text(run_dir / "report.md", render_report(s, scores, m, rows, points))
     return m
+
+
+def k_curve(cfg: SearchJobConfig, loaded, sae, scores, train_h: list[str], test_h: list[str], test_s: list[str]):
+    """Refusal against k for every ranking and edit of the settings (the greedy order found on train prompts)."""
+    s = cfg.search
+    model, tpl = loaded.model, loaded.template
+    orders: dict[tuple[str, str], list[int]] = {}
+    for edit in s.curve_edits:
+        for ranking in s.curve_rankings:
+            if ranking != "greedy":
+                orders[(ranking, edit)] = ranked_features(scores, ranking, edit, s.signed)
+                continue
+            pool = ranked_features(scores, "attribution", edit, s.signed)[: s.greedy_pool]
+            if not pool:
+                log.warning("greedy ranking for %s: no feature with a predicted drop to pick from", edit)
+                continue
+            orders[(ranking, edit)] = greedy_selection(
+                model,
+                tpl,
+                sae,
+                scores,
+                train_h[: s.greedy_prompts],
+                pool,
+                min(max(s.curve_ks), len(pool)),
+                edit=edit,
+                apply_to=s.apply_to,
+                refusal_ids=refusal_token_ids(model, tpl),
+                batch_size=cfg.eval.batch_size,
+                progress=cfg.progress,
+            ).features
+    return refusal_vs_k(
+        model,
+        tpl,
+        sae,
+        scores,
+        orders,
+        s.curve_ks,
+        test_h,
+        test_s,
+        apply_to=s.apply_to,
+        progress=cfg.progress,
+        **cfg.eval.refusal_kwargs(),
+    )

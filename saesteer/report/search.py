@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saesteer.report import markdown_table, scatter_plot
+import matplotlib.pyplot as plt
+
+from saesteer.report import markdown_table, save_fig, scatter_plot
 
 FEATURE_COLUMNS = [
     "rank",
@@ -116,8 +119,45 @@ def causal_rows(s: Any, m: dict[str, Any]) -> list[tuple]:
     ]
 
 
-def render_report(s: Any, scores: Any, m: dict[str, Any], rows: list[list[Any]]) -> str:
-    """The search job's report.md from its settings ``s``, the scores, its metrics and the top features' rows."""
+def save_k_curve(points: Sequence[Any], references: dict[str, float], path: Path) -> Path:
+    """Refusal against k (log scale), one line per ranking and edit, with horizontal reference lines."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    keys = list(dict.fromkeys((p.ranking, p.edit) for p in points))
+    colors = dict(zip(dict.fromkeys(r for r, _ in keys), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ranking, edit in keys:
+        pts = [p for p in points if (p.ranking, p.edit) == (ranking, edit)]
+        ax.plot(
+            [p.k for p in pts],
+            [p.refusal for p in pts],
+            marker="o",
+            color=colors[ranking],
+            linestyle="-" if edit == "harmless_mean" else "--",
+            label=f"{ranking} ({edit})",
+        )
+    for (name, value), style in zip(references.items(), (":", "-.")):
+        ax.axhline(value, color="gray", linestyle=style, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (features edited)")
+    ax.set_ylabel("harmful_test refusal")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return save_fig(fig, path)
+
+
+def curve_table(points: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
+    """Rows: ranking and edit; columns: refusal (KL) at each k."""
+    ks = sorted({p.k for p in points})
+    rows = []
+    for ranking, edit in dict.fromkeys((p.ranking, p.edit) for p in points):
+        at = {p.k: p for p in points if (p.ranking, p.edit) == (ranking, edit)}
+        rows.append([ranking, edit] + [f"{at[k].refusal:.3f} ({at[k].kl:.2f})" if k in at else "" for k in ks])
+    return ["ranking", "edit", *(f"k={k}" for k in ks)], rows
+
+
+def render_report(s: Any, scores: Any, m: dict[str, Any], rows: list[list[Any]], points: Sequence[Any] = ()) -> str:
+    """The search job's report.md from its settings ``s``, the scores, its metrics, the top features' rows and the
+    refusal-vs-k points."""
     what = "their harmless mean" if s.ablation == "harmless_mean" else "0"
     ranking = (
         "signed (|combined score|; negative = comply feature)"
@@ -156,5 +196,23 @@ def render_report(s: Any, scores: Any, m: dict[str, Any], rows: list[list[Any]])
             "",
             "![cosine vs contrast](cosine_vs_contrast.png)",
             "",
+            *(k_section(s, m, points) if points else []),
         ]
     )
+
+
+def k_section(s: Any, m: dict[str, Any], points: Sequence[Any]) -> list[str]:
+    headers, rows = curve_table(points)
+    reached = ", ".join(f"{r}: {m.get(f'k_at_bypass_{r}') or 'none'}" for r in s.curve_rankings)
+    return [
+        "## Refusal against k (held-out)",
+        "",
+        "harmful_test refusal (next-token KL on harmless_test) with each ranking's first k features edited at "
+        f"`{m['hook']}`; the greedy order was chosen by real edits on {s.greedy_prompts} harmful_train prompts from "
+        f"the attribution ranking's best {s.greedy_pool}.  Smallest k with refusal <= 0.10 at KL <= 0.1: {reached}.",
+        "",
+        markdown_table(headers, rows),
+        "",
+        "![refusal vs k](refusal_vs_k.png)",
+        "",
+    ]

@@ -118,6 +118,11 @@ def search_run(directions_run, tmp_path_factory):
         f"search.direction={directions_run[0] / 'direction.safetensors'}",
         f"search.k={SEARCH_K}",
         "search.min_active_fraction=0.0",
+        "search.curve_ks=[1,2]",
+        "search.curve_rankings=[cosine,greedy]",
+        "search.curve_edits=[harmless_mean]",
+        "search.greedy_pool=3",
+        "search.greedy_prompts=8",
     ]
     return run_dir, overrides, _run("search", overrides, run_dir)
 
@@ -160,6 +165,22 @@ def test_search_job_writes_its_ranking_and_causal_figures(directions_run, search
     assert (
         metrics["top_features"] == signed_rank[:SEARCH_K] and metrics["top_refusal_features"] == refusal_rank[:SEARCH_K]
     )
+
+
+def test_search_job_writes_refusal_against_k(search_run):
+    run_dir, _, m = search_run
+    for ranking in ("cosine", "greedy"):
+        ks = [k for k in (1, 2) if f"curve_refusal_{ranking}_harmless_mean_k{k}" in m]
+        assert ks == [1, 2], ranking
+        ok = [
+            k
+            for k in ks
+            if m[f"curve_refusal_{ranking}_harmless_mean_k{k}"] <= 0.10
+            and m[f"curve_kl_{ranking}_harmless_mean_k{k}"] <= 0.1
+        ]
+        assert m[f"k_at_bypass_{ranking}"] == (min(ok) if ok else None)
+    assert (run_dir / "refusal_vs_k.png").is_file()
+    assert "## Refusal against k (held-out)" in (run_dir / "report.md").read_text()
 
 
 def test_search_job_bypass_and_random_k_control_match_a_per_prompt_reference(search_run):
