@@ -349,3 +349,54 @@ def random_features(eligible: Sequence[int], exclude: Sequence[int], k: int, see
 
     pool = [int(f) for f in eligible if int(f) not in set(int(e) for e in exclude)]
     return random.Random(seed).sample(pool, min(k, len(pool)))
+
+
+@dataclass
+class Restoration:
+    """How much of the refusal-direction coordinate a cut removes, and how much rising features give back."""
+
+    lost: float  # sum over the cut features of (intact - value) x (W_dec[f] . r_cut): the coordinate they carried
+    restored: float  # sum over unedited counted features that rise of rise x (W_dec[f] . r_layer)
+    share: float  # restored / lost (nan when nothing was lost)
+
+
+def hydra_restoration(
+    step: CutStep,
+    monitors: Sequence[FeatureSet],
+    cut_hook: str,
+    directions: dict[str, torch.Tensor],
+    values: float = 0.0,
+) -> Restoration:
+    """The hydra as a rate: the refusal-direction coordinate the cut features carried (their intact mean activation
+    minus the value they were set to, times their decoder's component along the unit refusal direction at the cut
+    hook) against what the monitored, unedited features of the counted hooks add back along each hook's refusal
+    direction as they rise (mean activations over the monitor prompts and positions, as in ``step.changes``).
+
+    The cut features must be among the monitored ones at ``cut_hook`` (``backups.n_monitor >= k``)."""
+    sets = {m.hook: m for m in monitors}
+    if cut_hook not in step.changes or cut_hook not in sets:
+        raise ValueError(f"hydra_restoration: {cut_hook} is not monitored; monitor the cut layer's features")
+    c = step.changes[cut_hook]
+    missing = sorted(set(step.features) - set(c.features))
+    if missing:
+        raise ValueError(
+            f"hydra_restoration: cut features {missing[:5]} are not monitored at {cut_hook}; "
+            f"monitor at least as many features as are cut (backups.n_monitor >= {len(step.features)})"
+        )
+
+    def along(hook: str, features: list[int]) -> torch.Tensor:
+        if hook not in directions:
+            raise ValueError(f"hydra_restoration: no refusal direction given for {hook}")
+        r = directions[hook].double()
+        w = SaeWeights.from_sae(sets[hook].sae).W_dec.double()
+        return w[features].to(r.device) @ (r / r.norm())
+
+    lost = float(((c.intact.double() - values) * along(cut_hook, c.features).cpu())[c.edited_mask].sum())
+    restored = 0.0
+    for h in step.count_hooks:
+        if h == cut_hook or h not in step.changes:
+            continue
+        ch = step.changes[h]
+        rise = ch.absolute.double().clamp_min(0.0)
+        restored += float((rise * along(h, ch.features).cpu())[~ch.edited_mask].sum())
+    return Restoration(lost, restored, restored / lost if lost > 0 else float("nan"))

@@ -18,6 +18,7 @@ from saesteer.redundancy import (
     FeatureSet,
     edit_curve,
     find_backups,
+    hydra_restoration,
     monitored_activations,
     random_features,
 )
@@ -67,6 +68,32 @@ def test_cut_step_counts_only_counted_hooks_and_gain_falls_back():
     gain, over = quiet.backup_gain()
     assert quiet.n_backups == 0 and over == "all_monitored" and gain == pytest.approx(0.0)
     assert CutStep(2, [], 0.5, {H0: same}, count_hooks=[H0]).n_backups == 1
+
+
+def test_hydra_restoration_weighs_rises_by_their_decoder_along_the_direction():
+    d = 6
+    sae0, sae1 = random_sae("standard", d, 5, H0, seed=1), random_sae("standard", d, 4, H1, seed=2)
+    g = torch.Generator().manual_seed(0)
+    W0, W1 = SaeWeights.from_sae(sae0).W_dec.double(), SaeWeights.from_sae(sae1).W_dec.double()
+    r0, r1 = (W0[3] + W0[1]).float(), torch.randn(d, generator=g)  # the cut features carry a positive coordinate
+    # the cut: features 3 and 1 of layer 0 set to 0; layer 1's features 0 and 2 rise, 1 falls, 3 is unchanged
+    cut = _change(
+        H0, [0.5, 2.0, 0.1, 1.5, 0.3], [0.5, 0.0, 0.1, 0.0, 0.4], edited_mask=[False, True, False, True, False]
+    )
+    later = _change(H1, [1.0, 1.0, 0.0, 0.2], [1.5, 0.5, 0.3, 0.2])
+    step = CutStep(2, [3, 1], 0.4, {H0: cut, H1: later}, count_hooks=[H0, H1])
+    monitors = [FeatureSet(sae0, list(range(5)), H0), FeatureSet(sae1, list(range(4)), H1)]
+    res = hydra_restoration(step, monitors, H0, {H0: r0, H1: r1})
+    u0, u1 = r0.double() / r0.double().norm(), r1.double() / r1.double().norm()
+    lost = 1.5 * float(W0[3] @ u0) + 2.0 * float(W0[1] @ u0)
+    restored = 0.5 * float(W1[0] @ u1) + 0.3 * float(W1[2] @ u1)  # the rise at the cut layer itself does not count
+    assert res.lost == pytest.approx(lost) and res.restored == pytest.approx(restored)
+    assert lost > 0 and res.share == pytest.approx(restored / lost)
+    # a cut that removed no refusal coordinate has no share to restore
+    flipped = hydra_restoration(step, monitors, H0, {H0: -r0, H1: r1})
+    assert flipped.lost == pytest.approx(-lost) and flipped.share != flipped.share  # nan
+    with pytest.raises(ValueError, match=r"cut features \[7\] are not monitored"):
+        hydra_restoration(CutStep(1, [7], 0.4, {H0: cut}, count_hooks=[]), monitors, H0, {H0: r0})
 
 
 def test_random_features_are_seeded_and_exclude():

@@ -38,6 +38,7 @@ from saesteer.redundancy import (
     FeatureSet,
     edit_curve,
     find_backups,
+    hydra_restoration,
     monitored_activations,
     random_features,
     resid_hook,
@@ -228,7 +229,8 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
         return FeatureSet(saes[L], refusal_scores[L].ranking[: b.n_monitor], resid_hook(L))
 
     # downstream: cut refusal features at the cut layer; watch refusal features there and later
-    down_monitors = [refusal_set(L) for L in monitor_layers if L >= cut]
+    # (the cut layer is always watched: the hydra's restored share needs the cut features' intact activations)
+    down_monitors = [refusal_set(L) for L in sorted(set(monitor_layers) | {cut})]
     down_count = counted_hooks(down_monitors, cut)
     down = edit_curve(
         model,
@@ -312,6 +314,18 @@ def _analyse(cfg: BackupsJobConfig, loaded, direction, run_dir: Path, tracker: T
         )
     )
     metrics["harmless_test_refusal"] = induce.refusal[0]  # k = 0: no edit, all of harmless_test
+    dirs = {resid_hook(L): refusal_dirs[L] for L in layers}
+    rest = [hydra_restoration(st, down_monitors, resid_hook(cut), dirs) for st in down.steps if st.k > 0]
+    metrics.update(
+        json_ready(
+            {
+                "hydra_restored_share": rest[-1].share,
+                "hydra_lost_coordinate": rest[-1].lost,
+                "hydra_restored_coordinate": rest[-1].restored,
+                "hydra_restored_share_at_k": [r.share for r in rest],
+            }
+        )
+    )
     _log_tracker(tracker, down, upc, induce, prefix)
     plots = save_plots(run_dir, down, upc, induce, random_rates, b, prefix)
     for p in plots:
@@ -387,6 +401,10 @@ def _finetune_metrics(
             "downstream_top_features",
             "downstream_later_feature_change_at_k",
             "harmless_test_refusal",
+            "hydra_restored_share",
+            "hydra_lost_coordinate",
+            "hydra_restored_coordinate",
+            "hydra_restored_share_at_k",
         )
         if k in rm
     }

@@ -165,6 +165,16 @@ def save_plots(
     return paths
 
 
+def restored_line(m: dict[str, Any], K: int) -> str:
+    """The hydra as a rate: how much of the refusal coordinate the cut removed the rising later features restore."""
+    share = m.get("hydra_restored_share")
+    return (
+        f"Hydra restored share at k = {K}: **{_fmt(share)}** (the cut features carried {_fmt(m.get('hydra_lost_coordinate'))} "
+        f"along the refusal direction; the monitored features of later layers that rose add back "
+        f"{_fmt(m.get('hydra_restored_coordinate'))} along their layer's direction)."
+    )
+
+
 def render_report(
     cfg, m, down: EditCurve, upc: EditCurve, induce: EditCurve, random_rates, plots: list[Path], rec=None
 ) -> str:
@@ -228,6 +238,8 @@ def render_report(
         f"edited residual, not from the network ({m['n_backup_features_same_layer']} there at k = {K}).",
         "",
         verdict,
+        "",
+        restored_line(m, K),
         "",
         "## Refusal vs k",
         "",

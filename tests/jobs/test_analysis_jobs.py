@@ -58,6 +58,9 @@ def test_backups_job_reports_refusal_vs_k_and_backups(backups_run):
     assert m["backup_gain_over"] in ("backups", "all_monitored") and m["backup_activation_gain"] is not None
     assert len(m["backup_features"]) == m["n_backup_features"]
     assert m["cut_layer"] == 1 and m["upstream_layer"] == 0 and m["monitor_layers"] == [1]
+    # no layer after the cut: nothing restores the coordinate the cut features carried
+    assert len(m["hydra_restored_share_at_k"]) == K and m["hydra_restored_coordinate"] == 0.0
+    assert m["hydra_restored_share"] == m["hydra_restored_share_at_k"][-1]
     assert len(m["downstream_top_features"]) == K and len(m["upstream_top_sensors"]) == K
     assert _rate(m["downstream_random_refusal_at_kmax"]) and _rate(m["upstream_random_refusal_at_kmax"])
     for f in (
@@ -249,6 +252,7 @@ def test_backups_job_with_a_direction_dropout_finetune_reports_base_and_finetune
     assert m["finetune"] == "direction_dropout" and m["finetune_settings"]["steps"] == 6
     for key in ("finetune_downstream_refusal_at_k", "finetune_upstream_refusal_at_k"):
         assert len(m[key]) == 3 and all(_rate(x) for x in m[key])
+    assert len(m["finetune_hydra_restored_share_at_k"]) == 2 and "hydra_restored_share" in m
     for key in (
         "finetune_harmful_test_refusal",
         "finetune_harmless_test_refusal",
