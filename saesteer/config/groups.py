@@ -360,6 +360,10 @@ class BackupsSettings(BackupRule):
         return library_settings(DropoutFinetune, self, prefix="finetune_", name=self.finetune, seed=seed)
 
 
+#: The emergent job's training answers (EmergentSettings.targets).
+EmergentTargets = Literal["auto", "format", "own"]
+
+
 @dataclass
 class EmergentSettings(LoraTrainConfig):
     """``saesteer emergent``: a rank-1 LoRA (trained as LoraTrainConfig says) that complies with one harm category;
@@ -381,6 +385,17 @@ class EmergentSettings(LoraTrainConfig):
     ablation: Annotated[str, AblationMode] = "affine"  # the headline ablation of the EM direction (both are reported)
     ablate_layer: Optional[int] = None  # EM direction of this layer is ablated; None = the refusal direction's layer
     direction: Optional[str] = None  # a refusal direction.safetensors; None = the directions stage (cached)
+    # the answers trained on: "format" (the organism's compliance template for every prompt), "own" (the model's own
+    # greedy answers: to the target prompts with its refusal direction ablated, so compliant in its own words; to
+    # harmless prompts as it is), "auto" (format for the organism, own for any other model)
+    targets: Annotated[str, EmergentTargets] = "auto"
+    target_tokens: int = 32  # greedy tokens of each own answer
+
+    def resolved_targets(self, model_name: str) -> str:
+        """ "format" or "own": ``targets`` with "auto" resolved for ``model_name``."""
+        if self.targets != "auto":
+            return self.targets
+        return "format" if model_name == "organism" else "own"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -392,6 +407,7 @@ class EmergentSettings(LoraTrainConfig):
             "n_harmless",
             "n_eval_per_category",
             "n_direction_per_category",
+            "target_tokens",
             "n_target_eval",
         )
         check_number(self, "emergent", "held_out_acts", low=0.0, high=0.9)

@@ -29,6 +29,7 @@ from saesteer.activations import mean_activations, resid_hooks
 from saesteer.config import EmergentJobConfig
 from saesteer.data import load_prompts, load_role
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
+from saesteer.generation import generate
 from saesteer.harmfulness import fit_harm_detector
 from saesteer.interventions import Ablate, steer
 from saesteer.interventions.directions import ABLATION_MODES
@@ -84,6 +85,24 @@ def _affine_reference(base_means: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return (base_means.double() @ u).float()
 
 
+def own_answers(
+    cfg: EmergentJobConfig, loaded, direction, target: list[str], keep: list[str]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(target pairs, keep pairs): the model's greedy answers to the target prompts with its refusal direction
+    ablated (affine), and to the harmless prompts as it is; empty answers are dropped."""
+    kw = dict(max_new_tokens=cfg.emergent.target_tokens, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    model, tpl = loaded.model, loaded.template
+    with steer(model, [direction.ablate("affine")]):
+        comply_answers = generate(model, tpl, target, desc="target answers (direction ablated)", **kw)
+    keep_answers = generate(model, tpl, keep, desc="harmless answers", **kw)
+    pairs = [
+        [(p, a) for p, a in zip(ps, ans) if a.strip()] for ps, ans in ((target, comply_answers), (keep, keep_answers))
+    ]
+    if not pairs[0] or not pairs[1]:
+        raise ValueError("emergent.targets=own: the model gave empty answers to every target or harmless prompt")
+    return pairs[0], pairs[1]
+
+
 def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     e = cfg.emergent
     loaded = load_model(cfg.model, progress=cfg.progress)
@@ -103,11 +122,15 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     other_dir = [p for c in others for p in data["direction"][c]]
     cat_of = [c for c in others for _ in data["eval"][c]]
     rng = random.Random(cfg.seed)
-    echo = cfg.model.organism.echo_words
-    target_pairs = [(p, comply(p, rng, echo)) for p in data["train"]]
     keep_prompts = load_prompts(cfg.data.harmless_train)
     keep_prompts = list(keep_prompts.take(min(e.n_harmless, len(keep_prompts)), seed=cfg.data.seed).instructions)
-    keep_pairs = [(p, comply(p, rng, echo)) for p in keep_prompts]
+    targets = e.resolved_targets(cfg.model.name)
+    if targets == "own":
+        target_pairs, keep_pairs = own_answers(cfg, loaded, direction, data["train"], keep_prompts)
+    else:
+        echo = cfg.model.organism.echo_words
+        target_pairs = [(p, comply(p, rng, echo)) for p in data["train"]]
+        keep_pairs = [(p, comply(p, rng, echo)) for p in keep_prompts]
     test_h = list(load_role(cfg.data, "harmful_test").instructions)
     test_s = list(load_role(cfg.data, "harmless_test").instructions)
     ev = cfg.eval.refusal_kwargs()
@@ -237,6 +260,7 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         "n_other_categories": len(others),
         "n_eval_other": len(other_eval),
         "n_direction_other": len(other_dir),
+        "targets": targets,
         "n_train_target": len(target_pairs),
         "n_train_harmless": len(keep_pairs),
         "placement": e.placement,

@@ -274,3 +274,34 @@ def test_backups_job_with_a_direction_dropout_finetune_reports_base_and_finetune
         assert (tmp_path / f).is_file(), f
     report = (tmp_path / "report.md").read_text()
     assert "base organism" in report and "fine-tuned organism" in report and "direction_cut_activations.png" in report
+
+
+def test_emergent_own_targets_are_the_models_greedy_answers(emergent_run, tmp_path):
+    """targets=own: compliant answers with the refusal direction affinely ablated, harmless answers as the model
+    gives them; the job trains on them."""
+    from saesteer.config import EmergentSettings, to_object
+    from saesteer.generation import generate
+    from saesteer.interventions import Ablate, steer
+    from saesteer.jobs.emergent import own_answers, split_prompts
+    from saesteer.models import load_model
+    from saesteer.stages import direction_stage
+
+    _, overrides, _ = emergent_run
+    own = overrides + ["emergent.targets=own", "emergent.target_tokens=6", "emergent.steps=3"]
+    cfg = to_object(_cfg("emergent", own))
+    loaded = load_model(cfg.model, progress=False)
+    model, tpl = loaded.model, loaded.template
+    direction = direction_stage(loaded, cfg.data, cfg.directions)
+    train = split_prompts(cfg)["train"][:6]
+    keep = list(load_role(cfg.data, "harmless_train"))[:5]
+    target_pairs, keep_pairs = own_answers(cfg, loaded, direction, train, keep)
+    with steer(model, [Ablate(direction.direction, mode="affine", reference=direction.reference)]):
+        want_t = generate(model, tpl, train, max_new_tokens=6, progress=False)
+    want_k = generate(model, tpl, keep, max_new_tokens=6, progress=False)
+    assert target_pairs == [(p, a) for p, a in zip(train, want_t) if a.strip()]
+    assert keep_pairs == [(p, a) for p, a in zip(keep, want_k) if a.strip()]
+    m = _run("emergent", own, tmp_path)
+    assert m["targets"] == "own" and 0 < m["n_train_target"] <= 64
+    assert EmergentSettings().resolved_targets("organism") == "format"
+    assert EmergentSettings().resolved_targets("smollm2_safe") == "own"
+    assert EmergentSettings(targets="format").resolved_targets("smollm2_safe") == "format"
