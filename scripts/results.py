@@ -513,6 +513,11 @@ def backups_section(m: dict[str, Any]) -> str:
             f"backup features at k = {m.get('k_max', '?')}: {m['n_backup_features']}"
             + (f" ({', '.join(map(str, m['backup_features']))})" if m.get("backup_features") else "")
         )
+    if m.get("hydra_restored_share") is not None:
+        facts.append(
+            f"hydra restored share at k = {m.get('k_max', '?')}: {fmt(m['hydra_restored_share'])} of the refusal "
+            "coordinate the cut features carried comes back through rising later features"
+        )
     for side in ("downstream", "upstream"):
         if f"{side}_random_refusal_at_kmax" in m:
             facts.append(
@@ -534,6 +539,7 @@ def backups_section(m: dict[str, Any]) -> str:
                     "finetune_direction_cut_n_backup_features",
                 ),
                 ("backup features, top k cut", "n_backup_features", "finetune_n_backup_features"),
+                ("hydra restored share, top k cut", "hydra_restored_share", "finetune_hydra_restored_share"),
             ],
         )
         out.append(table(["", "organism", f"fine-tuned (`{finetune}`)"], rows))
