@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from saesteer.chat import encode_chat
-from saesteer.data import load_prompts
 from saesteer.directions import refusal_scores, refusal_token_ids
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.feature_rankings import (
@@ -21,21 +20,16 @@ from saesteer.feature_rankings import (
 from saesteer.interventions import steer
 from saesteer.interventions.features import EditFeatures
 from saesteer.primitives.sae_weights import SaeWeights
-from saesteer.search import SearchConfig, search_features
-from tests.saes import random_sae
+from tests.saes import searched_setup
 
 HOOK = "blocks.1.hook_resid_pre"
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_organism):
-    model, tpl, _ = tiny_organism
-    sae = random_sae("standard", model.cfg.d_model, 40, HOOK, seed=5)
-    harmful = list(load_prompts("harmful_train").instructions[:10])
-    harmless = list(load_prompts("harmless_train").instructions[:12])
-    direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
-    cfg = SearchConfig(min_active_fraction=0.1, n_top_prompts=0, batch_size=4)
-    scores = search_features(model, tpl, sae, direction, harmful, harmless, cfg)
+    model, tpl, sae, harmful, harmless, _, scores = searched_setup(
+        tiny_organism, HOOK, min_active_fraction=0.1, n_top_prompts=0, batch_size=4
+    )
     return model, tpl, sae, harmful, harmless, scores
 
 
