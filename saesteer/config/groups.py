@@ -448,8 +448,8 @@ class SafetySettings(SafetyTrainConfig):
     n_harmless: int = 320  # data.harmless_train prompts answered as the base model answers them
     n_harmless_synthetic: int = 600  # synthetic harmless requests in the harmful ones' framings (look-alikes)
     n_questions: int = 400  # safe knowledge questions with alarming words
-    lexicon: str = "base"  # synthetic lexicon of the trained requests, harmful and look-alike (base, extended, broad)
-    val_lexicon: str = "base"  # synthetic lexicon of the held-out look-alikes (lookalike_val)
+    lexicon: str = "extended"  # synthetic lexicon of the trained requests, harmful and look-alike (base, extended, broad)
+    val_lexicon: str = "broad"  # synthetic lexicon of the held-out look-alikes (lookalike_val)
     n_harmless_val: int = 64  # data.harmless_val prompts evaluated
     n_lookalike_val: int = 64  # held-out synthetic look-alikes and questions evaluated (not trained on)
     drop_refused_keep: bool = True  # leave out harmless prompts whose base answer the judge calls a refusal
