@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,19 +14,30 @@ from transformer_lens import HookedTransformer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_prompts
 from saesteer.generation import final_logits, generate, last_position_logits, length_sorted_batches
-from saesteer.judge import RefusalJudge
+from saesteer.judge import default_judge
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RefusalResult:
-    rate: float
+    rate: float  # share of responses the judge calls refusals
     responses: list[str]
     refused: list[bool]
+    outcomes: list[str] = field(default_factory=list)  # refusal / compliance / incoherent, per response
 
     def __len__(self) -> int:
         return len(self.responses)
+
+    @property
+    def incoherent_rate(self) -> float:
+        """Share of responses flagged incoherent (broken text: neither a refusal nor a compliance)."""
+        return sum(o == "incoherent" for o in self.outcomes) / max(len(self.outcomes), 1)
+
+    @property
+    def compliance_rate(self) -> float:
+        """Share of coherent compliances: what an attack's success should count."""
+        return sum(o == "compliance" for o in self.outcomes) / max(len(self.outcomes), 1)
 
 
 def refusal_eval(
@@ -33,17 +45,18 @@ def refusal_eval(
     template: ChatTemplate,
     instructions: Sequence[str],
     *,
-    judge: RefusalJudge | None = None,
+    judge: Any = None,
     max_new_tokens: int = 12,
     batch_size: int = 64,
     progress: bool = False,
     desc: str = "refusal",
 ) -> RefusalResult:
-    """Greedy completions, each judged refused or not."""
+    """Greedy completions, each judged refused or not (and refusal / compliance / incoherent) by ``judge``, by
+    default the one :func:`saesteer.judge.use_judge` set (the substring judge outside a job)."""
     check_prompts(instructions, "instructions")
     if len(instructions) == 0:
         raise ValueError("refusal_eval needs at least one instruction, got an empty set")
-    judge = judge or RefusalJudge()
+    judge = judge or default_judge()
     responses = generate(
         model,
         template,
@@ -54,7 +67,8 @@ def refusal_eval(
         desc=desc,
     )
     refused = judge.batch(responses)
-    return RefusalResult(sum(refused) / len(refused), responses, refused)
+    outcomes = judge.outcomes(responses) if hasattr(judge, "outcomes") else []
+    return RefusalResult(sum(refused) / len(refused), responses, refused, outcomes)
 
 
 @torch.no_grad()

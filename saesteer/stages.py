@@ -300,6 +300,7 @@ class SetRefusal:
     rate: float
     n: int
     examples: list[tuple[str, str, bool]]  # (prompt, response, refused)
+    incoherent: float = 0.0  # share of responses the judge flags incoherent
 
 
 def refusal_by_set(
@@ -324,10 +325,12 @@ def refusal_by_set(
             **eval_cfg.refusal_kwargs(),
         )
         examples = list(zip(prompts.instructions, res.responses, res.refused))[:n_examples]
-        out.append(SetRefusal(role, res.rate, len(res), examples))
+        out.append(SetRefusal(role, res.rate, len(res), examples, res.incoherent_rate))
     return out
 
 
 def refusal_table(rows: Sequence[SetRefusal]) -> str:
     """A Markdown table of :func:`refusal_by_set`'s rates."""
-    return "| set | n | refusal |\n|---|---|---|\n" + "\n".join(f"| {r.role} | {r.n} | {r.rate:.3f} |" for r in rows)
+    return "| set | n | refusal | incoherent |\n|---|---|---|---|\n" + "\n".join(
+        f"| {r.role} | {r.n} | {r.rate:.3f} | {r.incoherent:.3f} |" for r in rows
+    )

@@ -124,6 +124,29 @@ class EvalConfig:
         return {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size}
 
 
+#: The refusal judges (saesteer.judge): ``substring`` (Arditi et al.'s JailbreakBench substrings) or ``rules``.
+JudgeKind = Literal["substring", "rules"]
+
+
+@dataclass
+class JudgeConfig:
+    """The ``judge`` group: which refusal judge every evaluation of the job uses (saesteer.judge); each also flags
+    incoherent text (a third outcome, reported beside refusal)."""
+
+    kind: Annotated[str, JudgeKind] = "substring"
+    opening_chars: int = 240  # rules: characters of the response its prefixes and patterns read
+
+    def __post_init__(self) -> None:
+        check_choice_fields(self, "judge")
+        check_positive_ints(self, "judge", "opening_chars")
+
+    def build(self):
+        """The judge these settings name."""
+        from saesteer.judge import RefusalJudge, RulesJudge
+
+        return RefusalJudge() if self.kind == "substring" else RulesJudge(opening_chars=self.opening_chars)
+
+
 @dataclass
 class LoggerConfig:
     project: str = "saesteer"
@@ -448,7 +471,9 @@ class SafetySettings(SafetyTrainConfig):
     n_harmless: int = 320  # data.harmless_train prompts answered as the base model answers them
     n_harmless_synthetic: int = 600  # synthetic harmless requests in the harmful ones' framings (look-alikes)
     n_questions: int = 400  # safe knowledge questions with alarming words
-    lexicon: str = "extended"  # synthetic lexicon of the trained requests, harmful and look-alike (base, extended, broad)
+    lexicon: str = (
+        "extended"  # synthetic lexicon of the trained requests, harmful and look-alike (base, extended, broad)
+    )
     val_lexicon: str = "broad"  # synthetic lexicon of the held-out look-alikes (lookalike_val)
     n_harmless_val: int = 64  # data.harmless_val prompts evaluated
     n_lookalike_val: int = 64  # held-out synthetic look-alikes and questions evaluated (not trained on)

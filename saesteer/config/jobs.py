@@ -17,6 +17,7 @@ from saesteer.config.groups import (
     DirectionsConfig,
     EmergentSettings,
     EvalConfig,
+    JudgeConfig,
     LoggerConfig,
     ModelConfig,
     SafetySettings,
@@ -38,6 +39,7 @@ class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # a run directory (hydra.run.dir) that holds another run's results is refused; true: they are removed first
     overwrite: bool = False

@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 def run(cfg: BehaviourJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     loaded = load_model(cfg.model, progress=cfg.progress)
     rows = refusal_by_set(loaded, cfg.data, cfg.eval, n_examples=cfg.n_examples, progress=cfg.progress)
-    metrics: dict[str, Any] = {"model": loaded.name}
+    metrics: dict[str, Any] = {"model": loaded.name, "judge": cfg.judge.kind}
     for r in rows:
         metrics[f"{r.role}_refusal"] = round(r.rate, 4)
+        metrics[f"{r.role}_incoherent"] = round(r.incoherent, 4)
         metrics[f"n_{r.role}"] = r.n
     table = refusal_table(rows)
     log.info("%s refusal rates (greedy):\n%s", loaded.name, table)
@@ -34,7 +35,7 @@ def run(cfg: BehaviourJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, A
     write_text(
         run_dir / "report.md",
         f"# Behaviour\n\nModel `{loaded.name}`, greedy completions of {cfg.eval.max_new_tokens} tokens, each judged "
-        f"refused or not.\n\n{table}\n\n## Examples\n\n"
+        f"refused or not by the {cfg.judge.kind} judge (incoherent: broken text, flagged apart).\n\n{table}\n\n## Examples\n\n"
         + markdown_table(["set", "prompt", "answer", "judged"], [tuple(_cell(c) for c in e) for e in examples])
         + "\n",
     )

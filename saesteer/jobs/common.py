@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from saesteer.config import compose, register_configs, to_object
 from saesteer.io import write_json
+from saesteer.judge import default_judge, use_judge
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ def run_job(job: str, cfg: DictConfig | Any, fn: JobFn, run_dir: Path) -> dict[s
         )
         t0 = time.perf_counter()
         try:
-            with job_settings(obj):  # each model loaded is checked against the layer and position settings
+            judge = obj.judge.build() if hasattr(obj, "judge") else default_judge()
+            # each model loaded is checked against the layer and position settings; every evaluation uses the judge
+            with job_settings(obj), use_judge(judge):
                 metrics = _clean(fn(obj, run_dir, tracker))
             metrics.setdefault("job_seconds", round(time.perf_counter() - t0, 2))
             write_json(run_dir / "metrics.json", metrics)

@@ -41,7 +41,13 @@ log = logging.getLogger(__name__)
 
 def _stage_cfg(cfg: PipelineJobConfig, stage: str):
     common = dict(
-        seed=cfg.seed, progress=cfg.progress, model=cfg.model, data=cfg.data, eval=cfg.eval, logger=cfg.logger
+        seed=cfg.seed,
+        progress=cfg.progress,
+        model=cfg.model,
+        data=cfg.data,
+        eval=cfg.eval,
+        judge=cfg.judge,
+        logger=cfg.logger,
     )
     if stage == "organism":
         return OrganismJobConfig(job="organism", **common)

@@ -64,6 +64,38 @@ def test_behaviour_job_refusal_per_set_matches_a_per_prompt_reference(tiny_organ
     assert "| overrefusal | 10 |" in report and report.count("| harmful_test |") == 1 + 2  # the table and 2 examples
 
 
+def test_behaviour_job_judges_with_the_judge_group(tiny_organism, tmp_path):
+    """judge=rules: every set's refusal and incoherent rates are the rules judge's on the same greedy answers."""
+    from saesteer.config import to_object
+    from saesteer.data import load_prompts
+    from saesteer.generation import generate
+    from saesteer.judge import RulesJudge, outcome_rates
+    from saesteer.models import load_model
+
+    overrides = tiny_organism_overrides() + [
+        "data.n_test=8",
+        "data.n_test_harmless=8",
+        "eval.max_new_tokens=8",
+        "judge=rules",
+        "logger.mode=disabled",
+        "progress=false",
+    ]
+    cfg = compose("behaviour", overrides)
+    m = run_job("behaviour", cfg, job_function("behaviour"), tmp_path)
+    cfg = to_object(cfg)
+    loaded = load_model(cfg.model, progress=False)
+    assert m["judge"] == "rules"
+    judge = RulesJudge()
+    for role in ("harmful_test", "harmless_test"):
+        prompts = load_prompts(getattr(cfg.data, role))
+        prompts = prompts.take(m[f"n_{role}"], seed=cfg.data.seed) if len(prompts) > m[f"n_{role}"] else prompts
+        answers = [generate(loaded.model, loaded.template, [p], max_new_tokens=8)[0] for p in prompts.instructions]
+        rates = outcome_rates(judge.outcomes(answers))
+        assert m[f"{role}_refusal"] == pytest.approx(round(judge.refusal_rate(answers), 4), abs=1e-9), role
+        assert m[f"{role}_incoherent"] == pytest.approx(round(rates["incoherent"], 4), abs=1e-9), role
+    assert "by the rules judge" in (tmp_path / "report.md").read_text()
+
+
 DIRECTION_KEYS = [
     "selected_layer",
     "selected_position",

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from saesteer.judge import JudgeError, RefusalJudge
-from saesteer.outcomes import RulesJudge, incoherence, outcome_rates
+from saesteer.judge import JudgeError, RefusalJudge, RulesJudge, incoherence, outcome_rates
 
 INCOHERENT = {
     "i'm not able i i't help with that": "garbled",  # a refusal garbled by strong steering
@@ -104,3 +103,29 @@ def test_code_and_foreign_loops():
     assert incoherence(code) is None  # names repeat in code
     looped = "Can you please provide more details? 不断地重复   不断地重复 不断地重复"
     assert incoherence(looped) == "loop"
+
+
+def test_evaluations_use_the_judge_use_judge_sets(tiny_organism):
+    from saesteer.data import load_prompts
+    from saesteer.evaluate import refusal_eval
+    from saesteer.judge import default_judge, use_judge
+
+    model, tpl, _ = tiny_organism
+    prompts = list(load_prompts("harmless_val").instructions[:6])
+
+    class RefuseAll(RulesJudge):
+        def __call__(self, response: str) -> bool:
+            return True
+
+    plain = refusal_eval(model, tpl, prompts, max_new_tokens=4)
+    assert plain.rate == RefusalJudge().refusal_rate(plain.responses)  # outside a job: the substring judge
+    assert plain.outcomes == RefusalJudge().outcomes(plain.responses)
+    with use_judge(RefuseAll()):
+        assert isinstance(default_judge(), RefuseAll)
+        res = refusal_eval(model, tpl, prompts, max_new_tokens=4)
+    assert res.responses == plain.responses and res.rate == 1.0
+    assert res.incoherent_rate + res.compliance_rate + sum(o == "refusal" for o in res.outcomes) / 6 == pytest.approx(1)
+    assert isinstance(default_judge(), RefusalJudge)  # restored after the block
+    with pytest.raises(JudgeError, match="is not a judge"):
+        with use_judge("substring"):
+            pass
