@@ -20,8 +20,12 @@ def test_every_job_config_composes_and_validates(job):
     overrides = ["prompts=harmful_val"] if job == "generate" else []
     cfg = compose(job, overrides)
     obj = to_object(cfg)
-    # safety-tune teaches a chat model to refuse: its default model is SmolLM2, every other job's the organism
-    assert obj.job == job and obj.model.name == ("smollm2" if job == "safety-tune" else "organism")
+    # safety-tune teaches a chat model to refuse: its default model is SmolLM2, every other job's the organism;
+    # judge-eval loads no model
+    assert obj.job == job
+    if job != "judge-eval":
+        assert obj.model.name == ("smollm2" if job == "safety-tune" else "organism")
+    assert obj.judge.kind == "substring"
 
 
 def test_unknown_key_fails_at_compose():

@@ -18,6 +18,7 @@ from saesteer.config import (
     BackupsSettings,
     DirectionsConfig,
     EmergentSettings,
+    JudgeConfig,
     LoggerConfig,
     ModelConfig,
     SafetySettings,
@@ -78,7 +79,8 @@ def test_job_configs_list_their_groups_instead_of_inheriting_them():
     from saesteer.config import JobConfig
 
     for job, schema in SCHEMAS.items():
-        assert schema.__bases__ == (JobConfig,), job
+        # judge-eval reads labelled text and loads no model: it has no model, data or eval group
+        assert schema.__bases__ == ((object,) if job == "judge-eval" else (JobConfig,)), job
 
 
 def _group_files():
@@ -92,6 +94,7 @@ def _group_files():
         ("eval", None),
         ("data", None),
         ("logger", LoggerConfig),
+        ("judge", JudgeConfig),
         ("steer", SteerConfig),
     ):
         for path in sorted((CONF / group).glob("*.yaml")):
@@ -114,6 +117,7 @@ def test_group_yaml_sets_only_what_differs_from_the_schema(group, schema, path):
 CHOICE_CLASSES = [
     (ModelConfig, "model"),
     (LoggerConfig, "logger"),
+    (JudgeConfig, "judge"),
     (SteerConfig, "steer"),
     (SelectionConfig, "directions"),
     (DirectionsConfig, "directions"),

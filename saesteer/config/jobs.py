@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from saesteer.checks import (
     check_positive_ints,
+    choices,
 )
 from saesteer.config.groups import (
     PIPELINE_STAGES,
@@ -18,6 +19,7 @@ from saesteer.config.groups import (
     EmergentSettings,
     EvalConfig,
     JudgeConfig,
+    JudgeKind,
     LoggerConfig,
     ModelConfig,
     SafetySettings,
@@ -183,6 +185,28 @@ class SafetyTuneJobConfig(JobConfig):
     safety: SafetySettings = field(default_factory=SafetySettings)
 
 
+@dataclass
+class JudgeEvalJobConfig:
+    """``saesteer judge-eval``: the judges' agreement with labelled responses (no model is loaded)."""
+
+    job: str = "judge-eval"
+    seed: int = 0
+    progress: bool = True
+    labels: str = "refusal_direction"  # a bundled label set, or a CSV / JSON-lines file (prompt, response, label)
+    judges: list[str] = field(default_factory=lambda: ["substring", "rules"])  # compared beside judge.kind
+    n_examples: int = 20  # disagreements shown per judge in the report
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        kinds = choices(JudgeKind)
+        bad = [j for j in self.judges if j not in kinds]
+        if bad:
+            raise ValueError(f"judges has unknown judges {bad}; expected some of {list(kinds)}")
+        check_positive_ints(self, "judge-eval", "n_examples")
+
+
 SCHEMAS: dict[str, type] = {
     "pipeline": PipelineJobConfig,
     "anchor": AnchorJobConfig,
@@ -195,4 +219,5 @@ SCHEMAS: dict[str, type] = {
     "backups": BackupsJobConfig,
     "emergent": EmergentJobConfig,
     "safety-tune": SafetyTuneJobConfig,
+    "judge-eval": JudgeEvalJobConfig,
 }

@@ -17,6 +17,7 @@ JOBS: dict[str, str] = {
     "backups": "saesteer.jobs.backups",
     "emergent": "saesteer.jobs.emergent",
     "safety-tune": "saesteer.jobs.safety_tune",
+    "judge-eval": "saesteer.jobs.judge_eval",
 }
 
 
