@@ -311,7 +311,7 @@ def test_unknown_config_key_on_the_command_line(tmp_path, cache_root, clean):
     lines = [l for l in res.stderr.splitlines() if l.strip() and "Warning" not in l and "warn(" not in l]
     assert lines == [
         "saesteer directions: error: unknown config key 'foo' (expected one of: job, seed, progress, model, data, "
-        "eval, logger, overwrite, directions, sae)"
+        "eval, judge, logger, overwrite, directions, sae)"
     ], res.stderr
     assert not (tmp_path / "run").exists()
     clean(tmp_path / "run")
