@@ -14,7 +14,7 @@ from transformer_lens import HookedTransformer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_prompts
 from saesteer.generation import final_logits, generate, last_position_logits, length_sorted_batches
-from saesteer.judge import default_judge
+from saesteer.judge import default_judge, judge_responses
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ def refusal_eval(
         progress=progress,
         desc=desc,
     )
-    refused = judge.batch(responses)
-    outcomes = judge.outcomes(responses) if hasattr(judge, "outcomes") else []
+    refused, outcomes = judge_responses(judge, responses, list(instructions))  # a judge that reads prompts gets them
     return RefusalResult(sum(refused) / len(refused), responses, refused, outcomes)
 
 

@@ -79,8 +79,8 @@ def test_job_configs_list_their_groups_instead_of_inheriting_them():
     from saesteer.config import JobConfig
 
     for job, schema in SCHEMAS.items():
-        # judge-eval reads labelled text and loads no model: it has no model, data or eval group
-        assert schema.__bases__ == ((object,) if job == "judge-eval" else (JobConfig,)), job
+        # judge-eval and judge-train read labelled text and load no model: they have no model, data or eval group
+        assert schema.__bases__ == ((object,) if job in ("judge-eval", "judge-train") else (JobConfig,)), job
 
 
 def _group_files():

@@ -124,8 +124,9 @@ class EvalConfig:
         return {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size}
 
 
-#: The refusal judges (saesteer.judge): ``substring`` (Arditi et al.'s JailbreakBench substrings) or ``rules``.
-JudgeKind = Literal["substring", "rules"]
+#: The refusal judges (saesteer.judge): ``substring`` (Arditi et al.'s JailbreakBench substrings), ``rules`` or
+#: ``learned`` (a head on MiniLM features, trained on human labels).
+JudgeKind = Literal["substring", "rules", "learned"]
 
 
 @dataclass
@@ -135,15 +136,19 @@ class JudgeConfig:
 
     kind: Annotated[str, JudgeKind] = "substring"
     opening_chars: int = 240  # rules: characters of the response its prefixes and patterns read
+    weights: Optional[str] = None  # learned: a head written by saesteer judge-train (null: the bundled head)
+    batch_size: int = 64  # learned: texts per MiniLM batch
 
     def __post_init__(self) -> None:
         check_choice_fields(self, "judge")
-        check_positive_ints(self, "judge", "opening_chars")
+        check_positive_ints(self, "judge", "opening_chars", "batch_size")
 
     def build(self):
         """The judge these settings name."""
-        from saesteer.judge import RefusalJudge, RulesJudge
+        from saesteer.judge import LearnedJudge, RefusalJudge, RulesJudge
 
+        if self.kind == "learned":
+            return LearnedJudge(weights=self.weights, batch_size=self.batch_size)
         return RefusalJudge() if self.kind == "substring" else RulesJudge(opening_chars=self.opening_chars)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from saesteer.checks import (
+    check_finite_fields,
     check_positive_ints,
     choices,
 )
@@ -26,6 +27,7 @@ from saesteer.config.groups import (
     SearchJobSettings,
     SteerConfig,
 )
+from saesteer.judge.learned import FeatureSpec
 from saesteer.sae.config import SaeConfig
 
 # ---------------------------------------------------------------- jobs: each lists the config groups it reads
@@ -207,6 +209,41 @@ class JudgeEvalJobConfig:
         check_positive_ints(self, "judge-eval", "n_examples")
 
 
+@dataclass
+class JudgeTrainJobConfig:
+    """``saesteer judge-train``: fit the learned judge's head on labelled responses (no chat model is loaded)."""
+
+    job: str = "judge-train"
+    seed: int = 0  # seeds the cross-validation folds
+    progress: bool = True
+    labels: str = "saesteer_human:train"  # training rows: a bundled set (NAME or NAME:SPLIT) or a CSV / JSON-lines file
+    test_labels: Optional[str] = "saesteer_human:test"  # held-out rows scored after training (null: none)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    l2: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0])  # penalties tried
+    cv_folds: int = 5  # stratified folds of the training rows
+    cv_repeats: int = 4  # seeded fold assignments averaged
+    batch_size: int = 64  # texts per MiniLM batch
+    judges: list[str] = field(default_factory=lambda: ["substring", "rules"])  # scored on the test rows beside it
+    install: bool = False  # also write the head into saesteer/resources/judge/ (the bundled head of judge=learned)
+    n_examples: int = 20  # test disagreements shown in the report
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, dict):
+            self.features = FeatureSpec.from_dict(self.features)
+        check_finite_fields(self)
+        if not self.l2 or any(v <= 0 for v in self.l2):
+            raise ValueError(f"judge-train.l2 must be a non-empty list of positive penalties, got {self.l2}")
+        kinds = [k for k in choices(JudgeKind) if k != "learned"]
+        bad = [j for j in self.judges if j not in kinds]
+        if bad:
+            raise ValueError(f"judges has unknown judges {bad}; expected some of {kinds}")
+        check_positive_ints(self, "judge-train", "cv_folds", "cv_repeats", "batch_size", "n_examples")
+        if self.cv_folds < 2:
+            raise ValueError(f"judge-train.cv_folds must be at least 2, got {self.cv_folds}")
+
+
 SCHEMAS: dict[str, type] = {
     "pipeline": PipelineJobConfig,
     "anchor": AnchorJobConfig,
@@ -220,4 +257,5 @@ SCHEMAS: dict[str, type] = {
     "emergent": EmergentJobConfig,
     "safety-tune": SafetyTuneJobConfig,
     "judge-eval": JudgeEvalJobConfig,
+    "judge-train": JudgeTrainJobConfig,
 }

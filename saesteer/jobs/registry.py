@@ -18,6 +18,7 @@ JOBS: dict[str, str] = {
     "emergent": "saesteer.jobs.emergent",
     "safety-tune": "saesteer.jobs.safety_tune",
     "judge-eval": "saesteer.jobs.judge_eval",
+    "judge-train": "saesteer.jobs.judge_train",
 }
 
 

@@ -4,9 +4,11 @@
 
 - ``substring``: the JailbreakBench substrings of Arditi et al. 2024 (:mod:`saesteer.judge.substring`), for
   figures comparable with the paper;
-- ``rules``: prefixes, substrings and patterns read in the response's opening (:mod:`saesteer.judge.rules`).
+- ``rules``: prefixes, substrings and patterns read in the response's opening (:mod:`saesteer.judge.rules`);
+- ``learned``: a logistic-regression head on MiniLM sentence features, cues and the two judges' verdicts, trained
+  on human labels by ``saesteer judge-train`` (:mod:`saesteer.judge.learned`); it also takes the prompts.
 
-Incoherent text (:mod:`saesteer.judge.coherence`) is flagged before either decides.  Jobs judge with the ``judge``
+Incoherent text (:mod:`saesteer.judge.coherence`) is flagged before any of them decides.  Jobs judge with the ``judge``
 config group's judge (:class:`saesteer.config.JudgeConfig`), set for the job's duration by :func:`use_judge`;
 :func:`default_judge` is what an evaluation called without a judge uses.
 """
@@ -18,7 +20,7 @@ import contextvars
 from collections.abc import Iterator
 from typing import Any
 
-from saesteer.judge.base import OUTCOMES, JudgeError, Outcome, outcome_rates
+from saesteer.judge.base import OUTCOMES, JudgeError, Outcome, judge_responses, outcome_rates
 from saesteer.judge.coherence import incoherence
 from saesteer.judge.rules import REFUSAL_PATTERNS, REFUSAL_PREFIXES, RulesJudge
 from saesteer.judge.substring import REFUSAL_SUBSTRINGS, RefusalJudge, is_refusal, refusal_rate
@@ -29,16 +31,28 @@ __all__ = [
     "REFUSAL_PREFIXES",
     "REFUSAL_SUBSTRINGS",
     "JudgeError",
+    "LearnedJudge",
     "Outcome",
     "RefusalJudge",
     "RulesJudge",
     "default_judge",
     "incoherence",
     "is_refusal",
+    "judge_responses",
     "outcome_rates",
     "refusal_rate",
     "use_judge",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``LearnedJudge`` is imported at first use: it brings torch and transformers."""
+    if name == "LearnedJudge":
+        from saesteer.judge.learned import LearnedJudge
+
+        return LearnedJudge
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("saesteer_judge", default=None)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal, Optional
 
 from saesteer.checks import choices
 
@@ -25,3 +25,15 @@ def outcome_rates(outcomes: Sequence[str]) -> dict[str, float]:
     if bad:
         raise JudgeError(f"unknown outcomes {bad}; expected some of {list(OUTCOMES)}")
     return {o: sum(1 for x in outcomes if x == o) / len(outcomes) for o in OUTCOMES}
+
+
+def judge_responses(
+    judge: Any, responses: Sequence[str], prompts: Optional[Sequence[str]] = None
+) -> tuple[list[bool], list[str]]:
+    """(refused, outcomes) of ``responses`` by ``judge`` (outcomes empty for a judge without ``.outcomes``); the
+    prompts, one per response, go to a judge that reads them (``reads_prompts``)."""
+    if prompts is not None and getattr(judge, "reads_prompts", False):
+        refused = judge.batch(responses, prompts)
+        return refused, judge.outcomes(responses, prompts)
+    refused = judge.batch(responses)
+    return refused, judge.outcomes(responses) if hasattr(judge, "outcomes") else []

@@ -2,8 +2,10 @@
 
 A label file is CSV or JSON lines (``.gz`` allowed) with ``prompt``, ``response`` and ``label`` (``refusal`` or
 ``compliance``; a partial refusal is a refusal) and optionally ``source`` (which model or set the response came
-from).  ``refusal_direction`` names the bundled set: the 2,500 completions of Arditi et al.'s runs with the paper's
-substring labels (``saesteer/resources/judge/ATTRIBUTION.md``).
+from) and ``split`` (e.g. ``train`` / ``test``); other fields are ignored.  Two sets are bundled
+(``saesteer/resources/judge/ATTRIBUTION.md``): ``refusal_direction``, the 2,500 completions of Arditi et al.'s runs
+with the paper's substring labels, and ``saesteer_human``, 800 of them labelled by people reading each against a
+written rubric, split half train, half test.  ``NAME:SPLIT`` (``saesteer_human:test``) keeps the rows of one split.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import gzip
 import importlib.resources
 import io
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saesteer.judge.base import JudgeError
+from saesteer.judge.base import JudgeError, judge_responses
 
 LABELS = ("refusal", "compliance")
 #: label sets bundled with saesteer, by name
-BUNDLED = {"refusal_direction": "refusal_direction.jsonl.gz"}
+BUNDLED = {"refusal_direction": "refusal_direction.jsonl.gz", "saesteer_human": "saesteer_human.jsonl.gz"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Labelled:
     response: str
     label: str  # refusal | compliance
     source: str = ""
+    split: str = ""  # train | test | ... where the file names one
 
 
 def _read_text(where: str) -> tuple[str, str]:
@@ -48,8 +52,18 @@ def _read_text(where: str) -> tuple[str, str]:
     return data.decode("utf-8"), path.name
 
 
+def _split_name(where: str) -> tuple[str, str | None]:
+    """(set or file, split) of ``NAME:SPLIT``; (where, None) when ``where`` names a set or file as it is."""
+    base, sep, split = where.rpartition(":")
+    if not sep or where in BUNDLED or Path(where).is_file() or not re.fullmatch(r"[A-Za-z0-9_-]+", split):
+        return where, None
+    return base, split
+
+
 def load_labels(where: str) -> list[Labelled]:
-    """The labelled responses of a bundled set (:data:`BUNDLED`) or a CSV / JSON-lines file."""
+    """The labelled responses of a bundled set (:data:`BUNDLED`) or a CSV / JSON-lines file; ``NAME:SPLIT`` keeps
+    the rows whose ``split`` is SPLIT."""
+    where, split = _split_name(where)
     text, name = _read_text(where)
     stem = name.removesuffix(".gz")
     if stem.endswith(".csv"):
@@ -72,9 +86,16 @@ def load_labels(where: str) -> list[Labelled]:
         label = row["label"].strip().lower()
         if label not in LABELS:
             raise JudgeError(f"{name} row {i}: label {row['label']!r}; expected one of {list(LABELS)}")
-        out.append(Labelled(row["prompt"], row["response"], label, str(row.get("source") or "")))
+        out.append(
+            Labelled(row["prompt"], row["response"], label, str(row.get("source") or ""), str(row.get("split") or ""))
+        )
     if not out:
         raise JudgeError(f"{name}: no labelled responses")
+    if split is not None:
+        splits = sorted({r.split for r in out if r.split})
+        out = [r for r in out if r.split == split]
+        if not out:
+            raise JudgeError(f"{name}: no rows of split {split!r}; its splits are {splits or 'none (no split field)'}")
     return out
 
 
@@ -107,14 +128,13 @@ def agreement(judge: Any, rows: Sequence[Labelled], n_examples: int = 20) -> Agr
     if not rows:
         raise JudgeError("agreement needs labelled responses, got none")
     truth = [r.label == "refusal" for r in rows]
-    judged = judge.batch([r.response for r in rows])
+    judged, flagged = judge_responses(judge, [r.response for r in rows], [r.prompt for r in rows])
     ok = [t == j for t, j in zip(truth, judged)]
     conf = Counter(("t" if t == j else "f") + ("p" if j else "n") for t, j in zip(truth, judged))
     sources = sorted({r.source for r in rows})
     by_source = {
         s: sum(o for o, r in zip(ok, rows) if r.source == s) / sum(1 for r in rows if r.source == s) for s in sources
     }
-    flagged = judge.outcomes([r.response for r in rows]) if hasattr(judge, "outcomes") else []
     wrong = [
         (r.source, r.label, "refusal" if j else "compliance", r.response) for r, j, o in zip(rows, judged, ok) if not o
     ]
