@@ -333,6 +333,13 @@ def suffix_ids(tokenizer: Any, template: ChatTemplate) -> list[int]:
     return _tokenize(tokenizer, [template.suffix])[0]
 
 
+def head_ids(tokenizer: Any, template: ChatTemplate, system: str | None = None) -> list[int]:
+    """Token ids before the instruction: the BOS id (if ``template.bos`` and the tokenizer has one) and the prefix."""
+    bos_id = getattr(tokenizer, "bos_token_id", None) if template.bos else None
+    prefix = template.prefix_for(system)
+    return ([int(bos_id)] if bos_id is not None else []) + (_tokenize(tokenizer, [prefix])[0] if prefix else [])
+
+
 def encode_chat(
     tokenizer: Any,
     template: ChatTemplate,
@@ -370,9 +377,8 @@ def encode_chat(
     if pad is None:
         raise ChatEncodingError("the tokenizer has neither a pad nor an eos token; pass pad_token_id=")
 
-    bos_id = getattr(tokenizer, "bos_token_id", None) if template.bos else None
-    prefix_ids, post_ids = _tokenize(tokenizer, [template.prefix_for(system), template.suffix])
-    head = ([int(bos_id)] if bos_id is not None else []) + prefix_ids
+    head = head_ids(tokenizer, template, system)
+    post_ids = suffix_ids(tokenizer, template)
     if not post_ids:
         raise ChatEncodingError(f"template {template.name!r}: suffix {template.suffix!r} tokenizes to no tokens")
     inst_ids = _tokenize(tokenizer, instructions)

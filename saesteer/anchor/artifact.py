@@ -9,8 +9,9 @@ from typing import Any, Optional
 
 import torch
 
+from saesteer.chat import get_template
 from saesteer.interventions import Add, AnchorDirection, AnchorProjections, Intervention
-from saesteer.interventions.gates import AnyGate, Gate, ProbeGate, TokenProbeGate
+from saesteer.interventions.gates import AnyGate, Gate, ProbeGate, TextGate, TokenProbeGate
 from saesteer.io import load_tensors, save_tensors
 
 
@@ -40,6 +41,29 @@ class FeatureAnchor:
 
 
 @dataclass
+class TextClassifier:
+    """A logistic classifier of instruction text: ``score = w . embed(text) + b``, with ``embed`` the MiniLM-L6
+    sentence embedding (:func:`saesteer.judge.learned.embed`, the instruction cut to ``max_tokens`` tokens)."""
+
+    weights: torch.Tensor  # [384]
+    bias: float
+    threshold: float
+    template: str  # the chat template whose head and suffix the gate cuts off the prompt
+    max_tokens: int = 256
+
+    def scores(self, texts: list[str]) -> torch.Tensor:
+        """[len(texts)] scores of instruction texts."""
+        from saesteer.judge.learned import embed
+
+        return embed(texts, self.max_tokens) @ self.weights.float() + float(self.bias)
+
+    def gate(self) -> TextGate:
+        return TextGate(
+            hook="hook_embed", threshold=self.threshold, template=get_template(self.template), scorer=self.scores
+        )
+
+
+@dataclass
 class AnchorArtifact:
     direction: torch.Tensor  # [d_model] refusal direction (raw difference in means)
     layer: int  # the direction's own layer (for additions)
@@ -60,13 +84,15 @@ class AnchorArtifact:
     position_floors: Optional[torch.Tensor] = (
         None  # [n_anchored_hooks, n_post + 1] prompt floors of t_inst..-1, or None (``floors`` everywhere)
     )
+    text: Optional[TextClassifier] = None  # the text gate's classifier, or None
 
     @property
     def gate_hooks(self) -> list[str]:
         return [f"blocks.{l}.hook_resid_pre" for l in self.gate_layers]
 
     def gate(self) -> Gate:
-        """A fresh gate (gates hold per-batch state: one per intervention): the position probe, or it OR the token probe."""
+        """A fresh gate (gates hold per-batch state: one per intervention): the position probe, OR the token probe
+        and the text classifier where calibrated."""
         probe = ProbeGate(
             hook=self.gate_hooks[-1],
             positions=tuple(self.gate_positions),
@@ -75,16 +101,20 @@ class AnchorArtifact:
             weights=self.gate_weights,
             bias=self.gate_bias,
         )
-        if self.token_weights is None:
-            return probe
-        tokens = TokenProbeGate(
-            hook=self.gate_hooks[-1],
-            threshold=self.token_threshold,
-            hooks=self.gate_hooks,
-            weights=self.token_weights,
-            bias=self.token_bias,
-        )
-        return AnyGate(hook=self.gate_hooks[-1], gates=[probe, tokens])
+        members: list[Gate] = [probe]
+        if self.token_weights is not None:
+            members.append(
+                TokenProbeGate(
+                    hook=self.gate_hooks[-1],
+                    threshold=self.token_threshold,
+                    hooks=self.gate_hooks,
+                    weights=self.token_weights,
+                    bias=self.token_bias,
+                )
+            )
+        if self.text is not None:
+            members.append(self.text.gate())
+        return probe if len(members) == 1 else AnyGate(hook=self.gate_hooks[-1], gates=members)
 
     def _direction_anchor(self, gate: Optional[Gate]) -> AnchorDirection:
         return AnchorDirection(
@@ -140,6 +170,14 @@ class AnchorArtifact:
             tensors["token_weights"] = self.token_weights
         if self.position_floors is not None:
             tensors["position_floors"] = self.position_floors
+        if self.text is not None:
+            tensors["text_weights"] = self.text.weights
+            meta.update(
+                text_bias=self.text.bias,
+                text_threshold=self.text.threshold,
+                text_template=self.text.template,
+                text_max_tokens=self.text.max_tokens,
+            )
         if self.features is not None:
             fa = self.features
             meta.update(
@@ -176,6 +214,10 @@ class AnchorArtifact:
             "feature_ids",
             "feature_signs",
             "feature_apply_to",
+            "text_bias",
+            "text_threshold",
+            "text_template",
+            "text_max_tokens",
         )
         features = None
         if "feature_directions" in tensors:
@@ -192,6 +234,15 @@ class AnchorArtifact:
                 raise ValueError(
                     f"anchor {path} has feature directions of d={features.directions.shape[-1]}, the model has d_model={d_model}"
                 )
+        text = None
+        if "text_weights" in tensors:
+            text = TextClassifier(
+                tensors["text_weights"],
+                float(meta["text_bias"]),
+                float(meta["text_threshold"]),
+                str(meta["text_template"]),
+                int(meta["text_max_tokens"]),
+            )
         return cls(
             tensors["direction"],
             int(meta["layer"]),
@@ -210,4 +261,5 @@ class AnchorArtifact:
             {k: v for k, v in meta.items() if k not in keys},
             features,
             tensors.get("position_floors"),
+            text,
         )

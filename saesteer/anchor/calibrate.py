@@ -49,13 +49,13 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from saesteer.activations import collect_activations, collect_token_activations, n_post_tokens, stop_layer
-from saesteer.anchor.artifact import AnchorArtifact, FeatureAnchor
+from saesteer.anchor.artifact import AnchorArtifact, FeatureAnchor, TextClassifier
 from saesteer.anchor.settings import AnchorCalibration
-from saesteer.chat import ChatTemplate
+from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_prompts
 from saesteer.interventions import AnchorProjections
 from saesteer.interventions.anchors import anchor_hooks
-from saesteer.interventions.gates import ProbeGate, TokenProbeGate
+from saesteer.interventions.gates import ProbeGate, TextGate, TokenProbeGate
 from saesteer.stats import auroc
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,32 @@ def calibrate_feature_anchor(
     return fa
 
 
+def instruction_texts(model: HookedTransformer, template: ChatTemplate, prompts: Sequence[str]) -> list[str]:
+    """The instructions as the text gate reads them: formatted, tokenized, and decoded back without the template."""
+    enc = encode_chat(model.tokenizer, template, list(prompts), pad_token_id=model.tokenizer.pad_token_id)
+    probe = TextGate(hook="hook_embed", template=template, scorer=lambda texts: torch.zeros(len(texts)))
+    return probe.texts(model, enc.tokens, enc.attention_mask)
+
+
+def fit_text_classifier(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    l2: float,
+    max_tokens: int,
+) -> TextClassifier:
+    """An L2-regularized logistic classifier of harmful vs harmless instructions on their MiniLM-L6 embeddings
+    (threshold 0 until the caller sets it)."""
+    from saesteer.judge.learned import embed
+
+    xh = embed(instruction_texts(model, template, harmful), max_tokens).double()
+    xs = embed(instruction_texts(model, template, harmless), max_tokens).double()
+    w = logistic_probe(xh, xs, l2)
+    bias = -float(torch.cat([xh, xs]).mean(0) @ w)  # centred: the threshold, set on held-out prompts, decides
+    return TextClassifier(w.float().contiguous(), bias, 0.0, template.name, max_tokens)
+
+
 def calibrate_anchor(
     model: HookedTransformer,
     template: ChatTemplate,
@@ -373,7 +399,7 @@ def calibrate_anchor(
         ).refused,
         dtype=torch.bool,
     )
-    fpr_each = cfg.gate_fpr / 2 if cfg.gate_tokens else cfg.gate_fpr  # the union of two gates fires on <= gate_fpr
+    fpr_each = cfg.gate_fpr / (1 + int(cfg.gate_tokens) + int(cfg.gate_text))  # the union fires on <= gate_fpr
 
     def quantile_threshold(
         scores: torch.Tensor,
@@ -411,6 +437,29 @@ def calibrate_anchor(
             fire_thr | (tt_thr > tok_thr),
         )
     del t_h, t_s
+    text, text_auroc = None, float("nan")
+    if cfg.gate_text:
+        text_fit = [(list(fit_harmful), list(fit_harmless))] + [
+            (attack.prompts(fit_harmful), attack.prompts(fit_harmless)) for attack in robust_to if attack.rewrite
+        ]
+        text = fit_text_classifier(
+            model,
+            template,
+            [p for h, _ in text_fit for p in h],
+            [p for _, s in text_fit for p in s],
+            cfg.gate_l2,
+            cfg.gate_text_tokens,
+        )
+        x_thr, x_hval, x_sval = (
+            text.scores(instruction_texts(model, template, ps)) for ps in (thr_harmless, harmful_val, harmless_val)
+        )
+        text.threshold = quantile_threshold(x_thr)
+        text_auroc = auroc(x_hval, x_sval)
+        fire_h, fire_s, fire_thr = (
+            fire_h | (x_hval > text.threshold),
+            fire_s | (x_sval > text.threshold),
+            fire_thr | (x_thr > text.threshold),
+        )
     tpr_val, fpr_val = float(fire_h.float().mean()), float(fire_s.float().mean())
     meta = {
         "quantile": cfg.quantile,
@@ -425,6 +474,8 @@ def calibrate_anchor(
         "gate_fpr_calibration": float(fire_thr.float().mean()),
         "gate_tokens": cfg.gate_tokens,
         "token_gate_auroc_val": tok_auroc,
+        "gate_text": cfg.gate_text,
+        "text_gate_auroc_val": text_auroc,
         "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
         "n_floor_prompts": len(harmful_refused),
         "n_gate_fit": [len(fit_harmful), len(fit_harmless)],
@@ -457,4 +508,5 @@ def calibrate_anchor(
         tok_b,
         meta,
         position_floors=position_floors,
+        text=text,
     )

@@ -78,6 +78,8 @@ class AnchorCalibration:
     gate_token_steps: int = (
         300  # Adam steps of the per-token (multiple-instance) probe; each of the two gates gets half of gate_fpr
     )
+    gate_text: bool = False  # OR a classifier of the prompt's text (MiniLM-L6 embedding, logistic): no activation edit can lower its score
+    gate_text_tokens: int = 256  # MiniLM tokens of the instruction the text gate reads
     sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are also bounded; 0: the direction only
     feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused prompts' coordinates, ceilings (comply) at 1 - it
     feature_apply_to: Annotated[str, ApplyTo] = "generated"  # tokens the feature bounds act on
@@ -102,6 +104,8 @@ class AnchorCalibration:
             raise ValueError("anchor.gate_layers must be null (automatic) or a non-empty list, got []")
         if self.gate_tokens and self.gate_token_steps < 1:
             raise ValueError(f"anchor.gate_token_steps must be >= 1, got {self.gate_token_steps!r}")
+        if self.gate_text_tokens < 1:
+            raise ValueError(f"anchor.gate_text_tokens must be >= 1, got {self.gate_text_tokens!r}")
         if self.gate_synthetic < 0:
             raise ValueError(f"anchor.gate_synthetic must be >= 0, got {self.gate_synthetic!r}")
         self.gate_robust = list(self.gate_robust)

@@ -23,6 +23,7 @@ from saesteer.evaluate import completion_nll, kl_divergence, last_position_logpr
 from saesteer.generation import generate, length_sorted_batches
 from saesteer.interventions import Intervention, steer
 from saesteer.interventions.gates import Gate
+from saesteer.primitives.phase import reading_input
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,10 @@ def gate_decisions(
     layer = int(gate.hook.split(".")[1]) if gate.hook.startswith("blocks.") else 0
     for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
         enc = encode_chat(tok, template, [prompts[i] for i in idx], pad_token_id=tok.pad_token_id)
-        with model.hooks(fwd_hooks=gate.read_hooks()):
+        tokens = enc.tokens.to(model.cfg.device)
+        with model.hooks(fwd_hooks=gate.read_hooks()), reading_input(model, tokens, enc.attention_mask):
             model(
-                enc.tokens.to(model.cfg.device),
+                tokens,
                 attention_mask=enc.attention_mask.to(model.cfg.device),
                 stop_at_layer=layer + 1,
             )

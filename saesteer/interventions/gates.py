@@ -13,6 +13,8 @@ compares a score with a threshold:
 - ``TokenProbeGate``: the max over the prompt's tokens of a per-token linear probe.
   With causal attention, the tokens before an appended suffix do not see it, so a
   suffix cannot lower their scores;
+- ``TextGate``: a classifier of the prompt's instruction *text*, read from the token ids the model is given
+  (``steer`` passes them on), not from the residual stream: no edit of the activations can lower its score;
 - ``AnyGate``: fires where any of its gates fires.
 
 The decision (one value per sequence in the batch, 0 or 1) is made while the prompt
@@ -29,9 +31,10 @@ from typing import Optional
 
 import torch
 
+from saesteer.chat import ChatTemplate, head_ids, suffix_ids
 from saesteer.checks import check_finite, check_finite_tensor
 from saesteer.primitives.hooks import hook_order
-from saesteer.primitives.phase import PHASE, reading_prompt
+from saesteer.primitives.phase import INPUT, PHASE, reading_prompt
 from saesteer.primitives.sae_weights import SaeWeights
 
 
@@ -269,6 +272,85 @@ class TokenProbeGate(Gate):
         """Scores of per-prompt token activations ([n_tokens, n_hooks, d_model] each, as collect_token_activations)."""
         w = self.weights.float()
         return torch.stack([torch.einsum("thd,hd->t", t.float(), w).max() for t in tokens]) + float(self.bias)
+
+
+def instruction_token_ids(
+    tokenizer, template: ChatTemplate, tokens: torch.Tensor, attention_mask=None
+) -> list[list[int]]:
+    """The instruction's token ids in each row of a left-padded batch ``[bos] + prefix + instruction + suffix``
+    (:func:`saesteer.chat.encode_chat`): the real tokens (the attention mask's, else all but the leading run of
+    the pad id) without the template's head and suffix; a row too short to hold them is returned whole."""
+    head, tail = len(head_ids(tokenizer, template)), len(suffix_ids(tokenizer, template))
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = getattr(tokenizer, "eos_token_id", None) if pad is None else pad
+    out = []
+    for i, row in enumerate(tokens.tolist()):
+        if attention_mask is not None:
+            row = [t for t, m in zip(row, attention_mask[i].tolist()) if m]
+        else:
+            start = next((j for j, t in enumerate(row) if t != pad), len(row))
+            row = row[start:]
+        out.append(row[head : len(row) - tail] if len(row) > head + tail else row)
+    return out
+
+
+@dataclass
+class TextGate(Gate):
+    """Decides from the prompt's words: ``score = scorer(instructions)``, where the instructions are decoded from
+    the token ids of the pass (:data:`saesteer.primitives.phase.INPUT`, which ``steer`` sets) with the template's
+    head and suffix cut off (:func:`instruction_token_ids`).
+
+    The classifier runs outside the model, so hooks that edit activations cannot move its score; a prompt attack
+    (a jailbreak template, a suffix) can.  ``scorer``: list of texts -> [batch] float scores.  ``hook`` is
+    ``hook_embed``: the decision is made where the model embeds the tokens, before any layer."""
+
+    template: Optional[ChatTemplate] = None
+    scorer: Optional[Callable[[list[str]], torch.Tensor]] = None
+
+    def __post_init__(self) -> None:
+        self._check_threshold()
+        if self.template is None or self.scorer is None:
+            raise ValueError("TextGate needs the chat template and a scorer (list of texts -> [batch] scores)")
+
+    def texts(self, model, tokens: torch.Tensor, attention_mask=None) -> list[str]:
+        """The instructions of a batch of token ids, as the scorer reads them."""
+        ids = instruction_token_ids(model.tokenizer, self.template, tokens, attention_mask)
+        return [model.tokenizer.decode(row) for row in ids]
+
+    def text_score(self) -> Optional[torch.Tensor]:
+        """The [batch] score of the pass's prompts, or None in a pass over embeddings (no token ids)."""
+        current = INPUT.get()
+        if current is None:
+            return None
+        model, tokens, mask = current
+        scores = self.scorer(self.texts(model, tokens, mask))
+        if scores.shape != (tokens.shape[0],):
+            raise ValueError(f"TextGate.scorer returned shape {tuple(scores.shape)}, expected [{tokens.shape[0]}]")
+        return scores.float()
+
+    def read(self, x: torch.Tensor, hook=None) -> torch.Tensor:
+        if self.deciding():
+            score = self.text_score()
+            if score is None:
+                raise RuntimeError(
+                    "TextGate reads the prompt's token ids, which only a forward pass over token ids run inside "
+                    "saesteer's steer() provides (not a pass over embeddings)"
+                )
+            self.decide(score.to(x.device))
+        return x
+
+    def score_hooks(self, sink: dict) -> list[tuple[str, Callable]]:
+        """Put the (non-differentiable) text score into ``sink``: an attacker searching over tokens can rank its
+        candidates by it, but gets no gradient from it."""
+
+        def grab(x: torch.Tensor, hook=None) -> torch.Tensor:
+            if self.deciding():
+                score = self.text_score()
+                if score is not None:
+                    sink[self.hook] = score.to(x.device)
+            return x
+
+        return [(self.hook, grab)]
 
 
 @dataclass

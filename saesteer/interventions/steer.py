@@ -11,7 +11,7 @@ from transformer_lens import HookedTransformer
 
 from saesteer.primitives.hooks import hook_order
 from saesteer.primitives.intervention import Intervention
-from saesteer.primitives.phase import PHASE, phase, reading_prompt
+from saesteer.primitives.phase import PHASE, phase, reading_input, reading_prompt
 
 
 def as_interventions(interventions: Intervention | Sequence[Intervention]) -> list[Intervention]:
@@ -89,7 +89,7 @@ def gate_prepass(model: HookedTransformer, interventions: Intervention | Sequenc
 @contextlib.contextmanager
 def _around_forward(model: HookedTransformer, before) -> Iterator[None]:
     """Run ``before(forward, args, kwargs)`` ahead of every call of ``model.forward`` (inside which it may set
-    the phase for the call). Wrapping the method rather than registering a module pre-hook also catches
+    the phase for the call); a call over token ids runs with them as the :data:`~saesteer.primitives.phase.INPUT`. Wrapping the method rather than registering a module pre-hook also catches
     TransformerLens's ``generate``, which calls ``self.forward`` directly."""
     inner = model.forward
     had_own = "forward" in vars(model)
@@ -98,6 +98,9 @@ def _around_forward(model: HookedTransformer, before) -> Iterator[None]:
         if self is not model:  # a copy made while steering (deepcopy rebinds the method to it) runs its own forward
             return type(self).forward(self, *args, **kwargs)
         with contextlib.ExitStack() as stack:
+            x = args[0] if args else kwargs.get("input")
+            if torch.is_tensor(x) and not x.is_floating_point() and x.ndim == 2:  # token ids: readable as text
+                stack.enter_context(reading_input(model, x, kwargs.get("attention_mask")))
             ctx = before(inner, args, kwargs)
             if ctx is not None:
                 stack.enter_context(ctx)

@@ -309,6 +309,8 @@ def anchor_metrics(art: AnchorArtifact, ev: DefenceEvaluation, n_floor_prompts: 
         "gate_fpr_val": art.metadata["gate_fpr_val"],
         "gate_fpr_calibration": art.metadata["gate_fpr_calibration"],
         "gate_refusal_cosine": art.metadata["gate_refusal_cosine"],
+        "gate_text": art.text is not None,
+        "text_gate_auroc_val": art.metadata.get("text_gate_auroc_val", float("nan")),
         "n_attack_prompts": ev.n_harmful,
         "n_harmless": ev.n_harmless,
         "n_floor_prompts": n_floor_prompts,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from saesteer.checks import check_choice, choices
 
@@ -48,3 +48,19 @@ def phase(name: str) -> Iterator[None]:
         yield
     finally:
         PHASE.reset(token)
+
+
+#: The model, token ids [batch, pos] and attention mask (or None) of the forward pass being run, set by ``steer``
+#: around every pass over token ids, for readers that need the text rather than the residual stream (a gate that
+#: classifies the prompt's words); None outside ``steer`` or in a pass over embeddings.
+INPUT: ContextVar[Optional[tuple[Any, Any, Any]]] = ContextVar("saesteer_input", default=None)
+
+
+@contextlib.contextmanager
+def reading_input(model: Any, tokens: Any, attention_mask: Any = None) -> Iterator[None]:
+    """Make ``(model, tokens, attention_mask)`` the :data:`INPUT` of the forward passes run inside the block."""
+    token = INPUT.set((model, tokens, attention_mask))
+    try:
+        yield
+    finally:
+        INPUT.reset(token)
