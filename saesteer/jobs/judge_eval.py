@@ -3,7 +3,9 @@
 Reads the labels (:func:`saesteer.judge.labels.load_labels`: a bundled set or a CSV / JSON-lines file), judges every
 response with the configured judge (``judge.kind``) and each of ``judges``, and writes per judge its accuracy,
 Cohen's kappa, confusion counts (refusal is the positive class), the share it flags incoherent, the accuracy per
-source, and in the report the first disagreements.
+source, and in the report the first disagreements.  Where the labels carry an ``incoherent`` flag, each judge's
+incoherent outcome is scored against it: ``<judge>_incoherent_precision``, ``_recall`` and ``_accuracy`` (incoherent
+the positive class, over the rows with a flag), in the report too.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def run(cfg: JudgeEvalJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, A
             m[f"{kind}_{c}"] = v
         for source, acc in a.by_source.items():
             m[f"{kind}_accuracy_{_key(source)}"] = acc
+        if a.incoherent_confusion:
+            m[f"{kind}_incoherent_precision"] = a.incoherent_precision
+            m[f"{kind}_incoherent_recall"] = a.incoherent_recall
+            m[f"{kind}_incoherent_accuracy"] = a.incoherent_accuracy
+            for c, v in a.incoherent_confusion.items():
+                m[f"{kind}_incoherent_{c}"] = v
+    flags = [r.incoherent for r in rows if r.incoherent is not None]
+    if flags:
+        m["n_incoherent_flags"] = len(flags)
+        m["n_incoherent_labels"] = sum(flags)
     headers = ["judge", "accuracy", "Cohen's kappa", "refusal recall", "refusal precision", "incoherent"]
     table = [
         [
@@ -85,6 +97,24 @@ def run(cfg: JudgeEvalJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, A
         markdown_table(["source", *results], per_source, floatfmt=".3f"),
         "",
     ]
+    scored = {k: a for k, a in results.items() if a.incoherent_confusion}
+    if scored:
+        inc_headers = ["judge", "precision", "recall", "accuracy", "tp", "fp", "fn", "tn"]
+        inc_table = [
+            [k, a.incoherent_precision, a.incoherent_recall, a.incoherent_accuracy]
+            + [a.incoherent_confusion[c] for c in ("tp", "fp", "fn", "tn")]
+            for k, a in scored.items()
+        ]
+        tracker.table("judge_eval/incoherence", inc_headers, inc_table)
+        lines += [
+            "## Incoherence",
+            "",
+            f"Each judge's incoherent outcome against the labels' flag ({m['n_incoherent_labels']} of "
+            f"{m['n_incoherent_flags']} flagged incoherent); incoherent is the positive class.",
+            "",
+            markdown_table(inc_headers, inc_table, floatfmt=".4f"),
+            "",
+        ]
     for kind, a in results.items():
         if a.disagreements:
             lines += [

@@ -2,10 +2,12 @@
 
 A label file is CSV or JSON lines (``.gz`` allowed) with ``prompt``, ``response`` and ``label`` (``refusal`` or
 ``compliance``; a partial refusal is a refusal) and optionally ``source`` (which model or set the response came
-from) and ``split`` (e.g. ``train`` / ``test``); other fields are ignored.  Two sets are bundled
-(``saesteer/resources/judge/ATTRIBUTION.md``): ``refusal_direction``, the 2,500 completions of Arditi et al.'s runs
-with the paper's substring labels, and ``saesteer_human``, 800 of them labelled by people reading each against a
-written rubric, split half train, half test.  ``NAME:SPLIT`` (``saesteer_human:test``) keeps the rows of one split.
+from), ``split`` (e.g. ``train`` / ``test``) and ``incoherent`` (whether the text is degenerate: loops, garbled
+words, empty output; a JSON bool, or true / false, 1 / 0, yes / no as text, empty for none); other fields are
+ignored.  Two sets are bundled (``saesteer/resources/judge/ATTRIBUTION.md``): ``refusal_direction``, the 2,500
+completions of Arditi et al.'s runs with the paper's substring labels, and ``saesteer_human``, 800 of them labelled
+by people reading each against a written rubric, with an incoherent flag, split half train, half test.
+``NAME:SPLIT`` (``saesteer_human:test``) keeps the rows of one split.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from saesteer.judge.base import JudgeError, judge_responses
 
@@ -36,6 +38,7 @@ class Labelled:
     label: str  # refusal | compliance
     source: str = ""
     split: str = ""  # train | test | ... where the file names one
+    incoherent: Optional[bool] = None  # the label's incoherent flag, None where the file gives none
 
 
 def _read_text(where: str) -> tuple[str, str]:
@@ -50,6 +53,22 @@ def _read_text(where: str) -> tuple[str, str]:
     if path.suffix == ".gz":
         data = gzip.decompress(data)
     return data.decode("utf-8"), path.name
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _flag(value: Any, name: str, row: int) -> Optional[bool]:
+    """The ``incoherent`` field of a row: a JSON bool, or true / false, 1 / 0, yes / no as text; None when absent
+    or empty."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if not text:
+        return None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise JudgeError(f"{name} row {row}: incoherent {value!r}; expected true or false")
 
 
 def _split_name(where: str) -> tuple[str, str | None]:
@@ -87,7 +106,14 @@ def load_labels(where: str) -> list[Labelled]:
         if label not in LABELS:
             raise JudgeError(f"{name} row {i}: label {row['label']!r}; expected one of {list(LABELS)}")
         out.append(
-            Labelled(row["prompt"], row["response"], label, str(row.get("source") or ""), str(row.get("split") or ""))
+            Labelled(
+                row["prompt"],
+                row["response"],
+                label,
+                str(row.get("source") or ""),
+                str(row.get("split") or ""),
+                _flag(row.get("incoherent"), name, i),
+            )
         )
     if not out:
         raise JudgeError(f"{name}: no labelled responses")
@@ -112,7 +138,8 @@ def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
 
 @dataclass
 class Agreement:
-    """A judge against labels: refusal is the positive class."""
+    """A judge against labels: refusal is the positive class; where labels carry an incoherent flag, the judge's
+    incoherent outcome against it (incoherent the positive class)."""
 
     n: int
     accuracy: float
@@ -121,10 +148,32 @@ class Agreement:
     incoherent: float  # share of responses the judge flags incoherent
     by_source: dict[str, float] = field(default_factory=dict)  # accuracy per source
     disagreements: list[tuple[str, str, str, str]] = field(default_factory=list)  # (source, label, judged, response)
+    #: tp (flagged incoherent, judged incoherent), fn, fp, tn over the rows with a flag; empty when no row has one or
+    #: the judge has no outcomes
+    incoherent_confusion: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def incoherent_precision(self) -> float:
+        """Share of the flagged rows judged incoherent that the labels flag (nan when none is judged so)."""
+        c = self.incoherent_confusion
+        return c["tp"] / (c["tp"] + c["fp"]) if c and c["tp"] + c["fp"] else float("nan")
+
+    @property
+    def incoherent_recall(self) -> float:
+        """Share of the rows the labels flag incoherent that the judge judges so (nan when the labels flag none)."""
+        c = self.incoherent_confusion
+        return c["tp"] / (c["tp"] + c["fn"]) if c and c["tp"] + c["fn"] else float("nan")
+
+    @property
+    def incoherent_accuracy(self) -> float:
+        """Share of the rows with a flag where the judge's incoherent outcome matches it (nan without flags)."""
+        c = self.incoherent_confusion
+        return (c["tp"] + c["tn"]) / sum(c.values()) if c else float("nan")
 
 
 def agreement(judge: Any, rows: Sequence[Labelled], n_examples: int = 20) -> Agreement:
-    """How often ``judge`` (refusal or not) agrees with the labels, overall and per source."""
+    """How often ``judge`` (refusal or not) agrees with the labels, overall and per source, and how its incoherent
+    outcome agrees with the labels' incoherent flag where they carry one."""
     if not rows:
         raise JudgeError("agreement needs labelled responses, got none")
     truth = [r.label == "refusal" for r in rows]
@@ -138,6 +187,8 @@ def agreement(judge: Any, rows: Sequence[Labelled], n_examples: int = 20) -> Agr
     wrong = [
         (r.source, r.label, "refusal" if j else "compliance", r.response) for r, j, o in zip(rows, judged, ok) if not o
     ]
+    pairs = [(r.incoherent, o == "incoherent") for r, o in zip(rows, flagged) if r.incoherent is not None]
+    inc = Counter(("t" if t == j else "f") + ("p" if j else "n") for t, j in pairs)
     return Agreement(
         n=len(rows),
         accuracy=sum(ok) / len(rows),
@@ -146,4 +197,5 @@ def agreement(judge: Any, rows: Sequence[Labelled], n_examples: int = 20) -> Agr
         incoherent=sum(o == "incoherent" for o in flagged) / len(rows) if flagged else 0.0,
         by_source=by_source,
         disagreements=wrong[:n_examples],
+        incoherent_confusion={k: inc.get(k, 0) for k in ("tp", "fn", "fp", "tn")} if pairs else {},
     )
