@@ -19,6 +19,11 @@ anchor against attacks with their costs, backups, emergent misalignment), each u
 command and date that produced it; the README's table between ``<!-- results:start -->``
 and ``<!-- results:end -->`` is rewritten from the same metrics (the first run that holds
 each figure).  Both files are written atomically.
+
+Refusal rates are the run's judge's (``judge`` in its metrics; a run that names none: the substring judge).  Where a
+run's judge is not the substring judge and its directions stage also holds the substring judge's figures
+(``<name>_substring``), those stand beside the run's own in the directions table and, in the side-by-side table, in
+brackets after the figures Arditi et al. 2024 measured.
 """
 
 from __future__ import annotations
@@ -80,6 +85,19 @@ class Run:
             if isinstance(m.get("model"), str):
                 return m["model"]
         return "organism"
+
+    @property
+    def judge(self) -> str:
+        """The refusal judge of the run's figures: the ``judge`` its metrics name, else its ``judge=`` override,
+        else the substring judge."""
+        for m in self.stages.values():
+            if isinstance(m.get("judge"), str):
+                return m["judge"]
+        for o in reversed(self.overrides):
+            k, _, v = o.partition("=")
+            if k.lstrip("+~") == "judge":
+                return v
+        return "substring"
 
     @property
     def budget(self) -> Optional[str]:
@@ -248,6 +266,16 @@ def _rows(m: dict[str, Any], spec: Sequence[tuple]) -> list[list[Any]]:
     return out
 
 
+def _substring_beside(m: dict[str, Any]) -> bool:
+    """Whether a stage's figures are another judge's and it also holds the substring judge's (``<name>_substring``)."""
+    return m.get("judge", "substring") != "substring" and any(k.endswith("_substring") for k in m)
+
+
+def _substring_key(m: dict[str, Any], key: str) -> Optional[str]:
+    """The substring judge's figure of ``key`` in ``m``, if the stage holds one (None: an empty cell)."""
+    return f"{key}_substring" if f"{key}_substring" in m else None
+
+
 # ----------------------------------------------------------------------------- one table per stage
 
 
@@ -304,44 +332,42 @@ def directions_section(m: dict[str, Any]) -> str:
         fb = "; selection fell back" if m.get("selection_fallback") else "; every filter of the paper passed"
         head.append(f"Selected: layer {m['selected_layer']}, position {m['selected_position']}{how}{fb}.")
     alpha = m.get("addition_prompt_only_best_alpha")
-    rows = _rows(
-        m,
-        [
-            ("baseline", "baseline_harmful_refusal", None, None),
-            ("baseline, harmless_test", "baseline_harmless_refusal", None, "ce_harmless_baseline"),
-            (
-                "plain ablation (every layer)",
-                "ablation_harmful_refusal",
-                "ablation_kl_harmless",
-                "ce_harmless_ablation",
-            ),
-            (
-                "affine ablation (every layer)",
-                "affine_ablation_harmful_refusal",
-                "affine_ablation_kl_harmless",
-                "ce_harmless_affine_ablation",
-            ),
-            (
-                "norm-matched random direction ablated",
-                "random_ablation_harmful_refusal",
-                "random_ablation_kl_harmless",
-                "ce_harmless_random_ablation",
-            ),
-            ("addition (alpha 1, every token), harmless_test", "addition_harmless_refusal", None, None),
-            (
-                f"addition (alpha {fmt(alpha, 2) if alpha is not None else '?'}, prompt tokens only), harmless_test",
-                "addition_prompt_only_harmless_refusal",
-                None,
-                None,
-            ),
-            ("random direction added, harmless_test", "random_addition_harmless_refusal", None, None),
-        ],
-    )
-    out = head + [
-        table(
-            ["intervention (harmful_test unless named)", "refusal", "KL on harmless_test", "CE on harmless_test"], rows
-        )
+    spec = [
+        ("baseline", "baseline_harmful_refusal", None, None),
+        ("baseline, harmless_test", "baseline_harmless_refusal", None, "ce_harmless_baseline"),
+        (
+            "plain ablation (every layer)",
+            "ablation_harmful_refusal",
+            "ablation_kl_harmless",
+            "ce_harmless_ablation",
+        ),
+        (
+            "affine ablation (every layer)",
+            "affine_ablation_harmful_refusal",
+            "affine_ablation_kl_harmless",
+            "ce_harmless_affine_ablation",
+        ),
+        (
+            "norm-matched random direction ablated",
+            "random_ablation_harmful_refusal",
+            "random_ablation_kl_harmless",
+            "ce_harmless_random_ablation",
+        ),
+        ("addition (alpha 1, every token), harmless_test", "addition_harmless_refusal", None, None),
+        (
+            f"addition (alpha {fmt(alpha, 2) if alpha is not None else '?'}, prompt tokens only), harmless_test",
+            "addition_prompt_only_harmless_refusal",
+            None,
+            None,
+        ),
+        ("random direction added, harmless_test", "random_addition_harmless_refusal", None, None),
     ]
+    header = ["intervention (harmful_test unless named)", "refusal", "KL on harmless_test", "CE on harmless_test"]
+    if _substring_beside(m):
+        judge = m.get("judge", "substring")
+        spec = [(label, key, _substring_key(m, key), *rest) for label, key, *rest in spec]
+        header[1:2] = [f"refusal ({judge} judge)", "refusal (substring judge)"]
+    out = head + [table(header, _rows(m, spec))]
     tail = []
     if "orthogonalized_max_logit_diff" in m:
         tail.append(
@@ -614,12 +640,12 @@ SECTIONS = {
     "behaviour": (
         "Model behaviour",
         behaviour_section,
-        "Share of each prompt set refused (greedy, refusal-substring judge)",
+        "Share of each prompt set refused (greedy, {judge} judge)",
     ),
     "organism": (
         "Organism refusal",
         organism_section,
-        "Share of each prompt set refused (greedy, refusal-substring judge)",
+        "Share of each prompt set refused (greedy, {judge} judge)",
     ),
     "directions": (
         "Refusal direction",
@@ -717,7 +743,8 @@ def render_results(runs: Sequence[Run]) -> str:
             if not body.strip():
                 continue
             heading = f"## {title}" + (f": {run.model}" if len({r.model for r in runs}) > 1 else "")
-            out += [heading, "", f"{what}. From `{run.stage_command(stage)}`, {run.date}.", "", body, ""]
+            what_here = what.format(judge=run.judge)
+            out += [heading, "", f"{what_here}. From `{run.stage_command(stage)}`, {run.date}.", "", body, ""]
     out += _timing(runs)
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -745,8 +772,10 @@ REFERENCE = {
 REFERENCE_NAME = "Arditi et al. 2024"
 
 
-def _headline(runs: Sequence[Run]) -> list[tuple[str, str]]:
-    """(label, value) of the headline figures of one model's runs: each from the first run holding its stage."""
+def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, str]]:
+    """(label, value) of the headline figures of one model's runs: each from the first run holding its stage; with
+    ``substring``, the substring judge's figures in brackets after those Arditi et al. measured, where the run's
+    judge is another and its directions stage holds them."""
     rows: list[tuple[str, str]] = []
 
     def add(stage: str, label: str, value: Optional[str]) -> None:
@@ -766,10 +795,16 @@ def _headline(runs: Sequence[Run]) -> list[tuple[str, str]]:
     if d:
         if _has(d, "selected_layer", "selected_position"):
             add("directions", "layer, position", f"{d['selected_layer']}, {d['selected_position']}")
+
+        def with_substring(keys: list[str]) -> Optional[str]:
+            value = _join(d, keys)
+            sub = _join(d, [f"{k}_substring" for k in keys]) if substring and _substring_beside(d) else None
+            return value if value is None or sub is None else f"{value} (substring {sub})"
+
         add(
             "directions",
             "affine / plain ablation, harmful_test refusal",
-            _join(d, ["affine_ablation_harmful_refusal", "ablation_harmful_refusal"]),
+            with_substring(["affine_ablation_harmful_refusal", "ablation_harmful_refusal"]),
         )
         kl_key = (
             "affine_ablation_kl_harmless"
@@ -777,7 +812,7 @@ def _headline(runs: Sequence[Run]) -> list[tuple[str, str]]:
             else "ablation_kl_harmless"
         )
         add("directions", "KL of the selected ablation on harmless prompts", _join(d, [kl_key]))
-        add("directions", "addition, harmless_test refusal", _join(d, ["addition_harmless_refusal"]))
+        add("directions", "addition, harmless_test refusal", with_substring(["addition_harmless_refusal"]))
     s, _ = _first(runs, "train_sae")
     if s:
         add(
@@ -843,14 +878,23 @@ def models(runs: Sequence[Run]) -> list[str]:
 
 def headline_rows(runs: Sequence[Run], reference: bool = False) -> list[list[str]]:
     """One row per headline figure: its label and its value for each model (``-`` where a model lacks it); with
-    ``reference``, Arditi et al.'s figure where they measured it."""
+    ``reference``, Arditi et al.'s figure where they measured it and the substring judge's beside the run's."""
     names = models(runs)
-    per_model = {name: dict(_headline([r for r in runs if r.model == name])) for name in names}
+    per_model = {name: dict(_headline([r for r in runs if r.model == name], reference)) for name in names}
     labels = list(dict.fromkeys(label for name in names for label in per_model[name]))
     rows = [[label] + [per_model[name].get(label, "-") for name in names] for label in labels]
     if reference:
         rows = [row + [REFERENCE.get(row[0], "")] for row in rows]
     return rows
+
+
+def _judges_sentence(runs: Sequence[Run]) -> str:
+    """Which judge the refusal figures of ``runs`` are, and where the paper's substring judge's stand."""
+    judges = list(dict.fromkeys(r.judge for r in runs))
+    text = f"Refusal is judged by the {' and '.join(judges)} judge{'s' if len(judges) > 1 else ''}"
+    if judges == ["substring"]:
+        return text + ", the paper's."
+    return text + "; in brackets, the paper's substring judge's on the same completions, where a run holds them."
 
 
 def side_by_side(runs: Sequence[Run]) -> list[str]:
@@ -862,7 +906,7 @@ def side_by_side(runs: Sequence[Run]) -> list[str]:
         "## Side by side",
         "",
         f"The headline figures of each model, with {REFERENCE_NAME}'s on 13 open chat models (1.8B-72B parameters; "
-        "JailbreakBench and Alpaca instructions) where they measured the same thing.",
+        "JailbreakBench and Alpaca instructions) where they measured the same thing. " + _judges_sentence(runs),
         "",
         table(["stage: figure", *names, REFERENCE_NAME], headline_rows(runs, reference=True)),
         "",

@@ -26,7 +26,7 @@ def test_every_job_config_composes_and_validates(job):
     if job not in ("judge-eval", "judge-train"):
         assert obj.model.name == ("smollm2" if job == "safety-tune" else "organism")
     if job != "judge-train":
-        assert obj.judge.kind == "substring"
+        assert obj.judge.kind == "learned"  # the jobs judge with the learned judge unless judge= says otherwise
 
 
 def test_unknown_key_fails_at_compose():

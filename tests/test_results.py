@@ -271,6 +271,51 @@ def test_two_models_side_by_side_with_the_reference_column(tmp_path):
     assert "## Model behaviour: smollm2_safe" in page and "## Refusal direction: organism" in page
 
 
+def test_substring_figures_stand_beside_another_judges(tmp_path):
+    """A run judged by the learned judge: the substring judge's figures in brackets where the paper is compared, and
+    as a column of the directions table; runs whose metrics name no judge are the substring judge's."""
+    organism = pipeline_run(tmp_path)
+    learned = {
+        "behaviour": {"judge": "learned", "harmful_test_refusal": 0.95, "harmless_test_refusal": 0.02},
+        "directions": {
+            "judge": "learned",
+            "selected_layer": 15,
+            "selected_position": -1,
+            "baseline_harmful_refusal": 0.95,
+            "baseline_harmful_refusal_substring": 0.94,
+            "affine_ablation_harmful_refusal": 0.03,
+            "affine_ablation_harmful_refusal_substring": 0.02,
+            "ablation_harmful_refusal": 0.05,
+            "ablation_harmful_refusal_substring": 0.06,
+            "addition_harmless_refusal": 0.91,
+            "addition_harmless_refusal_substring": 0.9,
+            "random_ablation_harmful_refusal": 0.9,
+        },
+    }
+    smol_run = pipeline_run(tmp_path, "2026-12-07_01-00-00", ("model=smollm2_safe",), learned)
+    runs = [results.load_run(organism), results.load_run(smol_run)]
+    assert [r.judge for r in runs] == ["substring", "learned"]
+    page = results.render_results(runs)
+    assert "Refusal is judged by the substring and learned judges; in brackets" in page
+    assert (
+        "| directions: affine / plain ablation, harmful_test refusal | 0.000 / 0.922 "
+        "| 0.030 / 0.050 (substring 0.020 / 0.060) | - / near 0 for every model |" in page
+    )
+    assert "| directions: addition, harmless_test refusal | 0.995 | 0.910 (substring 0.900) |" in page
+    assert "| intervention (harmful_test unless named) | refusal (learned judge) | refusal (substring judge) |" in page
+    assert (
+        "| baseline | 0.950 | 0.940 |  |  |" in page and "| norm-matched random direction ablated | 0.900 |  |" in page
+    )
+    assert "Share of each prompt set refused (greedy, learned judge)" in page
+    assert "Share of each prompt set refused (greedy, substring judge)" in page  # the organism run names no judge
+    assert "substring" not in results.render_readme_table(runs)  # the README's table holds the runs' own figures
+    # the substring judge's run: its own figures only
+    same = {"directions": {**learned["directions"], "judge": "substring"}}
+    sub = results.load_run(pipeline_run(tmp_path, "2026-12-08_01-00-00", ("model=smollm2_safe",), same))
+    assert "(substring" not in results.render_results([runs[0], sub])
+    assert "refusal (substring judge)" not in results.render_results([sub])
+
+
 def test_run_dir_without_metrics_names_the_path(tmp_path, capsys):
     run_dir = pipeline_run(tmp_path)
     (run_dir / "metrics.json").unlink()

@@ -124,17 +124,18 @@ class EvalConfig:
         return {"max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size}
 
 
-#: The refusal judges (saesteer.judge): ``substring`` (Arditi et al.'s JailbreakBench substrings), ``rules`` or
-#: ``learned`` (a head on MiniLM features, trained on human labels).
+#: The refusal judges (saesteer.judge): ``learned`` (a head on MiniLM features, trained on human labels; the jobs'
+#: default), ``rules`` or ``substring`` (Arditi et al.'s JailbreakBench substrings, for figures comparable with the
+#: paper).
 JudgeKind = Literal["substring", "rules", "learned"]
 
 
 @dataclass
 class JudgeConfig:
-    """The ``judge`` group: which refusal judge every evaluation of the job uses (saesteer.judge); each also flags
-    incoherent text (a third outcome, reported beside refusal)."""
+    """The ``judge`` group: which refusal judge every evaluation of the job uses (saesteer.judge), by default the
+    learned one; each also flags incoherent text (a third outcome, reported beside refusal)."""
 
-    kind: Annotated[str, JudgeKind] = "substring"
+    kind: Annotated[str, JudgeKind] = "learned"
     opening_chars: int = 240  # rules: characters of the response its prefixes and patterns read
     weights: Optional[str] = None  # learned: a head written by saesteer judge-train (null: the bundled head)
     batch_size: int = 64  # learned: texts per MiniLM batch

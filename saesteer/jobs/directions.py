@@ -1,4 +1,9 @@
-"""``saesteer directions``: extract, select, bypass, induce, orthogonalize; harmfulness vs refusal."""
+"""``saesteer directions``: extract, select, bypass, induce, orthogonalize; harmfulness vs refusal.
+
+Refusal rates are the ``judge`` group's; the headline ones, those Arditi et al. 2024 report (baseline on harmful and
+harmless prompts, plain and affine ablation, addition), are also given by the paper's substring judge on the same
+completions, as ``<name>_substring`` (:data:`SUBSTRING_FIGURES`).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from saesteer.harmfulness import (
 )
 from saesteer.interventions import Ablate, Add, orthogonalize_weights, steer
 from saesteer.io import write_json, write_text
+from saesteer.judge import RefusalJudge
 from saesteer.model_files import LOCAL_MODELS
 from saesteer.models import load_model
 from saesteer.report.directions import candidate_rows, render_report, save_plots
@@ -34,6 +40,15 @@ from saesteer.stages import direction_stage
 from saesteer.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+#: the refusal figures also reported by the substring judge (as ``<name>_substring``): those the paper reports
+SUBSTRING_FIGURES = (
+    "baseline_harmful_refusal",
+    "baseline_harmless_refusal",
+    "ablation_harmful_refusal",
+    "affine_ablation_harmful_refusal",
+    "addition_harmless_refusal",
+)
 
 
 def norm_matched_random(direction: torch.Tensor, seed: int) -> torch.Tensor:
@@ -161,7 +176,11 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
     }
     best_prompt = max(range(len(dcfg.dose_alphas)), key=lambda i: (dose["prompt"][i], -dcfg.dose_alphas[i]))
 
+    # the paper's judge on the completions the job's judge read (no second generation)
+    headline = dict(zip(SUBSTRING_FIGURES, (base_harm, base_safe, abl_plain, abl_affine, add)))
+    substring = {f"{name}_substring": RefusalJudge().refusal_rate(r.responses) for name, r in headline.items()}
     metrics: dict[str, Any] = {
+        "judge": cfg.judge.kind,
         "selected_layer": sel.layer,
         "selected_position": sel.position,
         "selected_ablation": sel.ablation,
@@ -191,6 +210,7 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
         "harm_detector_auroc_under_ablation": det_auc_abl,
         "harm_refusal_cosine_at_selected_layer": float(cos[sel.layer]),
         "harm_refusal_cosine_by_layer": [round(float(c), 4) for c in cos],
+        **substring,
         "n_harmful_test": len(P["harmful_test"]),
         "n_harmless_test": len(P["harmless_test"]),
         **untuned,

@@ -28,6 +28,7 @@ def run(cfg: OrganismJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         "bundled": bool(
             loaded.metadata.get("bundled", False)
         ),  # weights shipped with saesteer, not trained in this run
+        "judge": cfg.judge.kind,  # the refusal judge of the *_refusal figures
     }
     if (
         "refusal_bias" in loaded.metadata

@@ -9,8 +9,9 @@
   on human labels by ``saesteer judge-train`` (:mod:`saesteer.judge.learned`); it also takes the prompts.
 
 Incoherent text (:mod:`saesteer.judge.coherence`) is flagged before any of them decides.  Jobs judge with the ``judge``
-config group's judge (:class:`saesteer.config.JudgeConfig`), set for the job's duration by :func:`use_judge`;
-:func:`default_judge` is what an evaluation called without a judge uses.
+config group's judge (:class:`saesteer.config.JudgeConfig`, ``learned`` unless ``judge=`` says otherwise), set for
+the job's duration by :func:`use_judge`; :func:`default_judge` is what an evaluation called without a judge uses:
+that judge inside a job, the substring judge outside one (a library call loads no MiniLM unless asked to).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ _current: contextvars.ContextVar[Any] = contextvars.ContextVar("saesteer_judge",
 
 
 def default_judge() -> Any:
-    """The judge set by :func:`use_judge`, else the substring judge."""
+    """The judge set by :func:`use_judge` (in a job: the ``judge`` group's, by default the learned judge), else the
+    substring judge: library calls outside a job judge as Arditi et al. do and load no MiniLM."""
     judge = _current.get()
     return judge if judge is not None else RefusalJudge()
 

@@ -90,34 +90,40 @@ def render_report(model_name: str, sel: Any, m: dict[str, Any]) -> str:
                 "",
                 "## Held-out effects",
                 "",
+                f"Refusal by the {m.get('judge', 'configured')} judge; beside it, the substring judge of Arditi et al. "
+                "on the same completions, for the figures the paper reports.",
+                "",
                 markdown_table(
-                    ["condition", "set", "refusal", "KL harmless", "CE harmless"],
+                    ["condition", "set", "refusal", "refusal (substring)", "KL harmless", "CE harmless"],
                     [
-                        ("baseline", "harmful_test", m["baseline_harmful_refusal"], 0.0, m["ce_harmless_baseline"]),
-                        ("baseline", "harmless_test", m["baseline_harmless_refusal"], 0.0, m["ce_harmless_baseline"]),
-                        (
-                            "ablation (plain)",
-                            "harmful_test",
-                            m["ablation_harmful_refusal"],
-                            m["ablation_kl_harmless"],
-                            m["ce_harmless_ablation"],
-                        ),
-                        (
-                            "ablation (affine)",
-                            "harmful_test",
-                            m["affine_ablation_harmful_refusal"],
-                            m["affine_ablation_kl_harmless"],
-                            m["ce_harmless_affine_ablation"],
-                        ),
-                        ("addition", "harmless_test", m["addition_harmless_refusal"], nan, nan),
-                        (
-                            "random ablation",
-                            "harmful_test",
-                            m["random_ablation_harmful_refusal"],
-                            m["random_ablation_kl_harmless"],
-                            m["ce_harmless_random_ablation"],
-                        ),
-                        ("random addition", "harmless_test", m["random_addition_harmless_refusal"], nan, nan),
+                        (condition, split, m[key], m.get(f"{key}_substring", ""), kl, ce)
+                        for condition, split, key, kl, ce in (
+                            ("baseline", "harmful_test", "baseline_harmful_refusal", 0.0, m["ce_harmless_baseline"]),
+                            ("baseline", "harmless_test", "baseline_harmless_refusal", 0.0, m["ce_harmless_baseline"]),
+                            (
+                                "ablation (plain)",
+                                "harmful_test",
+                                "ablation_harmful_refusal",
+                                m["ablation_kl_harmless"],
+                                m["ce_harmless_ablation"],
+                            ),
+                            (
+                                "ablation (affine)",
+                                "harmful_test",
+                                "affine_ablation_harmful_refusal",
+                                m["affine_ablation_kl_harmless"],
+                                m["ce_harmless_affine_ablation"],
+                            ),
+                            ("addition", "harmless_test", "addition_harmless_refusal", nan, nan),
+                            (
+                                "random ablation",
+                                "harmful_test",
+                                "random_ablation_harmful_refusal",
+                                m["random_ablation_kl_harmless"],
+                                m["ce_harmless_random_ablation"],
+                            ),
+                            ("random addition", "harmless_test", "random_addition_harmless_refusal", nan, nan),
+                        )
                     ],
                 ),
                 "",

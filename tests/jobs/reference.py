@@ -1,8 +1,9 @@
 """Per-prompt references for the jobs' refusal and ASR figures.
 
 Each reference applies an edit rebuilt by hand from a job's saved artifacts, generates
-greedily for one prompt at a time (no padding, no batching) and judges each answer
-with the project's refusal judge: a job's figure must equal the share it gives.
+greedily for one prompt at a time (no padding, no batching) and judges each answer, with
+its prompt, by the jobs' default refusal judge (the ``judge`` group's default): a job's
+figure must equal the share it gives.
 """
 
 from __future__ import annotations
@@ -13,21 +14,50 @@ from pathlib import Path
 
 from saesteer.generation import generate
 from saesteer.interventions import Intervention, steer
-from saesteer.judge import is_refusal
+from saesteer.judge import judge_responses
 
 Build = Callable[[], Sequence[Intervention]]
 
 
-def per_prompt_refusals(model, template, prompts: Sequence[str], build: Build, max_new_tokens: int) -> list[bool]:
-    """Refused or not, per prompt: ``build()``'s interventions (fresh ones per prompt: gates keep state) on the
+def job_judge():
+    """The judge a job uses unless ``judge=`` says otherwise."""
+    from saesteer.config import JudgeConfig
+
+    return JudgeConfig().build()
+
+
+def per_prompt_answers(model, template, prompts: Sequence[str], build: Build, max_new_tokens: int) -> list[str]:
+    """Greedy answers, per prompt: ``build()``'s interventions (fresh ones per prompt: gates keep state) on the
     model, one prompt generated at a time."""
     assert prompts, "a reference needs prompts"
     out = []
     for p in prompts:
         with steer(model, list(build())):
             (answer,) = generate(model, template, [p], max_new_tokens=max_new_tokens, batch_size=1, progress=False)
-        out.append(is_refusal(answer))
+        out.append(answer)
     return out
+
+
+def judged(answers: Sequence[str], prompts: Sequence[str], judge=None) -> list[bool]:
+    """Refused or not, per answer to its prompt, by ``judge`` (default: :func:`job_judge`)."""
+    judge = judge or job_judge()
+    return [judge_responses(judge, [a], [p])[0][0] for a, p in zip(answers, prompts)]
+
+
+def per_prompt_refusals(
+    model, template, prompts: Sequence[str], build: Build, max_new_tokens: int, judge=None
+) -> list[bool]:
+    """Refused or not, per prompt, by ``judge`` (default: :func:`job_judge`): :func:`per_prompt_answers`, judged."""
+    return judged(per_prompt_answers(model, template, prompts, build, max_new_tokens), prompts, judge)
+
+
+def per_prompt_successes(
+    model, template, prompts: Sequence[str], build: Build, max_new_tokens: int, judge=None
+) -> list[bool]:
+    """An attack's success per prompt: the answer judged a coherent compliance (neither refused nor incoherent)."""
+    judge = judge or job_judge()
+    answers = per_prompt_answers(model, template, prompts, build, max_new_tokens)
+    return [judge_responses(judge, [a], [p])[1][0] == "compliance" for a, p in zip(answers, prompts)]
 
 
 def share(flags: Sequence[bool]) -> float:

@@ -10,7 +10,17 @@ import torch
 from saesteer.cli import job_function
 from saesteer.jobs.common import compose, run_job
 from tests.conftest import SMALL_SAE, tiny_organism_overrides
-from tests.jobs.reference import cached_sae, load_role, no_edit, per_prompt_refusals, ranking_csv, share
+from tests.jobs.reference import (
+    cached_sae,
+    judged,
+    load_role,
+    no_edit,
+    per_prompt_answers,
+    per_prompt_refusals,
+    per_prompt_successes,
+    ranking_csv,
+    share,
+)
 
 SMALL_DATA = [
     "data.n_train=24",
@@ -135,6 +145,37 @@ def test_directions_job_writes_every_figure(directions_run):
     assert meta["layer"] == metrics["selected_layer"] and d.shape == (48,)
     with pytest.raises(ValueError, match=r"shape \(48,\), expected \(64,\)"):
         load_direction(run_dir / "direction.safetensors", d_model=64)
+
+
+def test_directions_job_gives_the_headline_rates_by_the_substring_judge_too(directions_run):
+    """The job's refusal rates are the learned judge's (the default); the headline ones are also the substring
+    judge's on the same completions: each equal to a per-prompt reference judged by that judge."""
+    from saesteer.config import to_object
+    from saesteer.directions import load_direction
+    from saesteer.interventions import Add
+    from saesteer.jobs.directions import SUBSTRING_FIGURES
+    from saesteer.judge import RefusalJudge
+    from saesteer.models import load_model
+
+    run_dir, m = directions_run
+    assert m["judge"] == "learned"
+    assert {f"{k}_substring" for k in SUBSTRING_FIGURES} <= set(m)
+    assert all(0.0 <= m[f"{k}_substring"] <= 1.0 for k in SUBSTRING_FIGURES)
+    cfg = to_object(_cfg("directions", ["directions.prune_layer_fraction=0.0"]))
+    loaded = load_model(cfg.model, progress=False)
+    d, meta = load_direction(run_dir / "direction.safetensors", d_model=48)
+    add = lambda: [Add(d, cfg.directions.add_alpha, meta["layer"])]  # noqa: E731
+    for key, role, build in (
+        ("baseline_harmful_refusal", "harmful_test", no_edit),
+        ("baseline_harmless_refusal", "harmless_test", no_edit),
+        ("addition_harmless_refusal", "harmless_test", add),
+    ):
+        prompts = load_role(cfg.data, role)
+        answers = per_prompt_answers(loaded.model, loaded.template, prompts, build, cfg.eval.max_new_tokens)
+        assert m[key] == pytest.approx(share(judged(answers, prompts)), abs=1e-9), key
+        assert m[f"{key}_substring"] == pytest.approx(share(judged(answers, prompts, RefusalJudge())), abs=1e-9), key
+    report = (run_dir / "report.md").read_text()
+    assert "Refusal by the learned judge" in report and "| refusal (substring) |" in report
 
 
 #: an SAE trained long enough that its features carry refusal: with SMALL_SAE's 4096 tokens, zeroing all 96
@@ -375,12 +416,12 @@ def test_anchor_job_ablation_asr_and_harmless_cost_match_a_per_prompt_reference(
         return [Ablate(direction.direction, mode="affine", reference=direction.reference)]
 
     n = cfg.eval.max_new_tokens
-    refused = {
-        "undefended": per_prompt_refusals(model, tpl, harmful_test, attack, n),
-        "anchored": per_prompt_refusals(model, tpl, harmful_test, lambda: attack() + art.anchors(), n),
+    success = {
+        "undefended": per_prompt_successes(model, tpl, harmful_test, attack, n),
+        "anchored": per_prompt_successes(model, tpl, harmful_test, lambda: attack() + art.anchors(), n),
     }
-    for d, flags in refused.items():  # ASR: the share of harmful prompts not refused
-        assert m[f"asr_ablation_affine_{d}"] == pytest.approx(1.0 - share(flags), abs=1e-9), (d, flags)
+    for d, flags in success.items():  # ASR: the share of harmful prompts answered with coherent compliance
+        assert m[f"asr_ablation_affine_{d}"] == pytest.approx(share(flags), abs=1e-9), (d, flags)
     harmless = {
         "undefended": per_prompt_refusals(model, tpl, harmless_test, no_edit, n),
         "anchored": per_prompt_refusals(model, tpl, harmless_test, art.anchors, n),
