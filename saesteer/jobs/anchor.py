@@ -324,6 +324,8 @@ def anchor_metrics(art: AnchorArtifact, ev: DefenceEvaluation, n_floor_prompts: 
         metrics[f"ce_harmless_{d}"] = ev.costs[d].ce_harmless
         for att in ev.attacks:
             metrics[f"asr_{att.name}_{d}"] = ev.asr[att.name][d]
+        for name, rates in ev.incoherent.items():  # "none": no attack
+            metrics[f"incoherent_{name}_{d}"] = rates[d]
     for name, kl in ev.attack_kl.items():
         metrics[f"attack_kl_harmless_{name}"] = kl
     strong = ev.strong_attacks()

@@ -38,7 +38,7 @@ def test_embedding_search_lowers_the_refusal_objective(tiny_organism):
     harmful = list(load_prompts("harmful_val").instructions[:10])
     with steer(model, list(att.interventions)):
         ref = refusal_eval(model, tpl, att.prompts(harmful), max_new_tokens=6)
-    assert attack_success(model, tpl, att, UNDEFENDED, harmful, max_new_tokens=6) == pytest.approx(1 - ref.rate)
+    assert attack_success(model, tpl, att, UNDEFENDED, harmful, max_new_tokens=6) == pytest.approx(ref.compliance_rate)
 
 
 def test_embedding_search_optimizes_against_interventions_and_an_extra_term(tiny_organism):

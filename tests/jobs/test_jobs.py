@@ -432,7 +432,7 @@ def test_anchor_job_ablation_asr_and_harmless_cost_match_a_per_prompt_reference(
         share(harmless["anchored"]) - share(harmless["undefended"]), abs=1e-9
     )
     # the pins tell the defences apart: the anchor restores refusals the ablation removed
-    assert share(refused["anchored"]) > share(refused["undefended"])
+    assert share(success["anchored"]) < share(success["undefended"])
 
 
 SMALL_BACKUPS = [
