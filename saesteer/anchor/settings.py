@@ -78,7 +78,7 @@ class AnchorCalibration:
     gate_token_steps: int = (
         300  # Adam steps of the per-token (multiple-instance) probe; each of the two gates gets half of gate_fpr
     )
-    gate_text: bool = False  # OR a classifier of the prompt's text (MiniLM-L6 embedding, logistic): no activation edit can lower its score
+    gate_text: bool = True  # OR a classifier of the prompt's text (MiniLM-L6 embedding, logistic): no activation edit can lower its score
     gate_text_tokens: int = 256  # MiniLM tokens of the instruction the text gate reads
     sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are also bounded; 0: the direction only
     feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused prompts' coordinates, ceilings (comply) at 1 - it
