@@ -112,3 +112,15 @@ def test_artifact_round_trip_keeps_the_text_classifier(text_calibrated, tmp_path
 def test_gate_text_tokens_must_be_positive():
     with pytest.raises(ValueError, match="gate_text_tokens must be >= 1, got 0"):
         AnchorCalibration(gate_text_tokens=0)
+
+
+def test_the_gate_is_never_fitted_under_a_template_it_is_tested_on():
+    from saesteer.attacks.prompts import JAILBREAK_TEMPLATES
+    from saesteer.config import AnchorSettings
+
+    default = AnchorSettings()
+    fitted = {g.removeprefix("jailbreak_") for g in default.gate_robust if g.startswith("jailbreak_")}
+    assert fitted and not fitted & set(default.jailbreaks)
+    assert len(default.jailbreaks) >= len(JAILBREAK_TEMPLATES) / 2  # at least half the templates held out
+    with pytest.raises(ValueError, match=r"anchor.jailbreaks \['roleplay'\] are also in anchor.gate_robust"):
+        AnchorSettings(jailbreaks=["roleplay", "distractor"])

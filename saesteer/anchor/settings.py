@@ -24,6 +24,9 @@ GATE_ROBUST = (
     "jailbreak_refusal_suppression",
     "jailbreak_roleplay",
     "jailbreak_instruction_wrapping",
+    "jailbreak_distractor",
+    "jailbreak_research_framing",
+    "jailbreak_few_shot",
 )
 
 
@@ -70,8 +73,16 @@ class AnchorCalibration:
     gate_synthetic: int = 4000  # synthetic harmful requests and safe look-alikes added to the gate's fit (saesteer.organism.synthetic); 0: none
     # attacks of the suite (GATE_ROBUST) the gate is also fitted under, on the same prompts (gcg_suffix: the suffix found on the train prompts)
     gate_robust: list[str] = field(
-        default_factory=lambda: ["orthogonalized_affine", "sae_feature_bypass", "gcg_suffix", "negative_addition_4"]
-    )
+        default_factory=lambda: [
+            "orthogonalized_affine",
+            "sae_feature_bypass",
+            "gcg_suffix",
+            "negative_addition_4",
+            "jailbreak_roleplay",
+            "jailbreak_instruction_wrapping",
+            "jailbreak_few_shot",
+        ]
+    )  # a jailbreak_<template> here must not be among the templates the job tests (anchor.jailbreaks)
     gate_tokens: bool = (
         True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower what came before it)
     )

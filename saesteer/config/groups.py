@@ -272,8 +272,8 @@ class AnchorSettings(AnchorCalibration):
     addition_alpha: float = 1.0  # unconditional addition of addition_alpha x r
     negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # attacks: subtract alpha x r
     jailbreaks: list[str] = field(
-        default_factory=lambda: ["prefix_injection", "refusal_suppression", "roleplay", "instruction_wrapping"]
-    )
+        default_factory=lambda: ["prefix_injection", "refusal_suppression", "distractor", "research_framing"]
+    )  # templates tested (held out from the gate's fit: none may be in gate_robust as jailbreak_<template>)
     sae_attack: bool = True  # attacks: the search's top k SAE features set to their bypass values, and the top k refusal features zeroed
     suffix_tokens: int = 8  # GCG-style suffix attack: suffix length
     suffix_steps: int = 30  # its optimization steps (0: no suffix attacks)
@@ -318,6 +318,12 @@ class AnchorSettings(AnchorCalibration):
         if unknown:
             raise ValueError(
                 f"anchor.jailbreaks has unknown templates {unknown}; expected some of {sorted(JAILBREAK_TEMPLATES)}"
+            )
+        fitted = sorted(set(self.jailbreaks) & {g.removeprefix("jailbreak_") for g in self.gate_robust})
+        if fitted:
+            raise ValueError(
+                f"anchor.jailbreaks {fitted} are also in anchor.gate_robust: the gate must not be fitted under the "
+                "templates it is tested on (drop them from one of the two lists)"
             )
         if any(a <= 0 for a in self.negative_alphas):
             raise ValueError(f"anchor.negative_alphas must be positive, got {list(self.negative_alphas)}")

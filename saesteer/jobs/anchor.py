@@ -371,6 +371,9 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     sae, scores = sae_ranking(cfg, loaded, direction, tracker)
     attacks = build_attacks(cfg, loaded, direction, suffix_prompts, sae, scores)
     by_name = {att.name: att for att in attacks}
+    for n in a.gate_robust:  # held-in jailbreak templates: fitted under, never tested
+        if n not in by_name and n.startswith("jailbreak_"):
+            by_name[n] = template_attack(n.removeprefix("jailbreak_"))
     skipped = [n for n in a.gate_robust if n not in by_name]
     if skipped:
         log.warning(
