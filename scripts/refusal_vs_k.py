@@ -1,6 +1,6 @@
 """Print the refusal-vs-k table (markdown) of a search run directory's metrics.json.
 
-    python scripts/refusal_vs_k.py docs/runs/organism_search_curves
+    python scripts/refusal_vs_k.py docs/measurements/organism_search_curves
 
 Each cell: harmful_test refusal with the ranking's first k features edited at the SAE's hook, and the next-token KL on
 harmless_test in brackets; the last rows give k_at_bypass_<ranking> (refusal <= 0.10 at KL <= 0.1) and the

@@ -413,3 +413,16 @@ def test_yaml_fallback_without_pyyaml():
         "anchor.quantile=0.25",
     ]
     assert results._simple_yaml("job: pipeline\nmodel:\n  name: organism\n")["job"] == "pipeline"
+
+
+def test_feature_search_doc_holds_the_table_of_its_run_directory():
+    """docs/feature_search.md's refusal-vs-k table is what scripts/refusal_vs_k.py prints for its run directory."""
+    spec = importlib.util.spec_from_file_location("saesteer_refusal_vs_k", ROOT / "scripts" / "refusal_vs_k.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = ROOT / "docs" / "measurements" / "organism_search_curves"
+    text = script.table(json.loads((run / "metrics.json").read_text()))
+    assert text in (ROOT / "docs" / "feature_search.md").read_text()
+    assert "| greedy | harmless_mean | 0.799 (0.013)" in text and "greedy 8" in text
+    with pytest.raises(SystemExit, match="no curve_refusal_"):
+        script.table({"k": 8})
