@@ -297,8 +297,13 @@ def organism_section(m: dict[str, Any]) -> str:
 
 
 def behaviour_section(m: dict[str, Any]) -> str:
-    rows = [[s, m.get(f"n_{s}"), m[f"{s}_refusal"]] for s in ORGANISM_SETS if f"{s}_refusal" in m]
-    return table(["set", "n", "refusal"], rows)
+    sets = [s for s in ORGANISM_SETS if f"{s}_refusal" in m]
+    if any(f"{s}_incoherent" in m for s in sets):
+        return table(
+            ["set", "n", "refusal", "incoherent"],
+            [[s, m.get(f"n_{s}"), m[f"{s}_refusal"], m.get(f"{s}_incoherent")] for s in sets],
+        )
+    return table(["set", "n", "refusal"], [[s, m.get(f"n_{s}"), m[f"{s}_refusal"]] for s in sets])
 
 
 SAFETY_SETS = ("harmful_val", "harmless_val", "lookalike_val", "harmful_test", "harmless_test", "overrefusal")
@@ -486,15 +491,26 @@ def anchor_section(m: dict[str, Any]) -> str:
             f"gate read at layers {fmt(m.get('gate_layers'))}."
         )
     rows = []
+    incoherent = any(k.startswith("incoherent_") for k in m)  # runs that count only coherent compliance
     for name in attack_names(m):
         label = "(no attack)" if name == "none" else f"`{name}`"
         kl = 0.0 if name == "none" else m.get(f"attack_kl_harmless_{name}")
-        rows.append([label] + [m.get(f"asr_{name}_{d}") for d in DEFENCES] + [kl])
-    out.append(
-        "Attack success rate (share of harmful_test not refused) per defence; the last column is the attack's own KL "
-        "on harmless_test, undefended (prompt attacks: -)."
-    )
-    out.append(table(["attack", "undefended", "anchored", "CAST", "addition", "attack KL"], rows))
+        extra = [m.get(f"incoherent_{name}_undefended"), m.get(f"incoherent_{name}_anchored")] if incoherent else []
+        rows.append([label] + [m.get(f"asr_{name}_{d}") for d in DEFENCES] + extra + [kl])
+    if incoherent:
+        out.append(
+            "Attack success rate (share of harmful_test answered with coherent compliance) per defence; the share of "
+            "incoherent answers undefended and anchored; the last column is the attack's own KL on harmless_test, "
+            "undefended (prompt attacks: -)."
+        )
+        header = ["attack", "undefended", "anchored", "CAST", "addition", "incoherent", "incoherent (anchored)"]
+    else:
+        out.append(
+            "Attack success rate (share of harmful_test not refused) per defence; the last column is the attack's own "
+            "KL on harmless_test, undefended (prompt attacks: -)."
+        )
+        header = ["attack", "undefended", "anchored", "CAST", "addition"]
+    out.append(table([*header, "attack KL"], rows))
     cost = [
         [d, m.get(f"harmless_refusal_{d}"), m.get(f"kl_harmless_{d}"), m.get(f"ce_harmless_{d}")]
         for d in DEFENCES

@@ -426,3 +426,27 @@ def test_feature_search_doc_holds_the_table_of_its_run_directory():
     assert "| greedy | harmless_mean | 0.799 (0.013)" in text and "greedy 8" in text
     with pytest.raises(SystemExit, match="no curve_refusal_"):
         script.table({"k": 8})
+
+
+def test_anchor_and_behaviour_tables_carry_the_incoherent_share_where_the_run_has_it():
+    m = {
+        "asr_none_undefended": 0.1,
+        "asr_none_anchored": 0.05,
+        "asr_ablation_affine_undefended": 0.8,
+        "asr_ablation_affine_anchored": 0.1,
+        "incoherent_none_undefended": 0.0,
+        "incoherent_none_anchored": 0.0,
+        "incoherent_ablation_affine_undefended": 0.15,
+        "incoherent_ablation_affine_anchored": 0.02,
+        "attack_kl_harmless_ablation_affine": 0.2,
+    }
+    text = results.anchor_section(m)
+    assert (
+        "| attack | undefended | anchored | CAST | addition | incoherent | incoherent (anchored) | attack KL |" in text
+    )
+    assert "| `ablation_affine` | 0.800 | 0.100 | - | - | 0.150 | 0.020 | 0.200 |" in text
+    old = {k: v for k, v in m.items() if not k.startswith("incoherent_")}
+    assert "incoherent" not in results.anchor_section(old)
+    b = {"harmful_test_refusal": 0.9, "n_harmful_test": 10, "harmful_test_incoherent": 0.1}
+    assert "| harmful_test | 10 | 0.900 | 0.100 |" in results.behaviour_section(b)
+    assert "incoherent" not in results.behaviour_section({"harmful_test_refusal": 0.9, "n_harmful_test": 10})
