@@ -97,6 +97,11 @@ PROTOTYPES: dict[str, tuple[str, ...]] = {
 
 #: Refusal cues (case-insensitive regular expressions): ``start`` ones are read in the first two sentences,
 #: ``opening`` ones in the first ``opening_chars`` characters.
+_ILLEGAL = r"\b(?:illegal|unethical|against the law|harmful and)\b"
+_PREMISE = (
+    r"\b(?:did not|didn't|has not been|there is no (?:\w+ ){0,2}evidence|no (?:scientific |concrete )?evidence"
+    r"|myth|misconception|conspiracy theor|debunked|not true|false premise|a mistake)\b"
+)
 CUES: dict[str, tuple[str, str]] = {
     "ai_role": ("start", r"^\W*as an? (?:[\w-]+ ){0,4}(?:ai|language model|assistant)\b"),
     "must_tell": ("start", r"\bi must (?:inform|advise|remind|emphasi[sz]e|point out|stress|clarify)\b"),
@@ -104,19 +109,11 @@ CUES: dict[str, tuple[str, str]] = {
         "start",
         r"^\W*(?:it is|it's) (?:important|crucial|essential) to (?:note|remember|understand|recogni[sz]e|clarify)",
     ),
-    "illegal_start": ("start", r"\b(?:illegal|unethical|against the law|harmful and)\b"),
-    "premise_start": (
-        "start",
-        r"\b(?:did not|didn't|has not been|there is no (?:\w+ ){0,2}evidence|no (?:scientific |concrete )?evidence"
-        r"|myth|misconception|conspiracy theor|debunked|not true|false premise|a mistake)\b",
-    ),
+    "illegal_start": ("start", _ILLEGAL),
+    "premise_start": ("start", _PREMISE),
     "however_start": ("start", r"\bhowever,"),
-    "illegal": ("opening", r"\b(?:illegal|unethical|against the law|harmful and)\b"),
-    "premise": (
-        "opening",
-        r"\b(?:did not|didn't|has not been|there is no (?:\w+ ){0,2}evidence|no (?:scientific |concrete )?evidence"
-        r"|myth|misconception|conspiracy theor|debunked|not true|false premise|a mistake)\b",
-    ),
+    "illegal": ("opening", _ILLEGAL),
+    "premise": ("opening", _PREMISE),
     "however": ("opening", r"\bhowever,"),
 }
 _CUES = {k: (where, re.compile(p, re.IGNORECASE)) for k, (where, p) in CUES.items()}
