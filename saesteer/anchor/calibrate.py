@@ -55,7 +55,7 @@ from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_prompts
 from saesteer.interventions import AnchorProjections
 from saesteer.interventions.anchors import anchor_hooks
-from saesteer.interventions.gates import ProbeGate, TextGate, TokenProbeGate
+from saesteer.interventions.gates import ProbeGate, TokenProbeGate, decode_instructions
 from saesteer.stats import auroc
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,7 @@ def calibrate_feature_anchor(
 def instruction_texts(model: HookedTransformer, template: ChatTemplate, prompts: Sequence[str]) -> list[str]:
     """The instructions as the text gate reads them: formatted, tokenized, and decoded back without the template."""
     enc = encode_chat(model.tokenizer, template, list(prompts), pad_token_id=model.tokenizer.pad_token_id)
-    probe = TextGate(hook="hook_embed", template=template, scorer=lambda texts: torch.zeros(len(texts)))
-    return probe.texts(model, enc.tokens, enc.attention_mask)
+    return decode_instructions(model.tokenizer, template, enc.tokens, enc.attention_mask)
 
 
 def fit_text_classifier(

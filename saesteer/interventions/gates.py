@@ -294,6 +294,11 @@ def instruction_token_ids(
     return out
 
 
+def decode_instructions(tokenizer, template: ChatTemplate, tokens: torch.Tensor, attention_mask=None) -> list[str]:
+    """The instruction of each row of a left-padded batch, as text (:func:`instruction_token_ids`, decoded)."""
+    return [tokenizer.decode(row) for row in instruction_token_ids(tokenizer, template, tokens, attention_mask)]
+
+
 @dataclass
 class TextGate(Gate):
     """Decides from the prompt's words: ``score = scorer(instructions)``, where the instructions are decoded from
@@ -314,8 +319,7 @@ class TextGate(Gate):
 
     def texts(self, model, tokens: torch.Tensor, attention_mask=None) -> list[str]:
         """The instructions of a batch of token ids, as the scorer reads them."""
-        ids = instruction_token_ids(model.tokenizer, self.template, tokens, attention_mask)
-        return [model.tokenizer.decode(row) for row in ids]
+        return decode_instructions(model.tokenizer, self.template, tokens, attention_mask)
 
     def text_score(self) -> Optional[torch.Tensor]:
         """The [batch] score of the pass's prompts, or None in a pass over embeddings (no token ids)."""
