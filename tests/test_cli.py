@@ -127,8 +127,16 @@ def test_generate_with_a_steer_group_equals_the_library(tiny_organism, tmp_path)
 def test_pipeline_budgets_compose(budget):
     full = to_object(compose("pipeline", []))
     obj = to_object(compose("pipeline", [f"budget={budget}"]))
-    if budget == "full":
-        assert obj == full  # the full budget is the configs as they stand
+    if budget == "full":  # the configs as they stand, plus the direction-dropout fine-tune beside the base
+        import dataclasses
+
+        assert obj.anchor.finetune == obj.backups.finetune == "direction_dropout"
+        plain = dataclasses.replace(
+            obj,
+            anchor=dataclasses.replace(obj.anchor, finetune="none"),
+            backups=dataclasses.replace(obj.backups, finetune="none"),
+        )
+        assert plain == full
     else:  # fewer held-out prompts and smaller searches, every stage kept
         assert obj.stages == full.stages
         assert obj.data.n_test < 562 and obj.data.n_test_harmless < full.data.n_test_harmless

@@ -441,10 +441,32 @@ def test_anchor_and_behaviour_tables_carry_the_incoherent_share_where_the_run_ha
         "attack_kl_harmless_ablation_affine": 0.2,
     }
     text = results.anchor_section(m)
-    assert (
-        "| attack | undefended | anchored | CAST | addition | incoherent | incoherent (anchored) | attack KL |" in text
-    )
-    assert "| `ablation_affine` | 0.800 | 0.100 | - | - | 0.150 | 0.020 | 0.200 |" in text
+    # columns: the defences the run has
+    assert "| attack | undefended | anchored | incoherent | incoherent (anchored) | attack KL |" in text
+    assert "| `ablation_affine` | 0.800 | 0.100 | 0.150 | 0.020 | 0.200 |" in text
+    tuned = {
+        **m,
+        "asr_none_finetuned": 0.0,
+        "asr_ablation_affine_finetuned": 0.3,
+        "asr_none_finetuned_anchored": 0.0,
+        "asr_ablation_affine_finetuned_anchored": 0.04,
+        "harmless_refusal_undefended": 0.01,
+        "kl_harmless_undefended": 0.0,
+        "ce_harmless_undefended": 0.4,
+        "overrefusal_refusal_undefended": 0.1,
+        "harmless_refusal_finetuned": 0.02,
+        "kl_harmless_finetuned": 0.05,
+        "ce_harmless_finetuned": 0.45,
+        "overrefusal_refusal_finetuned": 0.2,
+        "targets_missed": ["asr_ablation_affine_anchored 0.100 > 0.05"],
+        "targets_missed_finetuned": ["KL on harmless 0.050 > 0.03"],
+        "strong_attacks": ["ablation_affine"],
+    }
+    text = results.anchor_section(tuned)
+    assert "| `ablation_affine` | 0.800 | 0.100 | 0.300 | 0.040 | 0.150 | 0.020 | 0.200 |" in text
+    assert "| fine-tuned | 0.020 | 0.050 | 0.450 | 0.200 |" in text
+    assert "- anchored: misses asr_ablation_affine_anchored 0.100 > 0.05" in text
+    assert "- fine-tuned: misses KL on harmless 0.050 > 0.03" in text
     old = {k: v for k, v in m.items() if not k.startswith("incoherent_")}
     assert "incoherent" not in results.anchor_section(old)
     b = {"harmful_test_refusal": 0.9, "n_harmful_test": 10, "harmful_test_incoherent": 0.1}

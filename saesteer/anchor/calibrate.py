@@ -41,6 +41,7 @@ addition.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -438,8 +439,15 @@ def calibrate_anchor(
     del t_h, t_s
     text, text_auroc = None, float("nan")
     if cfg.gate_text:
+        rng = random.Random(f"text gate:{len(fit_harmful)}:{len(fit_harmless)}")
+
+        def sample(prompts: list[str]) -> list[str]:  # the share of the prompts each rewriting attack is applied to
+            return rng.sample(prompts, max(1, round(cfg.gate_text_rewritten * len(prompts))))
+
         text_fit = [(list(fit_harmful), list(fit_harmless))] + [
-            (attack.prompts(fit_harmful), attack.prompts(fit_harmless)) for attack in robust_to if attack.rewrite
+            (attack.prompts(sample(fit_harmful)), attack.prompts(sample(fit_harmless)))
+            for attack in robust_to
+            if attack.rewrite
         ]
         text = fit_text_classifier(
             model,

@@ -91,6 +91,7 @@ class AnchorCalibration:
     )
     gate_text: bool = True  # OR a classifier of the prompt's text (MiniLM-L6 embedding, logistic): no activation edit can lower its score
     gate_text_tokens: int = 256  # MiniLM tokens of the instruction the text gate reads
+    gate_text_rewritten: float = 0.25  # the text classifier sees each prompt-rewriting attack of gate_robust on this seeded share of the fit prompts
     sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are also bounded; 0: the direction only
     feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused prompts' coordinates, ceilings (comply) at 1 - it
     feature_apply_to: Annotated[str, ApplyTo] = "generated"  # tokens the feature bounds act on
@@ -115,6 +116,8 @@ class AnchorCalibration:
             raise ValueError("anchor.gate_layers must be null (automatic) or a non-empty list, got []")
         if self.gate_tokens and self.gate_token_steps < 1:
             raise ValueError(f"anchor.gate_token_steps must be >= 1, got {self.gate_token_steps!r}")
+        if not 0.0 < self.gate_text_rewritten <= 1.0:
+            raise ValueError(f"anchor.gate_text_rewritten must be in (0, 1], got {self.gate_text_rewritten!r}")
         if self.gate_text_tokens < 1:
             raise ValueError(f"anchor.gate_text_tokens must be >= 1, got {self.gate_text_tokens!r}")
         if self.gate_synthetic < 0:

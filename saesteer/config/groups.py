@@ -260,9 +260,39 @@ class SearchJobSettings(SearchConfig):
 
 
 @dataclass
-class AnchorSettings(AnchorCalibration):
+class FinetuneFields:
+    """A fine-tuned organism beside the base: the fine-tune (DropoutFinetune) of kind ``finetune``;
+    ``finetune_<field>`` is DropoutFinetune's ``<field>``, with its default.  Shared by the groups that use it."""
+
+    finetune: Annotated[str, Finetune] = "none"
+    finetune_p: float = DropoutFinetune.p
+    finetune_steps: int = DropoutFinetune.steps
+    finetune_lr: float = DropoutFinetune.lr
+    finetune_warmup_steps: int = DropoutFinetune.warmup_steps
+    finetune_batch_size: int = DropoutFinetune.batch_size
+
+    def check_finetune(self, group: str) -> None:
+        check_positive_ints(self, group, "finetune_steps", "finetune_batch_size")
+        check_number(self, group, "finetune_p", low=0.0, strict=False, high=1.0)
+        check_number(self, group, "finetune_lr", low=0.0)
+        if not isinstance(self.finetune_warmup_steps, int) or self.finetune_warmup_steps < 0:
+            raise ValueError(
+                f"{group}.finetune_warmup_steps must be a non-negative integer, got {self.finetune_warmup_steps!r}"
+            )
+
+    def dropout_finetune(self, seed: int) -> Optional[DropoutFinetune]:
+        """The fine-tune of ``finetune`` (None for ``none``): DropoutFinetune's fields from ``finetune_<field>``."""
+        if self.finetune == "none":
+            return None
+        return library_settings(DropoutFinetune, self, prefix="finetune_", name=self.finetune, seed=seed)
+
+
+@dataclass
+class AnchorSettings(AnchorCalibration, FinetuneFields):
     """``saesteer anchor``: the calibration (AnchorCalibration, on train/val prompts), the prompts added to the
-    gate's fit, and the attack suite (on held-out prompts)."""
+    gate's fit, the attack suite (on held-out prompts), and a training-time defence beside it: the organism
+    fine-tuned with its refusal direction cut on a share of steps (``finetune``, FinetuneFields), undefended and
+    anchored, under the same attacks."""
 
     gate_lexicon: str = (
         "base"  # the synthetic lexicon gate_synthetic's prompts come from (saesteer.organism.synthetic.LEXICONS)
@@ -270,7 +300,7 @@ class AnchorSettings(AnchorCalibration):
     n_calibration_harmless: int = 6000  # harmless_train prompts for the gate: half fit it, half set its threshold
     cast_alpha: float = 1.0  # CAST-style conditional addition (where the gate fires) of cast_alpha x r
     addition_alpha: float = 1.0  # unconditional addition of addition_alpha x r
-    negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])  # attacks: subtract alpha x r
+    negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])  # attacks: subtract alpha x r
     jailbreaks: list[str] = field(
         default_factory=lambda: ["prefix_injection", "refusal_suppression", "distractor", "research_framing"]
     )  # templates tested (held out from the gate's fit: none may be in gate_robust as jailbreak_<template>)
@@ -280,10 +310,10 @@ class AnchorSettings(AnchorCalibration):
     suffix_prompts: int = 64  # refused harmful_train prompts the suffix is optimized on
     suffix_candidates: int = 96  # token swaps scored per suffix step (each a forward pass over the prompts)
     subspace_ranks: list[int] = field(
-        default_factory=list
-    )  # attacks: affine ablation of a k-dim refusal subspace, per k
+        default_factory=lambda: [2, 3, 4]
+    )  # attacks: affine ablation of a k-dim refusal subspace, per k (the top k directions of harmful minus harmless)
     embedding_tokens: int = 8  # embedding-space attack: soft-suffix length
-    embedding_steps: int = 0  # its Adam steps (0: no embedding attacks)
+    embedding_steps: int = 100  # its Adam steps (0: no embedding attacks)
     embedding_lr: float = 0.1  # its step, in units of the token embeddings' RMS coordinate
     embedding_radius: float = 1.0  # each soft token's norm <= this x the largest token-embedding norm
     adaptive: bool = True  # also attacks that know the anchor: its gate's reads ablated, a suffix (and soft suffix) optimized against it
@@ -292,6 +322,8 @@ class AnchorSettings(AnchorCalibration):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_choice_fields(self, "anchor")
+        self.check_finetune("anchor")
         check_positive_ints(
             self,
             "anchor",
@@ -334,7 +366,7 @@ class AnchorSettings(AnchorCalibration):
 
 
 @dataclass
-class BackupsSettings(BackupRule):
+class BackupsSettings(BackupRule, FinetuneFields):
     """``saesteer backups``: refusal vs k features cut, downstream and upstream, and which features rise past the
     backup rule (BackupRule); optionally on a fine-tuned organism too (``finetune``)."""
 
@@ -363,14 +395,6 @@ class BackupsSettings(BackupRule):
         None  # harmful_test prompts for the activation measurements; None = all of data.n_test
     )
     batch_size: int = 32
-    # a fine-tuned organism analysed side by side with the base: the fine-tune (DropoutFinetune) of this kind;
-    # finetune_<field> is DropoutFinetune's <field>, with its default
-    finetune: Annotated[str, Finetune] = "none"
-    finetune_p: float = DropoutFinetune.p
-    finetune_steps: int = DropoutFinetune.steps
-    finetune_lr: float = DropoutFinetune.lr
-    finetune_warmup_steps: int = DropoutFinetune.warmup_steps
-    finetune_batch_size: int = DropoutFinetune.batch_size
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -380,19 +404,7 @@ class BackupsSettings(BackupRule):
         check_layers("backups", "upstream_layer", self.upstream_layer)
         check_layers("backups", "monitor_layers", self.monitor_layers)
         check_number(self, "backups", "induce_scale", low=0.0)
-        check_positive_ints(self, "backups", "finetune_steps", "finetune_batch_size")
-        check_number(self, "backups", "finetune_p", low=0.0, strict=False, high=1.0)
-        check_number(self, "backups", "finetune_lr", low=0.0)
-        if not isinstance(self.finetune_warmup_steps, int) or self.finetune_warmup_steps < 0:
-            raise ValueError(
-                f"backups.finetune_warmup_steps must be a non-negative integer, got {self.finetune_warmup_steps!r}"
-            )
-
-    def dropout_finetune(self, seed: int) -> Optional[DropoutFinetune]:
-        """The fine-tune of ``finetune`` (None for ``none``): DropoutFinetune's fields from ``finetune_<field>``."""
-        if self.finetune == "none":
-            return None
-        return library_settings(DropoutFinetune, self, prefix="finetune_", name=self.finetune, seed=seed)
+        self.check_finetune("backups")
 
 
 #: The emergent job's training answers (EmergentSettings.targets).

@@ -428,11 +428,73 @@ def test_anchor_job_ablation_asr_and_harmless_cost_match_a_per_prompt_reference(
     }
     for d, flags in harmless.items():
         assert m[f"harmless_refusal_{d}"] == pytest.approx(share(flags), abs=1e-9), (d, flags)
-    assert m["overrefusal_rise_anchored"] == pytest.approx(
+    assert m["harmless_refusal_rise_anchored"] == pytest.approx(
         share(harmless["anchored"]) - share(harmless["undefended"]), abs=1e-9
+    )
+    over = load_role(cfg.data, "overrefusal")
+    over_flags = {
+        "undefended": per_prompt_refusals(model, tpl, over, no_edit, n),
+        "anchored": per_prompt_refusals(model, tpl, over, art.anchors, n),
+    }
+    for d, flags in over_flags.items():  # the over-refusal set, every prompt of it
+        assert m[f"overrefusal_refusal_{d}"] == pytest.approx(share(flags), abs=1e-9), (d, flags)
+    assert m["overrefusal_rise_anchored"] == pytest.approx(
+        share(over_flags["anchored"]) - share(over_flags["undefended"]), abs=1e-9
     )
     # the pins tell the defences apart: the anchor restores refusals the ablation removed
     assert share(success["anchored"]) < share(success["undefended"])
+
+
+def test_anchor_job_puts_the_direction_dropout_finetune_beside_the_anchor(directions_run, tmp_path):
+    """anchor.finetune=direction_dropout: the fine-tuned organism, attacked with its own direction, undefended and
+    under its own anchor; its costs measured from the deployed (base) model.  Checked one prompt at a time."""
+    from saesteer.anchor import AnchorArtifact
+    from saesteer.config import to_object
+    from saesteer.evaluate import kl_divergence, last_position_logprobs
+    from saesteer.interventions import Ablate
+    from saesteer.jobs.anchor import finetuned_model
+    from saesteer.models import load_model
+    from saesteer.stages import direction_stage
+
+    direction_file = directions_run[0] / "direction.safetensors"
+    overrides = (
+        SMALL_SAE
+        + SMALL_ANCHOR
+        + [f"search.direction={direction_file}", "search.k=4", "search.min_active_fraction=0.0"]
+        + ["anchor.adaptive=false", "anchor.suffix_steps=0", "anchor.embedding_steps=0", "anchor.subspace_ranks=[]"]
+        + ["anchor.finetune=direction_dropout", "anchor.finetune_steps=6", "anchor.finetune_warmup_steps=1"]
+        + ["anchor.finetune_batch_size=8", "anchor.sae_attack=false", "anchor.sae_features=0"]
+    )
+    m = _run("anchor", overrides, tmp_path)
+    cfg = to_object(_cfg("anchor", overrides))
+    loaded = load_model(cfg.model, progress=False)
+    base_dir = direction_stage(loaded, cfg.data, cfg.directions, path=str(direction_file))
+    tuned = finetuned_model(cfg, loaded, base_dir)  # from the cache the job filled
+    assert m["finetune_path"] == tuned.metadata["organism_path"]
+    td = direction_stage(tuned, cfg.data, cfg.directions)  # the attacker's direction, recomputed on the fine-tune
+    art = AnchorArtifact.load(tmp_path / "anchor_finetuned.safetensors")
+    assert torch.equal(art.direction, td.direction)
+    harmful_test, harmless_test = load_role(cfg.data, "harmful_test"), load_role(cfg.data, "harmless_test")
+    n, tpl = cfg.eval.max_new_tokens, tuned.template
+
+    def attack():
+        return [Ablate(td.direction, mode="affine", reference=td.reference)]
+
+    for d, edits in (("finetuned", attack), ("finetuned_anchored", lambda: attack() + art.anchors())):
+        flags = per_prompt_successes(tuned.model, tpl, harmful_test, edits, n)
+        assert m[f"asr_ablation_affine_{d}"] == pytest.approx(share(flags), abs=1e-9), d
+    refusals = per_prompt_refusals(tuned.model, tpl, harmless_test, no_edit, n)
+    assert m["harmless_refusal_finetuned"] == pytest.approx(share(refusals), abs=1e-9)
+    prompts = list(harmless_test)
+    kl = kl_divergence(
+        last_position_logprobs(loaded.model, tpl, prompts), last_position_logprobs(tuned.model, tpl, prompts)
+    )
+    assert m["kl_harmless_finetuned"] == pytest.approx(kl, rel=1e-4) and kl > 1e-4  # from the base, not itself
+    for d in ("undefended", "anchored", "cast", "addition", "finetuned", "finetuned_anchored"):
+        assert 0.0 <= m[f"asr_jailbreak_prefix_injection_{d}"] <= 1.0, d
+    assert isinstance(m["targets_met_finetuned_anchored"], bool) and isinstance(m["targets_missed_finetuned"], list)
+    report = (tmp_path / "report.md").read_text()
+    assert "| finetuned_anchored |" in report and "`finetuned_anchored`: " in report
 
 
 SMALL_BACKUPS = [
