@@ -178,13 +178,21 @@ def test_robust_gate_fit_reads_a_prompt_attack_through_its_rewrite(tiny_organism
 
     monkeypatch.setattr(anchor_mod, "collect_token_activations", spy)
     r = torch.randn(model.cfg.d_model)
-    cfg = AnchorCalibration(quantile=0.3, layers=[1], final=False, gate_fpr=0.2, gate_token_steps=5)
-    art = calibrate_anchor(
-        model, tpl, r, 1, harmful, harmful[:3], harmless, harmless[:3], cfg, robust_to=[suffix_attack("zz qq")]
-    )
-    assert art.metadata["gate_robust"] == ["gcg_suffix"]
-    suffixed = [p for batch in seen for p in batch if p.endswith(" zz qq")]
-    assert sorted(suffixed) == sorted([f"{p} zz qq" for p in harmful] + [f"{p} zz qq" for p in harmless[:12]])
+    for share in (1.0, 0.25):
+        seen.clear()
+        cfg = AnchorCalibration(
+            quantile=0.3, layers=[1], final=False, gate_fpr=0.2, gate_token_steps=5, gate_robust_share=share
+        )
+        art = calibrate_anchor(
+            model, tpl, r, 1, harmful, harmful[:3], harmless, harmless[:3], cfg, robust_to=[suffix_attack("zz qq")]
+        )
+        assert art.metadata["gate_robust"] == ["gcg_suffix"] and art.metadata["gate_robust_share"] == share
+        suffixed = [p.removesuffix(" zz qq") for batch in seen for p in batch if p.endswith(" zz qq")]
+        if share == 1.0:  # every fit prompt (the first half of harmless_train fits, the second sets the threshold)
+            assert sorted(suffixed) == sorted(harmful + harmless[:12])
+        else:  # a seeded quarter of each class, no prompt twice
+            h, s_ = [p for p in suffixed if p in harmful], [p for p in suffixed if p in harmless[:12]]
+            assert len(h) == 3 and len(s_) == 3 and len(set(suffixed)) == 6
 
 
 def test_artifact_round_trip(calibrated, tmp_path):

@@ -371,9 +371,16 @@ def calibrate_anchor(
 
     # one forward pass per prompt set: the position probe reads the last positions of the token activations
     t_h, t_s = read(fit_harmful, "gate fit (harmful)"), read(fit_harmless, "gate fit (harmless)")
-    for attack in robust_to:  # the same prompts under the anticipated attack
-        t_h += read(fit_harmful, f"gate fit (harmful, {attack.name})", attack)
-        t_s += read(fit_harmless, f"gate fit (harmless, {attack.name})", attack)
+    rng = random.Random(f"gate robust:{len(fit_harmful)}:{len(fit_harmless)}")
+
+    def sample(prompts: list[str]) -> list[str]:  # a seeded share of the fit prompts, in their order
+        keep = sorted(rng.sample(range(len(prompts)), max(1, round(cfg.gate_robust_share * len(prompts)))))
+        return [prompts[i] for i in keep]
+
+    robust_fit = [(attack, sample(fit_harmful), sample(fit_harmless)) for attack in robust_to]
+    for attack, harmful_part, harmless_part in robust_fit:  # a share of the same prompts under the anticipated attack
+        t_h += read(harmful_part, f"gate fit (harmful, {attack.name})", attack)
+        t_s += read(harmless_part, f"gate fit (harmless, {attack.name})", attack)
     h_fit, s_fit = at_positions(t_h), at_positions(t_s)
     if cfg.gate_probe == "mean_diff":
         w = flat(h_fit).mean(0) - flat(s_fit).mean(0)
@@ -439,14 +446,9 @@ def calibrate_anchor(
     del t_h, t_s
     text, text_auroc = None, float("nan")
     if cfg.gate_text:
-        rng = random.Random(f"text gate:{len(fit_harmful)}:{len(fit_harmless)}")
-
-        def sample(prompts: list[str]) -> list[str]:  # the share of the prompts each rewriting attack is applied to
-            return rng.sample(prompts, max(1, round(cfg.gate_text_rewritten * len(prompts))))
-
         text_fit = [(list(fit_harmful), list(fit_harmless))] + [
-            (attack.prompts(sample(fit_harmful)), attack.prompts(sample(fit_harmless)))
-            for attack in robust_to
+            (attack.prompts(harmful_part), attack.prompts(harmless_part))
+            for attack, harmful_part, harmless_part in robust_fit
             if attack.rewrite
         ]
         text = fit_text_classifier(
@@ -486,6 +488,7 @@ def calibrate_anchor(
         "gate_robust": list(getattr(a, "name", str(a)) for a in robust_to),
         "n_floor_prompts": len(harmful_refused),
         "n_gate_fit": [len(fit_harmful), len(fit_harmless)],
+        "gate_robust_share": cfg.gate_robust_share,
         "gate_refusal_cosine": float((weights.double() @ rd).abs().max()),
     }
     log.info(

@@ -83,6 +83,7 @@ class AnchorCalibration:
             "jailbreak_few_shot",
         ]
     )  # a jailbreak_<template> here must not be among the templates the job tests (anchor.jailbreaks)
+    gate_robust_share: float = 0.25  # each gate_robust attack is applied to this seeded share of the gate's fit prompts
     gate_tokens: bool = (
         True  # OR a per-token probe, max over the prompt's tokens (an appended suffix cannot lower what came before it)
     )
@@ -91,7 +92,6 @@ class AnchorCalibration:
     )
     gate_text: bool = True  # OR a classifier of the prompt's text (MiniLM-L6 embedding, logistic): no activation edit can lower its score
     gate_text_tokens: int = 256  # MiniLM tokens of the instruction the text gate reads
-    gate_text_rewritten: float = 0.25  # the text classifier sees each prompt-rewriting attack of gate_robust on this seeded share of the fit prompts
     sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are also bounded; 0: the direction only
     feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused prompts' coordinates, ceilings (comply) at 1 - it
     feature_apply_to: Annotated[str, ApplyTo] = "generated"  # tokens the feature bounds act on
@@ -116,8 +116,8 @@ class AnchorCalibration:
             raise ValueError("anchor.gate_layers must be null (automatic) or a non-empty list, got []")
         if self.gate_tokens and self.gate_token_steps < 1:
             raise ValueError(f"anchor.gate_token_steps must be >= 1, got {self.gate_token_steps!r}")
-        if not 0.0 < self.gate_text_rewritten <= 1.0:
-            raise ValueError(f"anchor.gate_text_rewritten must be in (0, 1], got {self.gate_text_rewritten!r}")
+        if not 0.0 < self.gate_robust_share <= 1.0:
+            raise ValueError(f"anchor.gate_robust_share must be in (0, 1], got {self.gate_robust_share!r}")
         if self.gate_text_tokens < 1:
             raise ValueError(f"anchor.gate_text_tokens must be >= 1, got {self.gate_text_tokens!r}")
         if self.gate_synthetic < 0:
