@@ -474,7 +474,7 @@ def attack_names(m: dict[str, Any]) -> list[str]:
     for key in m:
         if not key.startswith("asr_"):
             continue
-        for d in DEFENCES:
+        for d in sorted(DEFENCES, key=len, reverse=True):  # "x_finetuned_anchored" is x under finetuned_anchored
             if key.endswith(f"_{d}"):
                 name = key[len("asr_") : -len(d) - 1]
                 if name and name not in names:
@@ -492,13 +492,15 @@ def anchor_section(m: dict[str, Any]) -> str:
             f"gate read at layers {fmt(m.get('gate_layers'))}."
         )
     defences = [d for d in DEFENCES if any(k.startswith("asr_") and k.endswith(f"_{d}") for k in m)]
+    gate = any(k.startswith("gate_fire_") for k in m)  # runs that record where the anchor's gate fires
     rows = []
     incoherent = any(k.startswith("incoherent_") for k in m)  # runs that count only coherent compliance
     for name in attack_names(m):
         label = "(no attack)" if name == "none" else f"`{name}`"
         kl = 0.0 if name == "none" else m.get(f"attack_kl_harmless_{name}")
         extra = [m.get(f"incoherent_{name}_undefended"), m.get(f"incoherent_{name}_anchored")] if incoherent else []
-        rows.append([label] + [m.get(f"asr_{name}_{d}") for d in defences] + extra + [kl])
+        fires = [m.get(f"gate_fire_{name}")] if gate else []
+        rows.append([label] + [m.get(f"asr_{name}_{d}") for d in defences] + extra + fires + [kl])
     tuned = (
         " Fine-tuned: the organism fine-tuned with its refusal direction cut on a share of steps, attacked with its own direction, features and suffixes."
         if "finetuned" in defences
@@ -517,7 +519,12 @@ def anchor_section(m: dict[str, Any]) -> str:
             "KL on harmless_test, undefended (prompt attacks: -)." + tuned
         )
         header = ["attack", *(DEFENCE_LABELS.get(d, d) for d in defences)]
-    out.append(table([*header, "attack KL"], rows))
+    if gate:
+        out[-1] += (
+            " `gate fires`: the share of attacked prompts on which the anchor's gate fires (harmless_test: "
+            f"{fmt(m.get('gate_fire_harmless_test'))})."
+        )
+    out.append(table([*header, *(["gate fires"] if gate else []), "attack KL"], rows))
     over = any(k.startswith("overrefusal_refusal_") for k in m)
     cost = [
         [DEFENCE_LABELS.get(d, d), m.get(f"harmless_refusal_{d}"), m.get(f"kl_harmless_{d}"), m.get(f"ce_harmless_{d}")]

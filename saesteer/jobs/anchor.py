@@ -455,6 +455,17 @@ def fine_tuned_defences(art: AnchorArtifact) -> list[Defence]:
     ]
 
 
+def gate_fires(
+    model, tpl, defended: Defended, harmful: list[str], harmless: list[str], batch_size: int, suffix: str = ""
+) -> dict[str, float]:
+    """``gate_fire_<attack><suffix>``: where the anchor's gate fires under each attack on ``harmful`` (``none``: no
+    attack), and ``gate_fire_harmless_test<suffix>`` on ``harmless``."""
+    art = defended.art
+    fires = gate_fire_rates(model, tpl, defended.attacks, art.gate, harmful, batch_size)
+    fires["harmless_test"] = gate_fire_rates(model, tpl, [], art.gate, harmless, batch_size)["none"]
+    return {f"gate_fire_{n}{suffix}": v for n, v in fires.items()}
+
+
 def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     a = cfg.anchor
     if a.finetune != "none" and cfg.model.name != "organism":
@@ -497,11 +508,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         reference=reference,
         **ev,
     )
-    fires = gate_fire_rates(model, tpl, base.attacks, art.gate, harmful, a.batch_size)
-    tuned_kl: dict[str, Any] = {f"gate_fire_{n}": v for n, v in fires.items()}
-    tuned_kl["gate_fire_harmless_test"] = gate_fire_rates(model, tpl, [], art.gate, P["harmless_test"], a.batch_size)[
-        "none"
-    ]
+    extra = gate_fires(model, tpl, base, harmful, P["harmless_test"], a.batch_size)
     if a.finetune != "none":
         log.info("anchor: the %s fine-tune, attacked and anchored the same way", a.finetune)
         tl = finetuned_model(cfg, loaded, direction)
@@ -519,11 +526,12 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             reference=reference,
             **ev,
         )
-        tuned_kl = {f"attack_kl_harmless_{n}_finetuned": v for n, v in tuned_result.attack_kl.items()}
-        tuned_kl.update(finetune=a.finetune, finetune_path=tl.metadata["organism_path"])
+        extra.update({f"attack_kl_harmless_{n}_finetuned": v for n, v in tuned_result.attack_kl.items()})
+        extra.update(gate_fires(tl.model, tpl, tuned, harmful, P["harmless_test"], a.batch_size, "_finetuned"))
+        extra.update(finetune=a.finetune, finetune_path=tl.metadata["organism_path"])
         result = result.merge(tuned_result)
     metrics = anchor_metrics(art, result, n_floor_prompts=len(base.refused))
-    metrics.update(tuned_kl)
+    metrics.update(extra)
     if a.suffix_steps > 0:
         metrics["gcg_suffix"] = next(att.description for att in base.attacks if att.name == "gcg_suffix")
     tracker.table("anchor/asr", asr_headers(result), asr_rows(result))

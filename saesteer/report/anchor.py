@@ -79,6 +79,25 @@ def _method(art: AnchorArtifact, settings: Any, n_refused: int) -> str:
     return text
 
 
+def _fire_table(ev: DefenceEvaluation, metrics: dict[str, Any]) -> str:
+    tuned = "gate_fire_none_finetuned" in metrics
+    rows = []
+    for name in ["none", *(a.name for a in ev.attacks)]:
+        row = [
+            name,
+            metrics.get(f"gate_fire_{name}"),
+            ev.no_attack["anchored"] if name == "none" else ev.asr[name]["anchored"],
+        ]
+        if tuned:
+            asr = ev.no_attack if name == "none" else ev.asr[name]
+            row += [metrics.get(f"gate_fire_{name}_finetuned"), asr.get("finetuned_anchored")]
+        rows.append(row)
+    headers = ["attack", "gate fires", "ASR anchored"] + (
+        ["gate fires (fine-tune)", "ASR fine-tune + anchor"] if tuned else []
+    )
+    return markdown_table(headers, rows)
+
+
 def render_report(art: AnchorArtifact, ev: DefenceEvaluation, settings: Any, metrics: dict[str, Any]) -> str:
     """The anchor job's report.md: the method as calibrated, the ASR table, the costs and the attacks."""
     cost_rows = [[d, c.harmless_refusal, c.kl_harmless, c.ce_harmless, c.overrefusal] for d, c in ev.costs.items()]
@@ -121,6 +140,19 @@ def render_report(art: AnchorArtifact, ev: DefenceEvaluation, settings: Any, met
             "set +<= 0.02 (saesteer.attacks.evaluate.DefenceTargets).",
             "",
             *targets,
+            "",
+            "## Where the gate fires",
+            "",
+            "Share of the attacked harmful_test prompts on which the anchor's gate fires (read after the attacker's "
+            "edits); a gated defence does nothing where its gate does not fire. On harmless_test: "
+            f"{metrics.get('gate_fire_harmless_test', float('nan')):.3f}"
+            + (
+                f" (the fine-tune's anchor: {metrics['gate_fire_harmless_test_finetuned']:.3f})."
+                if "gate_fire_harmless_test_finetuned" in metrics
+                else "."
+            ),
+            "",
+            _fire_table(ev, metrics),
             "",
             "## Attacks",
             "",

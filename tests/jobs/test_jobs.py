@@ -493,8 +493,16 @@ def test_anchor_job_puts_the_direction_dropout_finetune_beside_the_anchor(direct
     for d in ("undefended", "anchored", "cast", "addition", "finetuned", "finetuned_anchored"):
         assert 0.0 <= m[f"asr_jailbreak_prefix_injection_{d}"] <= 1.0, d
     assert isinstance(m["targets_met_finetuned_anchored"], bool) and isinstance(m["targets_missed_finetuned"], list)
+    for key in (
+        "gate_fire_none",
+        "gate_fire_ablation_affine",
+        "gate_fire_ablation_affine_finetuned",
+        "gate_fire_harmless_test_finetuned",
+    ):
+        assert 0.0 <= m[key] <= 1.0, key
     report = (tmp_path / "report.md").read_text()
     assert "| finetuned_anchored |" in report and "`finetuned_anchored`: " in report
+    assert "| attack | gate fires | ASR anchored | gate fires (fine-tune) | ASR fine-tune + anchor |" in report
 
 
 SMALL_BACKUPS = [
