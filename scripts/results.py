@@ -883,8 +883,10 @@ def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, s
         for name, label in (
             ("ablation_affine", "affine ablation"),
             ("sae_feature_bypass", "SAE feature bypass"),
+            ("jailbreak_refusal_suppression", "refusal-suppression template"),
             ("gcg_suffix", "adversarial suffix"),
             ("adaptive_gate_ablation", "adaptive gate ablation"),
+            ("adaptive_embedding_suffix", "adaptive soft suffix"),
         ):
             add(
                 "anchor",
@@ -898,6 +900,11 @@ def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, s
             if not _has(a, "harmless_refusal_undefended", "harmless_refusal_anchored", "kl_harmless_anchored")
             else f"{fmt(a['harmless_refusal_undefended'])} -> {fmt(a['harmless_refusal_anchored'])}, {fmt(a['kl_harmless_anchored'])}",
         )
+        add(
+            "anchor",
+            "over-refusal set refusal, undefended -> anchored",
+            _join(a, ["overrefusal_refusal_undefended", "overrefusal_refusal_anchored"], " -> "),
+        )
     b, _ = _first(runs, "backups")
     if b and isinstance(b.get("downstream_refusal_at_k"), list) and b["downstream_refusal_at_k"]:
         kmax = b.get("k_max", len(b["downstream_refusal_at_k"]) - 1)
@@ -905,6 +912,13 @@ def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, s
             "backups",
             f"top {kmax} refusal features cut, harmful_test refusal; backup features",
             f"{fmt(b['downstream_refusal_at_k'][-1])}; {fmt(b.get('n_backup_features'))}",
+        )
+        tuned = "finetune_hydra_restored_share" in b
+        add(
+            "backups",
+            "hydra: share of the lost refusal coordinate restored by later layers"
+            + (" (base / direction-dropout fine-tune)" if tuned else ""),
+            _join(b, ["hydra_restored_share", "finetune_hydra_restored_share"] if tuned else ["hydra_restored_share"]),
         )
     e, _ = _first(runs, "emergent")
     if e:
