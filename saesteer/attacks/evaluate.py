@@ -1,9 +1,11 @@
 """Attack x defence evaluation: attack success rate, over-refusal and capability cost.
 
-ASR is the share of harmful prompts *not* refused (greedy completions, the
-project's judge).  A defence is a factory of interventions (a fresh one per use:
-gates hold per-batch state); an attack may add hooks, edit the weights and
-rewrite prompts, all applied together with the defence.
+ASR is the share of harmful prompts answered with coherent compliance (greedy
+completions, the project's judge: a refusal or broken text is not a success).  A
+defence is a factory of interventions (a fresh one per use: gates hold per-batch
+state); an attack may add hooks, edit the weights and rewrite prompts, all applied
+together with the defence.  :class:`DefenceTargets` says what a defence has to
+achieve against the suite and at what cost.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Calibration (floors, gate direction and threshold) uses train / val prompts only;
 every attack is scored on held-out ``harmful_test`` (ASR) and every defence on
-held-out ``harmless_test`` (over-refusal, KL, cross-entropy).  Defences compared:
-undefended, the gated anchor, CAST-style conditional addition (same gate) and
-unconditional addition of the refusal direction.
+held-out ``harmless_test`` and the over-refusal set (refusal, KL, cross-entropy).
+Defences compared: undefended, the gated anchor, CAST-style conditional addition
+(same gate) and unconditional addition of the refusal direction; with
+``anchor.finetune``, also the organism fine-tuned with its refusal direction cut,
+undefended and under its own anchor, attacked as a white-box attacker holding it
+would (directions, features and suffixes recomputed on it).
 """
 
 from __future__ import annotations
