@@ -95,7 +95,9 @@ def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrate
     pos_scores = (torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias)[~refused]
     toks = collect_token_activations(model, tpl, thr_half, art.gate_hooks)
     tok_scores = (
-        torch.stack([torch.einsum("thd,hd->t", t.double(), art.token_weights.double()).max() for t in toks])[~refused]
+        torch.stack(  # the template's head is not read
+            [torch.einsum("thd,hd->t", t[art.token_skip :].double(), art.token_weights.double()).max() for t in toks]
+        )[~refused]
         + art.token_bias
     )
     for scores, thr in (
@@ -196,9 +198,13 @@ def test_robust_gate_fit_reads_a_prompt_attack_through_its_rewrite(tiny_organism
 
 
 def test_artifact_round_trip(calibrated, tmp_path):
-    _, _, art, _, _, _ = calibrated
+    from saesteer.chat import head_ids
+
+    model, tpl, art, _, _, _ = calibrated
+    assert art.token_skip == len(head_ids(model.tokenizer, tpl)) > 0  # the token probe skips the template's head
     art.save(tmp_path / "anchor.safetensors")
     back = AnchorArtifact.load(tmp_path / "anchor.safetensors", d_model=art.direction.shape[0])
+    assert back.token_skip == art.token_skip and back.gate().gates[1].skip == art.token_skip
     assert torch.equal(back.floors, art.floors) and torch.equal(back.gate_weights, art.gate_weights)
     assert torch.equal(back.position_floors, art.position_floors)
     assert torch.equal(back.token_weights, art.token_weights) and (back.token_threshold, back.token_bias) == (

@@ -85,6 +85,7 @@ class AnchorArtifact:
         None  # [n_anchored_hooks, n_post + 1] prompt floors of t_inst..-1, or None (``floors`` everywhere)
     )
     text: Optional[TextClassifier] = None  # the text gate's classifier, or None
+    token_skip: int = 0  # leading real tokens the token probe does not read (the template's head)
 
     @property
     def gate_hooks(self) -> list[str]:
@@ -110,6 +111,7 @@ class AnchorArtifact:
                     hooks=self.gate_hooks,
                     weights=self.token_weights,
                     bias=self.token_bias,
+                    skip=self.token_skip,
                 )
             )
         if self.text is not None:
@@ -158,6 +160,7 @@ class AnchorArtifact:
             "gate_bias": self.gate_bias,
             "token_threshold": self.token_threshold,
             "token_bias": self.token_bias,
+            "token_skip": self.token_skip,
             **self.metadata,
         }
         tensors = {
@@ -210,6 +213,7 @@ class AnchorArtifact:
             "gate_bias",
             "token_threshold",
             "token_bias",
+            "token_skip",
             "feature_hook",
             "feature_ids",
             "feature_signs",
@@ -262,4 +266,5 @@ class AnchorArtifact:
             features,
             tensors.get("position_floors"),
             text,
+            int(meta.get("token_skip", 0)),
         )

@@ -52,7 +52,7 @@ from transformer_lens import HookedTransformer
 from saesteer.activations import collect_activations, collect_token_activations, n_post_tokens, stop_layer
 from saesteer.anchor.artifact import AnchorArtifact, FeatureAnchor, TextClassifier
 from saesteer.anchor.settings import AnchorCalibration
-from saesteer.chat import ChatTemplate, encode_chat
+from saesteer.chat import ChatTemplate, encode_chat, head_ids
 from saesteer.checks import check_prompts
 from saesteer.interventions import AnchorProjections
 from saesteer.interventions.anchors import anchor_hooks
@@ -425,16 +425,20 @@ def calibrate_anchor(
     fire_h, fire_s, fire_thr = h_val > threshold, s_val > threshold, s_thr > threshold
 
     tok_w, tok_thr, tok_b, tok_auroc = None, 0.0, 0.0, float("nan")
+    skip = len(head_ids(model.tokenizer, template))  # the template's head: the same tokens in every prompt
     if cfg.gate_tokens:
         w_tok, tok_b = token_probe(
-            [x.flatten(1) for x in t_h], [x.flatten(1) for x in t_s], cfg.gate_l2, steps=cfg.gate_token_steps
+            [x[skip:].flatten(1) for x in t_h],
+            [x[skip:].flatten(1) for x in t_s],
+            cfg.gate_l2,
+            steps=cfg.gate_token_steps,
         )
         w_tok = w_tok.view(len(gate_layers), -1)
         if cfg.gate_orthogonal:
             w_tok = w_tok - (w_tok @ rd)[:, None] * rd
         scale = float(w_tok.norm())
         tok_w, tok_b = (w_tok / scale).float().contiguous(), tok_b / scale
-        tgate = TokenProbeGate(hook=gh[-1], hooks=gh, weights=tok_w, bias=tok_b)
+        tgate = TokenProbeGate(hook=gh[-1], hooks=gh, weights=tok_w, bias=tok_b, skip=skip)
         tt_thr, th_val, ts_val = tgate.scores(t_thr), tgate.scores(t_hval), tgate.scores(t_sval)
         tok_thr = quantile_threshold(tt_thr)
         tok_auroc = auroc(th_val, ts_val)
@@ -519,4 +523,5 @@ def calibrate_anchor(
         meta,
         position_floors=position_floors,
         text=text,
+        token_skip=skip,
     )

@@ -207,12 +207,16 @@ class TokenProbeGate(Gate):
 
     Padding is told from the first attention layer's pattern (a padded key gets no attention
     from the last query), so the max covers exactly the real tokens of each left-padded row.
+    The first ``skip`` real tokens are not read: the chat template's head (BOS, system prompt), the same in
+    every prompt, so its activations are too (causal attention) and say nothing about the request, while an
+    attention-sink token there can carry activations far larger than any other token's.
     ``weights``: [n_hooks, d_model]; ``hooks`` in forward order, the last one after layer 0.
     """
 
     hooks: Sequence[str] = ()
     weights: Optional[torch.Tensor] = None
     bias: float = 0.0
+    skip: int = 0
     _parts: dict = field(default_factory=dict, init=False, repr=False)
 
     PATTERN_HOOK = "blocks.0.attn.hook_pattern"
@@ -228,10 +232,14 @@ class TokenProbeGate(Gate):
             raise ValueError(f"TokenProbeGate.weights must have shape [n_hooks={len(self.hooks)}, d_model], got {got}")
         check_finite_tensor(self.weights, "TokenProbeGate.weights")
         check_finite(self.bias, "TokenProbeGate.bias")
+        if isinstance(self.skip, bool) or not isinstance(self.skip, int) or self.skip < 0:
+            raise ValueError(f"TokenProbeGate.skip must be a non-negative integer, got {self.skip!r}")
         self._check_threshold()
 
     def _real(self, pattern: torch.Tensor) -> torch.Tensor:
-        return (pattern[:, :, -1, :] > 0).any(1)  # [batch, key]
+        """The tokens read: real (not padding, [batch, key]) and past the first ``skip`` real ones."""
+        real = (pattern[:, :, -1, :] > 0).any(1)
+        return real & (real.cumsum(-1) > self.skip) if self.skip else real
 
     def _hooks(self, finish: Callable[[torch.Tensor], None], detach: bool) -> list[tuple[str, Callable]]:
         parts = self._parts
@@ -269,9 +277,15 @@ class TokenProbeGate(Gate):
 
     @torch.no_grad()
     def scores(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Scores of per-prompt token activations ([n_tokens, n_hooks, d_model] each, as collect_token_activations)."""
+        """Scores of per-prompt token activations ([n_tokens, n_hooks, d_model] each, every real token as
+        collect_token_activations returns them; the first ``skip`` are not read)."""
         w = self.weights.float()
-        return torch.stack([torch.einsum("thd,hd->t", t.float(), w).max() for t in tokens]) + float(self.bias)
+        short = [i for i, t in enumerate(tokens) if len(t) <= self.skip]
+        if short:
+            raise ValueError(f"TokenProbeGate.scores: prompt {short[0]} has no token past the first skip={self.skip}")
+        return torch.stack([torch.einsum("thd,hd->t", t[self.skip :].float(), w).max() for t in tokens]) + float(
+            self.bias
+        )
 
 
 def instruction_token_ids(

@@ -370,6 +370,22 @@ def test_token_probe_gate_takes_the_max_over_real_tokens(tiny_organism):
     assert torch.equal(gate_decisions(model, tpl, both, prompts, batch_size=3), single > thr)
     with pytest.raises(ValueError, match="after layer 0's attention"):
         TokenProbeGate(hook="blocks.0.hook_resid_pre", hooks=["blocks.0.hook_resid_pre"], weights=w[:1])
+    # skip: the template's head is not read (its tokens are the same in every prompt, and so are their activations)
+    from saesteer.chat import head_ids
+
+    skip = len(head_ids(model.tokenizer, tpl))
+    per_token = [torch.einsum("thd,hd->t", collect_token_activations(model, tpl, [p], hooks)[0], w) for p in prompts]
+    heads = torch.stack([t[:skip] for t in per_token])
+    assert torch.allclose(heads, heads[:1].expand_as(heads), atol=1e-4)  # the head scores alike in every prompt
+    no_head = torch.stack([t[skip:].max() for t in per_token])
+    v = no_head.sort().values
+    gap = int((v[1:] - v[:-1]).argmax())
+    thr = float(v[gap] + v[gap + 1]) / 2
+    skipping = TokenProbeGate(hook=hooks[-1], hooks=hooks, weights=w, threshold=thr, skip=skip)
+    assert torch.equal(gate_decisions(model, tpl, skipping, prompts, batch_size=4), no_head > thr)
+    assert torch.allclose(skipping.scores(collect_token_activations(model, tpl, prompts, hooks)), no_head, atol=1e-4)
+    with pytest.raises(ValueError, match="skip must be a non-negative integer"):
+        TokenProbeGate(hook=hooks[-1], hooks=hooks, weights=w, skip=-1)
 
 
 def test_a_gate_read_after_the_anchor_decides_in_a_prepass(tiny_organism):
