@@ -913,13 +913,12 @@ def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, s
             f"top {kmax} refusal features cut, harmful_test refusal; backup features",
             f"{fmt(b['downstream_refusal_at_k'][-1])}; {fmt(b.get('n_backup_features'))}",
         )
-        tuned = "finetune_hydra_restored_share" in b
-        add(
-            "backups",
-            "hydra: share of the lost refusal coordinate restored by later layers"
-            + (" (base / direction-dropout fine-tune)" if tuned else ""),
-            _join(b, ["hydra_restored_share", "finetune_hydra_restored_share"] if tuned else ["hydra_restored_share"]),
-        )
+        if "hydra_restored_share" in b:
+            add(
+                "backups",
+                "hydra: share of the lost refusal coordinate restored by later layers (base / direction-dropout fine-tune)",
+                f"{fmt(b['hydra_restored_share'])} / {fmt(b.get('finetune_hydra_restored_share'))}",
+            )
     e, _ = _first(runs, "emergent")
     if e:
         add(
