@@ -440,7 +440,7 @@ def finetuned_model(cfg: AnchorJobConfig, loaded, direction):
     return LoadedModel(
         tuned.model.to(cfg.model.device),
         loaded.template,
-        f"{loaded.name}+{finetune.name}",
+        loaded.name,  # the name the stage caches key on with the weights' fingerprint, as saesteer backups loads it
         {"organism_path": str(tuned.path), **tuned.metadata},
     )
 
