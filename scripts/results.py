@@ -882,11 +882,8 @@ def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, s
     if a:
         for name, label in (
             ("ablation_affine", "affine ablation"),
-            ("sae_feature_bypass", "SAE feature bypass"),
-            ("jailbreak_refusal_suppression", "refusal-suppression template"),
             ("gcg_suffix", "adversarial suffix"),
             ("adaptive_gate_ablation", "adaptive gate ablation"),
-            ("adaptive_embedding_suffix", "adaptive soft suffix"),
         ):
             add(
                 "anchor",
@@ -916,7 +913,7 @@ def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, s
         if "hydra_restored_share" in b:
             add(
                 "backups",
-                "hydra: share of the lost refusal coordinate restored by later layers (base / direction-dropout fine-tune)",
+                "hydra: restored share (base / dropout fine-tune)",
                 f"{fmt(b['hydra_restored_share'])} / {fmt(b.get('finetune_hydra_restored_share'))}",
             )
     e, _ = _first(runs, "emergent")

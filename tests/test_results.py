@@ -470,7 +470,10 @@ def test_anchor_and_behaviour_tables_carry_the_incoherent_share_where_the_run_ha
     assert "- fine-tuned: misses KL on harmless 0.050 > 0.03" in text
     fired = {**m, "gate_fire_none": 0.9, "gate_fire_ablation_affine": 0.7, "gate_fire_harmless_test": 0.02}
     text = results.anchor_section(fired)  # where the gate fires, beside the ASR
-    assert "| `ablation_affine` | 0.800 | 0.100 | 0.150 | 0.020 | 0.700 | 0.200 |" in text and "(harmless_test: 0.020)" in text
+    assert (
+        "| `ablation_affine` | 0.800 | 0.100 | 0.150 | 0.020 | 0.700 | 0.200 |" in text
+        and "(harmless_test: 0.020)" in text
+    )
     old = {k: v for k, v in m.items() if not k.startswith("incoherent_")}
     assert "incoherent" not in results.anchor_section(old)
     b = {"harmful_test_refusal": 0.9, "n_harmful_test": 10, "harmful_test_incoherent": 0.1}
