@@ -276,6 +276,23 @@ def train_or_reuse_sae(cfg: Any, loaded: LoadedModel, tracker: Any) -> tuple[Any
     return result.sae, {**result.metadata, "sae_path": str(result.path), "source": "fit"}
 
 
+def finetune_stage(
+    model_cfg: Any, loaded: LoadedModel, direction: DirectionArtifact, finetune: Any, progress: bool = False
+):
+    """(the organism fine-tuned by ``finetune`` (a DropoutFinetune) with ``direction`` cut, its DirectionCut): from
+    the cache or fine-tuned now, loaded like ``loaded`` and under its name (the stage caches key on the weights'
+    fingerprint and check the name)."""
+    from saesteer.organism import load_or_train_organism
+    from saesteer.organism.dropout import DirectionCut, load_or_finetune
+
+    cut = DirectionCut.from_artifact(direction, every_layer=finetune.name == "direction_dropout_all")
+    tuned = load_or_finetune(
+        load_or_train_organism(model_cfg.organism, progress=progress), cut, finetune, progress=progress
+    )
+    meta = {"organism_path": str(tuned.path), **tuned.metadata}
+    return LoadedModel(tuned.model.to(model_cfg.device), loaded.template, loaded.name, meta), cut
+
+
 def sae_stage(cfg: Any, loaded: LoadedModel, tracker: Any, layer: int):
     """The SAE of ``cfg.sae`` (loaded, cached or fitted), at the direction's layer unless a hook is set."""
     from saesteer.sae.load import load_sae

@@ -369,8 +369,6 @@ class Defended:
     """One deployed model, its anchor calibrated on it and the attack suite computed against it (a white-box
     attacker recomputes directions, features and suffixes on the model it attacks)."""
 
-    loaded: Any
-    direction: Any
     art: AnchorArtifact
     attacks: list[Attack]
     refused: list[str]
@@ -422,27 +420,15 @@ def defend(
     art.metadata["model"] = loaded.name
     if a.adaptive:
         attacks += adaptive_attacks(cfg, loaded, direction, art, suffix_prompts, harmless_cal)
-    return Defended(loaded, direction, art, attacks, refused)
+    return Defended(art, attacks, refused)
 
 
 def finetuned_model(cfg: AnchorJobConfig, loaded, direction):
     """The organism fine-tuned with its refusal direction cut on a share of steps (``anchor.finetune``), loaded like
     ``loaded``: from the cache, or fine-tuned now and cached."""
-    from saesteer.models import LoadedModel
-    from saesteer.organism import load_or_train_organism
-    from saesteer.organism.dropout import DirectionCut, load_or_finetune
+    from saesteer.stages import finetune_stage
 
-    finetune = cfg.anchor.dropout_finetune(cfg.seed)
-    cut = DirectionCut.from_artifact(direction, every_layer=finetune.name == "direction_dropout_all")
-    tuned = load_or_finetune(
-        load_or_train_organism(cfg.model.organism, progress=cfg.progress), cut, finetune, progress=cfg.progress
-    )
-    return LoadedModel(
-        tuned.model.to(cfg.model.device),
-        loaded.template,
-        loaded.name,  # the name the stage caches key on with the weights' fingerprint, as saesteer backups loads it
-        {"organism_path": str(tuned.path), **tuned.metadata},
-    )
+    return finetune_stage(cfg.model, loaded, direction, cfg.anchor.dropout_finetune(cfg.seed), cfg.progress)[0]
 
 
 def fine_tuned_defences(art: AnchorArtifact) -> list[Defence]:

@@ -119,26 +119,17 @@ def _run(cfg: BackupsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
             raise ValueError(
                 f"backups.finetune={b.finetune} fine-tunes the organism; got model.name={cfg.model.name!r}"
             )
-        from saesteer.models import LoadedModel
-        from saesteer.organism import load_or_train_organism
-        from saesteer.organism.dropout import DirectionCut, load_or_finetune
+        from saesteer.stages import finetune_stage
 
-        cut = DirectionCut.from_artifact(direction, every_layer=b.finetune == "direction_dropout_all")
-        tuned = load_or_finetune(
-            load_or_train_organism(cfg.model.organism, progress=cfg.progress), cut, finetune, progress=cfg.progress
-        )
-        rec_loaded = LoadedModel(
-            tuned.model.to(cfg.model.device),
-            loaded.template,
-            loaded.name,
-            {"organism_path": str(tuned.path), **tuned.metadata},
-        )
+        rec_loaded, cut = finetune_stage(cfg.model, loaded, direction, finetune, progress=cfg.progress)
         rec_direction = direction_stage(rec_loaded, cfg.data, cfg.directions, progress=cfg.progress)
         rec = _analyse(cfg, rec_loaded, rec_direction, run_dir, tracker, prefix="finetune_")
         checks = {
             name: _cut_check(cfg, lm, cut, a) for name, lm, a in (("base", loaded, base), ("finetune", rec_loaded, rec))
         }
-        metrics.update(_finetune_metrics(rec.metrics, checks, tuned.metadata, finetune, str(tuned.path)))
+        tuned_meta = dict(rec_loaded.metadata)
+        tuned_path = tuned_meta.pop("organism_path")
+        metrics.update(_finetune_metrics(rec.metrics, checks, tuned_meta, finetune, tuned_path))
         base.plots.append(cut_plot(run_dir, checks, cut))
         tracker.image("backups/direction_cut_activations", base.plots[-1])
     metrics = json_ready(metrics)
