@@ -48,6 +48,7 @@ from saesteer.directions import refusal_subspace
 from saesteer.evaluate import refusal_eval
 from saesteer.interventions.gates import AnyGate
 from saesteer.io import write_text
+from saesteer.jobs.common import PhaseTimes
 from saesteer.models import load_model
 from saesteer.report.anchor import asr_headers, asr_plot, asr_rows, render_report
 from saesteer.stages import direction_stage, sae_stage
@@ -375,20 +376,30 @@ class Defended:
 
 
 def defend(
-    cfg: AnchorJobConfig, loaded, direction, P: dict[str, list[str]], harmless_cal: list[str], tracker
+    cfg: AnchorJobConfig,
+    loaded,
+    direction,
+    P: dict[str, list[str]],
+    harmless_cal: list[str],
+    tracker,
+    times: PhaseTimes | None = None,
 ) -> Defended:
-    """Calibrate the anchor on ``loaded`` (train / val prompts) and build every attack against it."""
+    """Calibrate the anchor on ``loaded`` (train / val prompts) and build every attack against it; ``times``
+    collects the seconds of the attack searches, the calibration and the adaptive searches."""
     a, ev = cfg.anchor, cfg.eval.refusal_kwargs()
     model, tpl = loaded.model, loaded.template
-    train_ref = refusal_eval(model, tpl, P["harmful_train"], desc="harmful_train", **ev)
+    times = times if times is not None else PhaseTimes()
+    with times("calibration"):
+        train_ref = refusal_eval(model, tpl, P["harmful_train"], desc="harmful_train", **ev)
     refused = [p for p, r in zip(P["harmful_train"], train_ref.refused) if r]
     if not refused:
         raise ValueError(
             f"{loaded.name} refuses none of the harmful_train prompts: there is no refusal activation to anchor"
         )
     suffix_prompts = refused[: a.suffix_prompts]
-    sae, scores = sae_ranking(cfg, loaded, direction, tracker)
-    attacks = build_attacks(cfg, loaded, direction, suffix_prompts, sae, scores)
+    with times("attacks"):
+        sae, scores = sae_ranking(cfg, loaded, direction, tracker)
+        attacks = build_attacks(cfg, loaded, direction, suffix_prompts, sae, scores)
     by_name = {att.name: att for att in attacks}
     for n in a.gate_robust:  # held-in jailbreak templates: fitted under, never tested
         if n not in by_name and n.startswith("jailbreak_"):
@@ -401,25 +412,27 @@ def defend(
         )
     robust = [by_name[n] for n in a.gate_robust if n in by_name]
     extra_harmful, extra_harmless = gate_fit_extra(cfg)
-    art = calibrate_anchor(
-        model,
-        tpl,
-        direction.direction,
-        direction.layer,
-        refused,
-        P["harmful_val"],
-        harmless_cal,
-        P["harmless_val"],
-        a,
-        progress=cfg.progress,
-        robust_to=robust,
-        harmful_extra=extra_harmful,
-        harmless_extra=extra_harmless,
-    )
-    art.features = feature_anchor(cfg, loaded, sae, scores, refused)
+    with times("calibration"):
+        art = calibrate_anchor(
+            model,
+            tpl,
+            direction.direction,
+            direction.layer,
+            refused,
+            P["harmful_val"],
+            harmless_cal,
+            P["harmless_val"],
+            a,
+            progress=cfg.progress,
+            robust_to=robust,
+            harmful_extra=extra_harmful,
+            harmless_extra=extra_harmless,
+        )
+        art.features = feature_anchor(cfg, loaded, sae, scores, refused)
     art.metadata["model"] = loaded.name
     if a.adaptive:
-        attacks += adaptive_attacks(cfg, loaded, direction, art, suffix_prompts, harmless_cal)
+        with times("adaptive"):
+            attacks += adaptive_attacks(cfg, loaded, direction, art, suffix_prompts, harmless_cal)
     return Defended(art, attacks, refused)
 
 
@@ -481,44 +494,53 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     direction = direction_stage(loaded, cfg.data, cfg.directions, path=cfg.search.direction, progress=cfg.progress)
 
     log.info("anchor: calibrating floors and gate on train/val prompts")
-    base = defend(cfg, loaded, direction, P, harmless_cal, tracker)
+    times = PhaseTimes()
+    base = defend(cfg, loaded, direction, P, harmless_cal, tracker, times)
     art = base.art
     art.save(run_dir / "anchor.safetensors")
     harmful = P["harmful_test"][: a.n_attack_prompts] if a.n_attack_prompts else P["harmful_test"]
-    reference = baseline_completions(model, tpl, P["harmless_test"], **ev)
-    result = evaluate_defences(
-        model,
-        tpl,
-        base.attacks,
-        defences(art, a.cast_alpha, a.addition_alpha),
-        harmful,
-        P["harmless_test"],
-        overrefusal=overrefusal,
-        reference=reference,
-        **ev,
-    )
-    extra = gate_fires(model, tpl, base, harmful, P["harmless_test"], a.batch_size)
-    if a.finetune != "none":
-        log.info("anchor: the %s fine-tune, attacked and anchored the same way", a.finetune)
-        tl = finetuned_model(cfg, loaded, direction)
-        td = direction_stage(tl, cfg.data, cfg.directions, progress=cfg.progress)
-        tuned = defend(cfg, tl, td, P, harmless_cal, tracker)
-        tuned.art.save(run_dir / "anchor_finetuned.safetensors")
-        tuned_result = evaluate_defences(
-            tl.model,
+    with times("table"):
+        reference = baseline_completions(model, tpl, P["harmless_test"], **ev)
+        result = evaluate_defences(
+            model,
             tpl,
-            tuned.attacks,
-            fine_tuned_defences(tuned.art),
+            base.attacks,
+            defences(art, a.cast_alpha, a.addition_alpha),
             harmful,
             P["harmless_test"],
             overrefusal=overrefusal,
             reference=reference,
             **ev,
         )
+    with times("gate_fires"):
+        extra = gate_fires(model, tpl, base, harmful, P["harmless_test"], a.batch_size)
+    if a.finetune != "none":
+        log.info("anchor: the %s fine-tune, attacked and anchored the same way", a.finetune)
+        ft = PhaseTimes()
+        with ft("setup"):
+            tl = finetuned_model(cfg, loaded, direction)
+            td = direction_stage(tl, cfg.data, cfg.directions, progress=cfg.progress)
+        tuned = defend(cfg, tl, td, P, harmless_cal, tracker, ft)
+        tuned.art.save(run_dir / "anchor_finetuned.safetensors")
+        with ft("table"):
+            tuned_result = evaluate_defences(
+                tl.model,
+                tpl,
+                tuned.attacks,
+                fine_tuned_defences(tuned.art),
+                harmful,
+                P["harmless_test"],
+                overrefusal=overrefusal,
+                reference=reference,
+                **ev,
+            )
         extra.update({f"attack_kl_harmless_{n}_finetuned": v for n, v in tuned_result.attack_kl.items()})
-        extra.update(gate_fires(tl.model, tpl, tuned, harmful, P["harmless_test"], a.batch_size, "_finetuned"))
+        with ft("gate_fires"):
+            extra.update(gate_fires(tl.model, tpl, tuned, harmful, P["harmless_test"], a.batch_size, "_finetuned"))
         extra.update(finetune=a.finetune, finetune_path=tl.metadata["organism_path"])
+        extra.update({f"{k}_finetuned": v for k, v in ft.metrics().items()})
         result = result.merge(tuned_result)
+    extra.update(times.metrics())
     metrics = anchor_metrics(art, result, n_floor_prompts=len(base.refused))
     metrics.update(extra)
     if a.suffix_steps > 0:

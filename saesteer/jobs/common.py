@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -26,6 +27,25 @@ JobFn = Callable[[Any, Path, Tracker], Mapping[str, Any]]
 
 #: errors that are the user's input, reported as one line without a traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+
+
+class PhaseTimes:
+    """Wall-clock seconds of a job's phases, for metrics.json: ``with times("calibration"): ...`` adds to
+    ``seconds_calibration``; a phase entered twice accumulates."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+    def metrics(self) -> dict[str, float]:
+        return {f"seconds_{k}": round(v, 2) for k, v in self.seconds.items()}
 
 
 def seed_everything(seed: int) -> None:

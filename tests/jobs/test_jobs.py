@@ -371,6 +371,8 @@ def test_anchor_job_reports_every_attack_undefended_and_anchored(anchor_run):
     ):
         assert key in metrics, key
     assert metrics["kl_harmless_undefended"] == pytest.approx(0.0, abs=1e-6)
+    phases = [metrics[f"seconds_{p}"] for p in ("calibration", "attacks", "adaptive", "table", "gate_fires")]
+    assert min(phases) >= 0 and 0 < sum(phases) <= metrics["job_seconds"]
     # the model-editing attacks' own cost is measured; an input attack (prompt, soft suffix) leaves the model as it is
     assert metrics["attack_kl_harmless_ablation_affine_top2"] >= 0.0
     assert "attack_kl_harmless_embedding_suffix" not in metrics and "attack_kl_harmless_gcg_suffix" not in metrics
@@ -500,6 +502,8 @@ def test_anchor_job_puts_the_direction_dropout_finetune_beside_the_anchor(direct
         "gate_fire_harmless_test_finetuned",
     ):
         assert 0.0 <= m[key] <= 1.0, key
+    tuned_phases = [m[f"seconds_{p}_finetuned"] for p in ("setup", "calibration", "attacks", "table", "gate_fires")]
+    assert min(tuned_phases) >= 0 and 0 < sum(tuned_phases) + m["seconds_table"] <= m["job_seconds"]
     report = (tmp_path / "report.md").read_text()
     assert "| finetuned_anchored |" in report and "`finetuned_anchored`: " in report
     assert "| attack | gate fires | ASR anchored | gate fires (fine-tune) | ASR fine-tune + anchor |" in report
