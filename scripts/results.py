@@ -768,6 +768,12 @@ def _timing(runs: Sequence[Run]) -> list[str]:
                         "cached" if m.get("reused") else "computed",
                     ]
                 )
+                # the phases a job times itself (seconds_<phase>; the anchor's), indented under it
+                rows += [
+                    [f"&nbsp;&nbsp;{k.removeprefix('seconds_').replace('_', ' ')}", f"{v / 60:.1f}", ""]
+                    for k, v in m.items()
+                    if k.startswith("seconds_") and isinstance(v, (int, float))
+                ]
         total = run.extra.get("job_seconds")
         if isinstance(total, (int, float)) and rows:
             rows.append([f"{run.job} (all stages)", f"{total / 60:.1f}", ""])

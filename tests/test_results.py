@@ -109,6 +109,8 @@ STAGE_METRICS = {
         "max_asr_strong_anchored": 0.195,
         "overrefusal_rise_anchored": 0.005,
         "targets_met": False,
+        "seconds_calibration": 60.0,
+        "seconds_table_finetuned": 129.0,
         "stage_seconds": 336.0,
     },
     "backups": {
@@ -194,6 +196,10 @@ def test_pipeline_run_renders_every_table(tmp_path):
     assert (
         "Cosine of the EM direction with each layer's refusal direction, by layer: -, -0.448, -0.927 (the EM direction ablated: "
         "layer 1); plain ablation of the EM direction: 0.970." in page
+    )
+    assert (
+        "| anchor | 5.6 | computed |\n| &nbsp;&nbsp;calibration | 1.0 |  |\n| &nbsp;&nbsp;table finetuned | 2.1 |  |"
+        in page
     )
     assert "| anchor | 5.6 | computed |" in page and "| pipeline (all stages) | 14.7 |  |" in page
     assert "quick budget's figures" in page and "history/results.md" in page
