@@ -38,7 +38,8 @@ def test_gated_defence_cost_equals_per_prompt_reference(tiny_organism):
     enc = encode_chat(model.tokenizer, tpl, harmless)
     _, cache = model.run_with_cache(enc.tokens, attention_mask=enc.attention_mask)
     scores = cache["blocks.1.hook_resid_pre"][:, t_inst] @ (g / g.norm())
-    thr = float(scores.median())
+    lo, hi = scores.sort().values[len(harmless) // 2 - 1 : len(harmless) // 2 + 1].tolist()
+    thr = (lo + hi) / 2  # halfway between two scores: no prompt sits on the threshold, where batching could flip it
 
     def gate():
         return DirectionGate(hook="blocks.1.hook_resid_pre", positions=(t_inst,), threshold=thr, direction=g)
