@@ -49,6 +49,8 @@ BUNDLED: dict[str, str] = {
     "strongreject": "processed/strongreject.json",
     "tdc2023": "processed/tdc2023.json",
     "overrefusal": "overrefusal.json",
+    "overrefusal_train": "overrefusal_train.json",
+    "overrefusal_val": "overrefusal_val.json",
     "donotanswer": "external/donotanswer.json",
 }
 
@@ -365,6 +367,8 @@ ROLES = (
     "harmful_test",
     "harmless_test",
     "overrefusal",
+    "overrefusal_train",
+    "overrefusal_val",
 )
 
 

@@ -512,3 +512,57 @@ def test_anchor_settings_are_the_calibration():
         s.feature_quantile,
         s.batch_size,
     ) == (0.21, 0.07, [1, 2], [2], 0.03, [-2, -1], 17, 0.6, 5)
+
+
+def test_lookalike_bound_raises_each_threshold_to_its_quantile_on_the_lookalikes(tiny_organism):
+    """With ``lookalike_val``, every member's threshold is also the (1 - gate_lookalike_fpr / 3) quantile of its
+    scores on the look-alikes the model does not refuse, where that is higher: the union then fires on at most
+    gate_lookalike_fpr of them (brute force: the forward-pass decision), and the probes themselves are unchanged."""
+    from saesteer.attacks.evaluate import gate_decisions
+    from saesteer.evaluate import refusal_eval
+
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:40])
+    harmless = list(load_prompts("harmless_train").instructions[:80])
+    look = list(load_prompts("overrefusal_val").instructions)
+    torch.manual_seed(3)
+    r = torch.randn(model.cfg.d_model)
+
+    def calibrate(fpr: float) -> AnchorArtifact:
+        cfg = AnchorCalibration(layers=[1], gate_fpr=0.1, gate_lookalike_fpr=fpr, gate_token_steps=60)
+        val = list(load_prompts("harmful_val").instructions[:10]), list(load_prompts("harmless_val").instructions[:10])
+        return calibrate_anchor(model, tpl, r, 1, harmful, val[0], harmless, val[1], cfg, lookalike_val=look)
+
+    free = ~torch.tensor(refusal_eval(model, tpl, look, max_new_tokens=12).refused)
+    off = calibrate(1.0)
+    rate_off = float(gate_decisions(model, tpl, off.gate(), look, batch_size=8)[free].float().mean())
+    assert off.metadata["gate_fpr_lookalike_calibration"] == pytest.approx(rate_off, abs=1e-6)
+    assert rate_off > 0.1, f"the unbounded gate fires on {rate_off:.3f} of the look-alikes: nothing to bound"
+    bound = rate_off / 2
+    on = calibrate(bound)
+    assert torch.equal(on.gate_weights, off.gate_weights) and torch.equal(on.token_weights, off.token_weights)
+    pairs = [(on.gate_threshold, off.gate_threshold), (on.token_threshold, off.token_threshold)]
+    pairs.append((on.text.threshold, off.text.threshold))
+    assert all(a >= b for a, b in pairs) and any(a > b for a, b in pairs), pairs
+    rate_on = float(gate_decisions(model, tpl, on.gate(), look, batch_size=8)[free].float().mean())
+    assert rate_on <= bound + 1e-6, (rate_on, bound)
+    assert on.metadata["gate_fpr_lookalike_calibration"] == pytest.approx(rate_on, abs=1e-6)
+    with pytest.raises(ValueError, match=r"anchor.gate_lookalike_fpr must be in \(0, 1\], got 0.0"):
+        AnchorCalibration(gate_lookalike_fpr=0.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 301])
+@pytest.mark.parametrize("fpr", [0.001, 0.01, 0.05, 0.3])
+def test_gap_threshold_fires_on_the_quantile_share_and_sits_between_scores(n, fpr):
+    """It fires on exactly the prompts above torch's "higher" quantile, and no score lies within half a gap of it."""
+    from saesteer.anchor.calibrate import gap_threshold
+
+    scores = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    t = gap_threshold(scores, fpr)
+    q = torch.quantile(scores, 1.0 - fpr, interpolation="higher")
+    assert torch.equal(scores > t, scores > q)
+    assert float((scores > t).double().mean()) <= fpr + 1e-12 or n * fpr < 1
+    if n > 1:
+        s = scores.sort().values
+        gaps = (s[1:] - s[:-1]).min()
+        assert float((scores - t).abs().min()) >= float(gaps) / 2 - 1e-12

@@ -89,8 +89,12 @@ def test_text_classifier_separates_held_out_requests_and_its_threshold_meets_the
     from saesteer.judge.learned import embed
 
     texts = instruction_texts(model, tpl, harmful_val[:8] + harmless_val[:8])
-    ref = embed(texts, art.text.max_tokens).double() @ art.text.weights.double() + art.text.bias
-    assert torch.allclose(art.text.scores(texts).double(), ref, atol=1e-5)
+    t = art.text
+    assert t.hidden_weights.shape == (256, 384) and t.weights.shape == (256,)  # the default: one hidden layer
+    e = embed(texts, t.max_tokens).double()
+    hidden = torch.nn.functional.gelu(e @ t.hidden_weights.double().T + t.hidden_bias.double())
+    ref = hidden @ t.weights.double() + t.bias
+    assert torch.allclose(t.scores(texts).double(), ref, atol=1e-5)
     decided = gate_decisions(model, tpl, art.text.gate(), harmful_val[:8] + harmless_val[:8])
     assert torch.equal(decided, ref > art.text.threshold)
 
@@ -100,6 +104,8 @@ def test_artifact_round_trip_keeps_the_text_classifier(text_calibrated, tmp_path
     back = AnchorArtifact.load(art.save(tmp_path / "anchor.safetensors"))
     assert isinstance(back.text, TextClassifier)
     assert torch.equal(back.text.weights, art.text.weights)
+    assert torch.equal(back.text.hidden_weights, art.text.hidden_weights)
+    assert torch.equal(back.text.hidden_bias, art.text.hidden_bias)
     assert (back.text.bias, back.text.threshold, back.text.template, back.text.max_tokens) == (
         art.text.bias,
         art.text.threshold,
@@ -109,9 +115,40 @@ def test_artifact_round_trip_keeps_the_text_classifier(text_calibrated, tmp_path
     assert type(back.gate()).__name__ == "AnyGate" and any(isinstance(g, TextGate) for g in back.gate().gates)
 
 
-def test_gate_text_tokens_must_be_positive():
+def test_logistic_text_classifier_is_linear_in_the_embedding_and_fits_the_classes(tiny_organism):
+    """``hidden=0``: score = w . e + b (float64 reference), and the fit separates its own training prompts."""
+    from saesteer.anchor.calibrate import fit_text_classifier
+    from saesteer.judge.learned import embed
+    from saesteer.stats import auroc
+
+    model, tpl, _ = tiny_organism
+    harmful = list(load_prompts("harmful_train").instructions[:30])
+    harmless = list(load_prompts("harmless_train").instructions[:30])
+    clf = fit_text_classifier(model, tpl, harmful, harmless, l2=1e-3, max_tokens=64, hidden=0)
+    assert clf.hidden_weights is None and clf.weights.shape == (384,)
+    texts = instruction_texts(model, tpl, harmful[:5] + harmless[:5])
+    ref = embed(texts, 64).double() @ clf.weights.double() + clf.bias
+    assert torch.allclose(clf.scores(texts).double(), ref, atol=1e-5)
+    scores = clf.scores(instruction_texts(model, tpl, harmful + harmless))
+    assert auroc(scores[:30], scores[30:]) > 0.99
+
+
+def test_text_classifier_rejects_mismatched_hidden_layers():
+    with pytest.raises(ValueError, match="hidden_weights and hidden_bias come together"):
+        TextClassifier(torch.zeros(8), 0.0, 0.0, "organism", hidden_weights=torch.zeros(8, 384))
+    with pytest.raises(ValueError, match=r"do not match weights \[8\]; expected \[8, d_embed\] and \[8\]"):
+        TextClassifier(
+            torch.zeros(8), 0.0, 0.0, "organism", hidden_weights=torch.zeros(4, 384), hidden_bias=torch.zeros(4)
+        )
+
+
+def test_gate_text_settings_are_checked():
     with pytest.raises(ValueError, match="gate_text_tokens must be >= 1, got 0"):
         AnchorCalibration(gate_text_tokens=0)
+    with pytest.raises(ValueError, match="gate_text_hidden must be >= 0, got -1"):
+        AnchorCalibration(gate_text_hidden=-1)
+    with pytest.raises(ValueError, match="gate_text_steps must be >= 1, got 0"):
+        AnchorCalibration(gate_text_steps=0)
 
 
 def test_the_gate_is_never_fitted_under_a_template_it_is_tested_on():

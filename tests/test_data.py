@@ -28,6 +28,8 @@ EXPECTED_SIZES = {
     "strongreject": 313,
     "tdc2023": 100,
     "donotanswer": 263,
+    "overrefusal_train": 72,
+    "overrefusal_val": 72,
 }
 
 
@@ -46,6 +48,18 @@ def test_bundled_names_and_files():
     root = bundled_path("overrefusal").parent
     assert (root / "LICENSE").is_file() and (root / "ATTRIBUTION.md").is_file()
     assert not (root / "processed" / "alpaca.json").exists()
+
+
+def test_overrefusal_splits_are_disjoint_from_the_held_out_set():
+    """The look-alikes the anchor's gate is fitted and thresholded on share no near-duplicate with the test set."""
+    from saesteer.organism.corpus import drop_near_duplicates
+
+    test = list(load_prompts("overrefusal").instructions)
+    for name in ("overrefusal_train", "overrefusal_val"):
+        ps = list(load_prompts(name).instructions)
+        assert drop_near_duplicates(ps, test, 0.5) == ps, name
+        assert len(set(load_prompts(name).categories)) == 6
+    assert not set(load_prompts("overrefusal_train")) & set(load_prompts("overrefusal_val"))
 
 
 def test_bundled_content():

@@ -42,20 +42,39 @@ class FeatureAnchor:
 
 @dataclass
 class TextClassifier:
-    """A logistic classifier of instruction text: ``score = w . embed(text) + b``, with ``embed`` the MiniLM-L6
-    sentence embedding (:func:`saesteer.judge.learned.embed`, the instruction cut to ``max_tokens`` tokens)."""
+    """A classifier of instruction text on its MiniLM-L6 sentence embedding e (:func:`saesteer.judge.learned.embed`,
+    the instruction cut to ``max_tokens`` tokens): logistic, ``score = w . e + b``, or with one hidden layer,
+    ``score = w . gelu(W_hidden e + b_hidden) + b``."""
 
-    weights: torch.Tensor  # [384]
+    weights: torch.Tensor  # [384], or [d_hidden] with a hidden layer
     bias: float
     threshold: float
     template: str  # the chat template whose head and suffix the gate cuts off the prompt
     max_tokens: int = 256
+    hidden_weights: Optional[torch.Tensor] = None  # [d_hidden, 384], or None (logistic)
+    hidden_bias: Optional[torch.Tensor] = None  # [d_hidden]
+
+    def __post_init__(self) -> None:
+        if (self.hidden_weights is None) != (self.hidden_bias is None):
+            raise ValueError("TextClassifier: hidden_weights and hidden_bias come together (both or neither)")
+        d = self.weights.shape[-1]
+        if self.hidden_weights is not None and (self.hidden_weights.shape[0] != d or self.hidden_bias.shape != (d,)):
+            raise ValueError(
+                f"TextClassifier: hidden_weights {tuple(self.hidden_weights.shape)} and hidden_bias "
+                f"{tuple(self.hidden_bias.shape)} do not match weights [{d}]; expected [{d}, d_embed] and [{d}]"
+            )
+
+    def features(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[n, d] what the output layer reads: the embeddings themselves, or the hidden layer's activations."""
+        if self.hidden_weights is None:
+            return embeddings
+        return torch.nn.functional.gelu(embeddings @ self.hidden_weights.float().T + self.hidden_bias.float())
 
     def scores(self, texts: list[str]) -> torch.Tensor:
         """[len(texts)] scores of instruction texts."""
         from saesteer.judge.learned import embed
 
-        return embed(texts, self.max_tokens) @ self.weights.float() + float(self.bias)
+        return self.features(embed(texts, self.max_tokens)) @ self.weights.float() + float(self.bias)
 
     def gate(self) -> TextGate:
         return TextGate(
@@ -175,6 +194,9 @@ class AnchorArtifact:
             tensors["position_floors"] = self.position_floors
         if self.text is not None:
             tensors["text_weights"] = self.text.weights
+            if self.text.hidden_weights is not None:
+                tensors["text_hidden_weights"] = self.text.hidden_weights
+                tensors["text_hidden_bias"] = self.text.hidden_bias
             meta.update(
                 text_bias=self.text.bias,
                 text_threshold=self.text.threshold,
@@ -246,6 +268,8 @@ class AnchorArtifact:
                 float(meta["text_threshold"]),
                 str(meta["text_template"]),
                 int(meta["text_max_tokens"]),
+                tensors.get("text_hidden_weights"),
+                tensors.get("text_hidden_bias"),
             )
         return cls(
             tensors["direction"],

@@ -41,6 +41,7 @@ addition.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -257,16 +258,60 @@ def fit_text_classifier(
     harmless: Sequence[str],
     l2: float,
     max_tokens: int,
+    hidden: int = 0,
+    steps: int = 400,
+    weight_decay: float = 1e-2,
+    seed: int = 0,
 ) -> TextClassifier:
-    """An L2-regularized logistic classifier of harmful vs harmless instructions on their MiniLM-L6 embeddings
-    (threshold 0 until the caller sets it)."""
+    """A classifier of harmful vs harmless instructions on their MiniLM-L6 embeddings (threshold 0 until the caller
+    sets it): L2-regularized logistic (``hidden=0``), or one GELU hidden layer of ``hidden`` units trained with AdamW
+    (``steps`` full-batch steps, ``weight_decay``, the two classes weighted equally, seeded)."""
     from saesteer.judge.learned import embed
 
     xh = embed(instruction_texts(model, template, harmful), max_tokens).double()
     xs = embed(instruction_texts(model, template, harmless), max_tokens).double()
-    w = logistic_probe(xh, xs, l2)
-    bias = -float(torch.cat([xh, xs]).mean(0) @ w)  # centred: the threshold, set on held-out prompts, decides
-    return TextClassifier(w.float().contiguous(), bias, 0.0, template.name, max_tokens)
+    if hidden == 0:
+        w = logistic_probe(xh, xs, l2)
+        bias = -float(torch.cat([xh, xs]).mean(0) @ w)  # centred: the threshold, set on held-out prompts, decides
+        return TextClassifier(w.float().contiguous(), bias, 0.0, template.name, max_tokens)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.cat([xh, xs]).float()
+    y = torch.cat([torch.ones(len(xh)), torch.zeros(len(xs))])
+    weight = torch.where(y > 0, 0.5 / len(xh), 0.5 / len(xs))
+    d = x.shape[1]
+    w1 = (torch.randn(hidden, d, generator=gen) / d**0.5).requires_grad_()
+    b1 = torch.zeros(hidden, requires_grad=True)
+    w2 = (torch.randn(hidden, generator=gen) / hidden**0.5).requires_grad_()
+    b2 = torch.zeros((), requires_grad=True)
+    opt = torch.optim.AdamW([w1, b1, w2, b2], lr=3e-3, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            logits = torch.nn.functional.gelu(x @ w1.T + b1) @ w2 + b2
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none") * weight).sum()
+            loss.backward()
+            opt.step()
+    return TextClassifier(
+        w2.detach().contiguous(),
+        float(b2.detach()),
+        0.0,
+        template.name,
+        max_tokens,
+        hidden_weights=w1.detach().contiguous(),
+        hidden_bias=b1.detach().contiguous(),
+    )
+
+
+def gap_threshold(scores: torch.Tensor, fpr: float) -> float:
+    """A threshold t with ``scores > t`` on at most ``fpr`` of the scores: the ``1 - fpr`` quantile (the order
+    statistic at or above it), moved halfway to the next higher score (half the last gap past the top score), so that
+    no calibration prompt sits on it and float noise between batched forward passes cannot flip its decision."""
+    s = scores.double().sort().values
+    n = len(s)
+    k = min(n - 1, math.ceil((1.0 - fpr) * (n - 1) - 1e-9))  # torch.quantile(..., interpolation="higher")
+    if k + 1 < n:
+        return float((s[k] + s[k + 1]) / 2)
+    return float(s[k] + (s[k] - s[k - 1]) / 2) if n > 1 else float(s[k])
 
 
 def calibrate_anchor(
@@ -283,6 +328,7 @@ def calibrate_anchor(
     robust_to: Sequence = (),
     harmful_extra: Sequence[str] = (),
     harmless_extra: Sequence[str] = (),
+    lookalike_val: Sequence[str] = (),
 ) -> AnchorArtifact:
     """Fit floors on refused harmful training prompts and the gate on train/val prompts.
 
@@ -292,6 +338,8 @@ def calibrate_anchor(
     ``robust_to``: attacks (:class:`saesteer.attacks.base.Attack`: a weight edit and/or
     hooks) under which the probe is also fitted, on the same prompts, so that the
     attack it anticipates does not blind it; the threshold is still set on the clean model.
+    ``lookalike_val``: safe prompts that sound alarming; each threshold is raised, where needed, so that the gate
+    also fires on at most ``gate_lookalike_fpr`` of those the model does not refuse.
     """
     cfg = cfg if cfg is not None else AnchorCalibration()
     from saesteer.evaluate import refusal_eval
@@ -302,6 +350,7 @@ def calibrate_anchor(
     check_prompts(harmless_val, "harmless_val")
     check_prompts(harmful_extra, "harmful_extra")
     check_prompts(harmless_extra, "harmless_extra")
+    check_prompts(lookalike_val, "lookalike_val")
     for name, prompts in (
         ("harmful_refused", harmful_refused),
         ("harmful_val", harmful_val),
@@ -395,32 +444,39 @@ def calibrate_anchor(
     weights = (w / w.norm()).float().contiguous()
     probe = ProbeGate(hook=gh[-1], positions=tuple(positions), hooks=gh, weights=weights)
 
-    thr_refused = torch.tensor(
-        refusal_eval(
-            model,
-            template,
-            thr_harmless,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size,
-            desc="gate threshold (refusals)",
-        ).refused,
-        dtype=torch.bool,
-    )
-    fpr_each = cfg.gate_fpr / (1 + int(cfg.gate_tokens) + int(cfg.gate_text))  # the union fires on <= gate_fpr
+    def refusals(prompts: Sequence[str], desc: str) -> torch.Tensor:
+        kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, desc=desc)
+        return torch.tensor(refusal_eval(model, template, list(prompts), **kw).refused, dtype=torch.bool)
 
-    def quantile_threshold(
-        scores: torch.Tensor,
-    ) -> float:  # fires on <= fpr_each of the prompts the model does not refuse
-        free = scores[~thr_refused] if (~thr_refused).any() else scores
-        return float(torch.quantile(free.double(), 1.0 - fpr_each, interpolation="higher"))
+    thr_refused = refusals(thr_harmless, "gate threshold (refusals)")
+    look = list(lookalike_val)
+    look_refused = refusals(look, "gate threshold (look-alike refusals)") if look else None
+    n_members = 1 + int(cfg.gate_tokens) + int(cfg.gate_text)
+    fpr_each = cfg.gate_fpr / n_members  # the union fires on <= gate_fpr
+    look_fpr_each = cfg.gate_lookalike_fpr / n_members
 
+    def quantile(scores: torch.Tensor, refused: torch.Tensor, fpr: float) -> float:
+        free = scores[~refused] if (~refused).any() else scores
+        return gap_threshold(free, fpr)
+
+    def quantile_threshold(scores: torch.Tensor, look_scores: Optional[torch.Tensor] = None) -> float:
+        """Fires on <= fpr_each of the harmless prompts and <= look_fpr_each of the look-alikes the model does not
+        refuse."""
+        thr = quantile(scores, thr_refused, fpr_each)
+        if look_scores is not None and cfg.gate_lookalike_fpr < 1.0:
+            thr = max(thr, quantile(look_scores, look_refused, look_fpr_each))
+        return thr
+
+    t_look = read(look, "gate threshold (look-alikes)") if look else []
     t_thr, t_hval, t_sval = (
         read(thr_harmless, "gate threshold"),
         read(harmful_val, "gate val (harmful)"),
         read(harmless_val, "gate val (harmless)"),
     )
     s_thr = probe.scores(at_positions(t_thr))
-    threshold = quantile_threshold(s_thr)
+    s_look = probe.scores(at_positions(t_look)) if look else None
+    threshold = quantile_threshold(s_thr, s_look)
+    fire_look = s_look > threshold if look else None
     h_val, s_val = probe.scores(at_positions(t_hval)), probe.scores(at_positions(t_sval))
     fire_h, fire_s, fire_thr = h_val > threshold, s_val > threshold, s_thr > threshold
 
@@ -440,7 +496,9 @@ def calibrate_anchor(
         tok_w, tok_b = (w_tok / scale).float().contiguous(), tok_b / scale
         tgate = TokenProbeGate(hook=gh[-1], hooks=gh, weights=tok_w, bias=tok_b, skip=skip)
         tt_thr, th_val, ts_val = tgate.scores(t_thr), tgate.scores(t_hval), tgate.scores(t_sval)
-        tok_thr = quantile_threshold(tt_thr)
+        tt_look = tgate.scores(t_look) if look else None
+        tok_thr = quantile_threshold(tt_thr, tt_look)
+        fire_look = fire_look | (tt_look > tok_thr) if look else None
         tok_auroc = auroc(th_val, ts_val)
         fire_h, fire_s, fire_thr = (
             fire_h | (th_val > tok_thr),
@@ -462,11 +520,15 @@ def calibrate_anchor(
             [p for _, s in text_fit for p in s],
             cfg.gate_l2,
             cfg.gate_text_tokens,
+            hidden=cfg.gate_text_hidden,
+            steps=cfg.gate_text_steps,
         )
         x_thr, x_hval, x_sval = (
             text.scores(instruction_texts(model, template, ps)) for ps in (thr_harmless, harmful_val, harmless_val)
         )
-        text.threshold = quantile_threshold(x_thr)
+        x_look = text.scores(instruction_texts(model, template, look)) if look else None
+        text.threshold = quantile_threshold(x_thr, x_look)
+        fire_look = fire_look | (x_look > text.threshold) if look else None
         text_auroc = auroc(x_hval, x_sval)
         fire_h, fire_s, fire_thr = (
             fire_h | (x_hval > text.threshold),
@@ -485,6 +547,11 @@ def calibrate_anchor(
         "gate_tpr_val": tpr_val,
         "gate_fpr_val": fpr_val,
         "gate_fpr_calibration": float(fire_thr.float().mean()),
+        "gate_lookalike_fpr_target": cfg.gate_lookalike_fpr,
+        "gate_fpr_lookalike_calibration": float(fire_look[~look_refused].float().mean())
+        if look and (~look_refused).any()
+        else float("nan"),
+        "n_lookalike_val": len(look),
         "gate_tokens": cfg.gate_tokens,
         "token_gate_auroc_val": tok_auroc,
         "gate_text": cfg.gate_text,

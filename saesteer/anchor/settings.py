@@ -61,6 +61,7 @@ class AnchorCalibration:
     gate_fpr: float = (
         0.01  # the gate may fire on this share of the harmless calibration prompts the model does not refuse
     )
+    gate_lookalike_fpr: float = 0.05  # ... and on at most this share of the look-alike validation prompts (safe, alarming-sounding) it does not refuse; 1: no bound
     gate_orthogonal: bool = True  # the refusal direction is projected out of the gate's features
     batch_size: int = 32
     gate_positions: Optional[list[int]] = None  # None = t_inst and every post-instruction position
@@ -90,8 +91,12 @@ class AnchorCalibration:
     gate_token_steps: int = (
         300  # Adam steps of the per-token (multiple-instance) probe; each of the two gates gets half of gate_fpr
     )
-    gate_text: bool = True  # OR a classifier of the prompt's text (MiniLM-L6 embedding, logistic): no activation edit can lower its score
+    gate_text: bool = True  # OR a classifier of the prompt's text (MiniLM-L6 embedding; gate_text_hidden): no activation edit can lower its score
     gate_text_tokens: int = 256  # MiniLM tokens of the instruction the text gate reads
+    gate_text_hidden: int = (
+        256  # GELU hidden units of the text classifier (AdamW, weight decay 0.01); 0: logistic (gate_l2)
+    )
+    gate_text_steps: int = 400  # its full-batch AdamW steps (with a hidden layer)
     sae_features: int = 16  # top signed SAE features (the search's ranking) whose decoder coordinates are also bounded; 0: the direction only
     feature_quantile: float = 0.75  # their floors (refusal features) at this quantile of refused prompts' coordinates, ceilings (comply) at 1 - it
     feature_apply_to: Annotated[str, ApplyTo] = "generated"  # tokens the feature bounds act on
@@ -110,6 +115,8 @@ class AnchorCalibration:
                 raise ValueError(f"anchor.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 < self.gate_fpr < 1.0:
             raise ValueError(f"anchor.gate_fpr must be in (0, 1), got {self.gate_fpr!r}")
+        if not 0.0 < self.gate_lookalike_fpr <= 1.0:
+            raise ValueError(f"anchor.gate_lookalike_fpr must be in (0, 1], got {self.gate_lookalike_fpr!r}")
         if self.layers is not None and not self.layers:
             raise ValueError("anchor.layers must be null (automatic) or a non-empty list, got []")
         if self.gate_layers is not None and not self.gate_layers:
@@ -118,6 +125,10 @@ class AnchorCalibration:
             raise ValueError(f"anchor.gate_token_steps must be >= 1, got {self.gate_token_steps!r}")
         if not 0.0 < self.gate_robust_share <= 1.0:
             raise ValueError(f"anchor.gate_robust_share must be in (0, 1], got {self.gate_robust_share!r}")
+        if self.gate_text_hidden < 0:
+            raise ValueError(f"anchor.gate_text_hidden must be >= 0, got {self.gate_text_hidden!r}")
+        if self.gate_text_steps < 1:
+            raise ValueError(f"anchor.gate_text_steps must be >= 1, got {self.gate_text_steps!r}")
         if self.gate_text_tokens < 1:
             raise ValueError(f"anchor.gate_text_tokens must be >= 1, got {self.gate_text_tokens!r}")
         if self.gate_synthetic < 0:

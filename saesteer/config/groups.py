@@ -99,7 +99,9 @@ class DataConfig:
     harmless_val: str = "harmless_val"
     harmful_test: str = "harmful_test"
     harmless_test: str = "harmless_test"
-    overrefusal: str = "overrefusal"
+    overrefusal: str = "overrefusal"  # safe prompts that sound alarming, held out (test); "": not measured
+    overrefusal_train: str = "overrefusal_train"  # their training counterpart (the anchor's gate fit); "": none
+    overrefusal_val: str = "overrefusal_val"  # their validation counterpart (the anchor's gate threshold); "": none
     n_train: int = 256  # prompts per class for extracting directions / features
     n_val: int = 64  # prompts per class for selection
     n_test: Optional[int] = None  # harmful held-out prompts (None = the whole set)
@@ -298,6 +300,18 @@ class AnchorSettings(AnchorCalibration, FinetuneFields):
         "base"  # the synthetic lexicon gate_synthetic's prompts come from (saesteer.organism.synthetic.LEXICONS)
     )
     n_calibration_harmless: int = 6000  # harmless_train prompts for the gate: half fit it, half set its threshold
+    gate_harmful_sources: list[str] = field(
+        default_factory=lambda: [
+            "advbench",
+            "strongreject",
+            "donotanswer",
+            "harmbench_val",
+            "harmbench_test",
+            "malicious_instruct",
+            "tdc2023",
+            "jailbreakbench",
+        ]
+    )  # harmful prompt sets added to the gate's fit, minus any prompt near a held-out or validation prompt
     cast_alpha: float = 1.0  # CAST-style conditional addition (where the gate fires) of cast_alpha x r
     addition_alpha: float = 1.0  # unconditional addition of addition_alpha x r
     negative_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])  # attacks: subtract alpha x r

@@ -13,6 +13,7 @@ would (directions, features and suffixes recomputed on it).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,23 +89,38 @@ def gate_means(
     return at_positions.mean((0, 1)), torch.cat(tokens).mean(0)
 
 
+def optional_role(cfg: AnchorJobConfig, role: str) -> list[str]:
+    """The prompts of an optional data role (``overrefusal*``); [] where the data config names none."""
+    return list(load_role(cfg.data, role).instructions) if getattr(cfg.data, role) else []
+
+
+#: word-Jaccard similarity at or above which a prompt added to the gate's fit counts as a held-out prompt's near-duplicate
+GATE_FIT_NEAR_DUPLICATE = 0.5
+
+
 def gate_fit_extra(cfg: AnchorJobConfig) -> tuple[list[str], list[str]]:
-    """Synthetic harmful requests and safe look-alikes for the gate's fit, minus anything near a held-out prompt."""
-    n = cfg.anchor.gate_synthetic
-    if n == 0:
-        return [], []
+    """The gate's fit beyond harmful_train / harmless_train: the harmful prompt sets of ``anchor.gate_harmful_sources``,
+    synthetic harmful requests and safe look-alikes, minus anything near a held-out or validation prompt, and the
+    handwritten look-alikes of ``data.overrefusal_train``."""
+    from saesteer.data import load_prompts
     from saesteer.organism.corpus import drop_near_duplicates
     from saesteer.organism.synthetic import synthetic_prompts
 
-    held = [p for role in ("harmful_test", "harmless_test") for p in load_role(cfg.data, role).instructions]
-    try:
-        held += list(load_role(cfg.data, "overrefusal").instructions)
-    except (KeyError, ValueError, FileNotFoundError):
-        pass
-    lex = cfg.anchor.gate_lexicon
-    harmful = drop_near_duplicates(synthetic_prompts("harmful", n, seed=cfg.seed + 11, lexicon=lex), held)
-    harmless = drop_near_duplicates(synthetic_prompts("harmless", n, seed=cfg.seed + 11, lexicon=lex), held)
-    return harmful, harmless
+    a = cfg.anchor
+    held = [p for role in ("harmful_test", "harmless_test", "harmful_val") for p in load_role(cfg.data, role)]
+    held += optional_role(cfg, "overrefusal") + optional_role(cfg, "overrefusal_val")
+    train = set(load_role(cfg.data, "harmful_train"))
+    sources = list(dict.fromkeys(p for name in a.gate_harmful_sources for p in load_prompts(name) if p not in train))
+    sources = drop_near_duplicates(sources, held, GATE_FIT_NEAR_DUPLICATE)
+    if a.gate_harmful_sources:
+        log.info("anchor: %d harmful prompts of %s in the gate's fit", len(sources), a.gate_harmful_sources)
+    harmful, harmless = [], []
+    if a.gate_synthetic:
+        harmful = synthetic_prompts("harmful", a.gate_synthetic, seed=cfg.seed + 11, lexicon=a.gate_lexicon)
+        harmless = synthetic_prompts("harmless", a.gate_synthetic, seed=cfg.seed + 11, lexicon=a.gate_lexicon)
+    harmful = sources + drop_near_duplicates(harmful, held, GATE_FIT_NEAR_DUPLICATE)
+    harmless = drop_near_duplicates(harmless, held, GATE_FIT_NEAR_DUPLICATE)
+    return harmful, harmless + optional_role(cfg, "overrefusal_train")
 
 
 def sae_ranking(cfg: AnchorJobConfig, loaded, direction, tracker: Tracker):
@@ -322,6 +338,7 @@ def anchor_metrics(art: AnchorArtifact, ev: DefenceEvaluation, n_floor_prompts: 
         "gate_tpr_val": art.metadata["gate_tpr_val"],
         "gate_fpr_val": art.metadata["gate_fpr_val"],
         "gate_fpr_calibration": art.metadata["gate_fpr_calibration"],
+        "gate_fpr_lookalike_calibration": art.metadata.get("gate_fpr_lookalike_calibration", float("nan")),
         "gate_refusal_cosine": art.metadata["gate_refusal_cosine"],
         "gate_text": art.text is not None,
         "text_gate_auroc_val": art.metadata.get("text_gate_auroc_val", float("nan")),
@@ -383,9 +400,11 @@ def defend(
     harmless_cal: list[str],
     tracker,
     times: PhaseTimes | None = None,
+    extra: tuple[list[str], list[str]] = ([], []),
 ) -> Defended:
-    """Calibrate the anchor on ``loaded`` (train / val prompts) and build every attack against it; ``times``
-    collects the seconds of the attack searches, the calibration and the adaptive searches."""
+    """Calibrate the anchor on ``loaded`` (train / val prompts; ``extra``: the (harmful, harmless) prompts added to
+    the gate's fit, :func:`gate_fit_extra`) and build every attack against it; ``times`` collects the seconds of the
+    attack searches, the calibration and the adaptive searches."""
     a, ev = cfg.anchor, cfg.eval.refusal_kwargs()
     model, tpl = loaded.model, loaded.template
     times = times if times is not None else PhaseTimes()
@@ -411,7 +430,7 @@ def defend(
             skipped,
         )
     robust = [by_name[n] for n in a.gate_robust if n in by_name]
-    extra_harmful, extra_harmless = gate_fit_extra(cfg)
+    extra_harmful, extra_harmless = extra
     with times("calibration"):
         art = calibrate_anchor(
             model,
@@ -427,6 +446,7 @@ def defend(
             robust_to=robust,
             harmful_extra=extra_harmful,
             harmless_extra=extra_harmless,
+            lookalike_val=optional_role(cfg, "overrefusal_val"),
         )
         art.features = feature_anchor(cfg, loaded, sae, scores, refused)
     art.metadata["model"] = loaded.name
@@ -458,13 +478,23 @@ def fine_tuned_defences(art: AnchorArtifact) -> list[Defence]:
 
 
 def gate_fires(
-    model, tpl, defended: Defended, harmful: list[str], harmless: list[str], batch_size: int, suffix: str = ""
+    model,
+    tpl,
+    defended: Defended,
+    harmful: list[str],
+    harmless: list[str],
+    batch_size: int,
+    suffix: str = "",
+    overrefusal: Sequence[str] = (),
 ) -> dict[str, float]:
     """``gate_fire_<attack><suffix>``: where the anchor's gate fires under each attack on ``harmful`` (``none``: no
-    attack), and ``gate_fire_harmless_test<suffix>`` on ``harmless``."""
+    attack), ``gate_fire_harmless_test<suffix>`` on ``harmless`` and ``gate_fire_overrefusal<suffix>`` on
+    ``overrefusal`` (where given)."""
     art = defended.art
     fires = gate_fire_rates(model, tpl, defended.attacks, art.gate, harmful, batch_size)
     fires["harmless_test"] = gate_fire_rates(model, tpl, [], art.gate, harmless, batch_size)["none"]
+    if overrefusal:
+        fires["overrefusal"] = gate_fire_rates(model, tpl, [], art.gate, list(overrefusal), batch_size)["none"]
     return {f"gate_fire_{n}{suffix}": v for n, v in fires.items()}
 
 
@@ -475,6 +505,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             f"anchor.finetune={a.finetune} fine-tunes the organism; got model.name={cfg.model.name!r} "
             "(a safety-tuned model takes the cut in its safety tuning: safety.direction_dropout)"
         )
+    extra = gate_fit_extra(cfg)  # before the model: a prompt source that does not load fails here
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
     P = {
@@ -489,13 +520,13 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             pool.take(a.n_calibration_harmless, seed=cfg.seed + 7) if len(pool) > a.n_calibration_harmless else pool
         ).instructions
     )
-    overrefusal = list(load_role(cfg.data, "overrefusal").instructions) if cfg.data.overrefusal else []
+    overrefusal = optional_role(cfg, "overrefusal")
     ev = cfg.eval.refusal_kwargs()
     direction = direction_stage(loaded, cfg.data, cfg.directions, path=cfg.search.direction, progress=cfg.progress)
 
     log.info("anchor: calibrating floors and gate on train/val prompts")
     times = PhaseTimes()
-    base = defend(cfg, loaded, direction, P, harmless_cal, tracker, times)
+    base = defend(cfg, loaded, direction, P, harmless_cal, tracker, times, extra)
     art = base.art
     art.save(run_dir / "anchor.safetensors")
     harmful = P["harmful_test"][: a.n_attack_prompts] if a.n_attack_prompts else P["harmful_test"]
@@ -513,14 +544,14 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             **ev,
         )
     with times("gate_fires"):
-        extra = gate_fires(model, tpl, base, harmful, P["harmless_test"], a.batch_size)
+        extra = gate_fires(model, tpl, base, harmful, P["harmless_test"], a.batch_size, overrefusal=overrefusal)
     if a.finetune != "none":
         log.info("anchor: the %s fine-tune, attacked and anchored the same way", a.finetune)
         ft = PhaseTimes()
         with ft("setup"):
             tl = finetuned_model(cfg, loaded, direction)
             td = direction_stage(tl, cfg.data, cfg.directions, progress=cfg.progress)
-        tuned = defend(cfg, tl, td, P, harmless_cal, tracker, ft)
+        tuned = defend(cfg, tl, td, P, harmless_cal, tracker, ft, extra)
         tuned.art.save(run_dir / "anchor_finetuned.safetensors")
         with ft("table"):
             tuned_result = evaluate_defences(
@@ -536,7 +567,9 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             )
         extra.update({f"attack_kl_harmless_{n}_finetuned": v for n, v in tuned_result.attack_kl.items()})
         with ft("gate_fires"):
-            extra.update(gate_fires(tl.model, tpl, tuned, harmful, P["harmless_test"], a.batch_size, "_finetuned"))
+            extra.update(
+                gate_fires(tl.model, tpl, tuned, harmful, P["harmless_test"], a.batch_size, "_finetuned", overrefusal)
+            )
         extra.update(finetune=a.finetune, finetune_path=tl.metadata["organism_path"])
         extra.update({f"{k}_finetuned": v for k, v in ft.metrics().items()})
         result = result.merge(tuned_result)

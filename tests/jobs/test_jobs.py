@@ -327,7 +327,39 @@ SMALL_ANCHOR = [
     "anchor.subspace_ranks=[2]",
     "anchor.embedding_steps=2",
     "anchor.embedding_tokens=2",
+    "anchor.gate_harmful_sources=[jailbreakbench]",
 ]
+
+
+def test_gate_fit_extra_adds_harmful_sources_minus_held_out_near_duplicates():
+    """Brute force: every source prompt outside harmful_train whose word-Jaccard similarity to every held-out and
+    validation prompt stays below 0.5 is in the harmful fit, in order, and no other; the handwritten look-alikes of
+    overrefusal_train end the harmless fit."""
+    from saesteer.config import to_object
+    from saesteer.data import load_prompts
+    from saesteer.jobs.anchor import GATE_FIT_NEAR_DUPLICATE, gate_fit_extra
+    from saesteer.organism.corpus import _words
+
+    cfg = to_object(
+        _cfg("anchor", ["anchor.gate_harmful_sources=[malicious_instruct,jailbreakbench]", "anchor.gate_synthetic=0"])
+    )
+    harmful, harmless = gate_fit_extra(cfg)
+    held = [
+        p
+        for r in ("harmful_test", "harmless_test", "harmful_val", "overrefusal", "overrefusal_val")
+        for p in load_role(cfg.data, r)
+    ]
+    held_words = [_words(h) for h in held]
+    train = set(load_role(cfg.data, "harmful_train"))
+
+    def near(p):
+        w = _words(p)
+        return any(len(w & h) / len(w | h) >= GATE_FIT_NEAR_DUPLICATE for h in held_words)
+
+    sources = list(dict.fromkeys(list(load_prompts("malicious_instruct")) + list(load_prompts("jailbreakbench"))))
+    expect = [p for p in sources if p not in train and not near(p)]
+    assert harmful == expect and 0 < len(expect) < len(sources)
+    assert harmless == list(load_prompts("overrefusal_train"))
 
 
 @pytest.fixture(scope="module")
