@@ -100,14 +100,18 @@ def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrate
         )[~refused]
         + art.token_bias
     )
-    for scores, thr in (
-        (pos_scores, art.gate_threshold),
-        (tok_scores, art.token_threshold),
-    ):  # each gate gets half of gate_fpr=0.1
-        assert float((scores > thr + 1e-4).float().mean()) <= 0.05 + 1e-6  # 1e-4: float32 forward vs float64 here
-        assert float((scores > thr - 1e-4).float().mean()) >= 0.05 - 2.0 / len(
-            scores
-        )  # the quantile, not a looser threshold
+    from saesteer.anchor.calibrate import instruction_texts, top_threshold
+
+    text_scores = art.text.scores(instruction_texts(model, tpl, thr_half)).double()[~refused]
+    members = [(pos_scores, art.gate_threshold), (tok_scores, art.token_threshold), (text_scores, art.text.threshold)]
+    # each member fires on its top m (one less where its scores lie closer than float32 noise: the tiny organism's
+    # position probe scores its prompts within 1e-7 of each other)
+    counts = [int((x > t).sum()) for x, t in members]
+    limit = int(0.1 * len(pos_scores) + 1e-9)
+    union = torch.stack([x > t for x, t in members]).any(0)
+    assert max(counts) - min(counts) <= 1 and int(union.sum()) <= limit and max(counts) >= limit // 3, (counts, limit)
+    m = max(counts) + 1  # one more prompt per member breaks the union's bound: the budget is not left unused
+    assert m > limit or int(torch.stack([x > top_threshold(x, m) for x, _ in members]).any(0).sum()) > limit
     fired = gate_decisions(model, tpl, art.gate(), thr_half, batch_size=5)[~refused]
     assert float(fired.float().mean()) <= 0.1 + 1e-6
 
@@ -553,16 +557,26 @@ def test_lookalike_bound_raises_each_threshold_to_its_quantile_on_the_lookalikes
 
 @pytest.mark.parametrize("n", [1, 2, 7, 50, 301])
 @pytest.mark.parametrize("fpr", [0.001, 0.01, 0.05, 0.3])
-def test_gap_threshold_fires_on_the_quantile_share_and_sits_between_scores(n, fpr):
-    """It fires on exactly the prompts above torch's "higher" quantile, and no score lies within half a gap of it."""
-    from saesteer.anchor.calibrate import gap_threshold
+def test_union_thresholds_are_the_largest_common_top_m_within_the_bound(n, fpr):
+    """Brute force over m: every member fires on its top m, the union on at most floor(fpr n) prompts, and m + 1
+    would break the bound; no score lies within half a gap of a threshold."""
+    from saesteer.anchor.calibrate import top_threshold, union_thresholds
 
-    scores = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
-    t = gap_threshold(scores, fpr)
-    q = torch.quantile(scores, 1.0 - fpr, interpolation="higher")
-    assert torch.equal(scores > t, scores > q)
-    assert float((scores > t).double().mean()) <= fpr + 1e-12 or n * fpr < 1
-    if n > 1:
-        s = scores.sort().values
-        gaps = (s[1:] - s[:-1]).min()
-        assert float((scores - t).abs().min()) >= float(gaps) / 2 - 1e-12
+    g = torch.Generator().manual_seed(n)
+    base = torch.randn(n, generator=g, dtype=torch.float64)
+    scores = [base + 0.5 * torch.randn(n, generator=g, dtype=torch.float64) for _ in range(3)]  # correlated members
+    t = union_thresholds(scores, fpr)
+    limit = int(fpr * n + 1e-9)
+
+    def union(ts):
+        return int(torch.stack([x > ti for x, ti in zip(scores, ts)]).any(0).sum())
+
+    m = [int((x > ti).sum()) for x, ti in zip(scores, t)]
+    assert len(set(m)) == 1 and union(t) <= limit
+    if m[0] < n:
+        assert union([top_threshold(x, m[0] + 1) for x in scores]) > limit or m[0] + 1 > limit
+    assert m[0] >= limit // 3  # never below the per-member split of the union bound
+    for x, ti in zip(scores, t):
+        s = x.sort().values
+        gap = float((s[1:] - s[:-1]).min()) if n > 1 else 1.0
+        assert float((x - ti).abs().min()) >= min(gap / 2, 1e-4) - 1e-12

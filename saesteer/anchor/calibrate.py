@@ -302,16 +302,33 @@ def fit_text_classifier(
     )
 
 
-def gap_threshold(scores: torch.Tensor, fpr: float) -> float:
-    """A threshold t with ``scores > t`` on at most ``fpr`` of the scores: the ``1 - fpr`` quantile (the order
-    statistic at or above it), moved halfway to the next higher score (half the last gap past the top score), so that
-    no calibration prompt sits on it and float noise between batched forward passes cannot flip its decision."""
-    s = scores.double().sort().values
-    n = len(s)
-    k = min(n - 1, math.ceil((1.0 - fpr) * (n - 1) - 1e-9))  # torch.quantile(..., interpolation="higher")
-    if k + 1 < n:
-        return float((s[k] + s[k + 1]) / 2)
-    return float(s[k] + (s[k] - s[k - 1]) / 2) if n > 1 else float(s[k])
+def top_threshold(scores: torch.Tensor, m: int) -> float:
+    """A threshold with the ``m`` highest scores above it (fewer where scores tie across it): halfway between the
+    m-th and the (m+1)-th highest, so that no calibration prompt sits on it and float noise between batched forward
+    passes cannot flip a decision there; ``m = 0``: just above the top score."""
+    s = scores.double().sort(descending=True).values
+    m = min(max(int(m), 0), len(s))
+    if m == 0:
+        return float(s[0] + 1e-4 * (1 + s[0].abs()))
+    if m == len(s):
+        return float(s[-1] - 1e-4 * (1 + s[-1].abs()))
+    return float((s[m - 1] + s[m]) / 2)
+
+
+def union_thresholds(scores: Sequence[torch.Tensor], fpr: float) -> list[float]:
+    """One threshold per gate member (``scores``: each member's [n] scores on the same prompts) such that the union
+    of the members fires on at most ``fpr`` of the prompts: each member fires on its top m, for the largest m whose
+    union stays within the bound (m = 0 where even one prompt would break it).  Members that fire on the same
+    prompts share the budget instead of each getting ``fpr / n_members``."""
+    n = len(scores[0])
+    limit = math.floor(fpr * n + 1e-9)
+    best = [top_threshold(x, 0) for x in scores]
+    for m in range(1, limit + 1):
+        t = [top_threshold(x, m) for x in scores]
+        if int(torch.stack([x > ti for x, ti in zip(scores, t)]).any(0).sum()) > limit:
+            break
+        best = t
+    return best
 
 
 def calibrate_anchor(
@@ -451,36 +468,19 @@ def calibrate_anchor(
     thr_refused = refusals(thr_harmless, "gate threshold (refusals)")
     look = list(lookalike_val)
     look_refused = refusals(look, "gate threshold (look-alike refusals)") if look else None
-    n_members = 1 + int(cfg.gate_tokens) + int(cfg.gate_text)
-    fpr_each = cfg.gate_fpr / n_members  # the union fires on <= gate_fpr
-    look_fpr_each = cfg.gate_lookalike_fpr / n_members
-
-    def quantile(scores: torch.Tensor, refused: torch.Tensor, fpr: float) -> float:
-        free = scores[~refused] if (~refused).any() else scores
-        return gap_threshold(free, fpr)
-
-    def quantile_threshold(scores: torch.Tensor, look_scores: Optional[torch.Tensor] = None) -> float:
-        """Fires on <= fpr_each of the harmless prompts and <= look_fpr_each of the look-alikes the model does not
-        refuse."""
-        thr = quantile(scores, thr_refused, fpr_each)
-        if look_scores is not None and cfg.gate_lookalike_fpr < 1.0:
-            thr = max(thr, quantile(look_scores, look_refused, look_fpr_each))
-        return thr
-
     t_look = read(look, "gate threshold (look-alikes)") if look else []
     t_thr, t_hval, t_sval = (
         read(thr_harmless, "gate threshold"),
         read(harmful_val, "gate val (harmful)"),
         read(harmless_val, "gate val (harmless)"),
     )
-    s_thr = probe.scores(at_positions(t_thr))
-    s_look = probe.scores(at_positions(t_look)) if look else None
-    threshold = quantile_threshold(s_thr, s_look)
-    fire_look = s_look > threshold if look else None
-    h_val, s_val = probe.scores(at_positions(t_hval)), probe.scores(at_positions(t_sval))
-    fire_h, fire_s, fire_thr = h_val > threshold, s_val > threshold, s_thr > threshold
+    # every member's scores on (threshold harmless, look-alikes, harmful_val, harmless_val)
+    members: list[tuple[torch.Tensor, ...]] = [
+        tuple(probe.scores(at_positions(t)) if t else torch.zeros(0) for t in (t_thr, t_look, t_hval, t_sval))
+    ]
+    h_val, s_val = members[0][2], members[0][3]
 
-    tok_w, tok_thr, tok_b, tok_auroc = None, 0.0, 0.0, float("nan")
+    tok_w, tok_b, tok_auroc = None, 0.0, float("nan")
     skip = len(head_ids(model.tokenizer, template))  # the template's head: the same tokens in every prompt
     if cfg.gate_tokens:
         w_tok, tok_b = token_probe(
@@ -495,16 +495,8 @@ def calibrate_anchor(
         scale = float(w_tok.norm())
         tok_w, tok_b = (w_tok / scale).float().contiguous(), tok_b / scale
         tgate = TokenProbeGate(hook=gh[-1], hooks=gh, weights=tok_w, bias=tok_b, skip=skip)
-        tt_thr, th_val, ts_val = tgate.scores(t_thr), tgate.scores(t_hval), tgate.scores(t_sval)
-        tt_look = tgate.scores(t_look) if look else None
-        tok_thr = quantile_threshold(tt_thr, tt_look)
-        fire_look = fire_look | (tt_look > tok_thr) if look else None
-        tok_auroc = auroc(th_val, ts_val)
-        fire_h, fire_s, fire_thr = (
-            fire_h | (th_val > tok_thr),
-            fire_s | (ts_val > tok_thr),
-            fire_thr | (tt_thr > tok_thr),
-        )
+        members.append(tuple(tgate.scores(t) if t else torch.zeros(0) for t in (t_thr, t_look, t_hval, t_sval)))
+        tok_auroc = auroc(members[-1][2], members[-1][3])
     del t_h, t_s
     text, text_auroc = None, float("nan")
     if cfg.gate_text:
@@ -523,18 +515,31 @@ def calibrate_anchor(
             hidden=cfg.gate_text_hidden,
             steps=cfg.gate_text_steps,
         )
-        x_thr, x_hval, x_sval = (
-            text.scores(instruction_texts(model, template, ps)) for ps in (thr_harmless, harmful_val, harmless_val)
+        members.append(
+            tuple(
+                text.scores(instruction_texts(model, template, ps)) if ps else torch.zeros(0)
+                for ps in (thr_harmless, look, harmful_val, harmless_val)
+            )
         )
-        x_look = text.scores(instruction_texts(model, template, look)) if look else None
-        text.threshold = quantile_threshold(x_thr, x_look)
-        fire_look = fire_look | (x_look > text.threshold) if look else None
-        text_auroc = auroc(x_hval, x_sval)
-        fire_h, fire_s, fire_thr = (
-            fire_h | (x_hval > text.threshold),
-            fire_s | (x_sval > text.threshold),
-            fire_thr | (x_thr > text.threshold),
-        )
+        text_auroc = auroc(members[-1][2], members[-1][3])
+
+    def free(i: int, refused: torch.Tensor) -> list[torch.Tensor]:  # the prompts the model does not refuse
+        return [m[i][~refused] if (~refused).any() else m[i] for m in members]
+
+    thresholds = union_thresholds(free(0, thr_refused), cfg.gate_fpr)
+    if look and cfg.gate_lookalike_fpr < 1.0:
+        bounded = union_thresholds(free(1, look_refused), cfg.gate_lookalike_fpr)
+        thresholds = [max(a, b) for a, b in zip(thresholds, bounded)]
+
+    def fires(i: int) -> torch.Tensor:  # the union's decision on score set i
+        return torch.stack([m[i] > t for m, t in zip(members, thresholds)]).any(0)
+
+    threshold = thresholds[0]
+    tok_thr = thresholds[1] if cfg.gate_tokens else 0.0
+    if text is not None:
+        text.threshold = thresholds[-1]
+    fire_thr, fire_h, fire_s = fires(0), fires(2), fires(3)
+    fire_look = fires(1) if look else None
     tpr_val, fpr_val = float(fire_h.float().mean()), float(fire_s.float().mean())
     meta = {
         "quantile": cfg.quantile,
