@@ -1,0 +1,114 @@
+"""Summarise an SAE sweep: which SAE carries refusal in the fewest features.
+
+Reads the run directories of one or more Hydra multiruns of ``saesteer pipeline 'stages=[train-sae,search]'`` (or
+``saesteer search``) with ``search.curve_ks`` set, and writes, into ``--out``:
+
+- ``sae_sweep.csv`` and ``sae_sweep.md``: one row per SAE (architecture, hook, d_sae, k, L0, explained variance, CE
+  loss recovered), ``k_at_bypass`` per ranking (the smallest k whose edit takes harmful_test refusal <= 0.10 at
+  KL <= 0.1), and the lowest refusal any ranking reaches at KL <= 0.1 with its k;
+- ``k_at_bypass_vs_ev.png``: the best ranking's k_at_bypass against explained variance (SAEs that reach no bypass
+  at k <= the curve's largest k drawn above the axis).
+
+    python scripts/sae_sweep.py multirun/pipeline/sweep_architecture multirun/pipeline/sweep_width --out docs/measurements/organism_sae_sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CURVE = re.compile(r"(?:search/)?curve_refusal_(\w+?)_(harmless_mean|zero|decoder_mean)_k(\d+)")
+
+
+def _get(m: dict, key: str):
+    return m.get(key, m.get(f"train_sae/{key}", m.get(f"search/{key}")))
+
+
+def row(run: Path) -> dict:
+    """One SAE's figures from a run directory's metrics.json."""
+    m = json.loads((run / "metrics.json").read_text())
+    curve: dict[tuple[str, int], tuple[float, float]] = {}
+    for key, value in m.items():
+        hit = CURVE.fullmatch(key)
+        if hit and hit.group(2) == "harmless_mean":
+            kl = m.get(key.replace("curve_refusal_", "curve_kl_"), float("nan"))
+            curve[(hit.group(1), int(hit.group(3)))] = (value, kl)
+    if not curve:
+        raise SystemExit(f"{run}: no curve_refusal_* metrics (run the search with search.curve_ks=[...])")
+    rankings = sorted({r for r, _ in curve})
+    within = [(refusal, k, r) for (r, k), (refusal, kl) in curve.items() if kl <= 0.1]
+    best = min(within) if within else (float("nan"), None, None)
+    out = {
+        "run": str(run),
+        "architecture": _get(m, "architecture"),
+        "hook": _get(m, "hook"),
+        "d_sae": _get(m, "d_sae"),
+        "l0": _get(m, "l0"),
+        "explained_variance": _get(m, "explained_variance"),
+        "ce_loss_recovered": _get(m, "ce_loss_recovered"),
+        "max_k": max(k for _, k in curve),
+        "lowest_refusal_kl_0.1": best[0],
+        "at_k": best[1],
+        "by": best[2],
+        "direction_at_hook": _get(m, "direction_ablation_sae_hook_harmful_refusal"),
+    }
+    for r in rankings:
+        out[f"k_at_bypass_{r}"] = _get(m, f"k_at_bypass_{r}")
+    return out
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "none"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweeps", nargs="+", type=Path, help="multirun folders (their numbered run directories are read)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    runs = [p.parent for s in args.sweeps for p in sorted(s.glob("*/metrics.json"))]
+    if not runs:
+        raise SystemExit(f"no */metrics.json under {[str(s) for s in args.sweeps]}")
+    rows = [row(r) for r in runs]
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "sae_sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    shown = [c for c in cols if c != "run"]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in shown) + " |" for r in rows]
+    (args.out / "sae_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = max(r["max_k"] for r in rows) * 2
+    for r in (r for r in rows if r["explained_variance"] is not None):  # a search-only run has no SAE metrics
+        ks = [r[c] for c in r if c.startswith("k_at_bypass_") and r[c] is not None]
+        y = min(ks) if ks else top
+        ax.scatter(r["explained_variance"], y, marker="o" if ks else "^")
+        ax.annotate(
+            f"{r['architecture']} {r['d_sae']} {r['hook'].split('.')[1]}", (r["explained_variance"], y), fontsize=7
+        )
+    ax.set_yscale("log", base=2)
+    ax.axhline(top / 2, ls=":", c="grey")
+    ax.set_xlabel("explained variance")
+    ax.set_ylabel("k at bypass (best ranking; ^ = none)")
+    ax.set_title("features needed to bypass refusal (refusal <= 0.10 at KL <= 0.1)")
+    fig.tight_layout()
+    fig.savefig(args.out / "k_at_bypass_vs_ev.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
