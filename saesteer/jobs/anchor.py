@@ -505,7 +505,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
             f"anchor.finetune={a.finetune} fine-tunes the organism; got model.name={cfg.model.name!r} "
             "(a safety-tuned model takes the cut in its safety tuning: safety.direction_dropout)"
         )
-    extra = gate_fit_extra(cfg)  # before the model: a prompt source that does not load fails here
+    fit_extra = gate_fit_extra(cfg)  # before the model: a prompt source that does not load fails here
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
     P = {
@@ -526,7 +526,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
 
     log.info("anchor: calibrating floors and gate on train/val prompts")
     times = PhaseTimes()
-    base = defend(cfg, loaded, direction, P, harmless_cal, tracker, times, extra)
+    base = defend(cfg, loaded, direction, P, harmless_cal, tracker, times, fit_extra)
     art = base.art
     art.save(run_dir / "anchor.safetensors")
     harmful = P["harmful_test"][: a.n_attack_prompts] if a.n_attack_prompts else P["harmful_test"]
@@ -551,7 +551,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         with ft("setup"):
             tl = finetuned_model(cfg, loaded, direction)
             td = direction_stage(tl, cfg.data, cfg.directions, progress=cfg.progress)
-        tuned = defend(cfg, tl, td, P, harmless_cal, tracker, ft, extra)
+        tuned = defend(cfg, tl, td, P, harmless_cal, tracker, ft, fit_extra)
         tuned.art.save(run_dir / "anchor_finetuned.safetensors")
         with ft("table"):
             tuned_result = evaluate_defences(
