@@ -350,13 +350,14 @@ def calibrate_anchor(
     """Fit floors on refused harmful training prompts and the gate on train/val prompts.
 
     The gate's probe is fitted on ``harmful_refused + harmful_extra`` against the first
-    half of ``harmless_train`` plus ``harmless_extra``; its threshold is the ``1 - gate_fpr``
-    quantile of the scores of the second half's prompts that the model does not refuse.
+    half of ``harmless_train`` plus ``harmless_extra``; the members' thresholds are set together
+    (:func:`union_thresholds`) so that the gate fires on at most ``gate_fpr`` of the second half's
+    prompts that the model does not refuse.
     ``robust_to``: attacks (:class:`saesteer.attacks.base.Attack`: a weight edit and/or
     hooks) under which the probe is also fitted, on the same prompts, so that the
     attack it anticipates does not blind it; the threshold is still set on the clean model.
-    ``lookalike_val``: safe prompts that sound alarming; each threshold is raised, where needed, so that the gate
-    also fires on at most ``gate_lookalike_fpr`` of those the model does not refuse.
+    ``lookalike_val``: safe prompts that sound alarming; the thresholds are set the same way on those the model
+    does not refuse (bound ``gate_lookalike_fpr``) and each member keeps the higher of its two.
     """
     cfg = cfg if cfg is not None else AnchorCalibration()
     from saesteer.evaluate import refusal_eval
