@@ -475,6 +475,11 @@ def test_anchor_job_ablation_asr_and_harmless_cost_match_a_per_prompt_reference(
     assert m["overrefusal_rise_anchored"] == pytest.approx(
         share(over_flags["anchored"]) - share(over_flags["undefended"]), abs=1e-9
     )
+    from saesteer.attacks.evaluate import gate_decisions
+
+    # where the gate fires on the over-refusal set: the saved gate's forward-pass decision, prompt by prompt
+    fired = torch.cat([gate_decisions(model, tpl, art.gate(), [p], batch_size=1) for p in over])
+    assert m["gate_fire_overrefusal"] == pytest.approx(float(fired.float().mean()), abs=1e-6)
     # the pins tell the defences apart: the anchor restores refusals the ablation removed
     assert share(success["anchored"]) < share(success["undefended"])
 
