@@ -29,7 +29,7 @@ EXPECTED_SIZES = {
     "tdc2023": 100,
     "donotanswer": 263,
     "overrefusal_train": 72,
-    "overrefusal_val": 72,
+    "overrefusal_val": 216,
 }
 
 
@@ -59,7 +59,8 @@ def test_overrefusal_splits_are_disjoint_from_the_held_out_set():
         ps = list(load_prompts(name).instructions)
         assert drop_near_duplicates(ps, test, 0.5) == ps, name
         assert len(set(load_prompts(name).categories)) == 6
-    assert not set(load_prompts("overrefusal_train")) & set(load_prompts("overrefusal_val"))
+    train, val = list(load_prompts("overrefusal_train").instructions), list(load_prompts("overrefusal_val").instructions)
+    assert drop_near_duplicates(val, train, 0.5) == val  # the thresholds are not set on copies of the fit
 
 
 def test_bundled_content():
