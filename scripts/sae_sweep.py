@@ -5,9 +5,11 @@ Reads the run directories of one or more Hydra multiruns of ``saesteer pipeline 
 
 - ``sae_sweep.csv`` and ``sae_sweep.md``: one row per SAE (architecture, hook, d_sae, k, L0, explained variance, CE
   loss recovered), ``k_at_bypass`` per ranking (the smallest k whose edit takes harmful_test refusal <= 0.10 at
-  KL <= 0.1), and the lowest refusal any ranking reaches at KL <= 0.1 with its k;
+  KL <= 0.1), the lowest refusal any ranking reaches at KL <= 0.1 with its k, and at k = 4, 8 and 16;
 - ``k_at_bypass_vs_ev.png``: the best ranking's k_at_bypass against explained variance (SAEs that reach no bypass
   at k <= the curve's largest k drawn above the axis).
+
+``--rows`` adds the rows of an earlier ``sae_sweep.csv`` (a sweep whose run directories are gone).
 
     python scripts/sae_sweep.py multirun/pipeline/sweep_architecture multirun/pipeline/sweep_width --out docs/measurements/organism_sae_sweep
 """
@@ -25,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+SHOWN_KS = (4, 8, 16)  # the lowest refusal at these k is a column of its own
 CURVE = re.compile(r"(?:search/)?curve_refusal_(\w+?)_(harmless_mean|zero|decoder_mean)_k(\d+)")
 
 
@@ -60,9 +63,29 @@ def row(run: Path) -> dict:
         "by": best[2],
         "direction_at_hook": _get(m, "direction_ablation_sae_hook_harmful_refusal"),
     }
+    for k in SHOWN_KS:
+        at = [refusal for (_, kk), (refusal, kl) in curve.items() if kk == k and kl <= 0.1]
+        out[f"lowest_refusal_k{k}"] = min(at) if at else None
     for r in rankings:
         out[f"k_at_bypass_{r}"] = _get(m, f"k_at_bypass_{r}")
     return out
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier ``sae_sweep.csv``, numbers parsed back (an empty cell is None)."""
+
+    def parse(v: str):
+        if v == "":
+            return None
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def fmt(v) -> str:
@@ -75,11 +98,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweeps", nargs="+", type=Path, help="multirun folders (their numbered run directories are read)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--rows", type=Path, action="append", default=[], help="an earlier sae_sweep.csv to include")
     args = ap.parse_args()
     runs = [p.parent for s in args.sweeps for p in sorted(s.glob("*/metrics.json"))]
     if not runs:
         raise SystemExit(f"no */metrics.json under {[str(s) for s in args.sweeps]}")
-    rows = [row(r) for r in runs]
+    rows = [r for path in args.rows for r in read_rows(path)] + [row(r) for r in runs]
     cols = list(dict.fromkeys(c for r in rows for c in r))
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "sae_sweep.csv", "w", newline="") as f:
@@ -99,7 +123,9 @@ def main() -> None:
         y = min(ks) if ks else top
         ax.scatter(r["explained_variance"], y, marker="o" if ks else "^")
         ax.annotate(
-            f"{r['architecture']} {r['d_sae']} {r['hook'].split('.')[1]}", (r["explained_variance"], y), fontsize=7
+            f"{r['architecture']} {r['d_sae']} block {r['hook'].split('.')[1]} L0 {r['l0']:.0f}",
+            (r["explained_variance"], y),
+            fontsize=7,
         )
     ax.set_yscale("log", base=2)
     ax.axhline(top / 2, ls=":", c="grey")
