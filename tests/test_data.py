@@ -59,7 +59,10 @@ def test_overrefusal_splits_are_disjoint_from_the_held_out_set():
         ps = list(load_prompts(name).instructions)
         assert drop_near_duplicates(ps, test, 0.5) == ps, name
         assert len(set(load_prompts(name).categories)) == 6
-    train, val = list(load_prompts("overrefusal_train").instructions), list(load_prompts("overrefusal_val").instructions)
+    train, val = (
+        list(load_prompts("overrefusal_train").instructions),
+        list(load_prompts("overrefusal_val").instructions),
+    )
     assert drop_near_duplicates(val, train, 0.5) == val  # the thresholds are not set on copies of the fit
 
 

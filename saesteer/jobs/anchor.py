@@ -498,6 +498,17 @@ def gate_fires(
     return {f"gate_fire_{n}{suffix}": v for n, v in fires.items()}
 
 
+def anchor_prompts(cfg: AnchorJobConfig) -> tuple[dict[str, list[str]], list[str]]:
+    """The job's prompt sets by role (harmful / harmless train, val and test) and the harmless prompts the gate's
+    threshold is calibrated on: ``anchor.n_calibration_harmless`` of the harmless_train source, more than n_train."""
+    from saesteer.data import load_prompts
+
+    roles = ("harmful_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")
+    P = {r: list(load_role(cfg.data, r).instructions) for r in roles}
+    pool, n = load_prompts(cfg.data.harmless_train), cfg.anchor.n_calibration_harmless
+    return P, list((pool.take(n, seed=cfg.seed + 7) if len(pool) > n else pool).instructions)
+
+
 def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     a = cfg.anchor
     if a.finetune != "none" and cfg.model.name != "organism":
@@ -508,18 +519,7 @@ def run(cfg: AnchorJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     fit_extra = gate_fit_extra(cfg)  # before the model: a prompt source that does not load fails here
     loaded = load_model(cfg.model, progress=cfg.progress)
     model, tpl = loaded.model, loaded.template
-    P = {
-        r: list(load_role(cfg.data, r).instructions)
-        for r in ("harmful_train", "harmful_val", "harmless_val", "harmful_test", "harmless_test")
-    }
-    from saesteer.data import load_prompts
-
-    pool = load_prompts(cfg.data.harmless_train)  # the gate threshold wants more harmless prompts than n_train
-    harmless_cal = list(
-        (
-            pool.take(a.n_calibration_harmless, seed=cfg.seed + 7) if len(pool) > a.n_calibration_harmless else pool
-        ).instructions
-    )
+    P, harmless_cal = anchor_prompts(cfg)
     overrefusal = optional_role(cfg, "overrefusal")
     ev = cfg.eval.refusal_kwargs()
     direction = direction_stage(loaded, cfg.data, cfg.directions, path=cfg.search.direction, progress=cfg.progress)

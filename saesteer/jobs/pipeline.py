@@ -39,7 +39,8 @@ from saesteer.tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-def _stage_cfg(cfg: PipelineJobConfig, stage: str):
+def stage_config(cfg: PipelineJobConfig, stage: str):
+    """The job config of one pipeline stage: the pipeline's shared settings and the groups that stage reads."""
     common = dict(
         seed=cfg.seed,
         progress=cfg.progress,
@@ -147,7 +148,7 @@ def run(cfg: PipelineJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
         sub.mkdir(parents=True, exist_ok=True)
         log.info("pipeline stage %d/%d: %s", i + 1, len(cfg.stages), stage)
         t0 = time.perf_counter()
-        sc = _stage_cfg(cfg, stage)
+        sc = stage_config(cfg, stage)
         if stage == "train-sae" and "directions" in cfg.stages and sc.sae.hook is None:
             import dataclasses
 

@@ -480,8 +480,17 @@ def test_anchor_job_ablation_asr_and_harmless_cost_match_a_per_prompt_reference(
     # where the gate fires on the over-refusal set: the saved gate's forward-pass decision, prompt by prompt
     fired = torch.cat([gate_decisions(model, tpl, art.gate(), [p], batch_size=1) for p in over])
     assert m["gate_fire_overrefusal"] == pytest.approx(float(fired.float().mean()), abs=1e-6)
-    # the pins tell the defences apart: the anchor restores refusals the ablation removed
-    assert share(success["anchored"]) < share(success["undefended"])
+    # the floors restore refusals the ablation removed, acting on every prompt ...
+    ungated = per_prompt_successes(model, tpl, harmful_test, lambda: attack() + art.anchors(gated=False), n)
+    assert share(ungated) < share(success["undefended"])
+    # ... and the gated anchor acts where its gate fires on the attacked prompt, and nowhere else
+    from saesteer.interventions import steer
+
+    with steer(model, attack()):
+        fired = torch.cat([gate_decisions(model, tpl, art.gate(), [p], batch_size=1) for p in harmful_test])
+    assert 0 < int(fired.sum()) < len(harmful_test)
+    expect = [u if f else s for f, u, s in zip(fired.tolist(), ungated, success["undefended"])]
+    assert success["anchored"] == expect
 
 
 def test_anchor_job_puts_the_direction_dropout_finetune_beside_the_anchor(directions_run, tmp_path):
