@@ -72,10 +72,11 @@ def row(run: Path) -> dict:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The rows of an earlier ``sae_sweep.csv``, numbers parsed back (an empty cell is None)."""
+    """The rows of an earlier ``sae_sweep.csv``, numbers parsed back; "none" is None (no bypass at any k, say) and an
+    empty cell a figure that sweep did not measure (left out of the row)."""
 
     def parse(v: str):
-        if v == "":
+        if v == "none":
             return None
         for cast in (int, float):
             try:
@@ -85,7 +86,7 @@ def read_rows(path: Path) -> list[dict]:
         return v
 
     with open(path, newline="") as f:
-        return [{k: parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{k: parse(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 
 def fmt(v) -> str:
@@ -109,10 +110,10 @@ def main() -> None:
     with open(args.out / "sae_sweep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({k: "none" if v is None else v for k, v in r.items()} for r in rows)  # "": not measured
     shown = [c for c in cols if c != "run"]
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in shown) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r[c]) if c in r else "-" for c in shown) + " |" for r in rows]  # -: not measured
     (args.out / "sae_sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
