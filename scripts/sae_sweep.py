@@ -117,22 +117,22 @@ def main() -> None:
     (args.out / "sae_sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     top = max(r["max_k"] for r in rows) * 2
-    for r in (r for r in rows if r["explained_variance"] is not None):  # a search-only run has no SAE metrics
+    markers = "osDvP*Xph<>"
+    for i, r in enumerate(r for r in rows if r["explained_variance"] is not None):  # a search-only run has none
         ks = [r[c] for c in r if c.startswith("k_at_bypass_") and r[c] is not None]
         y = min(ks) if ks else top
-        ax.scatter(r["explained_variance"], y, marker="o" if ks else "^")
-        ax.annotate(
-            f"{r['architecture']} {r['d_sae']} block {r['hook'].split('.')[1]} L0 {r['l0']:.0f}",
-            (r["explained_variance"], y),
-            fontsize=7,
+        label = f"{r['architecture']}, d_sae {r['d_sae']}, block {r['hook'].split('.')[1]}, L0 {r['l0']:.0f}"
+        ax.scatter(
+            r["explained_variance"], y, marker=markers[i % len(markers)], s=60, label=label + ("" if ks else " (none)")
         )
     ax.set_yscale("log", base=2)
     ax.axhline(top / 2, ls=":", c="grey")
     ax.set_xlabel("explained variance")
-    ax.set_ylabel("k at bypass (best ranking; ^ = none)")
-    ax.set_title("features needed to bypass refusal (refusal <= 0.10 at KL <= 0.1)")
+    ax.set_ylabel("k at bypass, best ranking")
+    ax.set_title("features needed to bypass refusal (refusal <= 0.10 at KL <= 0.1); top row: none at any k", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(args.out / "k_at_bypass_vs_ev.png", dpi=120)
 
