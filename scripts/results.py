@@ -277,6 +277,13 @@ def _substring_key(m: dict[str, Any], key: str) -> Optional[str]:
     return f"{key}_substring" if f"{key}_substring" in m else None
 
 
+def _incoherent_key(m: dict[str, Any], key: str) -> Optional[str]:
+    """The incoherent share beside the refusal figure ``key`` (``<name>_refusal`` -> ``<name>_incoherent``), if the
+    stage holds one (None: an empty cell)."""
+    inc = key.removesuffix("_refusal") + "_incoherent"
+    return inc if inc in m else None
+
+
 # ----------------------------------------------------------------------------- one table per stage
 
 
@@ -373,6 +380,9 @@ def directions_section(m: dict[str, Any]) -> str:
         judge = m.get("judge", "substring")
         spec = [(label, key, _substring_key(m, key), *rest) for label, key, *rest in spec]
         header[1:2] = [f"refusal ({judge} judge)", "refusal (substring judge)"]
+    if any(k.endswith("_incoherent") for k in m):  # the share of broken answers, beside the judge's refusal
+        spec = [(label, key, _incoherent_key(m, key), *rest) for label, key, *rest in spec]
+        header.insert(2, "incoherent")
     out = head + [table(header, _rows(m, spec))]
     tail = []
     if "orthogonalized_max_logit_diff" in m:

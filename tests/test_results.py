@@ -485,3 +485,26 @@ def test_anchor_and_behaviour_tables_carry_the_incoherent_share_where_the_run_ha
     b = {"harmful_test_refusal": 0.9, "n_harmful_test": 10, "harmful_test_incoherent": 0.1}
     assert "| harmful_test | 10 | 0.900 | 0.100 |" in results.behaviour_section(b)
     assert "incoherent" not in results.behaviour_section({"harmful_test_refusal": 0.9, "n_harmful_test": 10})
+
+
+def test_directions_table_carries_the_incoherent_share_where_the_run_has_it():
+    m = {
+        "judge": "learned",
+        "selected_layer": 1,
+        "selected_position": -2,
+        "baseline_harmful_refusal": 0.9,
+        "baseline_harmful_refusal_substring": 0.8,
+        "baseline_harmful_incoherent": 0.01,
+        "affine_ablation_harmful_refusal": 0.0,
+        "affine_ablation_harmful_incoherent": 0.02,
+        "affine_ablation_kl_harmless": 0.03,
+    }
+    text = results.directions_section(m)
+    assert (
+        "| intervention (harmful_test unless named) | refusal (learned judge) | incoherent | refusal (substring judge) |"
+        in text
+    )
+    assert "| baseline | 0.900 | 0.010 | 0.800 |  |  |" in text
+    assert "| affine ablation (every layer) | 0.000 | 0.020 |  | 0.030 |" in text
+    old = {k: v for k, v in m.items() if not k.endswith("_incoherent")}  # a run from before: no column
+    assert "incoherent" not in results.directions_section(old)

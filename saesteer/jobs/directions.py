@@ -78,6 +78,12 @@ def untuned_harm_detector(
     }
 
 
+def incoherent_rates(results: dict[str, Any]) -> dict[str, float]:
+    """``<condition>_<set>_incoherent``: the share of each evaluation's answers the judge flags incoherent (broken
+    text, neither refusal nor compliance), keyed like its ``<condition>_<set>_refusal``."""
+    return {name.removesuffix("_refusal") + "_incoherent": r.incoherent_rate for name, r in results.items()}
+
+
 def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
     dcfg = cfg.directions
     roles = {
@@ -211,6 +217,13 @@ def run(cfg: DirectionsJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, 
         "harm_refusal_cosine_at_selected_layer": float(cos[sel.layer]),
         "harm_refusal_cosine_by_layer": [round(float(c), 4) for c in cos],
         **substring,
+        **incoherent_rates(
+            {
+                **headline,
+                "random_ablation_harmful_refusal": rnd_abl,
+                "random_addition_harmless_refusal": rnd_add,
+            }
+        ),
         "n_harmful_test": len(P["harmful_test"]),
         "n_harmless_test": len(P["harmless_test"]),
         **untuned,

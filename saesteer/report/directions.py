@@ -90,13 +90,22 @@ def render_report(model_name: str, sel: Any, m: dict[str, Any]) -> str:
                 "",
                 "## Held-out effects",
                 "",
-                f"Refusal by the {m.get('judge', 'configured')} judge; beside it, the substring judge of Arditi et al. "
-                "on the same completions, for the figures the paper reports.",
+                f"Refusal by the {m.get('judge', 'configured')} judge, and the share of answers it flags incoherent "
+                "(broken text: an ablation that breaks the model is not a bypass); beside them, the substring judge of "
+                "Arditi et al. on the same completions, for the figures the paper reports.",
                 "",
                 markdown_table(
-                    ["condition", "set", "refusal", "refusal (substring)", "KL harmless", "CE harmless"],
+                    ["condition", "set", "refusal", "incoherent", "refusal (substring)", "KL harmless", "CE harmless"],
                     [
-                        (condition, split, m[key], m.get(f"{key}_substring", ""), kl, ce)
+                        (
+                            condition,
+                            split,
+                            m[key],
+                            m.get(key.removesuffix("_refusal") + "_incoherent", nan),
+                            m.get(f"{key}_substring", ""),
+                            kl,
+                            ce,
+                        )
                         for condition, split, key, kl, ce in (
                             ("baseline", "harmful_test", "baseline_harmful_refusal", 0.0, m["ce_harmless_baseline"]),
                             ("baseline", "harmless_test", "baseline_harmless_refusal", 0.0, m["ce_harmless_baseline"]),

@@ -44,6 +44,12 @@ def judged(answers: Sequence[str], prompts: Sequence[str], judge=None) -> list[b
     return [judge_responses(judge, [a], [p])[0][0] for a, p in zip(answers, prompts)]
 
 
+def outcomes(answers: Sequence[str], prompts: Sequence[str], judge=None) -> list[str]:
+    """refusal / compliance / incoherent, per answer to its prompt, by ``judge`` (default: :func:`job_judge`)."""
+    judge = judge or job_judge()
+    return [judge_responses(judge, [a], [p])[1][0] for a, p in zip(answers, prompts)]
+
+
 def per_prompt_refusals(
     model, template, prompts: Sequence[str], build: Build, max_new_tokens: int, judge=None
 ) -> list[bool]:

@@ -15,6 +15,7 @@ from tests.jobs.reference import (
     judged,
     load_role,
     no_edit,
+    outcomes,
     per_prompt_answers,
     per_prompt_refusals,
     per_prompt_successes,
@@ -174,8 +175,12 @@ def test_directions_job_gives_the_headline_rates_by_the_substring_judge_too(dire
         answers = per_prompt_answers(loaded.model, loaded.template, prompts, build, cfg.eval.max_new_tokens)
         assert m[key] == pytest.approx(share(judged(answers, prompts)), abs=1e-9), key
         assert m[f"{key}_substring"] == pytest.approx(share(judged(answers, prompts, RefusalJudge())), abs=1e-9), key
+        incoherent = [o == "incoherent" for o in outcomes(answers, prompts)]
+        assert m[key.removesuffix("_refusal") + "_incoherent"] == pytest.approx(share(incoherent), abs=1e-9), key
+    for key in ("ablation_harmful", "affine_ablation_harmful", "random_ablation_harmful", "random_addition_harmless"):
+        assert 0.0 <= m[f"{key}_incoherent"] <= 1.0, key
     report = (run_dir / "report.md").read_text()
-    assert "Refusal by the learned judge" in report and "| refusal (substring) |" in report
+    assert "Refusal by the learned judge" in report and "| refusal | incoherent | refusal (substring) |" in report
 
 
 #: an SAE trained long enough that its features carry refusal: with SMALL_SAE's 4096 tokens, zeroing all 96
