@@ -436,45 +436,46 @@ def search_section(m: dict[str, Any]) -> str:
             line += f"; the top {k} signed features hold {m['n_comply_features']} comply features"
         out.append(line + ".")
     what = "harmless means" if m.get("ablation", "harmless_mean") == "harmless_mean" else "0"
-    rows = _rows(
-        m,
-        [
-            (
-                f"top-{k} signed features set to their {what}",
-                "topk_ablation_harmful_refusal",
-                "topk_ablation_kl_harmless",
-            ),
-            (f"{k} random features, the same", "random_k_ablation_harmful_refusal", "random_k_ablation_kl_harmless"),
-            (
-                f"top-{k} refusal features set to 0",
-                "topk_zero_ablation_harmful_refusal",
-                "topk_zero_ablation_kl_harmless",
-            ),
-            (f"{k} random features set to 0", "random_k_zero_ablation_harmful_refusal", None),
-            (
-                "direction ablated (affine), every layer",
-                "direction_ablation_harmful_refusal",
-                "direction_ablation_kl_harmless",
-            ),
-            (
-                "direction ablated (affine), SAE hook only",
-                "direction_ablation_sae_hook_harmful_refusal",
-                "direction_ablation_sae_hook_kl_harmless",
-            ),
-            (
-                "direction projected out (plain), SAE hook only",
-                "direction_plain_ablation_sae_hook_harmful_refusal",
-                None,
-            ),
-            (
-                f"top-{k} clamped (refusal features high, comply features 0), harmless_test",
-                "topk_clamp_harmless_refusal",
-                None,
-            ),
-            ("direction added, harmless_test", "direction_addition_harmless_refusal", None),
-        ],
-    )
-    out.append(table(["edit (harmful_test unless named)", "refusal", "KL on harmless_test"], rows))
+    spec = [
+        (
+            f"top-{k} signed features set to their {what}",
+            "topk_ablation_harmful_refusal",
+            "topk_ablation_kl_harmless",
+        ),
+        (f"{k} random features, the same", "random_k_ablation_harmful_refusal", "random_k_ablation_kl_harmless"),
+        (
+            f"top-{k} refusal features set to 0",
+            "topk_zero_ablation_harmful_refusal",
+            "topk_zero_ablation_kl_harmless",
+        ),
+        (f"{k} random features set to 0", "random_k_zero_ablation_harmful_refusal", None),
+        (
+            "direction ablated (affine), every layer",
+            "direction_ablation_harmful_refusal",
+            "direction_ablation_kl_harmless",
+        ),
+        (
+            "direction ablated (affine), SAE hook only",
+            "direction_ablation_sae_hook_harmful_refusal",
+            "direction_ablation_sae_hook_kl_harmless",
+        ),
+        (
+            "direction projected out (plain), SAE hook only",
+            "direction_plain_ablation_sae_hook_harmful_refusal",
+            None,
+        ),
+        (
+            f"top-{k} clamped (refusal features high, comply features 0), harmless_test",
+            "topk_clamp_harmless_refusal",
+            None,
+        ),
+        ("direction added, harmless_test", "direction_addition_harmless_refusal", None),
+    ]
+    header = ["edit (harmful_test unless named)", "refusal", "KL on harmless_test"]
+    if any(k.endswith("_incoherent") for k in m):  # the share of broken answers, beside the judge's refusal
+        spec = [(label, key, _incoherent_key(m, key), *rest) for label, key, *rest in spec]
+        header.insert(2, "incoherent")
+    out.append(table(header, _rows(m, spec)))
     return "\n\n".join(out)
 
 

@@ -487,7 +487,7 @@ def test_anchor_and_behaviour_tables_carry_the_incoherent_share_where_the_run_ha
     assert "incoherent" not in results.behaviour_section({"harmful_test_refusal": 0.9, "n_harmful_test": 10})
 
 
-def test_directions_table_carries_the_incoherent_share_where_the_run_has_it():
+def test_directions_and_search_tables_carry_the_incoherent_share_where_the_run_has_it():
     m = {
         "judge": "learned",
         "selected_layer": 1,
@@ -508,3 +508,12 @@ def test_directions_table_carries_the_incoherent_share_where_the_run_has_it():
     assert "| affine ablation (every layer) | 0.000 | 0.020 |  | 0.030 |" in text
     old = {k: v for k, v in m.items() if not k.endswith("_incoherent")}  # a run from before: no column
     assert "incoherent" not in results.directions_section(old)
+    search = {
+        "k": 8,
+        "topk_ablation_harmful_refusal": 0.4,
+        "topk_ablation_harmful_incoherent": 0.05,
+        "topk_ablation_kl_harmless": 0.02,
+    }
+    text = results.search_section(search)
+    assert "| edit (harmful_test unless named) | refusal | incoherent | KL on harmless_test |" in text
+    assert "| top-8 signed features set to their harmless means | 0.400 | 0.050 | 0.020 |" in text

@@ -52,9 +52,12 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     test_s = list(load_role(cfg.data, "harmless_test").instructions)
     ev = dict(cfg.eval.refusal_kwargs(), progress=cfg.progress)
 
-    def rate(prompts, specs, desc):
+    judged: dict[str, Any] = {}  # metric name (without "_refusal") -> the judged answers
+
+    def rate(name, prompts, specs, desc):
         with steer(model, specs):
-            return refusal_eval(model, tpl, prompts, desc=desc, **ev).rate
+            judged[name] = refusal_eval(model, tpl, prompts, desc=desc, **ev)
+        return judged[name].rate
 
     # bypass: the top k (refusal and, with search.signed, comply features) set to search.ablation's values;
     # zeroing the top k refusal features is the issue's literal check, reported beside it
@@ -84,17 +87,25 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
     hook_affine_pos = AblateAt(direction.direction, scores.hook, reference=scores.harmless_coordinate)
     hook_plain = AblateAt(direction.direction, scores.hook)
 
-    base_h, base_s = rate(test_h, [], "baseline harmful"), rate(test_s, [], "baseline harmless")
-    top_abl = rate(test_h, [ablate_top], "top-k ablation")
-    top_zero = rate(test_h, [zero_top], "top-k zero ablation")
-    top_clamp = rate(test_s, [clamp_top], "top-k clamp")
-    rnd_abl = rate(test_h, [ablate_rnd], "random-k ablation")
-    rnd_zero = rate(test_h, [zero_rnd], "random-k zero ablation")
-    dir_abl = rate(test_h, [direction.ablate()], "direction ablation")
-    hook_aff = rate(test_h, [hook_affine], "direction ablation at the SAE hook")
-    hook_aff_pos = rate(test_h, [hook_affine_pos], "direction ablation at the SAE hook (searched positions' mean)")
-    hook_pl = rate(test_h, [hook_plain], "plain direction ablation at the SAE hook")
-    dir_add = rate(test_s, [direction.add()], "direction addition")
+    base_h = rate("baseline_harmful", test_h, [], "baseline harmful")
+    base_s = rate("baseline_harmless", test_s, [], "baseline harmless")
+    top_abl = rate("topk_ablation_harmful", test_h, [ablate_top], "top-k ablation")
+    top_zero = rate("topk_zero_ablation_harmful", test_h, [zero_top], "top-k zero ablation")
+    top_clamp = rate("topk_clamp_harmless", test_s, [clamp_top], "top-k clamp")
+    rnd_abl = rate("random_k_ablation_harmful", test_h, [ablate_rnd], "random-k ablation")
+    rnd_zero = rate("random_k_zero_ablation_harmful", test_h, [zero_rnd], "random-k zero ablation")
+    dir_abl = rate("direction_ablation_harmful", test_h, [direction.ablate()], "direction ablation")
+    hook_aff = rate("direction_ablation_sae_hook_harmful", test_h, [hook_affine], "direction ablation at the SAE hook")
+    hook_aff_pos = rate(
+        "direction_ablation_sae_hook_positions_mean_harmful",
+        test_h,
+        [hook_affine_pos],
+        "direction ablation at the SAE hook (searched positions' mean)",
+    )
+    hook_pl = rate(
+        "direction_plain_ablation_sae_hook_harmful", test_h, [hook_plain], "plain direction ablation at the SAE hook"
+    )
+    dir_add = rate("direction_addition_harmless", test_s, [direction.add()], "direction addition")
     base_lp = last_position_logprobs(model, tpl, test_s)
     kl = {}
     for name, spec in (
@@ -148,6 +159,7 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         "random_k_ablation_kl_harmless": kl["random"],
         "direction_ablation_kl_harmless": kl["direction"],
         "direction_ablation_sae_hook_kl_harmless": kl["hook"],
+        **{f"{name}_incoherent": r.incoherent_rate for name, r in judged.items()},
     }
     points = []
     if s.curve_ks:

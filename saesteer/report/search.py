@@ -55,67 +55,72 @@ def save_plot(scores: Any, top: list[int], path: Path) -> Path:
 
 
 def causal_rows(s: Any, m: dict[str, Any]) -> list[tuple]:
-    """(intervention, prompt set, refusal, KL on harmless_test) for every edit the job measured."""
+    """(intervention, prompt set, refusal, incoherent, KL on harmless_test) for every edit the job measured (the
+    incoherent share: nan for a run from before the job recorded it)."""
     what = "their harmless mean" if s.ablation == "harmless_mean" else "0"
     kind = "features (refusal and comply, by |score|)" if s.signed else "refusal features"
     nan = float("nan")
     hook = m["hook"]
-    return [
-        ("baseline", "harmful_test", m["baseline_harmful_refusal"], 0.0),
-        ("baseline", "harmless_test", m["baseline_harmless_refusal"], 0.0),
+    spec = [
+        ("baseline", "harmful_test", "baseline_harmful_refusal", 0.0),
+        ("baseline", "harmless_test", "baseline_harmless_refusal", 0.0),
         (
             f"top-{s.k} {kind} set to {what}",
             "harmful_test",
-            m["topk_ablation_harmful_refusal"],
+            "topk_ablation_harmful_refusal",
             m["topk_ablation_kl_harmless"],
         ),
         (
             f"top-{s.k} refusal features set to 0",
             "harmful_test",
-            m["topk_zero_ablation_harmful_refusal"],
+            "topk_zero_ablation_harmful_refusal",
             m["topk_zero_ablation_kl_harmless"],
         ),
         (
             f"top-{s.k} clamped: refusal features to {s.induce_scale:g}x their active mean, comply features to 0 "
             f"({s.induce_apply_to} tokens)",
             "harmless_test",
-            m["topk_clamp_harmless_refusal"],
+            "topk_clamp_harmless_refusal",
             nan,
         ),
         (
             f"random {s.k} features set to {what}",
             "harmful_test",
-            m["random_k_ablation_harmful_refusal"],
+            "random_k_ablation_harmful_refusal",
             m["random_k_ablation_kl_harmless"],
         ),
-        (f"random {s.k} features set to 0", "harmful_test", m["random_k_zero_ablation_harmful_refusal"], nan),
+        (f"random {s.k} features set to 0", "harmful_test", "random_k_zero_ablation_harmful_refusal", nan),
         (
             "refusal direction ablated (all layers)",
             "harmful_test",
-            m["direction_ablation_harmful_refusal"],
+            "direction_ablation_harmful_refusal",
             m["direction_ablation_kl_harmless"],
         ),
         (
             f"refusal direction ablated at `{hook}` only (affine to {m['sae_hook_affine_reference']:.3g}, the "
             "directions stage's reference)",
             "harmful_test",
-            m["direction_ablation_sae_hook_harmful_refusal"],
+            "direction_ablation_sae_hook_harmful_refusal",
             m["direction_ablation_sae_hook_kl_harmless"],
         ),
         (
             f"refusal direction ablated at `{hook}` only (affine to {m['harmless_coordinate_sae_hook']:.3g}, harmless "
             "mean at the searched positions)",
             "harmful_test",
-            m["direction_ablation_sae_hook_positions_mean_harmful_refusal"],
+            "direction_ablation_sae_hook_positions_mean_harmful_refusal",
             nan,
         ),
         (
             f"refusal direction projected out at `{hook}` only (plain)",
             "harmful_test",
-            m["direction_plain_ablation_sae_hook_harmful_refusal"],
+            "direction_plain_ablation_sae_hook_harmful_refusal",
             nan,
         ),
-        ("refusal direction added", "harmless_test", m["direction_addition_harmless_refusal"], nan),
+        ("refusal direction added", "harmless_test", "direction_addition_harmless_refusal", nan),
+    ]
+    return [
+        (label, split, m[key], m.get(key.removesuffix("_refusal") + "_incoherent", nan), kl)
+        for label, split, key, kl in spec
     ]
 
 
@@ -189,7 +194,7 @@ def render_report(s: Any, scores: Any, m: dict[str, Any], rows: list[list[Any]],
             "",
             "## Causal check (held-out)",
             "",
-            markdown_table(["intervention", "set", "refusal", "KL harmless"], causal_rows(s, m)),
+            markdown_table(["intervention", "set", "refusal", "incoherent", "KL harmless"], causal_rows(s, m)),
             "",
             "SAE feature steering at one layer vs the difference-in-means direction at every layer (AxBench found the "
             "latter stronger) and at the SAE's hook only (the ceiling of a one-layer edit along the direction).",

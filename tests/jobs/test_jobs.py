@@ -290,8 +290,8 @@ def test_search_job_bypass_and_random_k_control_match_a_per_prompt_reference(sea
 
     harmful_test = load_role(cfg.data, "harmful_test")
     assert len(harmful_test) == cfg.data.n_test
-    ref = {
-        key: per_prompt_refusals(model, tpl, harmful_test, build, cfg.eval.max_new_tokens)
+    answers = {
+        key: per_prompt_answers(model, tpl, harmful_test, build, cfg.eval.max_new_tokens)
         for key, build in (
             ("baseline_harmful_refusal", no_edit),
             ("topk_ablation_harmful_refusal", set_to_harmless_mean(top)),
@@ -299,8 +299,12 @@ def test_search_job_bypass_and_random_k_control_match_a_per_prompt_reference(sea
             ("random_k_ablation_harmful_refusal", set_to_harmless_mean(rnd)),
         )
     }
+    ref = {key: judged(a, harmful_test) for key, a in answers.items()}
     for key, flags in ref.items():
         assert m[key] == pytest.approx(share(flags), abs=1e-9), (key, flags)
+        incoherent = [o == "incoherent" for o in outcomes(answers[key], harmful_test)]
+        assert m[key.removesuffix("_refusal") + "_incoherent"] == pytest.approx(share(incoherent), abs=1e-9), key
+    assert "| intervention | set | refusal | incoherent | KL harmless |" in (run_dir / "report.md").read_text()
     # the pins tell the edits apart: the bypass stops refusals that neither the unedited model nor the random control does
     bypass, baseline, control = (
         share(ref[f"{key}_harmful_refusal"]) for key in ("topk_ablation", "baseline", "random_k_ablation")
