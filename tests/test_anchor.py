@@ -104,12 +104,18 @@ def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrate
 
     text_scores = art.text.scores(instruction_texts(model, tpl, thr_half)).double()[~refused]
     members = [(pos_scores, art.gate_threshold), (tok_scores, art.token_threshold), (text_scores, art.text.threshold)]
-    # each member fires on its top m (one less where its scores lie closer than float32 noise: the tiny organism's
-    # position probe scores its prompts within 1e-7 of each other)
+    # each member fires on its top m, fewer where its scores tie across the m-th within float noise (the tiny
+    # organism's position probe scores its prompts within 1e-7 of each other): then a chain of ties joins them
+    from saesteer.anchor.calibrate import _tied
+
     counts = [int((x > t).sum()) for x, t in members]
     limit = int(0.1 * len(pos_scores) + 1e-9)
     union = torch.stack([x > t for x, t in members]).any(0)
-    assert max(counts) - min(counts) <= 1 and int(union.sum()) <= limit and max(counts) >= limit // 3, (counts, limit)
+    assert int(union.sum()) <= limit and max(counts) >= limit // 3, (counts, limit)
+    m = max(counts)
+    for (x, _), c in zip(members, counts):
+        ranked = x.sort(descending=True).values
+        assert all(_tied(ranked[j], ranked[j + 1]) for j in range(c, min(m, len(ranked) - 1))), (c, m)
     m = max(counts) + 1  # one more prompt per member breaks the union's bound: the budget is not left unused
     assert m > limit or int(torch.stack([x > top_threshold(x, m) for x, _ in members]).any(0).sum()) > limit
     fired = gate_decisions(model, tpl, art.gate(), thr_half, batch_size=5)[~refused]
@@ -135,7 +141,11 @@ def test_gate_decision_in_the_forward_pass_equals_the_collected_scores(calibrate
     expect = (
         torch.einsum("nhpd,hpd->n", acts.double(), art.gate_weights.double()) + art.gate_bias
     ) > art.gate_threshold
-    assert torch.equal(gate_decisions(model, tpl, art.gate(), prompts, batch_size=7), expect)
+    from saesteer.interventions.gates import AnyGate
+
+    gate = art.gate()
+    probe = gate.gates[0] if isinstance(gate, AnyGate) else gate  # the position probe, the member computed here
+    assert torch.equal(gate_decisions(model, tpl, probe, prompts, batch_size=7), expect)
 
 
 def test_robust_gate_fit_reads_the_attacked_model(tiny_organism):
@@ -553,6 +563,39 @@ def test_lookalike_bound_raises_each_threshold_to_its_quantile_on_the_lookalikes
     assert on.metadata["gate_fpr_lookalike_calibration"] == pytest.approx(rate_on, abs=1e-6)
     with pytest.raises(ValueError, match=r"anchor.gate_lookalike_fpr must be in \(0, 1\], got 0.0"):
         AnchorCalibration(gate_lookalike_fpr=0.0)
+
+
+@pytest.mark.parametrize("sizes", [(1,), (3, 5), (40, 216, 10)])
+def test_center_in_gap_keeps_every_score_on_its_side_and_maximizes_the_margin(sizes):
+    """Brute force: after centering, every score of every set is on the side it was, and the threshold is equally
+    far from the nearest score below and above (the middle of the gap); with no score on one side it stays."""
+    from saesteer.anchor.calibrate import center_in_gap
+
+    g = torch.Generator().manual_seed(sum(sizes))
+    sets = [torch.randn(n, generator=g, dtype=torch.float64) for n in sizes]
+    every = torch.cat(sets)
+    for t in [float(x) + 1e-9 for x in every] + [float(every.min()) - 1.0, float(every.max()) + 1.0]:
+        c = center_in_gap(t, sets)
+        assert torch.equal(every > c, every > t)
+        below, above = every[every <= t], every[every > t]
+        if len(below) and len(above):
+            assert c - float(below.max()) == pytest.approx(float(above.min()) - c, abs=1e-12)
+        else:
+            assert c == t
+    # scores tied across the threshold within float noise: it is raised past them, never lowered
+    tied = [torch.tensor([0.5, 1.0, 1.0 + 1e-9, 1.0 + 2e-9, 2.0], dtype=torch.float64)]
+    assert center_in_gap(1.0 + 5e-10, tied) == pytest.approx(1.5)
+    assert center_in_gap(0.75, tied) == pytest.approx(0.75)
+
+
+def test_top_threshold_does_not_split_scores_tied_within_float_noise():
+    from saesteer.anchor.calibrate import top_threshold
+
+    s = torch.tensor([3.0, 2.0, 1.5 + 1e-8, 1.5, 1.5 - 1e-8, 0.0], dtype=torch.float64)
+    assert top_threshold(s, 2) == pytest.approx(1.75)  # a clean gap: halfway
+    for m in (3, 4):  # inside the tie: back to the gap above it, so fewer fire
+        assert top_threshold(s, m) == pytest.approx(1.75)
+    assert top_threshold(s, 5) == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 50, 301])

@@ -302,12 +302,24 @@ def fit_text_classifier(
     )
 
 
+#: scores closer than this (relative) count as tied: float noise between the calibration's reads and a deployed
+#: forward pass (about 1e-7 relative in float32) must not carry a prompt across a threshold
+TIE_TOLERANCE = 1e-6
+
+
+def _tied(a, b) -> bool:
+    return abs(float(a) - float(b)) <= TIE_TOLERANCE * (1.0 + max(abs(float(a)), abs(float(b))))
+
+
 def top_threshold(scores: torch.Tensor, m: int) -> float:
-    """A threshold with the ``m`` highest scores above it (fewer where scores tie across it): halfway between the
-    m-th and the (m+1)-th highest, so that no calibration prompt sits on it and float noise between batched forward
-    passes cannot flip a decision there; ``m = 0``: just above the top score."""
+    """A threshold with the ``m`` highest scores above it (fewer where scores tie across it, within
+    :data:`TIE_TOLERANCE`): halfway between the m-th and the (m+1)-th highest, so that no calibration prompt sits on
+    it and float noise between batched forward passes cannot flip a decision there; ``m = 0``: just above the top
+    score."""
     s = scores.double().sort(descending=True).values
     m = min(max(int(m), 0), len(s))
+    while 0 < m < len(s) and _tied(s[m - 1], s[m]):
+        m -= 1
     if m == 0:
         return float(s[0] + 1e-4 * (1 + s[0].abs()))
     if m == len(s):
@@ -329,6 +341,22 @@ def union_thresholds(scores: Sequence[torch.Tensor], fpr: float) -> list[float]:
             break
         best = t
     return best
+
+
+def center_in_gap(threshold: float, scores: Sequence[torch.Tensor]) -> float:
+    """``threshold`` moved to the middle of the gap between the nearest of ``scores`` (every calibration score of one
+    gate member) below and above it, so that float noise between the calibration's reads and a deployed forward pass
+    cannot flip a decision: no score changes side, except scores tied across the threshold (within
+    :data:`TIE_TOLERANCE`), which it is raised past (the member then fires on fewer prompts, never more).  A
+    threshold with no score on one side is kept."""
+    s = torch.cat([x.double().flatten() for x in scores]) if scores else torch.zeros(0, dtype=torch.float64)
+    while True:
+        below, above = s[s <= threshold], s[s > threshold]
+        if len(below) == 0 or len(above) == 0:
+            return float(threshold)
+        if not _tied(below.max(), above.min()):
+            return float((below.max() + above.min()) / 2)
+        threshold = float(above.min())  # the near-tie now lies at or below it
 
 
 def calibrate_anchor(
@@ -531,6 +559,8 @@ def calibrate_anchor(
     if look and cfg.gate_lookalike_fpr < 1.0:
         bounded = union_thresholds(free(1, look_refused), cfg.gate_lookalike_fpr)
         thresholds = [max(a, b) for a, b in zip(thresholds, bounded)]
+        # each member's threshold was halfway between two scores of one set; the other set's may lie next to it
+        thresholds = [center_in_gap(t, list(m)) for t, m in zip(thresholds, members)]
 
     def fires(i: int) -> torch.Tensor:  # the union's decision on score set i
         return torch.stack([m[i] > t for m, t in zip(members, thresholds)]).any(0)
