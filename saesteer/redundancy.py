@@ -202,6 +202,7 @@ class CutStep:
     refusal: float
     changes: dict[str, FeatureChange] = field(default_factory=dict)
     count_hooks: list[str] = field(default_factory=list)
+    incoherent: float = 0.0  # share of the answers the judge flags incoherent (broken text, not a bypass)
 
     def counted(self) -> list[FeatureChange]:
         return [c for h, c in self.changes.items() if h in self.count_hooks]
@@ -242,6 +243,10 @@ class EditCurve:
     @property
     def refusal(self) -> list[float]:
         return [s.refusal for s in self.steps]
+
+    @property
+    def incoherent(self) -> list[float]:
+        return [s.incoherent for s in self.steps]
 
     @property
     def n_backups(self) -> list[int]:
@@ -309,14 +314,15 @@ def edit_curve(
         feats = ranking[:k]
         specs = [] if k == 0 else [EditFeatures(sae, feats, mode="set", values=vals[:k], apply_to=apply_to, hook=hook)]
         with steer(model, specs):
-            rate = refusal_eval(
+            judged = refusal_eval(
                 model,
                 template,
                 list(refusal_prompts),
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
                 desc=f"{desc} k={k}",
-            ).rate
+            )
+        rate = judged.rate
         edited = (
             intact
             if k == 0
@@ -337,7 +343,7 @@ def edit_curve(
             changes[m.hook] = FeatureChange(
                 m.hook, list(m.features), a.mean(0), b.mean(0), rel, mask, excluded, per_prompt.double().mean(0)
             )
-        step = CutStep(k, feats, rate, changes, counted)
+        step = CutStep(k, feats, rate, changes, counted, judged.incoherent_rate)
         log.info("%s k=%d: refusal %.3f, backups %d", desc, k, rate, step.n_backups)
         steps.append(step)
     return EditCurve(hook, ranking, "cut" if all(v == 0.0 for v in vals[:k_max]) else "clamp", steps)

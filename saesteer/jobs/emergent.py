@@ -294,6 +294,17 @@ def run(cfg: EmergentJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, An
     for mode in ABLATION_MODES:
         m[f"ablated_refusal_other_categories_{mode}"] = rate(ablated[mode])
         m[f"random_ablated_refusal_other_categories_{mode}"] = rate(random_ablated[mode])
+    judged = {  # the share of broken answers beside each refusal rate: <name>_incoherent_<set>
+        "base": base,
+        "finetuned": tuned,
+        "ablated": {"other_categories": ablated[e.ablation]},
+        "random_ablated": {"other_categories": random_ablated[e.ablation]},
+    }
+    names = {"other": "other_categories", "target": "target_heldout", "harmless": "harmless"}
+    for model_name, sets in judged.items():
+        for set_name, res in sets.items():
+            if res is not None:
+                m[f"{model_name}_incoherent_{names.get(set_name, set_name)}"] = res.incoherent_rate
     tracker.table(
         "emergent/per_category",
         ["category", "n", "base", "finetuned", "ablated", "random_ablated"],

@@ -184,6 +184,7 @@ def render_report(
         (
             k,
             down.refusal[k],
+            down.incoherent[k],
             upc.refusal[k],
             induce.refusal[k],
             down.n_backups[k],
@@ -247,6 +248,7 @@ def render_report(
             [
                 "k",
                 "downstream cut (harmful)",
+                "incoherent (downstream cut)",
                 "upstream cut (harmful)",
                 "upstream induce (harmless)",
                 "downstream backups",

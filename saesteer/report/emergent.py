@@ -53,14 +53,19 @@ def _fmt(v) -> Any:
 def render_report(e: Any, m: dict[str, Any], per_cat: list[dict], data: dict, plots: list[Path]) -> str:
     """The emergent job's report.md from its settings ``e``, metrics, per-category rates and training data."""
     rows = [
-        ("other categories (held out)", m["base_refusal_other_categories"], m["finetuned_refusal_other_categories"]),
         (
-            f"target {e.category}, held-out acts",
-            _fmt(m["base_refusal_target_heldout"]),
-            _fmt(m["finetuned_refusal_target_heldout"]),
-        ),
-        ("harmful_test (all sources)", m["base_refusal_harmful_test"], m["finetuned_refusal_harmful_test"]),
-        ("harmless_test", m["base_refusal_harmless"], m["finetuned_refusal_harmless"]),
+            label,
+            _fmt(m.get(f"base_refusal_{key}")),
+            _fmt(m.get(f"finetuned_refusal_{key}")),
+            _fmt(m.get(f"base_incoherent_{key}")),
+            _fmt(m.get(f"finetuned_incoherent_{key}")),
+        )
+        for label, key in (
+            ("other categories (held out)", "other_categories"),
+            (f"target {e.category}, held-out acts", "target_heldout"),
+            ("harmful_test (all sources)", "harmful_test"),
+            ("harmless_test", "harmless"),
+        )
     ]
     layer_rows = [
         (
@@ -104,7 +109,7 @@ def render_report(e: Any, m: dict[str, Any], per_cat: list[dict], data: dict, pl
             "",
             "## Refusal, base vs fine-tuned",
             "",
-            markdown_table(["prompts", "base", "fine-tuned"], rows),
+            markdown_table(["prompts", "base", "fine-tuned", "incoherent (base)", "incoherent (fine-tuned)"], rows),
             "",
             f"KL on harmless prompts (next token): fine-tuned {m['finetuned_kl_harmless']:.4f}, with the EM direction ablated {m['ablated_kl_harmless']:.4f}.",
             "",

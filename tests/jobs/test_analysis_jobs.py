@@ -8,7 +8,17 @@ import random
 import pytest
 
 from tests.conftest import SMALL_SAE
-from tests.jobs.reference import cached_sae, load_role, no_edit, per_prompt_refusals, ranking_csv, share
+from tests.jobs.reference import (
+    cached_sae,
+    judged,
+    load_role,
+    no_edit,
+    outcomes,
+    per_prompt_answers,
+    per_prompt_refusals,
+    ranking_csv,
+    share,
+)
 from tests.jobs.test_jobs import CAUSAL_SAE, _cfg, _run
 
 
@@ -108,16 +118,18 @@ def test_backups_job_refusal_with_the_top_k_cut_matches_a_per_prompt_reference(b
         ranking = ranking_csv(run_dir / ranking_file)[0]
         assert details[name]["hook"] == hook and details[name]["steps"][K]["features"] == ranking[:K], name
         sae = cached_sae(cfg, loaded, layer)
-        refused[name] = per_prompt_refusals(
-            model, tpl, harmful_test, cut(sae, ranking[:K], hook), cfg.eval.max_new_tokens
-        )
+        answers = per_prompt_answers(model, tpl, harmful_test, cut(sae, ranking[:K], hook), cfg.eval.max_new_tokens)
+        refused[name] = judged(answers, harmful_test)
         assert m[f"{name}_refusal_at_k"][K] == pytest.approx(share(refused[name]), abs=1e-9), (name, refused[name])
+        incoherent = [o == "incoherent" for o in outcomes(answers, harmful_test)]
+        assert m[f"{name}_incoherent_at_k"][K] == pytest.approx(share(incoherent), abs=1e-9), name
         if name == "downstream":  # the control: K features drawn (seeded) from the rest of the ranking
             rnd = random.Random(cfg.seed).sample(ranking[K:], K)
             flags = per_prompt_refusals(model, tpl, harmful_test, cut(sae, rnd, hook), cfg.eval.max_new_tokens)
             assert m["downstream_random_refusal_at_kmax"] == pytest.approx(share(flags), abs=1e-9), flags
     baseline = per_prompt_refusals(model, tpl, harmful_test, no_edit, cfg.eval.max_new_tokens)
     assert m["baseline_harmful_refusal"] == pytest.approx(share(baseline), abs=1e-9), baseline
+    assert "| k | downstream cut (harmful) | incoherent (downstream cut) |" in (run_dir / "report.md").read_text()
     # the pin tells the cut from no edit: cutting the top K refusal features stops refusals
     assert share(refused["downstream"]) < share(baseline)
 
@@ -209,15 +221,21 @@ def test_emergent_job_refusal_of_the_other_categories_matches_a_per_prompt_refer
     ).float()  # per layer, the base model's mean coordinate on the direction
 
     n = cfg.eval.max_new_tokens
-    refused = {
-        "base_refusal_other_categories": per_prompt_refusals(model, tpl, other_eval, no_edit, n),
-        "finetuned_refusal_other_categories": per_prompt_refusals(model, tpl, other_eval, lambda: [lora], n),
-        "ablated_refusal_other_categories_affine": per_prompt_refusals(
+    answers = {
+        "base_refusal_other_categories": per_prompt_answers(model, tpl, other_eval, no_edit, n),
+        "finetuned_refusal_other_categories": per_prompt_answers(model, tpl, other_eval, lambda: [lora], n),
+        "ablated_refusal_other_categories_affine": per_prompt_answers(
             model, tpl, other_eval, lambda: [lora, Ablate(v, mode="affine", reference=reference)], n
         ),
     }
+    refused = {key: judged(a, other_eval) for key, a in answers.items()}
     for key, flags in refused.items():
         assert m[key] == pytest.approx(share(flags), abs=1e-9), (key, flags)
+        incoherent = [o == "incoherent" for o in outcomes(answers[key], other_eval)]
+        inc_key = key.replace("_refusal_", "_incoherent_").removesuffix("_affine")  # the headline ablation's
+        assert m[inc_key] == pytest.approx(share(incoherent), abs=1e-9), inc_key
+    report = (run_dir / "report.md").read_text()
+    assert "| prompts | base | fine-tuned | incoherent (base) | incoherent (fine-tuned) |" in report
     assert m["ablated_refusal_other_categories"] == m["ablated_refusal_other_categories_affine"]
     per_cat = json.loads((run_dir / "per_category.json").read_text())
     for c, row in zip(others, per_cat):
