@@ -100,13 +100,14 @@ def test_gate_is_orthogonal_to_the_refusal_direction_and_meets_its_fpr(calibrate
         )[~refused]
         + art.token_bias
     )
-    from saesteer.anchor.calibrate import instruction_texts, top_threshold
+    from saesteer.anchor.calibrate import instruction_texts
+    from saesteer.anchor.thresholds import top_threshold
 
     text_scores = art.text.scores(instruction_texts(model, tpl, thr_half)).double()[~refused]
     members = [(pos_scores, art.gate_threshold), (tok_scores, art.token_threshold), (text_scores, art.text.threshold)]
     # each member fires on its top m, fewer where its scores tie across the m-th within float noise (the tiny
     # organism's position probe scores its prompts within 1e-7 of each other): then a chain of ties joins them
-    from saesteer.anchor.calibrate import _tied
+    from saesteer.anchor.thresholds import _tied
 
     counts = [int((x > t).sum()) for x, t in members]
     limit = int(0.1 * len(pos_scores) + 1e-9)
@@ -569,7 +570,7 @@ def test_lookalike_bound_raises_each_threshold_to_its_quantile_on_the_lookalikes
 def test_center_in_gap_keeps_every_score_on_its_side_and_maximizes_the_margin(sizes):
     """Brute force: after centering, every score of every set is on the side it was, and the threshold is equally
     far from the nearest score below and above (the middle of the gap); with no score on one side it stays."""
-    from saesteer.anchor.calibrate import center_in_gap
+    from saesteer.anchor.thresholds import center_in_gap
 
     g = torch.Generator().manual_seed(sum(sizes))
     sets = [torch.randn(n, generator=g, dtype=torch.float64) for n in sizes]
@@ -589,7 +590,7 @@ def test_center_in_gap_keeps_every_score_on_its_side_and_maximizes_the_margin(si
 
 
 def test_top_threshold_does_not_split_scores_tied_within_float_noise():
-    from saesteer.anchor.calibrate import top_threshold
+    from saesteer.anchor.thresholds import top_threshold
 
     s = torch.tensor([3.0, 2.0, 1.5 + 1e-8, 1.5, 1.5 - 1e-8, 0.0], dtype=torch.float64)
     assert top_threshold(s, 2) == pytest.approx(1.75)  # a clean gap: halfway
@@ -603,7 +604,7 @@ def test_top_threshold_does_not_split_scores_tied_within_float_noise():
 def test_union_thresholds_are_the_largest_common_top_m_within_the_bound(n, fpr):
     """Brute force over m: every member fires on its top m, the union on at most floor(fpr n) prompts, and m + 1
     would break the bound; no score lies within half a gap of a threshold."""
-    from saesteer.anchor.calibrate import top_threshold, union_thresholds
+    from saesteer.anchor.thresholds import top_threshold, union_thresholds
 
     g = torch.Generator().manual_seed(n)
     base = torch.randn(n, generator=g, dtype=torch.float64)
