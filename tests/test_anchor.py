@@ -567,9 +567,9 @@ def test_lookalike_bound_raises_each_threshold_to_its_quantile_on_the_lookalikes
 
 
 @pytest.mark.parametrize("sizes", [(1,), (3, 5), (40, 216, 10)])
-def test_center_in_gap_keeps_every_score_on_its_side_and_maximizes_the_margin(sizes):
-    """Brute force: after centering, every score of every set is on the side it was, and the threshold is equally
-    far from the nearest score below and above (the middle of the gap); with no score on one side it stays."""
+def test_center_in_gap_keeps_every_score_on_its_side_and_clear_of_float_noise(sizes):
+    """Brute force: a threshold within float noise of a score moves to the middle of its gap (every score of every
+    set on the side it was); one clear of every score, or with no score on one side, stays."""
     from saesteer.anchor.thresholds import center_in_gap
 
     g = torch.Generator().manual_seed(sum(sizes))
@@ -583,6 +583,10 @@ def test_center_in_gap_keeps_every_score_on_its_side_and_maximizes_the_margin(si
             assert c - float(below.max()) == pytest.approx(float(above.min()) - c, abs=1e-12)
         else:
             assert c == t
+    ranked = every.sort().values
+    for lo, hi in zip(ranked[:-1].tolist(), ranked[1:].tolist()):
+        if hi - lo > 1e-3:  # a quarter of the way into a clear gap: left where it is
+            assert center_in_gap(lo + (hi - lo) / 4, sets) == lo + (hi - lo) / 4
     # scores tied across the threshold within float noise: it is raised past them, never lowered
     tied = [torch.tensor([0.5, 1.0, 1.0 + 1e-9, 1.0 + 2e-9, 2.0], dtype=torch.float64)]
     assert center_in_gap(1.0 + 5e-10, tied) == pytest.approx(1.5)

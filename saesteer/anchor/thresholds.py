@@ -50,16 +50,21 @@ def union_thresholds(scores: Sequence[torch.Tensor], fpr: float) -> list[float]:
 
 
 def center_in_gap(threshold: float, scores: Sequence[torch.Tensor]) -> float:
-    """``threshold`` moved to the middle of the gap between the nearest of ``scores`` (every calibration score of one
-    gate member) below and above it, so that float noise between the calibration's reads and a deployed forward pass
-    cannot flip a decision: no score changes side, except scores tied across the threshold (within
-    :data:`TIE_TOLERANCE`), which it is raised past (the member then fires on fewer prompts, never more).  A
-    threshold with no score on one side is kept."""
+    """``threshold`` kept clear of ``scores`` (every calibration score of one gate member), so that float noise
+    between the calibration's reads and a deployed forward pass cannot flip a decision: scores tied across it
+    (within :data:`TIE_TOLERANCE`) it is raised past (the member then fires on fewer prompts, never more); a score
+    within ten times that of it, it is moved to the middle of the gap between its nearest scores below and above
+    (no score changes side); otherwise, and with no score on one side, it is kept."""
     s = torch.cat([x.double().flatten() for x in scores]) if scores else torch.zeros(0, dtype=torch.float64)
     while True:
         below, above = s[s <= threshold], s[s > threshold]
         if len(below) == 0 or len(above) == 0:
             return float(threshold)
-        if not _tied(below.max(), above.min()):
-            return float((below.max() + above.min()) / 2)
-        threshold = float(above.min())  # the near-tie now lies at or below it
+        lo, hi = float(below.max()), float(above.min())
+        if _tied(lo, hi):
+            threshold = hi  # the near-tie now lies at or below it
+            continue
+        margin = 10 * TIE_TOLERANCE * (1.0 + abs(float(threshold)))
+        if threshold - lo > margin and hi - threshold > margin:
+            return float(threshold)
+        return (lo + hi) / 2
