@@ -284,6 +284,15 @@ def _incoherent_key(m: dict[str, Any], key: str) -> Optional[str]:
     return inc if inc in m else None
 
 
+def _with_incoherent(m: dict[str, Any], spec: list[tuple], header: list[str]) -> tuple[list[tuple], list[str]]:
+    """``spec`` and ``header`` with an incoherent column after the refusal one, where the stage records the share of
+    broken answers (``<name>_incoherent``); as they are for a run from before it did."""
+    if not any(k.endswith("_incoherent") for k in m):
+        return spec, header
+    spec = [(label, key, _incoherent_key(m, key), *rest) for label, key, *rest in spec]
+    return spec, header[:2] + ["incoherent"] + header[2:]
+
+
 # ----------------------------------------------------------------------------- one table per stage
 
 
@@ -380,9 +389,7 @@ def directions_section(m: dict[str, Any]) -> str:
         judge = m.get("judge", "substring")
         spec = [(label, key, _substring_key(m, key), *rest) for label, key, *rest in spec]
         header[1:2] = [f"refusal ({judge} judge)", "refusal (substring judge)"]
-    if any(k.endswith("_incoherent") for k in m):  # the share of broken answers, beside the judge's refusal
-        spec = [(label, key, _incoherent_key(m, key), *rest) for label, key, *rest in spec]
-        header.insert(2, "incoherent")
+    spec, header = _with_incoherent(m, spec, header)
     out = head + [table(header, _rows(m, spec))]
     tail = []
     if "orthogonalized_max_logit_diff" in m:
@@ -472,9 +479,7 @@ def search_section(m: dict[str, Any]) -> str:
         ("direction added, harmless_test", "direction_addition_harmless_refusal", None),
     ]
     header = ["edit (harmful_test unless named)", "refusal", "KL on harmless_test"]
-    if any(k.endswith("_incoherent") for k in m):  # the share of broken answers, beside the judge's refusal
-        spec = [(label, key, _incoherent_key(m, key), *rest) for label, key, *rest in spec]
-        header.insert(2, "incoherent")
+    spec, header = _with_incoherent(m, spec, header)
     out.append(table(header, _rows(m, spec)))
     return "\n\n".join(out)
 
