@@ -1,7 +1,9 @@
 """Which SAE features to edit, and how refusal falls with their number.
 
 A ranking orders the features of one SAE for a bypass edit (``zero``: set to 0; ``harmless_mean``: set to their
-mean on harmless prompts, which turns refusal features down and comply features up):
+mean on harmless prompts, which turns refusal features down and comply features up; ``harmless_mean_along_r``: the
+``harmless_mean`` edit kept only along the refusal direction r, so the features' decoder coordinate on r moves to its
+harmless value and the rest of the residual stream stays):
 
 - ``cosine``: cos(W_dec[f], r);
 - ``contrast``: the standardized activation difference harmful vs harmless (Cohen's d);
@@ -12,7 +14,7 @@ mean on harmless prompts, which turns refusal features down and comply features 
   best, whose edit together with those chosen gives the lowest mean refusal score on the attacker's prompts.
 
 For ``zero`` only refusal features are ranked (signal descending; zeroing a comply feature raises refusal); for
-``harmless_mean`` with ``signed`` both kinds are, by the signal's magnitude (the predicted drop for attribution).
+the harmless-mean edits with ``signed`` both kinds are, by the signal's magnitude (the predicted drop for attribution).
 Only features that pass the search's activity filter for the class they point to are ranked.
 """
 
@@ -31,37 +33,49 @@ from saesteer.chat import ChatTemplate
 from saesteer.checks import check_choice, check_prompts, choices
 from saesteer.directions import refusal_scores
 from saesteer.interventions.features import EditFeatures
-from saesteer.search import BypassValue, FeatureScores
+from saesteer.search import FeatureScores
 
 log = logging.getLogger(__name__)
 
 Ranking = Literal["cosine", "contrast", "combined", "attribution", "greedy"]
 RANKINGS: tuple[str, ...] = choices(Ranking)
+#: The bypass edits a ranking is made for (module docstring).
+Edit = Literal["zero", "harmless_mean", "harmless_mean_along_r"]
+EDITS: tuple[str, ...] = choices(Edit)
 
 
 def edit_values(scores: FeatureScores, edit: str) -> torch.Tensor:
     """What the bypass ``edit`` sets every feature to: [d_sae] float64."""
-    check_choice(edit, BypassValue, "edit")
+    check_choice(edit, Edit, "edit")
     return torch.zeros_like(scores.harmless_mean) if edit == "zero" else scores.harmless_mean.double()
+
+
+def predicted_drop(scores: FeatureScores, edit: str) -> torch.Tensor:
+    """The first-order drop of the refusal score under ``edit`` of each feature alone: [d_sae] float64."""
+    values = edit_values(scores, edit)
+    if edit == "harmless_mean_along_r":
+        return scores.edit_attribution_along(values)
+    return scores.edit_attribution(values)
 
 
 def ranked_features(scores: FeatureScores, ranking: str, edit: str, signed: bool = True) -> list[int]:
     """The eligible features in the order of ``ranking`` for ``edit`` (``greedy`` is not a static order: use
     :func:`greedy_selection`)."""
     check_choice(ranking, Ranking, "ranking")
-    check_choice(edit, BypassValue, "edit")
+    check_choice(edit, Edit, "edit")
     if ranking == "greedy":
         raise ValueError("the greedy ranking is found by real edits: use greedy_selection")
+    both_signs = signed and edit != "zero"
     if ranking == "attribution":
-        key = scores.edit_attribution(edit_values(scores, edit))  # the predicted drop of the refusal score
-        keep = _active(scores, scores.mean_diff if signed and edit == "harmless_mean" else None) & (key > 0)
+        key = predicted_drop(scores, edit)
+        keep = _active(scores, scores.mean_diff if both_signs else None) & (key > 0)
     else:
         signal = {
             "combined": scores.signed_score if scores.signed_score is not None else scores.combined,
             "cosine": scores.cosine,
             "contrast": scores.effect_size,
         }[ranking].double()
-        if signed and edit == "harmless_mean":
+        if both_signs:
             key, keep = signal.abs(), _active(scores, signal) & (signal != 0)
         else:
             key, keep = signal, scores.eligible & (signal > 0)
@@ -79,6 +93,11 @@ def _active(scores: FeatureScores, side: Optional[torch.Tensor]) -> torch.Tensor
 def feature_edit(sae: Any, scores: FeatureScores, features: Sequence[int], edit: str, apply_to: str) -> EditFeatures:
     """The bypass ``edit`` of ``features`` at the searched hook."""
     values = edit_values(scores, edit)
+    along = None
+    if edit == "harmless_mean_along_r":
+        if scores.direction is None:
+            raise ValueError("the harmless_mean_along_r edit needs scores that hold the refusal direction")
+        along = scores.direction
     return EditFeatures(
         sae,
         list(features),
@@ -86,6 +105,7 @@ def feature_edit(sae: Any, scores: FeatureScores, features: Sequence[int], edit:
         values=[float(values[f]) for f in features],
         apply_to=apply_to,
         hook=scores.hook,
+        along=along,
     )
 
 

@@ -8,7 +8,8 @@ For each feature f of an SAE at hook h:
   the positions);
 - ``attribution``: activation x gradient of the refusal score (attribution patching):
   mean over harmful prompts of sum_pos a_f * (W_dec[f] . d score / d x), i.e. the
-  first-order drop of the refusal score when f is zeroed;
+  first-order drop of the refusal score when f is zeroed (and the same with the gradient
+  projected on r, for edits kept along r);
 
 combined into one ranking (z-scores, configurable weights) after an activity filter
 (cosine alone ranks near-dead features first).  ``ranking`` lists refusal features
@@ -57,7 +58,6 @@ Signal = Literal["cosine", "mean_diff", "effect_size", "auroc", "attribution"]
 SIGNALS: tuple[str, ...] = choices(Signal)
 #: What a bypass sets the selected features to (FeatureScores.bypass_values): 0, or their mean on harmless prompts.
 BypassValue = Literal["zero", "harmless_mean"]
-ABLATIONS: tuple[str, ...] = choices(BypassValue)
 
 
 @dataclass
@@ -157,6 +157,12 @@ class FeatureScores:
     # unit added to feature f at the positions (None when attribution was not computed)
     grad_sum: Optional[torch.Tensor] = None
     min_active_fraction: float = 0.0  # the activity filter the scores were computed with
+    direction: Optional[torch.Tensor] = None  # the unit refusal direction r [d_in] the scores were computed against
+    decoder_along: Optional[torch.Tensor] = None  # W_dec[f] . r for every feature [d_sae]
+    # the same first-order terms with the gradient projected on r: mean over harmful prompts of sum_pos a_f (r . g)
+    # per feature, and of sum_pos r . g (one number); g = d score / d x (None when attribution was not computed)
+    attribution_along: Optional[torch.Tensor] = None
+    grad_along: Optional[float] = None
 
     def edit_attribution(self, values: torch.Tensor) -> torch.Tensor:
         """The first-order drop of the refusal score (mean over harmful prompts) when each feature is set to its
@@ -165,6 +171,13 @@ class FeatureScores:
         if self.grad_sum is None:
             raise ValueError("these scores hold no gradients: search with weight_attribution != 0")
         return self.attribution - values.double() * self.grad_sum
+
+    def edit_attribution_along(self, values: torch.Tensor) -> torch.Tensor:
+        """:meth:`edit_attribution` for the edit kept only along r (each feature's decoder coordinate on r moved to
+        its value at ``values``): (W_dec[f] . r) sum_pos (a_f - v_f) (r . d score / d x)."""
+        if self.attribution_along is None or self.decoder_along is None or self.grad_along is None:
+            raise ValueError("these scores hold no gradients: search with weight_attribution != 0")
+        return self.decoder_along * (self.attribution_along - values.double() * self.grad_along)
 
     @property
     def harmful_active_mean(self) -> torch.Tensor:
@@ -271,6 +284,8 @@ def search_features(
     stats = {"harmful": _ClassStats(d_sae), "harmless": _ClassStats(d_sae)}
     attribution = torch.zeros(d_sae, dtype=torch.float64)
     grad_sum = torch.zeros(d_sae, dtype=torch.float64)
+    attribution_along = torch.zeros(d_sae, dtype=torch.float64)
+    grad_along = 0.0
     coordinate = {"harmful": 0.0, "harmless": 0.0}  # sum over prompts of the mean of x.r over positions
     r_unit = (direction.float() / direction.float().norm()).to(model.cfg.device)
     W_dec = w.W_dec.float()
@@ -306,6 +321,9 @@ def search_features(
                 g_dec = g @ W_dec.T.to(g)  # [B, P, d_sae]
                 attribution += (acts * g_dec).sum((0, 1)).double().cpu()
                 grad_sum += g_dec.sum((0, 1)).double().cpu()
+                g_r = g @ r_unit.to(g)  # [B, P]
+                attribution_along += (acts * g_r[..., None]).sum((0, 1)).double().cpu()
+                grad_along += float(g_r.double().sum())
             captured.clear()
     hs, ls = stats["harmful"], stats["harmless"]
     r = direction.double() / direction.double().norm()
@@ -315,6 +333,7 @@ def search_features(
     effect = mean_diff / (pooled.sqrt() + 1e-8)
     au = histogram_auroc(hs.hist, ls.hist)
     attribution = attribution / max(hs.n, 1)
+    with_grad = cfg.weights.get("attribution", 0) != 0
     active_fraction = hs.active / max(hs.n, 1)
     eligible = active_fraction >= cfg.min_active_fraction
     signals = {"cosine": cosine, "mean_diff": mean_diff, "effect_size": effect, "auroc": au, "attribution": attribution}
@@ -349,8 +368,12 @@ def search_features(
         signed_ranking=signed_ranking,
         harmful_coordinate=coordinate["harmful"] / max(hs.n, 1),
         harmless_coordinate=coordinate["harmless"] / max(ls.n, 1),
-        grad_sum=grad_sum / max(hs.n, 1) if cfg.weights.get("attribution", 0) != 0 else None,
+        grad_sum=grad_sum / max(hs.n, 1) if with_grad else None,
         min_active_fraction=cfg.min_active_fraction,
+        direction=r.float().cpu(),
+        decoder_along=(W_dec.double() @ r.to(W_dec.device)).cpu(),
+        attribution_along=attribution_along / max(hs.n, 1) if with_grad else None,
+        grad_along=grad_along / max(hs.n, 1) if with_grad else None,
     )
     if ranking or signed_ranking:
         top = list(dict.fromkeys(ranking[: cfg.top_n] + signed_ranking[: cfg.top_n]))

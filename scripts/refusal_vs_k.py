@@ -10,30 +10,24 @@ direction's affine ablation at the same hook.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
+from saesteer.report import markdown_table
+from saesteer.report.search import curve_points, curve_table
+
 
 def table(metrics: dict) -> str:
-    cells = {}
-    for key, value in metrics.items():
-        m = re.fullmatch(r"(?:search/)?curve_refusal_(\w+?)_(harmless_mean|zero|decoder_mean)_k(\d+)", key)
-        if m:
-            ranking, edit, k = m.group(1), m.group(2), int(m.group(3))
-            kl = metrics.get(key.replace("curve_refusal_", "curve_kl_"))
-            cells[(ranking, edit, k)] = f"{value:.3f}" + (f" ({kl:.3f})" if kl is not None else "")
-    if not cells:
+    points = curve_points(metrics)
+    if not points:
         raise SystemExit("no curve_refusal_* metrics: run `saesteer search search.curve_ks=[1,2,4,8]` first")
-    ks = sorted({k for _, _, k in cells})
-    rows = sorted({(r, e) for r, e, _ in cells}, key=lambda x: (x[1], x[0]))
-    out = ["| ranking | edit | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
-    for r, e in rows:
-        out.append(f"| {r} | {e} | " + " | ".join(cells.get((r, e, k), "") for k in ks) + " |")
-    out.append("")
+    headers, rows = curve_table(points)
+    out = [markdown_table(headers, rows), ""]
     prefix = "search/" if any(k.startswith("search/") for k in metrics) else ""
-    at = {r: metrics.get(f"{prefix}k_at_bypass_{r}") for r, _ in rows}
-    out.append("k_at_bypass: " + ", ".join(f"{r} {'none <= 64' if v is None else v}" for r, v in at.items()))
+    rankings = dict.fromkeys(p.ranking for p in points)
+    at = {r: metrics.get(f"{prefix}k_at_bypass_{r}") for r in rankings}
+    ks = max(p.k for p in points)
+    out.append("k_at_bypass: " + ", ".join(f"{r} {f'none <= {ks}' if v is None else v}" for r, v in at.items()))
     ref = metrics.get(f"{prefix}direction_ablation_sae_hook_harmful_refusal")
     kl = metrics.get(f"{prefix}direction_ablation_sae_hook_kl_harmless")
     if ref is not None:

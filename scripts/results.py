@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from saesteer.report.search import curve_points, curve_table
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 #: stages of a pipeline run, in its order; the key prefix of each in a pipeline's metrics.json
@@ -481,7 +483,27 @@ def search_section(m: dict[str, Any]) -> str:
     header = ["edit (harmful_test unless named)", "refusal", "KL on harmless_test"]
     spec, header = _with_incoherent(m, spec, header)
     out.append(table(header, _rows(m, spec)))
+    points = curve_points(m)
+    if points:
+        headers, rows = curve_table(points)
+        out.append(
+            "Refusal against k: harmful_test refusal (KL on harmless_test) with each ranking's first k features "
+            "edited at the SAE's hook; k_at_bypass is the smallest k with refusal <= 0.10 at KL <= 0.1.\n\n"
+            + table(headers, rows)
+            + "\n\nk_at_bypass: "
+            + k_at_bypass_text(m)
+        )
     return "\n\n".join(out)
+
+
+def k_at_bypass_text(m: dict[str, Any]) -> str:
+    """``ranking k`` for every k_at_bypass_<ranking> of a search run (``none <= K``: no k measured bypasses)."""
+    kmax = max((p.k for p in curve_points(m)), default=0)
+    return ", ".join(
+        f"{key[len('k_at_bypass_') :]} {f'none <= {kmax}' if v is None else v}"
+        for key, v in m.items()
+        if key.startswith("k_at_bypass_")
+    )
 
 
 def attack_names(m: dict[str, Any]) -> list[str]:
@@ -900,6 +922,8 @@ def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, s
             f"top {k} / {k} random features to harmless means, harmful_test refusal",
             _join(f, ["topk_ablation_harmful_refusal", "random_k_ablation_harmful_refusal"]),
         )
+        if any(key.startswith("k_at_bypass_") for key in f):
+            add("search", "fewest features that bypass, by ranking (k_at_bypass)", k_at_bypass_text(f))
     a, _ = _first(runs, "anchor")
     if a:
         for name, label in (

@@ -12,8 +12,10 @@ from saesteer.directions import refusal_scores, refusal_token_ids
 from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
 from saesteer.feature_rankings import (
     CurvePoint,
+    feature_edit,
     greedy_selection,
     k_at_bypass,
+    predicted_drop,
     ranked_features,
     refusal_vs_k,
 )
@@ -33,23 +35,27 @@ def setup(tiny_organism):
     return model, tpl, sae, harmful, harmless, scores
 
 
-def test_edit_attribution_is_the_derivative_of_the_edit(setup):
+@pytest.mark.parametrize("edit", ["harmless_mean", "harmless_mean_along_r"])
+def test_edit_attribution_is_the_derivative_of_the_edit(setup, edit):
     model, tpl, sae, harmful, _, scores = setup
     w = SaeWeights.from_sae(sae)
     ids = refusal_token_ids(model, tpl)
     pos = scores.positions
     values = scores.harmless_mean.double()
-    drop = scores.edit_attribution(values)
+    drop = predicted_drop(scores, edit)
+    u = scores.direction
     for f in [0, 7, 21]:
+        # the edit's direction in the residual stream: W_dec[f], or its component along r
+        step = w.W_dec[f] if edit == "harmless_mean" else (w.W_dec[f] @ u) * u
         total = 0.0
         for p in harmful:
             enc = encode_chat(model.tokenizer, tpl, [p])
             t = torch.zeros((), requires_grad=True)
 
-            def hook(x, hook=None, t=t, f=f):  # a_f -> a_f + t (v_f - a_f) at the searched positions
+            def hook(x, hook=None, t=t, f=f, step=step):  # a_f -> a_f + t (v_f - a_f) at the searched positions
                 a = w.encode(x[:, pos].detach())[..., f]
                 x = x.clone()
-                x[:, pos] = x[:, pos] + t * (float(values[f]) - a)[..., None] * w.W_dec[f]
+                x[:, pos] = x[:, pos] + t * (float(values[f]) - a)[..., None] * step
                 return x
 
             with model.hooks(fwd_hooks=[(HOOK, hook)]):
@@ -58,8 +64,23 @@ def test_edit_attribution_is_the_derivative_of_the_edit(setup):
             (g,) = torch.autograd.grad(torch.log(prob) - torch.log1p(-prob), t)
             total += float(g)
         want = -total / len(harmful)  # the drop: minus the derivative along the edit
+        assert abs(want) > 1e-6  # the feature moves the score: the comparison has something to compare
         assert abs(want - float(drop[f])) <= 1e-4 * max(1.0, abs(want)), f
     assert torch.equal(scores.edit_attribution(torch.zeros(40)), scores.attribution)
+
+
+def test_the_along_r_edit_moves_the_stream_only_along_r(setup):
+    model, tpl, sae, harmful, _, scores = setup
+    feats = ranked_features(scores, "cosine", "harmless_mean")[:3]
+    full, along = (feature_edit(sae, scores, feats, e, "both") for e in ("harmless_mean", "harmless_mean_along_r"))
+    x = torch.randn(5, 7, model.cfg.d_model)
+    u = scores.direction.double()
+    d_full = full.delta_fn()(x).double() - x.double()
+    d_along = along.delta_fn()(x).double() - x.double()
+    torch.testing.assert_close(d_along, (d_full @ u)[..., None] * u, atol=1e-5, rtol=1e-5)
+    assert float(d_along.norm()) > 1e-3
+    with pytest.raises(ValueError, match=r"EditFeatures.along must be a finite nonzero vector of shape \(\d+,\)"):
+        EditFeatures(sae, feats, along=torch.zeros(3))
 
 
 def test_each_ranking_orders_the_features_by_its_rule(setup):
@@ -87,6 +108,18 @@ def test_each_ranking_orders_the_features_by_its_rule(setup):
     attr = ranked_features(scores, "attribution", "harmless_mean")
     assert [float(drop[f]) for f in attr] == sorted((float(drop[f]) for f in attr), reverse=True)
     assert all(drop[f] > 0 for f in attr)
+    drop = predicted_drop(scores, "harmless_mean_along_r")
+    attr = ranked_features(scores, "attribution", "harmless_mean_along_r")
+    assert attr and [float(drop[f]) for f in attr] == sorted((float(drop[f]) for f in attr), reverse=True)
+    assert set(attr) == {
+        f
+        for f in range(40)
+        if drop[f] > 0
+        and (scores.active_fraction[f] if scores.mean_diff[f] >= 0 else scores.harmless_active_fraction[f]) >= t
+    }
+    assert ranked_features(scores, "cosine", "harmless_mean_along_r") == ranked_features(
+        scores, "cosine", "harmless_mean"
+    )
     assert (
         ranked_features(scores, "combined", "zero", signed=False)[:3]
         == [f for f in scores.ranking if scores.combined[f] > 0][:3]

@@ -28,7 +28,7 @@ from saesteer.organism.dropout import DropoutFinetune, Finetune
 from saesteer.primitives.phase import ApplyTo
 from saesteer.redundancy import BackupRule
 from saesteer.safety.tune import SafetyTrainConfig
-from saesteer.search import ABLATIONS, BypassValue, SearchConfig
+from saesteer.search import BypassValue, SearchConfig
 
 # ---------------------------------------------------------------- choices
 
@@ -237,12 +237,13 @@ class SearchJobSettings(SearchConfig):
     # ablation=zero, as zeroing a comply feature raises refusal)
     signed: bool = True
     # refusal against k: for each k, ranking and edit, harmful_test refusal and harmless_test KL with the ranking's
-    # first k features edited at the SAE's hook (empty: no curve; e.g. [1, 2, 4, 8, 16, 32, 64])
-    curve_ks: list[int] = field(default_factory=list)
+    # first k features edited at the SAE's hook, and k_at_bypass_<ranking> (empty: no curve)
+    curve_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     curve_rankings: list[str] = field(
         default_factory=lambda: ["cosine", "contrast", "combined", "attribution", "greedy"]
     )  # saesteer.feature_rankings.RANKINGS
-    curve_edits: list[str] = field(default_factory=lambda: ["harmless_mean", "zero"])  # what the edit sets them to
+    # what the edit sets them to (saesteer.feature_rankings.EDITS; zero is the weaker edit on the organism)
+    curve_edits: list[str] = field(default_factory=lambda: ["harmless_mean"])
     greedy_pool: int = 32  # the greedy ranking picks from this many of the attribution ranking's best
     greedy_prompts: int = 64  # harmful_train prompts whose mean refusal score the greedy selection lowers
 
@@ -250,12 +251,12 @@ class SearchJobSettings(SearchConfig):
         super().__post_init__()
         check_choice_fields(self, "search")
         check_positive_ints(self, "search", "k", "greedy_pool", "greedy_prompts")
-        from saesteer.feature_rankings import RANKINGS
+        from saesteer.feature_rankings import EDITS, RANKINGS
 
         bad = [k for k in self.curve_ks if isinstance(k, bool) or not isinstance(k, int) or k < 1]
         if bad:
             raise ValueError(f"search.curve_ks must hold positive ints, got {bad}")
-        for name, allowed in (("curve_rankings", RANKINGS), ("curve_edits", ABLATIONS)):
+        for name, allowed in (("curve_rankings", RANKINGS), ("curve_edits", EDITS)):
             unknown = [v for v in getattr(self, name) if v not in allowed]
             if unknown:
                 raise ValueError(f"search.{name} has unknown entries {unknown}; expected some of {list(allowed)}")

@@ -42,7 +42,9 @@ class EditFeatures(Intervention):
 
     ``values``: one number for every feature or one per feature.  ``apply_to``: prompt
     tokens, generated tokens or both (clamping generated tokens too can make text
-    degenerate).  ``gate``: act only on sequences the gate selects.
+    degenerate).  ``gate``: act only on sequences the gate selects.  ``along``: keep only the
+    edit's component along this direction, ``x' = x + ((x_edited - x) . u) u`` with u the unit
+    ``along`` (the features' decoder coordinate on u moves; the rest of x stays).
     """
 
     sae: Any
@@ -53,6 +55,7 @@ class EditFeatures(Intervention):
     apply_to: str = "both"
     gate: Optional[Gate] = None
     hook: Optional[str] = None  # defaults to the SAE's own hook name
+    along: Optional[torch.Tensor] = None  # [d_in]: keep only the edit's component along it
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -85,6 +88,16 @@ class EditFeatures(Intervention):
             None if w.threshold is None else w.threshold[idx].contiguous(),
         )
         self._idx = idx
+        self._along = None
+        if self.along is not None:
+            u = torch.as_tensor(self.along).detach().float().cpu()
+            norm = float(u.norm()) if u.shape == (w.d_in,) else float("nan")
+            if u.shape != (w.d_in,) or not math.isfinite(norm) or norm == 0.0:
+                raise ValueError(
+                    f"EditFeatures.along must be a finite nonzero vector of shape ({w.d_in},), "
+                    f"got shape {tuple(u.shape)} and norm {norm}"
+                )
+            self._along = u / norm
 
     @property
     def hook_name(self) -> str:
@@ -108,8 +121,15 @@ class EditFeatures(Intervention):
         w = self._w
         W_enc_F, b_enc_F, W_dec_F, thr_F = self._cols
         b_dec = w.b_dec if w.apply_b_dec_to_input else None
+        along = self._along
 
         def fn(x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+            if along is None:
+                return edit(x, gate)
+            u = along.to(x)
+            return x + ((edit(x, gate) - x) @ u)[..., None] * u
+
+        def edit(x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
             dev = x.device
             kw = dict(mode=self.mode, values=self._values.to(dev), only_when_active=self.only_when_active, gate=gate)
             bd = None if b_dec is None else b_dec.to(dev)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 
+from saesteer.feature_rankings import EDITS, CurvePoint
 from saesteer.report import markdown_table, save_fig, scatter_plot
+
+_EDIT = "|".join(sorted(EDITS, key=len, reverse=True))  # the longest first: harmless_mean_along_r before harmless_mean
+_CURVE_KEY = re.compile(rf"(?:search/)?curve_refusal_(\w+?)_({_EDIT})_k(\d+)")
 
 FEATURE_COLUMNS = [
     "rank",
@@ -136,7 +141,7 @@ def save_k_curve(points: Sequence[Any], references: dict[str, float], path: Path
             [p.refusal for p in pts],
             marker="o",
             color=colors[ranking],
-            linestyle="-" if edit == "harmless_mean" else "--",
+            linestyle={"harmless_mean": "-", "zero": "--"}.get(edit, "-."),
             label=f"{ranking} ({edit})",
         )
     for (name, value), style in zip(references.items(), (":", "-.")):
@@ -150,13 +155,26 @@ def save_k_curve(points: Sequence[Any], references: dict[str, float], path: Path
     return save_fig(fig, path)
 
 
+def curve_points(metrics: Mapping[str, Any]) -> list[CurvePoint]:
+    """The refusal-vs-k points of a search run's metrics (``curve_refusal_*`` / ``curve_kl_*``, with or without
+    the pipeline's ``search/`` prefix), in the metrics' order."""
+    points = []
+    for key, value in metrics.items():
+        match = _CURVE_KEY.fullmatch(key)
+        if match:
+            kl = metrics.get(key.replace("curve_refusal_", "curve_kl_"))
+            ranking, edit, k = match.group(1), match.group(2), int(match.group(3))
+            points.append(CurvePoint(ranking, edit, k, [], float(value), float("nan") if kl is None else float(kl)))
+    return points
+
+
 def curve_table(points: Sequence[Any]) -> tuple[list[str], list[list[Any]]]:
     """Rows: ranking and edit; columns: refusal (KL) at each k."""
     ks = sorted({p.k for p in points})
     rows = []
     for ranking, edit in dict.fromkeys((p.ranking, p.edit) for p in points):
         at = {p.k: p for p in points if (p.ranking, p.edit) == (ranking, edit)}
-        rows.append([ranking, edit] + [f"{at[k].refusal:.3f} ({at[k].kl:.2f})" if k in at else "" for k in ks])
+        rows.append([ranking, edit] + [f"{at[k].refusal:.3f} ({at[k].kl:.3f})" if k in at else "" for k in ks])
     return ["ranking", "edit", *(f"k={k}" for k in ks)], rows
 
 

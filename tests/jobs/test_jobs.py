@@ -198,7 +198,7 @@ def search_run(directions_run, tmp_path_factory):
         "search.min_active_fraction=0.0",
         "search.curve_ks=[1,2]",
         "search.curve_rankings=[cosine,greedy]",
-        "search.curve_edits=[harmless_mean]",
+        "search.curve_edits=[harmless_mean,harmless_mean_along_r]",
         "search.greedy_pool=3",
         "search.greedy_prompts=8",
     ]
@@ -247,15 +247,17 @@ def test_search_job_writes_its_ranking_and_causal_figures(directions_run, search
 
 def test_search_job_writes_refusal_against_k(search_run):
     run_dir, _, m = search_run
+    edits = ("harmless_mean", "harmless_mean_along_r")
     for ranking in ("cosine", "greedy"):
-        ks = [k for k in (1, 2) if f"curve_refusal_{ranking}_harmless_mean_k{k}" in m]
-        assert ks == [1, 2], ranking
-        ok = [
-            k
-            for k in ks
-            if m[f"curve_refusal_{ranking}_harmless_mean_k{k}"] <= 0.10
-            and m[f"curve_kl_{ranking}_harmless_mean_k{k}"] <= 0.1
-        ]
+        ok = []
+        for edit in edits:
+            ks = [k for k in (1, 2) if f"curve_refusal_{ranking}_{edit}_k{k}" in m]
+            assert ks == [1, 2], (ranking, edit)
+            ok += [
+                k
+                for k in ks
+                if m[f"curve_refusal_{ranking}_{edit}_k{k}"] <= 0.10 and m[f"curve_kl_{ranking}_{edit}_k{k}"] <= 0.1
+            ]
         assert m[f"k_at_bypass_{ranking}"] == (min(ok) if ok else None)
     assert (run_dir / "refusal_vs_k.png").is_file()
     assert "## Refusal against k (held-out)" in (run_dir / "report.md").read_text()
@@ -589,9 +591,11 @@ def test_pipeline_runs_every_stage_into_one_report(tiny_organism, tmp_path):
         + SMALL_BACKUPS
         + SMALL_EMERGENT
         + ["directions.prune_layer_fraction=0.0", "search.k=4", "search.min_active_fraction=0.0"]
+        + ["search.curve_ks=[1,2]", "search.curve_rankings=[attribution,greedy]"]
+        + ["search.greedy_pool=3", "search.greedy_prompts=8"]
     )
     metrics = _run("pipeline", overrides, tmp_path / "cold")
-    assert "anchor/asr_ablation_affine_anchored" in metrics
+    assert "anchor/asr_ablation_affine_anchored" in metrics and "search/k_at_bypass_greedy" in metrics
     assert "backups/downstream_refusal_at_k" in metrics and "emergent/finetuned_refusal_other_categories" in metrics
     # a second run with nothing changed reuses every stage's results
     warm = _run("pipeline", overrides, tmp_path / "warm")
