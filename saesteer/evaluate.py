@@ -181,3 +181,51 @@ def completion_nll(
         total += float(-lp[m].sum())
         count += int(m.sum())
     return total, count
+
+
+def scale_at_kl(
+    model: HookedTransformer,
+    template: ChatTemplate,
+    prompts: Sequence[str],
+    build: Any,
+    target_kl: float,
+    *,
+    start: float = 1.0,
+    max_scale: float = 64.0,
+    steps: int = 10,
+    batch_size: int = 64,
+    base_logprobs: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """The scale s in [0, ``max_scale``] at which the interventions ``build(s)`` give a next-token KL on ``prompts``
+    of ``target_kl``, by doubling from ``start`` to a bracket and ``steps`` bisections (the KL is taken to grow with
+    s, as it does for adding a direction); ``(s, KL at s)``.  Where even ``max_scale`` stays below the target, that
+    scale and its KL."""
+    from saesteer.interventions import steer
+
+    if not (target_kl >= 0 and target_kl == target_kl):
+        raise ValueError(f"target_kl must be a number >= 0, got {target_kl}")
+    if not 0 < start <= max_scale:
+        raise ValueError(f"need 0 < start <= max_scale, got start={start}, max_scale={max_scale}")
+    check_prompts(prompts, "prompts")
+    base = base_logprobs if base_logprobs is not None else last_position_logprobs(model, template, prompts, batch_size)
+
+    def kl_at(s: float) -> float:
+        with steer(model, build(s)):
+            return kl_divergence(base, last_position_logprobs(model, template, prompts, batch_size))
+
+    lo, lo_kl = 0.0, 0.0
+    hi, hi_kl = start, kl_at(start)
+    while hi_kl < target_kl and hi < max_scale:
+        lo, lo_kl = hi, hi_kl
+        hi = min(2 * hi, max_scale)
+        hi_kl = kl_at(hi)
+    if hi_kl < target_kl:
+        return hi, hi_kl
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        mid_kl = kl_at(mid)
+        if mid_kl < target_kl:
+            lo, lo_kl = mid, mid_kl
+        else:
+            hi, hi_kl = mid, mid_kl
+    return (lo, lo_kl) if abs(lo_kl - target_kl) <= abs(hi_kl - target_kl) else (hi, hi_kl)

@@ -476,9 +476,14 @@ def search_section(m: dict[str, Any]) -> str:
         (
             f"top-{k} clamped (refusal features high, comply features 0), harmless_test",
             "topk_clamp_harmless_refusal",
-            None,
+            "topk_clamp_kl_harmless",
         ),
         ("direction added, harmless_test", "direction_addition_harmless_refusal", None),
+        (
+            "direction added at the clamp's KL, harmless_test",
+            "direction_addition_matched_kl_harmless_refusal",
+            "direction_addition_matched_kl_kl_harmless",
+        ),
     ]
     header = ["edit (harmful_test unless named)", "refusal", "KL on harmless_test"]
     spec, header = _with_incoherent(m, spec, header)
@@ -494,6 +499,17 @@ def search_section(m: dict[str, Any]) -> str:
             + k_at_bypass_text(m)
         )
     return "\n\n".join(out)
+
+
+def best_k_at_bypass(m: dict[str, Any]) -> str:
+    """The smallest k_at_bypass_<ranking> of a search run and its rankings, or ``none <= K``."""
+    reached = {
+        key[len("k_at_bypass_") :]: v for key, v in m.items() if key.startswith("k_at_bypass_") and v is not None
+    }
+    if not reached:
+        return f"none <= {max((p.k for p in curve_points(m)), default=0)}"
+    best = min(reached.values())
+    return f"{best} ({', '.join(r for r, v in reached.items() if v == best)})"
 
 
 def k_at_bypass_text(m: dict[str, Any]) -> str:
@@ -923,7 +939,7 @@ def _headline(runs: Sequence[Run], substring: bool = False) -> list[tuple[str, s
             _join(f, ["topk_ablation_harmful_refusal", "random_k_ablation_harmful_refusal"]),
         )
         if any(key.startswith("k_at_bypass_") for key in f):
-            add("search", "fewest features that bypass, by ranking (k_at_bypass)", k_at_bypass_text(f))
+            add("search", "fewest features that bypass (refusal <= 0.10, KL <= 0.1), best ranking", best_k_at_bypass(f))
     a, _ = _first(runs, "anchor")
     if a:
         for name, label in (

@@ -94,3 +94,33 @@ def test_kl_divergence_ignores_tokens_the_base_never_predicts():
     base = torch.log(torch.tensor([[0.5, 0.5, 0.0]]))  # -inf on the last token
     new = torch.log(torch.tensor([[0.25, 0.25, 0.5]]))
     assert kl_divergence(base, new) == pytest.approx(float(torch.log(torch.tensor(2.0))), rel=1e-6)
+
+
+def test_scale_at_kl_finds_the_scale_a_grid_search_finds(tiny_organism):
+    from saesteer.evaluate import kl_divergence, last_position_logprobs, scale_at_kl
+
+    model, tpl, _ = tiny_organism
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    v = 2.0 * v / v.norm()
+
+    def build(s):
+        return [Add(v, alpha=s, layer=1)]
+
+    base = last_position_logprobs(model, tpl, PROMPTS)
+
+    def kl_at(s):
+        with steer(model, build(s)):
+            return kl_divergence(base, last_position_logprobs(model, tpl, PROMPTS))
+
+    grid = [0.25 * i for i in range(1, 41)]  # the brute-force reference: KL on a grid of scales
+    kls = [kl_at(s) for s in grid]
+    assert all(b >= a for a, b in zip(kls, kls[1:]))  # KL grows with the scale here, as the bisection assumes
+    target = kls[13]  # at s = 3.5
+    s, kl = scale_at_kl(model, tpl, PROMPTS, build, target, steps=12)
+    assert s == pytest.approx(3.5, abs=0.01) and kl == pytest.approx(target, rel=0.01)
+    assert kl == pytest.approx(kl_at(s), rel=1e-6)
+    # a target beyond the largest scale's KL: the largest scale
+    s, kl = scale_at_kl(model, tpl, PROMPTS, build, kls[-1] * 10, max_scale=10.0)
+    assert s == 10.0 and kl == pytest.approx(kls[-1], rel=1e-6)
+    with pytest.raises(ValueError, match=r"target_kl must be a number >= 0, got -1"):
+        scale_at_kl(model, tpl, PROMPTS, build, -1.0)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from saesteer.config import SearchJobConfig
 from saesteer.data import load_role
 from saesteer.directions import refusal_token_ids
-from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval
+from saesteer.evaluate import kl_divergence, last_position_logprobs, refusal_eval, scale_at_kl
 from saesteer.feature_rankings import greedy_selection, k_at_bypass, ranked_features, refusal_vs_k
 from saesteer.interventions import AblateAt, steer
 from saesteer.interventions.features import EditFeatures
@@ -114,9 +114,26 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         ("random", ablate_rnd),
         ("direction", direction.ablate()),
         ("hook", hook_affine),
+        ("clamp", clamp_top),
     ):
         with steer(model, [spec]):
             kl[name] = kl_divergence(base_lp, last_position_logprobs(model, tpl, test_s))
+    # the induce side at matched cost: the direction added at the scale whose KL on harmless_test equals the clamp's
+    add_alpha, add_kl = scale_at_kl(
+        model,
+        tpl,
+        test_s,
+        lambda a: [direction.add(a)],
+        kl["clamp"],
+        base_logprobs=base_lp,
+        batch_size=cfg.eval.kl_batch_size,
+    )
+    dir_add_matched = rate(
+        "direction_addition_matched_kl_harmless",
+        test_s,
+        [direction.add(add_alpha)],
+        "direction addition at the clamp's KL",
+    )
 
     best = refusal_top[0]  # top1_*: the top refusal feature; top_signed_*: the first of the signed ranking
     m = {
@@ -152,6 +169,10 @@ def run(cfg: SearchJobConfig, run_dir: Path, tracker: Tracker) -> dict[str, Any]
         "direction_plain_ablation_sae_hook_harmful_refusal": hook_pl,
         "sae_hook_affine_reference": hook_affine.reference,
         "direction_addition_harmless_refusal": dir_add,
+        "topk_clamp_kl_harmless": kl["clamp"],
+        "direction_addition_matched_kl_alpha": add_alpha,
+        "direction_addition_matched_kl_kl_harmless": add_kl,
+        "direction_addition_matched_kl_harmless_refusal": dir_add_matched,
         "harmful_coordinate_sae_hook": scores.harmful_coordinate,
         "harmless_coordinate_sae_hook": scores.harmless_coordinate,
         "topk_ablation_kl_harmless": kl["topk"],

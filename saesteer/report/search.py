@@ -86,7 +86,7 @@ def causal_rows(s: Any, m: dict[str, Any]) -> list[tuple]:
             f"({s.induce_apply_to} tokens)",
             "harmless_test",
             "topk_clamp_harmless_refusal",
-            nan,
+            m.get("topk_clamp_kl_harmless", nan),
         ),
         (
             f"random {s.k} features set to {what}",
@@ -122,10 +122,17 @@ def causal_rows(s: Any, m: dict[str, Any]) -> list[tuple]:
             nan,
         ),
         ("refusal direction added", "harmless_test", "direction_addition_harmless_refusal", nan),
+        (
+            f"refusal direction added x{m.get('direction_addition_matched_kl_alpha', nan):.3g}: the clamp's KL",
+            "harmless_test",
+            "direction_addition_matched_kl_harmless_refusal",
+            m.get("direction_addition_matched_kl_kl_harmless", nan),
+        ),
     ]
     return [
         (label, split, m[key], m.get(key.removesuffix("_refusal") + "_incoherent", nan), kl)
         for label, split, key, kl in spec
+        if key in m  # runs from before a row was measured lack it
     ]
 
 
