@@ -138,7 +138,7 @@ def causal_rows(s: Any, m: dict[str, Any]) -> list[tuple]:
 
 def save_k_curve(points: Sequence[Any], references: dict[str, float], path: Path) -> Path:
     """Refusal against k (log scale), one line per ranking and edit, with horizontal reference lines."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     keys = list(dict.fromkeys((p.ranking, p.edit) for p in points))
     colors = dict(zip(dict.fromkeys(r for r, _ in keys), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ranking, edit in keys:
@@ -154,11 +154,13 @@ def save_k_curve(points: Sequence[Any], references: dict[str, float], path: Path
     for (name, value), style in zip(references.items(), (":", "-.")):
         ax.axhline(value, color="gray", linestyle=style, label=name)
     ax.set_xscale("log", base=2)
+    ks = sorted({p.k for p in points})
+    ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("k (features edited)")
     ax.set_ylabel("harmful_test refusal")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return save_fig(fig, path)
 
 
