@@ -263,6 +263,16 @@ def test_search_job_writes_refusal_against_k(search_run):
     assert "## Refusal against k (held-out)" in (run_dir / "report.md").read_text()
 
 
+def test_search_job_adds_the_direction_at_the_clamps_kl(search_run):
+    _, _, m = search_run
+    assert m["topk_clamp_kl_harmless"] > 0
+    if m["direction_addition_matched_kl_alpha"] < 64.0:  # below the largest scale the KLs meet
+        assert m["direction_addition_matched_kl_kl_harmless"] == pytest.approx(m["topk_clamp_kl_harmless"], rel=0.02)
+    else:
+        assert m["direction_addition_matched_kl_kl_harmless"] < m["topk_clamp_kl_harmless"]
+    assert 0.0 <= m["direction_addition_matched_kl_harmless_refusal"] <= 1.0
+
+
 def test_search_job_bypass_and_random_k_control_match_a_per_prompt_reference(search_run):
     """The top-k bypass, the zero ablation of the top-k refusal features and the random-k control, each rebuilt
     from the saved ranking and the cached SAE and judged one harmful_test prompt at a time."""
