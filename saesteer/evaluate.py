@@ -14,6 +14,7 @@ from transformer_lens import HookedTransformer
 from saesteer.chat import ChatTemplate, encode_chat
 from saesteer.checks import check_prompts
 from saesteer.generation import final_logits, generate, last_position_logits, length_sorted_batches
+from saesteer.interventions import steer
 from saesteer.judge import default_judge, judge_responses
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,6 @@ def scale_at_kl(
     of ``target_kl``, by doubling from ``start`` to a bracket and ``steps`` bisections (the KL is taken to grow with
     s, as it does for adding a direction); ``(s, KL at s)``.  Where even ``max_scale`` stays below the target, that
     scale and its KL."""
-    from saesteer.interventions import steer
-
     if not (target_kl >= 0 and target_kl == target_kl):
         raise ValueError(f"target_kl must be a number >= 0, got {target_kl}")
     if not 0 < start <= max_scale:

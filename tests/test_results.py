@@ -517,3 +517,23 @@ def test_directions_and_search_tables_carry_the_incoherent_share_where_the_run_h
     text = results.search_section(search)
     assert "| edit (harmful_test unless named) | refusal | incoherent | KL on harmless_test |" in text
     assert "| top-8 signed features set to their harmless means | 0.400 | 0.050 | 0.020 |" in text
+
+
+def test_search_runs_with_a_curve_get_its_table_and_the_best_k():
+    m = {
+        "curve_refusal_attribution_harmless_mean_k1": 0.8,
+        "curve_kl_attribution_harmless_mean_k1": 0.01,
+        "curve_refusal_attribution_harmless_mean_along_r_k2": 0.05,
+        "curve_kl_attribution_harmless_mean_along_r_k2": 0.02,
+        "curve_refusal_greedy_harmless_mean_k2": 0.04,
+        "curve_kl_greedy_harmless_mean_k2": 0.03,
+        "k_at_bypass_attribution": 2,
+        "k_at_bypass_greedy": 2,
+        "k_at_bypass_cosine": None,
+    }
+    assert results.best_k_at_bypass(m) == "2 (attribution, greedy)"
+    assert results.k_at_bypass_text(m) == "attribution 2, greedy 2, cosine none <= 2"
+    assert results.best_k_at_bypass({"k_at_bypass_cosine": None, "curve_refusal_cosine_zero_k8": 0.5}) == "none <= 8"
+    section = results.search_section(m)
+    assert "| attribution | harmless_mean_along_r |  | 0.050 (0.020) |" in section
+    assert "| greedy | harmless_mean |  | 0.040 (0.030) |" in section
